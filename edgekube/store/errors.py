@@ -1,0 +1,48 @@
+"""Store errors. The API layer maps each to its Kubernetes Status (409, 404, 410, 507)."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """A write or read that could not be done; nothing was changed."""
+
+
+class KeyExistsError(StoreError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"key {key} already exists")
+        self.key = key
+
+
+class NotFoundError(StoreError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"key {key} not found")
+        self.key = key
+
+
+class ConflictError(StoreError):
+    """Compare-and-swap failed: the key is at another revision than the writer expected."""
+
+    def __init__(self, key: str, *, expected: int, actual: int) -> None:
+        super().__init__(f"key {key} is at revision {actual}, not {expected}")
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+class CompactedError(StoreError):
+    """The requested revision is older than what the store still keeps (410 Expired)."""
+
+    def __init__(self, requested: int, *, oldest: int) -> None:
+        super().__init__(
+            f"too old resource version: {requested} ({oldest})"
+        )
+        self.requested = requested
+        self.oldest = oldest
+
+
+class StoreFullError(StoreError):
+    """The database cannot grow any further (map or disk full)."""
+
+
+class ClosedError(StoreError):
+    """The store is shutting down."""

@@ -1,0 +1,326 @@
+"""The durable tier: a revision log on LMDB, following kine's log-structured model.
+
+Three named databases in one LMDB environment:
+
+- `log`:   8-byte big-endian revision -> msgpack `[key, op, prev_revision, value]`. Every write
+  is one record; a delete record carries the object's last state (at the delete revision) so a
+  replayed watch can emit DELETED with the object.
+- `index`: key -> revision of its latest record, for live keys only. A read is two lookups.
+- `meta`:  `rev` (highest revision written), `reserved` (highest revision handed to the memory
+  tier, so revisions stay monotonic across restarts without writing per heartbeat) and
+  `compacted` (records at or below it may be gone; watches from there answer 410).
+
+All methods are synchronous. Writes (`commit`, `compact`) run on the store's single writer
+thread: LMDB allows one write transaction at a time anyway, and one thread keeps the commit order
+equal to the revision order. Reads take their own read-only transaction and may run on the event
+loop thread (they are memory-mapped page lookups) or on an executor for long scans.
+
+Durability: the environment is opened with `sync=True`, so `commit` returns only once the
+transaction is fsync'd. Many writes share one transaction (the group commit in `store.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+from edgekube.store import errors, records
+
+_REV = struct.Struct(">Q")
+_META_REV = b"rev"
+_META_RESERVED = b"reserved"
+_META_COMPACTED = b"compacted"
+
+
+def rev_bytes(rev: int) -> bytes:
+    return _REV.pack(rev)
+
+
+def rev_int(data: bytes) -> int:
+    out: int = _REV.unpack(data)[0]
+    return out
+
+
+@dataclasses.dataclass(slots=True)
+class Write:
+    """One write in a group-commit batch. `revision` is assigned before the batch commits."""
+
+    op: records.Op
+    key: str
+    obj: dict[str, Any] | None
+    expect_revision: int | None
+    revision: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Applied:
+    revision: int
+    value: bytes
+    prev_value: bytes | None
+
+
+Outcome = Applied | errors.StoreError
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogRecord:
+    revision: int
+    key: str
+    op: records.Op
+    prev_revision: int
+    value: bytes
+
+
+def _set_resource_version(obj: dict[str, Any], rev: int) -> None:
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
+        obj["metadata"] = meta
+    meta["resourceVersion"] = str(rev)
+
+
+def _pack_record(key: str, op: records.Op, prev: int, value: bytes) -> bytes:
+    out: bytes = msgpack.packb([key, int(op), prev, value], use_bin_type=True)
+    return out
+
+
+def _unpack_record(rev: int, data: bytes) -> LogRecord:
+    key, op, prev, value = msgpack.unpackb(data, raw=False)
+    return LogRecord(revision=rev, key=key, op=records.Op(op), prev_revision=prev, value=value)
+
+
+class LmdbLog:
+    def __init__(self, path: Path, *, map_size: int, max_size: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._max_size = max(max_size, map_size)
+        self._env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=4,
+            subdir=True,
+            sync=True,
+            metasync=True,
+            readahead=False,
+            meminit=False,
+            max_readers=126,
+        )
+        self._log = self._env.open_db(b"log")
+        self._index = self._env.open_db(b"index")
+        self._meta = self._env.open_db(b"meta")
+
+    def close(self) -> None:
+        self._env.close()
+
+    # --- state -------------------------------------------------------------------------------
+
+    def state(self) -> tuple[int, int, int]:
+        """(highest revision written, highest reserved for the memory tier, compacted revision)."""
+        with self._env.begin() as txn:
+            return (
+                self._meta_int(txn, _META_REV),
+                self._meta_int(txn, _META_RESERVED),
+                self._meta_int(txn, _META_COMPACTED),
+            )
+
+    def _meta_int(self, txn: Any, name: bytes) -> int:
+        raw = txn.get(name, db=self._meta)
+        return rev_int(raw) if raw is not None else 0
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get(self, key: str) -> records.Item | None:
+        with self._env.begin(buffers=False) as txn:
+            raw_rev = txn.get(key.encode(), db=self._index)
+            if raw_rev is None:
+                return None
+            rev = rev_int(raw_rev)
+            rec = _unpack_record(rev, txn.get(raw_rev, db=self._log) or b"")
+            return records.Item(key=key, revision=records.Revision(rev), value=rec.value)
+
+    def scan(
+        self,
+        prefix: str,
+        *,
+        start_after: str | None,
+        limit: int | None,
+        accept: Callable[[bytes], bool] | None = None,
+    ) -> records.Page:
+        """Live keys under `prefix` in key order, from one consistent snapshot.
+
+        `accept` filters on the encoded value (selectors); `limit` counts accepted items, as the
+        Kubernetes API counts after filtering.
+        """
+        items: list[records.Item] = []
+        next_key: str | None = None
+        pfx = prefix.encode()
+        with self._env.begin(buffers=False) as txn:
+            snapshot_rev = self._meta_int(txn, _META_REV)
+            cursor = txn.cursor(db=self._index)
+            start = (start_after.encode() + b"\x00") if start_after else pfx
+            if not cursor.set_range(start):
+                return records.Page(items=[], revision=records.Revision(snapshot_rev), next_key=None)
+            log_cursor = txn.cursor(db=self._log)
+            for raw_key, raw_rev in cursor:
+                if not raw_key.startswith(pfx):
+                    break
+                if limit is not None and len(items) >= limit:
+                    # There is at least one more live key: the list continues after the last one.
+                    next_key = items[-1].key
+                    break
+                data = log_cursor.get(raw_rev) if log_cursor.set_key(raw_rev) else None
+                if data is None:
+                    continue
+                rec = _unpack_record(rev_int(raw_rev), data)
+                if accept is not None and not accept(rec.value):
+                    continue
+                items.append(records.Item(key=rec.key, revision=records.Revision(rec.revision), value=rec.value))
+        return records.Page(items=items, revision=records.Revision(snapshot_rev), next_key=next_key)
+
+    def read_log(self, after: int, *, prefix: str, limit: int) -> list[LogRecord]:
+        """Records with revision > `after` whose key starts with `prefix`, oldest first."""
+        out: list[LogRecord] = []
+        with self._env.begin(buffers=False) as txn:
+            cursor = txn.cursor(db=self._log)
+            if not cursor.set_range(rev_bytes(after + 1)):
+                return out
+            for raw_rev, data in cursor:
+                rec = _unpack_record(rev_int(raw_rev), data)
+                if rec.key.startswith(prefix):
+                    out.append(rec)
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def iter_records(self) -> Iterator[LogRecord]:
+        """Every record in revision order (for tests and tools; takes a snapshot)."""
+        with self._env.begin(buffers=False) as txn:
+            for raw_rev, data in txn.cursor(db=self._log):
+                yield _unpack_record(rev_int(raw_rev), data)
+
+    # --- writes (writer thread only) ---------------------------------------------------------
+
+    def commit(self, writes: list[Write], *, meta_rev: int, reserved: int | None) -> list[Outcome]:
+        """Apply `writes` in order in one durable transaction; per-write outcome, same order.
+
+        A write that fails its precondition gets its error and changes nothing; the others
+        still commit. If the transaction itself fails (disk full, I/O error), every write fails.
+        """
+        for attempt in range(2):
+            try:
+                return self._commit_once(writes, meta_rev=meta_rev, reserved=reserved)
+            except lmdb.MapFullError:
+                if attempt == 0 and self._grow():
+                    continue
+                raise errors.StoreFullError(
+                    f"the database at {self._path} reached its maximum size of "
+                    f"{self._max_size // (1 << 20)} MiB (store.max-size-mb)"
+                ) from None
+            except lmdb.Error as exc:
+                if _is_enospc(exc):
+                    raise errors.StoreFullError(f"no space left on the device holding {self._path}") from exc
+                raise errors.StoreError(f"database write failed at {self._path}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _grow(self) -> bool:
+        current = self._env.info()["map_size"]
+        if current >= self._max_size:
+            return False
+        self._env.set_mapsize(min(self._max_size, current * 2))
+        return True
+
+    def _commit_once(self, writes: list[Write], *, meta_rev: int, reserved: int | None) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        with self._env.begin(write=True, buffers=False) as txn:
+            for w in writes:
+                outcomes.append(self._apply(txn, w))
+            if meta_rev > self._meta_int(txn, _META_REV):
+                txn.put(_META_REV, rev_bytes(meta_rev), db=self._meta)
+            if reserved is not None:
+                txn.put(_META_RESERVED, rev_bytes(reserved), db=self._meta)
+        return outcomes
+
+    def _apply(self, txn: Any, w: Write) -> Outcome:
+        raw_key = w.key.encode()
+        raw_cur = txn.get(raw_key, db=self._index)
+        cur = rev_int(raw_cur) if raw_cur is not None else 0
+        if w.op is records.Op.CREATE:
+            if raw_cur is not None:
+                return errors.KeyExistsError(w.key)
+            prev_value = None
+        else:
+            if raw_cur is None:
+                return errors.NotFoundError(w.key)
+            if w.expect_revision is not None and w.expect_revision != cur:
+                return errors.ConflictError(w.key, expected=w.expect_revision, actual=cur)
+            prev_value = _unpack_record(cur, txn.get(raw_cur, db=self._log)).value
+        if w.op is records.Op.DELETE:
+            assert prev_value is not None
+            obj = records.decode(prev_value)
+        else:
+            assert w.obj is not None
+            obj = w.obj
+        _set_resource_version(obj, w.revision)
+        value = records.encode(obj)
+        raw_rev = rev_bytes(w.revision)
+        txn.put(raw_rev, _pack_record(w.key, w.op, cur, value), db=self._log)
+        if w.op is records.Op.DELETE:
+            txn.delete(raw_key, db=self._index)
+        else:
+            txn.put(raw_key, raw_rev, db=self._index)
+        return Applied(revision=w.revision, value=value, prev_value=prev_value)
+
+    def compact(self, upto: int, *, batch: int) -> tuple[int, bool]:
+        """Drop superseded records with revision <= `upto`, at most `batch` examined per call.
+
+        Records that are still a key's latest value are kept (they are the data). Returns the
+        new compacted revision and whether it reached `upto`.
+        """
+        with self._env.begin(write=True, buffers=False) as txn:
+            start = self._meta_int(txn, _META_COMPACTED)
+            if start >= upto:
+                return start, True
+            cursor = txn.cursor(db=self._log)
+            examined = 0
+            reached = start
+            done = True
+            if cursor.set_range(rev_bytes(start + 1)):
+                while True:
+                    raw_rev = cursor.key()
+                    rev = rev_int(raw_rev)
+                    if rev > upto:
+                        break
+                    if examined >= batch:
+                        done = False
+                        break
+                    rec = _unpack_record(rev, cursor.value())
+                    live = txn.get(rec.key.encode(), db=self._index)
+                    examined += 1
+                    reached = rev
+                    if live != raw_rev:
+                        # Superseded or deleted: cursor.delete() moves to the next record.
+                        cursor.delete()
+                        if not cursor.key():
+                            break
+                        continue
+                    if not cursor.next():
+                        break
+            new = upto if done else reached
+            txn.put(_META_COMPACTED, rev_bytes(new), db=self._meta)
+        return new, done
+
+    def disk_usage(self) -> int:
+        return sum(f.stat().st_size for f in self._path.iterdir() if f.is_file())
+
+
+def _is_enospc(exc: lmdb.Error) -> bool:
+    text = str(exc)
+    return "No space left" in text or str(errno.ENOSPC) in text.split(":")[0] or os.strerror(errno.ENOSPC) in text

@@ -1,0 +1,350 @@
+"""The store: one revision counter over a durable LMDB tier and a volatile memory tier.
+
+Writes go through one queue to one writer task (group commit). The writer takes everything that
+is queued, gives each write the next revision, commits the durable ones in a single LMDB
+transaction on the writer thread (one fsync for the whole group), applies the volatile ones in
+memory, and only then resolves each caller's future and publishes the events in revision order.
+So a write is acknowledged only once it is durable, concurrent writers share fsyncs, and every
+watcher sees revisions in order. While a commit is in flight new writes queue up and form the
+next group, so under load groups grow by themselves and an idle store does nothing.
+
+Volatile keys (the prefixes passed as `memory_prefixes`) never reach the disk per write. Their
+revisions come from blocks reserved on disk (`revision_reserve` at a time) so that after a crash
+the counter resumes above anything a client could have seen.
+
+Compaction runs on the writer thread in bounded batches; it drops superseded log records older
+than the window, keeps every key's latest value, and moves the compacted revision forward.
+Watches from before it answer `CompactedError` (410 Expired).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from edgekube.store import errors, lmdb_log, memory, records, watch
+
+log = logging.getLogger(__name__)
+
+_REPLAY_LIMIT = 1_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreConfig:
+    path: Path
+    map_size_mb: int = 1024
+    max_size_mb: int = 8192
+    compaction_interval_seconds: float = 300.0
+    compaction_window: int = 10_000
+    compaction_batch: int = 1000
+    watch_cache_size: int = 4096
+    watcher_queue: int = 1000
+    revision_reserve: int = 10_000
+    memory_max_per_resource: int = 10_000
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    write: lmdb_log.Write
+    memory: bool
+    future: asyncio.Future[lmdb_log.Applied]
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreStats:
+    revision: int
+    compacted: int
+    commits: int
+    writes: int
+    memory_objects: int
+    watchers: int
+
+
+class Store:
+    def __init__(self, config: StoreConfig, *, memory_prefixes: Iterable[str]) -> None:
+        self._config = config
+        self._memory_prefixes = tuple(memory_prefixes)
+        self._db = lmdb_log.LmdbLog(
+            config.path / "db",
+            map_size=config.map_size_mb << 20,
+            max_size=config.max_size_mb << 20,
+        )
+        self._memory = memory.MemoryTier(max_per_resource=config.memory_max_per_resource)
+        self._snapshot = config.path / "db" / "memory.snapshot"
+        disk_rev, reserved, compacted = self._db.state()
+        snap_rev = self._memory.load(self._snapshot)
+        self._revision = max(disk_rev, reserved, snap_rev)
+        self._reserved = reserved
+        self._compacted = compacted
+        self._hub = watch.WatchHub(
+            ring_size=config.watch_cache_size,
+            start_revision=self._revision,
+            watcher_limit=config.watcher_queue,
+        )
+        # A single thread: LMDB takes one writer at a time, and one thread keeps commit order.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._compactor: asyncio.Task[None] | None = None
+        self._closed = False
+        self._commits = 0
+        self._writes = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        if self._config.compaction_interval_seconds > 0:
+            self._compactor = asyncio.create_task(self._compact_loop(), name="store-compactor")
+
+    async def close(self) -> None:
+        """Finish queued writes, save the memory tier, close the database."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._compactor is not None:
+            self._compactor.cancel()
+            await asyncio.gather(self._compactor, return_exceptions=True)
+        if self._writer is not None:
+            await self._queue.put(None)
+            await asyncio.gather(self._writer, return_exceptions=True)
+        self._hub.close_all()
+        loop = asyncio.get_running_loop()
+        if len(self._memory):
+            await loop.run_in_executor(self._executor, lambda: self._memory.save(self._snapshot, revision=self._revision))
+        self._executor.shutdown(wait=True)
+        self._db.close()
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The store's long-running tasks, for the runtime to supervise."""
+        return [t for t in (self._writer, self._compactor) if t is not None]
+
+    @property
+    def revision(self) -> int:
+        """The newest revision whose events have been published."""
+        return self._revision
+
+    @property
+    def compacted(self) -> int:
+        return self._compacted
+
+    def stats(self) -> StoreStats:
+        return StoreStats(
+            revision=self._revision,
+            compacted=self._compacted,
+            commits=self._commits,
+            writes=self._writes,
+            memory_objects=len(self._memory),
+            watchers=self._hub.watcher_count(),
+        )
+
+    def is_memory(self, key: str) -> bool:
+        return key.startswith(self._memory_prefixes)
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get(self, key: str) -> records.Item | None:
+        if self.is_memory(key):
+            return self._memory.get(key)
+        return self._db.get(key)
+
+    def scan(
+        self,
+        prefix: str,
+        *,
+        start_after: str | None = None,
+        limit: int | None = None,
+        accept: Callable[[bytes], bool] | None = None,
+    ) -> records.Page:
+        if self.is_memory(prefix):
+            return self._memory.scan(prefix, start_after=start_after, limit=limit, accept=accept, revision=self._revision)
+        page = self._db.scan(prefix, start_after=start_after, limit=limit, accept=accept)
+        # The snapshot may include a commit whose events are not published yet; its revision is
+        # then ahead of ours, which is right: a watch from it must not replay those events again.
+        return dataclasses.replace(page, revision=records.Revision(max(page.revision, self._revision)))
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def create(self, key: str, obj: dict[str, Any]) -> lmdb_log.Applied:
+        """Store a new key. `obj` is owned by the store from here on."""
+        return await self._submit(lmdb_log.Write(op=records.Op.CREATE, key=key, obj=obj, expect_revision=None))
+
+    async def update(self, key: str, obj: dict[str, Any], *, expect_revision: int | None) -> lmdb_log.Applied:
+        return await self._submit(
+            lmdb_log.Write(op=records.Op.UPDATE, key=key, obj=obj, expect_revision=expect_revision)
+        )
+
+    async def delete(self, key: str, *, expect_revision: int | None) -> lmdb_log.Applied:
+        return await self._submit(
+            lmdb_log.Write(op=records.Op.DELETE, key=key, obj=None, expect_revision=expect_revision)
+        )
+
+    async def _submit(self, write: lmdb_log.Write) -> lmdb_log.Applied:
+        if self._closed:
+            raise errors.ClosedError("the store is shutting down")
+        fut: asyncio.Future[lmdb_log.Applied] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(write=write, memory=self.is_memory(write.key), future=fut))
+        return await fut
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            # Let writers that are ready in this loop iteration join the group.
+            await asyncio.sleep(0)
+            batch = [first]
+            while True:
+                try:
+                    nxt = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            await self._commit_batch(loop, batch)
+
+    async def _commit_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        rev = self._revision
+        durable: list[lmdb_log.Write] = []
+        reserve: int | None = None
+        for p in batch:
+            rev += 1
+            p.write.revision = rev
+            if p.memory:
+                if rev > self._reserved and reserve is None:
+                    reserve = rev + self._config.revision_reserve
+            else:
+                durable.append(p.write)
+        top = rev
+        outcomes: dict[int, lmdb_log.Outcome] = {}
+        if durable or reserve is not None:
+            meta_rev = max((w.revision for w in durable), default=0)
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, lambda: self._db.commit(durable, meta_rev=meta_rev, reserved=reserve)
+                )
+            except errors.StoreError as exc:
+                # Nothing of this group is durable: fail every write in it, volatile ones too
+                # (their revisions were not reserved).
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                return
+            except Exception as exc:
+                err = errors.StoreError(f"database write failed: {exc}")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+                log.exception("store commit failed")
+                return
+            self._commits += 1
+            for w, applied in zip(durable, results, strict=True):
+                outcomes[w.revision] = applied
+            if reserve is not None:
+                self._reserved = reserve
+        evictions: list[str] = []
+        for p in batch:
+            if p.memory:
+                mem = self._memory.apply(p.write)
+                outcomes[p.write.revision] = mem
+                if isinstance(mem, lmdb_log.Applied) and p.write.op is records.Op.CREATE:
+                    evictions.extend(self._memory.over_limit(p.write.key))
+        self._revision = top
+        self._writes += len(batch)
+        for p in batch:
+            res = outcomes[p.write.revision]
+            if isinstance(res, lmdb_log.Applied):
+                self._hub.publish(
+                    records.Event(
+                        type=records.event_type(p.write.op),
+                        key=p.write.key,
+                        revision=records.Revision(res.revision),
+                        value=res.value,
+                        prev_value=res.prev_value,
+                    )
+                )
+                if not p.future.done():
+                    p.future.set_result(res)
+            elif not p.future.done():
+                p.future.set_exception(res)
+        for key in evictions:
+            # Bounded volatile kinds (Events) drop their oldest objects, as a normal delete.
+            fut: asyncio.Future[lmdb_log.Applied] = loop.create_future()
+            fut.add_done_callback(lambda f: f.exception())
+            self._queue.put_nowait(
+                _Pending(
+                    write=lmdb_log.Write(op=records.Op.DELETE, key=key, obj=None, expect_revision=None),
+                    memory=True,
+                    future=fut,
+                )
+            )
+
+    # --- watch -------------------------------------------------------------------------------
+
+    async def watch(self, prefix: str, *, since: int) -> watch.Watcher:
+        """Events under `prefix` with revision > `since`: replayed history, then live ones.
+
+        Raises CompactedError when history from `since` is no longer kept.
+        """
+        resource = records.resource_prefix(prefix if prefix.count("/") >= 3 else prefix + "x/")
+        watcher = self._hub.subscribe(resource, prefix)
+        try:
+            if since >= self._revision:
+                watcher._replay([], after=since)
+            elif since >= self._hub.ring_start:
+                watcher._replay(self._hub.recent(since, prefix=prefix), after=since)
+            elif self.is_memory(prefix) or since < self._compacted:
+                oldest = self._hub.ring_start if self.is_memory(prefix) else self._compacted
+                raise errors.CompactedError(since, oldest=oldest)
+            else:
+                recs = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: self._db.read_log(since, prefix=prefix, limit=_REPLAY_LIMIT)
+                )
+                # Compaction may have run meanwhile; then the replay could have holes.
+                if since < self._compacted:
+                    raise errors.CompactedError(since, oldest=self._compacted)
+                events = [
+                    records.Event(
+                        type=records.event_type(r.op), key=r.key, revision=records.Revision(r.revision), value=r.value
+                    )
+                    for r in recs
+                ]
+                watcher._replay(events, after=since)
+        except BaseException:
+            watcher.close()
+            raise
+        return watcher
+
+    # --- compaction --------------------------------------------------------------------------
+
+    async def compact(self) -> int:
+        """Compact up to `revision - window`; returns the new compacted revision."""
+        target = self._revision - self._config.compaction_window
+        if target <= self._compacted:
+            return self._compacted
+        loop = asyncio.get_running_loop()
+        while True:
+            new, done = await loop.run_in_executor(
+                self._executor, lambda: self._db.compact(target, batch=self._config.compaction_batch)
+            )
+            self._compacted = new
+            if done:
+                return new
+            await asyncio.sleep(0)
+
+    async def _compact_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.compaction_interval_seconds)
+            try:
+                await self.compact()
+            except errors.StoreError:
+                log.exception("compaction failed; will retry")

@@ -1,0 +1,219 @@
+"""The store's promises: CAS, durability across reopen, group commit, watch replay, compaction."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from edgekube.store import errors, records
+from edgekube.store import store as store_mod
+
+
+def _config(tmp_path: Path, **kw: object) -> store_mod.StoreConfig:
+    base: dict[str, object] = {"path": tmp_path, "map_size_mb": 16, "max_size_mb": 64, "compaction_interval_seconds": 0}
+    base.update(kw)
+    return store_mod.StoreConfig(**base)  # type: ignore[arg-type]
+
+
+def _obj(name: str, **extra: object) -> dict[str, object]:
+    return {"metadata": {"name": name}, **extra}
+
+
+async def _open(tmp_path: Path, **kw: object) -> store_mod.Store:
+    s = store_mod.Store(_config(tmp_path, **kw), memory_prefixes=["/coordination.k8s.io/leases/", "/core/events/"])
+    await s.start()
+    return s
+
+
+async def test_create_get_update_delete_with_revisions(tmp_path: Path) -> None:
+    s = await _open(tmp_path)
+    a = await s.create("/core/configmaps/ns/a", _obj("a", data={"k": "1"}))
+    item = s.get("/core/configmaps/ns/a")
+    assert item is not None
+    assert item.object()["metadata"]["resourceVersion"] == str(a.revision)
+    b = await s.update("/core/configmaps/ns/a", _obj("a", data={"k": "2"}), expect_revision=a.revision)
+    assert b.revision > a.revision
+    with pytest.raises(errors.ConflictError):
+        await s.update("/core/configmaps/ns/a", _obj("a"), expect_revision=a.revision)
+    with pytest.raises(errors.KeyExistsError):
+        await s.create("/core/configmaps/ns/a", _obj("a"))
+    with pytest.raises(errors.NotFoundError):
+        await s.update("/core/configmaps/ns/missing", _obj("missing"), expect_revision=None)
+    d = await s.delete("/core/configmaps/ns/a", expect_revision=b.revision)
+    assert d.revision > b.revision
+    assert records.decode(d.value)["data"] == {"k": "2"}
+    assert s.get("/core/configmaps/ns/a") is None
+    await s.close()
+
+
+async def test_acknowledged_writes_survive_reopen_and_revisions_stay_monotonic(tmp_path: Path) -> None:
+    s = await _open(tmp_path)
+    revs = [(await s.create(f"/core/configmaps/ns/c{i}", _obj(f"c{i}"))).revision for i in range(20)]
+    await s.close()
+    s2 = await _open(tmp_path)
+    assert [it.key for it in s2.scan("/core/configmaps/ns/").items] == sorted(f"/core/configmaps/ns/c{i}" for i in range(20))
+    nxt = await s2.create("/core/configmaps/ns/after", _obj("after"))
+    assert nxt.revision > max(revs)
+    await s2.close()
+
+
+async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
+    s = await _open(tmp_path)
+    await asyncio.gather(*(s.create(f"/core/configmaps/ns/g{i}", _obj(f"g{i}")) for i in range(64)))
+    st = s.stats()
+    assert st.writes == 64
+    # 64 writers queued in the same loop tick cannot need more than a couple of fsyncs.
+    assert st.commits <= 3, st
+    await s.close()
+
+
+async def test_failed_precondition_does_not_fail_its_group(tmp_path: Path) -> None:
+    s = await _open(tmp_path)
+    await s.create("/core/configmaps/ns/x", _obj("x"))
+    results = await asyncio.gather(
+        s.create("/core/configmaps/ns/x", _obj("x")),
+        s.create("/core/configmaps/ns/y", _obj("y")),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], errors.KeyExistsError)
+    assert not isinstance(results[1], BaseException)
+    assert s.get("/core/configmaps/ns/y") is not None
+    await s.close()
+
+
+async def test_list_pages_by_key_and_filters_before_limit(tmp_path: Path) -> None:
+    s = await _open(tmp_path)
+    for i in range(10):
+        await s.create(f"/core/configmaps/ns/p{i}", _obj(f"p{i}", data={"even": str(i % 2 == 0)}))
+    await s.create("/core/configmaps/other/z", _obj("z"))
+    page = s.scan("/core/configmaps/ns/", limit=3)
+    assert [i.key.rsplit("/", 1)[1] for i in page.items] == ["p0", "p1", "p2"]
+    assert page.next_key == "/core/configmaps/ns/p2"
+    rest = s.scan("/core/configmaps/ns/", start_after=page.next_key)
+    assert len(rest.items) == 7 and rest.next_key is None
+    even = s.scan("/core/configmaps/ns/", limit=2, accept=lambda v: records.decode(v)["data"]["even"] == "True")
+    assert [i.key.rsplit("/", 1)[1] for i in even.items] == ["p0", "p2"]
+    assert len(s.scan("/core/configmaps/").items) == 11
+    await s.close()
+
+
+async def test_watch_replays_then_goes_live_without_duplicates(tmp_path: Path) -> None:
+    s = await _open(tmp_path)
+    first = await s.create("/core/configmaps/ns/w", _obj("w"))
+    await s.update("/core/configmaps/ns/w", _obj("w", data={"a": "b"}), expect_revision=None)
+    w = await s.watch("/core/configmaps/ns/", since=first.revision)
+    await s.create("/core/configmaps/ns/w2", _obj("w2"))
+    await s.create("/core/configmaps/other/ignored", _obj("ignored"))
+    await s.delete("/core/configmaps/ns/w", expect_revision=None)
+    seen = []
+    for _ in range(3):
+        ev = await w.next(wait=2)
+        assert ev is not None
+        seen.append((ev.type.value, ev.key.rsplit("/", 1)[1]))
+    assert seen == [("MODIFIED", "w"), ("ADDED", "w2"), ("DELETED", "w")]
+    assert await w.next(wait=0.05) is None
+    w.close()
+    await s.close()
+
+
+async def test_watch_after_reopen_replays_from_the_durable_log(tmp_path: Path) -> None:
+    s = await _open(tmp_path)
+    a = await s.create("/core/configmaps/ns/r", _obj("r"))
+    await s.update("/core/configmaps/ns/r", _obj("r", data={"v": "2"}), expect_revision=None)
+    await s.close()
+    s2 = await _open(tmp_path)
+    w = await s2.watch("/core/configmaps/", since=a.revision)
+    ev = await w.next(wait=2)
+    assert ev is not None and ev.type is records.EventType.MODIFIED and ev.object()["data"] == {"v": "2"}
+    w.close()
+    await s2.close()
+
+
+async def test_slow_watcher_is_dropped_not_buffered_forever(tmp_path: Path) -> None:
+    s = await _open(tmp_path, watcher_queue=5)
+    w = await s.watch("/core/configmaps/", since=s.revision)
+    for i in range(10):
+        await s.create(f"/core/configmaps/ns/s{i}", _obj(f"s{i}"))
+    assert w.dropped and w.closed
+    assert s.stats().watchers == 0
+    await s.close()
+
+
+async def test_compaction_keeps_latest_values_and_expires_old_watches(tmp_path: Path) -> None:
+    s = await _open(tmp_path, compaction_window=5, compaction_batch=3, watch_cache_size=4)
+    first = await s.create("/core/configmaps/ns/k", _obj("k", data={"n": "0"}))
+    for n in range(1, 30):
+        await s.update("/core/configmaps/ns/k", _obj("k", data={"n": str(n)}), expect_revision=None)
+    keep = await s.create("/core/configmaps/ns/keep", _obj("keep"))
+    for n in range(5):
+        await s.update("/core/configmaps/ns/k", _obj("k", data={"n": f"x{n}"}), expect_revision=None)
+    compacted = await s.compact()
+    assert compacted == s.revision - 5
+    item = s.get("/core/configmaps/ns/keep")
+    assert item is not None and item.revision == keep.revision  # older than the window, still there
+    with pytest.raises(errors.CompactedError):
+        await s.watch("/core/configmaps/", since=first.revision)
+    w = await s.watch("/core/configmaps/", since=compacted)
+    ev = await w.next(wait=1)
+    assert ev is not None and ev.revision == compacted + 1
+    w.close()
+    recs = list(s._db.iter_records())
+    assert len(recs) <= 7  # the window plus the live record of "keep"
+    await s.close()
+
+
+async def test_memory_tier_never_touches_disk(tmp_path: Path) -> None:
+    s = await _open(tmp_path)
+    await s.create("/core/configmaps/ns/c", _obj("c"))
+    lease = await s.create("/coordination.k8s.io/leases/kube-node-lease/n1", _obj("n1"))
+    data_file = tmp_path / "db" / "data.mdb"
+    before = (data_file.stat().st_mtime_ns, data_file.read_bytes())
+    rev = lease.revision
+    for _ in range(50):
+        rev = (await s.update("/coordination.k8s.io/leases/kube-node-lease/n1", _obj("n1"), expect_revision=rev)).revision
+    assert (data_file.stat().st_mtime_ns, data_file.read_bytes()) == before
+    await s.close()
+
+
+async def test_memory_tier_survives_clean_restart_and_revisions_survive_a_crash(tmp_path: Path) -> None:
+    s = await _open(tmp_path)
+    lease = await s.create("/coordination.k8s.io/leases/kube-node-lease/n1", _obj("n1"))
+    await s.close()
+    s2 = await _open(tmp_path)
+    item = s2.get("/coordination.k8s.io/leases/kube-node-lease/n1")
+    assert item is not None and item.revision == lease.revision
+    assert not (tmp_path / "db" / "memory.snapshot").exists()
+    top = (await s2.update("/coordination.k8s.io/leases/kube-node-lease/n1", _obj("n1"), expect_revision=None)).revision
+    await s2.close()
+    # A crash loses the snapshot: the lease is gone, but no revision is handed out twice.
+    os.unlink(tmp_path / "db" / "memory.snapshot")
+    s3 = await _open(tmp_path)
+    assert s3.get("/coordination.k8s.io/leases/kube-node-lease/n1") is None
+    again = await s3.create("/core/configmaps/ns/after-crash", _obj("after-crash"))
+    assert again.revision > top
+    await s3.close()
+
+
+async def test_bounded_memory_resource_drops_oldest(tmp_path: Path) -> None:
+    s = await _open(tmp_path, memory_max_per_resource=3)
+    for i in range(5):
+        await s.create(f"/core/events/ns/e{i}", _obj(f"e{i}"))
+    await asyncio.sleep(0.05)
+    names = [i.key.rsplit("/", 1)[1] for i in s.scan("/core/events/").items]
+    assert names == ["e2", "e3", "e4"]
+    await s.close()
+
+
+async def test_full_database_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> None:
+    s = await _open(tmp_path, map_size_mb=1, max_size_mb=1)
+    stored = []
+    with pytest.raises(errors.StoreFullError, match="maximum size"):
+        for i in range(10_000):
+            await s.create(f"/core/configmaps/ns/f{i:05d}", _obj(f"f{i}", data={"x": "y" * 2000}))
+            stored.append(i)
+    assert stored, "some writes fit before the map filled"
+    assert len(s.scan("/core/configmaps/ns/").items) == len(stored)
+    await s.close()
