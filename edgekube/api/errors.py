@@ -1,0 +1,178 @@
+"""API errors as Kubernetes `Status` objects.
+
+Every failure a client can see is an `APIError`, raised anywhere below the HTTP layer (registry,
+validation, patch, store adapters) and turned into a `Status` body with the HTTP code and reason
+clients switch on (`kubectl` prints `message`; client-go's `errors.IsConflict` reads `reason`).
+Messages follow upstream's wording so that scripts grepping kubectl's output keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Cause:
+    """One field-level cause of an Invalid (422) error."""
+
+    field: str
+    message: str
+    reason: str = "FieldValueInvalid"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"reason": self.reason, "message": self.message, "field": self.field}
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+    def status(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+def _details(name: str | None, group: str, kind: str) -> dict[str, Any]:
+    d: dict[str, Any] = {"kind": kind}
+    if name is not None:
+        d["name"] = name
+    if group:
+        d["group"] = group
+    return d
+
+
+def qualified(plural: str, group: str) -> str:
+    return f"{plural}.{group}" if group else plural
+
+
+def bad_request(message: str) -> APIError:
+    return APIError(400, "BadRequest", message)
+
+
+def unauthorized(message: str = "Unauthorized") -> APIError:
+    return APIError(401, "Unauthorized", message)
+
+
+def forbidden(message: str) -> APIError:
+    return APIError(403, "Forbidden", message)
+
+
+def not_found(plural: str, name: str | None, *, group: str = "") -> APIError:
+    what = qualified(plural, group)
+    msg = f'{what} "{name}" not found' if name else "the server could not find the requested resource"
+    return APIError(404, "NotFound", msg, details=_details(name, group, plural))
+
+
+def not_found_path() -> APIError:
+    return APIError(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+        details={"causes": [{"reason": "UnexpectedServerResponse", "message": "404 page not found"}]},
+    )
+
+
+def method_not_allowed(method: str, what: str) -> APIError:
+    return APIError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource ({method} {what})")
+
+
+def already_exists(plural: str, name: str, *, group: str = "") -> APIError:
+    return APIError(
+        409,
+        "AlreadyExists",
+        f'{qualified(plural, group)} "{name}" already exists',
+        details=_details(name, group, plural),
+    )
+
+
+def conflict(plural: str, name: str, *, group: str = "", why: str | None = None) -> APIError:
+    why = why or "the object has been modified; please apply your changes to the latest version and try again"
+    return APIError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {qualified(plural, group)} "{name}": {why}',
+        details=_details(name, group, plural),
+    )
+
+
+def gone(message: str) -> APIError:
+    return APIError(410, "Expired", message)
+
+
+def request_too_large(limit: int) -> APIError:
+    return APIError(413, "RequestEntityTooLarge", f"the request body exceeds the limit of {limit} bytes")
+
+
+def unsupported_media_type(content_type: str, supported: list[str]) -> APIError:
+    return APIError(
+        415,
+        "UnsupportedMediaType",
+        f'the body of the request was in an unknown format - accepted media types include: {", ".join(supported)}'
+        + (f' (got "{content_type}")' if content_type else ""),
+    )
+
+
+def invalid(kind: str, name: str, causes: list[Cause], *, group: str = "") -> APIError:
+    summary = ", ".join(f"{c.field}: {c.message}" for c in causes)
+    label = f"{kind}.{group}" if group else kind
+    details = _details(name, group, kind)
+    details["causes"] = [c.to_dict() for c in causes]
+    return APIError(422, "Invalid", f'{label} "{name}" is invalid: {summary}', details=details)
+
+
+def too_many_requests(message: str, *, retry_after: int = 1) -> APIError:
+    return APIError(
+        429,
+        "TooManyRequests",
+        message,
+        details={"retryAfterSeconds": retry_after},
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def internal(message: str) -> APIError:
+    return APIError(500, "InternalError", f"Internal error occurred: {message}")
+
+
+def storage_full(message: str) -> APIError:
+    return APIError(507, "InsufficientStorage", f"the store cannot accept more data: {message}")
+
+
+def timeout(message: str) -> APIError:
+    return APIError(504, "Timeout", message)
+
+
+def namespace_terminating(namespace: str, plural: str, name: str, *, group: str = "") -> APIError:
+    return APIError(
+        403,
+        "Forbidden",
+        f'{qualified(plural, group)} "{name}" is forbidden: unable to create new content in namespace '
+        f"{namespace} because it is being terminated",
+        details={**_details(name, group, plural), "causes": [{"reason": "NamespaceTerminating",
+                                                              "message": f"namespace {namespace} is being terminated",
+                                                              "field": "metadata.namespace"}]},
+    )

@@ -1,0 +1,392 @@
+"""HTTP handlers for `/api` and `/apis`: parse the path, call the registry, render the answer.
+
+Kubernetes URLs have a small grammar, parsed here rather than by a route table because the same
+prefix serves discovery, collections, objects, subresources and the legacy `/watch/` form:
+
+    /api/v1 | /apis/<group>/<version>                       resource list (discovery)
+      /<plural>                                             collection (all namespaces)
+      /<plural>/<name>[/<subresource>]                      cluster-scoped object
+      /namespaces/<ns>/<plural>[/<name>[/<subresource>]]    namespaced
+      /watch/...                                            legacy watch of the above
+
+Handlers stay thin: semantics live in `registry.rest`, so the in-process client gets the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from edgekube.api import discovery, errors, negotiation, patch, tables, watchstream
+from edgekube.api.registry import resources, rest
+
+JSON = dict[str, Any]
+
+_TRUE = ("true", "1", "True")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    info: resources.ResourceInfo
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+    legacy_watch: bool = False
+
+
+def json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None,
+                  content_type: str = "application/json") -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type=None,
+                        headers={"Content-Type": content_type, **(headers or {})})
+
+
+def _q(request: web.Request, name: str, default: str = "") -> str:
+    return request.query.get(name, default)
+
+
+def _int_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise errors.bad_request(f'invalid value for query parameter {name}: "{raw}" is not an integer') from None
+
+
+class Handlers:
+    def __init__(self, registry: rest.Registry, *, max_body: int, watch_timeout: int, bookmark_interval: float,
+                 server_address: str) -> None:
+        self._registry = registry
+        self._catalog = registry.catalog
+        self._max_body = max_body
+        self._watch_timeout = watch_timeout
+        self._bookmark_interval = bookmark_interval
+        self._server_address = server_address
+
+    # --- routing -----------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        parts = [p for p in request.path.split("/") if p]
+        if not parts:
+            raise errors.not_found_path()
+        if parts[0] == "api":
+            if len(parts) == 1:
+                return self._discovery_root(request, core=True)
+            group, version, rest_parts = "", parts[1], parts[2:]
+        elif parts[0] == "apis":
+            if len(parts) == 1:
+                return self._discovery_root(request, core=False)
+            if len(parts) == 2:
+                doc = discovery.api_group(self._catalog, parts[1])
+                if doc is None:
+                    raise errors.not_found_path()
+                self._only_get(request)
+                return json_response(doc)
+            group, version, rest_parts = parts[1], parts[2], parts[3:]
+        else:
+            raise errors.not_found_path()
+        if not rest_parts:
+            self._only_get(request)
+            doc = discovery.api_resource_list(self._catalog, group, version)
+            if doc is None:
+                raise errors.not_found_path()
+            return json_response(doc)
+        target = self._parse(group, version, rest_parts)
+        return await self._dispatch(request, target)
+
+    def _only_get(self, request: web.Request) -> None:
+        if request.method not in ("GET", "HEAD"):
+            raise errors.method_not_allowed(request.method, request.path)
+
+    def _discovery_root(self, request: web.Request, *, core: bool) -> web.Response:
+        self._only_get(request)
+        wanted = discovery.negotiate_discovery(request.headers.get("Accept", ""))
+        if wanted is not None:
+            return json_response(
+                discovery.aggregated(self._catalog, core=core, version=wanted),
+                content_type=discovery.discovery_content_type(wanted),
+                headers={"Vary": "Accept"},
+            )
+        if core:
+            return json_response(discovery.core_versions(server_address=self._server_address), headers={"Vary": "Accept"})
+        return json_response(discovery.api_group_list(self._catalog), headers={"Vary": "Accept"})
+
+    def _parse(self, group: str, version: str, parts: list[str]) -> Target:
+        legacy_watch = False
+        if parts and parts[0] == "watch":
+            legacy_watch = True
+            parts = parts[1:]
+        namespace: str | None = None
+        if len(parts) >= 3 and parts[0] == "namespaces":
+            namespace, parts = parts[1], parts[2:]
+        elif len(parts) == 2 and parts[0] == "namespaces":
+            # /api/v1/namespaces/<name>: the namespace object itself.
+            pass
+        if not parts:
+            raise errors.not_found_path()
+        plural = parts[0]
+        info = self._catalog.lookup(group, version, plural)
+        if info is None:
+            raise errors.not_found_path()
+        if namespace is not None and not info.namespaced:
+            raise errors.not_found_path()
+        name = parts[1] if len(parts) > 1 else None
+        sub = parts[2] if len(parts) > 2 else None
+        if len(parts) > 3:
+            raise errors.not_found_path()
+        if sub is not None and sub not in info.subresources:
+            raise errors.not_found_path()
+        return Target(info=info, namespace=namespace, name=name, subresource=sub, legacy_watch=legacy_watch)
+
+    async def _dispatch(self, request: web.Request, t: Target) -> web.StreamResponse:
+        m = request.method
+        if t.name is None:
+            if m == "GET":
+                if t.legacy_watch or _q(request, "watch") in _TRUE:
+                    return await self._watch(request, t)
+                return self._list(request, t)
+            if m == "POST":
+                if t.info.namespaced and t.namespace is None:
+                    raise errors.method_not_allowed(m, t.info.plural)
+                return await self._create(request, t)
+            if m == "DELETE" and "deletecollection" in t.info.verbs:
+                return await self._delete_collection(request, t)
+            raise errors.method_not_allowed(m, t.info.plural)
+        if t.info.namespaced and t.namespace is None:
+            raise errors.not_found_path()
+        if t.legacy_watch:
+            return await self._watch(request, t)
+        if t.subresource == "binding":
+            if m != "POST":
+                raise errors.method_not_allowed(m, "pods/binding")
+            return await self._bind(request, t)
+        if t.subresource == "scale":
+            return await self._scale(request, t)
+        if m == "GET":
+            if _q(request, "watch") in _TRUE:
+                return await self._watch(request, t)
+            return self._get(request, t)
+        if m == "PUT":
+            return await self._update(request, t)
+        if m == "PATCH":
+            return await self._patch(request, t)
+        if m == "DELETE" and t.subresource is None:
+            return await self._delete(request, t)
+        raise errors.method_not_allowed(m, f"{t.info.plural}/{t.subresource or ''}")
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    async def _body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self._max_body:
+            raise errors.request_too_large(self._max_body)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise errors.request_too_large(self._max_body) from None
+        if len(body) > self._max_body:
+            raise errors.request_too_large(self._max_body)
+        return body
+
+    def _options(self, request: web.Request) -> rest.Options:
+        dry = request.query.getall("dryRun", [])
+        for d in dry:
+            if d != "All":
+                raise errors.bad_request(f'Invalid dry run value: "{d}": supported values: "All"')
+        fv = _q(request, "fieldValidation") or "Strict"
+        if fv not in ("Strict", "Warn", "Ignore"):
+            raise errors.bad_request(f'fieldValidation: invalid value "{fv}": must be one of Ignore, Warn, Strict')
+        return rest.Options(dry_run=bool(dry), field_validation=fv, field_manager=_q(request, "fieldManager") or None)
+
+    def _render(self, request: web.Request, t: Target, obj: JSON, *, status: int = 200,
+                warnings: rest.Warnings | None = None) -> web.Response:
+        headers = _warning_headers(warnings)
+        version = negotiation.wants_table(request.headers.get("Accept", ""))
+        if version is not None:
+            table = tables.to_table(t.info.gk, [obj], include_object=_q(request, "includeObject") or "Metadata")
+            table["apiVersion"] = f"meta.k8s.io/{version}"
+            return json_response(table, status=status, headers=headers)
+        return json_response(obj, status=status, headers=headers)
+
+    # --- verbs -------------------------------------------------------------------------------
+
+    def _get(self, request: web.Request, t: Target) -> web.Response:
+        assert t.name is not None
+        obj = self._registry.get(t.info, namespace=t.namespace, name=t.name)
+        return self._render(request, t, obj)
+
+    def _list(self, request: web.Request, t: Target) -> web.Response:
+        negotiation.check_acceptable(request.headers.get("Accept", ""))
+        limit = _int_param(request, "limit")
+        result = self._registry.list(
+            t.info,
+            namespace=t.namespace,
+            label_selector=_q(request, "labelSelector"),
+            field_selector=_q(request, "fieldSelector"),
+            limit=limit,
+            continue_token=_q(request, "continue") or None,
+        )
+        list_meta: JSON = {"resourceVersion": result.resource_version}
+        if result.continue_token:
+            list_meta["continue"] = result.continue_token
+        version = negotiation.wants_table(request.headers.get("Accept", ""))
+        if version is not None:
+            table = tables.to_table(t.info.gk, result.items, include_object=_q(request, "includeObject") or "Metadata",
+                                    list_meta=list_meta)
+            table["apiVersion"] = f"meta.k8s.io/{version}"
+            return json_response(table)
+        return json_response(
+            {"kind": t.info.list_kind, "apiVersion": t.info.api_version, "metadata": list_meta, "items": result.items}
+        )
+
+    async def _create(self, request: web.Request, t: Target) -> web.Response:
+        body = negotiation.decode_body(await self._body(request), request.headers.get("Content-Type", ""))
+        warnings = rest.Warnings()
+        obj = await self._registry.create(t.info, body, namespace=t.namespace, options=self._options(request), warnings=warnings)
+        return self._render(request, t, obj, status=201, warnings=warnings)
+
+    async def _update(self, request: web.Request, t: Target) -> web.Response:
+        assert t.name is not None
+        body = negotiation.decode_body(await self._body(request), request.headers.get("Content-Type", ""))
+        warnings = rest.Warnings()
+        if t.subresource == "finalize":
+            return await self._finalize(request, t, body)
+        obj, created = await self._registry.update(
+            t.info, body, namespace=t.namespace, name=t.name, subresource=t.subresource,
+            options=self._options(request), warnings=warnings,
+        )
+        return self._render(request, t, obj, status=201 if created else 200, warnings=warnings)
+
+    async def _finalize(self, request: web.Request, t: Target, body: JSON) -> web.Response:
+        assert t.name is not None
+        finalizers = (body.get("spec") or {}).get("finalizers") or []
+
+        def set_finalizers(ns: JSON) -> JSON:
+            ns.setdefault("spec", {})["finalizers"] = finalizers
+            if not finalizers:
+                ns["spec"].pop("finalizers")
+            return ns
+
+        obj = await self._registry.patch(t.info, namespace=None, name=t.name, apply=set_finalizers,
+                                         options=self._options(request))
+        if not finalizers and (obj.get("metadata") or {}).get("deletionTimestamp"):
+            obj, _ = await self._registry.delete(t.info, namespace=None, name=t.name)
+        return self._render(request, t, obj)
+
+    async def _patch(self, request: web.Request, t: Target) -> web.Response:
+        assert t.name is not None
+        content_type = negotiation.media_type(request.headers.get("Content-Type", ""))
+        body = await self._body(request)
+        warnings = rest.Warnings()
+        gk = t.info.gk
+
+        def apply(current: JSON) -> JSON:
+            return patch.apply_patch(content_type, current, body, gk=gk)
+
+        obj = await self._registry.patch(
+            t.info, namespace=t.namespace, name=t.name, apply=apply, subresource=t.subresource,
+            options=self._options(request), warnings=warnings,
+        )
+        return self._render(request, t, obj, warnings=warnings)
+
+    def _delete_options(self, request: web.Request, body: bytes) -> rest.DeleteOptions:
+        opts: JSON = {}
+        if body.strip():
+            opts = negotiation.decode_body(body, request.headers.get("Content-Type", "application/json"))
+        grace = _int_param(request, "gracePeriodSeconds")
+        if grace is None and opts.get("gracePeriodSeconds") is not None:
+            grace = int(opts["gracePeriodSeconds"])
+        policy = _q(request, "propagationPolicy") or opts.get("propagationPolicy")
+        orphan = _q(request, "orphanDependents") or opts.get("orphanDependents")
+        if policy is None and orphan is not None:
+            policy = "Orphan" if str(orphan).lower() == "true" else "Background"
+        pre = opts.get("preconditions") or {}
+        dry = request.query.getall("dryRun", []) or opts.get("dryRun") or []
+        return rest.DeleteOptions(
+            grace_period_seconds=grace,
+            propagation_policy=policy,
+            precondition_uid=pre.get("uid"),
+            precondition_resource_version=pre.get("resourceVersion"),
+            dry_run=bool(dry),
+        )
+
+    async def _delete(self, request: web.Request, t: Target) -> web.Response:
+        assert t.name is not None
+        options = self._delete_options(request, await self._body(request))
+        obj, deleted = await self._registry.delete(t.info, namespace=t.namespace, name=t.name, options=options)
+        if deleted and t.info.gk not in ("Pod", "Namespace"):
+            meta = obj.get("metadata") or {}
+            details: JSON = {"name": meta.get("name"), "kind": t.info.plural, "uid": meta.get("uid")}
+            if t.info.group:
+                details["group"] = t.info.group
+            return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
+        return self._render(request, t, obj)
+
+    async def _delete_collection(self, request: web.Request, t: Target) -> web.Response:
+        options = self._delete_options(request, await self._body(request))
+        items = await self._registry.delete_collection(
+            t.info, namespace=t.namespace, label_selector=_q(request, "labelSelector"),
+            field_selector=_q(request, "fieldSelector"), options=options,
+        )
+        return json_response({"kind": t.info.list_kind, "apiVersion": t.info.api_version,
+                              "metadata": {"resourceVersion": str(self._registry.store.revision)}, "items": items})
+
+    async def _bind(self, request: web.Request, t: Target) -> web.Response:
+        assert t.name is not None and t.namespace is not None
+        body = negotiation.decode_body(await self._body(request), request.headers.get("Content-Type", ""))
+        await self._registry.bind(namespace=t.namespace, name=t.name, binding=body, options=self._options(request))
+        return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, status=201)
+
+    async def _scale(self, request: web.Request, t: Target) -> web.Response:
+        assert t.name is not None
+        m = request.method
+        if m == "GET":
+            obj = self._registry.get(t.info, namespace=t.namespace, name=t.name)
+            return json_response(self._registry.scale_of(t.info, obj))
+        if m == "PUT":
+            body = negotiation.decode_body(await self._body(request), request.headers.get("Content-Type", ""))
+            return json_response(await self._registry.set_scale(t.info, namespace=t.namespace, name=t.name, scale=body,
+                                                                options=self._options(request)))
+        if m == "PATCH":
+            content_type = negotiation.media_type(request.headers.get("Content-Type", ""))
+            raw = await self._body(request)
+            current = self._registry.get(t.info, namespace=t.namespace, name=t.name)
+            scale = self._registry.scale_of(t.info, current)
+            scale["metadata"].pop("resourceVersion", None)
+            patched = patch.apply_patch(content_type, scale, raw, gk="Scale.autoscaling")
+            return json_response(await self._registry.set_scale(t.info, namespace=t.namespace, name=t.name,
+                                                                scale=patched, options=self._options(request)))
+        raise errors.method_not_allowed(m, f"{t.info.plural}/scale")
+
+    async def _watch(self, request: web.Request, t: Target) -> web.StreamResponse:
+        field_selector = _q(request, "fieldSelector")
+        if t.name is not None:
+            name_sel = f"metadata.name={t.name}"
+            field_selector = f"{field_selector},{name_sel}" if field_selector else name_sel
+        accept = self._registry.matcher(t.info, label_selector=_q(request, "labelSelector"), field_selector=field_selector)
+        timeout = _int_param(request, "timeoutSeconds")
+        spec = watchstream.WatchSpec(
+            info=t.info,
+            namespace=t.namespace,
+            resource_version=_q(request, "resourceVersion"),
+            accept=accept,
+            timeout=float(timeout) if timeout is not None and timeout > 0 else float(self._watch_timeout),
+            bookmarks=_q(request, "allowWatchBookmarks") in _TRUE,
+            bookmark_interval=self._bookmark_interval,
+            send_initial_events=_q(request, "sendInitialEvents") in _TRUE,
+            table_version=negotiation.wants_table(request.headers.get("Accept", "")),
+            include_object=_q(request, "includeObject") or "Metadata",
+        )
+        return await watchstream.serve(request, self._registry, spec)
+
+
+def _warning_headers(warnings: rest.Warnings | None) -> dict[str, str]:
+    if warnings is None or not warnings.messages:
+        return {}
+    # One header may carry several comma-separated warnings (RFC 7234 warn-values).
+    text = ", ".join('299 - "' + m.replace('"', '\\"') + '"' for m in warnings.messages)
+    return {"Warning": text}

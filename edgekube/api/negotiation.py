@@ -1,0 +1,97 @@
+"""Content negotiation: request bodies in, response forms out.
+
+Bodies: JSON and YAML for create/update (`application/json`, `application/yaml`), the three
+patch media types plus apply (handled by `patch.py`). Anything else is 415; a body that does not
+parse is 400 with the parser's own words; a body over the limit is 413.
+
+Responses: JSON always; `as=Table` (meta.k8s.io v1 or v1beta1) when kubectl asks for a server-side
+table; a protobuf-only Accept is 406 since we speak JSON alone. Parameters inside an Accept entry
+follow the media type after `;` and entries are separated by `,`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import orjson
+import yaml
+
+from edgekube.api import errors
+
+JSON_TYPES = ("application/json",)
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+PATCH_TYPES = (
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaRange:
+    type: str
+    params: dict[str, str]
+
+
+def parse_accept(header: str) -> list[MediaRange]:
+    out: list[MediaRange] = []
+    for entry in header.split(","):
+        parts = [p.strip() for p in entry.split(";")]
+        if not parts or not parts[0]:
+            continue
+        params: dict[str, str] = {}
+        for p in parts[1:]:
+            if "=" in p:
+                k, v = p.split("=", 1)
+                params[k.strip().lower()] = v.strip().strip('"')
+        out.append(MediaRange(type=parts[0].lower(), params=params))
+    return out
+
+
+def wants_table(accept: str) -> str | None:
+    """The Table version asked for ("v1" or "v1beta1"), when JSON tables come first."""
+    for rng in parse_accept(accept):
+        if rng.params.get("as") == "Table" and rng.type in ("application/json", "*/*"):
+            if rng.params.get("g", "meta.k8s.io") == "meta.k8s.io":
+                return rng.params.get("v", "v1")
+        elif rng.type in ("application/json", "*/*", "application/*"):
+            if "as" not in rng.params:
+                return None
+    return None
+
+
+def check_acceptable(accept: str) -> None:
+    if not accept:
+        return
+    for rng in parse_accept(accept):
+        if rng.type in ("application/json", "*/*", "application/*", "application/yaml", "application/json;stream=watch"):
+            return
+        if rng.type.startswith("application/json"):
+            return
+    raise errors.APIError(406, "NotAcceptable", f"only the following media types are accepted: application/json, application/yaml (asked for {accept})")
+
+
+def media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def decode_body(body: bytes, content_type: str) -> dict[str, Any]:
+    """Decode a create/update body; it must be one object."""
+    mt = media_type(content_type)
+    if mt in JSON_TYPES or mt == "":
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise errors.bad_request(f"error decoding JSON body: {exc}") from None
+    elif mt in YAML_TYPES:
+        try:
+            obj = yaml.safe_load(body)
+        except yaml.YAMLError as exc:
+            raise errors.bad_request(f"error decoding YAML body: {exc}") from None
+    else:
+        raise errors.unsupported_media_type(mt, ["application/json", "application/yaml"])
+    if not isinstance(obj, dict):
+        raise errors.bad_request("the request body must be a single object")
+    return obj

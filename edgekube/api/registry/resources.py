@@ -1,0 +1,199 @@
+"""The catalog of resources this API server serves.
+
+One `ResourceInfo` per resource (group, version, plural) says everything the generic REST code,
+discovery, OpenAPI and the store need to know: its kind, whether it is namespaced, its short
+names, verbs and subresources, and which storage tier holds it. Behaviour that differs per kind
+(defaults, validation, Table columns) lives in the modules named for that job and is keyed by
+`ResourceInfo.gk`.
+
+Store keys are `/<group>/<resource>/<namespace>/<name>` for namespaced resources and
+`/<group>/<resource>/<name>` for cluster-scoped ones; the core group is spelled `core` so that
+no key has an empty segment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+STANDARD_VERBS: tuple[str, ...] = (
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceInfo:
+    group: str  # "" for the core group
+    version: str
+    kind: str
+    plural: str
+    singular: str
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+    verbs: tuple[str, ...] = STANDARD_VERBS
+    # Subresources served under /<name>/<sub>: "status", "scale", "binding", ...
+    subresources: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    # Volatile kinds (Leases, Events) live in the memory tier and never touch flash per write.
+    memory_tier: bool = False
+
+    @property
+    def group_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def api_version(self) -> str:
+        return self.group_version
+
+    @property
+    def list_kind(self) -> str:
+        return self.kind + "List"
+
+    @property
+    def gk(self) -> str:
+        """Group and kind, as `Kind.group` (`Pod`, `Deployment.apps`): the key for per-kind code."""
+        return f"{self.kind}.{self.group}" if self.group else self.kind
+
+    @property
+    def has_status(self) -> bool:
+        return "status" in self.subresources
+
+    @property
+    def key_group(self) -> str:
+        return self.group or "core"
+
+    def key_prefix(self, namespace: str | None = None) -> str:
+        """Prefix of every key of this resource, or of one namespace's keys when given."""
+        base = f"/{self.key_group}/{self.plural}/"
+        if self.namespaced and namespace:
+            return f"{base}{namespace}/"
+        return base
+
+    def key(self, name: str, namespace: str | None = None) -> str:
+        if self.namespaced:
+            return f"/{self.key_group}/{self.plural}/{namespace}/{name}"
+        return f"/{self.key_group}/{self.plural}/{name}"
+
+    def url_path(self, name: str | None = None, namespace: str | None = None) -> str:
+        root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        parts = [root]
+        if self.namespaced and namespace:
+            parts.append(f"namespaces/{namespace}")
+        parts.append(self.plural)
+        if name:
+            parts.append(name)
+        return "/".join(parts)
+
+
+def _r(
+    group: str,
+    version: str,
+    kind: str,
+    plural: str,
+    *,
+    namespaced: bool = True,
+    short: Iterable[str] = (),
+    sub: Iterable[str] = (),
+    categories: Iterable[str] = (),
+    verbs: tuple[str, ...] = STANDARD_VERBS,
+    memory_tier: bool = False,
+) -> ResourceInfo:
+    return ResourceInfo(
+        group=group,
+        version=version,
+        kind=kind,
+        plural=plural,
+        singular=kind.lower(),
+        namespaced=namespaced,
+        short_names=tuple(short),
+        verbs=verbs,
+        subresources=tuple(sub),
+        categories=tuple(categories),
+        memory_tier=memory_tier,
+    )
+
+
+_ALL = ("all",)
+
+BUILTIN: tuple[ResourceInfo, ...] = (
+    # core/v1
+    _r("", "v1", "Namespace", "namespaces", namespaced=False, short=("ns",), sub=("status", "finalize"),
+       verbs=("create", "delete", "get", "list", "patch", "update", "watch")),
+    _r("", "v1", "Pod", "pods", short=("po",), sub=("status", "binding"), categories=_ALL),
+    _r("", "v1", "Service", "services", short=("svc",), sub=("status",), categories=_ALL,
+       verbs=("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")),
+    _r("", "v1", "Endpoints", "endpoints", short=("ep",)),
+    _r("", "v1", "ConfigMap", "configmaps", short=("cm",)),
+    _r("", "v1", "Secret", "secrets"),
+    _r("", "v1", "ServiceAccount", "serviceaccounts", short=("sa",)),
+    _r("", "v1", "Node", "nodes", namespaced=False, short=("no",), sub=("status",)),
+    _r("", "v1", "Event", "events", short=("ev",), memory_tier=True),
+    _r("", "v1", "PersistentVolume", "persistentvolumes", namespaced=False, short=("pv",), sub=("status",)),
+    _r("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", short=("pvc",), sub=("status",)),
+    _r("", "v1", "ResourceQuota", "resourcequotas", short=("quota",), sub=("status",)),
+    _r("", "v1", "LimitRange", "limitranges", short=("limits",)),
+    # apps/v1
+    _r("apps", "v1", "Deployment", "deployments", short=("deploy",), sub=("status", "scale"), categories=_ALL),
+    _r("apps", "v1", "ReplicaSet", "replicasets", short=("rs",), sub=("status", "scale"), categories=_ALL),
+    _r("apps", "v1", "DaemonSet", "daemonsets", short=("ds",), sub=("status",), categories=_ALL),
+    _r("apps", "v1", "StatefulSet", "statefulsets", short=("sts",), sub=("status", "scale"), categories=_ALL),
+    _r("apps", "v1", "ControllerRevision", "controllerrevisions"),
+    # batch/v1
+    _r("batch", "v1", "Job", "jobs", sub=("status",), categories=_ALL),
+    _r("batch", "v1", "CronJob", "cronjobs", short=("cj",), sub=("status",), categories=_ALL),
+    # coordination.k8s.io/v1
+    _r("coordination.k8s.io", "v1", "Lease", "leases", memory_tier=True),
+    # discovery.k8s.io/v1
+    _r("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+    # storage.k8s.io/v1
+    _r("storage.k8s.io", "v1", "StorageClass", "storageclasses", namespaced=False, short=("sc",)),
+    # rbac.authorization.k8s.io/v1: stored now, enforced by the RBAC issue.
+    _r("rbac.authorization.k8s.io", "v1", "Role", "roles"),
+    _r("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
+    _r("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", namespaced=False),
+    _r("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False),
+)
+
+
+class Catalog:
+    """Lookup of served resources by URL coordinates and by kind."""
+
+    def __init__(self, resources: Iterable[ResourceInfo] = BUILTIN) -> None:
+        self._by_path: dict[tuple[str, str, str], ResourceInfo] = {}
+        self._by_kind: dict[tuple[str, str], ResourceInfo] = {}
+        self._order: list[ResourceInfo] = []
+        for info in resources:
+            self.add(info)
+
+    def add(self, info: ResourceInfo) -> None:
+        self._by_path[(info.group, info.version, info.plural)] = info
+        self._by_kind[(info.group_version, info.kind)] = info
+        self._order.append(info)
+
+    def lookup(self, group: str, version: str, plural: str) -> ResourceInfo | None:
+        return self._by_path.get((group, version, plural))
+
+    def by_kind(self, api_version: str, kind: str) -> ResourceInfo | None:
+        return self._by_kind.get((api_version, kind))
+
+    def all(self) -> list[ResourceInfo]:
+        return list(self._order)
+
+    def groups(self) -> dict[str, list[str]]:
+        """Group name to its versions, in the order resources were added (core group first)."""
+        out: dict[str, list[str]] = {}
+        for info in self._order:
+            versions = out.setdefault(info.group, [])
+            if info.version not in versions:
+                versions.append(info.version)
+        return out
+
+    def in_group_version(self, group: str, version: str) -> list[ResourceInfo]:
+        return [i for i in self._order if i.group == group and i.version == version]

@@ -1,0 +1,902 @@
+"""Generic REST semantics for every resource: the one path all writes take.
+
+The HTTP handlers and the in-process client both call `Registry`, so an object written by a
+controller obeys the same rules as one written by kubectl: metadata set by the server (uid,
+creationTimestamp, generation, resourceVersion), defaults, validation, the status split,
+compare-and-swap on resourceVersion, finalizers and deletionTimestamp, dry runs.
+
+Objects are plain dicts in their wire form. Every method works on its own copy: values from the
+store are freshly decoded, and nothing handed in by a caller is kept after the call returns,
+except the object given to the store (which owns it from then on).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import datetime
+import ipaddress
+import secrets
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from edgekube._cogs import clock as clock_mod
+from edgekube.api import errors, fields, labels
+from edgekube.api.registry import allocators, defaults, known_fields, resources, validation
+from edgekube.store import errors as store_errors
+from edgekube.store import records
+from edgekube.store import store as store_mod
+
+JSON = dict[str, Any]
+
+# Kinds whose metadata.generation tracks spec changes.
+_GENERATION_KINDS = frozenset(
+    {
+        "Deployment.apps",
+        "ReplicaSet.apps",
+        "DaemonSet.apps",
+        "StatefulSet.apps",
+        "Job.batch",
+        "CronJob.batch",
+        "PersistentVolumeClaim",
+    }
+)
+# Kinds that upstream lets PUT create when missing.
+_CREATE_ON_UPDATE = frozenset(
+    {
+        "Endpoints",
+        "Event",
+        "Lease.coordination.k8s.io",
+        "Role.rbac.authorization.k8s.io",
+        "RoleBinding.rbac.authorization.k8s.io",
+        "ClusterRole.rbac.authorization.k8s.io",
+        "ClusterRoleBinding.rbac.authorization.k8s.io",
+    }
+)
+# Kinds that keep the status a client sends on create (the node reports its own).
+_STATUS_ON_CREATE = frozenset({"Node", "Event", "Lease.coordination.k8s.io"})
+_INITIAL_STATUS: dict[str, JSON] = {
+    "Namespace": {"phase": "Active"},
+    "PersistentVolumeClaim": {"phase": "Pending"},
+    "PersistentVolume": {"phase": "Pending"},
+}
+_GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_CONFLICT_RETRIES = 8
+_SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    dry_run: bool = False
+    field_validation: str = "Strict"
+    field_manager: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteOptions:
+    grace_period_seconds: int | None = None
+    propagation_policy: str | None = None
+    precondition_uid: str | None = None
+    precondition_resource_version: str | None = None
+    dry_run: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ListResult:
+    items: list[JSON]
+    resource_version: str
+    continue_token: str | None
+
+
+@dataclasses.dataclass
+class Warnings:
+    """Warnings for the `Warning` response header (fieldValidation=Warn, deprecations)."""
+
+    messages: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceNetwork:
+    service_cidr: str = "10.43.0.0/16"
+    node_port_range: tuple[int, int] = (30000, 32767)
+
+
+class Registry:
+    def __init__(
+        self,
+        store: store_mod.Store,
+        *,
+        catalog: resources.Catalog,
+        clock: clock_mod.Clock,
+        network: ServiceNetwork,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self._clock = clock
+        self._network = network
+        net = ipaddress.ip_network(network.service_cidr)
+        self._kubernetes_ip = str(net.network_address + 1)
+        self._ips = allocators.IPAllocator(network.service_cidr)
+        self._ports = allocators.PortAllocator(*network.node_port_range)
+
+    def rebuild_allocations(self) -> None:
+        """Mark the cluster IPs and node ports of stored Services as used (at boot)."""
+        info = self._info("", "v1", "services")
+        for item in self.store.scan(info.key_prefix()).items:
+            spec = item.object().get("spec") or {}
+            for ip in _cluster_ips(spec):
+                if self._ips.contains(ip):
+                    self._ips.mark_used(ip)
+            for port in spec.get("ports") or []:
+                np = port.get("nodePort")
+                if isinstance(np, int) and self._ports.contains(np):
+                    self._ports.mark_used(np)
+
+    def _info(self, group: str, version: str, plural: str) -> resources.ResourceInfo:
+        info = self.catalog.lookup(group, version, plural)
+        assert info is not None, plural
+        return info
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get(self, info: resources.ResourceInfo, *, namespace: str | None, name: str) -> JSON:
+        item = self.store.get(info.key(name, namespace))
+        if item is None:
+            raise errors.not_found(info.plural, name, group=info.group)
+        return item.object()
+
+    def list(
+        self,
+        info: resources.ResourceInfo,
+        *,
+        namespace: str | None,
+        label_selector: str = "",
+        field_selector: str = "",
+        limit: int | None = None,
+        continue_token: str | None = None,
+    ) -> ListResult:
+        accept = self.matcher(info, label_selector=label_selector, field_selector=field_selector)
+        start_after = None
+        if continue_token:
+            start_after = _decode_continue(continue_token, prefix=info.key_prefix(namespace))
+        page = self.store.scan(
+            info.key_prefix(namespace),
+            start_after=start_after,
+            limit=limit if limit and limit > 0 else None,
+            accept=(lambda value: accept(records.decode(value))) if accept is not None else None,
+        )
+        token = _encode_continue(page.next_key, page.revision) if page.next_key else None
+        return ListResult(items=[i.object() for i in page.items], resource_version=str(page.revision), continue_token=token)
+
+    def matcher(
+        self, info: resources.ResourceInfo, *, label_selector: str, field_selector: str
+    ) -> Callable[[Mapping[str, Any]], bool] | None:
+        try:
+            lsel = labels.parse(label_selector) if label_selector else None
+            fsel = fields.parse(field_selector, gk=info.gk) if field_selector else None
+        except labels.SelectorError as exc:
+            raise errors.bad_request(str(exc)) from None
+        except fields.SelectorError as exc:
+            raise errors.bad_request(str(exc)) from None
+        if lsel is None and fsel is None:
+            return None
+
+        def accept(obj: Mapping[str, Any]) -> bool:
+            meta = obj.get("metadata") or {}
+            if lsel is not None and not lsel.matches(meta.get("labels") or {}):
+                return False
+            return fsel is None or fsel.matches(obj)
+
+        return accept
+
+    # --- create ------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        info: resources.ResourceInfo,
+        obj: JSON,
+        *,
+        namespace: str | None,
+        options: Options = Options(),
+        warnings: Warnings | None = None,
+    ) -> JSON:
+        obj = copy.deepcopy(obj)
+        self._check_type(info, obj)
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise errors.bad_request("metadata must be an object")
+        self._check_namespace(info, meta, namespace)
+        if meta.get("resourceVersion"):
+            raise errors.bad_request("resourceVersion should not be set on objects to be created")
+        if not meta.get("name"):
+            prefix = meta.get("generateName")
+            if not prefix:
+                raise errors.invalid(
+                    info.kind,
+                    "",
+                    [errors.Cause("metadata.name", "Required value: name or generateName is required", "FieldValueRequired")],
+                    group=info.group,
+                )
+            meta["name"] = f"{prefix}{''.join(secrets.choice(_GENERATE_ALPHABET) for _ in range(5))}"
+        name = meta["name"]
+        if info.namespaced:
+            self._check_namespace_accepts(info, namespace or "", name)
+        now = clock_mod.rfc3339(self._clock.now())
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now
+        for k in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
+            meta.pop(k, None)
+        if info.gk in _GENERATION_KINDS:
+            meta["generation"] = 1
+        else:
+            meta.pop("generation", None)
+        if info.has_status and info.gk not in _STATUS_ON_CREATE:
+            obj.pop("status", None)
+            if info.gk in _INITIAL_STATUS:
+                obj["status"] = dict(_INITIAL_STATUS[info.gk])
+        self._check_fields(info, obj, options=options, warnings=warnings)
+        defaults.apply(info.gk, obj)
+        if info.gk == "Job.batch":
+            defaults.job_selector(obj)
+        if info.gk == "Pod":
+            obj.setdefault("status", {}).setdefault("phase", "Pending")
+            obj["status"].setdefault("qosClass", _qos_class(obj.get("spec") or {}))
+        self._validate(info, obj, old=None)
+        allocated = self._allocate_service(obj, old=None) if info.gk == "Service" else _Allocated()
+        if options.dry_run:
+            allocated.release(self)
+            return obj
+        try:
+            applied = await self.store.create(info.key(name, namespace), obj)
+        except store_errors.KeyExistsError:
+            allocated.release(self)
+            raise errors.already_exists(info.plural, name, group=info.group) from None
+        except store_errors.StoreError as exc:
+            allocated.release(self)
+            raise _store_failure(exc) from None
+        return records.decode(applied.value)
+
+    def _check_type(self, info: resources.ResourceInfo, obj: JSON) -> None:
+        api_version = obj.get("apiVersion")
+        kind = obj.get("kind")
+        if api_version and api_version != info.api_version:
+            raise errors.bad_request(
+                f"the API version in the data ({api_version}) does not match the expected API version ({info.api_version})"
+            )
+        if kind and kind != info.kind:
+            raise errors.bad_request(f"the kind in the data ({kind}) does not match the expected kind ({info.kind})")
+        obj["apiVersion"] = info.api_version
+        obj["kind"] = info.kind
+
+    def _check_namespace(self, info: resources.ResourceInfo, meta: JSON, namespace: str | None) -> None:
+        body_ns = meta.get("namespace")
+        if info.namespaced:
+            if body_ns and namespace and body_ns != namespace:
+                raise errors.bad_request("the namespace of the provided object does not match the namespace sent on the request")
+            if not namespace:
+                raise errors.bad_request("the server could not find the requested resource: a namespace is required")
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+
+    def _check_namespace_accepts(self, info: resources.ResourceInfo, namespace: str, name: str) -> None:
+        ns_info = self._info("", "v1", "namespaces")
+        item = self.store.get(ns_info.key(namespace))
+        if item is None:
+            raise errors.not_found("namespaces", namespace)
+        ns = item.object()
+        if (ns.get("metadata") or {}).get("deletionTimestamp") or (ns.get("status") or {}).get("phase") == "Terminating":
+            raise errors.namespace_terminating(namespace, info.plural, name, group=info.group)
+
+    def _check_fields(
+        self, info: resources.ResourceInfo, obj: JSON, *, options: Options, warnings: Warnings | None
+    ) -> None:
+        mode = options.field_validation
+        if mode == "Ignore":
+            return
+        unknown = known_fields.unknown_fields(info.gk, obj)
+        if not unknown:
+            return
+        if mode == "Strict":
+            listed = ", ".join(f'unknown field "{f}"' for f in unknown)
+            raise errors.bad_request(f"strict decoding error: {listed}")
+        if warnings is not None:
+            warnings.messages.extend(f'unknown field "{f}"' for f in unknown)
+
+    def _validate(self, info: resources.ResourceInfo, obj: JSON, *, old: JSON | None, status_only: bool = False) -> None:
+        if status_only:
+            causes = validation.validate_status(info.gk, obj, old=old, namespaced=info.namespaced)
+        else:
+            causes = validation.validate(info.gk, obj, old=old, namespaced=info.namespaced)
+        if causes:
+            raise errors.invalid(info.kind, (obj.get("metadata") or {}).get("name", ""), causes, group=info.group)
+
+    # --- update ------------------------------------------------------------------------------
+
+    async def update(
+        self,
+        info: resources.ResourceInfo,
+        obj: JSON,
+        *,
+        namespace: str | None,
+        name: str,
+        subresource: str | None = None,
+        options: Options = Options(),
+        warnings: Warnings | None = None,
+    ) -> tuple[JSON, bool]:
+        """PUT. Returns (object, created)."""
+        obj = copy.deepcopy(obj)
+        self._check_type(info, obj)
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise errors.bad_request("metadata must be an object")
+        body_name = meta.get("name")
+        if body_name and body_name != name:
+            raise errors.bad_request(f"the name of the object ({body_name}) does not match the name on the URL ({name})")
+        meta["name"] = name
+        self._check_namespace(info, meta, namespace)
+        item = self.store.get(info.key(name, namespace))
+        if item is None:
+            if info.gk in _CREATE_ON_UPDATE and subresource is None:
+                meta.pop("resourceVersion", None)
+                return await self.create(info, obj, namespace=namespace, options=options, warnings=warnings), True
+            raise errors.not_found(info.plural, name, group=info.group)
+        rv = meta.get("resourceVersion")
+        expect = _parse_rv(rv) if rv else None
+        if expect is not None and expect != item.revision:
+            raise errors.conflict(info.plural, name, group=info.group)
+        self._check_fields(info, obj, options=options, warnings=warnings)
+        out = await self._write_update(info, item, obj, namespace=namespace, subresource=subresource, options=options)
+        return out, False
+
+    async def _write_update(
+        self,
+        info: resources.ResourceInfo,
+        item: records.Item,
+        new: JSON,
+        *,
+        namespace: str | None,
+        subresource: str | None,
+        options: Options,
+    ) -> JSON:
+        old = item.object()
+        new = self._merge_update(info, old, new, subresource=subresource)
+        name = old["metadata"]["name"]
+        if _unchanged(old, new):
+            return old
+        allocated = self._allocate_service(new, old=old) if info.gk == "Service" else _Allocated()
+        if options.dry_run:
+            allocated.release(self)
+            return new
+        new_meta = new["metadata"]
+        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
+            # The last finalizer is gone from an object being deleted: finish the delete.
+            try:
+                applied = await self.store.delete(info.key(name, namespace), expect_revision=item.revision)
+            except store_errors.StoreError as exc:
+                allocated.release(self)
+                raise self._map_write_error(info, name, exc) from None
+            self._release_service(info, records.decode(applied.value))
+            return records.decode(applied.value)
+        try:
+            applied = await self.store.update(info.key(name, namespace), new, expect_revision=item.revision)
+        except store_errors.StoreError as exc:
+            allocated.release(self)
+            raise self._map_write_error(info, name, exc) from None
+        if info.gk == "Service":
+            _release_dropped_ports(self, old, new)
+        return records.decode(applied.value)
+
+    def _merge_update(self, info: resources.ResourceInfo, old: JSON, new: JSON, *, subresource: str | None) -> JSON:
+        """Build the object to store from the old one and the client's new one."""
+        old_meta = old["metadata"]
+        if subresource == "status":
+            merged = copy.deepcopy(old)
+            merged["status"] = new.get("status", {})
+            nmeta = new.get("metadata") or {}
+            for k in ("labels", "annotations", "finalizers", "ownerReferences"):
+                if k in nmeta:
+                    merged["metadata"][k] = nmeta[k]
+                else:
+                    merged["metadata"].pop(k, None)
+            self._validate(info, merged, old=old, status_only=True)
+            return merged
+        new_meta = new.setdefault("metadata", {})
+        for k in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"):
+            if k in old_meta:
+                new_meta[k] = old_meta[k]
+            else:
+                new_meta.pop(k, None)
+        new_meta.pop("selfLink", None)
+        if old_meta.get("deletionTimestamp"):
+            # Once deletion started, finalizers may only be removed, never added.
+            added = set(new_meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
+            if added:
+                raise errors.invalid(
+                    info.kind,
+                    old_meta["name"],
+                    [errors.Cause("metadata.finalizers", f"Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {sorted(added)}", "FieldValueForbidden")],
+                    group=info.group,
+                )
+        if info.has_status:
+            if "status" in old:
+                new["status"] = copy.deepcopy(old["status"])
+            else:
+                new.pop("status", None)
+        if info.gk == "Service":
+            _keep_allocated_values(old, new)
+        defaults.apply(info.gk, new)
+        if info.gk in _GENERATION_KINDS:
+            gen = int(old_meta.get("generation") or 1)
+            if _spec_of(old) != _spec_of(new):
+                gen += 1
+            new_meta["generation"] = gen
+        self._validate(info, new, old=old)
+        return new
+
+    def _map_write_error(self, info: resources.ResourceInfo, name: str, exc: store_errors.StoreError) -> errors.APIError:
+        if isinstance(exc, store_errors.ConflictError):
+            return errors.conflict(info.plural, name, group=info.group)
+        if isinstance(exc, store_errors.NotFoundError):
+            return errors.not_found(info.plural, name, group=info.group)
+        return _store_failure(exc)
+
+    # --- patch -------------------------------------------------------------------------------
+
+    async def patch(
+        self,
+        info: resources.ResourceInfo,
+        *,
+        namespace: str | None,
+        name: str,
+        apply: Callable[[JSON], JSON],
+        subresource: str | None = None,
+        options: Options = Options(),
+        warnings: Warnings | None = None,
+    ) -> JSON:
+        """Read, patch with `apply`, and write with a revision precondition; retry on races.
+
+        A resourceVersion inside the patch is the client's own precondition: a mismatch is a
+        409, not a retry.
+        """
+        for _ in range(_CONFLICT_RETRIES):
+            item = self.store.get(info.key(name, namespace))
+            if item is None:
+                raise errors.not_found(info.plural, name, group=info.group)
+            current = item.object()
+            patched = apply(copy.deepcopy(current))
+            if not isinstance(patched, dict):
+                raise errors.bad_request("the patch result is not an object")
+            pmeta = patched.get("metadata")
+            if not isinstance(pmeta, dict):
+                raise errors.bad_request("metadata must be an object")
+            rv = pmeta.get("resourceVersion")
+            if rv and rv != current["metadata"].get("resourceVersion"):
+                raise errors.conflict(info.plural, name, group=info.group)
+            if pmeta.get("name", name) != name:
+                raise errors.bad_request(f"the name of the object ({pmeta.get('name')}) does not match the name on the URL ({name})")
+            self._check_type(info, patched)
+            self._check_namespace(info, pmeta, namespace)
+            self._check_fields(info, patched, options=options, warnings=warnings)
+            try:
+                return await self._write_update(
+                    info, item, patched, namespace=namespace, subresource=subresource, options=options
+                )
+            except errors.APIError as exc:
+                if exc.reason == "Conflict" and not rv:
+                    continue
+                raise
+        raise errors.conflict(info.plural, name, group=info.group, why="too many concurrent updates, try again")
+
+    # --- delete ------------------------------------------------------------------------------
+
+    async def delete(
+        self,
+        info: resources.ResourceInfo,
+        *,
+        namespace: str | None,
+        name: str,
+        options: DeleteOptions = DeleteOptions(),
+    ) -> tuple[JSON, bool]:
+        """Returns (object, deleted_now). Not deleted now: marked with deletionTimestamp."""
+        for _ in range(_CONFLICT_RETRIES):
+            item = self.store.get(info.key(name, namespace))
+            if item is None:
+                raise errors.not_found(info.plural, name, group=info.group)
+            obj = item.object()
+            meta = obj["metadata"]
+            if options.precondition_uid and options.precondition_uid != meta.get("uid"):
+                raise errors.conflict(
+                    info.plural,
+                    name,
+                    group=info.group,
+                    why=f"Precondition failed: UID in precondition: {options.precondition_uid}, UID in object meta: {meta.get('uid')}",
+                )
+            if options.precondition_resource_version and options.precondition_resource_version != meta.get("resourceVersion"):
+                raise errors.conflict(
+                    info.plural,
+                    name,
+                    group=info.group,
+                    why=f"Precondition failed: ResourceVersion in precondition: {options.precondition_resource_version}, "
+                    f"ResourceVersion in object meta: {meta.get('resourceVersion')}",
+                )
+            try:
+                return await self._delete_once(info, item, obj, namespace=namespace, options=options)
+            except store_errors.ConflictError:
+                continue
+            except store_errors.NotFoundError:
+                raise errors.not_found(info.plural, name, group=info.group) from None
+            except store_errors.StoreError as exc:
+                raise _store_failure(exc) from None
+        raise errors.conflict(info.plural, name, group=info.group, why="too many concurrent updates, try again")
+
+    async def _delete_once(
+        self,
+        info: resources.ResourceInfo,
+        item: records.Item,
+        obj: JSON,
+        *,
+        namespace: str | None,
+        options: DeleteOptions,
+    ) -> tuple[JSON, bool]:
+        meta = obj["metadata"]
+        name = meta["name"]
+        finalizers = list(meta.get("finalizers") or [])
+        policy = options.propagation_policy
+        if policy not in (None, "Foreground", "Background", "Orphan"):
+            raise errors.invalid(
+                "DeleteOptions", "", [errors.Cause("propagationPolicy", f'Unsupported value: "{policy}": supported values: "Foreground", "Background", "Orphan"', "FieldValueNotSupported")]
+            )
+        if policy == "Foreground" and "foregroundDeletion" not in finalizers:
+            finalizers.append("foregroundDeletion")
+        if policy == "Orphan" and "orphan" not in finalizers:
+            finalizers.append("orphan")
+        grace = self._grace_period(info, obj, options)
+        if info.gk == "Namespace":
+            # Namespaces always go through Terminating; the namespace controller empties them
+            # and removes the `kubernetes` finalizer.
+            finalizers_spec = (obj.get("spec") or {}).get("finalizers") or []
+            if finalizers_spec or finalizers:
+                if options.dry_run:
+                    return obj, False
+                if not meta.get("deletionTimestamp"):
+                    meta["deletionTimestamp"] = clock_mod.rfc3339(self._clock.now())
+                    meta["deletionGracePeriodSeconds"] = 0
+                obj.setdefault("status", {})["phase"] = "Terminating"
+                meta["finalizers"] = finalizers or meta.get("finalizers") or []
+                if not meta["finalizers"]:
+                    meta.pop("finalizers")
+                applied = await self.store.update(item.key, obj, expect_revision=item.revision)
+                return records.decode(applied.value), False
+        if finalizers or grace > 0:
+            if options.dry_run:
+                return obj, False
+            if meta.get("deletionTimestamp"):
+                # Already being deleted: a shorter grace period may still shorten it.
+                current = meta.get("deletionGracePeriodSeconds")
+                if grace > 0 and (current is None or grace >= current) and not (policy and finalizers != list(meta.get("finalizers") or [])):
+                    return obj, False
+            now = self._clock.now()
+            meta["deletionTimestamp"] = clock_mod.rfc3339(now + datetime.timedelta(seconds=grace))
+            meta["deletionGracePeriodSeconds"] = grace
+            if finalizers:
+                meta["finalizers"] = finalizers
+            applied = await self.store.update(item.key, obj, expect_revision=item.revision)
+            return records.decode(applied.value), False
+        if options.dry_run:
+            return obj, True
+        applied = await self.store.delete(item.key, expect_revision=item.revision)
+        self._release_service(info, obj)
+        return records.decode(applied.value), True
+
+    def _grace_period(self, info: resources.ResourceInfo, obj: JSON, options: DeleteOptions) -> int:
+        """Only pods running on a node are deleted gracefully; the kubelet finishes the delete."""
+        if info.gk != "Pod":
+            return 0
+        spec = obj.get("spec") or {}
+        if not spec.get("nodeName"):
+            return 0
+        phase = (obj.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            return 0
+        if options.grace_period_seconds is not None:
+            return max(0, options.grace_period_seconds)
+        return int(spec.get("terminationGracePeriodSeconds", 30))
+
+    async def delete_collection(
+        self,
+        info: resources.ResourceInfo,
+        *,
+        namespace: str | None,
+        label_selector: str = "",
+        field_selector: str = "",
+        options: DeleteOptions = DeleteOptions(),
+    ) -> list[JSON]:
+        listed = self.list(info, namespace=namespace, label_selector=label_selector, field_selector=field_selector)
+        out: list[JSON] = []
+        for obj in listed.items:
+            meta = obj["metadata"]
+            try:
+                deleted, _ = await self.delete(info, namespace=meta.get("namespace"), name=meta["name"], options=options)
+            except errors.APIError as exc:
+                if exc.code == 404:
+                    continue
+                raise
+            out.append(deleted)
+        return out
+
+    # --- subresources ------------------------------------------------------------------------
+
+    async def bind(self, *, namespace: str, name: str, binding: JSON, options: Options = Options()) -> None:
+        """pods/binding: assign a pod to a node, once."""
+        info = self._info("", "v1", "pods")
+        target = binding.get("target") or {}
+        node = target.get("name")
+        if not node:
+            raise errors.invalid("Binding", name, [errors.Cause("target.name", "Required value", "FieldValueRequired")])
+        uid = ((binding.get("metadata") or {}).get("uid")) or None
+
+        def assign(pod: JSON) -> JSON:
+            if uid and pod["metadata"].get("uid") != uid:
+                raise errors.conflict("pods", name, why=f"Precondition failed: UID in precondition: {uid}, UID in object meta: {pod['metadata'].get('uid')}")
+            if pod["metadata"].get("deletionTimestamp"):
+                raise errors.conflict("pods", name, why="pod is being deleted, cannot be assigned to a host")
+            spec = pod.setdefault("spec", {})
+            if spec.get("nodeName"):
+                raise errors.conflict("pods", name, why=f"pod {name} is already assigned to node \"{spec['nodeName']}\"")
+            spec["nodeName"] = node
+            return pod
+
+        def set_condition(pod: JSON) -> JSON:
+            status = pod.setdefault("status", {})
+            conds = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+            conds.append({"type": "PodScheduled", "status": "True", "lastProbeTime": None,
+                          "lastTransitionTime": clock_mod.rfc3339(self._clock.now())})
+            status["conditions"] = conds
+            return pod
+
+        await self._patch_raw(info, namespace=namespace, name=name, apply=assign, options=options)
+        await self.patch(info, namespace=namespace, name=name, apply=set_condition, subresource="status", options=options)
+
+    async def _patch_raw(
+        self, info: resources.ResourceInfo, *, namespace: str, name: str, apply: Callable[[JSON], JSON], options: Options
+    ) -> JSON:
+        """Write a spec change that normal updates forbid (binding sets spec.nodeName once)."""
+        for _ in range(_CONFLICT_RETRIES):
+            item = self.store.get(info.key(name, namespace))
+            if item is None:
+                raise errors.not_found(info.plural, name, group=info.group)
+            new = apply(item.object())
+            if options.dry_run:
+                return new
+            try:
+                applied = await self.store.update(item.key, new, expect_revision=item.revision)
+            except store_errors.ConflictError:
+                continue
+            except store_errors.StoreError as exc:
+                raise _store_failure(exc) from None
+            return records.decode(applied.value)
+        raise errors.conflict(info.plural, name, group=info.group)
+
+    def scale_of(self, info: resources.ResourceInfo, obj: JSON) -> JSON:
+        meta = obj["metadata"]
+        spec = obj.get("spec") or {}
+        status = obj.get("status") or {}
+        selector = spec.get("selector")
+        sel_text = ""
+        if isinstance(selector, dict):
+            sel_text = str(labels.from_label_selector(selector))
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+                "creationTimestamp": meta.get("creationTimestamp"),
+            },
+            "spec": {"replicas": spec.get("replicas", 0)},
+            "status": {"replicas": status.get("replicas", 0), "selector": sel_text},
+        }
+
+    async def set_scale(
+        self, info: resources.ResourceInfo, *, namespace: str | None, name: str, scale: JSON, options: Options = Options()
+    ) -> JSON:
+        replicas = (scale.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise errors.invalid(
+                "Scale", name, [errors.Cause("spec.replicas", f"Invalid value: {replicas!r}: must be greater than or equal to 0")], group="autoscaling"
+            )
+        rv = (scale.get("metadata") or {}).get("resourceVersion")
+
+        def set_replicas(obj: JSON) -> JSON:
+            if rv and rv != obj["metadata"].get("resourceVersion"):
+                raise errors.conflict(info.plural, name, group=info.group)
+            obj.setdefault("spec", {})["replicas"] = replicas
+            return obj
+
+        out = await self.patch(info, namespace=namespace, name=name, apply=set_replicas, options=options)
+        return self.scale_of(info, out)
+
+    # --- services ----------------------------------------------------------------------------
+
+    def _allocate_service(self, obj: JSON, *, old: JSON | None) -> _Allocated:
+        spec = obj.setdefault("spec", {})
+        done = _Allocated()
+        stype = spec.get("type", "ClusterIP")
+        try:
+            if stype != "ExternalName":
+                ip = spec.get("clusterIP")
+                old_ips = set(_cluster_ips((old or {}).get("spec") or {}))
+                if not ip:
+                    ip = self._ips.allocate()
+                    done.ips.append(ip)
+                    spec["clusterIP"] = ip
+                    spec["clusterIPs"] = [ip]
+                elif ip != "None" and ip not in old_ips:
+                    if ip == self._kubernetes_ip and _is_kubernetes_service(obj):
+                        self._ips.allocate_specific(ip)
+                    else:
+                        self._ips.allocate_specific(ip)
+                    done.ips.append(ip)
+                    spec.setdefault("clusterIPs", [ip])
+                elif ip == "None":
+                    spec["clusterIPs"] = ["None"]
+            if stype in ("NodePort", "LoadBalancer"):
+                old_ports = {p.get("nodePort") for p in ((old or {}).get("spec") or {}).get("ports") or []}
+                for port in spec.get("ports") or []:
+                    np = port.get("nodePort")
+                    if not np:
+                        np = self._ports.allocate()
+                        done.ports.append(np)
+                        port["nodePort"] = np
+                    elif np not in old_ports:
+                        self._ports.allocate_specific(int(np))
+                        done.ports.append(int(np))
+        except allocators.AllocationError as exc:
+            done.release(self)
+            field = "spec.clusterIPs" if exc.what == "ip" else "spec.ports[*].nodePort"
+            raise errors.invalid("Service", (obj.get("metadata") or {}).get("name", ""), [errors.Cause(field, str(exc))]) from None
+        return done
+
+    def _release_service(self, info: resources.ResourceInfo, obj: JSON) -> None:
+        if info.gk != "Service":
+            return
+        spec = obj.get("spec") or {}
+        for ip in _cluster_ips(spec):
+            if self._ips.contains(ip):
+                self._ips.release(ip)
+        for port in spec.get("ports") or []:
+            np = port.get("nodePort")
+            if isinstance(np, int) and self._ports.contains(np):
+                self._ports.release(np)
+
+    # --- namespaces at boot ------------------------------------------------------------------
+
+    async def ensure_system_namespaces(self) -> None:
+        info = self._info("", "v1", "namespaces")
+        for ns in _SYSTEM_NAMESPACES:
+            if self.store.get(info.key(ns)) is None:
+                try:
+                    await self.create(info, {"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}}, namespace=None)
+                except errors.APIError as exc:
+                    if exc.code != 409:
+                        raise
+
+
+@dataclasses.dataclass
+class _Allocated:
+    ips: list[str] = dataclasses.field(default_factory=list)
+    ports: list[int] = dataclasses.field(default_factory=list)
+
+    def release(self, registry: Registry) -> None:
+        for ip in self.ips:
+            registry._ips.release(ip)
+        for port in self.ports:
+            registry._ports.release(port)
+        self.ips.clear()
+        self.ports.clear()
+
+
+def _cluster_ips(spec: Mapping[str, Any]) -> list[str]:
+    ips = [ip for ip in (spec.get("clusterIPs") or []) if ip and ip != "None"]
+    ip = spec.get("clusterIP")
+    if ip and ip != "None" and ip not in ips:
+        ips.append(ip)
+    return ips
+
+
+def _is_kubernetes_service(obj: JSON) -> bool:
+    meta = obj.get("metadata") or {}
+    return bool(meta.get("name") == "kubernetes" and meta.get("namespace") == "default")
+
+
+def _keep_allocated_values(old: JSON, new: JSON) -> None:
+    """An update that omits allocated values keeps them (as upstream's patchAllocatedValues)."""
+    ospec = old.get("spec") or {}
+    nspec = new.setdefault("spec", {})
+    if not nspec.get("clusterIP") and ospec.get("clusterIP") and nspec.get("type", "ClusterIP") != "ExternalName":
+        nspec["clusterIP"] = ospec["clusterIP"]
+        nspec["clusterIPs"] = ospec.get("clusterIPs", [ospec["clusterIP"]])
+    if nspec.get("type") in ("NodePort", "LoadBalancer"):
+        by_port = {(p.get("port"), p.get("protocol", "TCP")): p.get("nodePort") for p in ospec.get("ports") or []}
+        for p in nspec.get("ports") or []:
+            if not p.get("nodePort"):
+                np = by_port.get((p.get("port"), p.get("protocol", "TCP")))
+                if np:
+                    p["nodePort"] = np
+
+
+def _release_dropped_ports(registry: Registry, old: JSON, new: JSON) -> None:
+    old_spec = old.get("spec") or {}
+    new_spec = new.get("spec") or {}
+    kept = {p.get("nodePort") for p in new_spec.get("ports") or []} if new_spec.get("type") in ("NodePort", "LoadBalancer") else set()
+    for p in old_spec.get("ports") or []:
+        np = p.get("nodePort")
+        if isinstance(np, int) and np not in kept and registry._ports.contains(np):
+            registry._ports.release(np)
+
+
+def _spec_of(obj: JSON) -> Any:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+
+
+def _unchanged(old: JSON, new: JSON) -> bool:
+    a = dict(old)
+    b = dict(new)
+    a["metadata"] = {k: v for k, v in old["metadata"].items() if k != "resourceVersion"}
+    b["metadata"] = {k: v for k, v in new["metadata"].items() if k != "resourceVersion"}
+    return a == b
+
+
+def _qos_class(spec: Mapping[str, Any]) -> str:
+    containers = list(spec.get("containers") or []) + list(spec.get("initContainers") or [])
+    any_set = False
+    guaranteed = True
+    for c in containers:
+        res = c.get("resources") or {}
+        req = res.get("requests") or {}
+        lim = res.get("limits") or {}
+        if req or lim:
+            any_set = True
+        for r in ("cpu", "memory"):
+            if r not in lim or (r in req and str(req[r]) != str(lim[r])):
+                guaranteed = False
+    if not any_set:
+        return "BestEffort"
+    return "Guaranteed" if guaranteed else "Burstable"
+
+
+def _parse_rv(rv: Any) -> int:
+    try:
+        return int(str(rv))
+    except ValueError:
+        raise errors.bad_request(f'invalid resourceVersion "{rv}"') from None
+
+
+def _encode_continue(key: str, revision: int) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"v": 1, "rv": revision, "start": key})).decode().rstrip("=")
+
+
+def _decode_continue(token: str, *, prefix: str) -> str:
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        start = data["start"]
+        if not isinstance(start, str) or not start.startswith(prefix):
+            raise ValueError("continue token is for another list")
+    except (ValueError, KeyError, TypeError):
+        raise errors.bad_request("continue key is not valid: the continue token was not issued for this list") from None
+    return start
+
+
+def _store_failure(exc: store_errors.StoreError) -> errors.APIError:
+    if isinstance(exc, store_errors.StoreFullError):
+        return errors.storage_full(str(exc))
+    if isinstance(exc, store_errors.ClosedError):
+        return errors.APIError(503, "ServiceUnavailable", "the server is shutting down; retry shortly")
+    return errors.internal(str(exc))

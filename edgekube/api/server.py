@@ -1,0 +1,169 @@
+"""The API server: one aiohttp application over TLS.
+
+Middleware order matters and is deliberate:
+1. errors: every failure, ours or aiohttp's, leaves as a Kubernetes `Status` with the right code
+   (a client never sees an HTML error page or a bare 500);
+2. authentication: a client certificate signed by the cluster CA, or a bearer token from the
+   token table; health and version endpoints stay open as upstream's public-info role allows.
+
+Nothing listens without TLS: `serve` takes an SSL context and refuses to start without one.
+Authorization (RBAC) is stored now and enforced by a later issue; every authenticated user is
+allowed, which matches a single-admin edge install today.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from edgekube.api import discovery, errors, handlers, openapi, pki
+from edgekube.api.registry import rest
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_PUBLIC = frozenset({"/healthz", "/livez", "/readyz", "/version", "/version/"})
+USER_KEY = web.AppKey("user", dict)
+
+
+def _status_response(err: errors.APIError) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(err.status()),
+        status=err.code,
+        headers={"Content-Type": "application/json", **err.headers},
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.APIError as err:
+        return _status_response(err)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return _status_response(errors.request_too_large(exc.max_size if hasattr(exc, "max_size") else 0))
+    except web.HTTPNotFound:
+        return _status_response(errors.not_found_path())
+    except web.HTTPMethodNotAllowed as exc:
+        return _status_response(errors.method_not_allowed(exc.method, request.path))
+    except web.HTTPException as exc:
+        if exc.status_code < 400:
+            raise
+        reason = exc.reason.replace(" ", "") or "Unknown"
+        return _status_response(errors.APIError(exc.status_code, reason, exc.text or exc.reason))
+    except (ConnectionResetError, OSError) as exc:
+        log.debug("client went away: %s", exc)
+        raise
+    except Exception as exc:
+        log.exception("internal error serving %s %s", request.method, request.path)
+        return _status_response(errors.internal(f"{type(exc).__name__}: {exc}"))
+
+
+def auth_middleware(tokens: Mapping[str, tuple[str, list[str]]]) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in _PUBLIC or request.path.startswith(("/healthz/", "/livez/", "/readyz/")):
+            return await handler(request)
+        user = None
+        transport = request.transport
+        if transport is not None:
+            user = pki.client_identity(transport.get_extra_info("peercert"))
+        auth = request.headers.get("Authorization", "")
+        if user is None and auth.startswith("Bearer "):
+            user = tokens.get(auth[7:].strip())
+        if user is None:
+            raise errors.unauthorized()
+        request[USER_KEY] = {"name": user[0], "groups": user[1]}  # type: ignore[index]
+        return await handler(request)
+
+    return middleware
+
+
+class ApiServer:
+    def __init__(
+        self,
+        registry: rest.Registry,
+        *,
+        max_body: int,
+        watch_timeout: int,
+        bookmark_interval: float,
+        tokens: Mapping[str, tuple[str, list[str]]],
+        server_address: str,
+        ready: Callable[[], bool],
+    ) -> None:
+        self._registry = registry
+        self._handlers = handlers.Handlers(
+            registry,
+            max_body=max_body,
+            watch_timeout=watch_timeout,
+            bookmark_interval=bookmark_interval,
+            server_address=server_address,
+        )
+        self._ready = ready
+        self._openapi_v2: bytes | None = None
+        self._openapi_v3: dict[str, bytes] = {}
+        # aiohttp enforces the size of bodies it reads; one byte over our limit lets us tell.
+        self.app = web.Application(
+            middlewares=[error_middleware, auth_middleware(tokens)],
+            client_max_size=max_body + 1,
+            handler_args={"max_field_size": 16384},
+        )
+        r = self.app.router
+        r.add_get("/healthz", self._health)
+        r.add_get("/livez", self._health)
+        r.add_get("/readyz", self._readyz)
+        r.add_get("/version", self._version)
+        r.add_get("/openapi/v2", self._openapi_v2_handler)
+        r.add_get("/openapi/v3", self._openapi_v3_index)
+        r.add_get("/openapi/v3/{path:.+}", self._openapi_v3_doc)
+        r.add_route("*", "/api", self._handlers.handle)
+        r.add_route("*", "/api/{tail:.*}", self._handlers.handle)
+        r.add_route("*", "/apis", self._handlers.handle)
+        r.add_route("*", "/apis/{tail:.*}", self._handlers.handle)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok", content_type="text/plain")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if not self._ready():
+            return web.Response(text="not ready", status=503, content_type="text/plain")
+        return web.Response(text="ok", content_type="text/plain")
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return handlers.json_response(discovery.version_info())
+
+    async def _openapi_v2_handler(self, request: web.Request) -> web.Response:
+        if self._openapi_v2 is None:
+            self._openapi_v2 = orjson.dumps(openapi.v2_document(self._registry.catalog))
+        return web.Response(body=self._openapi_v2, headers={"Content-Type": "application/json"})
+
+    async def _openapi_v3_index(self, request: web.Request) -> web.Response:
+        return handlers.json_response(openapi.v3_index(self._registry.catalog))
+
+    async def _openapi_v3_doc(self, request: web.Request) -> web.Response:
+        path = request.match_info["path"]
+        body = self._openapi_v3.get(path)
+        if body is None:
+            doc = openapi.v3_document(self._registry.catalog, path)
+            if doc is None:
+                raise errors.not_found_path()
+            body = orjson.dumps(doc)
+            self._openapi_v3[path] = body
+        return web.Response(body=body, headers={"Content-Type": "application/json", "Cache-Control": "public, immutable"})
+
+
+async def serve(app: web.Application, *, host: str, port: int, ssl_context: ssl.SSLContext | None) -> web.AppRunner:
+    if ssl_context is None:
+        raise RuntimeError("refusing to serve the API without TLS")
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host=host, port=port, ssl_context=ssl_context, reuse_address=True)
+    await site.start()
+    return runner
+

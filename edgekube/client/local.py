@@ -1,0 +1,64 @@
+"""The in-process client: components talk to the API through the registry, never over HTTP.
+
+Calls go through `registry.rest.Registry`, the same code the HTTP handlers use, so defaults,
+validation and admission apply to a controller's writes exactly as to kubectl's. Objects are
+addressed by apiVersion and kind, as in manifests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from edgekube.api import errors
+from edgekube.api.registry import resources, rest
+from edgekube.store import watch
+
+JSON = dict[str, Any]
+
+
+class LocalClient:
+    def __init__(self, registry: rest.Registry) -> None:
+        self._registry = registry
+
+    def resource(self, api_version: str, kind: str) -> resources.ResourceInfo:
+        info = self._registry.catalog.by_kind(api_version, kind)
+        if info is None:
+            raise errors.not_found_path()
+        return info
+
+    def get(self, api_version: str, kind: str, *, name: str, namespace: str | None = None) -> JSON:
+        return self._registry.get(self.resource(api_version, kind), namespace=namespace, name=name)
+
+    def list(self, api_version: str, kind: str, *, namespace: str | None = None, label_selector: str = "",
+             field_selector: str = "") -> rest.ListResult:
+        return self._registry.list(self.resource(api_version, kind), namespace=namespace,
+                                   label_selector=label_selector, field_selector=field_selector)
+
+    async def create(self, obj: JSON) -> JSON:
+        info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
+        ns = (obj.get("metadata") or {}).get("namespace") if info.namespaced else None
+        return await self._registry.create(info, obj, namespace=ns)
+
+    async def update(self, obj: JSON, *, subresource: str | None = None) -> JSON:
+        info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
+        meta = obj.get("metadata") or {}
+        out, _ = await self._registry.update(info, obj, namespace=meta.get("namespace") if info.namespaced else None,
+                                             name=meta.get("name", ""), subresource=subresource)
+        return out
+
+    async def patch(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
+                    mutate: Callable[[JSON], JSON], subresource: str | None = None) -> JSON:
+        """Read-modify-write with a revision precondition, retried on conflicts."""
+        return await self._registry.patch(self.resource(api_version, kind), namespace=namespace, name=name,
+                                          apply=mutate, subresource=subresource)
+
+    async def delete(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
+                     options: rest.DeleteOptions = rest.DeleteOptions()) -> JSON:
+        out, _ = await self._registry.delete(self.resource(api_version, kind), namespace=namespace, name=name,
+                                             options=options)
+        return out
+
+    async def watch(self, api_version: str, kind: str, *, namespace: str | None = None, since: int) -> watch.Watcher:
+        info = self.resource(api_version, kind)
+        return await self._registry.store.watch(info.key_prefix(namespace), since=since)

@@ -1,0 +1,213 @@
+"""Configuration: built-in defaults, then a YAML file, then command-line flags.
+
+The defaults live here, in code, because the single binary has no data files to read;
+`configs/config.yaml` in the repo is the same set written out for users, and a test keeps the two
+identical. Keys are the long flag names (`https-port`, `data-dir`, ...). A key the program does
+not know is an error that names the key and the file, never silently ignored: a typo in an edge
+device's config must not quietly fall back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import ipaddress
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+COMPONENTS = ("scheduler", "controllers", "kubelet", "network", "dns")
+DEFAULT_CONFIG_FILE = Path("/etc/edgekube/config.yaml")
+
+DEFAULTS: dict[str, Any] = {
+    "data-dir": "/var/lib/edgekube",
+    "bind-address": "0.0.0.0",
+    "https-port": 6443,
+    "disable": [],
+    "node-name": "",
+    "cluster-cidr": "10.42.0.0/16",
+    "service-cidr": "10.43.0.0/16",
+    "cluster-dns": "10.43.0.10",
+    "cluster-domain": "cluster.local",
+    "service-node-port-range": "30000-32767",
+    "store": {
+        "map-size-mb": 1024,
+        "max-size-mb": 8192,
+        "compaction-interval-seconds": 300,
+        "compaction-window": 10000,
+        "compaction-batch": 1000,
+        "watch-cache-size": 4096,
+        "watcher-queue": 1000,
+        "revision-reserve": 10000,
+    },
+    "api": {
+        "max-request-bytes": 3145728,
+        "default-watch-timeout-seconds": 1800,
+        "bookmark-interval-seconds": 60,
+    },
+    "log-level": "info",
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSettings:
+    map_size_mb: int
+    max_size_mb: int
+    compaction_interval_seconds: float
+    compaction_window: int
+    compaction_batch: int
+    watch_cache_size: int
+    watcher_queue: int
+    revision_reserve: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiSettings:
+    max_request_bytes: int
+    default_watch_timeout_seconds: int
+    bookmark_interval_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    bind_address: str
+    https_port: int
+    disable: frozenset[str]
+    node_name: str
+    cluster_cidr: str
+    service_cidr: str
+    cluster_dns: str
+    cluster_domain: str
+    node_port_range: tuple[int, int]
+    store: StoreSettings
+    api: ApiSettings
+    log_level: str
+    source: str  # where the file part came from, for messages
+
+    def enabled(self, component: str) -> bool:
+        return component not in self.disable
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any], *, where: str, path: str = "") -> None:
+    for key, value in over.items():
+        full = f"{path}{key}"
+        if key not in base:
+            raise ConfigError(f"{where}: unknown setting '{full}' (known: {', '.join(sorted(base))})")
+        if isinstance(base[key], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: '{full}' must be a mapping, got {type(value).__name__}")
+            _merge(base[key], value, where=where, path=full + ".")
+        else:
+            base[key] = value
+
+
+def load(
+    *,
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Defaults, then `config_file` (or /etc/edgekube/config.yaml when present), then overrides."""
+    data = copy.deepcopy(DEFAULTS)
+    source = "defaults"
+    path = config_file
+    if path is None and DEFAULT_CONFIG_FILE.exists():
+        path = DEFAULT_CONFIG_FILE
+    if path is not None:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if raw is not None:
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"config file {path} must hold a mapping of settings")
+            _merge(data, raw, where=str(path))
+        source = str(path)
+    if overrides:
+        _merge(data, {k: v for k, v in overrides.items() if v is not None}, where="command line")
+    return _build(data, source=source)
+
+
+def _int(data: Mapping[str, Any], key: str, where: str, *, lo: int = 0, hi: int | None = None) -> int:
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+    try:
+        out = int(value)
+    except ValueError:
+        raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}") from None
+    if out < lo or (hi is not None and out > hi):
+        raise ConfigError(f"{where}: '{key}' must be between {lo} and {hi}, got {out}")
+    return out
+
+
+def _build(data: Mapping[str, Any], *, source: str) -> Config:
+    disable = data["disable"]
+    if isinstance(disable, str):
+        disable = [disable]
+    if not isinstance(disable, Sequence):
+        raise ConfigError(f"{source}: 'disable' must be a list of components")
+    for comp in disable:
+        if comp not in COMPONENTS:
+            raise ConfigError(f"{source}: cannot disable unknown component '{comp}' (one of: {', '.join(COMPONENTS)})")
+    for key in ("cluster-cidr", "service-cidr"):
+        try:
+            ipaddress.ip_network(data[key])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: '{key}' is not a CIDR: {exc}") from None
+    try:
+        ipaddress.ip_address(data["cluster-dns"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: 'cluster-dns' is not an IP address: {exc}") from None
+    rng = str(data["service-node-port-range"])
+    try:
+        lo_s, hi_s = rng.split("-")
+        lo, hi = int(lo_s), int(hi_s)
+        if not 0 < lo <= hi <= 65535:
+            raise ValueError(rng)
+    except ValueError:
+        raise ConfigError(f"{source}: 'service-node-port-range' must look like 30000-32767, got {rng!r}") from None
+    level = str(data["log-level"]).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{source}: 'log-level' must be debug, info, warning or error")
+    s = data["store"]
+    a = data["api"]
+    where_s = f"{source} (store)"
+    where_a = f"{source} (api)"
+    return Config(
+        data_dir=Path(str(data["data-dir"])),
+        bind_address=str(data["bind-address"]),
+        https_port=_int(data, "https-port", source, lo=1, hi=65535),
+        disable=frozenset(disable),
+        node_name=str(data["node-name"] or ""),
+        cluster_cidr=str(data["cluster-cidr"]),
+        service_cidr=str(data["service-cidr"]),
+        cluster_dns=str(data["cluster-dns"]),
+        cluster_domain=str(data["cluster-domain"]),
+        node_port_range=(lo, hi),
+        store=StoreSettings(
+            map_size_mb=_int(s, "map-size-mb", where_s, lo=1),
+            max_size_mb=_int(s, "max-size-mb", where_s, lo=1),
+            compaction_interval_seconds=float(_int(s, "compaction-interval-seconds", where_s)),
+            compaction_window=_int(s, "compaction-window", where_s, lo=1),
+            compaction_batch=_int(s, "compaction-batch", where_s, lo=1),
+            watch_cache_size=_int(s, "watch-cache-size", where_s, lo=1),
+            watcher_queue=_int(s, "watcher-queue", where_s, lo=1),
+            revision_reserve=_int(s, "revision-reserve", where_s, lo=1),
+        ),
+        api=ApiSettings(
+            max_request_bytes=_int(a, "max-request-bytes", where_a, lo=1024),
+            default_watch_timeout_seconds=_int(a, "default-watch-timeout-seconds", where_a, lo=1),
+            bookmark_interval_seconds=float(_int(a, "bookmark-interval-seconds", where_a, lo=1)),
+        ),
+        log_level=level,
+        source=source,
+    )

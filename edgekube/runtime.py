@@ -1,0 +1,188 @@
+"""The composition root: build every component from one frozen config, start, stop.
+
+Start order, each behind a named readiness gate: store (open LMDB, load the memory tier), api
+(system namespaces, the `kubernetes` Service, TLS, listen), then the components that later issues
+bring (controllers and scheduler, network, kubelet), which are accepted in `--disable` already.
+`/readyz` answers ok once every enabled gate is open. Shutdown runs in reverse: stop listening,
+finish queued writes, save the memory tier, close the database.
+
+A supervised task that ends on its own stops the whole process with a non-zero exit, so systemd
+restarts it: nothing dies silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from edgekube import config as config_mod
+from edgekube._cogs import clock as clock_mod
+from edgekube._cogs import tasks
+from edgekube.api import errors, pki, server
+from edgekube.api.registry import resources, rest
+from edgekube.store import store as store_mod
+
+log = logging.getLogger(__name__)
+
+GATES = ("store", "api")
+
+
+class Runtime:
+    def __init__(self, cfg: config_mod.Config) -> None:
+        self.cfg = cfg
+        self.clock = clock_mod.WallClock()
+        self.catalog = resources.Catalog()
+        self.supervisor = tasks.Supervisor()
+        self.gates: dict[str, bool] = dict.fromkeys(GATES, False)
+        self.store: store_mod.Store | None = None
+        self.registry: rest.Registry | None = None
+        self._runner: web.AppRunner | None = None
+        self._stop = asyncio.Event()
+        self.kubeconfig = cfg.data_dir / "kubeconfig.yaml"
+
+    def ready(self) -> bool:
+        return all(self.gates.values())
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        memory_prefixes = [i.key_prefix() for i in self.catalog.all() if i.memory_tier]
+        self.store = store_mod.Store(
+            store_mod.StoreConfig(
+                path=cfg.data_dir,
+                map_size_mb=cfg.store.map_size_mb,
+                max_size_mb=cfg.store.max_size_mb,
+                compaction_interval_seconds=cfg.store.compaction_interval_seconds,
+                compaction_window=cfg.store.compaction_window,
+                compaction_batch=cfg.store.compaction_batch,
+                watch_cache_size=cfg.store.watch_cache_size,
+                watcher_queue=cfg.store.watcher_queue,
+                revision_reserve=cfg.store.revision_reserve,
+            ),
+            memory_prefixes=memory_prefixes,
+        )
+        await self.store.start()
+        for task in self.store.tasks():
+            self.supervisor.watch(task.get_name(), task)
+        self.gates["store"] = True
+
+        self.registry = rest.Registry(
+            self.store,
+            catalog=self.catalog,
+            clock=self.clock,
+            network=rest.ServiceNetwork(service_cidr=cfg.service_cidr, node_port_range=cfg.node_port_range),
+        )
+        self.registry.rebuild_allocations()
+        await self.registry.ensure_system_namespaces()
+
+        names, addresses = pki.host_identities()
+        service_ip = str(ipaddress.ip_network(cfg.service_cidr).network_address + 1)
+        extra = [cfg.bind_address] if cfg.bind_address not in ("0.0.0.0", "::", "") else []
+        the_pki = pki.ensure_pki(cfg.data_dir / "tls", hostnames=names, addresses=[service_ip, *addresses, *extra])
+        await self._ensure_kubernetes_service(service_ip=service_ip, addresses=addresses)
+        host = "127.0.0.1" if cfg.bind_address in ("0.0.0.0", "::", "", "127.0.0.1") else cfg.bind_address
+        url = f"https://{_url_host(host)}:{cfg.https_port}"
+        pki.write_kubeconfig(self.kubeconfig, server_url=url, pki=the_pki)
+        api = server.ApiServer(
+            self.registry,
+            max_body=cfg.api.max_request_bytes,
+            watch_timeout=cfg.api.default_watch_timeout_seconds,
+            bookmark_interval=cfg.api.bookmark_interval_seconds,
+            tokens={},
+            server_address=f"{_url_host(host)}:{cfg.https_port}",
+            ready=self.ready,
+        )
+        self._runner = await server.serve(
+            api.app, host=cfg.bind_address, port=cfg.https_port, ssl_context=pki.server_ssl_context(the_pki)
+        )
+        self.gates["api"] = True
+        log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
+
+    async def _ensure_kubernetes_service(self, *, service_ip: str, addresses: list[str]) -> None:
+        """The `default/kubernetes` Service that in-cluster clients use to reach the API."""
+        assert self.registry is not None
+        svc_info = self.catalog.lookup("", "v1", "services")
+        ep_info = self.catalog.lookup("", "v1", "endpoints")
+        assert svc_info is not None and ep_info is not None
+        labels = {"component": "apiserver", "provider": "kubernetes"}
+        svc = {
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": service_ip,
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": self.cfg.https_port}],
+                "sessionAffinity": "None",
+            },
+        }
+        try:
+            await self.registry.create(svc_info, svc, namespace="default")
+        except errors.APIError as exc:
+            if exc.code != 409:
+                raise
+        address = addresses[0] if addresses else "127.0.0.1"
+        eps = {
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+            "subsets": [{"addresses": [{"ip": address}],
+                         "ports": [{"name": "https", "port": self.cfg.https_port, "protocol": "TCP"}]}],
+        }
+        try:
+            current = self.registry.get(ep_info, namespace="default", name="kubernetes")
+            if current.get("subsets") != eps["subsets"]:
+                current["subsets"] = eps["subsets"]
+                await self.registry.update(ep_info, current, namespace="default", name="kubernetes")
+        except errors.APIError as exc:
+            if exc.code != 404:
+                raise
+            await self.registry.create(ep_info, eps, namespace="default")
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT or a component failure, stop. Returns the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        code = 0
+        try:
+            await self.start()
+            stop = asyncio.ensure_future(self._stop.wait())
+            failed = asyncio.ensure_future(self.supervisor.wait_failure())
+            done, _ = await asyncio.wait({stop, failed}, return_when=asyncio.FIRST_COMPLETED)
+            if failed in done:
+                log.error("component %s failed; shutting down", failed.result())
+                code = 1
+            for f in (stop, failed):
+                f.cancel()
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        return code
+
+    async def stop(self) -> None:
+        for gate in self.gates:
+            self.gates[gate] = False
+        self.supervisor.begin_stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.store is not None:
+            # Queued writes finish and the memory tier is saved before the database closes.
+            await self.store.close()
+            self.store = None
+        await self.supervisor.stop()
+        log.info("edgekube stopped")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def data_paths(data_dir: Path) -> dict[str, Path]:
+    return {"db": data_dir / "db", "tls": data_dir / "tls", "kubeconfig": data_dir / "kubeconfig.yaml"}

@@ -1,0 +1,132 @@
+"""Shared fixtures: a real `edgekube server` in a subprocess, on a private data dir and port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A running `edgekube server`; `stop()`/`kill()`/`start()` for restart tests."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, extra: list[str] | None = None,
+                 command: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.extra = extra or []
+        self.command = command or [sys.executable, "-m", "edgekube"]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.data_dir / "kubeconfig.yaml"
+
+    @property
+    def ca(self) -> Path:
+        return self.data_dir / "tls" / "ca.crt"
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self.proc = subprocess.Popen(
+            [*self.command, "server", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
+             "--https-port", str(self.port), *self.extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"edgekube server exited with {self.proc.returncode}:\n{self.log()}")
+            if self.ready():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"edgekube server not ready after {timeout}s:\n{self.log()}")
+
+    def ready(self) -> bool:
+        if not self.ca.exists():
+            return False
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", context=ctx, timeout=1) as r:
+                return bool(r.read() == b"ok")
+        except (OSError, ssl.SSLError):
+            return False
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, *, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.stop(timeout=10)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("edgekube") / "data")
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path / "data")
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.close()
