@@ -18,9 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgekube import KUBE_VERSION, __version__
+from edgekube import KUBE_VERSION, __version__, runtime
 from edgekube import config as config_mod
-from edgekube import runtime
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -122,11 +122,9 @@ class Runtime:
                 "sessionAffinity": "None",
             },
         }
-        try:
+        assert self.store is not None
+        if self.store.get(svc_info.key("kubernetes", "default")) is None:
             await self.registry.create(svc_info, svc, namespace="default")
-        except errors.APIError as exc:
-            if exc.code != 409:
-                raise
         address = addresses[0] if addresses else "127.0.0.1"
         eps = {
             "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},

@@ -50,7 +50,7 @@ class Server:
         return self.data_dir / "tls" / "ca.crt"
 
     def start(self, *, timeout: float = 30.0) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [*self.command, "server", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
              "--https-port", str(self.port), *self.extra],

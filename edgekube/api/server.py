@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _PUBLIC = frozenset({"/healthz", "/livez", "/readyz", "/version", "/version/"})
-USER_KEY = web.AppKey("user", dict)
+USER_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("user", dict)
 
 
 def _status_response(err: errors.APIError) -> web.Response:
@@ -79,7 +79,7 @@ def auth_middleware(tokens: Mapping[str, tuple[str, list[str]]]) -> Any:
             user = tokens.get(auth[7:].strip())
         if user is None:
             raise errors.unauthorized()
-        request[USER_KEY] = {"name": user[0], "groups": user[1]}  # type: ignore[index]
+        request[USER_KEY] = {"name": user[0], "groups": user[1]}
         return await handler(request)
 
     return middleware

@@ -54,9 +54,9 @@ class LocalClient:
                                           apply=mutate, subresource=subresource)
 
     async def delete(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
-                     options: rest.DeleteOptions = rest.DeleteOptions()) -> JSON:
+                     options: rest.DeleteOptions | None = None) -> JSON:
         out, _ = await self._registry.delete(self.resource(api_version, kind), namespace=namespace, name=name,
-                                             options=options)
+                                             options=options or rest.DeleteOptions())
         return out
 
     async def watch(self, api_version: str, kind: str, *, namespace: str | None = None, since: int) -> watch.Watcher:

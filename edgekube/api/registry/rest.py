@@ -13,6 +13,7 @@ except the object given to the store (which owns it from then on).
 from __future__ import annotations
 
 import base64
+import builtins
 import copy
 import dataclasses
 import datetime
@@ -544,7 +545,6 @@ class Registry:
         options: DeleteOptions,
     ) -> tuple[JSON, bool]:
         meta = obj["metadata"]
-        name = meta["name"]
         finalizers = list(meta.get("finalizers") or [])
         policy = options.propagation_policy
         if policy not in (None, "Foreground", "Background", "Orphan"):
@@ -615,9 +615,9 @@ class Registry:
         label_selector: str = "",
         field_selector: str = "",
         options: DeleteOptions = DeleteOptions(),
-    ) -> list[JSON]:
+    ) -> builtins.list[JSON]:
         listed = self.list(info, namespace=namespace, label_selector=label_selector, field_selector=field_selector)
-        out: list[JSON] = []
+        out: builtins.list[JSON] = []
         for obj in listed.items:
             meta = obj["metadata"]
             try:

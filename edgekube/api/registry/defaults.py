@@ -1,0 +1,383 @@
+"""Defaults, as upstream's generated defaulters and the default admission plugins apply them.
+
+`apply(gk, obj)` fills in missing fields in place and is idempotent, so it runs on create and
+on every update (an update that drops a defaulted field gets it back, as upstream). Pod
+templates inside workloads get the same pod-spec defaults as pods; what upstream adds only by
+admission to pods themselves (service account, default tolerations, priority) is added only to
+pods.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+JSON = dict[str, Any]
+
+_NOT_READY_TOLERATIONS = (
+    ("node.kubernetes.io/not-ready", 300),
+    ("node.kubernetes.io/unreachable", 300),
+)
+
+
+def apply(gk: str, obj: JSON) -> None:
+    fn = _DEFAULTERS.get(gk)
+    if fn is not None:
+        fn(obj)
+
+
+def job_selector(obj: JSON) -> None:
+    """A Job without manualSelector gets a selector on its own uid (upstream's job strategy)."""
+    spec = obj.setdefault("spec", {})
+    if spec.get("manualSelector"):
+        return
+    meta = obj.get("metadata") or {}
+    uid = meta.get("uid", "")
+    name = meta.get("name", "")
+    spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+    tmeta = spec.setdefault("template", {}).setdefault("metadata", {})
+    labels = tmeta.get("labels") or {}
+    labels.setdefault("batch.kubernetes.io/controller-uid", uid)
+    labels.setdefault("batch.kubernetes.io/job-name", name)
+    labels.setdefault("controller-uid", uid)
+    labels.setdefault("job-name", name)
+    tmeta["labels"] = labels
+
+
+# --- pods ----------------------------------------------------------------------------------
+
+
+def image_pull_policy(image: str) -> str:
+    """Always for `:latest` or no tag, IfNotPresent for a tag or a digest."""
+    if "@" in image:
+        return "IfNotPresent"
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return "Always"
+    return "Always" if last.rsplit(":", 1)[1] == "latest" else "IfNotPresent"
+
+
+def _probe(probe: Any) -> None:
+    if not isinstance(probe, dict):
+        return
+    probe.setdefault("timeoutSeconds", 1)
+    probe.setdefault("periodSeconds", 10)
+    probe.setdefault("successThreshold", 1)
+    probe.setdefault("failureThreshold", 3)
+    http = probe.get("httpGet")
+    if isinstance(http, dict):
+        http.setdefault("path", "/")
+        http.setdefault("scheme", "HTTP")
+    grpc = probe.get("grpc")
+    if isinstance(grpc, dict):
+        grpc.setdefault("service", "")
+
+
+def _container(c: Any) -> None:
+    if not isinstance(c, dict):
+        return
+    image = c.get("image")
+    if isinstance(image, str) and image:
+        c.setdefault("imagePullPolicy", image_pull_policy(image))
+    c.setdefault("terminationMessagePath", "/dev/termination-log")
+    c.setdefault("terminationMessagePolicy", "File")
+    res = c.get("resources")
+    if not isinstance(res, dict):
+        res = {}
+        c["resources"] = res
+    limits = res.get("limits")
+    if isinstance(limits, dict) and limits:
+        requests = res.get("requests")
+        if not isinstance(requests, dict):
+            requests = {}
+        for k, v in limits.items():
+            requests.setdefault(k, v)
+        res["requests"] = requests
+    for p in c.get("ports") or []:
+        if isinstance(p, dict):
+            p.setdefault("protocol", "TCP")
+    for e in c.get("env") or []:
+        if isinstance(e, dict):
+            ref = (e.get("valueFrom") or {}).get("fieldRef")
+            if isinstance(ref, dict):
+                ref.setdefault("apiVersion", "v1")
+    for key in ("livenessProbe", "readinessProbe", "startupProbe"):
+        _probe(c.get(key))
+
+
+def _volume(v: Any) -> None:
+    if not isinstance(v, dict):
+        return
+    for kind in ("configMap", "secret", "downwardAPI", "projected"):
+        src = v.get(kind)
+        if isinstance(src, dict):
+            src.setdefault("defaultMode", 420)
+    hp = v.get("hostPath")
+    if isinstance(hp, dict):
+        hp.setdefault("type", "")
+    src = v.get("downwardAPI")
+    if isinstance(src, dict):
+        for item in src.get("items") or []:
+            ref = item.get("fieldRef") if isinstance(item, dict) else None
+            if isinstance(ref, dict):
+                ref.setdefault("apiVersion", "v1")
+
+
+def pod_spec(spec: Any) -> None:
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("schedulerName", "default-scheduler")
+    spec.setdefault("enableServiceLinks", True)
+    if not isinstance(spec.get("securityContext"), dict):
+        spec["securityContext"] = {}
+    for key in ("containers", "initContainers", "ephemeralContainers"):
+        for c in spec.get(key) or []:
+            _container(c)
+    for v in spec.get("volumes") or []:
+        _volume(v)
+
+
+def _pod_template(template: Any) -> None:
+    if not isinstance(template, dict):
+        return
+    pod_spec(template.setdefault("spec", {}))
+
+
+def _pod(obj: JSON) -> None:
+    spec = obj.setdefault("spec", {})
+    pod_spec(spec)
+    # Admission plugins: ServiceAccount, DefaultTolerationSeconds, Priority.
+    sa = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+    spec["serviceAccountName"] = sa
+    spec["serviceAccount"] = sa
+    spec.setdefault("priority", 0)
+    spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
+    tolerations = spec.get("tolerations")
+    if not isinstance(tolerations, list):
+        tolerations = []
+    for key, seconds in _NOT_READY_TOLERATIONS:
+        if not any(isinstance(t, dict) and t.get("key") == key and t.get("effect") in (None, "", "NoExecute") for t in tolerations):
+            tolerations.append({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds})
+    spec["tolerations"] = tolerations
+
+
+# --- workloads -----------------------------------------------------------------------------
+
+
+def _child(parent: JSON, key: str) -> JSON:
+    """parent[key] as a dict, made (or replaced, when it is not a dict) if need be."""
+    value = parent.get(key)
+    if not isinstance(value, dict):
+        value = {}
+        parent[key] = value
+    return value
+
+
+def _rolling_update(spec: JSON, key: str, **values: Any) -> None:
+    strategy = _child(spec, key)
+    strategy.setdefault("type", "RollingUpdate")
+    if strategy["type"] == "RollingUpdate":
+        ru = _child(strategy, "rollingUpdate")
+        for k, v in values.items():
+            ru.setdefault(k, v)
+
+
+def _deployment(obj: JSON) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("replicas", 1)
+    _rolling_update(spec, "strategy", maxUnavailable="25%", maxSurge="25%")
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("progressDeadlineSeconds", 600)
+    _pod_template(spec.setdefault("template", {}))
+
+
+def _replicaset(obj: JSON) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("replicas", 1)
+    _pod_template(spec.setdefault("template", {}))
+
+
+def _daemonset(obj: JSON) -> None:
+    spec = obj.setdefault("spec", {})
+    _rolling_update(spec, "updateStrategy", maxUnavailable=1, maxSurge=0)
+    spec.setdefault("revisionHistoryLimit", 10)
+    _pod_template(spec.setdefault("template", {}))
+
+
+def _statefulset(obj: JSON) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("replicas", 1)
+    spec.setdefault("podManagementPolicy", "OrderedReady")
+    _rolling_update(spec, "updateStrategy", partition=0)
+    spec.setdefault("revisionHistoryLimit", 10)
+    policy = _child(spec, "persistentVolumeClaimRetentionPolicy")
+    policy.setdefault("whenDeleted", "Retain")
+    policy.setdefault("whenScaled", "Retain")
+    for claim in spec.get("volumeClaimTemplates") or []:
+        if isinstance(claim, dict):
+            claim.setdefault("apiVersion", "v1")
+            claim.setdefault("kind", "PersistentVolumeClaim")
+            claim.setdefault("spec", {}).setdefault("volumeMode", "Filesystem")
+    _pod_template(spec.setdefault("template", {}))
+
+
+def _job_spec(spec: JSON) -> None:
+    if spec.get("completions") is None and spec.get("parallelism") is None:
+        spec["completions"] = 1
+        spec["parallelism"] = 1
+    spec.setdefault("parallelism", 1)
+    spec.setdefault("backoffLimit", 6)
+    spec.setdefault("completionMode", "NonIndexed")
+    spec.setdefault("suspend", False)
+    if spec.get("podFailurePolicy") is None:
+        spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
+    else:
+        spec.setdefault("podReplacementPolicy", "Failed")
+    _pod_template(spec.setdefault("template", {}))
+
+
+def _job(obj: JSON) -> None:
+    _job_spec(obj.setdefault("spec", {}))
+
+
+def _cronjob(obj: JSON) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("concurrencyPolicy", "Allow")
+    spec.setdefault("suspend", False)
+    spec.setdefault("successfulJobsHistoryLimit", 3)
+    spec.setdefault("failedJobsHistoryLimit", 1)
+    template = spec.setdefault("jobTemplate", {})
+    if isinstance(template, dict):
+        _job_spec(template.setdefault("spec", {}))
+
+
+# --- core ----------------------------------------------------------------------------------
+
+
+def _service(obj: JSON) -> None:
+    spec = obj.setdefault("spec", {})
+    stype = spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    if stype == "ExternalName":
+        return
+    for p in spec.get("ports") or []:
+        if isinstance(p, dict):
+            p.setdefault("protocol", "TCP")
+            if p.get("targetPort") in (None, 0, ""):
+                p["targetPort"] = p.get("port")
+    if stype in ("NodePort", "LoadBalancer"):
+        spec.setdefault("externalTrafficPolicy", "Cluster")
+    if stype == "LoadBalancer":
+        spec.setdefault("allocateLoadBalancerNodePorts", True)
+    spec.setdefault("internalTrafficPolicy", "Cluster")
+    if spec.get("clusterIP") != "None" or spec.get("selector"):
+        spec.setdefault("ipFamilies", ["IPv4"])
+        spec.setdefault("ipFamilyPolicy", "SingleStack")
+
+
+def _secret(obj: JSON) -> None:
+    obj.setdefault("type", "Opaque")
+    string_data = obj.pop("stringData", None)
+    if isinstance(string_data, dict) and string_data:
+        data = obj.get("data")
+        if not isinstance(data, dict):
+            data = {}
+        for k, v in string_data.items():
+            data[k] = base64.b64encode(str(v).encode()).decode()
+        obj["data"] = data
+
+
+def _namespace(obj: JSON) -> None:
+    meta = obj.setdefault("metadata", {})
+    name = meta.get("name")
+    if name:
+        labels = meta.get("labels")
+        if not isinstance(labels, dict):
+            labels = {}
+        labels["kubernetes.io/metadata.name"] = name
+        meta["labels"] = labels
+    spec = obj.setdefault("spec", {})
+    if isinstance(spec, dict) and "finalizers" not in spec:
+        spec["finalizers"] = ["kubernetes"]
+
+
+def _endpoints(obj: JSON) -> None:
+    for subset in obj.get("subsets") or []:
+        if isinstance(subset, dict):
+            for p in subset.get("ports") or []:
+                if isinstance(p, dict):
+                    p.setdefault("protocol", "TCP")
+
+
+def _endpointslice(obj: JSON) -> None:
+    for p in obj.get("ports") or []:
+        if isinstance(p, dict):
+            p.setdefault("protocol", "TCP")
+            p.setdefault("name", "")
+
+
+def _pvc(obj: JSON) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("volumeMode", "Filesystem")
+
+
+def _pv(obj: JSON) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("persistentVolumeReclaimPolicy", "Retain")
+    spec.setdefault("volumeMode", "Filesystem")
+
+
+def _storageclass(obj: JSON) -> None:
+    obj.setdefault("reclaimPolicy", "Delete")
+    obj.setdefault("volumeBindingMode", "Immediate")
+
+
+def _limitrange(obj: JSON) -> None:
+    for item in (obj.get("spec") or {}).get("limits") or []:
+        if not isinstance(item, dict) or item.get("type") != "Container":
+            continue
+        default = item.get("default")
+        if isinstance(default, dict):
+            request = item.get("defaultRequest")
+            if not isinstance(request, dict):
+                request = {}
+            for k, v in default.items():
+                request.setdefault(k, v)
+            item["defaultRequest"] = request
+
+
+def _binding_subjects(obj: JSON) -> None:
+    for s in obj.get("subjects") or []:
+        if isinstance(s, dict) and s.get("kind") in ("User", "Group"):
+            s.setdefault("apiGroup", "rbac.authorization.k8s.io")
+
+
+def _pod_template_kind(obj: JSON) -> None:
+    _pod_template(obj.get("template"))
+
+
+_DEFAULTERS: dict[str, Callable[[JSON], None]] = {
+    "Pod": _pod,
+    "PodTemplate": _pod_template_kind,
+    "Service": _service,
+    "Secret": _secret,
+    "Namespace": _namespace,
+    "Endpoints": _endpoints,
+    "PersistentVolumeClaim": _pvc,
+    "PersistentVolume": _pv,
+    "LimitRange": _limitrange,
+    "Deployment.apps": _deployment,
+    "ReplicaSet.apps": _replicaset,
+    "DaemonSet.apps": _daemonset,
+    "StatefulSet.apps": _statefulset,
+    "Job.batch": _job,
+    "CronJob.batch": _cronjob,
+    "EndpointSlice.discovery.k8s.io": _endpointslice,
+    "StorageClass.storage.k8s.io": _storageclass,
+    "RoleBinding.rbac.authorization.k8s.io": _binding_subjects,
+    "ClusterRoleBinding.rbac.authorization.k8s.io": _binding_subjects,
+}
