@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import yaml
 
-from edgekube.api import errors
+from edgekube.api import errors, protobuf
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
@@ -90,8 +90,13 @@ def decode_body(body: bytes, content_type: str) -> dict[str, Any]:
             obj = yaml.safe_load(body)
         except yaml.YAMLError as exc:
             raise errors.bad_request(f"error decoding YAML body: {exc}") from None
+    elif mt == protobuf.MEDIA_TYPE:
+        try:
+            obj = protobuf.decode(body)
+        except (protobuf.DecodeError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+            raise errors.bad_request(f"error decoding protobuf body: {exc}") from None
     else:
-        raise errors.unsupported_media_type(mt, ["application/json", "application/yaml"])
+        raise errors.unsupported_media_type(mt, ["application/json", "application/yaml", protobuf.MEDIA_TYPE])
     if not isinstance(obj, dict):
         raise errors.bad_request("the request body must be a single object")
     return obj

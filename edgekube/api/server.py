@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from edgekube.api import discovery, errors, handlers, openapi, pki
+from edgekube.api import discovery, errors, handlers, openapi, openapi_pb, pki
 from edgekube.api.registry import rest
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class ApiServer:
         )
         self._ready = ready
         self._openapi_v2: bytes | None = None
+        self._openapi_v2_pb: bytes | None = None
         self._openapi_v3: dict[str, bytes] = {}
         # aiohttp enforces the size of bodies it reads; one byte over our limit lets us tell.
         self.app = web.Application(
@@ -139,6 +140,17 @@ class ApiServer:
         return handlers.json_response(discovery.version_info())
 
     async def _openapi_v2_handler(self, request: web.Request) -> web.Response:
+        """JSON, or gnostic protobuf for the kubectl releases (<= 1.28) that accept nothing else."""
+        accept = request.headers.get("Accept", "")
+        pb_at = min((accept.find(t) for t in openapi_pb.ACCEPT_TYPES if t in accept), default=-1)
+        json_at = min((accept.find(t) for t in ("application/json", "*/*", "application/*") if t in accept), default=-1)
+        wants_json = not accept or json_at >= 0
+        if pb_at >= 0 and (json_at < 0 or pb_at < json_at):
+            if self._openapi_v2_pb is None:
+                self._openapi_v2_pb = openapi_pb.document(openapi.v2_document(self._registry.catalog))
+            return web.Response(body=self._openapi_v2_pb, headers={"Content-Type": openapi_pb.MEDIA_TYPE})
+        if not wants_json:
+            raise errors.APIError(406, "NotAcceptable", f"only application/json and {openapi_pb.MEDIA_TYPE} are served")
         if self._openapi_v2 is None:
             self._openapi_v2 = orjson.dumps(openapi.v2_document(self._registry.catalog))
         return web.Response(body=self._openapi_v2, headers={"Content-Type": "application/json"})

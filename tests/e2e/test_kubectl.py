@@ -1,0 +1,418 @@
+"""Real kubectl, the oldest (1.27) and the newest (1.36) we support, against `edgekube server`.
+
+Each test runs once per kubectl version, in a namespace of its own on one shared server, so the
+two clients meet the same server state side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, Server
+
+pytestmark = pytest.mark.e2e
+
+VERSIONS = ("1.27", "1.36")
+
+
+def _binary(version: str) -> Path:
+    path = REPO / "tools" / "bin" / f"kubectl-{version}"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `make kube-tools` (make test does)")
+    return path
+
+
+class Kubectl:
+    def __init__(self, version: str, server: Server, namespace: str) -> None:
+        self.version = version
+        self.bin = _binary(version)
+        self.server = server
+        self.ns = namespace
+        self.env = {**os.environ, "KUBECONFIG": str(server.kubeconfig), "HOME": str(server.data_dir.parent)}
+
+    def run(self, *args: str, input: str | None = None, check: bool = True, env: dict[str, str] | None = None,
+            namespaced: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.bin), *(["-n", self.ns] if namespaced else []), *args]
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=60,
+                              env={**self.env, **(env or {})})
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def out(self, *args: str, **kw: Any) -> str:
+        return self.run(*args, **kw).stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.out(*args, "-o", "json"))
+
+
+@pytest.fixture(params=VERSIONS, ids=[f"kubectl-{v}" for v in VERSIONS])
+def kubectl(request: pytest.FixtureRequest, server: Server) -> Iterator[Kubectl]:
+    version = request.param
+    ns = f"{request.node.originalname.removeprefix('test_').replace('_', '-')[:40]}-{version.replace('.', '')}"
+    k = Kubectl(version, server, ns)
+    k.run("create", "namespace", ns, namespaced=False)
+    yield k
+
+
+MANIFEST = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  labels: {app: web, tier: front}
+data:
+  mode: edge
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        env: [{name: A, value: "1"}]
+        ports: [{containerPort: 8080, name: http}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: creds
+stringData: {password: s3cret}
+"""
+
+
+def test_apply_multi_document_manifest(kubectl: Kubectl) -> None:
+    out = kubectl.out("apply", "-f", "-", input=MANIFEST)
+    assert "configmap/settings created" in out
+    assert "deployment.apps/web created" in out
+    assert "service/web created" in out
+    assert "secret/creds created" in out
+    # Applying the same manifest again changes nothing.
+    again = kubectl.out("apply", "-f", "-", input=MANIFEST)
+    assert "deployment.apps/web unchanged" in again and "configmap/settings unchanged" in again
+    # A changed manifest is a three-way merge: the new env var arrives, the old one is dropped.
+    changed = MANIFEST.replace('env: [{name: A, value: "1"}]', 'env: [{name: B, value: "2"}]')
+    assert "deployment.apps/web configured" in kubectl.out("apply", "-f", "-", input=changed)
+    deploy = kubectl.json("get", "deployment", "web")
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["env"] == [{"name": "B", "value": "2"}]
+    assert deploy["metadata"]["generation"] == 2
+    assert deploy["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": "25%", "maxUnavailable": "25%"}
+    svc = kubectl.json("get", "service", "web")
+    assert svc["spec"]["clusterIP"].startswith("10.43.")
+    secret = kubectl.json("get", "secret", "creds")
+    assert secret["data"] == {"password": "czNjcmV0"} and "stringData" not in secret
+
+
+def test_get_in_every_output_format(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", "-", input=MANIFEST)
+    table = kubectl.out("get", "deployments")
+    assert table.split("\n")[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    assert table.split("\n")[1].split()[:4] == ["web", "0/2", "0", "0"]
+    wide = kubectl.out("get", "deployments", "-o", "wide")
+    assert wide.split("\n")[0].split()[-3:] == ["CONTAINERS", "IMAGES", "SELECTOR"]
+    assert "busybox:1.36" in wide and "app=web" in wide
+    pods = kubectl.out("get", "pods")
+    assert "No resources found" in pods + kubectl.run("get", "pods").stderr
+    assert yaml.safe_load(kubectl.out("get", "cm", "settings", "-o", "yaml"))["data"] == {"mode": "edge"}
+    assert kubectl.json("get", "cm", "settings")["metadata"]["name"] == "settings"
+    assert kubectl.out("get", "cm,deploy", "-o", "name").split() == ["configmap/settings", "deployment.apps/web"]
+    assert kubectl.out("get", "deploy", "web", "-o", "jsonpath={.spec.replicas}") == "2"
+    cols = kubectl.out("get", "deploy", "-o", "custom-columns=N:.metadata.name,R:.spec.replicas").split()
+    assert cols == ["N", "R", "web", "2"]
+    tmpl = kubectl.out("get", "cm", "settings", "-o", "go-template={{.data.mode}}")
+    assert tmpl == "edge"
+    svc = kubectl.out("get", "svc", "web")
+    assert svc.split("\n")[0].split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    assert "80/TCP" in svc
+    assert kubectl.out("get", "secret", "creds").split("\n")[0].split() == ["NAME", "TYPE", "DATA", "AGE"]
+    ns = kubectl.out("get", "namespace", kubectl.ns, namespaced=False)
+    assert ns.split("\n")[1].split()[:2] == [kubectl.ns, "Active"]
+    shown = kubectl.out("get", "cm", "settings", "--show-labels")
+    assert "app=web,tier=front" in shown
+
+
+def test_label_and_field_selectors(kubectl: Kubectl) -> None:
+    for name, labels in (("a", "env=prod,tier=front"), ("b", "env=dev,tier=back"), ("c", "env=prod")):
+        kubectl.run("create", "configmap", name, "--from-literal=k=v")
+        kubectl.run("label", "configmap", name, *labels.split(","))
+
+    def names(*args: str) -> list[str]:
+        return sorted(i["metadata"]["name"] for i in kubectl.json("get", "cm", *args)["items"]
+                      if i["metadata"]["name"] != "kube-root-ca.crt")
+
+    assert names("-l", "env=prod") == ["a", "c"]
+    assert names("-l", "env!=prod") == ["b"]
+    assert names("-l", "env in (dev,test)") == ["b"]
+    assert names("-l", "env notin (dev)") == ["a", "c"]
+    assert names("-l", "tier") == ["a", "b"]
+    assert names("-l", "!tier") == ["c"]
+    assert names("-l", "env=prod,tier=front") == ["a"]
+    assert names("--field-selector", "metadata.name=b") == ["b"]
+    assert names("--field-selector", "metadata.name!=b", "-l", "env") == ["a", "c"]
+    bad = kubectl.run("get", "cm", "--field-selector", "spec.nodeName=x", check=False)
+    assert bad.returncode != 0 and "field label not supported" in bad.stderr
+    bad = kubectl.run("get", "cm", "-l", "env in (", check=False)
+    assert bad.returncode != 0
+
+
+def test_get_watch_sees_an_update(kubectl: Kubectl) -> None:
+    kubectl.run("create", "configmap", "watched", "--from-literal=k=v1")
+    cmd = [str(kubectl.bin), "-n", kubectl.ns, "get", "configmap", "watched", "-w", "-o",
+           "jsonpath={.data.k}{\"\\n\"}", "--request-timeout=30s"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kubectl.env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "v1"  # the initial list
+        kubectl.run("patch", "configmap", "watched", "--type=merge", "-p", '{"data":{"k":"v2"}}')
+        assert proc.stdout.readline().strip() == "v2"  # the watch event
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_describe(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", "-", input=MANIFEST)
+    out = kubectl.out("describe", "deployment", "web")
+    assert "Name:" in out and "web" in out
+    assert "Replicas:               2 desired" in out
+    assert "RollingUpdateStrategy:  25% max unavailable, 25% max surge" in out
+    assert "busybox:1.36" in out
+    svc = kubectl.out("describe", "service", "web")
+    assert "Selector:" in svc and "app=web" in svc and "TargetPort:" in svc
+    ns = kubectl.out("describe", "namespace", kubectl.ns, namespaced=False)
+    assert "Status:" in ns and "Active" in ns
+
+
+def test_label_annotate_and_patch_three_ways(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", "-", input=MANIFEST)
+    kubectl.run("label", "configmap", "settings", "stage=1")
+    kubectl.run("label", "configmap", "settings", "stage=2", "--overwrite")
+    kubectl.run("label", "configmap", "settings", "tier-")
+    kubectl.run("annotate", "configmap", "settings", "owner=ops")
+    meta = kubectl.json("get", "cm", "settings")["metadata"]
+    assert meta["labels"] == {"app": "web", "stage": "2"}
+    assert meta["annotations"]["owner"] == "ops"
+    clash = kubectl.run("label", "configmap", "settings", "stage=3", check=False)
+    assert clash.returncode != 0 and "already has a value" in clash.stderr
+
+    kubectl.run("patch", "configmap", "settings", "--type=merge", "-p", '{"data":{"extra":"x","mode":null}}')
+    assert kubectl.json("get", "cm", "settings")["data"] == {"extra": "x"}
+    kubectl.run("patch", "configmap", "settings", "--type=json", "-p",
+                '[{"op":"add","path":"/data/j","value":"y"},{"op":"remove","path":"/data/extra"}]')
+    assert kubectl.json("get", "cm", "settings")["data"] == {"j": "y"}
+    bad = kubectl.run("patch", "configmap", "settings", "--type=json", "-p",
+                      '[{"op":"test","path":"/data/j","value":"nope"}]', check=False)
+    assert bad.returncode != 0
+    # Strategic merge: containers merge by name, env by name, `$patch: delete` removes one.
+    kubectl.run("patch", "deployment", "web", "-p", json.dumps({"spec": {"template": {"spec": {"containers": [
+        {"name": "web", "image": "busybox:1.37", "env": [{"name": "C", "value": "3"}]},
+        {"name": "side", "image": "busybox:1.36"}]}}}}))
+    containers = kubectl.json("get", "deployment", "web")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["web", "side"]
+    assert containers[0]["image"] == "busybox:1.37"
+    assert {e["name"] for e in containers[0]["env"]} == {"A", "C"}
+    kubectl.run("patch", "deployment", "web", "-p",
+                '{"spec":{"template":{"spec":{"containers":[{"name":"side","$patch":"delete"}]}}}}')
+    containers = kubectl.json("get", "deployment", "web")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["web"]
+
+
+def test_edit_with_a_scripted_editor(kubectl: Kubectl, tmp_path: Path) -> None:
+    kubectl.run("create", "configmap", "edited", "--from-literal=color=blue")
+    editor = tmp_path / "editor.py"
+    editor.write_text(textwrap.dedent("""\
+        import sys
+        path = sys.argv[-1]
+        text = open(path).read()
+        assert "color: blue" in text, text
+        open(path, "w").write(text.replace("color: blue", "color: green"))
+    """))
+    env = {"KUBE_EDITOR": f"python3 {editor}"}
+    out = kubectl.out("edit", "configmap", "edited", env=env)
+    assert "configmap/edited edited" in out
+    assert kubectl.json("get", "cm", "edited")["data"] == {"color": "green"}
+    # An edit that breaks validation is refused with the server's reason and changes nothing.
+    bad = tmp_path / "bad_editor.py"
+    bad.write_text(textwrap.dedent("""\
+        import sys
+        path = sys.argv[-1]
+        text = open(path).read()
+        open(path, "w").write(text.replace("name: edited", "name: Not_Valid"))
+    """))
+    refused = kubectl.run("edit", "configmap", "edited", env={"KUBE_EDITOR": f"python3 {bad}"}, check=False)
+    assert refused.returncode != 0
+    assert kubectl.json("get", "cm", "edited")["data"] == {"color": "green"}
+
+
+def test_scale(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", "-", input=MANIFEST)
+    assert "deployment.apps/web scaled" in kubectl.out("scale", "deployment", "web", "--replicas=5")
+    assert kubectl.json("get", "deployment", "web")["spec"]["replicas"] == 5
+    stale = kubectl.run("scale", "deployment", "web", "--replicas=1", "--current-replicas=3", check=False)
+    assert stale.returncode != 0
+    assert kubectl.json("get", "deployment", "web")["spec"]["replicas"] == 5
+    bad = kubectl.run("scale", "deployment", "web", "--replicas=-1", check=False)
+    assert bad.returncode != 0
+
+
+def test_replace_with_a_stale_resource_version(kubectl: Kubectl, tmp_path: Path) -> None:
+    kubectl.run("create", "configmap", "rep", "--from-literal=k=1")
+    saved = tmp_path / "rep.yaml"
+    saved.write_text(kubectl.out("get", "configmap", "rep", "-o", "yaml"))
+    kubectl.run("patch", "configmap", "rep", "--type=merge", "-p", '{"data":{"k":"2"}}')
+    stale = kubectl.run("replace", "-f", str(saved), check=False)
+    assert stale.returncode != 0
+    assert "Conflict" in stale.stderr and "the object has been modified" in stale.stderr
+    assert kubectl.json("get", "cm", "rep")["data"] == {"k": "2"}
+    # Without a resourceVersion, replace is unconditional.
+    doc = yaml.safe_load(saved.read_text())
+    del doc["metadata"]["resourceVersion"]
+    saved.write_text(yaml.safe_dump(doc))
+    assert "configmap/rep replaced" in kubectl.out("replace", "-f", str(saved))
+    assert kubectl.json("get", "cm", "rep")["data"] == {"k": "1"}
+
+
+def test_delete_with_finalizers(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", "-", input=textwrap.dedent("""\
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: guarded, finalizers: [example.com/keep]}
+        data: {k: v}
+    """))
+    out = kubectl.out("delete", "configmap", "guarded", "--wait=false")
+    assert 'configmap "guarded" deleted' in out
+    held = kubectl.json("get", "cm", "guarded")
+    assert held["metadata"]["deletionTimestamp"]
+    assert held["metadata"]["finalizers"] == ["example.com/keep"]
+    # A finalizer cannot be added to an object being deleted.
+    added = kubectl.run("patch", "cm", "guarded", "--type=merge", "-p",
+                        '{"metadata":{"finalizers":["example.com/keep","example.com/more"]}}', check=False)
+    assert added.returncode != 0 and "Forbidden" in added.stderr
+    kubectl.run("patch", "cm", "guarded", "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+    gone = kubectl.run("get", "cm", "guarded", check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+
+
+def test_chunked_list(kubectl: Kubectl) -> None:
+    docs = "\n---\n".join(
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: chunk-{i:02d}}}\ndata: {{i: '{i}'}}" for i in range(25)
+    )
+    kubectl.run("apply", "-f", "-", input=docs)
+    run = kubectl.run("get", "configmaps", "--chunk-size=7", "-o", "name", "-v=6")
+    listed = [line for line in run.stdout.split() if line.startswith("configmap/chunk-")]
+    assert listed == [f"configmap/chunk-{i:02d}" for i in range(25)]
+    requests = [line for line in run.stderr.splitlines() if "/configmaps?" in line and "limit=7" in line]
+    assert len(requests) == 4, requests  # 7 + 7 + 7 + 4: the continue token was followed
+    assert sum("continue=" in r for r in requests) == 3
+
+
+def test_errors_are_clear(kubectl: Kubectl) -> None:
+    missing = kubectl.run("get", "configmap", "nope", check=False)
+    assert missing.returncode != 0 and 'configmaps "nope" not found' in missing.stderr
+    exists = kubectl.run("create", "configmap", "dup", check=False)
+    assert exists.returncode == 0
+    again = kubectl.run("create", "configmap", "dup", check=False)
+    assert again.returncode != 0 and 'configmaps "dup" already exists' in again.stderr
+    invalid = kubectl.run("apply", "-f", "-", check=False, input=textwrap.dedent("""\
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: broken}
+        spec:
+          selector: {matchLabels: {app: x}}
+          template:
+            metadata: {labels: {app: y}}
+            spec: {containers: [{name: c, image: busybox}]}
+    """))
+    assert invalid.returncode != 0
+    assert "is invalid" in invalid.stderr and "spec.template.metadata.labels" in invalid.stderr
+    unknown = kubectl.run("apply", "-f", "-", check=False, input=textwrap.dedent("""\
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: typo}
+        datta: {k: v}
+    """))
+    assert unknown.returncode != 0 and 'unknown field "datta"' in unknown.stderr
+
+
+def test_api_resources_and_versions(kubectl: Kubectl) -> None:
+    out = kubectl.out("api-resources", namespaced=False)
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "deploy" in rows["deployments"] and "apps/v1" in rows["deployments"]
+    assert "po" in rows["pods"] and "svc" in rows["services"]
+    wide = kubectl.out("api-resources", "-o", "wide", namespaced=False)
+    assert "create,delete,deletecollection,get,list,patch,update,watch" in wide.replace(" ", "").replace("[", "").replace("]", "")
+    assert "apps/v1" in kubectl.out("api-versions", namespaced=False).split()
+    version = kubectl.out("version", "-o", "json", namespaced=False)
+    assert json.loads(version)["serverVersion"]["gitVersion"].startswith("v1.")
+
+
+def test_namespace_delete_keeps_it_terminating(kubectl: Kubectl) -> None:
+    kubectl.run("create", "configmap", "inside")
+    kubectl.run("delete", "namespace", kubectl.ns, "--wait=false", namespaced=False)
+    deadline = time.monotonic() + 5
+    phase = ""
+    while time.monotonic() < deadline:
+        phase = kubectl.json("get", "namespace", kubectl.ns)["status"]["phase"]
+        if phase == "Terminating":
+            break
+        time.sleep(0.1)
+    assert phase == "Terminating"
+    refused = kubectl.run("create", "configmap", "late", check=False)
+    assert refused.returncode != 0 and "is being terminated" in refused.stderr
+
+
+def test_create_generators(kubectl: Kubectl) -> None:
+    """`kubectl create <kind>` builds typed objects; kubectl 1.36 sends them as protobuf."""
+    kubectl.run("create", "configmap", "gen-cm", "--from-literal=a=1", "--from-literal=empty=")
+    assert kubectl.json("get", "cm", "gen-cm")["data"] == {"a": "1", "empty": ""}
+    kubectl.run("create", "secret", "generic", "gen-secret", "--from-literal=p=x")
+    assert kubectl.json("get", "secret", "gen-secret")["data"] == {"p": "eA=="}
+    kubectl.run("create", "deployment", "gen-deploy", "--image=busybox:1.36", "--replicas=0", "--port=80")
+    spec = kubectl.json("get", "deployment", "gen-deploy")["spec"]
+    assert spec["replicas"] == 0  # an explicit zero survives the wire
+    assert spec["template"]["spec"]["containers"][0]["ports"] == [{"containerPort": 80, "protocol": "TCP"}]
+    kubectl.run("create", "job", "gen-job", "--image=busybox", "--", "echo", "hi")
+    job = kubectl.json("get", "job", "gen-job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["echo", "hi"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    kubectl.run("create", "cronjob", "gen-cron", "--image=busybox", "--schedule=*/5 * * * *")
+    assert kubectl.json("get", "cronjob", "gen-cron")["spec"]["schedule"] == "*/5 * * * *"
+    kubectl.run("create", "service", "nodeport", "gen-np", "--tcp=80:8080")
+    port = kubectl.json("get", "service", "gen-np")["spec"]["ports"][0]
+    assert port["targetPort"] == 8080 and 30000 <= port["nodePort"] <= 32767
+    kubectl.run("create", "serviceaccount", "gen-sa")
+    kubectl.run("create", "role", "gen-role", "--verb=get", "--resource=pods")
+    kubectl.run("create", "rolebinding", "gen-rb", "--role=gen-role", "--user=bob")
+    binding = kubectl.json("get", "rolebinding", "gen-rb")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "gen-role"}
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}]
+    kubectl.run("create", "quota", "gen-quota", "--hard=pods=3,requests.cpu=500m")
+    assert kubectl.json("get", "resourcequota", "gen-quota")["spec"]["hard"] == {"pods": "3", "requests.cpu": "500m"}
+    bad = kubectl.run("create", "deployment", "Bad_Name", "--image=busybox", check=False)
+    assert bad.returncode != 0 and "metadata.name" in bad.stderr

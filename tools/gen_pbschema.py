@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Generate edgekube/api/pbschema.py: the protobuf wire schema of the Kubernetes kinds we serve.
+
+kubectl 1.36's typed clients (`kubectl create namespace`, `create deployment`, ...) send request
+bodies as `application/vnd.kubernetes.protobuf`. To read them, edgekube needs each message's
+field numbers, JSON names and types (from the `generated.proto` files of k8s.io/api and
+k8s.io/apimachinery) and, from the Go types, which fields are pointers (a zero value that was
+set explicitly, e.g. `replicas: 0`) and which structs are embedded inline in JSON (Probe's
+handler, Volume's source).
+
+The output is a data table only: field numbers and names are the wire protocol. Run by hand
+when a Kubernetes minor release adds fields:
+
+    python3 tools/gen_pbschema.py --api DIR_OF_k8s.io/api --apimachinery DIR_OF_k8s.io/apimachinery
+
+where each DIR is a checkout (or a bare git dir, read at HEAD).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+from pathlib import Path
+
+API_PACKAGES = [
+    "core/v1", "apps/v1", "batch/v1", "rbac/v1", "coordination/v1", "discovery/v1", "storage/v1",
+    "autoscaling/v1", "policy/v1", "networking/v1", "authentication/v1",
+]
+MACHINERY_PACKAGES = ["pkg/apis/meta/v1", "pkg/runtime", "pkg/util/intstr", "pkg/api/resource"]
+
+_FIELD = re.compile(r"^\s*(optional|repeated|required)?\s*(map<\s*([\w.]+)\s*,\s*([\w.]+)\s*>|[\w.]+)\s+(\w+)\s*=\s*(\d+)")
+_GO_TAG = re.compile(r'protobuf:"(\w+),(\d+),(?:opt|req|rep)[^"]*"')
+_SCALARS = {"string": "s", "bytes": "b", "int32": "i", "int64": "i", "uint32": "i", "uint64": "i",
+            "bool": "B", "double": "d", "float": "f", "fixed64": "x", "sfixed64": "x"}
+
+
+def _read(root: Path, path: str) -> str:
+    if (root / path).exists():
+        return (root / path).read_text()
+    return subprocess.run(["git", "--git-dir", str(root), "show", f"HEAD:{path}"], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def _git_files(root: Path, prefix: str) -> list[str]:
+    if (root / prefix).is_dir():
+        return [str(p.relative_to(root)) for p in (root / prefix).glob("*.go")]
+    out = subprocess.run(["git", "--git-dir", str(root), "ls-tree", "--name-only", "HEAD", prefix + "/"],
+                         check=True, capture_output=True, text=True).stdout
+    return [line for line in out.split() if line.endswith(".go") and not line.endswith("_test.go")]
+
+
+def _proto_messages(text: str) -> tuple[str, dict[str, list[tuple[int, str, str, bool]]]]:
+    package = re.search(r"^package\s+([\w.]+);", text, re.M)
+    assert package is not None
+    messages: dict[str, list[tuple[int, str, str, bool]]] = {}
+    current: str | None = None
+    depth = 0
+    for raw in text.splitlines():
+        line = raw.split("//", 1)[0]
+        if not line.strip():
+            continue
+        m = re.match(r"^\s*message\s+(\w+)\s*\{", line)
+        if m and depth == 0:
+            current = m.group(1)
+            messages[current] = []
+            depth = 1
+            continue
+        if current is None:
+            continue
+        depth += line.count("{") - line.count("}")
+        if depth <= 0:
+            current = None
+            depth = 0
+            continue
+        f = _FIELD.match(line)
+        if f is None:
+            continue
+        label, typ, key, value, name, number = f.groups()
+        if key is not None:
+            kind = f"M:{_type(key, package.group(1))}:{_type(value, package.group(1))}"
+            messages[current].append((int(number), name, kind, False))
+        else:
+            messages[current].append((int(number), name, _type(typ, package.group(1)), label == "repeated"))
+    return package.group(1), messages
+
+
+def _type(typ: str, package: str) -> str:
+    if typ in _SCALARS:
+        return _SCALARS[typ]
+    if typ.startswith("."):
+        return typ[1:]
+    return f"{package}.{typ}"
+
+
+def _go_structs(text: str) -> dict[str, dict[int, tuple[bool, bool]]]:
+    """struct -> protobuf field number -> (is pointer, is inline)."""
+    out: dict[str, dict[int, tuple[bool, bool]]] = {}
+    current: str | None = None
+    for raw in text.splitlines():
+        m = re.match(r"^type\s+(\w+)\s+struct\s*\{", raw)
+        if m:
+            current = m.group(1)
+            out[current] = {}
+            continue
+        if current is None:
+            continue
+        if raw.startswith("}"):
+            current = None
+            continue
+        line = raw.strip()
+        if line.startswith("//") or "`" not in line:
+            continue
+        tag = _GO_TAG.search(line)
+        if tag is None:
+            continue
+        decl = line.split("`", 1)[0].split()
+        json_tag = re.search(r'json:"([^"]*)"', line)
+        json_name = json_tag.group(1).split(",", 1)[0] if json_tag else ""
+        inline = len(decl) == 1 and json_name == ""
+        gotype = decl[-1]
+        pointer = gotype.startswith("*")
+        out[current][int(tag.group(2))] = (pointer, inline)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--api", type=Path, required=True)
+    ap.add_argument("--apimachinery", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "edgekube/api/pbschema.py")
+    args = ap.parse_args()
+    table: dict[str, list[tuple[int, str, str, bool, bool, bool]]] = {}
+    sources = [(args.api, p) for p in API_PACKAGES] + [(args.apimachinery, p) for p in MACHINERY_PACKAGES]
+    for root, pkg in sources:
+        package, messages = _proto_messages(_read(root, f"{pkg}/generated.proto"))
+        structs: dict[str, dict[int, tuple[bool, bool]]] = {}
+        for go in _git_files(root, pkg):
+            if go.endswith(("generated.pb.go", "zz_generated.deepcopy.go")) or "generated" in go.rsplit("/", 1)[-1]:
+                continue
+            structs.update(_go_structs(_read(root, go)))
+        for name, fields in messages.items():
+            info = structs.get(name, {})
+            table[f"{package}.{name}"] = [
+                (num, fname, kind, rep, *info.get(num, (False, False))) for num, fname, kind, rep in fields
+            ]
+    lines = [
+        '"""Protobuf wire schema of the Kubernetes kinds edgekube reads (generated by tools/gen_pbschema.py).',
+        "",
+        "message -> ((number, json name, type, repeated, pointer, inline), ...). Types: s string, b bytes,",
+        "i varint, B bool, d double, f float, x fixed64, M:key:value a map, otherwise a message name.",
+        '"""',
+        "",
+        "# fmt: off",
+        "MESSAGES: dict[str, tuple[tuple[int, str, str, bool, bool, bool], ...]] = {",
+    ]
+    for name in sorted(table):
+        lines.append(f"    {name!r}: (")
+        for row in table[name]:
+            lines.append(f"        {row!r},")
+        lines.append("    ),")
+    lines.append("}")
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"gen_pbschema: {len(table)} messages -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
