@@ -279,10 +279,13 @@ class LmdbLog:
         return Applied(revision=w.revision, value=value, prev_value=prev_value)
 
     def compact(self, upto: int, *, batch: int) -> tuple[int, bool]:
-        """Drop superseded records with revision <= `upto`, at most `batch` examined per call.
+        """Drop what no read at a revision > `upto` can need; at most `batch` records per call.
 
-        Records that are still a key's latest value are kept (they are the data). Returns the
-        new compacted revision and whether it reached `upto`.
+        As etcd compacts: a record goes once a later record of its key with revision <= `upto`
+        supersedes it, and a delete record (tombstone) goes once it is <= `upto`. So every key's
+        state at any revision >= the compacted one can still be rebuilt from the log (consistent
+        list pages, `scan_at`), and watches from there replay every change. Returns the new
+        compacted revision and whether it reached `upto`.
         """
         with self._env.begin(write=True, buffers=False) as txn:
             start = self._meta_int(txn, _META_COMPACTED)
@@ -302,11 +305,12 @@ class LmdbLog:
                         done = False
                         break
                     rec = _unpack_record(rev, cursor.value())
-                    live = txn.get(rec.key.encode(), db=self._index)
                     examined += 1
                     reached = rev
-                    if live != raw_rev:
-                        # Superseded or deleted: cursor.delete() moves to the next record.
+                    if rec.prev_revision:
+                        txn.delete(rev_bytes(rec.prev_revision), db=self._log)
+                    if rec.op == records.Op.DELETE:
+                        # cursor.delete() moves to the next record.
                         cursor.delete()
                         if not cursor.key():
                             break
@@ -316,6 +320,73 @@ class LmdbLog:
             new = upto if done else reached
             txn.put(_META_COMPACTED, rev_bytes(new), db=self._meta)
         return new, done
+
+    def scan_at(
+        self,
+        prefix: str,
+        *,
+        revision: int,
+        start_after: str | None,
+        limit: int | None,
+        accept: Callable[[bytes], bool] | None = None,
+    ) -> records.Page:
+        """Keys under `prefix` as they were at `revision` (>= the compacted revision), in key
+        order: the later pages of a paged list see the same snapshot as the first one.
+
+        Live keys changed since are walked back along their `prev_revision` chain; keys deleted
+        since are found through their delete records.
+        """
+        pfx = prefix.encode()
+        with self._env.begin(buffers=False) as txn:
+            compacted = self._meta_int(txn, _META_COMPACTED)
+            if revision < compacted:
+                raise errors.CompactedError(revision, oldest=compacted)
+            state: dict[str, LogRecord] = {}
+
+            def version_at(rec: LogRecord) -> LogRecord | None:
+                while rec.revision > revision:
+                    if not rec.prev_revision:
+                        return None
+                    data = txn.get(rev_bytes(rec.prev_revision), db=self._log)
+                    if data is None:
+                        raise errors.CompactedError(revision, oldest=compacted)
+                    rec = _unpack_record(rec.prev_revision, data)
+                return None if rec.op == records.Op.DELETE else rec
+
+            cursor = txn.cursor(db=self._index)
+            start = (start_after.encode() + b"\x00") if start_after else pfx
+            if cursor.set_range(start):
+                for raw_key, raw_rev in cursor:
+                    if not raw_key.startswith(pfx):
+                        break
+                    data = txn.get(raw_rev, db=self._log)
+                    if data is None:
+                        continue
+                    found = version_at(_unpack_record(rev_int(raw_rev), data))
+                    if found is not None:
+                        state[found.key] = found
+            log = txn.cursor(db=self._log)
+            if log.set_range(rev_bytes(revision + 1)):
+                for raw_rev, data in log:
+                    rec = _unpack_record(rev_int(raw_rev), data)
+                    if rec.op != records.Op.DELETE or not rec.key.startswith(prefix) or rec.key in state:
+                        continue
+                    if start_after is not None and rec.key <= start_after:
+                        continue
+                    found = version_at(rec)
+                    if found is not None:
+                        state[found.key] = found
+        items: list[records.Item] = []
+        next_key: str | None = None
+        for key in sorted(state):
+            rec = state[key]
+            if accept is not None and not accept(rec.value):
+                continue
+            if limit is not None and len(items) >= limit:
+                next_key = items[-1].key
+                break
+            items.append(records.Item(key=key, revision=records.Revision(rec.revision), value=rec.value))
+        return records.Page(items=items, revision=records.Revision(revision), next_key=next_key)
 
     def disk_usage(self) -> int:
         return sum(f.stat().st_size for f in self._path.iterdir() if f.is_file())

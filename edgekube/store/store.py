@@ -160,9 +160,14 @@ class Store:
         start_after: str | None = None,
         limit: int | None = None,
         accept: Callable[[bytes], bool] | None = None,
+        revision: int | None = None,
     ) -> records.Page:
+        """Live keys under `prefix`; with `revision`, as they were then (CompactedError when
+        that is older than the log keeps). The memory tier keeps no history: it answers now."""
         if self.is_memory(prefix):
             return self._memory.scan(prefix, start_after=start_after, limit=limit, accept=accept, revision=self._revision)
+        if revision is not None and revision < self._revision:
+            return self._db.scan_at(prefix, revision=revision, start_after=start_after, limit=limit, accept=accept)
         page = self._db.scan(prefix, start_after=start_after, limit=limit, accept=accept)
         # The snapshot may include a commit whose events are not published yet; its revision is
         # then ahead of ours, which is right: a watch from it must not replay those events again.

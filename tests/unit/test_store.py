@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from pathlib import Path
 
@@ -216,4 +217,37 @@ async def test_full_database_is_a_clear_error_and_loses_nothing(tmp_path: Path) 
             stored.append(i)
     assert stored, "some writes fit before the map filled"
     assert len(s.scan("/core/configmaps/ns/").items) == len(stored)
+    await s.close()
+
+
+async def test_scan_at_an_earlier_revision_is_a_consistent_snapshot(tmp_path: Path) -> None:
+    s = await _open(tmp_path, compaction_window=1000)
+    for i in range(6):
+        await s.create(f"/core/configmaps/ns/k{i}", _obj(f"k{i}", data={"v": "0"}))
+    snap = s.revision
+    first = s.scan("/core/configmaps/ns/", limit=2)
+    assert [i.key for i in first.items] == ["/core/configmaps/ns/k0", "/core/configmaps/ns/k1"]
+    # After the first page: an update, a delete, a create and a delete-then-recreate.
+    await s.update("/core/configmaps/ns/k2", _obj("k2", data={"v": "1"}), expect_revision=None)
+    await s.delete("/core/configmaps/ns/k3", expect_revision=None)
+    await s.create("/core/configmaps/ns/k2a", _obj("k2a"))
+    await s.delete("/core/configmaps/ns/k4", expect_revision=None)
+    await s.create("/core/configmaps/ns/k4", _obj("k4", data={"v": "new"}))
+    rest = s.scan("/core/configmaps/ns/", start_after=first.next_key, revision=snap)
+    assert [i.key.rsplit("/", 1)[1] for i in rest.items] == ["k2", "k3", "k4", "k5"]
+    assert [i.object()["data"]["v"] for i in rest.items] == ["0", "0", "0", "0"]
+    assert rest.revision == snap
+    page = s.scan("/core/configmaps/ns/", start_after=first.next_key, revision=snap, limit=2)
+    assert [i.key.rsplit("/", 1)[1] for i in page.items] == ["k2", "k3"] and page.next_key == "/core/configmaps/ns/k3"
+    # Compaction past the snapshot makes it unreadable; newer snapshots stay exact.
+    mid = s.revision
+    await s.update("/core/configmaps/ns/k5", _obj("k5", data={"v": "2"}), expect_revision=None)
+    s._config = dataclasses.replace(s._config, compaction_window=1)
+    await s.compact()
+    with pytest.raises(errors.CompactedError):
+        s.scan("/core/configmaps/ns/", revision=snap)
+    at_mid = s.scan("/core/configmaps/ns/", revision=s.compacted)
+    assert {i.key.rsplit("/", 1)[1]: i.object()["data"]["v"] for i in at_mid.items if "data" in i.object()} == {
+        "k0": "0", "k1": "0", "k2": "1", "k4": "new", "k5": "0"}
+    assert mid == s.compacted
     await s.close()

@@ -162,14 +162,22 @@ class Registry:
     ) -> ListResult:
         accept = self.matcher(info, label_selector=label_selector, field_selector=field_selector)
         start_after = None
+        revision = None
         if continue_token:
-            start_after = _decode_continue(continue_token, prefix=info.key_prefix(namespace))
-        page = self.store.scan(
-            info.key_prefix(namespace),
-            start_after=start_after,
-            limit=limit if limit and limit > 0 else None,
-            accept=(lambda value: accept(records.decode(value))) if accept is not None else None,
-        )
+            start_after, revision = _decode_continue(continue_token, prefix=info.key_prefix(namespace))
+        try:
+            page = self.store.scan(
+                info.key_prefix(namespace),
+                start_after=start_after,
+                limit=limit if limit and limit > 0 else None,
+                accept=(lambda value: accept(records.decode(value))) if accept is not None else None,
+                revision=revision,
+            )
+        except store_errors.CompactedError:
+            raise errors.gone(
+                "The provided continue parameter is too old to display a consistent list result. "
+                "You can start a new list without the continue parameter."
+            ) from None
         token = _encode_continue(page.next_key, page.revision) if page.next_key else None
         return ListResult(items=[i.object() for i in page.items], resource_version=str(page.revision), continue_token=token)
 
@@ -883,15 +891,19 @@ def _encode_continue(key: str, revision: int) -> str:
     return base64.urlsafe_b64encode(orjson.dumps({"v": 1, "rv": revision, "start": key})).decode().rstrip("=")
 
 
-def _decode_continue(token: str, *, prefix: str) -> str:
+def _decode_continue(token: str, *, prefix: str) -> tuple[str, int]:
+    """(key to start after, revision of the list's snapshot)."""
     try:
         data = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         start = data["start"]
+        revision = data["rv"]
         if not isinstance(start, str) or not start.startswith(prefix):
             raise ValueError("continue token is for another list")
+        if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
+            raise ValueError("continue token carries no revision")
     except (ValueError, KeyError, TypeError):
         raise errors.bad_request("continue key is not valid: the continue token was not issued for this list") from None
-    return start
+    return start, revision
 
 
 def _store_failure(exc: store_errors.StoreError) -> errors.APIError:
