@@ -108,7 +108,7 @@ class ApiServer:
         self._ready = ready
         self._openapi_v2: bytes | None = None
         self._openapi_v2_pb: bytes | None = None
-        self._openapi_v3: dict[str, bytes] = {}
+        self._openapi_v3: dict[str, tuple[bytes, str]] = {}
         # aiohttp enforces the size of bodies it reads; one byte over our limit lets us tell.
         self.app = web.Application(
             middlewares=[error_middleware, auth_middleware(tokens)],
@@ -159,15 +159,24 @@ class ApiServer:
         return handlers.json_response(openapi.v3_index(self._registry.catalog))
 
     async def _openapi_v3_doc(self, request: web.Request) -> web.Response:
+        """A group-version's document; immutable when asked for by the hash the index gives."""
         path = request.match_info["path"]
-        body = self._openapi_v3.get(path)
-        if body is None:
+        cached = self._openapi_v3.get(path)
+        if cached is None:
             doc = openapi.v3_document(self._registry.catalog, path)
             if doc is None:
                 raise errors.not_found_path()
-            body = orjson.dumps(doc)
-            self._openapi_v3[path] = body
-        return web.Response(body=body, headers={"Content-Type": "application/json", "Cache-Control": "public, immutable"})
+            cached = (openapi.to_json(doc), openapi.etag(doc))
+            self._openapi_v3[path] = cached
+        body, tag = cached
+        pinned = request.query.get("hash") == tag.strip('"')
+        headers = {
+            "ETag": tag,
+            "Cache-Control": "public, immutable" if pinned else "no-cache, private",
+        }
+        if request.headers.get("If-None-Match") == tag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, headers={**headers, "Content-Type": "application/json"})
 
 
 async def serve(app: web.Application, *, host: str, port: int, ssl_context: ssl.SSLContext | None) -> web.AppRunner:

@@ -416,3 +416,17 @@ def test_create_generators(kubectl: Kubectl) -> None:
     assert kubectl.json("get", "resourcequota", "gen-quota")["spec"]["hard"] == {"pods": "3", "requests.cpu": "500m"}
     bad = kubectl.run("create", "deployment", "Bad_Name", "--image=busybox", check=False)
     assert bad.returncode != 0 and "metadata.name" in bad.stderr
+
+
+@pytest.mark.parametrize("version", ["1.28", "1.29", "1.30", "1.31", "1.32", "1.33"])
+def test_every_kubectl_in_between_applies_and_gets(version: str, server: Server) -> None:
+    """The releases between the oldest and newest: the everyday path works without flags."""
+    k = Kubectl(version, server, f"between-{version.replace('.', '')}")
+    k.run("create", "namespace", k.ns, namespaced=False)
+    out = k.out("apply", "-f", "-", input=MANIFEST)
+    assert "deployment.apps/web created" in out
+    assert "deployment.apps/web unchanged" in k.out("apply", "-f", "-", input=MANIFEST)
+    assert k.out("get", "deploy", "web", "-o", "jsonpath={.spec.replicas}") == "2"
+    assert k.out("get", "cm", "settings").split("\n")[0].split() == ["NAME", "DATA", "AGE"]
+    k.run("create", "configmap", "made-by-create", "--from-literal=a=b")
+    assert k.json("get", "cm", "made-by-create")["data"] == {"a": "b"}
