@@ -430,3 +430,74 @@ def test_every_kubectl_in_between_applies_and_gets(version: str, server: Server)
     assert k.out("get", "cm", "settings").split("\n")[0].split() == ["NAME", "DATA", "AGE"]
     k.run("create", "configmap", "made-by-create", "--from-literal=a=b")
     assert k.json("get", "cm", "made-by-create")["data"] == {"a": "b"}
+
+
+KINDS = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: solo}
+spec:
+  containers: [{name: c, image: busybox:1.36}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: once}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox:1.36, command: [true]}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "*/10 * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: c, image: busybox:1.36}]
+---
+apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata: {name: holder}
+spec: {holderIdentity: me, leaseDurationSeconds: 15}
+---
+apiVersion: v1
+kind: Event
+metadata: {name: solo.1}
+involvedObject: {kind: Pod, name: solo}
+reason: Testing
+message: hello from the test
+type: Normal
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+"""
+
+
+def test_table_columns_for_more_kinds(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", "-", input=KINDS)
+
+    def header(*args: str) -> list[str]:
+        return kubectl.out("get", *args).split("\n")[0].split()
+
+    assert header("pods") == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    row = kubectl.out("get", "pods").split("\n")[1].split()
+    assert row[:4] == ["solo", "0/1", "Pending", "0"]
+    assert header("pods", "-o", "wide")[:7] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    assert header("jobs")[0] == "NAME" and "COMPLETIONS" in header("jobs")
+    assert header("cronjobs")[:2] == ["NAME", "SCHEDULE"]
+    assert "*/10" in kubectl.out("get", "cronjobs")
+    assert header("leases") == ["NAME", "HOLDER", "AGE"]
+    assert "me" in kubectl.out("get", "leases")
+    assert header("events")[:4] == ["LAST", "SEEN", "TYPE", "REASON"]
+    assert "hello from the test" in kubectl.out("get", "events")
+    assert header("pvc")[:3] == ["NAME", "STATUS", "VOLUME"]
+    assert kubectl.out("get", "pvc").split("\n")[1].split()[:2] == ["data", "Pending"]
