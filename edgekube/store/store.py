@@ -20,6 +20,7 @@ Watches from before it answer `CompactedError` (410 Expired).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import logging
@@ -88,7 +89,10 @@ class Store:
         )
         # A single thread: LMDB takes one writer at a time, and one thread keeps commit order.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        # Pending writes: a deque and a wake-up event (cheaper per write than asyncio.Queue).
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._stopping = False
         self._writer: asyncio.Task[None] | None = None
         self._compactor: asyncio.Task[None] | None = None
         self._closed = False
@@ -111,7 +115,8 @@ class Store:
             self._compactor.cancel()
             await asyncio.gather(self._compactor, return_exceptions=True)
         if self._writer is not None:
-            await self._queue.put(None)
+            self._stopping = True
+            self._wakeup.set()
             await asyncio.gather(self._writer, return_exceptions=True)
         self._hub.close_all()
         loop = asyncio.get_running_loop()
@@ -193,28 +198,22 @@ class Store:
         if self._closed:
             raise errors.ClosedError("the store is shutting down")
         fut: asyncio.Future[lmdb_log.Applied] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(write=write, memory=self.is_memory(write.key), future=fut))
+        self._pending.append(_Pending(write=write, memory=self.is_memory(write.key), future=fut))
+        self._wakeup.set()
         return await fut
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                break
-            # Let writers that are ready in this loop iteration join the group.
-            await asyncio.sleep(0)
-            batch = [first]
-            while True:
-                try:
-                    nxt = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
+        while True:
+            if not self._pending:
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                # Let writers that are ready in this loop iteration join the group.
+                await asyncio.sleep(0)
+            batch = list(self._pending)
+            self._pending.clear()
             await self._commit_batch(loop, batch)
 
     async def _commit_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
@@ -285,7 +284,7 @@ class Store:
             # Bounded volatile kinds (Events) drop their oldest objects, as a normal delete.
             fut: asyncio.Future[lmdb_log.Applied] = loop.create_future()
             fut.add_done_callback(lambda f: f.exception())
-            self._queue.put_nowait(
+            self._pending.append(
                 _Pending(
                     write=lmdb_log.Write(op=records.Op.DELETE, key=key, obj=None, expect_revision=None),
                     memory=True,

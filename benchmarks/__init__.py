@@ -1,0 +1,1 @@
+"""Benchmarks for edgekube: `make bench` runs `benchmarks/run_all.py`."""
