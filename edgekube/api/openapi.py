@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from edgekube.api import discovery
+from edgekube.api import apischema, discovery
 from edgekube.api.registry import known_fields, patchmeta, resources
 
 META = "io.k8s.apimachinery.pkg.apis.meta.v1"
@@ -57,30 +57,6 @@ GVK_EXT = "x-kubernetes-group-version-kind"
 ACTION_EXT = "x-kubernetes-action"
 PRESERVE = "x-kubernetes-preserve-unknown-fields"
 
-# Built-in groups and the Go package upstream's schema names use for them.
-_BUILTIN_PACKAGES = {
-    "": "io.k8s.api.core",
-    "apps": "io.k8s.api.apps",
-    "batch": "io.k8s.api.batch",
-    "autoscaling": "io.k8s.api.autoscaling",
-    "policy": "io.k8s.api.policy",
-    "coordination.k8s.io": "io.k8s.api.coordination",
-    "discovery.k8s.io": "io.k8s.api.discovery",
-    "storage.k8s.io": "io.k8s.api.storage",
-    "networking.k8s.io": "io.k8s.api.networking",
-    "node.k8s.io": "io.k8s.api.node",
-    "scheduling.k8s.io": "io.k8s.api.scheduling",
-    "rbac.authorization.k8s.io": "io.k8s.api.rbac",
-    "authentication.k8s.io": "io.k8s.api.authentication",
-    "authorization.k8s.io": "io.k8s.api.authorization",
-    "certificates.k8s.io": "io.k8s.api.certificates",
-    "admissionregistration.k8s.io": "io.k8s.api.admissionregistration",
-    "events.k8s.io": "io.k8s.api.events",
-    "flowcontrol.apiserver.k8s.io": "io.k8s.api.flowcontrol",
-    "apiextensions.k8s.io": "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions",
-    "apiregistration.k8s.io": "io.k8s.kube-aggregator.pkg.apis.apiregistration",
-}
-
 _PATCH_TYPES = (
     "application/json-patch+json",
     "application/merge-patch+json",
@@ -91,7 +67,7 @@ _SMP = "application/strategic-merge-patch+json"
 
 def schema_name(group: str, version: str, kind: str) -> str:
     """Upstream's definition name for a kind: `io.k8s.api.apps.v1.Deployment`."""
-    package = _BUILTIN_PACKAGES.get(group)
+    package = apischema.PACKAGES.get(group)
     if package is None:
         package = ".".join(reversed(group.split(".")))
     return f"{package}.{version}.{kind}"
@@ -321,7 +297,25 @@ SCHEMA_BUILDERS: dict[str, SchemaBuilder] = {}
 
 
 def kind_schema(info: resources.ResourceInfo) -> KindSchema:
-    return SCHEMA_BUILDERS.get(info.gk, default_schema)(info)
+    builder = SCHEMA_BUILDERS.get(info.gk)
+    if builder is not None:
+        return builder(info)
+    name = apischema.kind_definition(info.group, info.version, info.kind)
+    if name is not None:
+        return builtin_schema(info, name)
+    return default_schema(info)
+
+
+def builtin_schema(info: resources.ResourceInfo, name: str) -> KindSchema:
+    """A built-in kind's full upstream schema (from `apischema`), with everything it refers to.
+
+    Its patch metadata is upstream's, so kubectl may compute strategic merge patches from it.
+    """
+    defs = apischema.closure(name)
+    extra = {n: apischema.to_v3(s) for n, s in defs.items() if n != name}
+    schema = dict(apischema.to_v3(defs[name]))
+    schema[GVK_EXT] = [gvk(info.group, info.version, info.kind)]
+    return KindSchema(schema=schema, extra=extra, patch_metadata_complete=True)
 
 
 def _list_schema(info: resources.ResourceInfo) -> dict[str, Any]:
@@ -557,11 +551,12 @@ def _parse_gv_path(path: str) -> tuple[str, str] | None:
 def _schemas_for(infos: list[resources.ResourceInfo]) -> tuple[dict[str, Any], dict[str, bool]]:
     """Component schemas for `infos`, and per-kind whether PATCH may offer strategic merge."""
     schemas: dict[str, Any] = _meta_schemas()
+    kinds: dict[str, Any] = {}
     smp: dict[str, bool] = {}
     for info in infos:
         built = kind_schema(info)
         schemas.update(built.extra)
-        schemas[schema_name(info.group, info.version, info.kind)] = built.schema
+        kinds[schema_name(info.group, info.version, info.kind)] = built.schema
         schemas[schema_name(info.group, info.version, info.list_kind)] = _list_schema(info)
         smp[info.gk] = built.patch_metadata_complete
         for name in info.subresources:
@@ -569,6 +564,9 @@ def _schemas_for(infos: list[resources.ResourceInfo]) -> tuple[dict[str, Any], d
             builder = _SUBRESOURCE_SCHEMAS.get((sub.group, sub.kind))
             if builder is not None:
                 schemas[schema_name(sub.group, sub.version or info.version, sub.kind)] = builder()
+    # A kind's own schema (with its GVK) wins over the same definition pulled in as another
+    # kind's dependency (a PersistentVolumeClaim inside a StatefulSet).
+    schemas.update(kinds)
     return dict(sorted(schemas.items())), smp
 
 
@@ -670,7 +668,11 @@ def v2_document(catalog: resources.Catalog) -> dict[str, Any]:
         doc = v3_document(catalog, path)
         if doc is None:
             continue
-        definitions.update(doc["components"]["schemas"])
+        for name, schema in doc["components"]["schemas"].items():
+            # A kind's own schema (with its GVK) wins over its copy in another group's
+            # document (a PersistentVolumeClaim in apps/v1, as a StatefulSet's template).
+            if name not in definitions or GVK_EXT in schema:
+                definitions[name] = schema
         for url, item in doc["paths"].items():
             v2_item: dict[str, Any] = {}
             for method, op in item.items():

@@ -79,29 +79,49 @@ def test_object_meta_schema_describes_the_usual_fields(catalog: resources.Catalo
     meta = doc["components"]["schemas"][openapi.OBJECT_META]["properties"]
     for field in ("name", "namespace", "labels", "annotations", "ownerReferences", "finalizers", "uid"):
         assert field in meta
-    assert meta["labels"]["additionalProperties"] == {"type": "string", "default": ""}
+    assert meta["labels"]["additionalProperties"]["type"] == "string"
+    assert "Map of string keys and values" in meta["labels"]["description"]  # upstream's own words
 
 
-def test_top_level_fields_are_open_so_valid_manifests_pass(catalog: resources.Catalog) -> None:
+def _resolve(schemas: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while True:
+        if "$ref" in schema:
+            schema = schemas[schema["$ref"].removeprefix("#/components/schemas/")]
+        elif len(schema.get("allOf", [])) == 1:
+            schema = schema["allOf"][0]
+        else:
+            return schema
+
+
+def test_built_in_kinds_have_upstreams_full_schemas(catalog: resources.Catalog) -> None:
     doc = openapi.v3_document(catalog, "api/v1")
     assert doc is not None
     schemas = doc["components"]["schemas"]
     pod = schemas["io.k8s.api.core.v1.Pod"]["properties"]
-    assert pod["spec"]["type"] == "object" and pod["spec"][openapi.PRESERVE] is True
+    spec = _resolve(schemas, pod["spec"])
+    assert spec["required"] == ["containers"]
+    container = _resolve(schemas, spec["properties"]["containers"]["items"])
+    assert container["required"] == ["name"] and container["properties"]["image"]["type"] == "string"
     cm = schemas["io.k8s.api.core.v1.ConfigMap"]["properties"]
     assert {"data", "binaryData", "immutable"} <= set(cm)
     secret = schemas["io.k8s.api.core.v1.Secret"]["properties"]
     assert {"data", "stringData", "type"} <= set(secret)
+    assert secret["data"]["additionalProperties"] == {"type": "string", "format": "byte"}
 
 
-def test_containers_carry_patch_merge_key(catalog: resources.Catalog) -> None:
+def test_containers_carry_patch_merge_key_and_list_map_keys(catalog: resources.Catalog) -> None:
     doc = openapi.v3_document(catalog, "api/v1")
     assert doc is not None
-    spec = doc["components"]["schemas"]["io.k8s.api.core.v1.Pod"]["properties"]["spec"]["properties"]
-    containers = spec["containers"]
+    schemas = doc["components"]["schemas"]
+    spec = _resolve(schemas, schemas["io.k8s.api.core.v1.Pod"]["properties"]["spec"])
+    containers = spec["properties"]["containers"]
     assert containers["x-kubernetes-patch-merge-key"] == "name"
     assert containers["x-kubernetes-patch-strategy"] == "merge"
-    assert containers["items"]["properties"]["env"]["x-kubernetes-patch-merge-key"] == "name"
+    container = _resolve(schemas, containers["items"])
+    assert container["properties"]["env"]["x-kubernetes-patch-merge-key"] == "name"
+    ports = _resolve(schemas, schemas["io.k8s.api.core.v1.ServiceSpec"])["properties"]["ports"]
+    assert ports["x-kubernetes-patch-merge-key"] == "port"  # strategic merge: port alone
+    assert ports["x-kubernetes-list-map-keys"] == ["port", "protocol"]  # apply: both
 
 
 def _patch_ops(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -119,29 +139,26 @@ def test_every_patch_op_has_field_validation_so_kubectl_skips_client_validation(
         assert {i.kind for i in catalog.all() if openapi._gv_path(i) == path and "patch" in i.verbs} <= kinds_with_patch
 
 
-def test_partial_schemas_do_not_offer_strategic_merge(catalog: resources.Catalog) -> None:
-    # kubectl apply computes strategic patches from OpenAPI only when PATCH accepts them;
-    # with partial schemas it must use its built-in types instead.
+def test_built_in_kinds_offer_strategic_merge(catalog: resources.Catalog) -> None:
+    # kubectl apply computes strategic patches from OpenAPI only when PATCH accepts them; the
+    # built-in kinds' schemas carry upstream's patch metadata, so they do.
     for path in openapi.group_version_paths(catalog):
         doc = openapi.v3_document(catalog, path)
         assert doc is not None
         for op in _patch_ops(doc):
             content = op["requestBody"]["content"]
-            assert "application/strategic-merge-patch+json" not in content
+            assert "application/strategic-merge-patch+json" in content, op["operationId"]
             assert "application/merge-patch+json" in content
 
 
-def test_complete_schema_builder_offers_strategic_merge(catalog: resources.Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
-    def full(info: resources.ResourceInfo) -> openapi.KindSchema:
-        return openapi.KindSchema(schema=openapi.default_schema(info).schema, patch_metadata_complete=True)
-
-    monkeypatch.setitem(openapi.SCHEMA_BUILDERS, "ConfigMap", full)
+def test_partial_schema_builder_does_not_offer_strategic_merge(catalog: resources.Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(openapi.SCHEMA_BUILDERS, "ConfigMap", openapi.default_schema)
     doc = openapi.v3_document(catalog, "api/v1")
     assert doc is not None
     cm_patch = doc["paths"]["/api/v1/namespaces/{namespace}/configmaps/{name}"]["patch"]
-    assert "application/strategic-merge-patch+json" in cm_patch["requestBody"]["content"]
+    assert "application/strategic-merge-patch+json" not in cm_patch["requestBody"]["content"]
     pod_patch = doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"]
-    assert "application/strategic-merge-patch+json" not in pod_patch["requestBody"]["content"]
+    assert "application/strategic-merge-patch+json" in pod_patch["requestBody"]["content"]
 
 
 def test_paths_carry_actions_and_gvks_like_upstream(catalog: resources.Catalog) -> None:

@@ -1,17 +1,17 @@
 """Strategic-merge-patch metadata for the built-in kinds.
 
 Upstream Kubernetes reads how each list merges from Go struct tags (`patchStrategy`,
-`patchMergeKey`, and `retainKeys`) on the typed API structs. We have no typed structs, so the
-same facts live here as a small tree of frozen `Node`s keyed by JSON field name. Only fields that
-carry a strategy, or lead to one, appear: everything else is a plain map (merged key by key) or
-an atomic list (replaced whole), which is what the patch code does when a field has no node.
+`patchMergeKey`, and `retainKeys`) on the typed API structs. The same tags are in the OpenAPI
+definitions of `apischema` (generated from those structs), and this module turns them into a
+small tree of frozen `Node`s keyed by JSON field name. Only fields that carry a strategy, or lead
+to one, appear: everything else is a plain map (merged key by key) or an atomic list (replaced
+whole), which is what the patch code does when a field has no node.
 
 A `Node` describes a field's value. For a list of objects, its `fields` describe each element
 (as the Go element type does), so `containers` has `merge_key="name"` and `fields["env"]`.
 
-Shared shapes (ObjectMeta, PodSpec, Container) are built once and reused by every kind that
-embeds them, so a fix to the PodSpec reaches Pods, every workload's `spec.template.spec` and
-CronJob's `spec.jobTemplate.spec.template.spec` at once.
+Shared shapes (ObjectMeta, PodSpec, Container) are one Node per definition, reused by every
+kind that embeds them.
 
 Deliberate departures from what a reader might expect, all matching upstream:
 - `tolerations`, `envFrom`, `readinessGates`, Node `spec.taints` and ServiceAccount
@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections.abc import Mapping
+
+from edgekube.api import apischema
 
 _NO_FIELDS: Mapping[str, Node] = types.MappingProxyType({})
 
@@ -64,109 +66,90 @@ def _merge_by(key: str, fields: Mapping[str, Node] | None = None, *, retain_keys
     return _node(fields, merge=True, merge_key=key, retain_keys=retain_keys)
 
 
-_PRIMITIVE_SET = _node(merge=True)  # a list of scalars unioned with the original
-_CONDITIONS = _merge_by("type")
+OBJECT_META_DEFINITION = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 
-OBJECT_META = _node({
-    "finalizers": _PRIMITIVE_SET,
-    "ownerReferences": _merge_by("uid"),
-})
-
-CONTAINER = _node({
-    "ports": _merge_by("containerPort"),
-    "env": _merge_by("name"),
-    "volumeMounts": _merge_by("mountPath"),
-    "volumeDevices": _merge_by("devicePath"),
-})
-
-POD_SPEC = _node({
-    "volumes": _merge_by("name", retain_keys=True),
-    "initContainers": _merge_by("name", CONTAINER.fields),
-    "containers": _merge_by("name", CONTAINER.fields),
-    # EphemeralContainerCommon carries the same tags as Container.
-    "ephemeralContainers": _merge_by("name", CONTAINER.fields),
-    "imagePullSecrets": _merge_by("name"),
-    "hostAliases": _merge_by("ip"),
-    "topologySpreadConstraints": _merge_by("topologyKey"),
-    "schedulingGates": _merge_by("name"),
-    "resourceClaims": _merge_by("name", retain_keys=True),
-})
-
-POD_STATUS = _node({
-    "conditions": _CONDITIONS,
-    "podIPs": _merge_by("ip"),
-    "hostIPs": _merge_by("ip"),
-    "resourceClaimStatuses": _merge_by("name", retain_keys=True),
-})
-
-POD_TEMPLATE_SPEC = _node({"metadata": OBJECT_META, "spec": POD_SPEC})
-
-_CONDITIONS_STATUS = _node({"conditions": _CONDITIONS})
+_BUILDING = object()  # marks a definition whose node is being built (a recursive schema)
 
 
-def _object(**fields: Node) -> Node:
-    """A top-level kind: ObjectMeta plus the given fields."""
-    return _node({"metadata": OBJECT_META, **fields})
+class _Builder:
+    """Node trees from `apischema` definitions, one shared Node per definition."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node | object | None] = {}
+
+    def for_definition(self, name: str) -> Node | None:
+        done = self.nodes.get(name)
+        if done is _BUILDING:
+            return None  # a cycle (JSONSchemaProps): nothing in it carries a strategy
+        if name in self.nodes:
+            return done  # type: ignore[return-value]
+        self.nodes[name] = _BUILDING
+        schema = apischema.definition(name)
+        node = self._object(schema) if schema is not None else None
+        self.nodes[name] = node
+        return node
+
+    def _object(self, schema: apischema.JSON) -> Node | None:
+        fields: dict[str, Node] = {}
+        for fname, prop in (schema.get("properties") or {}).items():
+            child = self._field(prop)
+            if child is not None:
+                fields[fname] = child
+        return _node(fields) if fields else None
+
+    def _value(self, schema: apischema.JSON | None) -> Node | None:
+        if schema is None:
+            return None
+        name = apischema.ref_name(schema)
+        if name is None:
+            all_of = schema.get("allOf")
+            if isinstance(all_of, list) and len(all_of) == 1:
+                name = apischema.ref_name(all_of[0])
+        if name is not None:
+            return self.for_definition(name)
+        if schema.get("type") == "object" and schema.get("properties"):
+            return self._object(schema)
+        return None
+
+    def _field(self, prop: apischema.JSON) -> Node | None:
+        strategy = str(prop.get("x-kubernetes-patch-strategy", "")).split(",")
+        merge = "merge" in strategy
+        retain = "retainKeys" in strategy
+        key = str(prop.get("x-kubernetes-patch-merge-key", ""))
+        if prop.get("type") == "array":
+            element = self._value(prop.get("items") if isinstance(prop.get("items"), dict) else None)
+            if not (merge or retain or element is not None):
+                return None
+            return _node(element.fields if element is not None else None, merge=merge, merge_key=key, retain_keys=retain)
+        child = self._value(prop)
+        if child is None and not retain:
+            return None
+        if not retain:
+            return child
+        return _node(child.fields if child is not None else None, retain_keys=True)
 
 
-def _workload(**spec_fields: Node) -> Node:
-    return _object(
-        spec=_node({"template": POD_TEMPLATE_SPEC, **spec_fields}),
-        status=_CONDITIONS_STATUS,
-    )
+_BUILDER = _Builder()
 
 
-JOB_SPEC = _node({"template": POD_TEMPLATE_SPEC})
-
-_PLAIN = _object()
-
-# Keyed by `ResourceInfo.gk`. Kinds without list strategies still get ObjectMeta's, so that
-# finalizers and ownerReferences merge on every built-in kind.
-_BY_GK: Mapping[str, Node] = types.MappingProxyType({
-    "Pod": _object(spec=POD_SPEC, status=POD_STATUS),
-    "Deployment.apps": _workload(strategy=_node(retain_keys=True)),
-    "ReplicaSet.apps": _workload(),
-    "DaemonSet.apps": _workload(),
-    "StatefulSet.apps": _workload(),
-    "Job.batch": _object(spec=JOB_SPEC, status=_CONDITIONS_STATUS),
-    "CronJob.batch": _object(spec=_node({
-        "jobTemplate": _node({"metadata": OBJECT_META, "spec": JOB_SPEC}),
-    })),
-    "Service": _object(
-        spec=_node({"ports": _merge_by("port")}),
-        status=_CONDITIONS_STATUS,
-    ),
-    "Node": _object(
-        spec=_node({"podCIDRs": _PRIMITIVE_SET}),
-        status=_node({"addresses": _merge_by("type"), "conditions": _CONDITIONS}),
-    ),
-    "ServiceAccount": _object(secrets=_merge_by("name")),
-    "Namespace": _object(status=_CONDITIONS_STATUS),
-    "PersistentVolumeClaim": _object(status=_CONDITIONS_STATUS),
-    "Endpoints": _PLAIN,
-    "ConfigMap": _PLAIN,
-    "Secret": _PLAIN,
-    "Event": _PLAIN,
-    "PersistentVolume": _PLAIN,
-    "ResourceQuota": _PLAIN,
-    "LimitRange": _PLAIN,
-    "ControllerRevision.apps": _PLAIN,
-    "Lease.coordination.k8s.io": _PLAIN,
-    "EndpointSlice.discovery.k8s.io": _PLAIN,
-    "StorageClass.storage.k8s.io": _PLAIN,
-    "Role.rbac.authorization.k8s.io": _PLAIN,
-    "RoleBinding.rbac.authorization.k8s.io": _PLAIN,
-    "ClusterRole.rbac.authorization.k8s.io": _PLAIN,
-    "ClusterRoleBinding.rbac.authorization.k8s.io": _PLAIN,
-    # The scale subresource: spec.replicas and status only, nothing list-shaped.
-    "Scale.autoscaling": _node(),
-})
+def __getattr__(name: str) -> Node:
+    # OBJECT_META is looked up lazily, so importing this module loads no schema.
+    if name == "OBJECT_META":
+        node = _BUILDER.for_definition(OBJECT_META_DEFINITION)
+        assert node is not None
+        return node
+    raise AttributeError(name)
 
 
 def meta_for(gk: str) -> Node | None:
-    """The patch metadata of a kind (`Pod`, `Deployment.apps`), or None when it has none.
+    """The patch metadata of a built-in kind (`Pod`, `Deployment.apps`), or None when it has none.
 
-    None (custom resources, unknown kinds) means every list is replaced whole, which is what
-    upstream's JSON-schema-less merge does.
+    From upstream's definitions (`apischema`), so it carries exactly the Go types'
+    `patchStrategy` and `patchMergeKey` tags. None (custom resources, unknown kinds) means every
+    list is replaced whole, which is what upstream's schema-less merge does.
     """
-    return _BY_GK.get(gk)
+    kind, _, group = gk.partition(".")
+    name = apischema.kind_definition(group, "v1", kind)
+    if name is None:
+        return None
+    return _BUILDER.for_definition(name) or _node()
