@@ -54,7 +54,7 @@ PACKAGES = {
 @functools.cache
 def definitions() -> dict[str, JSON]:
     packed = "".join(apischema_data.PACKED)
-    out: dict[str, JSON] = orjson.loads(zlib.decompress(base64.b85decode(packed)))
+    out: dict[str, JSON] = orjson.loads(zlib.decompress(base64.b64decode(packed)))
     return out
 
 

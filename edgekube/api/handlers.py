@@ -200,7 +200,14 @@ class Handlers:
         fv = _q(request, "fieldValidation") or "Strict"
         if fv not in ("Strict", "Warn", "Ignore"):
             raise errors.bad_request(f'fieldValidation: invalid value "{fv}": must be one of Ignore, Warn, Strict')
-        return rest.Options(dry_run=bool(dry), field_validation=fv, field_manager=_q(request, "fieldManager") or None)
+        manager = _q(request, "fieldManager") or None
+        if manager is not None and len(manager) > 128:
+            raise errors.bad_request("fieldManager: Too long: may not be more than 128 bytes")
+        applying = request.method == "PATCH" and negotiation.media_type(request.headers.get("Content-Type", "")) == patch.APPLY_PATCH
+        if manager is None and not applying:
+            # As upstream: a write without fieldManager is recorded under its user agent's name.
+            manager = request.headers.get("User-Agent", "").split("/", 1)[0][:128] or None
+        return rest.Options(dry_run=bool(dry), field_validation=fv, field_manager=manager)
 
     def _render(self, request: web.Request, t: Target, obj: JSON, *, status: int = 200,
                 warnings: rest.Warnings | None = None) -> web.Response:
@@ -283,6 +290,17 @@ class Handlers:
         body = await self._body(request)
         warnings = rest.Warnings()
         gk = t.info.gk
+
+        if content_type == patch.APPLY_PATCH:
+            config = negotiation.decode_body(body, "application/yaml")
+            force = _q(request, "force")
+            if force not in ("", "true", "false"):
+                raise errors.bad_request(f'force: invalid value "{force}": must be true or false')
+            obj, created = await self._registry.apply(
+                t.info, config, namespace=t.namespace, name=t.name, force=force == "true",
+                subresource=t.subresource, options=self._options(request), warnings=warnings,
+            )
+            return self._render(request, t, obj, status=201 if created else 200, warnings=warnings)
 
         def apply(current: JSON) -> JSON:
             return patch.apply_patch(content_type, current, body, gk=gk)

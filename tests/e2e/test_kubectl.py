@@ -501,3 +501,73 @@ def test_table_columns_for_more_kinds(kubectl: Kubectl) -> None:
     assert "hello from the test" in kubectl.out("get", "events")
     assert header("pvc")[:3] == ["NAME", "STATUS", "VOLUME"]
     assert kubectl.out("get", "pvc").split("\n")[1].split()[:2] == ["data", "Pending"]
+
+
+SSA_DEPLOY = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ssa}
+spec:
+  replicas: 2
+  minReadySeconds: 3
+  selector: {matchLabels: {app: ssa}}
+  template:
+    metadata: {labels: {app: ssa}}
+    spec:
+      containers:
+      - name: app
+        image: busybox:1.36
+        ports: [{containerPort: 8080}]
+"""
+
+
+def test_server_side_apply(kubectl: Kubectl) -> None:
+    assert "deployment.apps/ssa serverside-applied" in kubectl.out("apply", "--server-side", "-f", "-", input=SSA_DEPLOY)
+    obj = kubectl.json("get", "deployment", "ssa", "--show-managed-fields")
+    entries = obj["metadata"]["managedFields"]
+    assert [(e["manager"], e["operation"]) for e in entries] == [("kubectl", "Apply")]
+    assert "f:replicas" in entries[0]["fieldsV1"]["f:spec"]
+    # Re-applying the same config changes nothing (same resourceVersion).
+    kubectl.run("apply", "--server-side", "-f", "-", input=SSA_DEPLOY)
+    assert kubectl.json("get", "deployment", "ssa")["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
+    # Another manager changing a field kubectl owns: 409 naming the field and the manager.
+    other = SSA_DEPLOY.replace("replicas: 2", "replicas: 4")
+    clash = kubectl.run("apply", "--server-side", "--field-manager=ops", "-f", "-", input=other, check=False)
+    assert clash.returncode != 0
+    assert 'conflict with "kubectl" using apps/v1: .spec.replicas' in clash.stderr
+    assert kubectl.json("get", "deployment", "ssa")["spec"]["replicas"] == 2
+    kubectl.run("apply", "--server-side", "--field-manager=ops", "--force-conflicts", "-f", "-", input=other)
+    assert kubectl.json("get", "deployment", "ssa")["spec"]["replicas"] == 4
+    # kubectl no longer owns replicas; dropping minReadySeconds (owned by both) keeps it while
+    # ops still applies it, and removes it once ops stops too.
+    dropped = SSA_DEPLOY.replace("  minReadySeconds: 3\n", "").replace("replicas: 2", "replicas: 4")
+    kubectl.run("apply", "--server-side", "-f", "-", input=dropped)
+    assert kubectl.json("get", "deployment", "ssa")["spec"]["minReadySeconds"] == 3
+    kubectl.run("apply", "--server-side", "--field-manager=ops", "-f", "-", input=dropped)
+    assert "minReadySeconds" not in kubectl.json("get", "deployment", "ssa")["spec"]
+    # A list element added by one manager is merged with the other's by key.
+    side = dropped.replace("        ports: [{containerPort: 8080}]\n",
+                           "        ports: [{containerPort: 8080}]\n      - name: side\n        image: busybox:1.36\n")
+    kubectl.run("apply", "--server-side", "--field-manager=sidecar", "-f", "-", input=side)
+    names = [c["name"] for c in kubectl.json("get", "deployment", "ssa")["spec"]["template"]["spec"]["containers"]]
+    assert names == ["app", "side"]
+
+
+def test_server_side_apply_dry_run_and_diff(kubectl: Kubectl) -> None:
+    out = kubectl.out("apply", "--server-side", "--dry-run=server", "-f", "-", input=SSA_DEPLOY)
+    assert "serverside-applied (server dry run)" in out
+    assert kubectl.run("get", "deployment", "ssa", check=False).returncode != 0
+    kubectl.run("apply", "--server-side", "-f", "-", input=SSA_DEPLOY)
+    diff = kubectl.run("diff", "--server-side", "-f", "-", input=SSA_DEPLOY.replace("busybox:1.36", "busybox:1.37"),
+                       check=False)
+    assert diff.returncode == 1, diff.stderr
+    assert "-      - image: busybox:1.36" in diff.stdout and "+      - image: busybox:1.37" in diff.stdout
+
+
+def test_explain(kubectl: Kubectl) -> None:
+    out = kubectl.out("explain", "deployment.spec.strategy", namespaced=False)
+    assert "rollingUpdate" in out and "Type of deployment" in out
+    recursive = kubectl.out("explain", "pod.spec.containers", "--recursive", namespaced=False)
+    assert "livenessProbe" in recursive and "containerPort" in recursive
+    cm = kubectl.out("explain", "configmap.data", namespaced=False)
+    assert "Data contains the configuration data" in cm

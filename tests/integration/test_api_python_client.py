@@ -346,3 +346,33 @@ def test_unauthenticated_requests_are_refused(server: Server) -> None:
     assert err.value.code == 401
     with urllib.request.urlopen(server.url + "/livez", context=ctx, timeout=5) as r:
         assert r.read() == b"ok"
+
+
+def test_server_side_apply_through_the_dynamic_client(api: client.ApiClient, ns: str) -> None:
+    from kubernetes.dynamic import DynamicClient
+    from kubernetes.dynamic.exceptions import ConflictError
+
+    dyn = DynamicClient(api)
+    deployments = dyn.resources.get(api_version="apps/v1", kind="Deployment")
+    body = _deployment("applied", replicas=2)
+    created = deployments.server_side_apply(body=body, name="applied", namespace=ns, field_manager="robot")
+    assert created.spec.replicas == 2
+    assert [(e.manager, e.operation) for e in created.metadata.managedFields] == [("robot", "Apply")]
+    body["spec"]["replicas"] = 3
+    with pytest.raises(ConflictError) as err:
+        deployments.server_side_apply(body=body, name="applied", namespace=ns, field_manager="human")
+    assert ".spec.replicas" in str(err.value.body)
+    forced = deployments.server_side_apply(body=body, name="applied", namespace=ns, field_manager="human", force_conflicts=True)
+    assert forced.spec.replicas == 3
+    # An ordinary patch is tracked as an Update by its field manager.
+    apps = client.AppsV1Api(api)
+    apps.patch_namespaced_deployment("applied", ns, {"spec": {"minReadySeconds": 7}}, field_manager="tuner")
+    got = apps.read_namespaced_deployment("applied", ns)
+    managers = {(e.manager, e.operation) for e in got.metadata.managed_fields}
+    assert ("tuner", "Update") in managers and ("human", "Apply") in managers
+
+
+def test_apply_without_field_manager_is_invalid(server: Server, ns: str) -> None:
+    code, body = _raw(server, "PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/x",
+                      json.dumps(_deployment("x")).encode(), "application/apply-patch+yaml")
+    assert code == 422 and body["details"]["causes"][0]["field"] == "fieldManager"

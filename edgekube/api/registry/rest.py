@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from edgekube._cogs import clock as clock_mod
-from edgekube.api import errors, fields, labels
+from edgekube.api import errors, fields, labels, ssa
 from edgekube.api.registry import allocators, defaults, known_fields, resources, validation
 from edgekube.store import errors as store_errors
 from edgekube.store import records
@@ -74,7 +74,10 @@ _SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease"
 class Options:
     dry_run: bool = False
     field_validation: str = "Strict"
+    # Who writes, for metadata.managedFields: the request's fieldManager, else its user agent.
     field_manager: str | None = None
+    # "Apply" when the object's managedFields were already worked out by server-side apply.
+    operation: str = "Update"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +258,11 @@ class Registry:
             obj.setdefault("status", {}).setdefault("phase", "Pending")
             obj["status"].setdefault("qosClass", _qos_class(obj.get("spec") or {}))
         self._validate(info, obj, old=None)
+        if options.operation != "Apply":
+            meta["managedFields"] = ssa.track_update(
+                None, obj, manager=_manager(options), api_version=info.api_version,
+                schema=self.schema_for(info), now=now,
+            )
         allocated = self._allocate_service(obj, old=None) if info.gk == "Service" else _Allocated()
         if options.dry_run:
             allocated.release(self)
@@ -373,8 +381,17 @@ class Registry:
         options: Options,
     ) -> JSON:
         old = item.object()
+        sent_managed = (new.get("metadata") or {}).get("managedFields")
         new = self._merge_update(info, old, new, subresource=subresource)
         name = old["metadata"]["name"]
+        if options.operation != "Apply":
+            base = old
+            if sent_managed == [{}]:  # a client resets managedFields by sending one empty entry
+                base = {**old, "metadata": {**old["metadata"], "managedFields": []}}
+            new["metadata"]["managedFields"] = ssa.track_update(
+                base, new, manager=_manager(options), api_version=info.api_version,
+                schema=self.schema_for(info), now=clock_mod.rfc3339(self._clock.now()), subresource=subresource,
+            )
         if _unchanged(old, new):
             return old
         allocated = self._allocate_service(new, old=old) if info.gk == "Service" else _Allocated()
@@ -497,6 +514,68 @@ class Registry:
                 )
             except errors.APIError as exc:
                 if exc.reason == "Conflict" and not rv:
+                    continue
+                raise
+        raise errors.conflict(info.plural, name, group=info.group, why="too many concurrent updates, try again")
+
+    # --- server-side apply --------------------------------------------------------------------
+
+    def schema_for(self, info: resources.ResourceInfo) -> ssa.Schema:
+        return ssa.kind_schema(info.group, info.version, info.kind)
+
+    async def apply(
+        self,
+        info: resources.ResourceInfo,
+        config: JSON,
+        *,
+        namespace: str | None,
+        name: str,
+        force: bool,
+        subresource: str | None = None,
+        options: Options = Options(),
+        warnings: Warnings | None = None,
+    ) -> tuple[JSON, bool]:
+        """Server-side apply of `config` by `options.field_manager`. Returns (object, created)."""
+        manager = options.field_manager
+        if not manager:
+            raise errors.invalid(
+                "PatchOptions", "", [errors.Cause("fieldManager", "Required value: is required for apply patch", "FieldValueRequired")],
+                group="meta.k8s.io",
+            )
+        config = copy.deepcopy(config)
+        self._check_type(info, config)
+        meta = config.get("metadata")
+        if not isinstance(meta, dict):
+            raise errors.bad_request("metadata must be an object")
+        if meta.get("name") not in (None, name):
+            raise errors.bad_request(f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})")
+        meta["name"] = name
+        self._check_namespace(info, meta, namespace)
+        self._check_fields(info, config, options=options, warnings=warnings)
+        schema = self.schema_for(info)
+        applying = dataclasses.replace(options, operation="Apply")
+        for _ in range(_CONFLICT_RETRIES):
+            now = clock_mod.rfc3339(self._clock.now())
+            item = self.store.get(info.key(name, namespace))
+            live = item.object() if item is not None else None
+            try:
+                merged, managed = ssa.apply(
+                    live, config, manager=manager, api_version=info.api_version, schema=schema, force=force,
+                    now=now, subresource=subresource,
+                )
+            except ssa.ConflictError as exc:
+                raise _apply_conflict(exc) from None
+            merged.setdefault("metadata", {})["managedFields"] = managed
+            if item is None:
+                if subresource is not None:
+                    raise errors.not_found(info.plural, name, group=info.group)
+                return await self.create(info, merged, namespace=namespace, options=applying, warnings=warnings), True
+            try:
+                return await self._write_update(
+                    info, item, merged, namespace=namespace, subresource=subresource, options=applying
+                ), False
+            except errors.APIError as exc:
+                if exc.reason == "Conflict":
                     continue
                 raise
         raise errors.conflict(info.plural, name, group=info.group, why="too many concurrent updates, try again")
@@ -912,3 +991,15 @@ def _store_failure(exc: store_errors.StoreError) -> errors.APIError:
     if isinstance(exc, store_errors.ClosedError):
         return errors.APIError(503, "ServiceUnavailable", "the server is shutting down; retry shortly")
     return errors.internal(str(exc))
+
+
+def _manager(options: Options) -> str:
+    return options.field_manager or "unknown"
+
+
+def _apply_conflict(exc: ssa.ConflictError) -> errors.APIError:
+    causes = [
+        errors.Cause(c.field(), f'conflict with "{c.manager}" using {c.api_version}', "FieldManagerConflict")
+        for c in exc.conflicts
+    ]
+    return errors.APIError(409, "Conflict", str(exc), details={"causes": [c.to_dict() for c in causes]})
