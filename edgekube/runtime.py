@@ -82,6 +82,8 @@ class Runtime:
         )
         self.registry.rebuild_allocations()
         await self.registry.ensure_system_namespaces()
+        self.registry.sync_crds()
+        await self.registry.resume_crd_deletions()
 
         names, addresses = pki.host_identities()
         service_ip = str(ipaddress.ip_network(cfg.service_cidr).network_address + 1)

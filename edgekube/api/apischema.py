@@ -149,7 +149,7 @@ def to_v3(value: Any) -> Any:
     """A v2 definition in OpenAPI 3 form: `#/components/schemas/` references, and a `$ref` with
     siblings (description, default) wrapped in `allOf`, since v3 ignores a `$ref`'s siblings."""
     if isinstance(value, dict):
-        if "$ref" in value:
+        if isinstance(value.get("$ref"), str):  # (JSONSchemaProps has a *property* named $ref)
             target = {"$ref": value["$ref"].replace(_REF, "#/components/schemas/")}
             rest = {k: to_v3(v) for k, v in value.items() if k != "$ref"}
             return {"allOf": [target], **rest} if rest else target

@@ -214,7 +214,8 @@ class Handlers:
         headers = _warning_headers(warnings)
         version = negotiation.wants_table(request.headers.get("Accept", ""))
         if version is not None:
-            table = tables.to_table(t.info.gk, [obj], include_object=_q(request, "includeObject") or "Metadata")
+            table = tables.to_table(t.info.gk, [obj], include_object=_q(request, "includeObject") or "Metadata",
+                                    printer=tables.printer_for_info(t.info))
             table["apiVersion"] = f"meta.k8s.io/{version}"
             return json_response(table, status=status, headers=headers)
         return json_response(obj, status=status, headers=headers)
@@ -243,7 +244,7 @@ class Handlers:
         version = negotiation.wants_table(request.headers.get("Accept", ""))
         if version is not None:
             table = tables.to_table(t.info.gk, result.items, include_object=_q(request, "includeObject") or "Metadata",
-                                    list_meta=list_meta)
+                                    list_meta=list_meta, printer=tables.printer_for_info(t.info))
             table["apiVersion"] = f"meta.k8s.io/{version}"
             return json_response(table)
         return json_response(

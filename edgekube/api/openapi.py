@@ -36,6 +36,7 @@ kube-openapi's, used for the index's `?hash=` and the `ETag` header.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable
@@ -296,7 +297,21 @@ def default_schema(info: resources.ResourceInfo) -> KindSchema:
 SCHEMA_BUILDERS: dict[str, SchemaBuilder] = {}
 
 
+def custom_schema(info: resources.ResourceInfo) -> KindSchema:
+    """A custom kind's schema: its CRD version's openAPIV3Schema with ObjectMeta and the GVK."""
+    assert info.custom is not None
+    schema: dict[str, Any] = copy.deepcopy(info.custom.schema) if info.custom.schema else {"type": "object", PRESERVE: True}
+    props: dict[str, Any] = schema.setdefault("properties", {})
+    props["apiVersion"] = {"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}
+    props["kind"] = {"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}
+    props["metadata"] = {"allOf": [ref(OBJECT_META)], "description": "Standard object's metadata."}
+    schema[GVK_EXT] = [gvk(info.group, info.version, info.kind)]
+    return KindSchema(schema=schema, patch_metadata_complete=False)
+
+
 def kind_schema(info: resources.ResourceInfo) -> KindSchema:
+    if info.custom is not None:
+        return custom_schema(info)
     builder = SCHEMA_BUILDERS.get(info.gk)
     if builder is not None:
         return builder(info)

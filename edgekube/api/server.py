@@ -108,6 +108,7 @@ class ApiServer:
         self._ready = ready
         self._openapi_v2: bytes | None = None
         self._openapi_v2_pb: bytes | None = None
+        self._openapi_generation = -1
         self._openapi_v3: dict[str, tuple[bytes, str]] = {}
         # aiohttp enforces the size of bodies it reads; one byte over our limit lets us tell.
         self.app = web.Application(
@@ -139,8 +140,18 @@ class ApiServer:
     async def _version(self, request: web.Request) -> web.Response:
         return handlers.json_response(discovery.version_info())
 
+    def _openapi_fresh(self) -> None:
+        """Drop cached OpenAPI documents once the served resources changed (a CRD came or went)."""
+        generation = self._registry.catalog.generation
+        if generation != self._openapi_generation:
+            self._openapi_v2 = None
+            self._openapi_v2_pb = None
+            self._openapi_v3.clear()
+            self._openapi_generation = generation
+
     async def _openapi_v2_handler(self, request: web.Request) -> web.Response:
         """JSON, or gnostic protobuf for the kubectl releases (<= 1.28) that accept nothing else."""
+        self._openapi_fresh()
         accept = request.headers.get("Accept", "")
         pb_at = min((accept.find(t) for t in openapi_pb.ACCEPT_TYPES if t in accept), default=-1)
         json_at = min((accept.find(t) for t in ("application/json", "*/*", "application/*") if t in accept), default=-1)
@@ -160,6 +171,7 @@ class ApiServer:
 
     async def _openapi_v3_doc(self, request: web.Request) -> web.Response:
         """A group-version's document; immutable when asked for by the hash the index gives."""
+        self._openapi_fresh()
         path = request.match_info["path"]
         cached = self._openapi_v3.get(path)
         if cached is None:

@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from edgekube.api import errors
+from edgekube.api.registry import crds, resources
 
 JSON = dict[str, Any]
 
@@ -1214,6 +1215,35 @@ def printer_for(gk: str) -> Printer:
     return PRINTERS.get(gk, DEFAULT_PRINTER)
 
 
+def printer_for_info(info: resources.ResourceInfo) -> Printer | None:
+    """A custom kind's printer from its CRD's additionalPrinterColumns (None: by kind)."""
+    if info.custom is None or not info.custom.printer_columns:
+        return None
+    return custom_printer(info.custom.printer_columns)
+
+
+def custom_printer(columns: Sequence[Mapping[str, Any]]) -> Printer:
+    """NAME, then the CRD's columns, as upstream's CRD table convertor prints them."""
+    cols = [_NAME]
+    for c in columns:
+        ctype = str(c.get("type", "string"))
+        cols.append(Column(str(c.get("name", "")), ctype, str(c.get("description", "")),
+                           int(c.get("priority", 0) or 0), str(c.get("format", ""))))
+    specs = [dict(c) for c in columns]
+
+    def row(obj: Mapping[str, Any], now: datetime) -> list[Any]:
+        cells: list[Any] = [_name(obj)]
+        for spec in specs:
+            value = crds.printer_cell(dict(obj), spec, now)
+            if spec.get("type") == "date" and isinstance(value, str):
+                when = parse_time(value)
+                value = human_duration(now - when) if when is not None else value
+            cells.append(value)
+        return cells
+
+    return Printer(tuple(cols), row)
+
+
 # --- the table ------------------------------------------------------------------------------
 
 
@@ -1251,6 +1281,7 @@ def to_table(
     now: datetime | None = None,
     list_meta: Mapping[str, Any] | None = None,
     with_columns: bool = True,
+    printer: Printer | None = None,
 ) -> dict[str, Any]:
     """A `meta.k8s.io/v1` Table of `objs` (all of kind `gk`, e.g. "Pod", "Deployment.apps").
 
@@ -1264,7 +1295,8 @@ def to_table(
     when = now if now is not None else datetime.now(UTC)
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    printer = printer_for(gk)
+    if printer is None:
+        printer = printer_for(gk)
     rows: list[JSON] = []
     for obj in objs:
         row: JSON = {"cells": printer.row(obj, when)}

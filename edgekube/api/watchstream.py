@@ -55,9 +55,10 @@ class _Writer:
         self._columns_sent = False
 
     async def event(self, type_: str, obj: JSON) -> None:
+        obj = rest.present(self._spec.info, obj)
         if self._spec.table_version is not None and type_ in ("ADDED", "MODIFIED", "DELETED"):
             table = tables.to_table(self._spec.info.gk, [obj], include_object=self._spec.include_object,
-                                    with_columns=not self._columns_sent)
+                                    with_columns=not self._columns_sent, printer=tables.printer_for_info(self._spec.info))
             table["apiVersion"] = f"meta.k8s.io/{self._spec.table_version}"
             self._columns_sent = True
             obj = table

@@ -571,3 +571,54 @@ def test_explain(kubectl: Kubectl) -> None:
     assert "livenessProbe" in recursive and "containerPort" in recursive
     cm = kubectl.out("explain", "configmap.data", namespaced=False)
     assert "Data contains the configuration data" in cm
+
+
+CRD = (REPO / "tests" / "data" / "crontab-crd.yaml").read_text()
+
+
+def _crd_for(kubectl: Kubectl) -> tuple[str, str]:
+    """The CronTab CRD in a group of this test's own (CRDs are cluster-wide)."""
+    group = f"{kubectl.ns}.example.com"
+    return CRD.replace("stable.example.com", group), group
+
+
+def test_custom_resource_definitions(kubectl: Kubectl) -> None:
+    crd, group = _crd_for(kubectl)
+    kubectl.run("apply", "-f", "-", input=crd)
+    status = kubectl.json("get", "crd", f"crontabs.{group}")["status"]
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"NamesAccepted": "True", "Established": "True"}
+    assert status["acceptedNames"]["kind"] == "CronTab" and status["storedVersions"] == ["v1"]
+    resources = kubectl.out("api-resources", "--api-group", group, namespaced=False)
+    assert "crontabs" in resources and "ct" in resources
+    cr = f"apiVersion: {group}/v1\nkind: CronTab\nmetadata: {{name: nightly}}\nspec: {{cronSpec: '0 3 * * *', image: backup}}\n"
+    assert "created" in kubectl.out("apply", "-f", "-", input=cr)
+    table = kubectl.out("get", f"crontabs.{group}").splitlines()
+    assert table[0].split() == ["NAME", "SPEC", "REPLICAS", "AGE"]
+    assert table[1].split()[:4] == ["nightly", "0", "3", "*"]  # cronSpec has spaces
+    obj = kubectl.json("get", f"crontabs.{group}", "nightly")
+    assert obj["spec"]["replicas"] == 1  # default from the schema
+    assert obj["metadata"]["generation"] == 1
+    # The other served version reads the same object.
+    assert kubectl.json("get", f"crontabs.v1beta1.{group}", "nightly")["apiVersion"] == f"{group}/v1beta1"
+    # Schema validation names the fields; unknown fields are refused (kubectl asks Strict).
+    bad = cr.replace("nightly", "bad").replace("image: backup", "image: backup, replicas: 11")
+    refused = kubectl.run("apply", "-f", "-", input=bad, check=False)
+    assert refused.returncode != 0 and "spec.replicas" in refused.stderr and "less than or equal to 10" in refused.stderr
+    unknown = kubectl.run("apply", "-f", "-", input=cr.replace("image: backup", "image: backup, colour: red"), check=False)
+    assert unknown.returncode != 0 and 'unknown field "spec.colour"' in unknown.stderr
+    # Scale and status subresources.
+    kubectl.run("scale", f"crontabs.{group}", "nightly", "--replicas=4")
+    assert kubectl.json("get", f"crontabs.{group}", "nightly")["spec"]["replicas"] == 4
+    kubectl.run("patch", f"crontabs.{group}", "nightly", "--subresource=status", "--type=merge", "-p",
+                '{"status":{"replicas":4}}')
+    after = kubectl.json("get", f"crontabs.{group}", "nightly")
+    assert after["status"] == {"replicas": 4} and after["metadata"]["generation"] == 2
+    # explain reads the CRD's schema.
+    assert "cronSpec" in kubectl.out("explain", f"crontabs.{group}.spec", namespaced=False)
+    # Deleting the CRD deletes its objects.
+    kubectl.run("delete", "crd", f"crontabs.{group}", namespaced=False)
+    gone = kubectl.run("get", f"crontabs.{group}", check=False)
+    assert gone.returncode != 0
+    kubectl.run("apply", "-f", "-", input=crd)
+    again = kubectl.run("get", f"crontabs.{group}", "-o", "name")
+    assert again.stdout.strip() == ""

@@ -376,3 +376,39 @@ def test_apply_without_field_manager_is_invalid(server: Server, ns: str) -> None
     code, body = _raw(server, "PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/x",
                       json.dumps(_deployment("x")).encode(), "application/apply-patch+yaml")
     assert code == 422 and body["details"]["causes"][0]["field"] == "fieldManager"
+
+
+def test_custom_resources_through_the_python_client(api: client.ApiClient, ns: str) -> None:
+    import yaml
+
+    from tests.conftest import REPO
+
+    crd = yaml.safe_load((REPO / "tests" / "data" / "crontab-crd.yaml").read_text())
+    group = "py.example.com"
+    crd["metadata"]["name"] = f"crontabs.{group}"
+    crd["spec"]["group"] = group
+    ext = client.ApiextensionsV1Api(api)
+    ext.create_custom_resource_definition(crd)
+    custom = client.CustomObjectsApi(api)
+    body = {"apiVersion": f"{group}/v1", "kind": "CronTab", "metadata": {"name": "c1"},
+            "spec": {"cronSpec": "*/5 * * * *", "image": "x"}}
+    made = custom.create_namespaced_custom_object(group, "v1", ns, "crontabs", body)
+    assert made["spec"]["replicas"] == 1
+    listed = custom.list_namespaced_custom_object(group, "v1", ns, "crontabs")
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["c1"]
+    custom.patch_namespaced_custom_object(group, "v1", ns, "crontabs", "c1", {"spec": {"image": "y"}})
+    w = watch.Watch()
+    seen = []
+    for event in w.stream(custom.list_namespaced_custom_object, group, "v1", ns, "crontabs",
+                          resource_version=listed["metadata"]["resourceVersion"], timeout_seconds=3):
+        seen.append((event["type"], event["object"]["spec"]["image"]))
+        w.stop()
+    assert seen == [("MODIFIED", "y")]
+    with pytest.raises(ApiException) as err:
+        custom.create_namespaced_custom_object(group, "v1", ns, "crontabs", {**body, "metadata": {"name": "c2"},
+                                                                             "spec": {"image": "no cron"}})
+    assert err.value.status == 422
+    ext.delete_custom_resource_definition(f"crontabs.{group}")
+    with pytest.raises(ApiException) as gone:
+        custom.list_namespaced_custom_object(group, "v1", ns, "crontabs")
+    assert gone.value.status == 404

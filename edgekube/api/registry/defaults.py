@@ -13,6 +13,8 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
+from edgekube.api.registry import crds
+
 JSON = dict[str, Any]
 
 _NOT_READY_TOLERATIONS = (
@@ -378,6 +380,7 @@ _DEFAULTERS: dict[str, Callable[[JSON], None]] = {
     "CronJob.batch": _cronjob,
     "EndpointSlice.discovery.k8s.io": _endpointslice,
     "StorageClass.storage.k8s.io": _storageclass,
+    "CustomResourceDefinition.apiextensions.k8s.io": crds.defaults,
     "RoleBinding.rbac.authorization.k8s.io": _binding_subjects,
     "ClusterRoleBinding.rbac.authorization.k8s.io": _binding_subjects,
 }

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from edgekube.api.registry import crds
+
 STANDARD_VERBS: tuple[str, ...] = (
     "create",
     "delete",
@@ -43,6 +45,9 @@ class ResourceInfo:
     categories: tuple[str, ...] = ()
     # Volatile kinds (Leases, Events) live in the memory tier and never touch flash per write.
     memory_tier: bool = False
+    # Set for the kinds a CustomResourceDefinition serves.
+    custom: crds.CustomResource | None = None
+
 
     @property
     def group_version(self) -> str:
@@ -54,7 +59,7 @@ class ResourceInfo:
 
     @property
     def list_kind(self) -> str:
-        return self.kind + "List"
+        return self.custom.list_kind if self.custom is not None else self.kind + "List"
 
     @property
     def gk(self) -> str:
@@ -154,6 +159,9 @@ BUILTIN: tuple[ResourceInfo, ...] = (
     _r("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     # storage.k8s.io/v1
     _r("storage.k8s.io", "v1", "StorageClass", "storageclasses", namespaced=False, short=("sc",)),
+    # apiextensions.k8s.io/v1
+    _r("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False,
+       short=("crd", "crds"), sub=("status",), categories=("api-extensions",)),
     # rbac.authorization.k8s.io/v1: stored now, enforced by the RBAC issue.
     _r("rbac.authorization.k8s.io", "v1", "Role", "roles"),
     _r("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
@@ -162,13 +170,34 @@ BUILTIN: tuple[ResourceInfo, ...] = (
 )
 
 
+def custom_info(cr: crds.CustomResource) -> ResourceInfo:
+    sub = tuple(name for name, on in (("status", cr.status), ("scale", cr.scale is not None)) if on)
+    return ResourceInfo(
+        group=cr.group,
+        version=cr.version,
+        kind=cr.kind,
+        plural=cr.plural,
+        singular=cr.singular,
+        namespaced=cr.namespaced,
+        short_names=cr.short_names,
+        subresources=sub,
+        categories=cr.categories,
+        custom=cr,
+    )
+
+
 class Catalog:
-    """Lookup of served resources by URL coordinates and by kind."""
+    """Lookup of served resources by URL coordinates and by kind.
+
+    `generation` moves whenever the set of served resources changes (CRDs come and go), so
+    documents built from the catalog (OpenAPI) know when to rebuild.
+    """
 
     def __init__(self, resources: Iterable[ResourceInfo] = BUILTIN) -> None:
         self._by_path: dict[tuple[str, str, str], ResourceInfo] = {}
         self._by_kind: dict[tuple[str, str], ResourceInfo] = {}
         self._order: list[ResourceInfo] = []
+        self.generation = 0
         for info in resources:
             self.add(info)
 
@@ -176,6 +205,20 @@ class Catalog:
         self._by_path[(info.group, info.version, info.plural)] = info
         self._by_kind[(info.group_version, info.kind)] = info
         self._order.append(info)
+        self.generation += 1
+
+    def set_custom(self, infos: Iterable[ResourceInfo]) -> None:
+        """Serve exactly `infos` as the custom resources (called after every CRD change)."""
+        for info in [i for i in self._order if i.custom is not None]:
+            self._order.remove(info)
+            self._by_path.pop((info.group, info.version, info.plural), None)
+            self._by_kind.pop((info.group_version, info.kind), None)
+        for info in infos:
+            self.add(info)
+        self.generation += 1
+
+    def builtin(self, group: str, plural: str) -> bool:
+        return any(i.custom is None and i.group == group and i.plural == plural for i in self._order)
 
     def lookup(self, group: str, version: str, plural: str) -> ResourceInfo | None:
         return self._by_path.get((group, version, plural))

@@ -27,7 +27,7 @@ import orjson
 
 from edgekube._cogs import clock as clock_mod
 from edgekube.api import errors, fields, labels, ssa
-from edgekube.api.registry import allocators, defaults, known_fields, resources, validation
+from edgekube.api.registry import allocators, crds, defaults, known_fields, resources, validation
 from edgekube.store import errors as store_errors
 from edgekube.store import records
 from edgekube.store import store as store_mod
@@ -44,8 +44,10 @@ _GENERATION_KINDS = frozenset(
         "Job.batch",
         "CronJob.batch",
         "PersistentVolumeClaim",
+        "CustomResourceDefinition.apiextensions.k8s.io",
     }
 )
+CRD_GK = "CustomResourceDefinition.apiextensions.k8s.io"
 # Kinds that upstream lets PUT create when missing.
 _CREATE_ON_UPDATE = frozenset(
     {
@@ -151,7 +153,7 @@ class Registry:
         item = self.store.get(info.key(name, namespace))
         if item is None:
             raise errors.not_found(info.plural, name, group=info.group)
-        return item.object()
+        return present(info, item.object())
 
     def list(
         self,
@@ -182,7 +184,7 @@ class Registry:
                 "You can start a new list without the continue parameter."
             ) from None
         token = _encode_continue(page.next_key, page.revision) if page.next_key else None
-        return ListResult(items=[i.object() for i in page.items], resource_version=str(page.revision), continue_token=token)
+        return ListResult(items=[present(info, i.object()) for i in page.items], resource_version=str(page.revision), continue_token=token)
 
     def matcher(
         self, info: resources.ResourceInfo, *, label_selector: str, field_selector: str
@@ -251,7 +253,12 @@ class Registry:
             if info.gk in _INITIAL_STATUS:
                 obj["status"] = dict(_INITIAL_STATUS[info.gk])
         self._check_fields(info, obj, options=options, warnings=warnings)
+        if info.custom is not None:
+            self._prepare_custom(info, obj, options=options, warnings=warnings)
+            meta["generation"] = 1
         defaults.apply(info.gk, obj)
+        if info.gk == CRD_GK:
+            obj["status"] = self._crd_status(obj, now=now)
         if info.gk == "Job.batch":
             defaults.job_selector(obj)
         if info.gk == "Pod":
@@ -275,6 +282,8 @@ class Registry:
         except store_errors.StoreError as exc:
             allocated.release(self)
             raise _store_failure(exc) from None
+        if info.gk == CRD_GK:
+            self.sync_crds()
         return records.decode(applied.value)
 
     def _check_type(self, info: resources.ResourceInfo, obj: JSON) -> None:
@@ -329,6 +338,9 @@ class Registry:
             causes = validation.validate_status(info.gk, obj, old=old, namespaced=info.namespaced)
         else:
             causes = validation.validate(info.gk, obj, old=old, namespaced=info.namespaced)
+        if info.custom is not None:
+            causes = [c for c in causes if not c.field.startswith("status.conditions")]
+            causes += crds.validate_object(info.custom.schema, obj)
         if causes:
             raise errors.invalid(info.kind, (obj.get("metadata") or {}).get("name", ""), causes, group=info.group)
 
@@ -382,7 +394,7 @@ class Registry:
     ) -> JSON:
         old = item.object()
         sent_managed = (new.get("metadata") or {}).get("managedFields")
-        new = self._merge_update(info, old, new, subresource=subresource)
+        new = self._merge_update(info, old, new, subresource=subresource, options=options)
         name = old["metadata"]["name"]
         if options.operation != "Apply":
             base = old
@@ -407,6 +419,8 @@ class Registry:
                 allocated.release(self)
                 raise self._map_write_error(info, name, exc) from None
             self._release_service(info, records.decode(applied.value))
+            if info.gk == CRD_GK:
+                self.sync_crds()
             return records.decode(applied.value)
         try:
             applied = await self.store.update(info.key(name, namespace), new, expect_revision=item.revision)
@@ -415,14 +429,20 @@ class Registry:
             raise self._map_write_error(info, name, exc) from None
         if info.gk == "Service":
             _release_dropped_ports(self, old, new)
+        if info.gk == CRD_GK:
+            self.sync_crds()
         return records.decode(applied.value)
 
-    def _merge_update(self, info: resources.ResourceInfo, old: JSON, new: JSON, *, subresource: str | None) -> JSON:
+    def _merge_update(
+        self, info: resources.ResourceInfo, old: JSON, new: JSON, *, subresource: str | None, options: Options = Options()
+    ) -> JSON:
         """Build the object to store from the old one and the client's new one."""
         old_meta = old["metadata"]
         if subresource == "status":
             merged = copy.deepcopy(old)
             merged["status"] = new.get("status", {})
+            if info.custom is not None:
+                self._prepare_custom(info, merged, options=options, warnings=None)
             nmeta = new.get("metadata") or {}
             for k in ("labels", "annotations", "finalizers", "ownerReferences"):
                 if k in nmeta:
@@ -455,8 +475,12 @@ class Registry:
                 new.pop("status", None)
         if info.gk == "Service":
             _keep_allocated_values(old, new)
+        if info.custom is not None:
+            self._prepare_custom(info, new, options=options, warnings=None)
         defaults.apply(info.gk, new)
-        if info.gk in _GENERATION_KINDS:
+        if info.gk == CRD_GK:
+            new["status"] = self._crd_status(new, now=clock_mod.rfc3339(self._clock.now()))
+        if info.gk in _GENERATION_KINDS or info.custom is not None:
             gen = int(old_meta.get("generation") or 1)
             if _spec_of(old) != _spec_of(new):
                 gen += 1
@@ -518,9 +542,92 @@ class Registry:
                 raise
         raise errors.conflict(info.plural, name, group=info.group, why="too many concurrent updates, try again")
 
+    # --- custom resources ---------------------------------------------------------------------
+
+    def _prepare_custom(
+        self, info: resources.ResourceInfo, obj: JSON, *, options: Options, warnings: Warnings | None
+    ) -> None:
+        """Unknown fields (per fieldValidation), pruning and schema defaults for a custom object."""
+        assert info.custom is not None
+        schema = info.custom.schema
+        unknown = crds.unknown_fields(schema, obj)
+        if unknown and options.field_validation == "Strict":
+            listed = ", ".join(f'unknown field "{f}"' for f in unknown)
+            raise errors.bad_request(f"strict decoding error: {listed}")
+        if unknown and warnings is not None and options.field_validation == "Warn":
+            warnings.messages.extend(f'unknown field "{f}"' for f in unknown)
+        crds.prune(schema, obj)
+        crds.apply_defaults(schema, obj)
+        if not info.has_status:
+            return
+        if not isinstance(obj.get("status", {}), dict):
+            obj.pop("status", None)
+
+    def _crd_status(self, crd: JSON, *, now: str) -> JSON:
+        spec = crd.get("spec") or {}
+        group = spec.get("group", "")
+        names = spec.get("names") or {}
+        conflict = ""
+        if self.catalog.builtin(group, names.get("plural", "")):
+            conflict = f'"{names.get("plural")}" is already in use'
+        else:
+            info = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+            for item in self.store.scan(info.key_prefix()).items:
+                other = item.object()
+                if other["metadata"]["name"] == crd["metadata"]["name"]:
+                    continue
+                ospec = other.get("spec") or {}
+                if ospec.get("group") == group and (ospec.get("names") or {}).get("kind") == names.get("kind"):
+                    conflict = f'"{names.get("kind")}" is already in use'
+        return crds.status(crd, now=now, accepted=not conflict, conflict=conflict)
+
+    def sync_crds(self) -> None:
+        """Serve exactly what the stored, accepted CRDs declare (at boot and after CRD writes)."""
+        info = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        wanted: builtins.list[resources.ResourceInfo] = []
+        for item in self.store.scan(info.key_prefix()).items:
+            crd = item.object()
+            conditions = {c.get("type"): c.get("status") for c in (crd.get("status") or {}).get("conditions") or []}
+            if conditions.get("Established") != "True":
+                continue
+            wanted.extend(resources.custom_info(cr) for cr in crds.served(crd))
+        self.catalog.set_custom(wanted)
+
+    async def finish_crd_deletion(self, crd: JSON) -> tuple[JSON, bool]:
+        """Delete every object of a CRD being deleted, then let the CRD go."""
+        spec = crd.get("spec") or {}
+        prefix = f"/{spec.get('group', '')}/{(spec.get('names') or {}).get('plural', '')}/"
+        for item in self.store.scan(prefix).items:
+            try:
+                await self.store.delete(item.key, expect_revision=None)
+            except store_errors.NotFoundError:
+                continue
+        info = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+
+        def release(obj: JSON) -> JSON:
+            meta = obj["metadata"]
+            meta["finalizers"] = [f for f in meta.get("finalizers") or [] if f != crds.CLEANUP_FINALIZER]
+            if not meta["finalizers"]:
+                del meta["finalizers"]
+            return obj
+
+        out = await self.patch(info, namespace=None, name=crd["metadata"]["name"], apply=release)
+        self.sync_crds()
+        return out, not (out.get("metadata") or {}).get("finalizers")
+
+    async def resume_crd_deletions(self) -> None:
+        """At boot: finish CRD deletions a crash interrupted."""
+        info = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        for item in self.store.scan(info.key_prefix()).items:
+            crd = item.object()
+            if crd["metadata"].get("deletionTimestamp") and crds.CLEANUP_FINALIZER in (crd["metadata"].get("finalizers") or []):
+                await self.finish_crd_deletion(crd)
+
     # --- server-side apply --------------------------------------------------------------------
 
     def schema_for(self, info: resources.ResourceInfo) -> ssa.Schema:
+        if info.custom is not None:
+            return info.custom.schema
         return ssa.kind_schema(info.group, info.version, info.kind)
 
     async def apply(
@@ -613,7 +720,13 @@ class Registry:
                     f"ResourceVersion in object meta: {meta.get('resourceVersion')}",
                 )
             try:
-                return await self._delete_once(info, item, obj, namespace=namespace, options=options)
+                out, deleted = await self._delete_once(info, item, obj, namespace=namespace, options=options)
+                if info.gk == CRD_GK and not options.dry_run:
+                    if deleted:
+                        self.sync_crds()
+                    else:
+                        out, deleted = await self.finish_crd_deletion(out)
+                return out, deleted
             except store_errors.ConflictError:
                 continue
             except store_errors.NotFoundError:
@@ -1003,3 +1116,11 @@ def _apply_conflict(exc: ssa.ConflictError) -> errors.APIError:
         for c in exc.conflicts
     ]
     return errors.APIError(409, "Conflict", str(exc), details={"causes": [c.to_dict() for c in causes]})
+
+
+def present(info: resources.ResourceInfo, obj: JSON) -> JSON:
+    """An object as served through `info`: custom objects take the requested version's
+    apiVersion (all versions of a CRD share storage; conversion is `None`)."""
+    if info.custom is not None and obj.get("apiVersion") != info.api_version:
+        obj["apiVersion"] = info.api_version
+    return obj

@@ -18,6 +18,7 @@ from typing import Any
 from edgekube.api import labels as labels_mod
 from edgekube.api import quantity
 from edgekube.api.errors import Cause
+from edgekube.api.registry import crds
 
 JSON = dict[str, Any]
 
@@ -1000,6 +1001,7 @@ _VALIDATORS: dict[str, Callable[[_Errs, JSON, JSON | None], None]] = {
     "ClusterRole.rbac.authorization.k8s.io": _role,
     "RoleBinding.rbac.authorization.k8s.io": lambda e, o, old: _binding(e, o, old, cluster=False),
     "ClusterRoleBinding.rbac.authorization.k8s.io": lambda e, o, old: _binding(e, o, old, cluster=True),
+    "CustomResourceDefinition.apiextensions.k8s.io": lambda e, o, old: e.causes.extend(crds.validate(o, old)),
 }
 
 
