@@ -11,7 +11,7 @@ handler, Volume's source).
 The output is a data table only: field numbers and names are the wire protocol. Run by hand
 when a Kubernetes minor release adds fields:
 
-    python3 tools/gen_pbschema.py --api DIR_OF_k8s.io/api --apimachinery DIR_OF_k8s.io/apimachinery
+    python3 tools/gen_pbschema.py --api DIR --apimachinery DIR --apiextensions DIR
 
 where each DIR is a checkout (or a bare git dir, read at HEAD).
 """
@@ -25,9 +25,11 @@ from pathlib import Path
 
 API_PACKAGES = [
     "core/v1", "apps/v1", "batch/v1", "rbac/v1", "coordination/v1", "discovery/v1", "storage/v1",
-    "autoscaling/v1", "policy/v1", "networking/v1", "authentication/v1",
+    "autoscaling/v1", "autoscaling/v2", "policy/v1", "networking/v1", "authentication/v1", "authorization/v1",
+    "scheduling/v1",
 ]
 MACHINERY_PACKAGES = ["pkg/apis/meta/v1", "pkg/runtime", "pkg/util/intstr", "pkg/api/resource"]
+EXTENSIONS_PACKAGES = ["pkg/apis/apiextensions/v1"]
 
 _FIELD = re.compile(r"^\s*(optional|repeated|required)?\s*(map<\s*([\w.]+)\s*,\s*([\w.]+)\s*>|[\w.]+)\s+(\w+)\s*=\s*(\d+)")
 _GO_TAG = re.compile(r'protobuf:"(\w+),(\d+),(?:opt|req|rep)[^"]*"')
@@ -128,10 +130,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--api", type=Path, required=True)
     ap.add_argument("--apimachinery", type=Path, required=True)
+    ap.add_argument("--apiextensions", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "edgekube/api/pbschema.py")
     args = ap.parse_args()
     table: dict[str, list[tuple[int, str, str, bool, bool, bool]]] = {}
-    sources = [(args.api, p) for p in API_PACKAGES] + [(args.apimachinery, p) for p in MACHINERY_PACKAGES]
+    sources = ([(args.api, p) for p in API_PACKAGES] + [(args.apimachinery, p) for p in MACHINERY_PACKAGES]
+               + [(args.apiextensions, p) for p in EXTENSIONS_PACKAGES])
     for root, pkg in sources:
         package, messages = _proto_messages(_read(root, f"{pkg}/generated.proto"))
         structs: dict[str, dict[int, tuple[bool, bool]]] = {}

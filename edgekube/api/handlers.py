@@ -21,9 +21,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from edgekube.api import discovery, errors, negotiation, patch, tables, watchstream
+from edgekube.api import discovery, errors, negotiation, patch, reviews, tables, watchstream
 from edgekube.api.registry import resources, rest
 
+# The authenticated user of a request ({"name", "groups"}), set by the auth middleware.
+USER_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("user", dict)
 JSON = dict[str, Any]
 
 _TRUE = ("true", "1", "True")
@@ -145,6 +147,13 @@ class Handlers:
 
     async def _dispatch(self, request: web.Request, t: Target) -> web.StreamResponse:
         m = request.method
+        if t.info.verbs == ("create",):
+            if m != "POST" or t.name is not None:
+                raise errors.method_not_allowed(m, t.info.plural)
+            body = negotiation.decode_body(await self._body(request), request.headers.get("Content-Type", ""))
+            out = reviews.review(t.info.gk, body, user=request.get(USER_KEY))
+            out["apiVersion"], out["kind"] = t.info.api_version, t.info.kind
+            return json_response(out, status=201)
         if t.name is None:
             if m == "GET":
                 if t.legacy_watch or _q(request, "watch") in _TRUE:
@@ -212,6 +221,7 @@ class Handlers:
     def _render(self, request: web.Request, t: Target, obj: JSON, *, status: int = 200,
                 warnings: rest.Warnings | None = None) -> web.Response:
         headers = _warning_headers(warnings)
+        obj = rest.present(t.info, obj)
         version = negotiation.wants_table(request.headers.get("Accept", ""))
         if version is not None:
             table = tables.to_table(t.info.gk, [obj], include_object=_q(request, "includeObject") or "Metadata",

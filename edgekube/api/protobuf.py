@@ -34,20 +34,24 @@ _QUANTITY = "k8s.io.apimachinery.pkg.api.resource.Quantity"
 _RAW = "k8s.io.apimachinery.pkg.runtime.RawExtension"
 _FIELDS_V1 = _META + "FieldsV1"
 _DURATION = _META + "Duration"
-# API group (as in apiVersion) -> proto package of its kinds.
+# apiVersion -> proto package of its kinds.
 _PACKAGES = {
-    "": "k8s.io.api.core.v1",
-    "apps": "k8s.io.api.apps.v1",
-    "batch": "k8s.io.api.batch.v1",
-    "rbac.authorization.k8s.io": "k8s.io.api.rbac.v1",
-    "coordination.k8s.io": "k8s.io.api.coordination.v1",
-    "discovery.k8s.io": "k8s.io.api.discovery.v1",
-    "storage.k8s.io": "k8s.io.api.storage.v1",
-    "autoscaling": "k8s.io.api.autoscaling.v1",
-    "policy": "k8s.io.api.policy.v1",
-    "networking.k8s.io": "k8s.io.api.networking.v1",
-    "authentication.k8s.io": "k8s.io.api.authentication.v1",
-    "meta.k8s.io": "k8s.io.apimachinery.pkg.apis.meta.v1",
+    "v1": "k8s.io.api.core.v1",
+    "apps/v1": "k8s.io.api.apps.v1",
+    "batch/v1": "k8s.io.api.batch.v1",
+    "rbac.authorization.k8s.io/v1": "k8s.io.api.rbac.v1",
+    "coordination.k8s.io/v1": "k8s.io.api.coordination.v1",
+    "discovery.k8s.io/v1": "k8s.io.api.discovery.v1",
+    "storage.k8s.io/v1": "k8s.io.api.storage.v1",
+    "autoscaling/v1": "k8s.io.api.autoscaling.v1",
+    "autoscaling/v2": "k8s.io.api.autoscaling.v2",
+    "policy/v1": "k8s.io.api.policy.v1",
+    "networking.k8s.io/v1": "k8s.io.api.networking.v1",
+    "authentication.k8s.io/v1": "k8s.io.api.authentication.v1",
+    "authorization.k8s.io/v1": "k8s.io.api.authorization.v1",
+    "scheduling.k8s.io/v1": "k8s.io.api.scheduling.v1",
+    "apiextensions.k8s.io/v1": "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1",
+    "meta.k8s.io/v1": "k8s.io.apimachinery.pkg.apis.meta.v1",
 }
 
 
@@ -106,6 +110,9 @@ def _signed(value: int) -> int:
 
 
 def _scalar(kind: str, wire: int, raw: Any) -> Any:
+    expected = 0 if kind in ("i", "B") else 1 if kind in ("d", "x") else 5 if kind == "f" else 2
+    if wire != expected:
+        raise DecodeError(f"wire type {wire} where a {kind!r} field was expected")
     if kind == "s":
         return bytes(raw).decode("utf-8")
     if kind == "b":
@@ -161,6 +168,8 @@ _SPECIAL = frozenset({*_TIME, _INT_OR_STRING, _QUANTITY, _RAW, _FIELDS_V1, _DURA
 
 
 def _value(kind: str, wire: int, raw: Any) -> Any:
+    if (kind in _SPECIAL or kind in pbschema.MESSAGES) and wire != 2:
+        raise DecodeError(f"wire type {wire} where the message {kind} was expected")
     if kind in _SPECIAL:
         return _special(kind, bytes(raw))
     if kind in pbschema.MESSAGES:
@@ -220,8 +229,7 @@ def decode(body: bytes) -> dict[str, Any]:
     encoding = bytes(unknown.get(3, b"")).decode()
     if encoding:
         raise DecodeError(f"unsupported content encoding {encoding!r}")
-    group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
-    package = _PACKAGES.get(group)
+    package = _PACKAGES.get(api_version)
     name = f"{package}.{kind}" if package else ""
     if name not in pbschema.MESSAGES:
         name = _META + kind

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _PUBLIC = frozenset({"/healthz", "/livez", "/readyz", "/version", "/version/"})
-USER_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("user", dict)
+USER_KEY = handlers.USER_KEY
 
 
 def _status_response(err: errors.APIError) -> web.Response:

@@ -924,6 +924,49 @@ _LEASE = Printer(
 )
 
 
+def _hpa_targets(obj: Mapping[str, Any]) -> str:
+    """`cpu: 40%/50%`, `<unknown>` for metrics with no reading yet, as upstream prints them."""
+    current = {}
+    for m in _m(obj, "status").get("currentMetrics") or []:
+        res = m.get("resource") if isinstance(m, dict) else None
+        if isinstance(res, dict):
+            cur = res.get("current") or {}
+            value = cur.get("averageUtilization")
+            current[res.get("name")] = f"{value}%" if value is not None else str(cur.get("averageValue", "<unknown>"))
+    parts = []
+    for m in _m(obj, "spec").get("metrics") or []:
+        res = m.get("resource") if isinstance(m, dict) else None
+        if not isinstance(res, dict):
+            parts.append("<unknown>/<unknown>")
+            continue
+        target = res.get("target") or {}
+        want = f"{target['averageUtilization']}%" if "averageUtilization" in target else str(target.get("averageValue", "<unknown>"))
+        parts.append(f"{res.get('name')}: {current.get(res.get('name'), '<unknown>')}/{want}")
+    return ", ".join(parts) if parts else "<none>"
+
+
+_HPA = Printer(
+    (
+        _NAME,
+        Column("Reference", "string", "Reference to the target to scale."),
+        Column("Targets", "string", "The metrics and their current and target values."),
+        Column("MinPods", "string", "The lower limit for the number of pods."),
+        Column("MaxPods", "integer", "The upper limit for the number of pods."),
+        Column("Replicas", "integer", "Current number of replicas of pods managed by this autoscaler."),
+        _AGE,
+    ),
+    lambda obj, now: [
+        _name(obj),
+        f"{_m(_m(obj, 'spec'), 'scaleTargetRef').get('kind', '')}/{_m(_m(obj, 'spec'), 'scaleTargetRef').get('name', '')}",
+        _hpa_targets(obj),
+        str(_m(obj, "spec").get("minReplicas", "<unset>")),
+        _m(obj, "spec").get("maxReplicas", 0),
+        _m(obj, "status").get("currentReplicas", 0),
+        _created(obj, now),
+    ],
+)
+
+
 def _resource_quota_row(obj: Mapping[str, Any], now: datetime) -> list[Any]:
     status = _m(obj, "status")
     hard = _m(status, "hard")
@@ -1193,6 +1236,7 @@ PRINTERS: Mapping[str, Printer] = {
     "Event": _EVENT,
     "Event.events.k8s.io": _EVENT,
     "Lease.coordination.k8s.io": _LEASE,
+    "HorizontalPodAutoscaler.autoscaling": _HPA,
     "ResourceQuota": _RESOURCE_QUOTA,
     "PersistentVolume": _PV,
     "PersistentVolumeClaim": _PVC,

@@ -622,3 +622,80 @@ def test_custom_resource_definitions(kubectl: Kubectl) -> None:
     kubectl.run("apply", "-f", "-", input=crd)
     again = kubectl.run("get", f"crontabs.{group}", "-o", "name")
     assert again.stdout.strip() == ""
+
+
+def test_everyday_verbs(kubectl: Kubectl, tmp_path: Path) -> None:
+    (tmp_path / "app.conf").write_text("port=8080\n")
+    kubectl.run("create", "configmap", "from-file", f"--from-file={tmp_path / 'app.conf'}")
+    assert kubectl.json("get", "cm", "from-file")["data"] == {"app.conf": "port=8080\n"}
+    kubectl.run("create", "secret", "docker-registry", "pull", "--docker-server=registry.local",
+                "--docker-username=u", "--docker-password=p")
+    assert kubectl.json("get", "secret", "pull")["type"] == "kubernetes.io/dockerconfigjson"
+    kubectl.run("create", "service", "clusterip", "svc", "--tcp=80:8080")
+    kubectl.run("create", "cronjob", "tick", "--image=busybox:1.36", "--schedule=*/5 * * * *")
+    kubectl.run("create", "job", "tick-now", "--from=cronjob/tick")
+    job = kubectl.json("get", "job", "tick-now")
+    assert job["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"] == "manual"
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "CronJob"
+    kubectl.run("create", "deployment", "app", "--image=busybox:1.36")
+    kubectl.run("set", "image", "deployment/app", "busybox=busybox:1.37")
+    kubectl.run("set", "env", "deployment/app", "MODE=edge")
+    kubectl.run("set", "resources", "deployment/app", "--limits=cpu=200m,memory=64Mi")
+    c = kubectl.json("get", "deployment", "app")["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "busybox:1.37" and c["env"] == [{"name": "MODE", "value": "edge"}]
+    assert c["resources"]["limits"] == {"cpu": "200m", "memory": "64Mi"}
+    # autoscale: 1.36 creates autoscaling/v2, 1.27 autoscaling/v1; both land as one HPA.
+    kubectl.run("autoscale", "deployment", "app", "--min=1", "--max=3", "--cpu-percent=50")
+    hpa = kubectl.json("get", "hpa", "app")
+    assert hpa["spec"]["maxReplicas"] == 3 and hpa["spec"]["scaleTargetRef"]["name"] == "app"
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 50
+    assert kubectl.out("get", "hpa").split("\n")[0].split()[:3] == ["NAME", "REFERENCE", "TARGETS"]
+    assert kubectl.out("auth", "can-i", "create", "pods").strip() == "yes"
+    assert kubectl.out("auth", "can-i", "delete", "nodes", namespaced=False).strip() == "yes"
+    # Listing with labels as columns, sorting, label-selected and --all deletes.
+    for name, tier in (("b-one", "front"), ("a-two", "back")):
+        kubectl.run("create", "configmap", name)
+        kubectl.run("label", "configmap", name, f"tier={tier}")
+    listed = kubectl.out("get", "cm", "-l", "tier", "-L", "tier", "--sort-by=.metadata.name").splitlines()
+    assert listed[0].split() == ["NAME", "DATA", "AGE", "TIER"]
+    assert [row.split()[0] for row in listed[1:]] == ["a-two", "b-one"]
+    assert [row.split()[-1] for row in listed[1:]] == ["back", "front"]
+    kubectl.run("delete", "cm", "-l", "tier=back")
+    assert kubectl.run("get", "cm", "a-two", check=False).returncode != 0
+    kubectl.run("wait", "--for=jsonpath={.metadata.labels.tier}=front", "cm/b-one", "--timeout=10s")
+    kubectl.run("delete", "cm", "--all")
+    assert [i["metadata"]["name"] for i in kubectl.json("get", "cm")["items"]] == []
+    kubectl.run("wait", "--for=delete", "cm/b-one", "--timeout=10s")
+
+
+def test_get_watch_only(kubectl: Kubectl) -> None:
+    kubectl.run("create", "configmap", "quiet", "--from-literal=k=v1")
+    cmd = [str(kubectl.bin), "-n", kubectl.ns, "get", "configmaps", "--watch-only", "-o", "name", "--request-timeout=30s"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kubectl.env)
+    try:
+        assert proc.stdout is not None
+        time.sleep(1)
+        kubectl.run("create", "configmap", "loud")
+        assert proc.stdout.readline().strip() == "configmap/loud"  # "quiet" is never listed
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_apply_kustomize(kubectl: Kubectl, tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text(
+        "namePrefix: k-\ncommonLabels: {stack: edge}\nresources: [cm.yaml]\n"
+        "configMapGenerator:\n- name: gen\n  literals: [a=1]\n")
+    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: base}\ndata: {x: y}\n")
+    out = kubectl.out("apply", "-k", str(tmp_path))
+    assert "configmap/k-base created" in out
+    generated = [i for i in kubectl.json("get", "cm", "-l", "stack=edge")["items"] if i["metadata"]["name"].startswith("k-gen-")]
+    assert len(generated) == 1 and generated[0]["data"] == {"a": "1"}
+
+
+def test_auth_whoami_with_kubectl_1_36(server: Server) -> None:
+    # `auth whoami` reached authentication.k8s.io/v1 in kubectl 1.28 (1.27 asks v1alpha1).
+    k = Kubectl("1.36", server, "default")
+    out = k.out("auth", "whoami", "-o", "json", namespaced=False)
+    user = json.loads(out)["status"]["userInfo"]
+    assert user["username"] == "kubernetes-admin" and "system:masters" in user["groups"]

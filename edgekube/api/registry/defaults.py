@@ -358,6 +358,13 @@ def _binding_subjects(obj: JSON) -> None:
             s.setdefault("apiGroup", "rbac.authorization.k8s.io")
 
 
+def _hpa(obj: JSON) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("minReplicas", 1)
+    if not spec.get("metrics"):
+        spec["metrics"] = [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]
+
+
 def _pod_template_kind(obj: JSON) -> None:
     _pod_template(obj.get("template"))
 
@@ -381,6 +388,7 @@ _DEFAULTERS: dict[str, Callable[[JSON], None]] = {
     "EndpointSlice.discovery.k8s.io": _endpointslice,
     "StorageClass.storage.k8s.io": _storageclass,
     "CustomResourceDefinition.apiextensions.k8s.io": crds.defaults,
+    "HorizontalPodAutoscaler.autoscaling": _hpa,
     "RoleBinding.rbac.authorization.k8s.io": _binding_subjects,
     "ClusterRoleBinding.rbac.authorization.k8s.io": _binding_subjects,
 }

@@ -27,7 +27,15 @@ import orjson
 
 from edgekube._cogs import clock as clock_mod
 from edgekube.api import errors, fields, labels, ssa
-from edgekube.api.registry import allocators, crds, defaults, known_fields, resources, validation
+from edgekube.api.registry import (
+    allocators,
+    conversions,
+    crds,
+    defaults,
+    known_fields,
+    resources,
+    validation,
+)
 from edgekube.store import errors as store_errors
 from edgekube.store import records
 from edgekube.store import store as store_mod
@@ -297,6 +305,10 @@ class Registry:
             raise errors.bad_request(f"the kind in the data ({kind}) does not match the expected kind ({info.kind})")
         obj["apiVersion"] = info.api_version
         obj["kind"] = info.kind
+        converted = conversions.to_storage(info.gk, info.version, obj)
+        if converted is not obj:
+            obj.clear()
+            obj.update(converted)
 
     def _check_namespace(self, info: resources.ResourceInfo, meta: JSON, namespace: str | None) -> None:
         body_ns = meta.get("namespace")
@@ -518,7 +530,7 @@ class Registry:
             if item is None:
                 raise errors.not_found(info.plural, name, group=info.group)
             current = item.object()
-            patched = apply(copy.deepcopy(current))
+            patched = apply(present(info, copy.deepcopy(current)))
             if not isinstance(patched, dict):
                 raise errors.bad_request("the patch result is not an object")
             pmeta = patched.get("metadata")
@@ -628,7 +640,7 @@ class Registry:
     def schema_for(self, info: resources.ResourceInfo) -> ssa.Schema:
         if info.custom is not None:
             return info.custom.schema
-        return ssa.kind_schema(info.group, info.version, info.kind)
+        return ssa.kind_schema(info.group, conversions.storage_version(info.gk, info.version), info.kind)
 
     async def apply(
         self,
@@ -1120,7 +1132,9 @@ def _apply_conflict(exc: ssa.ConflictError) -> errors.APIError:
 
 def present(info: resources.ResourceInfo, obj: JSON) -> JSON:
     """An object as served through `info`: custom objects take the requested version's
-    apiVersion (all versions of a CRD share storage; conversion is `None`)."""
+    apiVersion (all versions of a CRD share storage; conversion is `None`); built-in views
+    (autoscaling/v1 HPAs) are converted from their stored version."""
     if info.custom is not None and obj.get("apiVersion") != info.api_version:
         obj["apiVersion"] = info.api_version
-    return obj
+        return obj
+    return conversions.from_storage(info.gk, info.version, obj)

@@ -904,6 +904,22 @@ def _limitrange(e: _Errs, obj: JSON, old: JSON | None) -> None:
             _resources(e, f"spec.limits[{i}]", {"limits": item.get(part) or {}})
 
 
+def _hpa(e: _Errs, obj: JSON, old: JSON | None) -> None:
+    spec = obj.get("spec") or {}
+    ref = spec.get("scaleTargetRef") or {}
+    for k in ("kind", "name"):
+        if not ref.get(k):
+            e.required(f"spec.scaleTargetRef.{k}")
+    _nonneg_int(e, "spec.minReplicas", spec.get("minReplicas"), positive=True)
+    lo, hi = spec.get("minReplicas", 1), spec.get("maxReplicas")
+    if hi is None:
+        e.required("spec.maxReplicas")
+    elif not isinstance(hi, int) or hi < 1:
+        e.invalid("spec.maxReplicas", hi, "must be greater than 0")
+    elif isinstance(lo, int) and hi < lo:
+        e.invalid("spec.maxReplicas", hi, "must be greater than or equal to `minReplicas`")
+
+
 def _lease(e: _Errs, obj: JSON, old: JSON | None) -> None:
     spec = obj.get("spec") or {}
     _nonneg_int(e, "spec.leaseDurationSeconds", spec.get("leaseDurationSeconds"), positive=True)
@@ -995,6 +1011,7 @@ _VALIDATORS: dict[str, Callable[[_Errs, JSON, JSON | None], None]] = {
     "Job.batch": _job,
     "CronJob.batch": _cronjob,
     "Lease.coordination.k8s.io": _lease,
+    "HorizontalPodAutoscaler.autoscaling": _hpa,
     "EndpointSlice.discovery.k8s.io": _endpointslice,
     "StorageClass.storage.k8s.io": _storageclass,
     "Role.rbac.authorization.k8s.io": _role,
