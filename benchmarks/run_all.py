@@ -4,7 +4,8 @@
 
 Sections: (1) durable store creates/s vs raw fsync'd LMDB transactions, (2) API GET/LIST/CREATE
 req/s and latency vs a bare aiohttp server with the same TLS settings, paced CREATE p99 vs the raw
-fsync latency, (3) idle RSS and disk writes. Prints a table and writes it as Markdown to --out.
+fsync latency, (3) idle RSS and disk writes, (4) applying a 20-object manifest (server-side and
+with kubectl) against the plain create path. Prints a table and writes it as Markdown to --out.
 The exit status is 0 when the benchmark ran (missed targets included) and non-zero on errors.
 """
 
@@ -23,7 +24,7 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from benchmarks import api_bench, common, idle_bench, store_bench  # noqa: E402
+from benchmarks import api_bench, apply_bench, common, idle_bench, store_bench  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +35,13 @@ class Durations:
     settle: float  # idle: wait after ready
     idle: float  # idle: measured window
     raw_paced: float  # raw LMDB transactions paced at PACED_RATE, for information
+    apply_rounds: int = 20  # server-side apply rounds of the 20-object manifest
+    kubectl_runs: int = 3  # kubectl apply / apply --server-side / create runs of it
 
 
 PACED_RATE = api_bench.PACED_RATE
 FULL = Durations(store=5.0, api=5.0, paced=10.0, settle=5.0, idle=60.0, raw_paced=5.0)
-QUICK = Durations(store=1.0, api=1.0, paced=3.0, settle=5.0, idle=10.0, raw_paced=2.0)
+QUICK = Durations(store=1.0, api=1.0, paced=3.0, settle=5.0, idle=10.0, raw_paced=2.0, apply_rounds=3, kubectl_runs=1)
 
 
 @dataclasses.dataclass
@@ -96,7 +99,8 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int] | None = N
 
 
 def summary_rows(
-    st: store_bench.StoreResult, api: api_bench.ApiResult, idle: idle_bench.IdleResult
+    st: store_bench.StoreResult, api: api_bench.ApiResult, idle: idle_bench.IdleResult,
+    ap: apply_bench.ApplyResult,
 ) -> list[Row]:
     rows: list[Row] = []
     raw = f"{_fmt(st.raw_writes)} writes/s (raw LMDB, 1 writer)"
@@ -180,6 +184,22 @@ def summary_rows(
         )
     )
     rows.append(Row("Idle RSS", f"{idle.rss_mib:.1f} MiB", "-", "-", "-", "info"))
+    rows.append(Row(
+        "Server-side apply, 20-object manifest, per object p50 / p99",
+        f"{ap.ssa_p50_ms:.2f} / {ap.ssa_p99_ms:.2f} ms",
+        f"{ap.create_p50_ms:.2f} / {ap.create_p99_ms:.2f} ms (plain create)",
+        f"{ap.ssa_p50_ms / ap.create_p50_ms:.2f}x",
+        "-",
+        "info",
+    ))
+    rows.append(Row(
+        "kubectl apply of the manifest, per object (client-side / --server-side)",
+        f"{ap.kubectl_apply_ms:.1f} / {ap.kubectl_ssa_ms:.1f} ms",
+        f"{ap.kubectl_create_ms:.1f} ms (kubectl create -f)",
+        f"{ap.kubectl_apply_ms / ap.kubectl_create_ms:.2f}x / {ap.kubectl_ssa_ms / ap.kubectl_create_ms:.2f}x",
+        "-",
+        "info",
+    ))
     return rows
 
 
@@ -213,8 +233,9 @@ def render(
     st: store_bench.StoreResult,
     api: api_bench.ApiResult,
     idle: idle_bench.IdleResult,
+    ap: apply_bench.ApplyResult,
 ) -> str:
-    rows = summary_rows(st, api, idle)
+    rows = summary_rows(st, api, idle, ap)
     summary = _table(
         ["Figure", "edgekube", "Baseline (same run)", "Ratio", "Target", "Result"],
         [[r.figure, r.value, r.baseline, r.ratio, r.target, r.result] for r in rows],
@@ -283,6 +304,13 @@ def render(
         f"rchar {idle.rchar:,} B, write syscalls {idle.syscw:,}; VmRSS {idle.rss_before_mib:.1f} MiB "
         f"at the start of the window, {idle.rss_mib:.1f} MiB at the end. Child processes: "
         f"{idle.children} (their write_bytes: {idle.children_write_bytes:,} B).",
+        f"- **Apply**: a manifest of 20 objects (5 each of Deployment, Service, ConfigMap, Secret). "
+        f"Server-side apply: each object PATCHed as `application/apply-patch+yaml` (fieldManager "
+        f"`bench`, force), {ap.rounds} rounds (the first creates, the others re-apply with replicas "
+        "changed), one connection; baseline: the same objects POSTed under fresh names, interleaved "
+        f"round by round. kubectl 1.36: `apply -f`, `apply --server-side -f` and `create -f` of the "
+        f"manifest into fresh namespaces, {ap.kubectl_runs} run(s) each, wall time divided by 20 "
+        "(it includes kubectl's discovery and OpenAPI fetches).",
         "- The load generator and the server share the machine's CPUs, so req/s figures are a "
         "lower bound on what the server alone could do, and the same holds for the baseline.",
     ]
@@ -315,17 +343,19 @@ def main(argv: list[str] | None = None) -> int:
         f"edgekube benchmarks ({'quick' if args.quick else 'full'}); data on {machine['disk (data dir)']}"
     )
 
-    _log(f"[1/3] store: durable creates/s vs raw LMDB ({d.store:.0f} s each)")
+    _log(f"[1/4] store: durable creates/s vs raw LMDB ({d.store:.0f} s each)")
     st = store_bench.run(d.store, PACED_RATE, d.raw_paced)
     _log(
         f"  raw LMDB {st.raw_writes:,.0f} writes/s ({st.raw_txn_ms:.3f} ms/txn mean; paced at "
         f"{PACED_RATE:.0f}/s p50 {st.raw_paced_p50_ms:.3f} ms, p99 {st.raw_paced_p99_ms:.3f} ms); "
         f"edgekube {st.edgekube_1:,.0f}/s at 1 writer, {st.edgekube_32:,.0f}/s at 32 writers"
     )
-    _log(f"[2/3] API: GET / LIST / CREATE vs bare aiohttp ({d.api:.0f} s per run)")
+    _log(f"[2/4] API: GET / LIST / CREATE vs bare aiohttp ({d.api:.0f} s per run)")
     api = api_bench.run(d.api, d.paced, _log)
-    _log(f"[3/3] idle: RSS and disk writes over {d.idle:.0f} s")
+    _log(f"[3/4] idle: RSS and disk writes over {d.idle:.0f} s")
     idle = idle_bench.run(d.settle, d.idle, _log)
+    _log(f"[4/4] apply: a 20-object manifest, server-side ({d.apply_rounds} rounds) and with kubectl")
+    ap = apply_bench.run(d.apply_rounds, d.kubectl_runs, _log)
 
     text = render(
         quick=args.quick,
@@ -337,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         st=st,
         api=api,
         idle=idle,
+        ap=ap,
     )
     print()
     print(text)
