@@ -699,3 +699,27 @@ def test_auth_whoami_with_kubectl_1_36(server: Server) -> None:
     out = k.out("auth", "whoami", "-o", "json", namespaced=False)
     user = json.loads(out)["status"]["userInfo"]
     assert user["username"] == "kubernetes-admin" and "system:masters" in user["groups"]
+
+
+def test_rollout_history_reads_replicasets(kubectl: Kubectl) -> None:
+    kubectl.run("create", "deployment", "hist", "--image=busybox:1.36")
+    deploy = kubectl.json("get", "deployment", "hist")
+    uid = deploy["metadata"]["uid"]
+    for rev, image in ((1, "busybox:1.35"), (2, "busybox:1.36")):
+        rs = {
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": f"hist-{rev}", "labels": {"app": "hist", "pod-template-hash": str(rev)},
+                         "annotations": {"deployment.kubernetes.io/revision": str(rev),
+                                         "kubernetes.io/change-cause": f"image {image}"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "hist",
+                                              "uid": uid, "controller": True, "blockOwnerDeletion": True}]},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "hist", "pod-template-hash": str(rev)}},
+                     "template": {"metadata": {"labels": {"app": "hist", "pod-template-hash": str(rev)}},
+                                  "spec": {"containers": [{"name": "busybox", "image": image}]}}},
+        }
+        kubectl.run("create", "-f", "-", input=json.dumps(rs))
+    out = kubectl.out("rollout", "history", "deployment/hist")
+    rows = [line.split(None, 1) for line in out.splitlines()[2:] if line.strip()]
+    assert rows == [["1", "image busybox:1.35"], ["2", "image busybox:1.36"]]
+    detail = kubectl.out("rollout", "history", "deployment/hist", "--revision=1")
+    assert "busybox:1.35" in detail

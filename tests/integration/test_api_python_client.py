@@ -412,3 +412,24 @@ def test_custom_resources_through_the_python_client(api: client.ApiClient, ns: s
     with pytest.raises(ApiException) as gone:
         custom.list_namespaced_custom_object(group, "v1", ns, "crontabs")
     assert gone.value.status == 404
+
+
+def test_unknown_and_mistyped_fields_at_any_depth(server: Server, ns: str) -> None:
+    deploy = _deployment("typo")
+    deploy["spec"]["template"]["spec"]["containers"][0]["imagee"] = "busybox"
+    body = json.dumps(deploy).encode()
+    path = f"/apis/apps/v1/namespaces/{ns}/deployments"
+    code, out = _raw(server, "POST", path + "?fieldValidation=Strict", body)
+    assert code == 400
+    assert out["message"] == ('Deployment in version "v1" cannot be handled as a Deployment: strict decoding error: '
+                              'unknown field "spec.template.spec.containers[0].imagee"')
+    code, out = _raw(server, "POST", path + "?fieldValidation=Ignore", body)
+    assert code == 201 and "imagee" not in out["spec"]["template"]["spec"]["containers"][0]  # dropped, as upstream
+    mistyped = _deployment("mistyped")
+    mistyped["spec"]["replicas"] = "three"
+    code, out = _raw(server, "POST", path + "?fieldValidation=Ignore", json.dumps(mistyped).encode())
+    assert code == 400 and "spec.replicas: expected an integer, got a string" in out["message"]
+    ok = _deployment("quantities")
+    ok["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"cpu": 1, "memory": "64Mi"}}
+    code, out = _raw(server, "POST", path, json.dumps(ok).encode())
+    assert code == 201, out

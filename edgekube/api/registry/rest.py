@@ -32,6 +32,7 @@ from edgekube.api.registry import (
     conversions,
     crds,
     defaults,
+    fieldcheck,
     known_fields,
     resources,
     validation,
@@ -334,14 +335,24 @@ class Registry:
         self, info: resources.ResourceInfo, obj: JSON, *, options: Options, warnings: Warnings | None
     ) -> None:
         mode = options.field_validation
-        if mode == "Ignore":
-            return
-        unknown = known_fields.unknown_fields(info.gk, obj)
-        if not unknown:
+        schema = self.schema_for(info) if info.custom is None else None
+        if schema is not None:
+            # Decoding as upstream does into Go structs: wrong types are a 400 whatever the
+            # mode; unknown fields (at any depth) are refused, reported or dropped.
+            unknown, wrong = fieldcheck.check(schema, obj, prune=mode != "Strict")
+            prefix = f'{info.kind} in version "{info.version}" cannot be handled as a {info.kind}: '
+            if wrong:
+                raise errors.bad_request(prefix + "; ".join(wrong))
+        else:
+            if mode == "Ignore":
+                return
+            unknown = known_fields.unknown_fields(info.gk, obj)
+            prefix = ""
+        if not unknown or mode == "Ignore":
             return
         if mode == "Strict":
             listed = ", ".join(f'unknown field "{f}"' for f in unknown)
-            raise errors.bad_request(f"strict decoding error: {listed}")
+            raise errors.bad_request(f"{prefix}strict decoding error: {listed}")
         if warnings is not None:
             warnings.messages.extend(f'unknown field "{f}"' for f in unknown)
 
