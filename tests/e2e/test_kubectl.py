@@ -346,7 +346,7 @@ def test_errors_are_clear(kubectl: Kubectl) -> None:
         spec:
           selector: {matchLabels: {app: x}}
           template:
-            metadata: {labels: {app: y}}
+            metadata: {labels: {app: other}}
             spec: {containers: [{name: c, image: busybox}]}
     """))
     assert invalid.returncode != 0
@@ -446,7 +446,7 @@ spec:
   template:
     spec:
       restartPolicy: Never
-      containers: [{name: c, image: busybox:1.36, command: [true]}]
+      containers: [{name: c, image: busybox:1.36, command: ["true"]}]
 ---
 apiVersion: batch/v1
 kind: CronJob
