@@ -25,6 +25,8 @@ from edgekube._cogs import clock as clock_mod
 from edgekube._cogs import tasks
 from edgekube.api import errors, pki, server
 from edgekube.api.registry import resources, rest
+from edgekube.client import informer, local
+from edgekube.controllers import garbage_collector, namespace, serviceaccounts
 from edgekube.store import store as store_mod
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,28 @@ class Runtime:
             api.app, host=cfg.bind_address, port=cfg.https_port, ssl_context=pki.server_ssl_context(the_pki)
         )
         self.gates["api"] = True
+        if cfg.enabled("controllers"):
+            self._start_controllers(ca_pem=the_pki.ca_cert.read_text())
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
+
+    def _start_controllers(self, *, ca_pem: str) -> None:
+        """The controllers that keep the API's own objects right (DESIGN §4)."""
+        assert self.registry is not None
+        client = local.LocalClient(self.registry, manager="edgekube-controller-manager")
+        namespaces = informer.Informer(client, "v1", "Namespace")
+        accounts = informer.Informer(client, "v1", "ServiceAccount")
+        configmaps = informer.Informer(client, "v1", "ConfigMap")
+        gc = garbage_collector.GarbageCollector(client)
+        controllers = [
+            namespace.NamespaceController(client, namespaces),
+            serviceaccounts.ServiceAccountController(client, namespaces, accounts, configmaps, ca_pem=ca_pem),
+            gc,
+        ]
+        for inf in (namespaces, accounts, configmaps):
+            self.supervisor.start(f"informer/{inf.kind}", inf.run())
+        self.supervisor.start("garbage-collector/graph", gc.watch())
+        for ctl in controllers:
+            self.supervisor.start(ctl.name, ctl.run())
 
     async def _ensure_kubernetes_service(self, *, service_ip: str, addresses: list[str]) -> None:
         """The `default/kubernetes` Service that in-cluster clients use to reach the API."""

@@ -12,14 +12,39 @@ from typing import Any
 
 from edgekube.api import errors
 from edgekube.api.registry import resources, rest
-from edgekube.store import watch
+from edgekube.store import records, watch
 
 JSON = dict[str, Any]
 
 
 class LocalClient:
-    def __init__(self, registry: rest.Registry) -> None:
+    def __init__(self, registry: rest.Registry, *, manager: str = "edgekube") -> None:
         self._registry = registry
+        self.manager = manager
+
+    @property
+    def catalog(self) -> resources.Catalog:
+        return self._registry.catalog
+
+    def list_info(self, info: resources.ResourceInfo, *, namespace: str | None = None) -> rest.ListResult:
+        return self._registry.list(info, namespace=namespace)
+
+    async def delete_info(self, info: resources.ResourceInfo, *, name: str, namespace: str | None,
+                          options: rest.DeleteOptions | None = None) -> tuple[JSON, bool]:
+        return await self._registry.delete(info, namespace=namespace, name=name, options=options or rest.DeleteOptions())
+
+    async def patch_info(self, info: resources.ResourceInfo, *, name: str, namespace: str | None,
+                         mutate: Callable[[JSON], JSON]) -> JSON:
+        return await self._registry.patch(info, namespace=namespace, name=name, apply=mutate,
+                                          options=rest.Options(field_manager=self.manager))
+
+    def scan_all(self) -> records.Page:
+        """Every durable object (the garbage collector's initial list)."""
+        return self._registry.store.scan("/")
+
+    async def watch_all(self, *, since: int) -> watch.Watcher:
+        """Every change to every object (in-process consumers only)."""
+        return await self._registry.store.watch("/", since=since)
 
     def resource(self, api_version: str, kind: str) -> resources.ResourceInfo:
         info = self._registry.catalog.by_kind(api_version, kind)
@@ -38,20 +63,22 @@ class LocalClient:
     async def create(self, obj: JSON) -> JSON:
         info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
         ns = (obj.get("metadata") or {}).get("namespace") if info.namespaced else None
-        return await self._registry.create(info, obj, namespace=ns)
+        return await self._registry.create(info, obj, namespace=ns, options=rest.Options(field_manager=self.manager))
 
     async def update(self, obj: JSON, *, subresource: str | None = None) -> JSON:
         info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
         meta = obj.get("metadata") or {}
         out, _ = await self._registry.update(info, obj, namespace=meta.get("namespace") if info.namespaced else None,
-                                             name=meta.get("name", ""), subresource=subresource)
+                                             name=meta.get("name", ""), subresource=subresource,
+                                             options=rest.Options(field_manager=self.manager))
         return out
 
     async def patch(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
                     mutate: Callable[[JSON], JSON], subresource: str | None = None) -> JSON:
         """Read-modify-write with a revision precondition, retried on conflicts."""
         return await self._registry.patch(self.resource(api_version, kind), namespace=namespace, name=name,
-                                          apply=mutate, subresource=subresource)
+                                          apply=mutate, subresource=subresource,
+                                          options=rest.Options(field_manager=self.manager))
 
     async def delete(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
                      options: rest.DeleteOptions | None = None) -> JSON:

@@ -299,7 +299,8 @@ class Store:
 
         Raises CompactedError when history from `since` is no longer kept.
         """
-        resource = records.resource_prefix(prefix if prefix.count("/") >= 3 else prefix + "x/")
+        # "/" watches every key (in-process consumers only: the garbage collector).
+        resource = watch.ALL if prefix == "/" else records.resource_prefix(prefix if prefix.count("/") >= 3 else prefix + "x/")
         watcher = self._hub.subscribe(resource, prefix)
         try:
             if since >= self._revision:

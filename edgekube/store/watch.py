@@ -86,6 +86,11 @@ class Watcher:
             self._wakeup.set()
 
 
+# The resource group of watchers that see every key (in-process consumers such as the garbage
+# collector, which follows ownerReferences across all kinds).
+ALL = ""
+
+
 class WatchHub:
     def __init__(self, *, ring_size: int, start_revision: int, watcher_limit: int) -> None:
         self._watchers: dict[str, set[Watcher]] = {}
@@ -113,6 +118,10 @@ class WatchHub:
         group = self._watchers.get(records.resource_prefix(event.key))
         if group:
             for w in list(group):
+                w._offer(event)
+        everything = self._watchers.get(ALL)
+        if everything:
+            for w in list(everything):
                 w._offer(event)
 
     def recent(self, after: int, *, prefix: str) -> list[records.Event]:

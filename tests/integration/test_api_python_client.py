@@ -41,7 +41,17 @@ def apps(api: client.ApiClient) -> client.AppsV1Api:
 def ns(core: client.CoreV1Api, request: pytest.FixtureRequest) -> str:
     name = "t-" + request.node.name.replace("_", "-").lower()[:50].strip("-")
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # The service-account controller adds `kube-root-ca.crt` to every namespace; let it land
+    # first, so that tests watching the namespace see only their own changes.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if [c for c in core.list_namespaced_config_map(name).items if c.metadata.name == ROOT_CA]:
+            break
+        time.sleep(0.05)
     return name
+
+
+ROOT_CA = "kube-root-ca.crt"
 
 
 def _raw(server: Server, method: str, path: str, body: bytes | None = None,
@@ -88,7 +98,7 @@ def test_create_get_list_delete_configmap(core: client.CoreV1Api, ns: str) -> No
     assert cm.metadata.uid and cm.metadata.creation_timestamp and cm.metadata.resource_version
     got = core.read_namespaced_config_map("c1", ns)
     assert got.data == {"a": "b"}
-    assert [c.metadata.name for c in core.list_namespaced_config_map(ns).items] == ["c1"]
+    assert [c.metadata.name for c in core.list_namespaced_config_map(ns).items] == ["c1", ROOT_CA]
     core.delete_namespaced_config_map("c1", ns)
     with pytest.raises(ApiException) as err:
         core.read_namespaced_config_map("c1", ns)
@@ -179,7 +189,7 @@ def test_label_and_field_selectors(core: client.CoreV1Api, ns: str) -> None:
         core.create_namespaced_config_map(ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, labels=labels)))
 
     def names(**kw: Any) -> list[str]:
-        return sorted(c.metadata.name for c in core.list_namespaced_config_map(ns, **kw).items)
+        return sorted(c.metadata.name for c in core.list_namespaced_config_map(ns, **kw).items if c.metadata.name != ROOT_CA)
 
     assert names(label_selector="tier=web") == ["a"]
     assert names(label_selector="tier in (web,db)") == ["a", "b"]
@@ -195,12 +205,12 @@ def test_label_and_field_selectors(core: client.CoreV1Api, ns: str) -> None:
 
 def test_limit_and_continue(core: client.CoreV1Api, ns: str) -> None:
     for i in range(7):
-        core.create_namespaced_config_map(ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"p{i}")))
+        core.create_namespaced_config_map(ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"p{i}", labels={"page": "yes"})))
     seen: list[str] = []
     token = None
     pages = 0
     while True:
-        page = core.list_namespaced_config_map(ns, limit=3, _continue=token)
+        page = core.list_namespaced_config_map(ns, limit=3, _continue=token, label_selector="page=yes")
         seen += [c.metadata.name for c in page.items]
         pages += 1
         token = page.metadata._continue

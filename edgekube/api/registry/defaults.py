@@ -302,9 +302,7 @@ def _namespace(obj: JSON) -> None:
             labels = {}
         labels["kubernetes.io/metadata.name"] = name
         meta["labels"] = labels
-    spec = obj.setdefault("spec", {})
-    if isinstance(spec, dict) and "finalizers" not in spec:
-        spec["finalizers"] = ["kubernetes"]
+    obj.setdefault("spec", {})
 
 
 def _endpoints(obj: JSON) -> None:

@@ -230,6 +230,17 @@ class Catalog:
             self.add(info)
         self.generation += 1
 
+    def by_key(self, key: str) -> ResourceInfo | None:
+        """The resource a store key belongs to (`/apps/deployments/ns/name`), any version."""
+        parts = key.split("/")
+        if len(parts) < 4:
+            return None
+        group = "" if parts[1] == "core" else parts[1]
+        for info in self._order:
+            if info.group == group and info.plural == parts[2]:
+                return info
+        return None
+
     def builtin(self, group: str, plural: str) -> bool:
         return any(i.custom is None and i.group == group and i.plural == plural for i in self._order)
 

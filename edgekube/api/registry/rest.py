@@ -268,6 +268,12 @@ class Registry:
         defaults.apply(info.gk, obj)
         if info.gk == CRD_GK:
             obj["status"] = self._crd_status(obj, now=now)
+        if info.gk == "Namespace":
+            # Set at creation only (upstream's PrepareForCreate): the namespace controller removes
+            # it once the namespace is empty, and an update must not bring it back.
+            spec = obj.setdefault("spec", {})
+            if isinstance(spec, dict) and "finalizers" not in spec:
+                spec["finalizers"] = ["kubernetes"]
         if info.gk == "Job.batch":
             defaults.job_selector(obj)
         if info.gk == "Pod":

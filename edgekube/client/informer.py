@@ -1,0 +1,135 @@
+"""Informers: a list-then-watch cache of one resource, with event handlers, as client-go's.
+
+Handlers should only enqueue keys (`namespace/name`); controllers read the cache in their
+reconcile. Cached objects are shared and must never be mutated. When the watch ends (the store
+dropped a slow watcher, or the revision was compacted) the informer lists again and replays the
+difference to its handlers, so nothing is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from edgekube.api import errors as api_errors
+from edgekube.client.local import LocalClient
+from edgekube.store import errors as store_errors
+from edgekube.store import records
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+
+
+def object_key(obj: JSON) -> str:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
+
+
+class Handlers:
+    def __init__(
+        self,
+        *,
+        on_add: Callable[[JSON], None] | None = None,
+        on_update: Callable[[JSON, JSON], None] | None = None,
+        on_delete: Callable[[JSON], None] | None = None,
+    ) -> None:
+        self.on_add = on_add
+        self.on_update = on_update
+        self.on_delete = on_delete
+
+
+class Informer:
+    def __init__(self, client: LocalClient, api_version: str, kind: str) -> None:
+        self._client = client
+        self.api_version = api_version
+        self.kind = kind
+        self._cache: dict[str, JSON] = {}
+        self._handlers: list[Handlers] = []
+        self.synced = asyncio.Event()
+
+    def add_handlers(self, handlers: Handlers) -> None:
+        self._handlers.append(handlers)
+
+    def get(self, key: str) -> JSON | None:
+        return self._cache.get(key)
+
+    def list(self, namespace: str | None = None) -> list[JSON]:
+        if namespace is None:
+            return list(self._cache.values())
+        return [o for o in self._cache.values() if (o.get("metadata") or {}).get("namespace") == namespace]
+
+    async def run(self) -> None:
+        while True:
+            since = self._relist()
+            self.synced.set()
+            try:
+                watcher = await self._client.watch(self.api_version, self.kind, since=since)
+            except store_errors.CompactedError:
+                continue
+            try:
+                while True:
+                    ev = await watcher.next()
+                    if ev is None:
+                        break  # dropped: list again
+                    self._apply(ev)
+            finally:
+                watcher.close()
+            await asyncio.sleep(0.1)
+
+    def _relist(self) -> int:
+        try:
+            listed = self._client.list(self.api_version, self.kind)
+        except api_errors.APIError:
+            return 0
+        fresh = {object_key(o): o for o in listed.items}
+        for key, old in list(self._cache.items()):
+            if key not in fresh:
+                del self._cache[key]
+                self._emit_delete(old)
+        for key, obj in fresh.items():
+            cached = self._cache.get(key)
+            self._cache[key] = obj
+            if cached is None:
+                self._emit_add(obj)
+            elif cached.get("metadata", {}).get("resourceVersion") != obj.get("metadata", {}).get("resourceVersion"):
+                self._emit_update(cached, obj)
+        return int(listed.resource_version or 0)
+
+    def _apply(self, ev: records.Event) -> None:
+        obj = ev.object()
+        key = object_key(obj)
+        if ev.type is records.EventType.DELETED:
+            self._cache.pop(key, None)
+            self._emit_delete(obj)
+            return
+        previous = self._cache.get(key)
+        self._cache[key] = obj
+        if previous is None:
+            self._emit_add(obj)
+        else:
+            self._emit_update(previous, obj)
+
+    def _emit_add(self, obj: JSON) -> None:
+        for h in self._handlers:
+            if h.on_add is not None:
+                _safely(h.on_add, obj)
+
+    def _emit_update(self, old: JSON, new: JSON) -> None:
+        for h in self._handlers:
+            if h.on_update is not None:
+                _safely(h.on_update, old, new)
+
+    def _emit_delete(self, obj: JSON) -> None:
+        for h in self._handlers:
+            if h.on_delete is not None:
+                _safely(h.on_delete, obj)
+
+
+def _safely(fn: Callable[..., None], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("informer handler %s failed", getattr(fn, "__qualname__", fn))
