@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from edgekube.api import errors
@@ -201,11 +201,18 @@ class GarbageCollector(Controller):
             if exc.code not in (404, 409):
                 raise
 
-    async def _drop_reference(self, node: Node, owner_uid: str) -> None:
+    async def _patch(self, node: Node, mutate: Callable[[JSON], JSON]) -> None:
         info = self._client.catalog.by_key(node.key)
         if info is None:
             return
+        try:
+            await self._client.patch_info(info, name=node.name, namespace=node.namespace if info.namespaced else None,
+                                          mutate=mutate)
+        except errors.APIError as exc:
+            if exc.code != 404:
+                raise
 
+    async def _drop_reference(self, node: Node, owner_uid: str) -> None:
         def drop(obj: JSON) -> JSON:
             meta = obj["metadata"]
             refs = [r for r in meta.get("ownerReferences") or [] if r.get("uid") != owner_uid]
@@ -215,18 +222,9 @@ class GarbageCollector(Controller):
                 meta.pop("ownerReferences", None)
             return obj
 
-        try:
-            await self._client.patch_info(info, name=node.name, namespace=node.namespace if info.namespaced else None,
-                                          mutate=drop)
-        except errors.APIError as exc:
-            if exc.code != 404:
-                raise
+        await self._patch(node, drop)
 
     async def _remove_finalizer(self, node: Node, finalizer: str) -> None:
-        info = self._client.catalog.by_key(node.key)
-        if info is None:
-            return
-
         def release(obj: JSON) -> JSON:
             meta = obj["metadata"]
             meta["finalizers"] = [f for f in meta.get("finalizers") or [] if f != finalizer]
@@ -234,9 +232,4 @@ class GarbageCollector(Controller):
                 del meta["finalizers"]
             return obj
 
-        try:
-            await self._client.patch_info(info, name=node.name, namespace=node.namespace if info.namespaced else None,
-                                          mutate=release)
-        except errors.APIError as exc:
-            if exc.code != 404:
-                raise
+        await self._patch(node, release)
