@@ -611,9 +611,11 @@ def test_custom_resource_definitions(kubectl: Kubectl) -> None:
     kubectl.run("scale", f"crontabs.{group}", "nightly", "--replicas=4")
     assert kubectl.json("get", f"crontabs.{group}", "nightly")["spec"]["replicas"] == 4
     kubectl.run("patch", f"crontabs.{group}", "nightly", "--subresource=status", "--type=merge", "-p",
-                '{"status":{"replicas":4}}')
+                '{"status":{"replicas":4,"selector":"app=nightly"}}')
     after = kubectl.json("get", f"crontabs.{group}", "nightly")
-    assert after["status"] == {"replicas": 4} and after["metadata"]["generation"] == 2
+    assert after["status"] == {"replicas": 4, "selector": "app=nightly"} and after["metadata"]["generation"] == 2
+    scale = json.loads(kubectl.out("get", "--raw", f"/apis/{group}/v1/namespaces/{kubectl.ns}/crontabs/nightly/scale"))
+    assert scale["spec"] == {"replicas": 4} and scale["status"] == {"replicas": 4, "selector": "app=nightly"}
     # explain reads the CRD's schema.
     assert "cronSpec" in kubectl.out("explain", f"crontabs.{group}.spec", namespaced=False)
     # Deleting the CRD deletes its objects.
@@ -632,6 +634,17 @@ def test_everyday_verbs(kubectl: Kubectl, tmp_path: Path) -> None:
     kubectl.run("create", "secret", "docker-registry", "pull", "--docker-server=registry.local",
                 "--docker-username=u", "--docker-password=p")
     assert kubectl.json("get", "secret", "pull")["type"] == "kubernetes.io/dockerconfigjson"
+    cert, key = _self_signed(tmp_path)
+    kubectl.run("create", "secret", "tls", "web-tls", f"--cert={cert}", f"--key={key}")
+    tls = kubectl.json("get", "secret", "web-tls")
+    assert tls["type"] == "kubernetes.io/tls" and set(tls["data"]) == {"tls.crt", "tls.key"}
+    for i, reason in enumerate(("Second", "First")):
+        kubectl.run("create", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "Event", "metadata": {"name": f"ev{i}"}, "reason": reason, "type": "Normal",
+            "message": reason, "involvedObject": {"kind": "ConfigMap", "name": "from-file"},
+            "lastTimestamp": f"2026-01-01T00:00:0{1 - i}Z"}))
+    rows = kubectl.out("get", "events", "--sort-by=.lastTimestamp").splitlines()[1:]
+    assert [r.split()[2] for r in rows] == ["First", "Second"]
     kubectl.run("create", "service", "clusterip", "svc", "--tcp=80:8080")
     kubectl.run("create", "cronjob", "tick", "--image=busybox:1.36", "--schedule=*/5 * * * *")
     kubectl.run("create", "job", "tick-now", "--from=cronjob/tick")
@@ -668,6 +681,27 @@ def test_everyday_verbs(kubectl: Kubectl, tmp_path: Path) -> None:
     left = [i["metadata"]["name"] for i in kubectl.json("get", "cm")["items"]]
     assert "b-one" not in left and set(left) <= {"kube-root-ca.crt"}  # the controller makes it again
     kubectl.run("wait", "--for=delete", "cm/b-one", "--timeout=10s")
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web.example")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 def test_get_watch_only(kubectl: Kubectl) -> None:

@@ -919,6 +919,14 @@ class Registry:
         sel_text = ""
         if isinstance(selector, dict):
             sel_text = str(labels.from_label_selector(selector))
+        replicas, current = spec.get("replicas", 0), status.get("replicas", 0)
+        if info.custom is not None and info.custom.scale:
+            # A CRD's scale subresource reads the paths it declares.
+            paths = info.custom.scale
+            replicas = next(iter(crds.jsonpath(obj, str(paths.get("specReplicasPath", "")))), 0)
+            current = next(iter(crds.jsonpath(obj, str(paths.get("statusReplicasPath", "")))), 0)
+            found = crds.jsonpath(obj, str(paths.get("labelSelectorPath", ""))) if paths.get("labelSelectorPath") else []
+            sel_text = str(found[0]) if found else ""
         return {
             "kind": "Scale",
             "apiVersion": "autoscaling/v1",
@@ -929,8 +937,8 @@ class Registry:
                 "resourceVersion": meta.get("resourceVersion"),
                 "creationTimestamp": meta.get("creationTimestamp"),
             },
-            "spec": {"replicas": spec.get("replicas", 0)},
-            "status": {"replicas": status.get("replicas", 0), "selector": sel_text},
+            "spec": {"replicas": replicas},
+            "status": {"replicas": current, "selector": sel_text},
         }
 
     async def set_scale(
@@ -946,7 +954,14 @@ class Registry:
         def set_replicas(obj: JSON) -> JSON:
             if rv and rv != obj["metadata"].get("resourceVersion"):
                 raise errors.conflict(info.plural, name, group=info.group)
-            obj.setdefault("spec", {})["replicas"] = replicas
+            path = ".spec.replicas"
+            if info.custom is not None and info.custom.scale:
+                path = str(info.custom.scale.get("specReplicasPath") or path)
+            node = obj
+            parts = [p for p in path.split(".") if p]
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = replicas
             return obj
 
         out = await self.patch(info, namespace=namespace, name=name, apply=set_replicas, options=options)
