@@ -180,7 +180,9 @@ class GarbageCollector(Controller):
     def _owner_exists(self, dep: Node, ref: JSON) -> bool:
         info = self._client.catalog.by_kind(str(ref.get("apiVersion", "")), str(ref.get("kind", "")))
         if info is None:
-            return False  # a kind nobody serves cannot own anything (upstream: the same)
+            # A kind this server does not serve (a CRD not installed yet): never delete on a guess;
+            # upstream's collector likewise leaves such dependents alone until the kind resolves.
+            return True
         try:
             obj = self._client.get(info.api_version, info.kind, name=str(ref.get("name", "")),
                                    namespace=dep.namespace if info.namespaced else None)

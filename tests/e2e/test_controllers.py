@@ -91,6 +91,10 @@ def test_garbage_collection_background_orphan_and_foreground(k: Kubectl) -> None
     # A dependent whose owner never existed is collected.
     _owned(k, "dangling", {"apiVersion": "v1", "kind": "ConfigMap", "name": "ghost", "uid": "0000-ghost"})
     _until(lambda: not _exists(k, "configmap", "dangling"))
+    # An owner of a kind the server does not serve is never guessed to be gone.
+    _owned(k, "unknown-owner", {"apiVersion": "example.com/v1", "kind": "Widget", "name": "w", "uid": "0000-w"})
+    time.sleep(1)
+    assert _exists(k, "configmap", "unknown-owner")
     # One of two owners gone: the dependent stays and loses that reference.
     k.run("create", "configmap", "mom")
     k.run("create", "configmap", "dad")
