@@ -87,7 +87,7 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check edgekube tests tools benchmarks
-	$(VENV)/bin/mypy --strict edgekube tools/check_layers.py tools/fetch_kube_tools.py tools/gen_pbschema.py tools/gen_apischema.py
+	$(VENV)/bin/mypy --strict edgekube tools/check_layers.py tools/fetch_kube_tools.py tools/gen_pbschema.py tools/gen_apischema.py tools/upstream_src.py
 	$(PY) tools/check_layers.py
 
 binary: setup

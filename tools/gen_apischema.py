@@ -21,10 +21,11 @@ import argparse
 import base64
 import json
 import re
-import subprocess
 import zlib
 from pathlib import Path
 from typing import Any
+
+import upstream_src
 
 API_PACKAGES = [
     "core/v1", "apps/v1", "batch/v1", "rbac/v1", "coordination/v1", "discovery/v1", "storage/v1",
@@ -86,22 +87,6 @@ _SCALARS: dict[str, dict[str, Any]] = {
     "time.Duration": {"type": "integer", "format": "int64"},
     "interface{}": {},
 }
-
-
-def _read(root: Path, path: str) -> str:
-    if (root / path).exists():
-        return (root / path).read_text()
-    return subprocess.run(["git", "--git-dir", str(root), "show", f"HEAD:{path}"], check=True,
-                          capture_output=True, text=True).stdout
-
-
-def _go_files(root: Path, prefix: str) -> list[str]:
-    if (root / prefix).is_dir():
-        return sorted(str(p.relative_to(root)) for p in (root / prefix).glob("*.go"))
-    out = subprocess.run(["git", "--git-dir", str(root), "ls-tree", "--name-only", "HEAD", prefix + "/"],
-                         check=True, capture_output=True, text=True).stdout
-    return [line for line in out.split() if line.endswith(".go") and not line.endswith("_test.go")
-            and "generated" not in line.rsplit("/", 1)[-1] and "conversion" not in line and "deepcopy" not in line]
 
 
 class Package:
@@ -351,8 +336,8 @@ def main() -> None:
                + [(args.apiextensions, "k8s.io/apiextensions-apiserver", p) for p in EXTENSIONS_PACKAGES])
     for root, module, pkg_dir in sources:
         pkg = Package(f"{module}/{pkg_dir}")
-        for go in _go_files(root, pkg_dir):
-            _parse_file(pkg, _read(root, go))
+        for go in upstream_src.type_sources(root, pkg_dir):
+            _parse_file(pkg, upstream_src.read(root, go))
         packages[pkg.import_path] = pkg
     gen = Generator(packages)
     roots: list[tuple[Package, str]] = []

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 from pathlib import Path
+
+import upstream_src
 
 API_PACKAGES = [
     "core/v1", "apps/v1", "batch/v1", "rbac/v1", "coordination/v1", "discovery/v1", "storage/v1",
@@ -35,21 +36,6 @@ _FIELD = re.compile(r"^\s*(optional|repeated|required)?\s*(map<\s*([\w.]+)\s*,\s
 _GO_TAG = re.compile(r'protobuf:"(\w+),(\d+),(?:opt|req|rep)[^"]*"')
 _SCALARS = {"string": "s", "bytes": "b", "int32": "i", "int64": "i", "uint32": "i", "uint64": "i",
             "bool": "B", "double": "d", "float": "f", "fixed64": "x", "sfixed64": "x"}
-
-
-def _read(root: Path, path: str) -> str:
-    if (root / path).exists():
-        return (root / path).read_text()
-    return subprocess.run(["git", "--git-dir", str(root), "show", f"HEAD:{path}"], check=True,
-                          capture_output=True, text=True).stdout
-
-
-def _git_files(root: Path, prefix: str) -> list[str]:
-    if (root / prefix).is_dir():
-        return [str(p.relative_to(root)) for p in (root / prefix).glob("*.go")]
-    out = subprocess.run(["git", "--git-dir", str(root), "ls-tree", "--name-only", "HEAD", prefix + "/"],
-                         check=True, capture_output=True, text=True).stdout
-    return [line for line in out.split() if line.endswith(".go") and not line.endswith("_test.go")]
 
 
 def _proto_messages(text: str) -> tuple[str, dict[str, list[tuple[int, str, str, bool]]]]:
@@ -137,12 +123,10 @@ def main() -> None:
     sources = ([(args.api, p) for p in API_PACKAGES] + [(args.apimachinery, p) for p in MACHINERY_PACKAGES]
                + [(args.apiextensions, p) for p in EXTENSIONS_PACKAGES])
     for root, pkg in sources:
-        package, messages = _proto_messages(_read(root, f"{pkg}/generated.proto"))
+        package, messages = _proto_messages(upstream_src.read(root, f"{pkg}/generated.proto"))
         structs: dict[str, dict[int, tuple[bool, bool]]] = {}
-        for go in _git_files(root, pkg):
-            if go.endswith(("generated.pb.go", "zz_generated.deepcopy.go")) or "generated" in go.rsplit("/", 1)[-1]:
-                continue
-            structs.update(_go_structs(_read(root, go)))
+        for go in upstream_src.type_sources(root, pkg):
+            structs.update(_go_structs(upstream_src.read(root, go)))
         for name, fields in messages.items():
             info = structs.get(name, {})
             table[f"{package}.{name}"] = [

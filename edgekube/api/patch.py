@@ -68,7 +68,7 @@ def apply_patch(content_type: str, original: dict[str, Any], body: bytes, *, gk:
         return json_patch(original, patch)
     if not isinstance(patch, dict):
         raise errors.bad_request(
-            f"error decoding patch: a {media} body must be a JSON object, got {_json_type(patch)}"
+            f"error decoding patch: a {media} body must be a JSON object, got {json_type(patch)}"
         )
     if media == MERGE_PATCH:
         return merge_patch(original, patch)
@@ -99,18 +99,18 @@ def json_patch(original: dict[str, Any], ops: Any) -> dict[str, Any]:
             # The library lets some path mismatches escape raw (a missing "from" key, say).
             raise _unprocessable(f"{what} could not be applied: no such path ({type(exc).__name__}: {exc})") from None
     if not isinstance(result, dict):
-        raise _unprocessable(f"json patch replaced the object with {_json_type(result)}; it must stay a JSON object")
+        raise _unprocessable(f"json patch replaced the object with {json_type(result)}; it must stay a JSON object")
     return result
 
 
 def _check_json_patch_ops(ops: Any) -> None:
     if not isinstance(ops, list):
         raise errors.bad_request(
-            f"error decoding patch: a json patch must be a list of operations, got {_json_type(ops)}"
+            f"error decoding patch: a json patch must be a list of operations, got {json_type(ops)}"
         )
     for i, op in enumerate(ops):
         if not isinstance(op, dict):
-            raise errors.bad_request(f"invalid json patch: operation {i} must be an object, got {_json_type(op)}")
+            raise errors.bad_request(f"invalid json patch: operation {i} must be an object, got {json_type(op)}")
         name = op.get("op")
         if not isinstance(name, str):
             raise errors.bad_request(f'invalid json patch: operation {i} has no "op" member')
@@ -134,7 +134,7 @@ def merge_patch(original: dict[str, Any], patch: dict[str, Any]) -> dict[str, An
     """Apply an RFC 7386 merge patch to a copy of `original`."""
     result = _merge_value(original, patch)
     if not isinstance(result, dict):  # only when patch is not an object; apply_patch rules that out
-        raise errors.bad_request(f"a merge patch must be a JSON object, got {_json_type(patch)}")
+        raise errors.bad_request(f"a merge patch must be a JSON object, got {json_type(patch)}")
     return result
 
 
@@ -161,7 +161,7 @@ def strategic_merge_patch(
     With `meta` None every list is replaced whole, as a merge patch would.
     """
     if not isinstance(patch, dict):
-        raise errors.bad_request(f"a strategic merge patch must be a JSON object, got {_json_type(patch)}")
+        raise errors.bad_request(f"a strategic merge patch must be a JSON object, got {json_type(patch)}")
     merged = _smp_map(copy.deepcopy(original), copy.deepcopy(patch), meta=meta, path="")
     # `{"$patch": "delete"}` at the top deletes everything: what remains is an empty object.
     return merged if merged is not None else {}
@@ -191,7 +191,7 @@ def _smp_map(
         if key.startswith(_SET_ORDER):
             field = key[len(_SET_ORDER):]
             if not isinstance(value, list):
-                raise errors.bad_request(f"{_where(path)}: {key} must be a list, got {_json_type(value)}")
+                raise errors.bad_request(f"{_where(path)}: {key} must be a list, got {json_type(value)}")
             orders[field] = value
         elif key.startswith(_DELETE_PRIMITIVE):
             field = key[len(_DELETE_PRIMITIVE):]
@@ -246,7 +246,7 @@ def _retain_keys(original: dict[str, Any], patch: dict[str, Any], retain: Any, *
 
 def _delete_from_primitive_list(original: dict[str, Any], field: str, values: Any, *, path: str) -> None:
     if not isinstance(values, list):
-        raise errors.bad_request(f"{path}: $deleteFromPrimitiveList must be a list, got {_json_type(values)}")
+        raise errors.bad_request(f"{path}: $deleteFromPrimitiveList must be a list, got {json_type(values)}")
     current = original.get(field)
     if not isinstance(current, list):
         return
@@ -272,7 +272,7 @@ def _smp_list(original: list[Any], patch: list[Any], *, meta: patchmeta.Node | N
         result = list(original)
         for item in patch:
             if isinstance(item, (dict, list)):
-                raise errors.bad_request(f"{path}: expected a list of scalars, got an element of type {_json_type(item)}")
+                raise errors.bad_request(f"{path}: expected a list of scalars, got an element of type {json_type(item)}")
             if item not in result:
                 result.append(item)
         return result
@@ -282,7 +282,7 @@ def _smp_list(original: list[Any], patch: list[Any], *, meta: patchmeta.Node | N
     for i, item in enumerate(patch):
         item_path = f"{path}[{i}]"
         if not isinstance(item, dict):
-            raise errors.bad_request(f"{item_path}: expected an object with merge key {key!r}, got {_json_type(item)}")
+            raise errors.bad_request(f"{item_path}: expected an object with merge key {key!r}, got {json_type(item)}")
         if key not in item:
             raise errors.bad_request(f"{item_path}: element does not contain the merge key {key!r}")
         wanted = item[key]
@@ -360,7 +360,8 @@ def _where(path: str) -> str:
     return path or "<root>"
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """A JSON value's type with its article ("a string", "an object"), for error messages."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edgekube.api import errors as api_errors
 from edgekube.client.local import LocalClient
 from edgekube.store import errors as store_errors
 from edgekube.store import records
+from edgekube.store.watch import Watcher
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -62,22 +63,12 @@ class Informer:
         return [o for o in self._cache.values() if (o.get("metadata") or {}).get("namespace") == namespace]
 
     async def run(self) -> None:
-        while True:
-            since = self._relist()
-            self.synced.set()
-            try:
-                watcher = await self._client.watch(self.api_version, self.kind, since=since)
-            except store_errors.CompactedError:
-                continue
-            try:
-                while True:
-                    ev = await watcher.next()
-                    if ev is None:
-                        break  # dropped: list again
-                    self._apply(ev)
-            finally:
-                watcher.close()
-            await asyncio.sleep(0.1)
+        await list_and_watch(
+            self._relist,
+            lambda since: self._client.watch(self.api_version, self.kind, since=since),
+            self._apply,
+            on_synced=self.synced.set,
+        )
 
     def _relist(self) -> int:
         try:
@@ -126,6 +117,33 @@ class Informer:
         for h in self._handlers:
             if h.on_delete is not None:
                 _safely(h.on_delete, obj)
+
+
+async def list_and_watch(
+    relist: Callable[[], int],
+    watch: Callable[[int], Awaitable[Watcher]],
+    apply: Callable[[records.Event], None],
+    *,
+    on_synced: Callable[[], None],
+) -> None:
+    """List (`relist` returns the list's revision), then apply watch events from there; list again
+    whenever the watch ends (a dropped slow watcher) or its revision was compacted."""
+    while True:
+        since = relist()
+        on_synced()
+        try:
+            watcher = await watch(since)
+        except store_errors.CompactedError:
+            continue
+        try:
+            while True:
+                ev = await watcher.next()
+                if ev is None:
+                    break
+                apply(ev)
+        finally:
+            watcher.close()
+        await asyncio.sleep(0.1)
 
 
 def _safely(fn: Callable[..., None], *args: Any) -> None:

@@ -19,9 +19,9 @@ from typing import Any
 
 from edgekube.api import errors
 from edgekube.api.registry import rest
+from edgekube.client import informer
 from edgekube.client.local import LocalClient
 from edgekube.controllers.base import Controller, Requeue
-from edgekube.store import errors as store_errors
 from edgekube.store import records
 
 log = logging.getLogger(__name__)
@@ -54,36 +54,27 @@ class GarbageCollector(Controller):
     # --- the graph -------------------------------------------------------------------------
 
     async def watch(self) -> None:
-        while True:
-            page = self._client.scan_all()
-            fresh = {}
-            for item in page.items:
-                node = self._node(item.key, item.object())
-                if node is not None:
-                    fresh[node.uid] = node
-            gone = set(self._nodes) - set(fresh)
-            self._nodes.clear()
-            self._dependents.clear()
-            for node in fresh.values():
-                self._index(node)
-            for uid in gone:
-                self.queue.add(("owner", uid))
-            for node in fresh.values():
-                self._check(node)
-            self.synced.set()
-            try:
-                watcher = await self._client.watch_all(since=int(page.revision))
-            except store_errors.CompactedError:
-                continue
-            try:
-                while True:
-                    ev = await watcher.next()
-                    if ev is None:
-                        break
-                    self._event(ev)
-            finally:
-                watcher.close()
-            await asyncio.sleep(0.1)
+        await informer.list_and_watch(
+            self._relist, lambda since: self._client.watch_all(since=since), self._event, on_synced=self.synced.set
+        )
+
+    def _relist(self) -> int:
+        page = self._client.scan_all()
+        fresh = {}
+        for item in page.items:
+            node = self._node(item.key, item.object())
+            if node is not None:
+                fresh[node.uid] = node
+        gone = set(self._nodes) - set(fresh)
+        self._nodes.clear()
+        self._dependents.clear()
+        for node in fresh.values():
+            self._index(node)
+        for uid in gone:
+            self.queue.add(("owner", uid))
+        for node in fresh.values():
+            self._check(node)
+        return int(page.revision)
 
     def _node(self, key: str, obj: JSON) -> Node | None:
         meta = obj.get("metadata") or {}

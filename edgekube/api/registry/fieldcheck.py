@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgekube.api import apischema
+from edgekube.api.patch import json_type
 
 JSON = dict[str, Any]
 _QUANTITY = "io.k8s.apimachinery.pkg.api.resource.Quantity"
@@ -79,7 +80,7 @@ def _value(schema: JSON, value: Any, path: str, unknown: list[str], wrong: list[
         return
     if want == "object" or "properties" in target:
         if not isinstance(value, dict):
-            wrong.append(f"{path}: expected an object, got {_kind(value)}")
+            wrong.append(f"{path}: expected an object, got {json_type(value)}")
             return
         extra = target.get("additionalProperties")
         if isinstance(extra, dict):
@@ -90,7 +91,7 @@ def _value(schema: JSON, value: Any, path: str, unknown: list[str], wrong: list[
         return
     if want == "array":
         if not isinstance(value, list):
-            wrong.append(f"{path}: expected an array, got {_kind(value)}")
+            wrong.append(f"{path}: expected an array, got {json_type(value)}")
             return
         items = target.get("items")
         if isinstance(items, dict):
@@ -104,18 +105,5 @@ def _value(schema: JSON, value: Any, path: str, unknown: list[str], wrong: list[
         "boolean": isinstance(value, bool),
     }.get(str(want), True)
     if not ok:
-        wrong.append(f"{path}: expected {'a ' + str(want) if want != 'integer' else 'an integer'}, got {_kind(value)}")
+        wrong.append(f"{path}: expected {'a ' + str(want) if want != 'integer' else 'an integer'}, got {json_type(value)}")
 
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
