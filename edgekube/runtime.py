@@ -118,7 +118,7 @@ class Runtime:
         client = local.LocalClient(self.registry, manager="edgekube-controller-manager")
         namespaces = informer.Informer(client, "v1", "Namespace")
         accounts = informer.Informer(client, "v1", "ServiceAccount")
-        configmaps = informer.Informer(client, "v1", "ConfigMap")
+        configmaps = informer.Informer(client, "v1", "ConfigMap", name=serviceaccounts.ROOT_CA)
         gc = garbage_collector.GarbageCollector(client)
         controllers = [
             namespace.NamespaceController(client, namespaces),

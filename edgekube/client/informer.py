@@ -43,10 +43,13 @@ class Handlers:
 
 
 class Informer:
-    def __init__(self, client: LocalClient, api_version: str, kind: str) -> None:
+    def __init__(self, client: LocalClient, api_version: str, kind: str, *, name: str | None = None) -> None:
+        """With `name`, only objects of that name (in any namespace) are cached and reported,
+        and events for other keys are dropped before they are decoded."""
         self._client = client
         self.api_version = api_version
         self.kind = kind
+        self._name = name
         self._cache: dict[str, JSON] = {}
         self._handlers: list[Handlers] = []
         self.synced = asyncio.Event()
@@ -72,7 +75,8 @@ class Informer:
 
     def _relist(self) -> int:
         try:
-            listed = self._client.list(self.api_version, self.kind)
+            listed = self._client.list(self.api_version, self.kind,
+                                       field_selector=f"metadata.name={self._name}" if self._name else "")
         except api_errors.APIError:
             return 0
         fresh = {object_key(o): o for o in listed.items}
@@ -90,6 +94,8 @@ class Informer:
         return int(listed.resource_version or 0)
 
     def _apply(self, ev: records.Event) -> None:
+        if self._name is not None and not ev.key.endswith("/" + self._name):
+            return
         obj = ev.object()
         key = object_key(obj)
         if ev.type is records.EventType.DELETED:

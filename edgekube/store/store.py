@@ -33,6 +33,7 @@ from edgekube.store import errors, lmdb_log, memory, records, watch
 log = logging.getLogger(__name__)
 
 _REPLAY_LIMIT = 1_000_000
+_ALL_WATCHER_LIMIT = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,9 +300,12 @@ class Store:
 
         Raises CompactedError when history from `since` is no longer kept.
         """
-        # "/" watches every key (in-process consumers only: the garbage collector).
-        resource = watch.ALL if prefix == "/" else records.resource_prefix(prefix if prefix.count("/") >= 3 else prefix + "x/")
-        watcher = self._hub.subscribe(resource, prefix)
+        # "/" watches every key (in-process consumers only: the garbage collector). Its buffer is
+        # larger than a client's: dropping it means a re-list of the whole store, which is the
+        # expensive path under exactly the write bursts that would overflow it.
+        everything = prefix == "/"
+        resource = watch.ALL if everything else records.resource_prefix(prefix if prefix.count("/") >= 3 else prefix + "x/")
+        watcher = self._hub.subscribe(resource, prefix, limit=_ALL_WATCHER_LIMIT if everything else None)
         try:
             if since >= self._revision:
                 watcher._replay([], after=since)

@@ -99,8 +99,8 @@ class WatchHub:
         self.ring_start = start_revision
         self._watcher_limit = watcher_limit
 
-    def subscribe(self, resource: str, prefix: str) -> Watcher:
-        w = Watcher(hub=self, resource=resource, prefix=prefix, limit=self._watcher_limit)
+    def subscribe(self, resource: str, prefix: str, *, limit: int | None = None) -> Watcher:
+        w = Watcher(hub=self, resource=resource, prefix=prefix, limit=limit or self._watcher_limit)
         self._watchers.setdefault(resource, set()).add(w)
         return w
 
