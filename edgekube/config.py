@@ -47,6 +47,11 @@ DEFAULTS: dict[str, Any] = {
         "default-watch-timeout-seconds": 1800,
         "bookmark-interval-seconds": 60,
     },
+    "controllers": {
+        "node-monitor-grace-period-seconds": 40,
+        "event-ttl-seconds": 3600,
+        "max-events": 5000,
+    },
     "log-level": "info",
 }
 
@@ -75,6 +80,13 @@ class ApiSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ControllerSettings:
+    node_monitor_grace_period_seconds: int
+    event_ttl_seconds: int
+    max_events: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: Path
     bind_address: str
@@ -88,6 +100,7 @@ class Config:
     node_port_range: tuple[int, int]
     store: StoreSettings
     api: ApiSettings
+    controllers: ControllerSettings
     log_level: str
     source: str  # where the file part came from, for messages
 
@@ -182,6 +195,8 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
     a = data["api"]
     where_s = f"{source} (store)"
     where_a = f"{source} (api)"
+    c = data["controllers"]
+    where_c = f"{source} (controllers)"
     return Config(
         data_dir=Path(str(data["data-dir"])),
         bind_address=str(data["bind-address"]),
@@ -207,6 +222,11 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
             max_request_bytes=_int(a, "max-request-bytes", where_a, lo=1024),
             default_watch_timeout_seconds=_int(a, "default-watch-timeout-seconds", where_a, lo=1),
             bookmark_interval_seconds=float(_int(a, "bookmark-interval-seconds", where_a, lo=1)),
+        ),
+        controllers=ControllerSettings(
+            node_monitor_grace_period_seconds=_int(c, "node-monitor-grace-period-seconds", where_c, lo=1),
+            event_ttl_seconds=_int(c, "event-ttl-seconds", where_c, lo=1),
+            max_events=_int(c, "max-events", where_c, lo=1),
         ),
         log_level=level,
         source=source,

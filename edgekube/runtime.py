@@ -16,7 +16,10 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import socket
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -25,8 +28,10 @@ from edgekube._cogs import clock as clock_mod
 from edgekube._cogs import tasks
 from edgekube.api import errors, pki, server
 from edgekube.api.registry import resources, rest
+from edgekube.client import events as events_mod
 from edgekube.client import informer, local
-from edgekube.controllers import garbage_collector, namespace, serviceaccounts
+from edgekube.controllers import manager
+from edgekube.scheduler import scheduler as scheduler_mod
 from edgekube.store import store as store_mod
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,7 @@ class Runtime:
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self.kubeconfig = cfg.data_dir / "kubeconfig.yaml"
+        self.node_name = cfg.node_name or socket.gethostname().lower()
 
     def ready(self) -> bool:
         return all(self.gates.values())
@@ -108,28 +114,36 @@ class Runtime:
             api.app, host=cfg.bind_address, port=cfg.https_port, ssl_context=pki.server_ssl_context(the_pki)
         )
         self.gates["api"] = True
-        if cfg.enabled("controllers"):
-            self._start_controllers(ca_pem=the_pki.ca_cert.read_text())
+        self._start_control_plane(ca_pem=the_pki.ca_cert.read_text())
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
 
-    def _start_controllers(self, *, ca_pem: str) -> None:
-        """The controllers that keep the API's own objects right (DESIGN §4)."""
+    def _start_control_plane(self, *, ca_pem: str) -> None:
+        """The controllers and the scheduler (DESIGN §4), over shared informers."""
         assert self.registry is not None
+        cfg = self.cfg
+        if not (cfg.enabled("controllers") or cfg.enabled("scheduler")):
+            return
         client = local.LocalClient(self.registry, manager="edgekube-controller-manager")
-        namespaces = informer.Informer(client, "v1", "Namespace")
-        accounts = informer.Informer(client, "v1", "ServiceAccount")
-        configmaps = informer.Informer(client, "v1", "ConfigMap", name=serviceaccounts.ROOT_CA)
-        gc = garbage_collector.GarbageCollector(client)
-        controllers = [
-            namespace.NamespaceController(client, namespaces),
-            serviceaccounts.ServiceAccountController(client, namespaces, accounts, configmaps, ca_pem=ca_pem),
-            gc,
-        ]
-        for inf in (namespaces, accounts, configmaps):
-            self.supervisor.start(f"informer/{inf.kind}", inf.run())
-        self.supervisor.start("garbage-collector/graph", gc.watch())
-        for ctl in controllers:
-            self.supervisor.start(ctl.name, ctl.run())
+        factory = informer.InformerFactory(client)
+        recorder = events_mod.EventRecorder(client, clock=self.clock, ttl_seconds=cfg.controllers.event_ttl_seconds,
+                                            limit=cfg.controllers.max_events)
+        runners: list[tuple[str, Coroutine[Any, Any, Any]]] = []
+        if cfg.enabled("controllers"):
+            ctx = manager.Context(client=client, informers=factory, events=recorder, clock=self.clock,
+                                  settings=cfg.controllers, ca_pem=ca_pem,
+                                  local_node=self.node_name if cfg.enabled("kubelet") else "")
+            controllers, gc = manager.build(ctx)
+            runners.append(("garbage-collector/graph", gc.watch()))
+            runners.extend((ctl.name, ctl.run()) for ctl in controllers)
+        if cfg.enabled("scheduler"):
+            sched = scheduler_mod.Scheduler(local.LocalClient(self.registry, manager="edgekube-scheduler"), factory,
+                                            recorder.for_component("default-scheduler"), clock=self.clock)
+            runners.append(("scheduler", sched.run()))
+        for name, inf in factory.unstarted():
+            self.supervisor.start(name, inf.run())
+        self.supervisor.start("events", recorder.run())
+        for name, coro in runners:
+            self.supervisor.start(name, coro)
 
     async def _ensure_kubernetes_service(self, *, service_ip: str, addresses: list[str]) -> None:
         """The `default/kubernetes` Service that in-cluster clients use to reach the API."""

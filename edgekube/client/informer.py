@@ -51,6 +51,7 @@ class Informer:
         self.kind = kind
         self._name = name
         self._cache: dict[str, JSON] = {}
+        self._by_ns: dict[str, dict[str, JSON]] = {}
         self._handlers: list[Handlers] = []
         self.synced = asyncio.Event()
 
@@ -63,7 +64,25 @@ class Informer:
     def list(self, namespace: str | None = None) -> list[JSON]:
         if namespace is None:
             return list(self._cache.values())
-        return [o for o in self._cache.values() if (o.get("metadata") or {}).get("namespace") == namespace]
+        return list(self._by_ns.get(namespace, {}).values())
+
+    def _put(self, key: str, obj: JSON) -> JSON | None:
+        previous = self._cache.get(key)
+        self._cache[key] = obj
+        ns = (obj.get("metadata") or {}).get("namespace")
+        if ns:
+            self._by_ns.setdefault(ns, {})[key] = obj
+        return previous
+
+    def _drop(self, key: str) -> None:
+        obj = self._cache.pop(key, None)
+        if obj is None:
+            return
+        ns = (obj.get("metadata") or {}).get("namespace")
+        if ns and ns in self._by_ns:
+            self._by_ns[ns].pop(key, None)
+            if not self._by_ns[ns]:
+                del self._by_ns[ns]
 
     async def run(self) -> None:
         await list_and_watch(
@@ -82,11 +101,10 @@ class Informer:
         fresh = {object_key(o): o for o in listed.items}
         for key, old in list(self._cache.items()):
             if key not in fresh:
-                del self._cache[key]
+                self._drop(key)
                 self._emit_delete(old)
         for key, obj in fresh.items():
-            cached = self._cache.get(key)
-            self._cache[key] = obj
+            cached = self._put(key, obj)
             if cached is None:
                 self._emit_add(obj)
             elif cached.get("metadata", {}).get("resourceVersion") != obj.get("metadata", {}).get("resourceVersion"):
@@ -99,11 +117,10 @@ class Informer:
         obj = ev.object()
         key = object_key(obj)
         if ev.type is records.EventType.DELETED:
-            self._cache.pop(key, None)
+            self._drop(key)
             self._emit_delete(obj)
             return
-        previous = self._cache.get(key)
-        self._cache[key] = obj
+        previous = self._put(key, obj)
         if previous is None:
             self._emit_add(obj)
         else:
@@ -123,6 +140,35 @@ class Informer:
         for h in self._handlers:
             if h.on_delete is not None:
                 _safely(h.on_delete, obj)
+
+
+class InformerFactory:
+    """One shared informer per (apiVersion, kind): controllers that watch the same kind share
+    its cache and its watch, as client-go's SharedInformerFactory."""
+
+    def __init__(self, client: LocalClient) -> None:
+        self._client = client
+        self._informers: dict[tuple[str, str, str | None], Informer] = {}
+        self._started: set[tuple[str, str, str | None]] = set()
+
+    def get(self, api_version: str, kind: str, *, name: str | None = None) -> Informer:
+        key = (api_version, kind, name)
+        inf = self._informers.get(key)
+        if inf is None:
+            inf = self._informers[key] = Informer(self._client, api_version, kind, name=name)
+        return inf
+
+    def unstarted(self) -> list[tuple[str, Informer]]:
+        """Informers made since the last call, with a task name for each (the caller starts them)."""
+        out = []
+        for key, inf in self._informers.items():
+            if key not in self._started:
+                self._started.add(key)
+                out.append((f"informer/{inf.kind}" + (f"/{inf._name}" if inf._name else ""), inf))
+        return out
+
+    async def wait_synced(self) -> None:
+        await asyncio.gather(*(inf.synced.wait() for inf in self._informers.values()))
 
 
 async def list_and_watch(

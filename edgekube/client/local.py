@@ -89,3 +89,11 @@ class LocalClient:
     async def watch(self, api_version: str, kind: str, *, namespace: str | None = None, since: int) -> watch.Watcher:
         info = self.resource(api_version, kind)
         return await self._registry.store.watch(info.key_prefix(namespace), since=since)
+
+    async def bind(self, *, namespace: str, name: str, node: str, uid: str | None = None) -> None:
+        """pods/binding, as the scheduler binds."""
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": namespace,
+                                                                       **({"uid": uid} if uid else {})},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        await self._registry.bind(namespace=namespace, name=name, binding=binding,
+                                  options=rest.Options(field_manager=self.manager))

@@ -566,7 +566,9 @@ class Registry:
                     info, item, patched, namespace=namespace, subresource=subresource, options=options
                 )
             except errors.APIError as exc:
-                if exc.reason == "Conflict" and not rv:
+                # Lost a race: read again. A resourceVersion the patch itself carries no longer
+                # matches the new read, and the check above answers 409.
+                if exc.reason == "Conflict":
                     continue
                 raise
         raise errors.conflict(info.plural, name, group=info.group, why="too many concurrent updates, try again")
@@ -878,18 +880,16 @@ class Registry:
             if spec.get("nodeName"):
                 raise errors.conflict("pods", name, why=f"pod {name} is already assigned to node \"{spec['nodeName']}\"")
             spec["nodeName"] = node
-            return pod
-
-        def set_condition(pod: JSON) -> JSON:
+            # One write, as upstream's binding storage: the node and the PodScheduled condition.
             status = pod.setdefault("status", {})
             conds = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
             conds.append({"type": "PodScheduled", "status": "True", "lastProbeTime": None,
                           "lastTransitionTime": clock_mod.rfc3339(self._clock.now())})
             status["conditions"] = conds
+            status.pop("nominatedNodeName", None)
             return pod
 
         await self._patch_raw(info, namespace=namespace, name=name, apply=assign, options=options)
-        await self.patch(info, namespace=namespace, name=name, apply=set_condition, subresource="status", options=options)
 
     async def _patch_raw(
         self, info: resources.ResourceInfo, *, namespace: str, name: str, apply: Callable[[JSON], JSON], options: Options

@@ -1,0 +1,157 @@
+"""Small readers of API objects that several controllers and the scheduler share.
+
+They read plain JSON objects (the informers' shared cache) and never mutate them.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from edgekube._cogs import clock as clock_mod
+from edgekube.api import labels, quantity
+
+JSON = dict[str, Any]
+
+
+def meta(obj: JSON) -> JSON:
+    m = obj.get("metadata")
+    return m if isinstance(m, dict) else {}
+
+
+def controller_of(obj: JSON) -> JSON | None:
+    """The ownerReference with `controller: true`, if any."""
+    for ref in meta(obj).get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("controller"):
+            return ref
+    return None
+
+
+def owner_ref(owner: JSON, *, block: bool = True) -> JSON:
+    m = meta(owner)
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": m["name"], "uid": m["uid"],
+            "controller": True, "blockOwnerDeletion": block}
+
+
+def condition(obj: JSON, kind: str) -> JSON | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if isinstance(c, dict) and c.get("type") == kind:
+            return c
+    return None
+
+
+def set_condition(status: JSON, kind: str, value: str, *, reason: str = "", message: str = "",
+                  now: str, probe: bool = False, update_time: bool = False) -> bool:
+    """Set a condition in `status` (a mutable copy); lastTransitionTime moves only when the status
+    does. Returns whether anything changed."""
+    conds = status.setdefault("conditions", [])
+    for c in conds:
+        if c.get("type") == kind:
+            changed = c.get("status") != value or c.get("reason", "") != reason or c.get("message", "") != message
+            if c.get("status") != value:
+                c["lastTransitionTime"] = now
+            c["status"] = value
+            if reason:
+                c["reason"] = reason
+            if message:
+                c["message"] = message
+            if update_time and changed:
+                c["lastUpdateTime"] = now
+            return bool(changed)
+    new: JSON = {"type": kind, "status": value}
+    if probe:
+        new["lastProbeTime"] = None
+    if update_time:
+        new["lastUpdateTime"] = now
+    new["lastTransitionTime"] = now
+    if reason:
+        new["reason"] = reason
+    if message:
+        new["message"] = message
+    conds.append(new)
+    return True
+
+
+def pod_ready(pod: JSON) -> bool:
+    c = condition(pod, "Ready")
+    return c is not None and c.get("status") == "True"
+
+
+def pod_available(pod: JSON, min_ready_seconds: int, now: datetime.datetime) -> bool:
+    c = condition(pod, "Ready")
+    if c is None or c.get("status") != "True":
+        return False
+    if min_ready_seconds <= 0:
+        return True
+    since = c.get("lastTransitionTime")
+    if not since:
+        return False
+    return clock_mod.parse_rfc3339(since) + datetime.timedelta(seconds=min_ready_seconds) <= now
+
+
+def pod_terminal(pod: JSON) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def pod_active(pod: JSON) -> bool:
+    """Not finished and not being deleted (upstream's IsPodActive)."""
+    return not pod_terminal(pod) and not meta(pod).get("deletionTimestamp")
+
+
+def selector_of(obj: JSON) -> labels.Selector | None:
+    """The object's spec.selector as a Selector; None when missing or invalid (matches nothing)."""
+    sel = (obj.get("spec") or {}).get("selector")
+    if not isinstance(sel, dict):
+        return None
+    try:
+        return labels.from_label_selector(sel)
+    except labels.SelectorError:
+        return None
+
+
+def matches(selector: labels.Selector | None, obj: JSON) -> bool:
+    if selector is None:
+        return False
+    return selector.matches(meta(obj).get("labels") or {})
+
+
+def pod_requests(pod: JSON) -> dict[str, int]:
+    """Effective requests, as the scheduler counts them: the larger of the sum over containers
+    and the largest init container, plus pod overhead. cpu in millicores, others in units."""
+    spec = pod.get("spec") or {}
+    total: dict[str, int] = {}
+    for c in spec.get("containers") or []:
+        for name, value in _requests(c).items():
+            total[name] = total.get(name, 0) + value
+    sidecars: dict[str, int] = {}
+    for c in spec.get("initContainers") or []:
+        req = _requests(c)
+        if c.get("restartPolicy") == "Always":
+            for name, value in req.items():
+                sidecars[name] = sidecars.get(name, 0) + value
+                total[name] = total.get(name, 0) + value
+            continue
+        for name, value in req.items():
+            # an init container runs beside the sidecars started before it
+            total[name] = max(total.get(name, 0), value + sidecars.get(name, 0))
+    for name, value in (spec.get("overhead") or {}).items():
+        total[name] = total.get(name, 0) + _amount(name, value)
+    return total
+
+
+def _requests(container: JSON) -> dict[str, int]:
+    res = container.get("resources") or {}
+    req = dict(res.get("limits") or {})  # limits stand in for missing requests
+    req.update(res.get("requests") or {})
+    return {name: _amount(name, value) for name, value in req.items()}
+
+
+def _amount(name: str, value: object) -> int:
+    try:
+        return quantity.milli(value) if name == "cpu" else quantity.whole(value)
+    except quantity.QuantityError:
+        return 0
+
+
+def resource_list(values: JSON | None) -> dict[str, int]:
+    return {name: _amount(name, v) for name, v in (values or {}).items()}

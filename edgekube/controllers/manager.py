@@ -1,0 +1,44 @@
+"""The controller manager: every controller of the control plane, over shared informers.
+
+`build()` makes the controllers from one `Context` (the in-process client, the shared informer
+factory, the event recorder, the clock and the settings); the runtime starts the informers the
+controllers asked for, then the controllers. A new controller is one more line in `build()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from edgekube import config as config_mod
+from edgekube._cogs import clock as clock_mod
+from edgekube.client.events import EventRecorder
+from edgekube.client.informer import InformerFactory
+from edgekube.client.local import LocalClient
+from edgekube.controllers import garbage_collector, namespace, serviceaccounts
+from edgekube.controllers.base import Controller
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    client: LocalClient
+    informers: InformerFactory
+    events: EventRecorder
+    clock: clock_mod.Clock
+    settings: config_mod.ControllerSettings
+    ca_pem: str
+    local_node: str = ""  # the node this process's own kubelet runs (never evicted by node lifecycle)
+
+
+def build(ctx: Context) -> tuple[list[Controller], garbage_collector.GarbageCollector]:
+    """The controllers, and the garbage collector (whose graph watch the runtime also starts)."""
+    inf = ctx.informers
+    namespaces = inf.get("v1", "Namespace")
+    gc = garbage_collector.GarbageCollector(ctx.client)
+    controllers: list[Controller] = [
+        namespace.NamespaceController(ctx.client, namespaces),
+        serviceaccounts.ServiceAccountController(
+            ctx.client, namespaces, inf.get("v1", "ServiceAccount"),
+            inf.get("v1", "ConfigMap", name=serviceaccounts.ROOT_CA), ca_pem=ctx.ca_pem),
+        gc,
+    ]
+    return controllers, gc
