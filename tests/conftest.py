@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,3 +131,16 @@ def fresh_server(tmp_path: Path) -> Iterator[Server]:
         yield srv
     finally:
         srv.close()
+
+
+@pytest.fixture(scope="module")
+def test_node(server: Server) -> Iterator[Any]:
+    """A test node (tests/support/testnode.py) registered with the module's server: bound pods
+    run there (Running and Ready unless their annotations ask otherwise)."""
+    from tests.support.testnode import NodeProcess
+
+    node = NodeProcess(server.data_dir, server.url, f"node-{server.port}").start()
+    try:
+        yield node
+    finally:
+        node.stop()

@@ -98,6 +98,32 @@ def pod_active(pod: JSON) -> bool:
     return not pod_terminal(pod) and not meta(pod).get("deletionTimestamp")
 
 
+def toleration_matches(t: JSON, taint: JSON) -> bool:
+    """Whether toleration `t` tolerates `taint` (upstream's Toleration.ToleratesTaint)."""
+    if t.get("effect") and t.get("effect") != taint.get("effect"):
+        return False
+    op = t.get("operator") or "Equal"
+    if not t.get("key"):
+        return op == "Exists"
+    if t.get("key") != taint.get("key"):
+        return False
+    if op == "Exists":
+        return True
+    return (t.get("value") or "") == (taint.get("value") or "")
+
+
+def matching_toleration(pod: JSON, taint: JSON) -> JSON | None:
+    """The pod's first toleration of `taint` (the one upstream's taint manager goes by), if any."""
+    for t in (pod.get("spec") or {}).get("tolerations") or []:
+        if isinstance(t, dict) and toleration_matches(t, taint):
+            return t
+    return None
+
+
+def tolerated(pod: JSON, taint: JSON) -> bool:
+    return matching_toleration(pod, taint) is not None
+
+
 def selector_of(obj: JSON) -> labels.Selector | None:
     """The object's spec.selector as a Selector; None when missing or invalid (matches nothing)."""
     sel = (obj.get("spec") or {}).get("selector")

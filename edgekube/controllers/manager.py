@@ -14,7 +14,13 @@ from edgekube._cogs import clock as clock_mod
 from edgekube.client.events import EventRecorder
 from edgekube.client.informer import InformerFactory
 from edgekube.client.local import LocalClient
-from edgekube.controllers import garbage_collector, namespace, serviceaccounts
+from edgekube.controllers import (
+    deployment,
+    garbage_collector,
+    namespace,
+    replicaset,
+    serviceaccounts,
+)
 from edgekube.controllers.base import Controller
 
 
@@ -40,5 +46,10 @@ def build(ctx: Context) -> tuple[list[Controller], garbage_collector.GarbageColl
             ctx.client, namespaces, inf.get("v1", "ServiceAccount"),
             inf.get("v1", "ConfigMap", name=serviceaccounts.ROOT_CA), ca_pem=ctx.ca_pem),
         gc,
+        replicaset.ReplicaSetController(ctx.client, inf.get("apps/v1", "ReplicaSet"), inf.get("v1", "Pod"),
+                                        ctx.events.for_component("replicaset-controller"), clock=ctx.clock),
+        deployment.DeploymentController(ctx.client, inf.get("apps/v1", "Deployment"), inf.get("apps/v1", "ReplicaSet"),
+                                         inf.get("v1", "Pod"), ctx.events.for_component("deployment-controller"),
+                                         clock=ctx.clock),
     ]
     return controllers, gc

@@ -25,7 +25,7 @@ AFFINITY = "node(s) didn't match pod affinity rules"
 ANTI_AFFINITY = "node(s) didn't match pod anti-affinity rules"
 EXISTING_ANTI_AFFINITY = "node(s) didn't satisfy existing pods anti-affinity rules"
 # Reasons that removing pods from the node can cure (preemption helps).
-_CURABLE_PREFIXES = ("Insufficient ", TOO_MANY_PODS, PORTS, EXISTING_ANTI_AFFINITY)
+_CURABLE_PREFIXES = ("Insufficient ", TOO_MANY_PODS, PORTS, ANTI_AFFINITY, EXISTING_ANTI_AFFINITY)
 
 # Upstream's non-zero defaults for pods that request nothing (scoring only).
 DEFAULT_MILLI_CPU = 100
@@ -77,7 +77,7 @@ def node_unschedulable(pod: JSON, info: NodeInfo) -> str | None:
     if not (info.node.get("spec") or {}).get("unschedulable"):
         return None
     taint = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
-    return None if tolerated(pod, taint) else UNSCHEDULABLE
+    return None if objects.tolerated(pod, taint) else UNSCHEDULABLE
 
 
 def node_affinity(pod: JSON, info: NodeInfo) -> str | None:
@@ -130,29 +130,9 @@ def _node_requirement(expr: JSON, value: str | None, present: bool) -> bool:
     return False
 
 
-def tolerated(pod: JSON, taint: JSON) -> bool:
-    for t in (pod.get("spec") or {}).get("tolerations") or []:
-        if toleration_matches(t, taint):
-            return True
-    return False
-
-
-def toleration_matches(t: JSON, taint: JSON) -> bool:
-    if t.get("effect") and t.get("effect") != taint.get("effect"):
-        return False
-    op = t.get("operator") or "Equal"
-    if not t.get("key"):
-        return op == "Exists"
-    if t.get("key") != taint.get("key"):
-        return False
-    if op == "Exists":
-        return True
-    return (t.get("value") or "") == (taint.get("value") or "")
-
-
 def taint_toleration(pod: JSON, info: NodeInfo) -> str | None:
     for taint in (info.node.get("spec") or {}).get("taints") or []:
-        if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerated(pod, taint):
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and not objects.tolerated(pod, taint):
             return f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"
     return None
 
@@ -235,16 +215,6 @@ def inter_pod_affinity(pod: JSON, info: NodeInfo, nodes: Mapping[str, NodeInfo],
                        skip: Iterable[str] = ()) -> str | None:
     skipped = set(skip)
     me = objects.meta(pod)
-    # Existing pods' anti-affinity against this pod.
-    for other_info in nodes.values():
-        for key, other in other_info.pods.items():
-            if key in skipped:
-                continue
-            for term in _affinity_terms(other, "podAntiAffinity", "requiredDuringSchedulingIgnoredDuringExecution"):
-                tk = term.get("topologyKey", "")
-                if (_domain(other_info, tk) is not None and _domain(other_info, tk) == _domain(info, tk)
-                        and _term_matches(term, other, pod)):
-                    return EXISTING_ANTI_AFFINITY
     for term in _affinity_terms(pod, "podAffinity", "requiredDuringSchedulingIgnoredDuringExecution"):
         tk = term.get("topologyKey", "")
         here = _domain(info, tk)
@@ -271,7 +241,32 @@ def inter_pod_affinity(pod: JSON, info: NodeInfo, nodes: Mapping[str, NodeInfo],
             for key, other in other_info.pods.items():
                 if key not in skipped and objects.meta(other).get("uid") != me.get("uid") and _term_matches(term, pod, other):
                     return ANTI_AFFINITY
+    # Existing pods' anti-affinity against this pod (checked last, as upstream).
+    for other_info, key, other, term in anti_affinity_pods(nodes):
+        if key in skipped:
+            continue
+        tk = term.get("topologyKey", "")
+        if (_domain(other_info, tk) is not None and _domain(other_info, tk) == _domain(info, tk)
+                and _term_matches(term, other, pod)):
+            return EXISTING_ANTI_AFFINITY
     return None
+
+
+class Snapshot(dict[str, NodeInfo]):
+    """Nodes by name for one scheduling cycle, with the placed pods that carry required
+    anti-affinity terms found once (every filter call needs them)."""
+
+    anti: list[tuple[NodeInfo, str, JSON, JSON]] | None = None
+
+
+def anti_affinity_pods(nodes: Mapping[str, NodeInfo]) -> list[tuple[NodeInfo, str, JSON, JSON]]:
+    if isinstance(nodes, Snapshot) and nodes.anti is not None:
+        return nodes.anti
+    out = [(info, key, pod, term) for info in nodes.values() for key, pod in info.pods.items()
+           for term in _affinity_terms(pod, "podAntiAffinity", "requiredDuringSchedulingIgnoredDuringExecution")]
+    if isinstance(nodes, Snapshot):
+        nodes.anti = out
+    return out
 
 
 # --- scores (0..100) ------------------------------------------------------------------------
@@ -320,7 +315,7 @@ def preferred_node_affinity(pod: JSON, info: NodeInfo) -> float:
 def prefer_no_schedule(pod: JSON, info: NodeInfo) -> float:
     """Raw count of PreferNoSchedule taints not tolerated (fewer is better; reversed by the scheduler)."""
     return float(sum(1 for t in (info.node.get("spec") or {}).get("taints") or []
-                     if t.get("effect") == "PreferNoSchedule" and not tolerated(pod, t)))
+                     if t.get("effect") == "PreferNoSchedule" and not objects.tolerated(pod, t)))
 
 
 def preferred_pod_affinity(pod: JSON, info: NodeInfo, nodes: Mapping[str, NodeInfo]) -> float:

@@ -204,9 +204,9 @@ class Scheduler:
         if pod is not None:
             self._enqueue(key, pod)
 
-    def snapshot(self) -> dict[str, plugins.NodeInfo]:
-        return {name: plugins.NodeInfo(node, self._node_pods.get(name, {}))
-                for name, node in ((objects.meta(n).get("name"), n) for n in self._nodes.list()) if name}
+    def snapshot(self) -> plugins.Snapshot:
+        return plugins.Snapshot({name: plugins.NodeInfo(node, self._node_pods.get(name, {}))
+                                 for name, node in ((objects.meta(n).get("name"), n) for n in self._nodes.list()) if name})
 
     async def schedule_one(self, key: str, pod: JSON) -> None:
         nodes = self.snapshot()

@@ -131,11 +131,14 @@ class TestNode:
             lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                      "metadata": {"name": self.name, "namespace": "kube-node-lease"},
                      "spec": {"holderIdentity": self.name, "leaseDurationSeconds": 40, "renewTime": _micro_now()}}
-            status, _ = await self.request("PATCH", path, {"spec": lease["spec"]},
-                                           content_type="application/merge-patch+json", ok=(200, 404))
-            if status == 404:
-                await self.request("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", lease,
-                                   ok=(201, 409))
+            try:
+                status, _ = await self.request("PATCH", path, {"spec": lease["spec"]},
+                                               content_type="application/merge-patch+json", ok=(200, 404))
+                if status == 404:
+                    await self.request("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                                       lease, ok=(201, 409))
+            except (OSError, RuntimeError, aiohttp.ClientError) as exc:  # the server restarting
+                print(f"lease: {exc!r}", flush=True)
             await asyncio.sleep(self.args.lease_seconds)
 
     # --- pods -------------------------------------------------------------------------------
@@ -143,7 +146,12 @@ class TestNode:
     async def pod_loop(self) -> None:
         selector = f"spec.nodeName={self.name}"
         while True:
-            _, listed = await self.request("GET", f"/api/v1/pods?fieldSelector={selector}")
+            try:
+                _, listed = await self.request("GET", f"/api/v1/pods?fieldSelector={selector}")
+            except (OSError, RuntimeError, aiohttp.ClientError) as exc:  # the server restarting
+                print(f"list: {exc!r}", flush=True)
+                await asyncio.sleep(0.5)
+                continue
             for pod in listed["items"]:
                 self.observe(pod)
             rv = listed["metadata"]["resourceVersion"]
@@ -164,7 +172,7 @@ class TestNode:
                                 task.cancel()
                             continue
                         self.observe(ev["object"])
-            except (TimeoutError, aiohttp.ClientError):
+            except (TimeoutError, OSError, aiohttp.ClientError):
                 await asyncio.sleep(0.2)
 
     def observe(self, pod: JSON) -> None:
