@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import signal
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,7 @@ class Runtime:
         )
         self.registry.rebuild_allocations()
         await self.registry.ensure_system_namespaces()
+        await self.registry.ensure_system_priority_classes()
         self.registry.sync_crds()
         await self.registry.resume_crd_deletions()
 
@@ -127,23 +128,30 @@ class Runtime:
         factory = informer.InformerFactory(client)
         recorder = events_mod.EventRecorder(client, clock=self.clock, ttl_seconds=cfg.controllers.event_ttl_seconds,
                                             limit=cfg.controllers.max_events)
-        runners: list[tuple[str, Coroutine[Any, Any, Any]]] = []
+        runners: list[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]] = []
         if cfg.enabled("controllers"):
             ctx = manager.Context(client=client, informers=factory, events=recorder, clock=self.clock,
                                   settings=cfg.controllers, ca_pem=ca_pem,
                                   local_node=self.node_name if cfg.enabled("kubelet") else "")
             controllers, gc = manager.build(ctx)
-            runners.append(("garbage-collector/graph", gc.watch()))
-            runners.extend((ctl.name, ctl.run()) for ctl in controllers)
+            runners.append(("garbage-collector/graph", gc.watch))
+            runners.extend((ctl.name, ctl.run) for ctl in controllers)
         if cfg.enabled("scheduler"):
             sched = scheduler_mod.Scheduler(local.LocalClient(self.registry, manager="edgekube-scheduler"), factory,
                                             recorder.for_component("default-scheduler"), clock=self.clock)
-            runners.append(("scheduler", sched.run()))
+            runners.append(("scheduler", sched.run))
         for name, inf in factory.unstarted():
             self.supervisor.start(name, inf.run())
         self.supervisor.start("events", recorder.run())
-        for name, coro in runners:
-            self.supervisor.start(name, coro)
+
+        async def after_sync(run: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+            # A controller that reconciled before its caches were full would act on half a
+            # picture (a ReplicaSet seeing none of its pods would make them all again).
+            await factory.wait_synced()
+            await run()
+
+        for name, run in runners:
+            self.supervisor.start(name, after_sync(run))
 
     async def _ensure_kubernetes_service(self, *, service_ip: str, addresses: list[str]) -> None:
         """The `default/kubernetes` Service that in-cluster clients use to reach the API."""

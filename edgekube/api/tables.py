@@ -1110,6 +1110,22 @@ _STORAGE_CLASS = Printer(
     _storage_class_row,
 )
 
+def _priority_class_row(obj: Mapping[str, Any], now: datetime) -> list[Any]:
+    return [_name(obj), obj.get("value", 0), bool(obj.get("globalDefault")), _created(obj, now),
+            _s(obj.get("preemptionPolicy")) or "PreemptLowerPriority"]
+
+
+_PRIORITY_CLASS = Printer(
+    (
+        _NAME,
+        Column("Value", "integer", "value is the integer value of this priority class."),
+        Column("Global-Default", "boolean", "globalDefault specifies whether this PriorityClass should be considered as the default priority."),
+        _AGE,
+        Column("PreemptionPolicy", "string", "preemptionPolicy is the Policy for preempting pods with lower priority."),
+    ),
+    _priority_class_row,
+)
+
 # --- events ---------------------------------------------------------------------------------
 
 
@@ -1241,6 +1257,7 @@ PRINTERS: Mapping[str, Printer] = {
     "PersistentVolume": _PV,
     "PersistentVolumeClaim": _PVC,
     "StorageClass.storage.k8s.io": _STORAGE_CLASS,
+    "PriorityClass.scheduling.k8s.io": _PRIORITY_CLASS,
     "RoleBinding.rbac.authorization.k8s.io": _binding_printer("roleBinding"),
     "ClusterRoleBinding.rbac.authorization.k8s.io": _binding_printer("clusterRoleBinding"),
 }

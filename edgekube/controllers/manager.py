@@ -15,11 +15,16 @@ from edgekube.client.events import EventRecorder
 from edgekube.client.informer import InformerFactory
 from edgekube.client.local import LocalClient
 from edgekube.controllers import (
+    daemonset,
     deployment,
+    endpoints,
+    endpointslices,
     garbage_collector,
     namespace,
+    nodelifecycle,
     replicaset,
     serviceaccounts,
+    statefulset,
 )
 from edgekube.controllers.base import Controller
 
@@ -45,11 +50,23 @@ def build(ctx: Context) -> tuple[list[Controller], garbage_collector.GarbageColl
         serviceaccounts.ServiceAccountController(
             ctx.client, namespaces, inf.get("v1", "ServiceAccount"),
             inf.get("v1", "ConfigMap", name=serviceaccounts.ROOT_CA), ca_pem=ctx.ca_pem),
+        endpoints.EndpointsController(ctx.client, inf.get("v1", "Service"), inf.get("v1", "Pod"), inf.get("v1", "Endpoints"), ctx.events.for_component("endpoint-controller")),
+        endpointslices.EndpointSliceController(ctx.client, inf.get("v1", "Service"), inf.get("v1", "Pod"), inf.get("discovery.k8s.io/v1", "EndpointSlice"), inf.get("v1", "Node"), ctx.events.for_component("endpoint-slice-controller")),
+        endpointslices.EndpointSliceMirroringController(ctx.client, inf.get("v1", "Service"), inf.get("v1", "Endpoints"), inf.get("discovery.k8s.io/v1", "EndpointSlice"), ctx.events.for_component("endpoint-slice-mirroring-controller")),
         gc,
         replicaset.ReplicaSetController(ctx.client, inf.get("apps/v1", "ReplicaSet"), inf.get("v1", "Pod"),
                                         ctx.events.for_component("replicaset-controller"), clock=ctx.clock),
         deployment.DeploymentController(ctx.client, inf.get("apps/v1", "Deployment"), inf.get("apps/v1", "ReplicaSet"),
                                          inf.get("v1", "Pod"), ctx.events.for_component("deployment-controller"),
                                          clock=ctx.clock),
+        nodelifecycle.NodeLifecycleController(
+            ctx.client, inf.get("v1", "Node"), inf.get("coordination.k8s.io/v1", "Lease"), inf.get("v1", "Pod"),
+            ctx.events.for_component("node-controller"), clock=ctx.clock,
+            grace_seconds=ctx.settings.node_monitor_grace_period_seconds, local_node=ctx.local_node),
+        nodelifecycle.TaintEvictionController(
+            ctx.client, inf.get("v1", "Node"), inf.get("v1", "Pod"), ctx.events.for_component("taint-eviction-controller"),
+            clock=ctx.clock, local_node=ctx.local_node),
+        daemonset.DaemonSetController(ctx.client, inf.get("apps/v1", "DaemonSet"), inf.get("v1", "Pod"), inf.get("v1", "Node"), inf.get("apps/v1", "ControllerRevision"), ctx.events.for_component("daemonset-controller"), clock=ctx.clock),
+        statefulset.StatefulSetController(ctx.client, inf.get("apps/v1", "StatefulSet"), inf.get("v1", "Pod"), inf.get("apps/v1", "ControllerRevision"), ctx.events.for_component("statefulset-controller"), clock=ctx.clock),
     ]
     return controllers, gc

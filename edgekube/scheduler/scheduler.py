@@ -56,6 +56,7 @@ class Scheduler:
         self._unschedulable: dict[str, float] = {}  # pod key -> when it may be retried
         self._attempts: dict[str, int] = {}
         self._due: set[str] = set()  # unschedulable pods to retry when their backoff ends
+        self._nominated: dict[str, tuple[str, JSON]] = {}  # pod key -> (node, pod): room made by preemption
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._rr = 0
@@ -89,6 +90,7 @@ class Scheduler:
         node = spec.get("nodeName")
         if node:
             self._assumed.pop(key, None)
+            self._nominated.pop(key, None)
             self._forget_queue(key)
             if objects.pod_terminal(pod):
                 if self._unplace(key):
@@ -98,6 +100,9 @@ class Scheduler:
             return
         if key in self._assumed:
             return  # bound by us; the informer has not seen it yet
+        nominated = (pod.get("status") or {}).get("nominatedNodeName")
+        if nominated:
+            self._nominated[key] = (nominated, pod)
         if objects.meta(pod).get("deletionTimestamp") or spec.get("schedulerName", NAME) != NAME:
             self._forget_queue(key)
             return
@@ -109,6 +114,7 @@ class Scheduler:
     def _pod_deleted(self, pod: JSON) -> None:
         key = object_key(pod)
         self._assumed.pop(key, None)
+        self._nominated.pop(key, None)
         self._forget_queue(key)
         if self._unplace(key):
             self._cluster_changed()
@@ -218,6 +224,7 @@ class Scheduler:
             await self._unschedulable_pod(key, pod, message, nominated=nominated)
             return
         node = self.pick(pod, feasible, nodes)
+        self._nominated.pop(key, None)
         self._assumed[key] = node
         self._place(key, {**pod, "spec": {**pod["spec"], "nodeName": node}}, node)
         task = asyncio.ensure_future(self._bind(key, pod, node))
@@ -228,13 +235,28 @@ class Scheduler:
                skip: frozenset[str] = frozenset()) -> tuple[list[str], dict[str, list[str]]]:
         feasible: list[str] = []
         reasons: dict[str, list[str]] = {}
+        held = self._held_for_others(pod)
         for name, info in nodes.items():
+            if held.get(name):
+                # Room that preemption made for a pod at least as important is not free.
+                info = plugins.NodeInfo(info.node, {**info.pods, **held[name]})
             why = self.node_reasons(pod, info, nodes, skip=skip)
             if why:
                 reasons[name] = why
             else:
                 feasible.append(name)
         return feasible, reasons
+
+    def _held_for_others(self, pod: JSON) -> dict[str, dict[str, JSON]]:
+        if not self._nominated:
+            return {}
+        me = object_key(pod)
+        priority = int((pod.get("spec") or {}).get("priority") or 0)
+        out: dict[str, dict[str, JSON]] = {}
+        for key, (node, other) in self._nominated.items():
+            if key != me and int((other.get("spec") or {}).get("priority") or 0) >= priority:
+                out.setdefault(node, {})[key] = other
+        return out
 
     def node_reasons(self, pod: JSON, info: plugins.NodeInfo, nodes: dict[str, plugins.NodeInfo], *,
                      skip: frozenset[str] = frozenset()) -> list[str]:
@@ -347,6 +369,7 @@ class Scheduler:
         self._backoff(key)
         if nominated:
             self._due.add(key)
+            self._nominated[key] = (nominated, pod)
         now = clock_mod.rfc3339(self._clock.now())
 
         def mark(obj: JSON) -> JSON:

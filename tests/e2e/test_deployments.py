@@ -268,3 +268,36 @@ def test_scheduler_spreads_and_respects_taints_and_anti_affinity(k: Kubectl, ser
     finally:
         second.stop()
         k.run("delete", "node", f"second-{server.port}", "--wait=false", namespaced=False, check=False)
+
+
+def test_priority_classes_and_preemption(k: Kubectl, server: Server) -> None:
+    assert "2000001000" in k.out("get", "priorityclass", "system-node-critical", namespaced=False)
+    refused = k.run("run", "nope", "--image=busybox", "--overrides", '{"spec":{"priorityClassName":"missing"}}',
+                    check=False)
+    assert refused.returncode != 0 and "no PriorityClass with name missing was found" in refused.stderr
+    high = {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": f"high-{k.ns}"},
+            "value": 1000, "description": "test"}
+    k.run("create", "-f", "-", input=json.dumps(high), namespaced=False)
+    try:
+        # Fill the node's 4 CPUs with low-priority pods.
+        k.run("create", "deployment", "low", "--image=busybox", "--replicas=4")
+        k.run("set", "resources", "deployment/low", "--requests=cpu=1")
+        _rollout(k, "deployment/low")
+        _until(lambda: len([p for p in _pods(k, "app=low") if p["status"].get("phase") == "Running"]) == 4)
+        urgent = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "urgent"},
+                  "spec": {"priorityClassName": f"high-{k.ns}",
+                           "containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "2"}}}]}}
+        k.run("create", "-f", "-", input=json.dumps(urgent))
+        pod = k.json("get", "pod", "urgent")
+        assert pod["spec"]["priority"] == 1000 and pod["spec"]["preemptionPolicy"] == "PreemptLowerPriority"
+        _until(lambda: k.json("get", "pod", "urgent")["status"].get("phase") == "Running", what="urgent running")
+        # Two low pods made room; their replacements wait, as the node is full.
+        events = k.out("get", "events", "--field-selector", "reason=Preempted")
+        assert events.count("Preempted by pod") >= 2
+        waiting = _until(lambda: [p for p in _pods(k, "app=low") if not p["spec"].get("nodeName")], what="low waits")
+        assert len(waiting) == 2
+        running_low = [p for p in _pods(k, "app=low") if p["spec"].get("nodeName")]
+        assert len(running_low) == 2
+    finally:
+        k.run("delete", "priorityclass", f"high-{k.ns}", namespaced=False, check=False)
+        k.run("delete", "deployment", "low", check=False)

@@ -162,15 +162,35 @@ def test_strategic_merge_patch_merges_containers_by_name(apps: client.AppsV1Api,
     assert patched.metadata.generation == 2
 
 
+def _retry_conflicts(write: Any) -> Any:
+    for _ in range(20):
+        try:
+            return write()
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    raise AssertionError("kept conflicting")
+
+
+def _with_status(obj: Any, status: Any) -> Any:
+    obj.status = status
+    return obj
+
+
 def test_status_is_split_from_spec(apps: client.AppsV1Api, ns: str) -> None:
-    d = apps.create_namespaced_deployment(ns, _deployment("split"))
-    d.status = client.V1DeploymentStatus(replicas=7)
-    after = apps.replace_namespaced_deployment("split", ns, d)
-    assert not after.status or after.status.replicas in (None, 0)
-    st = apps.read_namespaced_deployment_status("split", ns)
-    st.status = client.V1DeploymentStatus(replicas=3, observed_generation=1)
-    st.spec.replicas = 9  # ignored through the status subresource
-    out = apps.replace_namespaced_deployment_status("split", ns, st)
+    apps.create_namespaced_deployment(ns, _deployment("split"))
+    # The deployment controller writes too: read-modify-write until no race.
+    after = _retry_conflicts(lambda: apps.replace_namespaced_deployment(
+        "split", ns, _with_status(apps.read_namespaced_deployment("split", ns), client.V1DeploymentStatus(replicas=7))))
+    assert not after.status or after.status.replicas != 7
+
+    def write_status() -> Any:
+        st = apps.read_namespaced_deployment_status("split", ns)
+        st.status = client.V1DeploymentStatus(replicas=3, observed_generation=1)
+        st.spec.replicas = 9  # ignored through the status subresource
+        return apps.replace_namespaced_deployment_status("split", ns, st)
+
+    out = _retry_conflicts(write_status)
     assert out.status.replicas == 3 and out.spec.replicas == 1
     assert out.metadata.generation == 1  # status writes never bump generation
 

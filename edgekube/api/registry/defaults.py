@@ -152,11 +152,11 @@ def _pod_template(template: Any) -> None:
 def _pod(obj: JSON) -> None:
     spec = obj.setdefault("spec", {})
     pod_spec(spec)
-    # Admission plugins: ServiceAccount, DefaultTolerationSeconds, Priority.
+    # Admission plugins: ServiceAccount, DefaultTolerationSeconds (Priority is the registry's: it
+    # reads PriorityClasses).
     sa = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
     spec["serviceAccountName"] = sa
     spec["serviceAccount"] = sa
-    spec.setdefault("priority", 0)
     spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
     tolerations = spec.get("tolerations")
     if not isinstance(tolerations, list):
@@ -336,6 +336,10 @@ def _storageclass(obj: JSON) -> None:
     obj.setdefault("volumeBindingMode", "Immediate")
 
 
+def _priorityclass(obj: JSON) -> None:
+    obj.setdefault("preemptionPolicy", "PreemptLowerPriority")
+
+
 def _limitrange(obj: JSON) -> None:
     for item in (obj.get("spec") or {}).get("limits") or []:
         if not isinstance(item, dict) or item.get("type") != "Container":
@@ -385,6 +389,7 @@ _DEFAULTERS: dict[str, Callable[[JSON], None]] = {
     "CronJob.batch": _cronjob,
     "EndpointSlice.discovery.k8s.io": _endpointslice,
     "StorageClass.storage.k8s.io": _storageclass,
+    "PriorityClass.scheduling.k8s.io": _priorityclass,
     "CustomResourceDefinition.apiextensions.k8s.io": crds.defaults,
     "HorizontalPodAutoscaler.autoscaling": _hpa,
     "RoleBinding.rbac.authorization.k8s.io": _binding_subjects,

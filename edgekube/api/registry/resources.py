@@ -157,6 +157,8 @@ BUILTIN: tuple[ResourceInfo, ...] = (
     _r("coordination.k8s.io", "v1", "Lease", "leases", memory_tier=True),
     # discovery.k8s.io/v1
     _r("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+    # scheduling.k8s.io/v1
+    _r("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", namespaced=False, short=("pc",)),
     # storage.k8s.io/v1
     _r("storage.k8s.io", "v1", "StorageClass", "storageclasses", namespaced=False, short=("sc",)),
     # autoscaling/v2

@@ -277,6 +277,7 @@ class Registry:
         if info.gk == "Job.batch":
             defaults.job_selector(obj)
         if info.gk == "Pod":
+            self._admit_priority(obj)
             obj.setdefault("status", {}).setdefault("phase", "Pending")
             obj["status"].setdefault("qosClass", _qos_class(obj.get("spec") or {}))
         self._validate(info, obj, old=None)
@@ -1021,6 +1022,49 @@ class Registry:
                 self._ports.release(np)
 
     # --- namespaces at boot ------------------------------------------------------------------
+
+    def _admit_priority(self, pod: JSON) -> None:
+        """The Priority admission plugin: spec.priority (and preemptionPolicy) from the pod's
+        PriorityClass, or from the cluster's globalDefault class."""
+        spec = pod.setdefault("spec", {})
+        info = self._info("scheduling.k8s.io", "v1", "priorityclasses")
+        name = spec.get("priorityClassName")
+        refused = f'pods "{pod["metadata"].get("name", "")}" is forbidden: '
+
+        pc: JSON | None = None
+        if name:
+            item = self.store.get(info.key(name))
+            if item is None:
+                raise errors.forbidden(refused + f"no PriorityClass with name {name} was found")
+            pc = item.object()
+        else:
+            defaults_ = [o for o in (i.object() for i in self.store.scan(info.key_prefix()).items) if o.get("globalDefault")]
+            if defaults_:
+                pc = min(defaults_, key=lambda o: int(o.get("value") or 0))
+                spec["priorityClassName"] = pc["metadata"]["name"]
+        value = int(pc.get("value") or 0) if pc else 0
+        given = spec.get("priority")
+        if given is not None and given != value and not (pc is None and given == 0):
+            raise errors.forbidden(
+                refused + f"the integer value of priority ({given}) must not be provided in pod spec; priority admission "
+                f"controller computed {value} from the given PriorityClass name")
+        spec["priority"] = value
+        if pc is not None:
+            spec["preemptionPolicy"] = pc.get("preemptionPolicy") or "PreemptLowerPriority"
+
+    async def ensure_system_priority_classes(self) -> None:
+        info = self._info("scheduling.k8s.io", "v1", "priorityclasses")
+        for name, value in validation.SYSTEM_PRIORITY_CLASSES.items():
+            if self.store.get(info.key(name)) is None:
+                desc = ("Used for system critical pods that must not be moved from their current node."
+                        if name == "system-node-critical" else "Used for system critical pods that must run in the cluster, "
+                        "but can be moved to another node if necessary.")
+                try:
+                    await self.create(info, {"metadata": {"name": name}, "value": value, "description": desc},
+                                      namespace=None)
+                except errors.APIError as exc:
+                    if exc.code != 409:
+                        raise
 
     async def ensure_system_namespaces(self) -> None:
         info = self._info("", "v1", "namespaces")

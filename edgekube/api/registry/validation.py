@@ -327,7 +327,9 @@ _VOLUME_SOURCES = (
 )
 
 
-def pod_spec(e: _Errs, field: str, spec: Any, *, template: bool = False, allowed_restart: Sequence[str] = ("Always", "OnFailure", "Never")) -> None:
+def pod_spec(e: _Errs, field: str, spec: Any, *, template: bool = False, allowed_restart: Sequence[str] = ("Always", "OnFailure", "Never"),
+             claim_volumes: Sequence[str] = ()) -> None:
+    """`claim_volumes`: names a StatefulSet's volumeClaimTemplates add to its pods, which mounts may use."""
     if not isinstance(spec, dict):
         e.required(field)
         return
@@ -361,9 +363,9 @@ def pod_spec(e: _Errs, field: str, spec: Any, *, template: bool = False, allowed
         e.invalid(f"{field}.containers", "", "must be a list")
     else:
         for i, c in enumerate(containers):
-            _container(e, f"{field}.containers[{i}]", c, volumes=volumes, names=names, init=False)
+            _container(e, f"{field}.containers[{i}]", c, volumes=volumes | set(claim_volumes), names=names, init=False)
     for i, c in enumerate(spec.get("initContainers") or []):
-        _container(e, f"{field}.initContainers[{i}]", c, volumes=volumes, names=names, init=True)
+        _container(e, f"{field}.initContainers[{i}]", c, volumes=volumes | set(claim_volumes), names=names, init=True)
     restart = spec.get("restartPolicy")
     if restart not in allowed_restart:
         e.unsupported(f"{field}.restartPolicy", restart, allowed_restart)
@@ -443,14 +445,15 @@ def _selector(e: _Errs, field: str, selector: Any, template_labels: Any) -> None
         e.invalid("spec.template.metadata.labels", template_labels or {}, "`selector` does not match template `labels`")
 
 
-def _template(e: _Errs, spec: JSON, *, allowed_restart: Sequence[str] = ("Always",)) -> JSON:
+def _template(e: _Errs, spec: JSON, *, allowed_restart: Sequence[str] = ("Always",), claim_volumes: Sequence[str] = ()) -> JSON:
     template = spec.get("template")
     if not isinstance(template, dict):
         e.required("spec.template")
         return {}
     tmeta = template.get("metadata") or {}
     _labels(e, "spec.template.metadata.labels", tmeta.get("labels"))
-    pod_spec(e, "spec.template.spec", template.get("spec"), template=True, allowed_restart=allowed_restart)
+    pod_spec(e, "spec.template.spec", template.get("spec"), template=True, allowed_restart=allowed_restart,
+             claim_volumes=claim_volumes)
     return tmeta
 
 
@@ -523,7 +526,9 @@ def _daemonset(e: _Errs, obj: JSON, old: JSON | None) -> None:
 def _statefulset(e: _Errs, obj: JSON, old: JSON | None) -> None:
     spec = obj.get("spec") or {}
     _replicas(e, spec)
-    tmeta = _template(e, spec)
+    claims = [str((t.get("metadata") or {}).get("name")) for t in spec.get("volumeClaimTemplates") or []
+              if isinstance(t, dict)]
+    tmeta = _template(e, spec, claim_volumes=claims)
     _selector(e, "spec.selector", spec.get("selector"), tmeta.get("labels"))
     if spec.get("podManagementPolicy") not in ("OrderedReady", "Parallel"):
         e.unsupported("spec.podManagementPolicy", spec.get("podManagementPolicy"), ["OrderedReady", "Parallel"])
@@ -939,6 +944,33 @@ def _event(e: _Errs, obj: JSON, old: JSON | None) -> None:
         e.unsupported("type", obj.get("type"), ["Normal", "Warning"])
 
 
+# The classes every cluster has (upstream's SystemPriorityClasses); users may not make others
+# named system-*, nor values above this.
+SYSTEM_PRIORITY_CLASSES = {"system-node-critical": 2000001000, "system-cluster-critical": 2000000000}
+HIGHEST_USER_PRIORITY = 1000000000
+
+
+def _priorityclass(e: _Errs, obj: JSON, old: JSON | None) -> None:
+    name = (obj.get("metadata") or {}).get("name", "")
+    value = obj.get("value")
+    if not isinstance(value, int) or isinstance(value, bool):
+        e.required("value")
+    elif name in SYSTEM_PRIORITY_CLASSES:
+        if value != SYSTEM_PRIORITY_CLASSES[name]:
+            e.forbidden("metadata.name", f"priority class {name} is reserved for system use with value "
+                        f"{SYSTEM_PRIORITY_CLASSES[name]}")
+    elif name.startswith("system-"):
+        e.forbidden("metadata.name", "priority class names with 'system-' prefix are reserved for system use only")
+    elif value > HIGHEST_USER_PRIORITY:
+        e.forbidden("value", f"maximum allowed value of a user defined priority is {HIGHEST_USER_PRIORITY}")
+    if obj.get("preemptionPolicy") not in ("PreemptLowerPriority", "Never"):
+        e.unsupported("preemptionPolicy", obj.get("preemptionPolicy"), ["Never", "PreemptLowerPriority"])
+    if old is not None:
+        for k in ("value", "preemptionPolicy"):
+            if obj.get(k) != old.get(k):
+                e.forbidden(k, "may not be changed in an update.")
+
+
 def _storageclass(e: _Errs, obj: JSON, old: JSON | None) -> None:
     if not obj.get("provisioner"):
         e.required("provisioner")
@@ -1014,6 +1046,7 @@ _VALIDATORS: dict[str, Callable[[_Errs, JSON, JSON | None], None]] = {
     "HorizontalPodAutoscaler.autoscaling": _hpa,
     "EndpointSlice.discovery.k8s.io": _endpointslice,
     "StorageClass.storage.k8s.io": _storageclass,
+    "PriorityClass.scheduling.k8s.io": _priorityclass,
     "Role.rbac.authorization.k8s.io": _role,
     "ClusterRole.rbac.authorization.k8s.io": _role,
     "RoleBinding.rbac.authorization.k8s.io": lambda e, o, old: _binding(e, o, old, cluster=False),

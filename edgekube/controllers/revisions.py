@@ -1,0 +1,141 @@
+"""ControllerRevisions: the template history of DaemonSets and StatefulSets, kept as upstream keeps it.
+
+A revision's `data` is the strategic merge patch that puts the owner's pod template back,
+`{"spec": {"template": {..., "$patch": "replace"}}}`: `kubectl rollout undo` applies it as is, and
+`kubectl rollout history --revision=N` shows the template in it. A revision is current when its
+data equals the patch made from the owner now; its `revision` number is bumped to the top when an
+old template comes back (a rollback), so the history stays ordered by when a template was last used.
+
+Names are `<owner>-<hash>` with upstream's hashes: FNV-32a over the pod template plus the
+collision count (`controller.ComputeHash`: DaemonSet revisions, and the `pod-template-hash` of
+ReplicaSets) and FNV-32 over the revision's data plus the collision count
+(`history.HashControllerRevision`: StatefulSet revisions), both spelled in the alphabet upstream
+uses for generated names. The template is hashed as canonical JSON (sorted keys, Go's escaping),
+not Go's struct dump, so the hash values differ from a real cluster's, never their form.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from edgekube.client import objects
+
+JSON = dict[str, Any]
+
+HASH_LABEL = "controller-revision-hash"
+_ALPHANUMS = "bcdfghjklmnpqrstvwxz2456789"
+_NAME_PREFIX_MAX = 223  # 253 minus room for "-<hash>"
+_FNV_OFFSET = 0x811C9DC5
+_FNV_PRIME = 0x01000193
+# Go's encoding/json escapes these inside strings; so do we, for the same bytes.
+_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def safe_encode(text: str) -> str:
+    """apimachinery's rand.SafeEncodeString: no vowels, no look-alike characters."""
+    return "".join(_ALPHANUMS[ord(ch) % len(_ALPHANUMS)] for ch in text)
+
+
+def fnv32(data: bytes) -> int:
+    h = _FNV_OFFSET
+    for b in data:
+        h = (h * _FNV_PRIME) & 0xFFFFFFFF
+        h ^= b
+    return h
+
+
+def fnv32a(data: bytes) -> int:
+    h = _FNV_OFFSET
+    for b in data:
+        h ^= b
+        h = (h * _FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def canonical(value: Any) -> bytes:
+    """JSON as Go marshals a map: sorted keys, no spaces, <, > and & escaped."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    for ch, esc in _GO_ESCAPES.items():
+        text = text.replace(ch, esc)
+    return text.encode()
+
+
+def compute_hash(template: JSON, collision_count: int | None) -> str:
+    """controller.ComputeHash: the hash of a pod template (and of the collision count, if any)."""
+    data = canonical(template)
+    if collision_count is not None:
+        data += (collision_count & 0xFFFFFFFF).to_bytes(4, "little") + b"\0\0\0\0"
+    return safe_encode(str(fnv32a(data)))
+
+
+def hash_revision(data: JSON, probe: int | None) -> str:
+    """history.HashControllerRevision: the hash of a revision's data (and of the probe)."""
+    raw = canonical(data)
+    if probe is not None:
+        raw += str(probe).encode()
+    return safe_encode(str(fnv32(raw)))
+
+
+def revision_name(prefix: str, hash_: str) -> str:
+    return f"{prefix[:_NAME_PREFIX_MAX]}-{hash_}"
+
+
+def template_patch(owner: JSON) -> JSON:
+    """The revision data for `owner`'s current template (upstream's getPatch)."""
+    template = copy.deepcopy((owner.get("spec") or {}).get("template") or {})
+    template["$patch"] = "replace"
+    return {"spec": {"template": template}}
+
+
+def matches(owner: JSON, revision: JSON) -> bool:
+    """Whether `revision` holds `owner`'s current template."""
+    return canonical(template_patch(owner)) == canonical(revision.get("data"))
+
+
+def equal(a: JSON, b: JSON) -> bool:
+    return canonical(a.get("data")) == canonical(b.get("data"))
+
+
+def apply(owner: JSON, revision: JSON) -> JSON:
+    """A copy of `owner` with the template `revision` holds (upstream's ApplyRevision)."""
+    out = copy.deepcopy(owner)
+    template = copy.deepcopy(((revision.get("data") or {}).get("spec") or {}).get("template") or {})
+    template.pop("$patch", None)
+    out.setdefault("spec", {})["template"] = template
+    return out
+
+
+def number(revision: JSON) -> int:
+    try:
+        return int(revision.get("revision") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def sort(revisions: Iterable[JSON]) -> list[JSON]:
+    """Oldest first: by revision number, then creation time, then name (SortControllerRevisions)."""
+    return sorted(revisions, key=lambda r: (number(r), objects.meta(r).get("creationTimestamp") or "",
+                                            objects.meta(r).get("name") or ""))
+
+
+def max_number(revisions: Iterable[JSON]) -> int:
+    return max((number(r) for r in revisions), default=0)
+
+
+def new(owner: JSON, *, name: str, data: JSON, revision: int, labels: dict[str, str]) -> JSON:
+    """A ControllerRevision of `owner` (not yet created): its annotations, owned by it."""
+    meta = objects.meta(owner)
+    out_meta: JSON = {"name": name, "namespace": meta.get("namespace"), "labels": labels,
+                      "ownerReferences": [objects.owner_ref(owner)]}
+    if meta.get("annotations"):
+        out_meta["annotations"] = dict(meta["annotations"])
+    return {"apiVersion": "apps/v1", "kind": "ControllerRevision", "metadata": out_meta, "data": data,
+            "revision": revision}
+
+
+def template_labels(owner: JSON) -> dict[str, str]:
+    tmeta = (((owner.get("spec") or {}).get("template") or {}).get("metadata") or {})
+    return dict(tmeta.get("labels") or {})
