@@ -318,10 +318,13 @@ class DeploymentController(Controller):
             cut = min(budget, unhealthy)
             await self._scale_set(d, rs, _spec_replicas(rs) - cut)
             budget -= cut
-        available = sum(int((rs.get("status") or {}).get("availableReplicas") or 0) for rs in [new, *old])
+        # A set's status may lag its size just cut: it never counts more available pods than
+        # it is allowed to keep.
+        available = sum(min(_spec_replicas(rs), int((rs.get("status") or {}).get("availableReplicas") or 0))
+                        for rs in [new, *(self._sets.get(object_key(o)) or o for o in old)])
         if available <= min_available:
             return
-        remaining = available - min_available
+        remaining = min(available - min_available, budget)
         for rs in sorted(old, key=_age_key):
             current = self._sets.get(object_key(rs)) or rs
             if remaining <= 0:

@@ -75,16 +75,19 @@ def test_rolling_update_with_max_unavailable_zero_then_undo(k: Kubectl) -> None:
             "replicas": 4,
             "selector": {"matchLabels": {"app": "web"}},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": {"app": "web"}},
+            # Pods take a moment to start, so the rollout is seen in progress.
+            "template": {"metadata": {"labels": {"app": "web"},
+                                      "annotations": {"testnode.edgekube.io/start-seconds": "0.3"}},
                          "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}]}},
         },
     }
     k.run("apply", "-f", "-", input=json.dumps(manifest))
     _rollout(k)
-    k.run("set", "image", "deployment/web", "app=busybox:1.37")
     # Watch the rollout: with maxUnavailable 0 the number of ready pods never drops below 4.
     watcher = subprocess.Popen([str(k.bin), "-n", k.ns, "get", "pods", "-l", "app=web", "-w", "-o", "json",
                                 "--output-watch-events"], stdout=subprocess.PIPE, text=True, env=k.env)
+    time.sleep(1.5)  # its initial list (the 4 ready pods) comes before the change
+    k.run("set", "image", "deployment/web", "app=busybox:1.37")
     try:
         status = _rollout(k)
     finally:
@@ -95,6 +98,7 @@ def test_rolling_update_with_max_unavailable_zero_then_undo(k: Kubectl) -> None:
     ready: dict[str, bool] = {}
     lowest = 99
     started = False
+    timeline = []
     for doc in _json_stream(seen):
         pod = doc["object"]
         name = pod["metadata"]["name"]
@@ -107,7 +111,9 @@ def test_rolling_update_with_max_unavailable_zero_then_undo(k: Kubectl) -> None:
             started = True
         if started:
             lowest = min(lowest, sum(ready.values()))
-    assert lowest >= 4, f"ready pods dropped to {lowest} during a maxUnavailable=0 rollout"
+        timeline.append(f"{pod['metadata']['resourceVersion']} {doc['type']} {name} ready={ready.get(name)} "
+                        f"-> {sum(ready.values())}")
+    assert lowest >= 4, f"ready pods dropped to {lowest} during a maxUnavailable=0 rollout:\n" + "\n".join(timeline)
     assert _images(k) == {"busybox:1.37"}
     _until(lambda: len(_pods(k)) == 4)
     history = k.out("rollout", "history", "deployment/web")

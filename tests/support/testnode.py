@@ -200,9 +200,13 @@ class TestNode:
             await self.request("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
                                                 "preconditions": {"uid": uid}}, ok=(200, 404, 409))
             return
-        phase = (pod.get("status") or {}).get("phase")
-        if phase in ("Succeeded", "Failed") or (phase == "Running" and (pod.get("status") or {}).get("podIP")):
-            return
+        status = pod.get("status") or {}
+        phase = status.get("phase")
+        ready_now = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        wants_ready = ann.get(PREFIX + "ready", "true") != "false" and PREFIX + "exit-code" not in ann
+        if phase in ("Succeeded", "Failed") or (phase == "Running" and status.get("podIP") and
+                                                (ready_now == wants_ready or PREFIX + "exit-code" in ann)):
+            return  # reported already (a pod another controller marked not ready is reported again)
         ip = f"10.42.{self._subnet}.{self._next_ip}"
         self._next_ip = self._next_ip % 250 + 1 if self._next_ip < 250 else 2
         started = _now()
