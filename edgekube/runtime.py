@@ -187,6 +187,24 @@ class Runtime:
             if exc.code != 404:
                 raise
             await self.registry.create(ep_info, eps, namespace="default")
+        # And its EndpointSlice, as upstream's API server keeps it (clients that read slices).
+        slice_info = self.catalog.lookup("discovery.k8s.io", "v1", "endpointslices")
+        assert slice_info is not None
+        family = "IPv6" if ":" in address else "IPv4"
+        endpoints = [{"addresses": [address], "conditions": {"ready": True}}]
+        ports = [{"name": "https", "port": self.cfg.https_port, "protocol": "TCP"}]
+        try:
+            current = self.registry.get(slice_info, namespace="default", name="kubernetes")
+            if current.get("endpoints") != endpoints or current.get("ports") != ports:
+                current.update(addressType=family, endpoints=endpoints, ports=ports)
+                await self.registry.update(slice_info, current, namespace="default", name="kubernetes")
+        except errors.APIError as exc:
+            if exc.code != 404:
+                raise
+            await self.registry.create(slice_info, {
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                "addressType": family, "endpoints": endpoints, "ports": ports}, namespace="default")
 
     async def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT or a component failure, stop. Returns the exit code."""
