@@ -27,6 +27,7 @@ from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
 from edgekube._cogs import tasks
 from edgekube.api import errors, pki, server
+from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import resources, rest
 from edgekube.client import events as events_mod
 from edgekube.client import informer, local
@@ -52,6 +53,7 @@ class Runtime:
         self._stop = asyncio.Event()
         self.kubeconfig = cfg.data_dir / "kubeconfig.yaml"
         self.node_name = cfg.node_name or socket.gethostname().lower()
+        self.metrics = metrics_mod.MetricsStore()  # fed by the kubelet, read by the autoscaler
 
     def ready(self) -> bool:
         return all(self.gates.values())
@@ -132,7 +134,7 @@ class Runtime:
         if cfg.enabled("controllers"):
             ctx = manager.Context(client=client, informers=factory, events=recorder, clock=self.clock,
                                   settings=cfg.controllers, ca_pem=ca_pem,
-                                  local_node=self.node_name if cfg.enabled("kubelet") else "")
+                                  local_node=self.node_name if cfg.enabled("kubelet") else "", metrics=self.metrics)
             controllers, gc = manager.build(ctx)
             runners.append(("garbage-collector/graph", gc.watch))
             runners.extend((ctl.name, ctl.run) for ctl in controllers)

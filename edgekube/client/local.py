@@ -97,3 +97,16 @@ class LocalClient:
                    "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         await self._registry.bind(namespace=namespace, name=name, binding=binding,
                                   options=rest.Options(field_manager=self.manager))
+
+    def get_scale(self, api_version: str, kind: str, *, name: str, namespace: str | None) -> JSON:
+        """The scale subresource of an object (autoscaling/v1 Scale)."""
+        info = self.resource(api_version, kind)
+        if "scale" not in info.subresources:
+            raise errors.not_found(f"{info.plural}/scale", name, group=info.group)
+        return self._registry.scale_of(info, self._registry.get(info, namespace=namespace, name=name))
+
+    async def set_scale(self, api_version: str, kind: str, *, name: str, namespace: str | None, replicas: int) -> JSON:
+        info = self.resource(api_version, kind)
+        return await self._registry.set_scale(info, namespace=namespace, name=name,
+                                              scale={"spec": {"replicas": replicas}},
+                                              options=rest.Options(field_manager=self.manager))

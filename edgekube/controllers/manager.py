@@ -11,6 +11,7 @@ import dataclasses
 
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
+from edgekube.api import metrics as metrics_mod
 from edgekube.client.events import EventRecorder
 from edgekube.client.informer import InformerFactory
 from edgekube.client.local import LocalClient
@@ -22,6 +23,7 @@ from edgekube.controllers import (
     garbage_collector,
     namespace,
     nodelifecycle,
+    podautoscaler,
     replicaset,
     serviceaccounts,
     statefulset,
@@ -38,6 +40,7 @@ class Context:
     settings: config_mod.ControllerSettings
     ca_pem: str
     local_node: str = ""  # the node this process's own kubelet runs (never evicted by node lifecycle)
+    metrics: metrics_mod.MetricsStore = dataclasses.field(default_factory=metrics_mod.MetricsStore)
 
 
 def build(ctx: Context) -> tuple[list[Controller], garbage_collector.GarbageCollector]:
@@ -68,5 +71,8 @@ def build(ctx: Context) -> tuple[list[Controller], garbage_collector.GarbageColl
             clock=ctx.clock, local_node=ctx.local_node),
         daemonset.DaemonSetController(ctx.client, inf.get("apps/v1", "DaemonSet"), inf.get("v1", "Pod"), inf.get("v1", "Node"), inf.get("apps/v1", "ControllerRevision"), ctx.events.for_component("daemonset-controller"), clock=ctx.clock),
         statefulset.StatefulSetController(ctx.client, inf.get("apps/v1", "StatefulSet"), inf.get("v1", "Pod"), inf.get("apps/v1", "ControllerRevision"), ctx.events.for_component("statefulset-controller"), clock=ctx.clock),
+        podautoscaler.HorizontalPodAutoscalerController(
+            ctx.client, inf.get("autoscaling/v2", "HorizontalPodAutoscaler"), inf.get("v1", "Pod"), ctx.metrics,
+            ctx.events.for_component("horizontal-pod-autoscaler"), clock=ctx.clock),
     ]
     return controllers, gc
