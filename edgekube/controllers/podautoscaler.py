@@ -83,8 +83,12 @@ class HorizontalPodAutoscalerController(Controller):
         self._clock = clock
         self._period = sync_period
         self._history: dict[str, _History] = {}
-        autoscalers.add_handlers(Handlers(on_add=self._enqueue, on_update=lambda _o, n: self._enqueue(n),
-                                          on_delete=self._deleted))
+        autoscalers.add_handlers(Handlers(on_add=self._enqueue, on_update=self._updated, on_delete=self._deleted))
+
+    def _updated(self, old: JSON, new: JSON) -> None:
+        # Its own status writes need no new pass (the 15 s resync follows); a spec change does.
+        if objects.meta(old).get("generation") != objects.meta(new).get("generation"):
+            self._enqueue(new)
 
     def _enqueue(self, obj: JSON) -> None:
         self.queue.add(object_key(obj))
