@@ -76,7 +76,7 @@ class Proc:
 
 
 class EdgekubeServer(Proc):
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, extra: list[str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.base = f"https://127.0.0.1:{self.port}"
@@ -85,6 +85,7 @@ class EdgekubeServer(Proc):
             "--data-dir", str(data_dir),
             "--bind-address", "127.0.0.1",
             "--https-port", str(self.port),
+            *(extra or []),
         ]  # fmt: skip
         super().__init__("edgekube server", cmd, data_dir.parent / f"{data_dir.name}.log")
 

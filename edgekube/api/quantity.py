@@ -2,10 +2,16 @@
 
 Exact arithmetic with Decimal: the scheduler compares requests and the kubelet turns limits
 into cgroup values, and neither may be off by a rounding error.
+
+`Quantity` is for code that adds quantities up and prints the result as the API server does
+(ResourceQuota usage, LimitRange messages): it keeps the format its text was written in
+(DecimalSI "500m", BinarySI "64Mi", DecimalExponent "1e3"), a sum takes the format of its first
+non-zero term, and `str()` is upstream's canonical form ("1.5" prints "1500m", "1024Mi" "1Gi").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import decimal
 import re
 
@@ -50,3 +56,86 @@ def milli(value: object) -> int:
 def whole(value: object) -> int:
     """The quantity in base units, rounded up (bytes)."""
     return int(parse(value).to_integral_value(rounding=decimal.ROUND_CEILING))
+
+
+# --- quantities with a format, printed canonically ------------------------------------------
+
+DECIMAL_SI = "DecimalSI"
+BINARY_SI = "BinarySI"
+DECIMAL_EXPONENT = "DecimalExponent"
+
+# Wide enough that no sum of quantities upstream can hold is ever rounded.
+_CTX = decimal.Context(prec=80)
+_NANO = decimal.Decimal("1e-9")
+_DECIMAL_SUFFIX = {-9: "n", -6: "u", -3: "m", 0: "", 3: "k", 6: "M", 9: "G", 12: "T", 15: "P", 18: "E"}
+_BINARY_SUFFIX = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantity:
+    value: decimal.Decimal
+    format: str = DECIMAL_SI
+
+    @classmethod
+    def of(cls, text: object) -> Quantity:
+        """Parse as upstream does: a non-zero value is rounded up (away from zero) to 1n, and a
+        BinarySI value below 1 prints as DecimalSI. Raises QuantityError."""
+        value = parse(text)
+        fmt = DECIMAL_SI
+        if isinstance(text, str):
+            m = _RE.match(text.strip())
+            suffix = (m.group(2) if m else None) or ""
+            if suffix in _BINARY:
+                fmt = BINARY_SI
+            elif suffix[:1] in ("e", "E"):
+                fmt = DECIMAL_EXPONENT
+        if value:
+            value = value.quantize(_NANO, rounding=decimal.ROUND_UP, context=_CTX)
+        if fmt == BINARY_SI and 0 < abs(value) < 1:
+            fmt = DECIMAL_SI
+        return cls(value, fmt)
+
+    def __add__(self, other: Quantity) -> Quantity:
+        return Quantity(_CTX.add(self.value, other.value), other.format if not self.value else self.format)
+
+    def __sub__(self, other: Quantity) -> Quantity:
+        return Quantity(_CTX.subtract(self.value, other.value), other.format if not self.value else self.format)
+
+    def __str__(self) -> str:
+        return canonical(self.value, self.format)
+
+    def milli(self) -> int:
+        """Thousandths, rounded up (upstream's MilliValue)."""
+        return int(_CTX.multiply(self.value, 1000).to_integral_value(rounding=decimal.ROUND_CEILING))
+
+    def whole(self) -> int:
+        """Base units, rounded up (upstream's Value)."""
+        return int(self.value.to_integral_value(rounding=decimal.ROUND_CEILING))
+
+
+def canonical(value: decimal.Decimal, fmt: str = DECIMAL_SI) -> str:
+    """Upstream's canonical text of a quantity: DecimalSI and DecimalExponent use the largest
+    exponent that is a multiple of 3 and keeps an integer mantissa ("1500m", "1k", "12e6"); BinarySI
+    uses powers of 1024 when the value is a whole number of at least 1024 ("1536Mi"), DecimalSI
+    otherwise."""
+    if not value:
+        return "0"
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    if fmt == BINARY_SI:
+        if value >= 1024 and value == value.to_integral_value():
+            number, power = int(value), 0
+            while number % 1024 == 0 and power < len(_BINARY_SUFFIX) - 1:
+                number //= 1024
+                power += 1
+            return f"{sign}{number}{_BINARY_SUFFIX[power]}"
+        fmt = DECIMAL_SI
+    _, digits, exponent = value.normalize(_CTX).as_tuple()
+    assert isinstance(exponent, int)
+    mantissa = int("".join(map(str, digits)))
+    shift = exponent % 3  # down to a multiple of 3: 10^-1 is 100 * 10^-3
+    mantissa *= 10**shift
+    exponent -= shift
+    if fmt == DECIMAL_SI and exponent in _DECIMAL_SUFFIX:
+        return f"{sign}{mantissa}{_DECIMAL_SUFFIX[exponent]}"
+    return f"{sign}{mantissa}{f'e{exponent}' if exponent else ''}"

@@ -56,24 +56,24 @@ class EventRecorder:
     async def run(self) -> None:
         if self._queue is None:
             self._queue = asyncio.Queue(_QUEUE)
-        next_sweep = time.monotonic() + self._sweep
-        while True:
-            timeout = max(0.0, next_sweep - time.monotonic())
-            try:
-                item = await asyncio.wait_for(self._queue.get(), timeout)
-            except TimeoutError:
-                item = None
-            if item is not None:
+        sweeper = asyncio.ensure_future(self._sweep_loop())
+        try:
+            while True:
+                item = await self._queue.get()
                 try:
                     await self._write(*item)
                 except Exception:
                     log.warning("event %s for %s not recorded", item[4], _ref_name(item[2]), exc_info=True)
-            if time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + self._sweep
-                try:
-                    await self.sweep()
-                except Exception:
-                    log.warning("event clean-up failed", exc_info=True)
+        finally:
+            sweeper.cancel()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep)
+            try:
+                await self.sweep()
+            except Exception:
+                log.warning("event clean-up failed", exc_info=True)
 
     async def _write(self, component: str, host: str, obj: JSON, kind: str, reason: str, message: str) -> None:
         meta = obj.get("metadata") or {}

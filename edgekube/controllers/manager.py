@@ -16,17 +16,21 @@ from edgekube.client.events import EventRecorder
 from edgekube.client.informer import InformerFactory
 from edgekube.client.local import LocalClient
 from edgekube.controllers import (
+    cronjob,
     daemonset,
     deployment,
     endpoints,
     endpointslices,
     garbage_collector,
+    job,
     namespace,
     nodelifecycle,
     podautoscaler,
     replicaset,
+    resourcequota,
     serviceaccounts,
     statefulset,
+    ttlafterfinished,
 )
 from edgekube.controllers.base import Controller
 
@@ -69,8 +73,12 @@ def build(ctx: Context) -> tuple[list[Controller], garbage_collector.GarbageColl
         nodelifecycle.TaintEvictionController(
             ctx.client, inf.get("v1", "Node"), inf.get("v1", "Pod"), ctx.events.for_component("taint-eviction-controller"),
             clock=ctx.clock, local_node=ctx.local_node),
+        job.JobController(ctx.client, inf.get("batch/v1", "Job"), inf.get("v1", "Pod"), ctx.events.for_component("job-controller"), clock=ctx.clock),
+        ttlafterfinished.TTLAfterFinishedController(ctx.client, inf.get("batch/v1", "Job"), clock=ctx.clock),
+        cronjob.CronJobController(ctx.client, inf.get("batch/v1", "CronJob"), inf.get("batch/v1", "Job"), ctx.events.for_component("cronjob-controller"), clock=ctx.clock),
         daemonset.DaemonSetController(ctx.client, inf.get("apps/v1", "DaemonSet"), inf.get("v1", "Pod"), inf.get("v1", "Node"), inf.get("apps/v1", "ControllerRevision"), ctx.events.for_component("daemonset-controller"), clock=ctx.clock),
         statefulset.StatefulSetController(ctx.client, inf.get("apps/v1", "StatefulSet"), inf.get("v1", "Pod"), inf.get("apps/v1", "ControllerRevision"), ctx.events.for_component("statefulset-controller"), clock=ctx.clock),
+        resourcequota.ResourceQuotaController(ctx.client, inf.get("v1", "ResourceQuota"), clock=ctx.clock),
         podautoscaler.HorizontalPodAutoscalerController(
             ctx.client, inf.get("autoscaling/v2", "HorizontalPodAutoscaler"), inf.get("v1", "Pod"), ctx.metrics,
             ctx.events.for_component("horizontal-pod-autoscaler"), clock=ctx.clock),

@@ -45,18 +45,18 @@ class Env:
 
     async def pods(self, n: int, *, ready: bool = True, started: datetime.datetime | None = None) -> list[str]:
         names = []
-        for i in range(n):
+        at = clock_mod.rfc3339(started or T0 - datetime.timedelta(minutes=10))
+
+        def run(obj: JSON) -> JSON:
+            obj["status"] = {"phase": "Running", "startTime": at, "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False", "lastTransitionTime": at}]}
+            return obj
+
+        for _ in range(n):
             pod = await self.client.create({
                 "apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-", "namespace": "default",
                                                                 "labels": {"app": "web"}},
                 "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "200m"}}}]}})
-            at = clock_mod.rfc3339(started or T0 - datetime.timedelta(minutes=10))
-
-            def run(obj: JSON) -> JSON:
-                obj["status"] = {"phase": "Running", "startTime": at, "conditions": [
-                    {"type": "Ready", "status": "True" if ready else "False", "lastTransitionTime": at}]}
-                return obj
-
             await self.client.patch("v1", "Pod", name=pod["metadata"]["name"], namespace="default", mutate=run,
                                     subresource="status")
             names.append(pod["metadata"]["name"])

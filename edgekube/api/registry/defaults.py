@@ -341,16 +341,20 @@ def _priorityclass(obj: JSON) -> None:
 
 
 def _limitrange(obj: JSON) -> None:
+    # Upstream's SetDefaults_LimitRangeItem: a Container max is the default limit, and a default
+    # limit, else a min, the default request.
     for item in (obj.get("spec") or {}).get("limits") or []:
         if not isinstance(item, dict) or item.get("type") != "Container":
             continue
-        default = item.get("default")
-        if isinstance(default, dict):
-            request = item.get("defaultRequest")
-            if not isinstance(request, dict):
-                request = {}
-            for k, v in default.items():
-                request.setdefault(k, v)
+        default, request, top, bottom = (
+            v if isinstance(v, dict) else {} for v in (item.get(k) for k in ("default", "defaultRequest", "max", "min"))
+        )
+        for source, target in ((top, default), (default, request), (bottom, request)):
+            for k, v in source.items():
+                target.setdefault(k, v)
+        if default:
+            item["default"] = default
+        if request:
             item["defaultRequest"] = request
 
 

@@ -28,6 +28,7 @@ import orjson
 from edgekube._cogs import clock as clock_mod
 from edgekube.api import errors, fields, labels, ssa
 from edgekube.api.registry import (
+    admission,
     allocators,
     conversions,
     crds,
@@ -137,6 +138,7 @@ class Registry:
         self._kubernetes_ip = str(net.network_address + 1)
         self._ips = allocators.IPAllocator(network.service_cidr)
         self._ports = allocators.PortAllocator(*network.node_port_range)
+        self._admission = admission.Admission(store, catalog=catalog, clock=clock)
 
     def rebuild_allocations(self) -> None:
         """Mark the cluster IPs and node ports of stored Services as used (at boot)."""
@@ -276,11 +278,13 @@ class Registry:
                 spec["finalizers"] = ["kubernetes"]
         if info.gk == "Job.batch":
             defaults.job_selector(obj)
+        self._admission.mutate(info, obj)
         if info.gk == "Pod":
             self._admit_priority(obj)
             obj.setdefault("status", {}).setdefault("phase", "Pending")
             obj["status"].setdefault("qosClass", _qos_class(obj.get("spec") or {}))
         self._validate(info, obj, old=None)
+        await self._admission.validate(info, obj, old=None, subresource=None, dry_run=options.dry_run)
         if options.operation != "Apply":
             meta["managedFields"] = ssa.track_update(
                 None, obj, manager=_manager(options), api_version=info.api_version,
@@ -436,6 +440,7 @@ class Registry:
             )
         if _unchanged(old, new):
             return old
+        await self._admission.validate(info, new, old=old, subresource=subresource, dry_run=options.dry_run)
         allocated = self._allocate_service(new, old=old) if info.gk == "Service" else _Allocated()
         if options.dry_run:
             allocated.release(self)

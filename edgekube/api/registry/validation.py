@@ -12,6 +12,7 @@ import base64
 import binascii
 import ipaddress
 import re
+import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -628,6 +629,16 @@ def cron_error(schedule: str) -> str | None:
     return None
 
 
+def _known_zone(name: str) -> bool:
+    if not name or name.startswith(("/", ".")) or ".." in name or " " in name:
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 def _cronjob(e: _Errs, obj: JSON, old: JSON | None) -> None:
     spec = obj.get("spec") or {}
     schedule = spec.get("schedule")
@@ -637,6 +648,12 @@ def _cronjob(e: _Errs, obj: JSON, old: JSON | None) -> None:
         e.invalid("spec.schedule", schedule, "must be a string")
     elif (msg := cron_error(schedule)) is not None:
         e.invalid("spec.schedule", schedule, msg)
+    elif schedule.lstrip().startswith(("TZ=", "CRON_TZ=")) and old is None:
+        e.invalid("spec.schedule", schedule, "cannot use TZ or CRON_TZ in schedule, use timeZone field instead")
+    zone = spec.get("timeZone")
+    if zone is not None:
+        if not isinstance(zone, str) or not _known_zone(zone):
+            e.invalid("spec.timeZone", zone, "unknown time zone " + str(zone))
     if spec.get("concurrencyPolicy") not in ("Allow", "Forbid", "Replace"):
         e.unsupported("spec.concurrencyPolicy", spec.get("concurrencyPolicy"), ["Allow", "Forbid", "Replace"])
     for k in ("successfulJobsHistoryLimit", "failedJobsHistoryLimit", "startingDeadlineSeconds"):
