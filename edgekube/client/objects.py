@@ -141,9 +141,30 @@ def matches(selector: labels.Selector | None, obj: JSON) -> bool:
     return selector.matches(meta(obj).get("labels") or {})
 
 
+_REQUESTS_CACHE: dict[tuple[str, str], dict[str, int]] = {}
+_REQUESTS_CACHE_SIZE = 4096
+
+
 def pod_requests(pod: JSON) -> dict[str, int]:
     """Effective requests, as the scheduler counts them: the larger of the sum over containers
-    and the largest init container, plus pod overhead. cpu in millicores, others in units."""
+    and the largest init container, plus pod overhead. cpu in millicores, others in units.
+
+    A stored pod's spec never changes its requests under the same uid and resourceVersion, so
+    the parsed figures are kept (the scheduler asks for them many times a cycle). Callers must
+    not mutate the returned dict."""
+    m = meta(pod)
+    key = (str(m.get("uid") or ""), str(m.get("resourceVersion") or ""))
+    if key[0] and key[1]:
+        hit = _REQUESTS_CACHE.get(key)
+        if hit is None:
+            if len(_REQUESTS_CACHE) >= _REQUESTS_CACHE_SIZE:
+                _REQUESTS_CACHE.clear()
+            hit = _REQUESTS_CACHE[key] = _pod_requests(pod)
+        return hit
+    return _pod_requests(pod)
+
+
+def _pod_requests(pod: JSON) -> dict[str, int]:
     spec = pod.get("spec") or {}
     total: dict[str, int] = {}
     for c in spec.get("containers") or []:

@@ -37,6 +37,9 @@ HOSTNAME = "kubernetes.io/hostname"
 class NodeInfo:
     node: JSON
     pods: dict[str, JSON] = dataclasses.field(default_factory=dict)
+    # Running totals the scheduler keeps as pods come and go (None: add the pods up here).
+    used: dict[str, int] | None = None
+    nonzero: tuple[int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -52,13 +55,31 @@ class NodeInfo:
 
     def requested(self, *, skip: Iterable[str] = ()) -> dict[str, int]:
         skipped = set(skip)
-        total: dict[str, int] = {}
+        if self.used is not None:
+            total = dict(self.used)
+            for key in skipped:
+                if key in self.pods:
+                    for name, value in objects.pod_requests(self.pods[key]).items():
+                        total[name] = total.get(name, 0) - value
+            return total
+        total = {}
         for key, pod in self.pods.items():
             if key in skipped:
                 continue
             for name, value in objects.pod_requests(pod).items():
                 total[name] = total.get(name, 0) + value
         return total
+
+    def nonzero_requested(self) -> tuple[int, int]:
+        """cpu and memory requested, counting upstream's defaults for pods that request none."""
+        if self.nonzero is not None:
+            return self.nonzero
+        cpu = mem = 0
+        for other in self.pods.values():
+            c, m = nonzero_requests(other)
+            cpu += c
+            mem += m
+        return cpu, mem
 
 
 def curable(reason: str) -> bool:
@@ -142,7 +163,7 @@ def resources_fit(pod: JSON, info: NodeInfo, *, skip: Iterable[str] = ()) -> lis
     skipped = set(skip)
     alloc = info.allocatable()
     reasons = []
-    if len([k for k in info.pods if k not in skipped]) + 1 > alloc.get("pods", 110):
+    if len(info.pods) - len(skipped & info.pods.keys()) + 1 > alloc.get("pods", 110):
         reasons.append(TOO_MANY_PODS)
     want = objects.pod_requests(pod)
     if not want:
@@ -272,18 +293,20 @@ def anti_affinity_pods(nodes: Mapping[str, NodeInfo]) -> list[tuple[NodeInfo, st
 # --- scores (0..100) ------------------------------------------------------------------------
 
 
-def _nonzero(pod: JSON) -> tuple[int, int]:
-    req = objects.pod_requests(pod)
+def nonzero_requests(pod: JSON, req: dict[str, int] | None = None) -> tuple[int, int]:
+    req = objects.pod_requests(pod) if req is None else req
     return req.get("cpu") or DEFAULT_MILLI_CPU, req.get("memory") or DEFAULT_MEMORY
+
+
+def _with(pod: JSON, info: NodeInfo) -> tuple[int, int]:
+    cpu, mem = nonzero_requests(pod)
+    placed_cpu, placed_mem = info.nonzero_requested()
+    return cpu + placed_cpu, mem + placed_mem
 
 
 def least_allocated(pod: JSON, info: NodeInfo) -> float:
     alloc = info.allocatable()
-    cpu, mem = _nonzero(pod)
-    for other in info.pods.values():
-        c, m = _nonzero(other)
-        cpu += c
-        mem += m
+    cpu, mem = _with(pod, info)
     scores = []
     for used, cap in ((cpu, alloc.get("cpu", 0)), (mem, alloc.get("memory", 0))):
         scores.append(0.0 if cap <= 0 or used > cap else (cap - used) * 100.0 / cap)
@@ -292,11 +315,7 @@ def least_allocated(pod: JSON, info: NodeInfo) -> float:
 
 def balanced_allocation(pod: JSON, info: NodeInfo) -> float:
     alloc = info.allocatable()
-    cpu, mem = _nonzero(pod)
-    for other in info.pods.values():
-        c, m = _nonzero(other)
-        cpu += c
-        mem += m
+    cpu, mem = _with(pod, info)
     fractions = [min(1.0, used / cap) if cap > 0 else 1.0 for used, cap in ((cpu, alloc.get("cpu", 0)),
                                                                            (mem, alloc.get("memory", 0)))]
     mean = sum(fractions) / 2

@@ -50,6 +50,9 @@ class Scheduler:
         self._informers = informers
         self._node_pods: dict[str, dict[str, JSON]] = {}  # node -> pod key -> pod (bound or assumed)
         self._placed: dict[str, str] = {}  # pod key -> node
+        self._charged: dict[str, tuple[dict[str, int], tuple[int, int]]] = {}  # pod key -> its requests
+        self._node_used: dict[str, dict[str, int]] = {}  # node -> requests of its pods, summed
+        self._node_nonzero: dict[str, tuple[int, int]] = {}  # node -> cpu, memory with upstream's defaults
         self._assumed: dict[str, str] = {}  # pod key -> node, until the informer shows the binding
         self._heap: list[tuple[int, int, str]] = []
         self._queued: set[str] = set()
@@ -71,18 +74,31 @@ class Scheduler:
     # --- the cache of placed pods -------------------------------------------------------------
 
     def _place(self, key: str, pod: JSON, node: str) -> None:
-        old = self._placed.get(key)
-        if old is not None and old != node:
-            self._node_pods.get(old, {}).pop(key, None)
+        if key in self._placed:
+            self._unplace(key)
         self._placed[key] = node
         self._node_pods.setdefault(node, {})[key] = pod
+        # Running totals per node, so that a cycle does not add up every placed pod again.
+        req = objects.pod_requests(pod)
+        self._charged[key] = (req, plugins.nonzero_requests(pod, req))
+        self._charge(node, key, +1)
 
     def _unplace(self, key: str) -> bool:
         node = self._placed.pop(key, None)
         if node is None:
             return False
         self._node_pods.get(node, {}).pop(key, None)
+        self._charge(node, key, -1)
+        self._charged.pop(key, None)
         return True
+
+    def _charge(self, node: str, key: str, sign: int) -> None:
+        req, (cpu, mem) = self._charged[key]
+        used = self._node_used.setdefault(node, {})
+        for name, value in req.items():
+            used[name] = used.get(name, 0) + sign * value
+        nz = self._node_nonzero.get(node, (0, 0))
+        self._node_nonzero[node] = (nz[0] + sign * cpu, nz[1] + sign * mem)
 
     def _pod_changed(self, pod: JSON) -> None:
         key = object_key(pod)
@@ -211,8 +227,10 @@ class Scheduler:
             self._enqueue(key, pod)
 
     def snapshot(self) -> plugins.Snapshot:
-        return plugins.Snapshot({name: plugins.NodeInfo(node, self._node_pods.get(name, {}))
-                                 for name, node in ((objects.meta(n).get("name"), n) for n in self._nodes.list()) if name})
+        return plugins.Snapshot({
+            name: plugins.NodeInfo(node, self._node_pods.get(name, {}), used=self._node_used.get(name, {}),
+                                   nonzero=self._node_nonzero.get(name, (0, 0)))
+            for name, node in ((objects.meta(n).get("name"), n) for n in self._nodes.list()) if name})
 
     async def schedule_one(self, key: str, pod: JSON) -> None:
         nodes = self.snapshot()
@@ -239,7 +257,7 @@ class Scheduler:
         for name, info in nodes.items():
             if held.get(name):
                 # Room that preemption made for a pod at least as important is not free.
-                info = plugins.NodeInfo(info.node, {**info.pods, **held[name]})
+                info = plugins.NodeInfo(info.node, {**info.pods, **held[name]})  # totals added up afresh
             why = self.node_reasons(pod, info, nodes, skip=skip)
             if why:
                 reasons[name] = why
