@@ -166,24 +166,35 @@ def pod_requests(pod: JSON) -> dict[str, int]:
 
 def _pod_requests(pod: JSON) -> dict[str, int]:
     spec = pod.get("spec") or {}
-    total: dict[str, int] = {}
+    containers: dict[str, int] = {}
     for c in spec.get("containers") or []:
-        for name, value in _requests(c).items():
-            total[name] = total.get(name, 0) + value
+        _add(containers, _requests(c))
+    # Init containers run one at a time, each beside the sidecars (restartPolicy Always) started
+    # before it; the sidecars then keep running beside the containers (upstream's PodRequests).
     sidecars: dict[str, int] = {}
+    init: dict[str, int] = {}
     for c in spec.get("initContainers") or []:
         req = _requests(c)
         if c.get("restartPolicy") == "Always":
-            for name, value in req.items():
-                sidecars[name] = sidecars.get(name, 0) + value
-                total[name] = total.get(name, 0) + value
-            continue
-        for name, value in req.items():
-            # an init container runs beside the sidecars started before it
-            total[name] = max(total.get(name, 0), value + sidecars.get(name, 0))
+            _add(sidecars, req)
+            step = dict(sidecars)
+        else:
+            step = dict(req)
+            _add(step, sidecars)
+        for name, value in step.items():
+            init[name] = max(init.get(name, 0), value)
+    total = dict(containers)
+    _add(total, sidecars)
+    for name, value in init.items():
+        total[name] = max(total.get(name, 0), value)
     for name, value in (spec.get("overhead") or {}).items():
         total[name] = total.get(name, 0) + _amount(name, value)
     return total
+
+
+def _add(into: dict[str, int], more: dict[str, int]) -> None:
+    for name, value in more.items():
+        into[name] = into.get(name, 0) + value
 
 
 def _requests(container: JSON) -> dict[str, int]:

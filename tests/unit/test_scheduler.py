@@ -133,3 +133,18 @@ def test_fit_message_is_upstreams() -> None:
     # Sorted as strings, count first, as upstream's sortReasonsHistogram.
     assert _fit_prefix(3, reasons) == ("0/3 nodes are available: 1 Insufficient memory, "
                                        "1 node(s) didn't match Pod's node affinity/selector, 2 Insufficient cpu.")
+
+
+def test_sidecars_count_as_upstream() -> None:
+    def req(cpu: str, *, sidecar: bool = False) -> JSON:
+        c: JSON = {"name": "x", "resources": {"requests": {"cpu": cpu}}}
+        if sidecar:
+            c["restartPolicy"] = "Always"
+        return c
+
+    # A sidecar started after a big init container runs beside the containers only.
+    late = {"spec": {"containers": [req("100m")], "initContainers": [req("500m"), req("100m", sidecar=True)]}}
+    assert plugins.objects.pod_requests(late)["cpu"] == 500
+    # A sidecar started before it runs beside the init container too.
+    early = {"spec": {"containers": [req("100m")], "initContainers": [req("100m", sidecar=True), req("500m")]}}
+    assert plugins.objects.pod_requests(early)["cpu"] == 600

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from edgekube._cogs import clock as clock_mod
-from edgekube.api import errors, fields, labels, ssa
+from edgekube.api import errors, fields, labels, quantity, ssa
 from edgekube.api.registry import (
     admission,
     allocators,
@@ -1148,17 +1148,30 @@ def _unchanged(old: JSON, new: JSON) -> bool:
 
 
 def _qos_class(spec: Mapping[str, Any]) -> str:
+    """Upstream's GetPodQOS: only non-zero cpu and memory count, compared as quantities."""
     containers = list(spec.get("containers") or []) + list(spec.get("initContainers") or [])
     any_set = False
     guaranteed = True
+
+    def amounts(values: Any) -> dict[str, Any]:
+        out = {}
+        for r in ("cpu", "memory"):
+            if isinstance(values, Mapping) and r in values:
+                try:
+                    q = quantity.parse(values[r])
+                except quantity.QuantityError:
+                    continue
+                if q:
+                    out[r] = q
+        return out
+
     for c in containers:
         res = c.get("resources") or {}
-        req = res.get("requests") or {}
-        lim = res.get("limits") or {}
+        req, lim = amounts(res.get("requests")), amounts(res.get("limits"))
         if req or lim:
             any_set = True
         for r in ("cpu", "memory"):
-            if r not in lim or (r in req and str(req[r]) != str(lim[r])):
+            if r not in lim or (r in req and req[r] != lim[r]):
                 guaranteed = False
     if not any_set:
         return "BestEffort"
