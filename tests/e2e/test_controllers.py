@@ -4,31 +4,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.conftest import Server
 from tests.e2e.test_kubectl import Kubectl
+from tests.support.waiting import fresh_namespace
+from tests.support.waiting import until as _until
 
 pytestmark = pytest.mark.e2e
 
 
-def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 @pytest.fixture
 def k(server: Server, request: pytest.FixtureRequest) -> Kubectl:
-    ns = request.node.name.removeprefix("test_").replace("_", "-")[:40]
-    kubectl = Kubectl("1.36", server, ns)
-    kubectl.run("create", "namespace", ns, namespaced=False)
-    return kubectl
+    return fresh_namespace(server, request)
 
 
 def _exists(k: Kubectl, *args: str) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,26 +12,15 @@ import pytest
 from tests.conftest import Server
 from tests.e2e.test_kubectl import Kubectl
 from tests.support.testnode import NodeProcess
+from tests.support.waiting import fresh_namespace
+from tests.support.waiting import until as _until
 
 pytestmark = pytest.mark.e2e
 
 
-def _until(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not met within {timeout}s")
-
-
 @pytest.fixture
 def k(server: Server, test_node: NodeProcess, request: pytest.FixtureRequest) -> Kubectl:
-    ns = request.node.name.removeprefix("test_").replace("_", "-")[:40]
-    kubectl = Kubectl("1.36", server, ns)
-    kubectl.run("create", "namespace", ns, namespaced=False)
-    return kubectl
+    return fresh_namespace(server, request)
 
 
 def _pods(k: Kubectl, selector: str = "app=web") -> list[dict[str, Any]]:

@@ -7,38 +7,23 @@ Running and Ready with an IP, or never Ready with `testnode.edgekube.io/ready: "
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.conftest import Server
 from tests.e2e.test_kubectl import Kubectl
+from tests.support.waiting import fresh_namespace
+from tests.support.waiting import until as _until
 
 pytestmark = pytest.mark.e2e
 
-TIMEOUT = 30.0
 NOT_READY = {"testnode.edgekube.io/ready": "false"}
-
-
-def _until(check: Callable[[], Any], timeout: float = TIMEOUT, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not met within {timeout}s (last: {last!r})")
 
 
 @pytest.fixture
 def k(server: Server, test_node: Any, request: pytest.FixtureRequest) -> Kubectl:
-    ns = "ep-" + request.node.name.removeprefix("test_").replace("_", "-")[:40].strip("-")
-    kubectl = Kubectl("1.36", server, ns)
-    kubectl.run("create", "namespace", ns, namespaced=False)
-    return kubectl
+    return fresh_namespace(server, request, prefix="ep-")
 
 
 def _apply(k: Kubectl, *objs: dict[str, Any]) -> None:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,22 +20,13 @@ import yaml
 from tests.conftest import Server
 from tests.e2e.test_kubectl import Kubectl
 from tests.support.testnode import NodeProcess
+from tests.support.waiting import fresh_namespace
+from tests.support.waiting import until as _until
 
 pytestmark = pytest.mark.e2e
 
 UNREACHABLE = "node.kubernetes.io/unreachable"
 NOT_READY = "node.kubernetes.io/not-ready"
-TIMEOUT = 30.0
-
-
-def _until(check: Callable[[], Any], timeout: float = TIMEOUT, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +59,7 @@ def nodes(lifecycle_server: Server) -> Iterator[dict[str, NodeProcess]]:
 
 @pytest.fixture
 def k(lifecycle_server: Server, nodes: dict[str, NodeProcess], request: pytest.FixtureRequest) -> Kubectl:
-    ns = request.node.name.removeprefix("test_").replace("_", "-")[:40]
-    kubectl = Kubectl("1.36", lifecycle_server, ns)
-    kubectl.run("create", "namespace", ns, namespaced=False)
-    return kubectl
+    return fresh_namespace(lifecycle_server, request)
 
 
 def _get_node(k: Kubectl, name: str) -> Any:

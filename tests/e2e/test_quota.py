@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,25 +12,15 @@ import pytest
 from tests.conftest import Server
 from tests.e2e.test_kubectl import Kubectl
 from tests.support.testnode import PREFIX, NodeProcess
+from tests.support.waiting import fresh_namespace
+from tests.support.waiting import until as _until
 
 pytestmark = pytest.mark.e2e
 
 
-def _until(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 @pytest.fixture
 def k(server: Server, request: pytest.FixtureRequest) -> Kubectl:
-    ns = "quota-" + request.node.name.removeprefix("test_").replace("_", "-")[:40]
-    kubectl = Kubectl("1.36", server, ns)
-    kubectl.run("create", "namespace", ns, namespaced=False)
-    return kubectl
+    return fresh_namespace(server, request, prefix="quota-")
 
 
 def _pod(name: str, *, requests: dict[str, str] | None = None, limits: dict[str, str] | None = None,

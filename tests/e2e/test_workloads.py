@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,27 +9,15 @@ import pytest
 from tests.conftest import Server
 from tests.e2e.test_kubectl import Kubectl
 from tests.support.testnode import NodeProcess
+from tests.support.waiting import fresh_namespace
+from tests.support.waiting import until as _until
 
 pytestmark = pytest.mark.e2e
-
-TIMEOUT = 60.0
-
-
-def _until(check: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 @pytest.fixture
 def k(server: Server, test_node: NodeProcess, request: pytest.FixtureRequest) -> Kubectl:
-    ns = request.node.name.removeprefix("test_").replace("_", "-")[:40].rstrip("-")
-    kubectl = Kubectl("1.36", server, ns)
-    kubectl.run("create", "namespace", ns, namespaced=False)
-    return kubectl
+    return fresh_namespace(server, request)
 
 
 def _pods(k: Kubectl, selector: str) -> list[dict[str, Any]]:
