@@ -318,6 +318,8 @@ class Scheduler:
         return top[self._rr % len(top)]
 
     def fit_message(self, pod: JSON, nodes: dict[str, plugins.NodeInfo], reasons: dict[str, list[str]]) -> str:
+        if not nodes:
+            return "no nodes available to schedule pods"  # upstream's ErrNoNodesAvailable
         message = _fit_prefix(len(nodes), reasons)
         if (pod.get("spec") or {}).get("preemptionPolicy") == "Never":
             return message

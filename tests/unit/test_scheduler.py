@@ -148,3 +148,10 @@ def test_sidecars_count_as_upstream() -> None:
     # A sidecar started before it runs beside the init container too.
     early = {"spec": {"containers": [req("100m")], "initContainers": [req("100m", sidecar=True), req("500m")]}}
     assert plugins.objects.pod_requests(early)["cpu"] == 600
+
+
+def test_no_nodes_at_all_is_upstreams_message() -> None:
+    from edgekube.scheduler.scheduler import Scheduler
+
+    assert Scheduler.fit_message(object.__new__(Scheduler), pod(), plugins.Snapshot(), {}) == \
+        "no nodes available to schedule pods"
