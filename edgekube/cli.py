@@ -3,6 +3,7 @@
     edgekube server [--config FILE] [--data-dir DIR] [--bind-address ADDR] [--https-port PORT]
                     [--disable COMPONENT]...
     edgekube version
+    edgekube images import FILE... | ls | rm REF...   [--config FILE] [--data-dir DIR]
 
 Scripts and docs depend on this exact contract. Exit codes: 0 clean stop, 1 a component failed,
 2 bad usage or configuration (with a message that names the setting).
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from edgekube import KUBE_VERSION, __version__, runtime
 from edgekube import config as config_mod
+from edgekube.kubelet import images as images_mod
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +40,75 @@ def _parser() -> argparse.ArgumentParser:
         help=f"leave a component off; repeatable; one of {', '.join(config_mod.COMPONENTS)}",
     )
     sub.add_parser("version", help="print the version")
+    img = sub.add_parser("images", help="list, import and remove container images in the data dir's image store")
+    img_sub = img.add_subparsers(dest="images_command", required=True)
+    for name, helptext in (("import", "import OCI-layout or docker-archive tarballs (no network)"),
+                           ("ls", "list images"), ("rm", "remove images (by name, ID or ID prefix)")):
+        cmd = img_sub.add_parser(name, help=helptext)
+        cmd.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
+        cmd.add_argument("--data-dir", type=Path, help="the data dir whose image store to use")
+        if name == "import":
+            cmd.add_argument("files", nargs="+", type=Path, metavar="FILE")
+        elif name == "rm":
+            cmd.add_argument("refs", nargs="+", metavar="REF")
+        else:
+            cmd.add_argument("-q", "--quiet", action="store_true", help="print image IDs only")
     return p
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.3g}{unit}"
+        value /= 1000
+    return f"{size}B"
+
+
+async def _images(args: argparse.Namespace, data_dir: Path) -> int:
+    store = images_mod.ImageStore(data_dir / images_mod.STORE_DIR)
+    try:
+        if args.images_command == "import":
+            failed = False
+            for path in args.files:
+                try:
+                    imported = await store.import_tarball(path)
+                except images_mod.ImageError as exc:
+                    print(f"edgekube: {exc}", file=sys.stderr)
+                    failed = True
+                    continue
+                for info in imported:
+                    print(f"imported {', '.join(info.tags) or '<untagged>'} ({info.id})")
+            return 1 if failed else 0
+        if args.images_command == "rm":
+            failed = False
+            for ref in args.refs:
+                try:
+                    info = await store.remove(ref)
+                except images_mod.ImageError as exc:
+                    print(f"edgekube: {exc}", file=sys.stderr)
+                    failed = True
+                    continue
+                print(f"removed {ref} ({info.id})")
+            return 1 if failed else 0
+        rows = []
+        for info in store.list():
+            if args.quiet:
+                print(info.id)
+                continue
+            digest = info.repo_digests[0].split("@", 1)[1][:19] if info.repo_digests else "<none>"
+            tags = info.tags or ("<none>:<none>",)
+            for tag in tags:
+                repo, _, t = tag.rpartition(":")
+                rows.append((repo, t, digest, info.id.split(":", 1)[1][:13], _human(info.size), info.platform))
+        if not args.quiet:
+            header = ("IMAGE", "TAG", "DIGEST", "IMAGE ID", "SIZE", "PLATFORM")
+            widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+            for row in [header, *rows]:
+                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        return 0
+    finally:
+        await store.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,6 +116,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"edgekube {__version__} (Kubernetes API {KUBE_VERSION}, Python {platform.python_version()}, {platform.machine()})")
         return 0
+    if args.command == "images":
+        try:
+            cfg = config_mod.load(config_file=args.config,
+                                  overrides={"data-dir": str(args.data_dir) if args.data_dir else None})
+        except config_mod.ConfigError as exc:
+            print(f"edgekube: {exc}", file=sys.stderr)
+            return 2
+        try:
+            return asyncio.run(_images(args, cfg.data_dir))
+        except (OSError, images_mod.ImageError) as exc:
+            print(f"edgekube: {exc}", file=sys.stderr)
+            return 1
     overrides = {
         "data-dir": str(args.data_dir) if args.data_dir else None,
         "bind-address": args.bind_address,

@@ -54,6 +54,7 @@ class Runtime:
         self.kubeconfig = cfg.data_dir / "kubeconfig.yaml"
         self.node_name = cfg.node_name or socket.gethostname().lower()
         self.metrics = metrics_mod.MetricsStore()  # fed by the kubelet, read by the autoscaler
+        self._control_plane: list[str] = []  # task names, stopped before the store closes
 
     def ready(self) -> bool:
         return all(self.gates.values())
@@ -144,7 +145,9 @@ class Runtime:
             runners.append(("scheduler", sched.run))
         for name, inf in factory.unstarted():
             self.supervisor.start(name, inf.run())
+            self._control_plane.append(name)
         self.supervisor.start("events", recorder.run())
+        self._control_plane.append("events")
 
         async def after_sync(run: Callable[[], Coroutine[Any, Any, Any]]) -> None:
             # A controller that reconciled before its caches were full would act on half a
@@ -154,6 +157,7 @@ class Runtime:
 
         for name, run in runners:
             self.supervisor.start(name, after_sync(run))
+            self._control_plane.append(name)
 
     async def _ensure_kubernetes_service(self, *, service_ip: str, addresses: list[str]) -> None:
         """The `default/kubernetes` Service that in-cluster clients use to reach the API."""
@@ -237,6 +241,9 @@ class Runtime:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        # Controllers and the scheduler go before the store they write to.
+        await self.supervisor.stop_some(self._control_plane)
+        self._control_plane.clear()
         if self.store is not None:
             # Queued writes finish and the memory tier is saved before the database closes.
             await self.store.close()

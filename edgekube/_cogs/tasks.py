@@ -66,3 +66,11 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
+
+    async def stop_some(self, names: list[str]) -> None:
+        """Cancel and await these tasks (a component stopping before those it depends on)."""
+        self._stopping = True
+        tasks = [self._tasks.pop(n) for n in names if n in self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
