@@ -1,0 +1,504 @@
+"""The container runtime the kubelet drives: create, start, stop, remove, status, adopt and sweep
+runc containers together with their bundles, overlay mounts, log FIFOs and cgroups.
+
+State lives where it survives edgekube: runc's root (`<data>/runc`, one state.json per
+container), the bundles (`<data>/containers/<id>`: config.json with the pod's identity in its
+annotations, the FIFOs, and status.json with what runc does not keep: when the container was
+started and, once edgekube saw it exit, its exit code, finish time and OOM kill). `open()` after a
+restart lists runc's containers and picks each one up again: running ones get their log copiers
+and exit watch back, stopped ones are reported with what is known. Nothing is restarted.
+
+What is known about a container that stopped (see `exits` for the mechanisms):
+- it exited while this edgekube process ran (started by it, or adopted): exit code and finish
+  time, exact; OOM kill from the cgroup's counter;
+- it exited while edgekube was down: runc says "stopped", the OOM counter still answers, but
+  the exit code and finish time are unknown (`exit_code` None, reason
+  `ContainerStatusUnknown`, upstream's word for a status the runtime lost).
+
+Removal leaves nothing: `runc delete --force` (kills what runs and removes the container's
+cgroup), the exit is reaped, the log copiers drain to EOF, leftover cgroup directories are
+removed (stragglers SIGKILLed), the rootfs and anything mounted under the bundle are
+unmounted, and the bundle is deleted. `sweep()` does the same at boot for every container,
+bundle, mount and pod cgroup the kubelet no longer knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgekube.kubelet.runtime import bundle as bundle_mod
+from edgekube.kubelet.runtime import cgroups as cgroups_mod
+from edgekube.kubelet.runtime import crilog, exits, runc
+
+log = logging.getLogger(__name__)
+
+CREATED = "created"
+RUNNING = "running"
+PAUSED = "paused"
+EXITED = "exited"
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerSpec:
+    """What the kubelet asks for: the pod and container objects, the image's config and layers
+    (unpacked directories, base layer first), where the CRI log goes, the pod's cgroup (from
+    `ensure_pod`) and network namespace, and the bind mounts it prepared."""
+
+    id: str
+    pod: Mapping[str, Any]
+    container: Mapping[str, Any]
+    image: bundle_mod.ImageConfig
+    lowerdirs: tuple[Path, ...]
+    log_path: Path
+    pod_cgroup: str
+    netns: str | None = None
+    mounts: tuple[bundle_mod.Mount, ...] = ()
+    env: tuple[tuple[str, str], ...] | None = None
+    attempt: int = 0
+    shm: str | None = None
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerStatus:
+    id: str
+    state: str  # created | running | paused | exited
+    pid: int
+    pod_uid: str
+    pod_name: str
+    namespace: str
+    name: str
+    attempt: int
+    created_at: datetime.datetime
+    started_at: datetime.datetime | None
+    finished_at: datetime.datetime | None
+    exit_code: int | None
+    oom_killed: bool
+    reason: str  # "" while not exited; Completed | Error | OOMKilled | ContainerStatusUnknown
+    log_path: str
+    cgroup: str
+    annotations: Mapping[str, str]
+
+
+@dataclasses.dataclass
+class SweepReport:
+    containers: list[str] = dataclasses.field(default_factory=list)
+    bundles: list[str] = dataclasses.field(default_factory=list)
+    mounts: list[str] = dataclasses.field(default_factory=list)
+    cgroups: list[str] = dataclasses.field(default_factory=list)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _iso(t: datetime.datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def _parse_iso(v: Any) -> datetime.datetime | None:
+    if not isinstance(v, str) or not v:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(v)
+    except ValueError:
+        return None
+
+
+class Runtime:
+    def __init__(self, *, data_dir: Path, cgroups: cgroups_mod.Cgroups, runc_binary: str = "runc",
+                 timeout: float = 30.0, seccomp_default: bool = True, seccomp_root: Path | None = None,
+                 pids_limit: int | None = None, on_exit: Callable[[str], None] | None = None,
+                 subreaper: bool = True) -> None:
+        self.data_dir = data_dir
+        self.containers_dir = data_dir / "containers"
+        self.cgroups = cgroups
+        self.runc = runc.Runc(root=data_dir / "runc", binary=runc_binary, timeout=timeout)
+        self.seccomp_default = seccomp_default
+        self.seccomp_root = seccomp_root
+        self.pids_limit = pids_limit
+        self.on_exit = on_exit
+        # subreaper=False only for tests that need to play a restarted process (not the parent).
+        self.watcher = exits.Watcher(subreaper=subreaper)
+        self._copiers: dict[str, list[crilog.Copier]] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+        self._exited: dict[str, asyncio.Event] = {}
+        self._pids: dict[str, int] = {}
+        self._parents_ready = False
+
+    # --- life of the runtime ------------------------------------------------------------------
+
+    async def open(self) -> list[ContainerStatus]:
+        """Start (or, after a restart, pick up where the last process left): every container
+        runc knows is adopted. Returns their statuses."""
+        await asyncio.to_thread(self._make_dirs)
+        self.watcher.open()
+        out = []
+        for st in await self.runc.list():
+            try:
+                out.append(await self._adopt(st))
+            except (OSError, runc.RuncError) as exc:
+                log.warning("cannot adopt container %s: %s", st.id, exc)
+        return out
+
+    def _make_dirs(self) -> None:
+        self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.runc.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    async def close(self) -> None:
+        """Stop watching and copying; the containers go on running (they outlive edgekube)."""
+        for copiers in self._copiers.values():
+            for c in copiers:
+                c.close()
+        self._copiers.clear()
+        self.watcher.close()
+
+    # --- pods -------------------------------------------------------------------------------
+
+    async def ensure_pod(self, pod: Mapping[str, Any]) -> str:
+        """The pod's cgroup (QoS parents made on first use), limits from the pod's resources."""
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        if not uid:
+            raise ValueError("pod has no metadata.uid")
+        limits = cgroups_mod.pod_limits(pod, pids_limit=self.pids_limit)
+        qos = cgroups_mod.qos_class(pod)
+
+        def work() -> str:
+            if not self._parents_ready:
+                self.cgroups.ensure_parents()
+                self._parents_ready = True
+            return self.cgroups.ensure_pod(uid, qos=qos, limits=limits)
+
+        return await asyncio.to_thread(work)
+
+    async def update_qos(self, pods: Sequence[Mapping[str, Any]]) -> None:
+        """Burstable parent's cpu.shares from the requests of the node's burstable pods (call
+        when pods come or go)."""
+        shares = cgroups_mod.burstable_shares(pods)
+        path = f"/{self.cgroups.parent}/burstable"
+        await asyncio.to_thread(self.cgroups.set_limits, path, cgroups_mod.Limits(cpu_shares=shares))
+
+    async def remove_pod(self, pod_uid: str) -> None:
+        """Remove the pod's cgroup (its containers must be removed first; stragglers are killed)."""
+        path = (await asyncio.to_thread(self.cgroups.pods)).get(pod_uid)
+        if path is not None:
+            await asyncio.to_thread(self.cgroups.remove, path)
+
+    # --- containers ---------------------------------------------------------------------------
+
+    def bundle(self, cid: str) -> bundle_mod.Bundle:
+        return bundle_mod.Bundle(self.containers_dir / runc.check_id(cid))
+
+    async def create(self, spec: ContainerSpec) -> ContainerStatus:
+        """Bundle, overlay rootfs, config.json, FIFOs, then `runc create`: the container's init
+        waits for `start`. On failure nothing of it is left."""
+        b = self.bundle(spec.id)
+        cgroup_path = cgroups_mod.container_cgroup_path(spec.pod_cgroup, spec.id)
+        if b.path.exists():
+            raise runc.AlreadyExistsError(f"container {spec.id} already exists (bundle {b.path})",
+                                          command=["create", spec.id], returncode=None)
+
+        def prepare() -> tuple[int, int]:
+            b.prepare(lowerdirs=spec.lowerdirs)
+            config = bundle_mod.build_config(
+                spec.pod, container=spec.container, image=spec.image, rootfs=b.rootfs, cgroups_path=cgroup_path,
+                netns=spec.netns, mounts=spec.mounts, env=spec.env, attempt=spec.attempt,
+                log_path=str(spec.log_path), seccomp_default=self.seccomp_default, seccomp_root=self.seccomp_root,
+                pids_limit=self.pids_limit, shm=spec.shm, annotations=spec.annotations)
+            b.write_config(config)
+            out_fifo, err_fifo = crilog.make_fifos(b.path)
+            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+            return crilog.open_for_container(out_fifo), crilog.open_for_container(err_fifo)
+
+        out_w = err_w = -1
+        try:
+            out_w, err_w = await asyncio.to_thread(prepare)
+            pid = await self.runc.create(spec.id, bundle=b.path, stdout=out_w, stderr=err_w, pid_file=b.pid_file)
+        except BaseException:
+            for fd in (out_w, err_w):
+                if fd >= 0:
+                    os.close(fd)
+            with contextlib.suppress(runc.RuncError, OSError):
+                await self.runc.delete(spec.id, force=True)
+            await asyncio.to_thread(self._remove_files, b, cgroup_path)
+            raise
+        # Only the container holds its FIFOs' write ends from now on (see crilog).
+        os.close(out_w)
+        os.close(err_w)
+        self._records[spec.id] = {"cgroup": cgroup_path}
+        self._exited[spec.id] = asyncio.Event()
+        self._attach_logs(spec.id, b, spec.log_path)
+        self._watch(spec.id, pid)
+        return await self.status(spec.id)
+
+    async def start(self, cid: str) -> None:
+        rec = self._records.setdefault(cid, {})
+        rec["startedAt"] = _iso(_now())
+        try:
+            await self.runc.start(cid)
+        except runc.RuncError:
+            rec.pop("startedAt", None)
+            raise
+        # On the loop, like the exit callback's write: one small file, and the two never race.
+        self._save_record(cid)
+
+    async def run(self, spec: ContainerSpec) -> ContainerStatus:
+        await self.create(spec)
+        await self.start(spec.id)
+        return await self.status(spec.id)
+
+    async def kill(self, cid: str, sig: int = signal.SIGTERM) -> None:
+        with contextlib.suppress(runc.NotRunningError):
+            await self.runc.kill(cid, sig)
+
+    async def wait(self, cid: str) -> ContainerStatus:
+        """Until the container's init exited (bound it with asyncio.timeout)."""
+        event = self._exited.get(cid)
+        if event is None:
+            st = await self.status(cid)
+            if st.state == EXITED:
+                return st
+            raise KeyError(f"container {cid} is not watched by this runtime")
+        await event.wait()
+        return await self.status(cid)
+
+    async def stop(self, cid: str, *, grace: float) -> ContainerStatus:
+        """SIGTERM, up to `grace` seconds, then SIGKILL (the kubelet's graceful termination)."""
+        await self.kill(cid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace):
+                return await self.wait(cid)
+        except TimeoutError:
+            await self.kill(cid, signal.SIGKILL)
+            async with asyncio.timeout(self.runc.timeout):
+                return await self.wait(cid)
+
+    async def status(self, cid: str) -> ContainerStatus:
+        st = await self.runc.state(cid)
+        return self._status(st)
+
+    async def list(self) -> list[ContainerStatus]:
+        return [self._status(st) for st in await self.runc.list()]
+
+    async def stats(self, cid: str) -> cgroups_mod.Usage:
+        path = self._cgroup_of(cid)
+        return await asyncio.to_thread(self.cgroups.usage, path)
+
+    async def remove(self, cid: str) -> None:
+        """Delete the container and everything it had: process, cgroup, mounts, bundle, FIFOs."""
+        b = self.bundle(cid)
+        cgroup_path = self._cgroup_of(cid)
+        try:
+            st: runc.State | None = await self.runc.state(cid)
+        except runc.NotFoundError:
+            st = None
+        if st is not None:
+            if st.status != "stopped" and cid not in self._pids and st.pid:
+                self._watch(cid, st.pid)
+            await self.runc.delete(cid, force=True)
+            event = self._exited.get(cid)
+            if event is not None and cid in self._pids:
+                # The kill is reaped (a zombie child of ours would otherwise stay behind).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), self.runc.timeout)
+        for c in self._copiers.pop(cid, []):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(c.wait(), 5)
+            c.close()
+        pid = self._pids.pop(cid, None)
+        if pid is not None:
+            self.watcher.unwatch(pid)
+        await asyncio.to_thread(self._remove_files, b, cgroup_path)
+        self._records.pop(cid, None)
+        self._exited.pop(cid, None)
+
+    def _remove_files(self, b: bundle_mod.Bundle, cgroup_path: str | None) -> None:
+        if cgroup_path:
+            with contextlib.suppress(ValueError):
+                self.cgroups.remove(cgroup_path)
+        b.remove()
+
+    async def sweep(self, *, known_containers: set[str], known_pods: set[str]) -> SweepReport:
+        """Remove what belongs to no container or pod the kubelet knows (run at boot, after
+        `open`): runc containers, bundles, mounts under the bundles, pod and container cgroups."""
+        report = SweepReport()
+        listed = await self.runc.list()
+        for st in listed:
+            if st.id not in known_containers:
+                await self.remove(st.id)
+                report.containers.append(st.id)
+        runc_ids = {st.id for st in listed}
+
+        def files() -> None:
+            for mp in bundle_mod.mountpoints():
+                if self.containers_dir in mp.parents:
+                    cid = mp.relative_to(self.containers_dir).parts[0]
+                    if cid not in known_containers:
+                        bundle_mod.unmount(mp)
+                        report.mounts.append(str(mp))
+            if self.containers_dir.is_dir():
+                for e in os.scandir(self.containers_dir):
+                    if e.name not in known_containers and e.name not in runc_ids:
+                        bundle_mod.Bundle(Path(e.path)).remove()
+                        report.bundles.append(e.name)
+            for uid, path in self.cgroups.pods().items():
+                if uid not in known_pods:
+                    self.cgroups.remove(path)
+                    report.cgroups.append(path)
+                    continue
+                for d in self.cgroups.dirs(path):
+                    for e in os.scandir(d):
+                        if e.is_dir() and e.name not in known_containers:
+                            sub = f"{path}/{e.name}"
+                            self.cgroups.remove(sub)
+                            report.cgroups.append(sub)
+
+        await asyncio.to_thread(files)
+        return report
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _cgroup_of(self, cid: str) -> str:
+        rec = self._records.get(cid) or {}
+        if rec.get("cgroup"):
+            return str(rec["cgroup"])
+        try:
+            config = self.bundle(cid).read_config()
+        except (OSError, ValueError):
+            return ""
+        return str((config.get("linux") or {}).get("cgroupsPath") or "")
+
+    def _attach_logs(self, cid: str, b: bundle_mod.Bundle, log_path: Path) -> None:
+        logfile = crilog.LogFile(log_path)
+        copiers = [crilog.Copier(b.path / crilog.STDOUT, stream=crilog.STDOUT, log=logfile),
+                   crilog.Copier(b.path / crilog.STDERR, stream=crilog.STDERR, log=logfile)]
+        for c in copiers:
+            c.start()
+        self._copiers[cid] = copiers
+
+    def _watch(self, cid: str, pid: int) -> None:
+        self._pids[cid] = pid
+        if not self.watcher.watch(pid, lambda e: self._on_exit(cid, e)):
+            self._on_exit(cid, self.watcher.reap_now(pid))
+
+    def _on_exit(self, cid: str, e: exits.Exit) -> None:
+        rec = self._records.setdefault(cid, {})
+        rec["finishedAt"] = _iso(_now())
+        rec["exitCode"] = e.exit_code
+        rec["exitSource"] = e.source
+        path = self._cgroup_of(cid)
+        if path:
+            with contextlib.suppress(OSError, ValueError):
+                rec["oomKilled"] = self.cgroups.oom_kills(path) > 0
+        try:
+            self._save_record(cid)
+        except OSError as exc:
+            log.warning("container %s: cannot record its exit: %s", cid, exc)
+        self._pids.pop(cid, None)
+        event = self._exited.setdefault(cid, asyncio.Event())
+        event.set()
+        if self.on_exit is not None:
+            self.on_exit(cid)
+
+    def _save_record(self, cid: str) -> None:
+        b = self.bundle(cid)
+        if b.path.is_dir():
+            bundle_mod.write_json(b.status_path, self._records.get(cid) or {})
+
+    def _load_record(self, cid: str) -> dict[str, Any]:
+        try:
+            data = json.loads(self.bundle(cid).status_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    async def _adopt(self, st: runc.State) -> ContainerStatus:
+        cid = st.id
+        rec = self._records.setdefault(cid, {})
+        rec.update({k: v for k, v in (await asyncio.to_thread(self._load_record, cid)).items() if k not in rec})
+        b = self.bundle(cid)
+        self._exited.setdefault(cid, asyncio.Event())
+        if st.status != "stopped" and st.pid:
+            log_path = st.annotations.get(bundle_mod.ANNOTATION_LOG_PATH)
+            if log_path and (b.path / crilog.STDOUT).exists():
+                self._attach_logs(cid, b, Path(log_path))
+            # Watch first (a pidfd pins the process), then check the pid is still the
+            # container's init and not a reuse of its number.
+            self._watch(cid, st.pid)
+            if cid in self._pids and not _same_process(self.runc.root, cid, st.pid):
+                self.watcher.unwatch(st.pid)
+                self._on_exit(cid, exits.Exit(st.pid, None, "unknown"))
+        elif "finishedAt" not in rec and "exitCode" not in rec:
+            # Exited while edgekube was down: code and time are gone; the OOM counter is not.
+            path = self._cgroup_of(cid)
+            if path:
+                with contextlib.suppress(OSError, ValueError):
+                    rec["oomKilled"] = await asyncio.to_thread(self.cgroups.oom_kills, path) > 0
+            rec.setdefault("exitSource", "unknown")
+            self._exited[cid].set()
+        else:
+            self._exited[cid].set()
+        return self._status(await self.runc.state(cid))
+
+    def _status(self, st: runc.State) -> ContainerStatus:
+        rec = self._records.get(st.id)
+        if rec is None:
+            rec = self._load_record(st.id)
+        state = {"stopped": EXITED, "pausing": RUNNING}.get(st.status, st.status)
+        exit_code = rec.get("exitCode") if state == EXITED else None
+        oom = bool(rec.get("oomKilled")) if state == EXITED else False
+        reason = ""
+        if state == EXITED:
+            if oom:
+                reason = "OOMKilled"
+            elif exit_code is None:
+                reason = "ContainerStatusUnknown"
+            else:
+                reason = "Completed" if exit_code == 0 else "Error"
+        a = st.annotations
+        try:
+            attempt = int(a.get(bundle_mod.ANNOTATION_ATTEMPT) or 0)
+        except ValueError:
+            attempt = 0
+        return ContainerStatus(
+            id=st.id, state=state, pid=st.pid if state != EXITED else 0,
+            pod_uid=a.get(bundle_mod.ANNOTATION_POD_UID, ""), pod_name=a.get(bundle_mod.ANNOTATION_POD_NAME, ""),
+            namespace=a.get(bundle_mod.ANNOTATION_POD_NAMESPACE, ""), name=a.get(bundle_mod.ANNOTATION_CONTAINER_NAME, ""),
+            attempt=attempt, created_at=st.created, started_at=_parse_iso(rec.get("startedAt")),
+            finished_at=_parse_iso(rec.get("finishedAt")) if state == EXITED else None,
+            exit_code=int(exit_code) if isinstance(exit_code, int) else None, oom_killed=oom, reason=reason,
+            log_path=a.get(bundle_mod.ANNOTATION_LOG_PATH, ""), cgroup=a.get(bundle_mod.ANNOTATION_CGROUP, ""),
+            annotations=dict(a))
+
+
+def _same_process(root: Path, cid: str, pid: int) -> bool:
+    """Whether `pid` is still the container's init and not a reuse of its number: the start time
+    runc recorded against the one /proc gives (what runc itself compares)."""
+    try:
+        state = json.loads((root / cid / "state.json").read_text())
+        recorded = int(state.get("init_process_start") or 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    fields = stat[stat.rfind(")") + 2:].split()
+    try:
+        return int(fields[19]) == recorded  # field 22, starttime (clock ticks since boot)
+    except (IndexError, ValueError):
+        return False
+
+
+def statuses_by_pod(statuses: Sequence[ContainerStatus]) -> dict[str, list[ContainerStatus]]:
+    out: dict[str, list[ContainerStatus]] = {}
+    for s in statuses:
+        out.setdefault(s.pod_uid, []).append(s)
+    return out
