@@ -124,6 +124,56 @@ def tolerated(pod: JSON, taint: JSON) -> bool:
     return matching_toleration(pod, taint) is not None
 
 
+def node_selector_term_matches(term: JSON, node: JSON) -> bool:
+    """A nodeSelectorTerm: its matchExpressions on the node's labels and matchFields on
+    metadata.name, all true; an empty term matches no node (upstream's NodeSelectorTerm)."""
+    exprs = term.get("matchExpressions") or []
+    fields = term.get("matchFields") or []
+    if not exprs and not fields:
+        return False
+    have = meta(node).get("labels") or {}
+    for e in exprs:
+        key = e.get("key", "")
+        if not _node_requirement(e, have.get(key), key in have):
+            return False
+    name = meta(node).get("name")
+    return all(f.get("key") == "metadata.name" and _node_requirement(f, name, True) for f in fields)
+
+
+def required_node_affinity_matches(spec: JSON, node: JSON) -> bool:
+    """The pod spec's nodeSelector and required node affinity (upstream's GetRequiredNodeAffinity)."""
+    have = meta(node).get("labels") or {}
+    for key, value in (spec.get("nodeSelector") or {}).items():
+        if have.get(key) != value:
+            return False
+    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution"))
+    if required is None:
+        return True
+    return any(node_selector_term_matches(t, node) for t in required.get("nodeSelectorTerms") or []
+               if isinstance(t, dict))
+
+
+def _node_requirement(expr: JSON, value: str | None, present: bool) -> bool:
+    op = expr.get("operator")
+    values = expr.get("values") or []
+    if op == "In":
+        return present and value in values
+    if op == "NotIn":
+        return not present or value not in values
+    if op == "Exists":
+        return present
+    if op == "DoesNotExist":
+        return not present
+    if op in ("Gt", "Lt"):
+        try:
+            have, want = int(value or ""), int(values[0])
+        except (ValueError, IndexError):
+            return False
+        return have > want if op == "Gt" else have < want
+    return False
+
+
 def selector_of(obj: JSON) -> labels.Selector | None:
     """The object's spec.selector as a Selector; None when missing or invalid (matches nothing)."""
     sel = (obj.get("spec") or {}).get("selector")

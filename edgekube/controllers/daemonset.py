@@ -131,72 +131,16 @@ def daemon_pod_spec(ds: JSON) -> JSON:
     return spec
 
 
-def toleration_matches(t: JSON, taint: JSON) -> bool:
-    if t.get("effect") and t.get("effect") != taint.get("effect"):
-        return False
-    op = t.get("operator") or "Equal"
-    if not t.get("key"):
-        return op == "Exists"
-    if t.get("key") != taint.get("key"):
-        return False
-    return op == "Exists" or (t.get("value") or "") == (taint.get("value") or "")
-
-
 def _untolerated(spec: JSON, node: JSON, effects: tuple[str, ...]) -> bool:
     tolerations = [t for t in spec.get("tolerations") or [] if isinstance(t, dict)]
     for taint in (node.get("spec") or {}).get("taints") or []:
-        if taint.get("effect") in effects and not any(toleration_matches(t, taint) for t in tolerations):
+        if taint.get("effect") in effects and not any(objects.toleration_matches(t, taint) for t in tolerations):
             return True
     return False
 
 
-def _requirement(expr: JSON, value: str | None, present: bool) -> bool:
-    op = expr.get("operator")
-    values = expr.get("values") or []
-    if op == "In":
-        return present and value in values
-    if op == "NotIn":
-        return not present or value not in values
-    if op == "Exists":
-        return present
-    if op == "DoesNotExist":
-        return not present
-    if op in ("Gt", "Lt"):
-        try:
-            have, want = int(value or ""), int(values[0])
-        except (ValueError, IndexError):
-            return False
-        return have > want if op == "Gt" else have < want
-    return False
-
-
-def selector_term_matches(term: JSON, node: JSON) -> bool:
-    """A nodeSelectorTerm: its matchExpressions on labels and matchFields on metadata.name, all
-    true; an empty term matches no node."""
-    exprs = term.get("matchExpressions") or []
-    fields = term.get("matchFields") or []
-    if not exprs and not fields:
-        return False
-    labels = objects.meta(node).get("labels") or {}
-    for e in exprs:
-        key = e.get("key", "")
-        if not _requirement(e, labels.get(key), key in labels):
-            return False
-    name = objects.meta(node).get("name")
-    return all(f.get("key") == "metadata.name" and _requirement(f, name, True) for f in fields)
-
-
 def node_affinity_matches(spec: JSON, node: JSON) -> bool:
-    """The pod spec's nodeSelector and required node affinity (upstream's GetRequiredNodeAffinity)."""
-    labels = objects.meta(node).get("labels") or {}
-    for key, value in (spec.get("nodeSelector") or {}).items():
-        if labels.get(key) != value:
-            return False
-    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
-                .get("requiredDuringSchedulingIgnoredDuringExecution"))
-    if required is None:
-        return True
-    return any(selector_term_matches(t, node) for t in required.get("nodeSelectorTerms") or [] if isinstance(t, dict))
+    return objects.required_node_affinity_matches(spec, node)
 
 
 def should_run(node: JSON, ds: JSON) -> tuple[bool, bool]:

@@ -102,53 +102,11 @@ def node_unschedulable(pod: JSON, info: NodeInfo) -> str | None:
 
 
 def node_affinity(pod: JSON, info: NodeInfo) -> str | None:
-    spec = pod.get("spec") or {}
-    have = info.labels
-    for key, value in (spec.get("nodeSelector") or {}).items():
-        if have.get(key) != value:
-            return NODE_AFFINITY
-    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
-                .get("requiredDuringSchedulingIgnoredDuringExecution"))
-    if required is not None:
-        terms = required.get("nodeSelectorTerms") or []
-        if not any(node_selector_term(t, info) for t in terms):
-            return NODE_AFFINITY
-    return None
+    return None if objects.required_node_affinity_matches(pod.get("spec") or {}, info.node) else NODE_AFFINITY
 
 
 def node_selector_term(term: JSON, info: NodeInfo) -> bool:
-    exprs = term.get("matchExpressions") or []
-    fields = term.get("matchFields") or []
-    if not exprs and not fields:
-        return False  # an empty term matches no node
-    have = info.labels
-    for e in exprs:
-        if not _node_requirement(e, have.get(e.get("key", "")), e.get("key", "") in have):
-            return False
-    for f in fields:
-        if f.get("key") != "metadata.name" or not _node_requirement(f, info.name, True):
-            return False
-    return True
-
-
-def _node_requirement(expr: JSON, value: str | None, present: bool) -> bool:
-    op = expr.get("operator")
-    values = expr.get("values") or []
-    if op == "In":
-        return present and value in values
-    if op == "NotIn":
-        return not present or value not in values
-    if op == "Exists":
-        return present
-    if op == "DoesNotExist":
-        return not present
-    if op in ("Gt", "Lt"):
-        try:
-            have, want = int(value or ""), int(values[0])
-        except (ValueError, IndexError):
-            return False
-        return have > want if op == "Gt" else have < want
-    return False
+    return objects.node_selector_term_matches(term, info.node)
 
 
 def taint_toleration(pod: JSON, info: NodeInfo) -> str | None:
