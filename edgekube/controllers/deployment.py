@@ -36,6 +36,7 @@ from edgekube.client import objects
 from edgekube.client.events import Recorder
 from edgekube.client.informer import Handlers, Informer, object_key
 from edgekube.client.local import LocalClient
+from edgekube.controllers import ownership
 from edgekube.controllers.base import Controller, Requeue
 
 log = logging.getLogger(__name__)
@@ -124,47 +125,9 @@ class DeploymentController(Controller):
         await self._sync_status(d, [new, *old], new)
 
     async def _claim(self, d: JSON) -> list[JSON]:
-        meta = objects.meta(d)
-        uid = meta.get("uid")
         selector = objects.selector_of(d)
-        out = []
-        for rs in self._sets.list(meta.get("namespace")):
-            ref = objects.controller_of(rs)
-            matching = objects.matches(selector, rs)
-            if ref is not None:
-                if ref.get("uid") != uid:
-                    continue
-                if matching:
-                    out.append(rs)
-                else:
-                    await self._set_owner(rs, d, adopt=False)
-            elif matching and not meta.get("deletionTimestamp") and not objects.meta(rs).get("deletionTimestamp"):
-                adopted = await self._set_owner(rs, d, adopt=True)
-                if adopted is not None:
-                    out.append(adopted)
-        return out
-
-    async def _set_owner(self, rs: JSON, d: JSON, *, adopt: bool) -> JSON | None:
-        uid = objects.meta(d).get("uid")
-
-        def change(obj: JSON) -> JSON:
-            m = obj["metadata"]
-            refs = [r for r in m.get("ownerReferences") or [] if r.get("uid") != uid]
-            if adopt:
-                if any(r.get("controller") for r in refs):
-                    raise errors.conflict("replicasets", m["name"], group="apps", why="it has another controller")
-                refs.append(objects.owner_ref(d))
-            m["ownerReferences"] = refs
-            if not refs:
-                del m["ownerReferences"]
-            return obj
-
-        try:
-            return await self._patch_set(rs, change)
-        except errors.APIError as exc:
-            if exc.code in (404, 409):
-                return None
-            raise
+        return await ownership.claim(self._client, d, self._sets.list(objects.meta(d).get("namespace")),
+                                     match=lambda rs: objects.matches(selector, rs))
 
     def _find_new(self, d: JSON, sets: list[JSON]) -> JSON | None:
         want = _strip_hash((d.get("spec") or {}).get("template") or {})

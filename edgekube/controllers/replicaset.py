@@ -31,6 +31,7 @@ from edgekube.client import objects
 from edgekube.client.events import Recorder
 from edgekube.client.informer import Handlers, Informer, object_key
 from edgekube.client.local import LocalClient
+from edgekube.controllers import ownership
 from edgekube.controllers.base import Controller, Requeue
 
 log = logging.getLogger(__name__)
@@ -173,51 +174,9 @@ class ReplicaSetController(Controller):
 
     async def claim(self, rs: JSON) -> list[JSON]:
         """The pods this set owns, after adopting matching orphans and releasing the rest."""
-        meta = objects.meta(rs)
-        uid = meta.get("uid")
         selector = objects.selector_of(rs)
-        out = []
-        for pod in self._pods.list(meta.get("namespace")):
-            ref = objects.controller_of(pod)
-            matching = objects.matches(selector, pod)
-            if ref is not None:
-                if ref.get("uid") != uid:
-                    continue
-                if matching:
-                    out.append(pod)
-                elif not objects.meta(pod).get("deletionTimestamp"):
-                    await self._set_owner(pod, rs, adopt=False)
-                continue
-            if matching and not meta.get("deletionTimestamp") and not objects.meta(pod).get("deletionTimestamp"):
-                adopted = await self._set_owner(pod, rs, adopt=True)
-                if adopted is not None:
-                    out.append(adopted)
-        return out
-
-    async def _set_owner(self, pod: JSON, owner: JSON, *, adopt: bool) -> JSON | None:
-        pm = objects.meta(pod)
-        uid = objects.meta(owner).get("uid")
-
-        def change(obj: JSON) -> JSON:
-            m = obj["metadata"]
-            if m.get("uid") != pm.get("uid"):
-                raise errors.conflict("pods", str(pm.get("name")), why="the pod was replaced")
-            refs = [r for r in m.get("ownerReferences") or [] if r.get("uid") != uid]
-            if adopt:
-                if any(r.get("controller") for r in refs):
-                    raise errors.conflict("pods", str(pm.get("name")), why="the pod has another controller")
-                refs.append(objects.owner_ref(owner))
-            m["ownerReferences"] = refs
-            if not refs:
-                del m["ownerReferences"]
-            return obj
-
-        try:
-            return await self._client.patch("v1", "Pod", name=pm["name"], namespace=pm.get("namespace"), mutate=change)
-        except errors.APIError as exc:
-            if exc.code in (404, 409):
-                return None
-            raise
+        return await ownership.claim(self._client, rs, self._pods.list(objects.meta(rs).get("namespace")),
+                                     match=lambda pod: objects.matches(selector, pod))
 
     async def manage(self, key: str, rs: JSON, active: list[JSON]) -> None:
         want = int((rs.get("spec") or {}).get("replicas", 1) or 0)
