@@ -295,3 +295,25 @@ def test_priority_classes_and_preemption(k: Kubectl, server: Server) -> None:
     finally:
         k.run("delete", "priorityclass", f"high-{k.ns}", namespaced=False, check=False)
         k.run("delete", "deployment", "low", check=False)
+
+
+def test_scaling_in_the_middle_of_a_rollout_is_proportional(k: Kubectl) -> None:
+    k.run("create", "deployment", "web", "--image=busybox:1.36", "--replicas=10")
+    _rollout(k)
+    # A rollout that cannot finish (the image never pulls): with maxSurge 3 and maxUnavailable 2
+    # (25% of 10) it stops at 8 old + 5 new pods.
+    k.run("set", "image", "deployment/web", "busybox=invalid.example/none:1")
+
+    def sizes() -> dict[str, int]:
+        return {rs["spec"]["template"]["spec"]["containers"][0]["image"]: rs["spec"]["replicas"]
+                for rs in k.json("get", "replicasets")["items"]}
+
+    _until(lambda: sizes() == {"busybox:1.36": 8, "invalid.example/none:1": 5}, what="the stuck rollout")
+    # Scaling to 20 (surge 5: 25 pods allowed) spreads the 12 new replicas over both sets by size.
+    k.run("scale", "deployment", "web", "--replicas=20")
+    got = _until(lambda: (s := sizes()) and sum(s.values()) == 25 and s, what="proportional scaling")
+    assert got == {"busybox:1.36": 15, "invalid.example/none:1": 10}
+    rs = {r["spec"]["template"]["spec"]["containers"][0]["image"]: r for r in k.json("get", "replicasets")["items"]}
+    for r in rs.values():
+        assert r["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] == "20"
+        assert r["metadata"]["annotations"]["deployment.kubernetes.io/max-replicas"] == "25"
