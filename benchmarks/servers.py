@@ -76,7 +76,12 @@ class Proc:
 
 
 class EdgekubeServer(Proc):
-    def __init__(self, data_dir: Path, *, extra: list[str] | None = None) -> None:
+    """`edgekube server` on a private data dir; the kubelet is off unless `kubelet=True` (the API
+    benchmarks must not run their pods as real containers on this machine)."""
+
+    def __init__(self, data_dir: Path, *, extra: list[str] | None = None, kubelet: bool = False) -> None:
+        if not kubelet:
+            extra = [*(extra or []), "--disable", "kubelet"]
         self.data_dir = data_dir
         self.port = free_port()
         self.base = f"https://127.0.0.1:{self.port}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,24 @@ DEFAULTS: dict[str, Any] = {
         "event-ttl-seconds": 3600,
         "max-events": 5000,
     },
+    "kubelet": {
+        "root-dir": "",
+        "pod-log-dir": "/var/log/pods",
+        "registries-file": "/etc/edgekube/registries.yaml",
+        "max-pods": 110,
+        "system-reserved-cpu": "100m",
+        "system-reserved-memory": "128Mi",
+        "eviction-hard-memory": "100Mi",
+        "eviction-hard-nodefs-percent": 10,
+        "image-gc-high-percent": 85,
+        "image-gc-low-percent": 80,
+        "cgroup-parent": "kubepods",
+        "pod-pids-limit": 0,
+        "seccomp-default": True,
+        "runc": "runc",
+        "container-log-max-size": "10Mi",
+        "container-log-max-files": 5,
+    },
     "log-level": "info",
 }
 
@@ -87,6 +106,26 @@ class ControllerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class KubeletSettings:
+    root_dir: Path  # runc state, bundles, pod directories, network namespaces
+    pod_log_dir: Path
+    registries_file: Path
+    max_pods: int
+    system_reserved_cpu: str  # quantities, checked for their syntax here
+    system_reserved_memory: str
+    eviction_hard_memory: str
+    eviction_hard_nodefs_percent: int
+    image_gc_high_percent: int
+    image_gc_low_percent: int
+    cgroup_parent: str
+    pod_pids_limit: int  # 0: no limit
+    seccomp_default: bool
+    runc: str
+    container_log_max_size: int = 10 * 1024 * 1024  # bytes; a live CRI log file is rotated at this size; 0: never
+    container_log_max_files: int = 5  # files kept per container run, the live one included
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: Path
     bind_address: str
@@ -101,6 +140,7 @@ class Config:
     store: StoreSettings
     api: ApiSettings
     controllers: ControllerSettings
+    kubelet: KubeletSettings
     log_level: str
     source: str  # where the file part came from, for messages
 
@@ -162,6 +202,61 @@ def _int(data: Mapping[str, Any], key: str, where: str, *, lo: int = 0, hi: int 
     return out
 
 
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|E|Ei|P|Pi)?$")
+
+
+def _quantity(data: Mapping[str, Any], key: str, where: str) -> str:
+    value = str(data[key]).strip()
+    if not _QUANTITY.match(value):
+        raise ConfigError(f"{where}: '{key}' must be a quantity such as 100m, 512Mi or 1, got {data[key]!r}")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+               "Ti": 2**40}
+_SIZE = re.compile(r"^([0-9]+)(k|M|G|T|Ki|Mi|Gi|Ti)?$")
+
+
+def _size(data: Mapping[str, Any], key: str, where: str) -> int:
+    """A size in bytes written as a whole quantity (10Mi, 500k, 1048576)."""
+    value = data[key]
+    m = _SIZE.match(str(value).strip()) if not isinstance(value, bool) and isinstance(value, int | str) else None
+    if m is None:
+        raise ConfigError(f"{where}: '{key}' must be a size such as 10Mi, 500Ki or 1048576, got {value!r}")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2) or ""]
+
+
+def _kubelet(k: Mapping[str, Any], *, data_dir: Path, where: str) -> KubeletSettings:
+    high = _int(k, "image-gc-high-percent", where, lo=1, hi=100)
+    low = _int(k, "image-gc-low-percent", where, lo=0, hi=100)
+    if low > high:
+        raise ConfigError(f"{where}: 'image-gc-low-percent' ({low}) must not be above 'image-gc-high-percent' ({high})")
+    parent = str(k["cgroup-parent"]).strip("/")
+    if not parent or ".." in parent.split("/"):
+        raise ConfigError(f"{where}: 'cgroup-parent' must be a cgroup path such as kubepods, got {k['cgroup-parent']!r}")
+    if not isinstance(k["seccomp-default"], bool):
+        raise ConfigError(f"{where}: 'seccomp-default' must be true or false, got {k['seccomp-default']!r}")
+    root = str(k["root-dir"] or "")
+    return KubeletSettings(
+        root_dir=Path(root) if root else data_dir / "kubelet",
+        pod_log_dir=Path(str(k["pod-log-dir"])),
+        registries_file=Path(str(k["registries-file"])),
+        max_pods=_int(k, "max-pods", where, lo=1),
+        system_reserved_cpu=_quantity(k, "system-reserved-cpu", where),
+        system_reserved_memory=_quantity(k, "system-reserved-memory", where),
+        eviction_hard_memory=_quantity(k, "eviction-hard-memory", where),
+        eviction_hard_nodefs_percent=_int(k, "eviction-hard-nodefs-percent", where, lo=0, hi=99),
+        image_gc_high_percent=high,
+        image_gc_low_percent=low,
+        cgroup_parent=parent,
+        pod_pids_limit=_int(k, "pod-pids-limit", where, lo=0),
+        seccomp_default=k["seccomp-default"],
+        runc=str(k["runc"]),
+        container_log_max_size=_size(k, "container-log-max-size", where),
+        container_log_max_files=_int(k, "container-log-max-files", where, lo=2),
+    )
+
+
 def _build(data: Mapping[str, Any], *, source: str) -> Config:
     disable = data["disable"]
     if isinstance(disable, str):
@@ -197,8 +292,9 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
     where_a = f"{source} (api)"
     c = data["controllers"]
     where_c = f"{source} (controllers)"
+    data_dir = Path(str(data["data-dir"]))
     return Config(
-        data_dir=Path(str(data["data-dir"])),
+        data_dir=data_dir,
         bind_address=str(data["bind-address"]),
         https_port=_int(data, "https-port", source, lo=1, hi=65535),
         disable=frozenset(disable),
@@ -228,6 +324,7 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
             event_ttl_seconds=_int(c, "event-ttl-seconds", where_c, lo=1),
             max_events=_int(c, "max-events", where_c, lo=1),
         ),
+        kubelet=_kubelet(data["kubelet"], data_dir=data_dir, where=f"{source} (kubelet)"),
         log_level=level,
         source=source,
     )

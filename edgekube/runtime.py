@@ -1,10 +1,12 @@
 """The composition root: build every component from one frozen config, start, stop.
 
 Start order, each behind a named readiness gate: store (open LMDB, load the memory tier), api
-(system namespaces, the `kubernetes` Service, TLS, listen), then the components that later issues
-bring (controllers and scheduler, network, kubelet), which are accepted in `--disable` already.
+(system namespaces, the `kubernetes` Service, TLS, listen), then the controllers and scheduler,
+then the kubelet (its gate opens once its node is registered Ready). The network comes in a later
+issue; `--disable` accepts its names already.
 `/readyz` answers ok once every enabled gate is open. Shutdown runs in reverse: stop listening,
-finish queued writes, save the memory tier, close the database.
+stop the kubelet (its containers go on running), the controllers and the scheduler, finish
+queued writes, save the memory tier, close the database.
 
 A supervised task that ends on its own stops the whole process with a non-zero exit, so systemd
 restarts it: nothing dies silently.
@@ -32,6 +34,8 @@ from edgekube.api.registry import resources, rest
 from edgekube.client import events as events_mod
 from edgekube.client import informer, local
 from edgekube.controllers import manager
+from edgekube.kubelet import kubelet as kubelet_mod
+from edgekube.kubelet import logs as kubelet_logs
 from edgekube.scheduler import scheduler as scheduler_mod
 from edgekube.store import store as store_mod
 
@@ -55,6 +59,10 @@ class Runtime:
         self.node_name = cfg.node_name or socket.gethostname().lower()
         self.metrics = metrics_mod.MetricsStore()  # fed by the kubelet, read by the autoscaler
         self._control_plane: list[str] = []  # task names, stopped before the store closes
+        self.kubelet: kubelet_mod.Kubelet | None = None
+        self._kubelet_tasks: list[str] = []  # stopped first: the kubelet writes through the API
+        if cfg.enabled("kubelet"):
+            self.gates["kubelet"] = False
 
     def ready(self) -> bool:
         return all(self.gates.values())
@@ -113,6 +121,7 @@ class Runtime:
             tokens={},
             server_address=f"{_url_host(host)}:{cfg.https_port}",
             ready=self.ready,
+            logs=kubelet_logs.FileLogs(cfg.kubelet.pod_log_dir),  # pods/log reads the node's CRI log files
         )
         self._runner = await server.serve(
             api.app, host=cfg.bind_address, port=cfg.https_port, ssl_context=pki.server_ssl_context(the_pki)
@@ -120,6 +129,32 @@ class Runtime:
         self.gates["api"] = True
         self._start_control_plane(ca_pem=the_pki.ca_cert.read_text())
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
+        await self._start_kubelet()
+
+    async def _start_kubelet(self) -> None:
+        """The kubelet (DESIGN §5): boot registers a Ready node (quick, no network), then its
+        tasks run supervised. Its gate opens once the node is registered."""
+        assert self.registry is not None
+        cfg = self.cfg
+        if not cfg.enabled("kubelet"):
+            return
+        client = local.LocalClient(self.registry, manager="kubelet")
+        recorder = events_mod.EventRecorder(client, clock=self.clock, ttl_seconds=cfg.controllers.event_ttl_seconds,
+                                            limit=cfg.controllers.max_events)
+        self.kubelet = kubelet_mod.Kubelet(
+            cfg.kubelet,
+            options=kubelet_mod.Options(node_name=self.node_name, data_dir=cfg.data_dir,
+                                        cluster_dns=cfg.cluster_dns if cfg.enabled("dns") else "",
+                                        cluster_domain=cfg.cluster_domain),
+            client=client, events=recorder.for_component("kubelet", self.node_name), clock=self.clock,
+            metrics=self.metrics)
+        await self.kubelet.boot()
+        self.supervisor.start("kubelet/events", recorder.run())
+        self._kubelet_tasks.append("kubelet/events")
+        for name, run in self.kubelet.runners():
+            self.supervisor.start(name, run())
+            self._kubelet_tasks.append(name)
+        self.gates["kubelet"] = True
 
     def _start_control_plane(self, *, ca_pem: str) -> None:
         """The controllers and the scheduler (DESIGN §4), over shared informers."""
@@ -228,6 +263,9 @@ class Runtime:
                 code = 1
             for f in (stop, failed):
                 f.cancel()
+        except kubelet_mod.KubeletError as exc:
+            log.error("%s", exc)
+            code = 1
         finally:
             await self.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -241,7 +279,13 @@ class Runtime:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        # Controllers and the scheduler go before the store they write to.
+        # The kubelet, then controllers and the scheduler go before the store they write to.
+        # (The kubelet's containers go on running: the next start adopts them.)
+        await self.supervisor.stop_some(self._kubelet_tasks)
+        self._kubelet_tasks.clear()
+        if self.kubelet is not None:
+            await self.kubelet.close()
+            self.kubelet = None
         await self.supervisor.stop_some(self._control_plane)
         self._control_plane.clear()
         if self.store is not None:

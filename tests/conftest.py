@@ -27,13 +27,17 @@ def free_port() -> int:
 
 
 class Server:
-    """A running `edgekube server`; `stop()`/`kill()`/`start()` for restart tests."""
+    """A running `edgekube server`; `stop()`/`kill()`/`start()` for restart tests.
+
+    The kubelet is off unless `kubelet=True`: a test server would otherwise register this
+    machine as a node and run the pods of API tests as real containers (and the scheduler would
+    put the control-plane tests' pods there instead of on their test nodes)."""
 
     def __init__(self, data_dir: Path, *, port: int | None = None, extra: list[str] | None = None,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, kubelet: bool = False) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
-        self.extra = extra or []
+        self.extra = (extra or []) + ([] if kubelet else ["--disable", "kubelet"])
         self.command = command or [sys.executable, "-m", "edgekube"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"

@@ -21,7 +21,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from edgekube.api import discovery, errors, negotiation, patch, reviews, tables, watchstream
+from edgekube.api import (
+    discovery,
+    errors,
+    negotiation,
+    patch,
+    podlogs,
+    reviews,
+    tables,
+    watchstream,
+)
 from edgekube.api.registry import resources, rest
 
 # The authenticated user of a request ({"name", "groups"}), set by the auth middleware.
@@ -62,13 +71,14 @@ def _int_param(request: web.Request, name: str) -> int | None:
 
 class Handlers:
     def __init__(self, registry: rest.Registry, *, max_body: int, watch_timeout: int, bookmark_interval: float,
-                 server_address: str) -> None:
+                 server_address: str, logs: podlogs.LogSource | None = None) -> None:
         self._registry = registry
         self._catalog = registry.catalog
         self._max_body = max_body
         self._watch_timeout = watch_timeout
         self._bookmark_interval = bookmark_interval
         self._server_address = server_address
+        self._logs = logs  # where pods/log reads container logs (the kubelet's files)
 
     # --- routing -----------------------------------------------------------------------------
 
@@ -176,6 +186,10 @@ class Handlers:
             return await self._bind(request, t)
         if t.subresource == "scale":
             return await self._scale(request, t)
+        if t.subresource == "log":
+            assert t.namespace is not None and t.name is not None
+            return await podlogs.serve(request, registry=self._registry, info=t.info, namespace=t.namespace,
+                                       name=t.name, source=self._logs)
         if m == "GET":
             if _q(request, "watch") in _TRUE:
                 return await self._watch(request, t)

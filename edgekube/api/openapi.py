@@ -483,6 +483,9 @@ def _resource_paths(info: resources.ResourceInfo, *, patch_types: tuple[str, ...
     paths[f"{ns_prefix}/{info.plural}/{{name}}"] = item
 
     for name in info.subresources:
+        if name == "log":
+            paths[f"{ns_prefix}/{info.plural}/{{name}}/log"] = _log_item(info, name_param, path_params, op_id=f"read{prefix}{scope}{info.kind}Log", tag=tag, kind=kind)
+            continue
         sub = discovery.subresource_info(info, name=name)
         sub_group = sub.group if sub.group or sub.version else info.group
         sub_version = sub.version or info.version
@@ -509,6 +512,28 @@ def _resource_paths(info: resources.ResourceInfo, *, patch_types: tuple[str, ...
             ),
         }
     return paths
+
+
+def _log_item(info: resources.ResourceInfo, name_param: dict[str, Any], path_params: list[dict[str, Any]], *,
+              op_id: str, tag: str, kind: dict[str, str]) -> dict[str, Any]:
+    """`pods/log` as upstream describes it: a GET answering plain text, with PodLogOptions."""
+    op = _operation("get", op_id=op_id, tag=tag, kind=kind, response={"type": "string"}, params=[])
+    op["description"] = f"read log of the specified {info.kind}"
+    op["responses"]["200"]["content"]["text/plain"] = {"schema": {"type": "string"}}
+    params = [
+        _query("container", "The container for which to stream logs."),
+        _query("follow", "Follow the log stream of the pod.", type_="boolean"),
+        _query("insecureSkipTLSVerifyBackend", "Accepted and ignored (there is no backend connection).", type_="boolean"),
+        _query("limitBytes", "The number of bytes to read before terminating the log output.", type_="integer"),
+        name_param, *path_params, _PRETTY,
+        _query("previous", "Return previous terminated container logs.", type_="boolean"),
+        _query("sinceSeconds", "A relative time in seconds before the current time from which to show logs.", type_="integer"),
+        _query("sinceTime", "An RFC3339 timestamp from which to show logs."),
+        _query("stream", "Which container log stream to return: All, Stdout or Stderr."),
+        _query("tailLines", "The number of lines from the end of the logs to show.", type_="integer"),
+        _query("timestamps", "Add an RFC3339 timestamp at the beginning of every line of log output.", type_="boolean"),
+    ]
+    return {"get": op, "parameters": params}
 
 
 # Subresource kinds outside the catalog that documents describe (with their schema builders).
@@ -656,6 +681,8 @@ def _v2_operation(op: dict[str, Any]) -> dict[str, Any]:
         out["consumes"] = media
         params.insert(0, {"name": "body", "in": "body", "required": True, "schema": body["content"][media[0]]["schema"]})
     out["produces"] = ["application/json", "application/yaml"]
+    if "text/plain" in ((op["responses"].get("200") or {}).get("content") or {}):
+        out["produces"] = ["text/plain", *out["produces"]]  # pods/log
     out["schemes"] = ["https"]
     out["parameters"] = params
     responses: dict[str, Any] = {}

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from edgekube.api import discovery, errors, handlers, openapi, openapi_pb, pki
+from edgekube.api import discovery, errors, handlers, openapi, openapi_pb, pki, podlogs
 from edgekube.api.registry import rest
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class ApiServer:
         tokens: Mapping[str, tuple[str, list[str]]],
         server_address: str,
         ready: Callable[[], bool],
+        logs: podlogs.LogSource | None = None,
     ) -> None:
         self._registry = registry
         self._handlers = handlers.Handlers(
@@ -104,6 +105,7 @@ class ApiServer:
             watch_timeout=watch_timeout,
             bookmark_interval=bookmark_interval,
             server_address=server_address,
+            logs=logs,
         )
         self._ready = ready
         self._openapi_v2: bytes | None = None

@@ -131,7 +131,7 @@ BUILTIN: tuple[ResourceInfo, ...] = (
     # core/v1
     _r("", "v1", "Namespace", "namespaces", namespaced=False, short=("ns",), sub=("status", "finalize"),
        verbs=("create", "delete", "get", "list", "patch", "update", "watch")),
-    _r("", "v1", "Pod", "pods", short=("po",), sub=("status", "binding"), categories=_ALL),
+    _r("", "v1", "Pod", "pods", short=("po",), sub=("status", "binding", "log"), categories=_ALL),
     _r("", "v1", "Service", "services", short=("svc",), sub=("status",), categories=_ALL,
        verbs=("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")),
     _r("", "v1", "Endpoints", "endpoints", short=("ep",)),

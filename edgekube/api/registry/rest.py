@@ -446,8 +446,10 @@ class Registry:
             allocated.release(self)
             return new
         new_meta = new["metadata"]
-        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
-            # The last finalizer is gone from an object being deleted: finish the delete.
+        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and not _graceful_pod(info, old):
+            # The last finalizer is gone from an object being deleted: finish the delete. (Not
+            # for a pod in its grace period: its kubelet finishes that delete once its
+            # containers stopped, and writes the pod's final status before, as upstream.)
             try:
                 applied = await self.store.delete(info.key(name, namespace), expect_revision=item.revision)
             except store_errors.StoreError as exc:
@@ -1137,6 +1139,11 @@ def _release_dropped_ports(registry: Registry, old: JSON, new: JSON) -> None:
 
 def _spec_of(obj: JSON) -> Any:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+
+
+def _graceful_pod(info: resources.ResourceInfo, old: JSON) -> bool:
+    """A pod being deleted with a grace period (upstream's shouldDeleteDuringUpdate keeps it)."""
+    return info.gk == "Pod" and int((old.get("metadata") or {}).get("deletionGracePeriodSeconds") or 0) > 0
 
 
 def _unchanged(old: JSON, new: JSON) -> bool:

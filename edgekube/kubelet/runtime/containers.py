@@ -15,6 +15,10 @@ What is known about a container that stopped (see `exits` for the mechanisms):
   the exit code and finish time are unknown (`exit_code` None, reason
   `ContainerStatusUnknown`, upstream's word for a status the runtime lost).
 
+Each running container's output goes through `crilog` copiers into its CRI log file, rotated by
+size per `log_rotation` (upstream's 10Mi and 5 files unless the kubelet passes its settings;
+None turns rotation off; see `edgekube.kubelet.logrotate`).
+
 Removal leaves nothing: `runc delete --force` (kills what runs and removes the container's
 cgroup), the exit is reaped, the log copiers drain to EOF, leftover cgroup directories are
 removed (stragglers SIGKILLed), the rootfs and anything mounted under the bundle are
@@ -36,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgekube.kubelet import logrotate
 from edgekube.kubelet.runtime import bundle as bundle_mod
 from edgekube.kubelet.runtime import cgroups as cgroups_mod
 from edgekube.kubelet.runtime import crilog, exits, runc
@@ -119,7 +124,7 @@ class Runtime:
     def __init__(self, *, data_dir: Path, cgroups: cgroups_mod.Cgroups, runc_binary: str = "runc",
                  timeout: float = 30.0, seccomp_default: bool = True, seccomp_root: Path | None = None,
                  pids_limit: int | None = None, on_exit: Callable[[str], None] | None = None,
-                 subreaper: bool = True) -> None:
+                 subreaper: bool = True, log_rotation: logrotate.Policy | None = logrotate.UPSTREAM) -> None:
         self.data_dir = data_dir
         self.containers_dir = data_dir / "containers"
         self.cgroups = cgroups
@@ -128,6 +133,7 @@ class Runtime:
         self.seccomp_root = seccomp_root
         self.pids_limit = pids_limit
         self.on_exit = on_exit
+        self.log_rotation = log_rotation  # size-based rotation of the CRI log files (None: none)
         # subreaper=False only for tests that need to play a restarted process (not the parent).
         self.watcher = exits.Watcher(subreaper=subreaper)
         self._copiers: dict[str, list[crilog.Copier]] = {}
@@ -379,7 +385,7 @@ class Runtime:
         return str((config.get("linux") or {}).get("cgroupsPath") or "")
 
     def _attach_logs(self, cid: str, b: bundle_mod.Bundle, log_path: Path) -> None:
-        logfile = crilog.LogFile(log_path)
+        logfile = crilog.LogFile(log_path, rotation=self.log_rotation)
         copiers = [crilog.Copier(b.path / crilog.STDOUT, stream=crilog.STDOUT, log=logfile),
                    crilog.Copier(b.path / crilog.STDERR, stream=crilog.STDERR, log=logfile)]
         for c in copiers:

@@ -35,6 +35,13 @@ UTC, trailing zeros of the fraction dropped as Go's RFC3339Nano does, line termi
 "\\r\\n") removed; a line longer than 16 KiB is cut into "P" entries of 16 KiB and a final "F";
 bytes left without a newline at end of stream are a "P" entry. Appends are small writes to the
 page cache from the loop (no fsync): cheaper than an executor hop per chunk.
+
+Rotation (`LogFile(rotation=...)`, see `edgekube.kubelet.logrotate`): the writer counts what
+the live file holds (its size when opened, after a restart too, plus every write) and, once it
+reaches the policy's size, renames it away and opens a new live file itself, between two whole
+writes, so no entry is ever split across files. Trimming and compressing the older rotated
+files runs off the loop (an executor thread; inline when there is no running loop), one round
+at a time per file.
 """
 
 from __future__ import annotations
@@ -44,11 +51,17 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from edgekube.kubelet import logrotate
+
+log = logging.getLogger(__name__)
 
 STDOUT = "stdout"
 STDERR = "stderr"
@@ -95,23 +108,88 @@ def open_for_container(fifo: Path) -> int:
 class LogFile:
     """One CRI log file, shared by a container's two streams; every write is whole entries."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, rotation: logrotate.Policy | None = None,
+                 now: Callable[[], float] = time.time) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._users = 0
+        self.rotation = rotation
+        self._now = now
+        self._size = os.fstat(self._fd).st_size  # after a restart the file goes on where it was
+        self._tidy_lock = threading.Lock()
+        self._tidy_due = False
+        self._tidy_running = False
+        self._tidy_job: asyncio.Future[None] | None = None
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
+        self._size += len(data)
+        if self.rotation is not None and self._size >= self.rotation.max_size:
+            self.rotate()
 
     def reopen(self) -> None:
         """Start a new file at `path` (after the file was renamed away by rotation)."""
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         os.close(self._fd)
         self._fd = fd
+        self._size = os.fstat(fd).st_size
+
+    def rotate(self) -> None:
+        """Rename the live file to its rotated name and go on in a new live file; then trim and
+        compress the older rotated files (off the loop when one runs)."""
+        try:
+            logrotate.rotate(self.path, now=self._now())
+        except FileNotFoundError:
+            pass  # gone already (removed under us): the reopen below starts a new one
+        except OSError as exc:
+            log.warning("cannot rotate container log %s: %s", self.path, exc)
+            self._size = 0  # try again after another max_size, not on every write
+            return
+        try:
+            self.reopen()
+        except OSError as exc:
+            # Entries keep going to the renamed file; the next rotation tries again.
+            log.warning("cannot open a new container log %s after rotating it: %s", self.path, exc)
+            self._size = 0
+            return
+        self._schedule_tidy()
+
+    def _schedule_tidy(self) -> None:
+        with self._tidy_lock:
+            self._tidy_due = True
+            if self._tidy_running:
+                return  # the running round goes once more
+            self._tidy_running = True
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            self._tidy_rounds()
+        else:
+            self._tidy_job = loop.run_in_executor(None, self._tidy_rounds)
+
+    def _tidy_rounds(self) -> None:
+        policy = self.rotation
+        while True:
+            with self._tidy_lock:
+                if not self._tidy_due or policy is None:
+                    self._tidy_running = False
+                    return
+                self._tidy_due = False
+            try:
+                logrotate.tidy(self.path, policy)
+            except Exception:
+                log.exception("cannot trim or compress the rotated logs of %s", self.path)
+
+    async def tidied(self) -> None:
+        """Until the trimming and compressing started by the last rotation are done."""
+        while self._tidy_job is not None and not self._tidy_job.done():
+            await asyncio.shield(self._tidy_job)
 
     def acquire(self) -> None:
         self._users += 1

@@ -1,0 +1,303 @@
+"""A pod's sandbox, without a sandbox process: its directory, its network namespace, and the
+/etc/hosts, /etc/hostname and /etc/resolv.conf its containers mount.
+
+Layout under the kubelet's root dir (all of it outlives edgekube, so a restart finds it again):
+
+    pods/<uid>/etc-hosts, etc-hostname, resolv.conf     bind-mounted into every container
+    pods/<uid>/volumes/<plugin>/<name>                  see `volumes`
+    pods/<uid>/containers/<name>/termination-log-<n>   terminationMessagePath of attempt n
+    netns/<uid>                                         the pod's network namespace (an nsfs bind mount)
+
+**Network namespace.** Upstream keeps a pod's namespaces alive with a pause process; here the
+namespace is pinned by a bind mount instead (as `ip netns add` does), so no process per pod is
+needed and the namespace survives an edgekube restart. It is made in a short-lived thread of its
+own: unshare(CLONE_NEWNET) moves only the calling thread, its loopback is brought up, its
+/proc/thread-self/ns/net is bind-mounted onto `netns/<uid>`, and the thread ends (it also
+switches back, so even a failure leaves no thread in the wrong namespace). Until the network
+issue plugs in a bridge and veth, the namespace has loopback only, and the pod's IP is
+127.0.0.1. `hostNetwork: true` pods get no namespace and the node's IP.
+
+**DNS** follows upstream's kubelet (pkg/kubelet/network/dns): dnsPolicy ClusterFirst (the
+default) gives the cluster DNS server with searches `<ns>.svc.<domain> svc.<domain> <domain>`
+plus the host's, and `options ndots:5`; ClusterFirst with hostNetwork, and Default, give the
+host's resolv.conf; ClusterFirstWithHostNet gives the cluster's even with hostNetwork; None gives
+only what `dnsConfig` says. `dnsConfig` nameservers and searches are appended (deduplicated),
+options merged by name (the pod's win). At most 3 nameservers and 32 searches, as upstream. With
+no cluster DNS configured (the dns component off), ClusterFirst falls back to Default with a
+`MissingClusterDNS` warning, as upstream does.
+
+**/etc/hosts** is upstream's managed file: localhost lines, the pod's IP with its hostname (and
+`<hostname>.<subdomain>.<ns>.svc.<domain>` when `subdomain` is set), then `hostAliases`; for
+hostNetwork pods, the host's /etc/hosts followed by the aliases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import shutil
+import socket
+import struct
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgekube.kubelet.runtime import bundle as bundle_mod
+
+JSON = dict[str, Any]
+CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+MAX_NAMESERVERS = 3
+MAX_SEARCHES = 32
+MAX_SEARCH_CHARS = 2048
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SandboxError(OSError):
+    """The pod's sandbox cannot be set up; the message names the pod's path and the cause."""
+
+
+# --- paths --------------------------------------------------------------------------------------
+
+
+class Layout:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pods = root / "pods"
+        self.netns_dir = root / "netns"
+
+    def pod_dir(self, uid: str) -> Path:
+        return self.pods / _safe(uid)
+
+    def netns(self, uid: str) -> Path:
+        return self.netns_dir / _safe(uid)
+
+    def volumes(self, uid: str) -> Path:
+        return self.pod_dir(uid) / "volumes"
+
+    def termination_log(self, uid: str, container: str, attempt: int) -> Path:
+        return self.pod_dir(uid) / "containers" / _safe(container) / f"termination-log-{attempt}"
+
+    def known_uids(self) -> set[str]:
+        out: set[str] = set()
+        for d in (self.pods, self.netns_dir):
+            with contextlib.suppress(FileNotFoundError):
+                out.update(e.name for e in os.scandir(d))
+        return out
+
+
+def _safe(name: str) -> str:
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"{name!r} cannot name a directory")
+    return name
+
+
+# --- network namespace ---------------------------------------------------------------------------
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+
+
+def _errno_error(what: str) -> OSError:
+    err = ctypes.get_errno()
+    return SandboxError(err, f"{what}: {os.strerror(err)}")
+
+
+def create_netns(path: Path) -> None:
+    """A new network namespace with loopback up, pinned at `path` (blocking)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+    if is_mounted(path):
+        return
+    with open(path, "a"):
+        pass
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.unshare(CLONE_NEWNET) != 0:
+                    raise _errno_error(f"unshare(CLONE_NEWNET) for {path}")
+                try:
+                    _loopback_up()
+                    rc = _libc.mount(b"/proc/thread-self/ns/net", os.fsencode(path), None, ctypes.c_ulong(MS_BIND), None)
+                    if rc != 0:
+                        raise _errno_error(f"bind-mounting the network namespace onto {path}")
+                finally:
+                    if _libc.setns(own, CLONE_NEWNET) != 0:
+                        failure.append(_errno_error("setns back to the host's network namespace"))
+            finally:
+                os.close(own)
+        except BaseException as exc:  # carried to the caller's thread
+            failure.append(exc)
+
+    t = threading.Thread(target=work, name="netns", daemon=True)
+    t.start()
+    t.join()
+    if failure:
+        with contextlib.suppress(OSError):
+            remove_netns(path)
+        exc = failure[0]
+        raise exc if isinstance(exc, OSError) else SandboxError(errno.EIO, f"{path}: {exc}")
+
+
+def is_mounted(path: Path) -> bool:
+    return path in bundle_mod.mountpoints()
+
+
+def remove_netns(path: Path) -> None:
+    """Unpin the namespace (it goes once nothing is in it) and remove its file (blocking)."""
+    bundle_mod.unmount(path)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+# --- files --------------------------------------------------------------------------------------
+
+HOSTS_HEADER = "# Kubernetes-managed hosts file.\n"
+HOSTS_HEADER_HOST_NETWORK = "# Kubernetes-managed hosts file (host network).\n"
+LOCALHOST = (
+    "127.0.0.1\tlocalhost\n"
+    "::1\tlocalhost ip6-localhost ip6-loopback\n"
+    "fe00::0\tip6-localnet\n"
+    "fe00::0\tip6-mcastprefix\n"
+    "fe00::1\tip6-allnodes\n"
+    "fe00::2\tip6-allrouters\n"
+)
+
+
+def _aliases(spec: Mapping[str, Any]) -> str:
+    lines = []
+    for a in spec.get("hostAliases") or []:
+        if isinstance(a, Mapping) and a.get("ip") and a.get("hostnames"):
+            lines.append(f"{a['ip']}\t" + "\t".join(str(h) for h in a["hostnames"]) + "\n")
+    return "# Entries added by HostAliases.\n" + "".join(lines) if lines else ""
+
+
+def hosts_file(pod: Mapping[str, Any], *, pod_ip: str, hostname: str, cluster_domain: str,
+               host_hosts: str = "") -> str:
+    spec = pod.get("spec") or {}
+    if spec.get("hostNetwork"):
+        return HOSTS_HEADER_HOST_NETWORK + host_hosts + ("" if not host_hosts or host_hosts.endswith("\n") else "\n") \
+            + _aliases(spec)
+    ns = (pod.get("metadata") or {}).get("namespace") or "default"
+    sub = spec.get("subdomain")
+    own = f"{pod_ip}\t{hostname}.{sub}.{ns}.svc.{cluster_domain}\t{hostname}\n" if sub else f"{pod_ip}\t{hostname}\n"
+    return HOSTS_HEADER + LOCALHOST + own + _aliases(spec)
+
+
+def parse_resolv(text: str) -> tuple[list[str], list[str], list[str]]:
+    """(nameservers, searches, options) of a resolv.conf."""
+    servers: list[str] = []
+    searches: list[str] = []
+    options: list[str] = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].split(";", 1)[0].strip()
+        fields = line.split()
+        if not fields:
+            continue
+        if fields[0] == "nameserver" and len(fields) > 1:
+            servers.append(fields[1])
+        elif fields[0] in ("search", "domain"):
+            searches = fields[1:]  # the last search/domain line wins, as in the resolver
+        elif fields[0] == "options":
+            options.extend(fields[1:])
+    return servers, searches, options
+
+
+def _dedupe(items: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(i for i in items if i))
+
+
+def _merge_options(base: Sequence[str], extra: Sequence[Mapping[str, Any]]) -> list[str]:
+    merged: dict[str, str] = {}
+    for text in base:
+        merged[text.partition(":")[0]] = text
+    for o in extra:
+        if isinstance(o, Mapping) and o.get("name"):
+            merged[str(o["name"])] = f"{o['name']}:{o['value']}" if o.get("value") not in (None, "") else str(o["name"])
+    return list(merged.values())
+
+
+def dns_policy(pod: Mapping[str, Any], *, cluster_dns: str) -> tuple[str, str]:
+    """("cluster" | "host" | "none", a warning message or "")."""
+    spec = pod.get("spec") or {}
+    policy = spec.get("dnsPolicy") or "ClusterFirst"
+    if policy == "None":
+        return "none", ""
+    if policy == "Default" or (policy == "ClusterFirst" and spec.get("hostNetwork")):
+        return "host", ""
+    if not cluster_dns:
+        name = (pod.get("metadata") or {}).get("name")
+        return "host", (f'pod: "{name}". kubelet does not have ClusterDNS IP configured and cannot create Pod '
+                        f'using "{policy}" policy. Falling back to "Default" policy.')
+    return "cluster", ""
+
+
+def resolv_conf(pod: Mapping[str, Any], *, cluster_dns: str, cluster_domain: str, host_resolv: str) -> tuple[str, str]:
+    """(the pod's resolv.conf, a warning for a MissingClusterDNS event or "")."""
+    kind, warning = dns_policy(pod, cluster_dns=cluster_dns)
+    h_servers, h_searches, h_options = parse_resolv(host_resolv)
+    ns = (pod.get("metadata") or {}).get("namespace") or "default"
+    if kind == "cluster":
+        servers = [cluster_dns]
+        searches = [f"{ns}.svc.{cluster_domain}", f"svc.{cluster_domain}", cluster_domain, *h_searches]
+        options = ["ndots:5"]
+    elif kind == "host":
+        servers, searches, options = h_servers, h_searches, h_options
+    else:
+        servers, searches, options = [], [], []
+    cfg = (pod.get("spec") or {}).get("dnsConfig") or {}
+    servers = _dedupe([*servers, *(str(s) for s in cfg.get("nameservers") or [])])[:MAX_NAMESERVERS]
+    searches = _dedupe([*searches, *(str(s) for s in cfg.get("searches") or [])])[:MAX_SEARCHES]
+    while searches and len(" ".join(searches)) > MAX_SEARCH_CHARS:
+        searches.pop()
+    options = _merge_options(options, cfg.get("options") or [])
+    text = ""
+    if searches:
+        text += "search " + " ".join(searches) + "\n"
+    text += "".join(f"nameserver {s}\n" for s in servers)
+    if options:
+        text += "options " + " ".join(options) + "\n"
+    return text, warning
+
+
+def write_if_changed(path: Path, text: str, *, mode: int = 0o644) -> bool:
+    """Write atomically when the content differs (blocking). The file keeps its inode only when
+    unchanged: a bind mount of it would not see a replacement, so callers write these files
+    before the first container mounts them and change them in place afterwards."""
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        return True
+    with open(path, "r+") as f:
+        f.write(text)
+        f.truncate()
+    return True
+
+
+def remove_pod_dir(path: Path) -> None:
+    """Unmount whatever is still mounted below the pod's directory, then delete it (blocking)."""
+    for mp in sorted((m for m in bundle_mod.mountpoints() if m == path or path in m.parents),
+                     key=lambda m: len(m.parts), reverse=True):
+        bundle_mod.unmount(mp)
+    if path.exists():
+        shutil.rmtree(path)

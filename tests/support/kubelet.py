@@ -1,0 +1,98 @@
+"""An `edgekube server` with its kubelet on, for end-to-end tests, and everything to leave the
+host as it was: the kubelet's containers outlive the server (by design), so a test's clean-up
+removes them itself.
+
+`KubeletServer` runs the server with a config of its own: the pod log dir and the kubelet's
+root dir under the test's temp dir, and a cgroup parent named for the test
+(`edgekube-e2e-<random>`), so nothing it makes is shared with the host or another test.
+`cleanup()` deletes every runc container under its root (through the runtime's own sweep), then
+unmounts whatever is still mounted below its directory (overlay rootfs, network namespaces,
+tmpfs volumes) and removes its cgroup parent in every hierarchy, killing stragglers.
+`leftovers()` lists what is still there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgekube.kubelet.runtime import bundle, cgroups, containers
+from tests.conftest import Server
+
+
+class KubeletServer:
+    def __init__(self, root: Path, *, settings: dict[str, Any] | None = None) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.parent = f"edgekube-e2e-{uuid.uuid4().hex[:8]}"
+        self.log_dir = root / "pod-logs"
+        self.data_dir = root / "data"
+        self.kubelet_dir = self.data_dir / "kubelet"
+        cfg = {"kubelet": {"pod-log-dir": str(self.log_dir), "cgroup-parent": self.parent, **(settings or {})}}
+        self.config = root / "config.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.server = Server(self.data_dir, extra=["--config", str(self.config)], kubelet=True)
+
+    @property
+    def runc_root(self) -> Path:
+        return self.kubelet_dir / "runc"
+
+    def start(self) -> KubeletServer:
+        self.server.start()
+        return self
+
+    def runc_list(self) -> dict[str, dict[str, Any]]:
+        out = subprocess.run(["runc", "--root", str(self.runc_root), "list", "--format", "json"],
+                             capture_output=True, text=True, check=True).stdout
+        return {c["id"]: c for c in json.loads(out or "null") or []}
+
+    def mounts(self) -> list[Path]:
+        return [m for m in bundle.mountpoints() if self.root in m.parents]
+
+    def cgroup_dirs(self, sub: str = "") -> list[Path]:
+        cg = cgroups.detect(parent=self.parent)
+        path = "/" + self.parent + (f"/{sub.strip('/')}" if sub else "")
+        return cg.dirs(path)
+
+    def pod_cgroups(self, uid: str) -> list[Path]:
+        cg = cgroups.detect(parent=self.parent)
+        path = cg.pods().get(uid)
+        return cg.dirs(path) if path else []
+
+    def leftovers(self) -> list[str]:
+        left = [f"container {cid}" for cid in (self.runc_list() if self.runc_root.exists() else {})]
+        left += [f"mount {m}" for m in self.mounts()]
+        left += [f"cgroup {d}" for d in self.cgroup_dirs()]
+        return left
+
+    def cleanup(self) -> None:
+        self.server.close()
+
+        async def sweep() -> None:
+            rt = containers.Runtime(data_dir=self.kubelet_dir, cgroups=cgroups.detect(parent=self.parent),
+                                    subreaper=False)
+            try:
+                await rt.open()
+                await rt.sweep(known_containers=set(), known_pods=set())
+            finally:
+                await rt.close()
+
+        if self.runc_root.exists():
+            with contextlib.suppress(Exception):
+                asyncio.run(sweep())
+            # Whatever the sweep could not take (it is the code under test), by hand.
+            for cid in self.runc_list():
+                subprocess.run(["runc", "--root", str(self.runc_root), "delete", "--force", cid],
+                               capture_output=True, check=False)
+        for mp in sorted(self.mounts(), key=lambda m: len(m.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                bundle.unmount(mp)
+        with contextlib.suppress(Exception):
+            cgroups.detect(parent=self.parent).remove("/" + self.parent)
