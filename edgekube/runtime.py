@@ -15,6 +15,7 @@ restarts it: nothing dies silently.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import signal
@@ -128,6 +129,11 @@ class Runtime:
         )
         self.gates["api"] = True
         self._start_control_plane(ca_pem=the_pki.ca_cert.read_text())
+        # Everything made at boot (modules, schemas, caches) lives as long as the process: move it
+        # out of the collector's reach, so a full collection later scans only what came since
+        # (unfrozen, a full pass over the boot heap stalled requests by tens of milliseconds).
+        gc.collect()
+        gc.freeze()
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
         await self._start_kubelet()
 
