@@ -289,6 +289,10 @@ class DaemonSetController(Controller):
             return None
         return key
 
+    def _enqueue_matching(self, obj: JSON) -> None:
+        for k in self._matching_sets(obj):
+            self.queue.add(k)
+
     def _matching_sets(self, obj: JSON) -> list[str]:
         out = []
         for ds in self._sets.list(objects.meta(obj).get("namespace")):
@@ -306,8 +310,7 @@ class DaemonSetController(Controller):
             self.expectations.created(key)
             self.queue.add(key)
         elif objects.controller_of(pod) is None:
-            for k in self._matching_sets(pod):
-                self.queue.add(k)
+            self._enqueue_matching(pod)
 
     def _pod_updated(self, old: JSON, new: JSON) -> None:
         if objects.meta(new).get("resourceVersion") == objects.meta(old).get("resourceVersion"):
@@ -315,22 +318,8 @@ class DaemonSetController(Controller):
         if objects.meta(new).get("deletionTimestamp"):
             self._pod_deleted(new)
             return
-        old_key = self._owner(old)
-        key = self._owner(new)
-        if old_key is not None and old_key != key:
-            self.queue.add(old_key)
-        if key is not None:
-            self.queue.add(key)
-            ds = self._sets.get(key) or {}
-            mrs = int((ds.get("spec") or {}).get("minReadySeconds") or 0)
-            if mrs > 0 and objects.pod_ready(new) and not objects.pod_ready(old):
-                self.queue.add_after(key, mrs + 1.0)
-            return
-        if objects.controller_of(new) is None and (
-                objects.meta(old).get("labels") != objects.meta(new).get("labels")
-                or objects.controller_of(old) is not None):
-            for k in self._matching_sets(new):
-                self.queue.add(k)
+        ownership.route_pod_update(self.queue, self._sets, self._owner(old), self._owner(new), old, new,
+                                   adopters=self._enqueue_matching)
 
     def _pod_deleted(self, pod: JSON) -> None:
         key = self._owner(pod)
@@ -363,8 +352,7 @@ class DaemonSetController(Controller):
             if ref.get("kind") == KIND:
                 self.queue.add(f"{objects.meta(rev).get('namespace')}/{ref.get('name')}")
             return
-        for k in self._matching_sets(rev):
-            self.queue.add(k)
+        self._enqueue_matching(rev)
 
     # --- reconcile ------------------------------------------------------------------------------
 

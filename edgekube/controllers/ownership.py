@@ -16,7 +16,9 @@ from typing import Any
 
 from edgekube.api import errors
 from edgekube.client import objects
+from edgekube.client.informer import Informer
 from edgekube.client.local import LocalClient
+from edgekube.client.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -96,3 +98,23 @@ async def _set_ref(client: LocalClient, obj: JSON, owner: JSON, *, adopt: bool) 
                      "adopted" if adopt else "released", exc.message)
             return None
         raise
+
+
+def route_pod_update(queue: WorkQueue, owners: Informer, old_key: str | None, key: str | None,
+                     old: JSON, new: JSON, *, adopters: Callable[[JSON], None]) -> None:
+    """A pod changed: requeue the owner it left and the one it has now (and again when it becomes
+    available, minReadySeconds after turning ready); an orphan whose labels changed or that was
+    just released goes to `adopters` (the owners whose selector may now match it)."""
+    if old_key is not None and old_key != key:
+        queue.add(old_key)
+    if key is not None:
+        queue.add(key)
+        owner = owners.get(key) or {}
+        mrs = int((owner.get("spec") or {}).get("minReadySeconds") or 0)
+        if mrs > 0 and objects.pod_ready(new) and not objects.pod_ready(old):
+            queue.add_after(key, mrs + 1.0)
+        return
+    if objects.controller_of(new) is None and (
+            objects.meta(old).get("labels") != objects.meta(new).get("labels")
+            or objects.controller_of(old) is not None):
+        adopters(new)

@@ -374,20 +374,8 @@ class StatefulSetController(Controller):
     def _pod_updated(self, old: JSON, new: JSON) -> None:
         if objects.meta(new).get("resourceVersion") == objects.meta(old).get("resourceVersion"):
             return
-        old_key, key = self._owner(old), self._owner(new)
-        if old_key is not None and old_key != key:
-            self.queue.add(old_key)
-        if key is not None:
-            self.queue.add(key)
-            sts = self._sets.get(key) or {}
-            mrs = int((sts.get("spec") or {}).get("minReadySeconds") or 0)
-            if mrs > 0 and objects.pod_ready(new) and not objects.pod_ready(old):
-                self.queue.add_after(key, mrs + 1.0)
-            return
-        if objects.controller_of(new) is None and (
-                objects.meta(old).get("labels") != objects.meta(new).get("labels")
-                or objects.controller_of(old) is not None):
-            self._enqueue_matching(new)
+        ownership.route_pod_update(self.queue, self._sets, self._owner(old), self._owner(new), old, new,
+                                   adopters=self._enqueue_matching)
 
     def _pod_deleted(self, pod: JSON) -> None:
         ref = objects.controller_of(pod)
