@@ -22,9 +22,17 @@ kept from upstream:
   missing, never leaving it), `subPathExpr` (expanded from the container's env),
   `mountPropagation`.
 
+- **fsGroup** (the pod's `securityContext.fsGroup`): emptyDir, configMap, secret, downwardAPI
+  and projected volumes are given to that group as upstream's SetVolumeOwnership does: every
+  file and directory gets the group, group read (and write, for emptyDir), directories also the
+  group's search bit and setgid, so new files inherit the group. Done when the volume is made
+  and after each rewrite of its payload, not on every resync; `fsGroupChangePolicy:
+  OnRootMismatch` skips the walk when the volume's root already has the group and the bits.
+  hostPath volumes are the host's and never changed (upstream too).
+
 Not handled (the pod gets a FailedMount event and stays ContainerCreating): persistentVolumeClaim
-and the other network and cloud volume types, projected serviceAccountToken, fsGroup ownership
-changes. Everything here is blocking file work, run in a thread by the caller.
+and the other network and cloud volume types, projected serviceAccountToken. Everything here is
+blocking file work, run in a thread by the caller.
 """
 
 from __future__ import annotations
@@ -262,6 +270,42 @@ def downward_payload(pod: Mapping[str, Any], items: Sequence[Mapping[str, Any]],
     return out
 
 
+# --- fsGroup -----------------------------------------------------------------------------------
+
+
+def _ownership_ok(root: Path, gid: int, mask: int) -> bool:
+    st = root.stat()
+    want = mask | 0o110 | stat.S_ISGID
+    return st.st_gid == gid and stat.S_IMODE(st.st_mode) & want == want
+
+
+def set_ownership(root: Path, gid: int, *, readonly: bool, policy: str = "Always") -> None:
+    """Give the tree under `root` to group `gid` as upstream's SetVolumeOwnership does: the
+    group on everything, group read (and write unless `readonly`) on files, plus search and
+    setgid on directories. Symlinks get the group but keep their mode (they have none)."""
+    mask = 0o440 if readonly else 0o660
+    if policy == "OnRootMismatch" and _ownership_ok(root, gid, mask):
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames, ""]:
+            path = os.path.join(dirpath, name) if name else dirpath
+            st = os.lstat(path)
+            os.lchown(path, -1, gid)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            extra = mask | (0o110 | stat.S_ISGID if stat.S_ISDIR(st.st_mode) else 0)
+            os.chmod(path, stat.S_IMODE(st.st_mode) | extra)
+        # os.walk lists symlinked directories among dirnames without entering them: fine.
+
+
+def _fs_group(pod: Mapping[str, Any]) -> tuple[int | None, str]:
+    psc = (pod.get("spec") or {}).get("securityContext") or {}
+    gid = psc.get("fsGroup")
+    if not isinstance(gid, int) or isinstance(gid, bool):
+        return None, "Always"
+    return gid, str(psc.get("fsGroupChangePolicy") or "Always")
+
+
 # --- set-up and tear-down ----------------------------------------------------------------------
 
 
@@ -320,6 +364,7 @@ def setup(pod: Mapping[str, Any], *, volumes_dir: Path, get_configmap: Getter, g
     payload digests spare rewriting unchanged files)."""
     meta = pod.get("metadata") or {}
     ns = str(meta.get("namespace") or "default")
+    fs_group, policy = _fs_group(pod)
     out: dict[str, Volume] = {}
     for vol in (pod.get("spec") or {}).get("volumes") or []:
         name = str(vol.get("name") or "")
@@ -334,14 +379,17 @@ def setup(pod: Mapping[str, Any], *, volumes_dir: Path, get_configmap: Getter, g
             continue
         target = volumes_dir / PLUGINS[kind] / name
         if kind == "emptyDir":
-            if src.get("medium") == "Memory":
-                size = None
-                with contextlib.suppress(quantity.QuantityError):
-                    size = quantity.whole(src.get("sizeLimit") or allocatable.get("memory") or "0") or None
-                _mount_tmpfs(target, size=size)
-            else:
-                target.mkdir(parents=True, exist_ok=True)
-                os.chmod(target, 0o777)
+            if name not in known:
+                if src.get("medium") == "Memory":
+                    size = None
+                    with contextlib.suppress(quantity.QuantityError):
+                        size = quantity.whole(src.get("sizeLimit") or allocatable.get("memory") or "0") or None
+                    _mount_tmpfs(target, size=size)
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+                    os.chmod(target, 0o777)
+                if fs_group is not None:
+                    set_ownership(target, fs_group, readonly=False, policy=policy)
             out[name] = Volume(name, kind, target)
             continue
         if kind == "secret":
@@ -352,6 +400,8 @@ def setup(pod: Mapping[str, Any], *, volumes_dir: Path, get_configmap: Getter, g
         prev = known.get(name)
         if prev is None or prev.digest != digest or not (target / DATA_DIR).exists():
             write_atomic(target, payload)
+            if fs_group is not None:
+                set_ownership(target, fs_group, readonly=True, policy=policy)
         out[name] = Volume(name, kind, target, digest)
     return out
 

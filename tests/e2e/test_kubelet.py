@@ -276,7 +276,7 @@ def test_kill_9_and_restart_adopts_running_containers(restartable: KubeletServer
                                                       request: pytest.FixtureRequest) -> None:
     ks = restartable
     k = fresh_namespace(ks.server, request)
-    k.run("create", "deployment", "keep", f"--image={image}", "--replicas=2", "--", *SLEEPER)
+    k.run("create", "deployment", "keep", f"--image={image}", "--replicas=9", "--", *SLEEPER)
     _run_pod(k, "ticker", image, ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"])
     assert "successfully rolled out" in k.out("rollout", "status", "deployment/keep", "--timeout=90s")
     _running(k, "ticker")
@@ -288,7 +288,7 @@ def test_kill_9_and_restart_adopts_running_containers(restartable: KubeletServer
                                         listed[_cid(p)]["pid"]) for p in pods}
 
     before = snapshot()
-    assert len(before) == 3
+    assert len(before) == 10
     assert ks.server.proc is not None
     ks.server.proc.send_signal(signal.SIGKILL)
     ks.server.proc.wait()
@@ -299,7 +299,7 @@ def test_kill_9_and_restart_adopts_running_containers(restartable: KubeletServer
     ks.server.start()
     for name in before:
         _running(k, name)
-    assert "adopted 3 containers (3 running)" in ks.server.log()
+    assert "adopted 10 containers (10 running)" in ks.server.log()
     # The log of the ticker goes on in the same file, with no gap across the restart.
     ticker = _pod(k, "ticker")
     log = ks.log_dir / f"{k.ns}_ticker_{ticker['metadata']['uid']}" / "ticker" / "0.log"
@@ -427,6 +427,77 @@ spec:
     pid = node.runc_list()[_cid(pod)]["pid"]
     assert os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net")
     assert not (node.kubelet_dir / "netns" / pod["metadata"]["uid"]).exists()
+
+
+def test_oom_killed_container(k: Kubectl, image: str) -> None:
+    k.run("apply", "-f", "-", input=f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: hog}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {image}
+    # A shell variable doubling until the 16Mi limit is hit.
+    command: ["sh", "-c", "x=0123456789abcdef; while true; do x=$x$x; done"]
+    resources: {{limits: {{memory: 16Mi}}}}
+""")
+    pod = until(lambda: (p := _pod(k, "hog"))["status"].get("phase") == "Failed" and p, timeout=60,
+                what="the pod Failed")
+    term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (term["reason"], term["exitCode"]) == ("OOMKilled", 137), term
+    assert "OOMKilled" in k.out("get", "pod", "hog").splitlines()[1].split()
+
+
+def test_configmap_update_reaches_a_running_container(k: Kubectl, node: KubeletServer, image: str) -> None:
+    k.run("create", "configmap", "live", "--from-literal=value=first")
+    k.run("apply", "-f", "-", input=f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: reader}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do echo value=$(cat /cfg/value); sleep 0.3; done"]
+    volumeMounts: [{{name: cfg, mountPath: /cfg}}]
+  volumes: [{{name: cfg, configMap: {{name: live}}}}]
+""")
+    pod = _running(k, "reader")
+    until(lambda: "value=first" in k.out("logs", "reader", "--tail=1"), what="the first value read")
+    k.run("apply", "-f", "-", input="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: live}\ndata: {value: second}\n")
+    until(lambda: "value=second" in k.out("logs", "reader", "--tail=1"), timeout=90,
+          what="the new value seen inside the running container")
+    # The same container, not a restart.
+    again = _pod(k, "reader")
+    assert _cid(again) == _cid(pod) and again["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
+def test_fs_group_owns_the_volumes(k: Kubectl, image: str) -> None:
+    k.run("apply", "-f", "-", input=f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: grouped}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsUser: 1000, runAsGroup: 3000, fsGroup: 2000}}
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "id; echo hi > /data/new && ls -ln /data/new; ls -lnd /data"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes: [{{name: data, emptyDir: {{}}}}]
+""")
+    pod = until(lambda: (p := _pod(k, "grouped"))["status"].get("phase") in ("Succeeded", "Failed") and p,
+                what="pod finished")
+    out = k.out("logs", "grouped")
+    assert pod["status"]["phase"] == "Succeeded", out
+    ident, new, root = out.splitlines()
+    assert "uid=1000 gid=3000 groups=2000" in ident or "groups=3000,2000" in ident, ident
+    assert new.split()[3] == "2000"  # a new file inherits the group from the setgid directory
+    assert root.startswith("drwxrwsrwx") and root.split()[3] == "2000", root
 
 
 def test_pod_usage_feeds_the_autoscaler(k: Kubectl, image: str) -> None:

@@ -293,6 +293,34 @@ def test_configmap_volume_items_modes_and_optional(tmp_path: Path) -> None:
                       get_configmap=cms, get_secret=_getter({}), allocatable={}, known={})
 
 
+def test_fs_group_owns_volumes_as_upstream(tmp_path: Path) -> None:
+    cms = _getter({("ns", "cfg"): {"data": {"a": "A"}}})
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "keep").write_text("x")
+    p = pod(volumes=[{"name": "c", "configMap": {"name": "cfg", "defaultMode": 0o600}}, {"name": "e", "emptyDir": {}},
+                     {"name": "h", "hostPath": {"path": str(host)}}],
+            securityContext={"fsGroup": 4321})
+    got = volumes.setup(p, volumes_dir=tmp_path / "v", get_configmap=cms, get_secret=_getter({}), allocatable={},
+                        known={})
+    e = got["e"].path.stat()
+    assert e.st_gid == 4321 and stat.S_IMODE(e.st_mode) == 0o777 | stat.S_ISGID
+    data = got["c"].path / "a"
+    assert data.stat().st_gid == 4321 and stat.S_IMODE(data.stat().st_mode) == 0o640  # 0600 + group read
+    assert os.lstat(got["c"].path / "a").st_gid == 4321  # the symlink too
+    assert (host / "keep").stat().st_gid == 0  # hostPath is the host's
+    # A file made in the emptyDir later is not walked again on resync (the setgid bit gives new
+    # files the group); OnRootMismatch skips a root that is already right.
+    (got["e"].path / "new").write_text("n")
+    os.chown(got["e"].path / "new", -1, 0)
+    volumes.setup(p, volumes_dir=tmp_path / "v", get_configmap=cms, get_secret=_getter({}), allocatable={}, known=got)
+    assert (got["e"].path / "new").stat().st_gid == 0
+    volumes.set_ownership(got["e"].path, 4321, readonly=False, policy="OnRootMismatch")
+    assert (got["e"].path / "new").stat().st_gid == 0
+    volumes.set_ownership(got["e"].path, 4321, readonly=False)
+    assert (got["e"].path / "new").stat().st_gid == 4321
+
+
 def test_host_path_types(tmp_path: Path) -> None:
     made = tmp_path / "made"
     p = pod(volumes=[{"name": "d", "hostPath": {"path": str(made), "type": "DirectoryOrCreate"}}])
