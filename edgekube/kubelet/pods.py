@@ -77,6 +77,9 @@ TERMINAL = ("Succeeded", "Failed")
 FINISHED_REMEMBERED = 10000
 PULL_RETRY_SECONDS = 10.0
 CONFIG_RETRY_SECONDS = 10.0
+# Upstream's activeDeadlineHandler: the pod's status reason and message, and a Normal event.
+DEADLINE_REASON = "DeadlineExceeded"
+DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +128,7 @@ class PodState:
     task: asyncio.Task[None] | None = None
     errors_in_row: int = 0
     cpu: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
+    failure: tuple[str, str] | None = None  # (reason, message) once the kubelet failed the pod itself
 
     def schedule(self, seconds: float) -> None:
         self.wake_in = seconds if self.wake_in is None else min(self.wake_in, seconds)
@@ -367,6 +371,12 @@ class PodManager:
         if st.torn_down or (st.pod.get("status") or {}).get("phase") in TERMINAL:
             await self._tear_down_terminal(st)
             return
+        if st.failure is None and self._past_deadline(st):
+            st.failure = (DEADLINE_REASON, DEADLINE_MESSAGE)
+            self._events.normal(self._ref(st), DEADLINE_REASON, DEADLINE_MESSAGE)
+        if st.failure is not None:
+            await self._fail(st)
+            return
         await self.images_ready.wait()
         await self._ensure_sandbox(st)
         try:
@@ -387,6 +397,33 @@ class PodManager:
         status = await self._write_status(st)
         if status is not None and status.get("phase") in TERMINAL:
             await self._tear_down_terminal(st)
+
+    def _past_deadline(self, st: PodState) -> bool:
+        """Whether the pod ran past its activeDeadlineSeconds (counted from its startTime, as
+        upstream); if not, the worker is woken when it will have."""
+        limit = st.spec.get("activeDeadlineSeconds")
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            return False
+        started = st.start_time or str((st.pod.get("status") or {}).get("startTime") or "")
+        if not started:  # the sandbox, made next, sets the start time to now
+            st.schedule(limit)
+            return False
+        try:
+            left = clock_mod.parse_rfc3339(started).timestamp() + limit - self._now()
+        except ValueError:
+            return False
+        if left > 0:
+            st.schedule(left)
+            return False
+        return True
+
+    async def _fail(self, st: PodState) -> None:
+        """End a pod the kubelet itself failed: its containers stopped within the pod's grace
+        period, phase Failed with the reason, then torn down like any finished pod."""
+        grace = max(float(st.spec.get("terminationGracePeriodSeconds", 30) or 0), MIN_GRACE_SECONDS)
+        await self._stop_all(st, grace)
+        await self._write_status(st, terminal=True)
+        await self._tear_down_terminal(st)
 
     async def _ensure_sandbox(self, st: PodState) -> None:
         host_network = bool(st.spec.get("hostNetwork"))
@@ -733,7 +770,7 @@ class PodManager:
         main_list = [one(c, init=False, old=old_main.get(c.get("name"))) for c in st.spec.get("containers") or []]
         init_map = {s["name"]: s for s in init_list}
         main_map = {s["name"]: s for s in main_list}
-        phase = podstatus.phase(st.pod, init_map, main_map, terminal=terminal)
+        phase = "Failed" if st.failure else podstatus.phase(st.pod, init_map, main_map, terminal=terminal)
         now = clock_mod.rfc3339(self._clock.now())
         conds = podstatus.conditions(st.pod, init_map, main_map, pod_phase=phase,
                                      sandbox_ready=st.sandbox_ready and not st.torn_down and not terminal, now=now,
@@ -752,6 +789,8 @@ class PodManager:
             out["podIPs"] = None
         if init_list:
             out["initContainerStatuses"] = init_list
+        if st.failure:
+            out["reason"], out["message"] = st.failure
         out["conditions"] = sorted(conds, key=lambda c: str(c["type"]))
         return out
 

@@ -429,6 +429,28 @@ spec:
     assert not (node.kubelet_dir / "netns" / pod["metadata"]["uid"]).exists()
 
 
+def test_active_deadline_fails_the_pod(k: Kubectl, node: KubeletServer, image: str) -> None:
+    k.run("apply", "-f", "-", input=f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: bounded}}
+spec:
+  activeDeadlineSeconds: 3
+  terminationGracePeriodSeconds: 2
+  containers: [{{name: main, image: {image}, command: {json.dumps(SLEEPER)}}}]
+""")
+    pod = _running(k, "bounded")
+    cid = _cid(pod)
+    pod = until(lambda: (p := _pod(k, "bounded"))["status"].get("phase") == "Failed" and p, timeout=30,
+                what="the pod Failed at its deadline")
+    assert (pod["status"]["reason"], pod["status"]["message"]) == (
+        "DeadlineExceeded", "Pod was active on the node longer than the specified deadline")
+    assert "terminated" in pod["status"]["containerStatuses"][0]["state"]
+    assert cid not in node.runc_list()
+    reasons = {e["reason"] for e in k.json("get", "events")["items"] if e["involvedObject"].get("name") == "bounded"}
+    assert "DeadlineExceeded" in reasons
+
+
 def test_oom_killed_container(k: Kubectl, image: str) -> None:
     k.run("apply", "-f", "-", input=f"""\
 apiVersion: v1
