@@ -198,6 +198,19 @@ async def list_and_watch(
         await asyncio.sleep(0.1)
 
 
+async def follow_names(client: LocalClient, api_version: str, kind: str,
+                       changed: Callable[[str, str], None]) -> None:
+    """Call `changed(namespace, name)` for every change of a kind from now on, without caching
+    or decoding the objects (for readers that only need to know when to look again)."""
+
+    def apply(ev: records.Event) -> None:
+        namespace, name = ev.key.rsplit("/", 2)[-2:]
+        _safely(changed, namespace, name)
+
+    await list_and_watch(client.revision, lambda since: client.watch(api_version, kind, since=since), apply,
+                         on_synced=lambda: None)
+
+
 def _safely(fn: Callable[..., None], *args: Any) -> None:
     try:
         fn(*args)

@@ -86,6 +86,10 @@ class LocalClient:
                                              options=options or rest.DeleteOptions())
         return out
 
+    def revision(self) -> int:
+        """The store's newest published revision (to watch from now on without listing)."""
+        return self._registry.store.revision
+
     async def watch(self, api_version: str, kind: str, *, namespace: str | None = None, since: int) -> watch.Watcher:
         info = self.resource(api_version, kind)
         return await self._registry.store.watch(info.key_prefix(namespace), since=since)

@@ -174,6 +174,10 @@ class Kubelet:
             ("kubelet/node-status", self.node.status_loop),
             ("kubelet/images", self._images_loop),
             ("kubelet/metrics", self._metrics_loop),
+            ("kubelet/watch/ConfigMap", lambda: informer_mod.follow_names(
+                self._client, "v1", "ConfigMap", lambda ns, name: pods.config_changed("ConfigMap", ns, name))),
+            ("kubelet/watch/Secret", lambda: informer_mod.follow_names(
+                self._client, "v1", "Secret", lambda ns, name: pods.config_changed("Secret", ns, name))),
         ]
 
     async def _images_loop(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from edgekube._cogs import clock as clock_mod
-from edgekube.kubelet import backoff, envvars, node, podstatus, sandbox, volumes
+from edgekube.kubelet import backoff, envvars, node, pods, podstatus, sandbox, volumes
 from edgekube.kubelet.runtime import containers
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -378,3 +378,15 @@ def test_pressure_conditions() -> None:
     assert by["Ready"]["lastTransitionTime"] == "T1" and by["Ready"]["lastHeartbeatTime"] == "T2"
     assert by["MemoryPressure"]["lastTransitionTime"] == "T2"
     assert by["MemoryPressure"]["reason"] == "KubeletHasInsufficientMemory"
+
+
+def test_pods_are_woken_by_the_config_objects_they_use() -> None:
+    spec = pod(volumes=[{"name": "a", "configMap": {"name": "vol-cm"}}, {"name": "b", "secret": {"secretName": "vol-s"}},
+                        {"name": "c", "projected": {"sources": [{"configMap": {"name": "proj-cm"}},
+                                                                {"secret": {"name": "proj-s"}}]}}],
+               containers_=[{"name": "m", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "env-cm", "key": "k"}}},
+                                                  {"name": "Y", "valueFrom": {"secretKeyRef": {"name": "env-s", "key": "k"}}}],
+                             "envFrom": [{"configMapRef": {"name": "from-cm"}}, {"secretRef": {"name": "from-s"}}]}],
+               init=[{"name": "i", "envFrom": [{"configMapRef": {"name": "init-cm"}}]}])["spec"]
+    assert pods._references(spec, "ConfigMap") == {"vol-cm", "proj-cm", "env-cm", "from-cm", "init-cm"}
+    assert pods._references(spec, "Secret") == {"vol-s", "proj-s", "env-s", "from-s"}
