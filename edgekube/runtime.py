@@ -15,6 +15,8 @@ restarts it: nothing dies silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import gc
 import ipaddress
 import logging
@@ -74,6 +76,11 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        # First, while this process has no other thread: pki issues in a forked child then.
+        names, addresses = pki.host_identities()
+        service_ip = str(ipaddress.ip_network(cfg.service_cidr).network_address + 1)
+        extra = [cfg.bind_address] if cfg.bind_address not in ("0.0.0.0", "::", "") else []
+        the_pki = pki.ensure_pki(cfg.data_dir / "tls", hostnames=names, addresses=[service_ip, *addresses, *extra])
         memory_prefixes = [i.key_prefix() for i in self.catalog.all() if i.memory_tier]
         self.store = store_mod.Store(
             store_mod.StoreConfig(
@@ -106,10 +113,6 @@ class Runtime:
         self.registry.sync_crds()
         await self.registry.resume_crd_deletions()
 
-        names, addresses = pki.host_identities()
-        service_ip = str(ipaddress.ip_network(cfg.service_cidr).network_address + 1)
-        extra = [cfg.bind_address] if cfg.bind_address not in ("0.0.0.0", "::", "") else []
-        the_pki = pki.ensure_pki(cfg.data_dir / "tls", hostnames=names, addresses=[service_ip, *addresses, *extra])
         await self._ensure_kubernetes_service(service_ip=service_ip, addresses=addresses)
         host = "127.0.0.1" if cfg.bind_address in ("0.0.0.0", "::", "", "127.0.0.1") else cfg.bind_address
         url = f"https://{_url_host(host)}:{cfg.https_port}"
@@ -134,6 +137,7 @@ class Runtime:
         # (unfrozen, a full pass over the boot heap stalled requests by tens of milliseconds).
         gc.collect()
         gc.freeze()
+        _release_free_memory()
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
         await self._start_kubelet()
 
@@ -300,6 +304,12 @@ class Runtime:
             self.store = None
         await self.supervisor.stop()
         log.info("edgekube stopped")
+
+
+def _release_free_memory() -> None:
+    """Hand the heap pages boot used and freed back to the kernel (glibc keeps them otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _url_host(host: str) -> str:

@@ -5,6 +5,11 @@ re-issued (by the same CA) when the host's names or addresses are no longer all 
 a board that moves to a new network keeps working with the kubeconfigs already handed out.
 Private keys are written 0600 through a temporary file and a rename, so a power cut leaves
 either the old file or the new one, never half a key.
+
+Issuing needs `cryptography` (edgekube.api.certs), whose native library alone keeps about 8 MiB
+resident once loaded: it is imported only when something must be issued, and then in a forked
+child when the process has no other thread yet (the server's boot), so the server never holds it;
+a later boot checks the serving certificate with the ssl module alone.
 """
 
 from __future__ import annotations
@@ -16,20 +21,17 @@ import ipaddress
 import os
 import socket
 import ssl
+import threading
+import traceback
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-_CA_DAYS = 3650
-_LEAF_DAYS = 3650
 _ADMIN_USER = "kubernetes-admin"
 _ADMIN_GROUPS = ("system:masters",)
+_RENEW_BEFORE = datetime.timedelta(days=30)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,32 +86,47 @@ def ensure_pki(tls_dir: Path, *, hostnames: Iterable[str], addresses: Iterable[s
     tls_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(tls_dir, 0o700)
     pki = Pki(tls_dir)
-    if not (pki.ca_cert.exists() and pki.ca_key.exists()):
-        _make_ca(pki)
-    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
-    ca_key = _load_key(pki.ca_key)
     dns = _unique(["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", *hostnames])
     ips = _unique(["127.0.0.1", "::1", *addresses])
-    if not _serving_cert_covers(pki, dns, ips):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _issue(
-            ca_cert,
-            ca_key,
-            key,
-            subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgekube-apiserver")]),
-            usage=ExtendedKeyUsageOID.SERVER_AUTH,
-            sans=[x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips],
-        )
-        _write_pair(pki.server_cert, pki.server_key, cert, key)
-    if not (pki.admin_cert.exists() and pki.admin_key.exists()):
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name(
-            [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in _ADMIN_GROUPS]
-            + [x509.NameAttribute(NameOID.COMMON_NAME, _ADMIN_USER)]
-        )
-        cert = _issue(ca_cert, ca_key, key, subject=subject, usage=ExtendedKeyUsageOID.CLIENT_AUTH, sans=[])
-        _write_pair(pki.admin_cert, pki.admin_key, cert, key)
+    make_ca = not (pki.ca_cert.exists() and pki.ca_key.exists())
+    server = make_ca or not _serving_cert_covers(pki, dns, ips)
+    admin = make_ca or not (pki.admin_cert.exists() and pki.admin_key.exists())
+    if server or admin:
+        _issue(pki, make_ca=make_ca, server_sans=(dns, ips) if server else None, admin=admin)
     return pki
+
+
+class PkiError(RuntimeError):
+    """The certificates could not be issued."""
+
+
+def _issue(pki: Pki, **what: Any) -> None:
+    """Issue in a forked child when this process has a single thread (the server's first boot
+    calls this before starting any), so `cryptography` is never loaded into the long-running
+    process; in-process otherwise."""
+
+    def issue() -> None:
+        from edgekube.api import certs
+
+        certs.issue(pki, admin_user=_ADMIN_USER, admin_groups=_ADMIN_GROUPS, write=_atomic_write, **what)
+
+    if threading.active_count() > 1 or not hasattr(os, "fork"):
+        issue()
+        return
+    pid = os.fork()
+    if pid == 0:  # the child: issue, and leave without running the parent's clean-up
+        code = 1
+        try:
+            issue()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise PkiError(f"issuing the cluster certificates under {pki.dir} failed (exit status "
+                       f"{os.waitstatus_to_exitcode(status)}; the error is logged above)")
 
 
 def server_ssl_context(pki: Pki) -> ssl.SSLContext:
@@ -178,97 +195,25 @@ def _unique(values: Iterable[str]) -> list[str]:
     return out
 
 
-def _make_ca(pki: Pki) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgekube-ca")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=_CA_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    _write_pair(pki.ca_cert, pki.ca_key, cert, key)
-
-
-def _issue(
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    key: ec.EllipticCurvePrivateKey,
-    *,
-    subject: x509.Name,
-    usage: x509.ObjectIdentifier,
-    sans: Sequence[x509.GeneralName],
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=_LEAF_DAYS))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=True, data_encipherment=False,
-                key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-    )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    return builder.sign(ca_key, hashes.SHA256())
-
-
 def _serving_cert_covers(pki: Pki, dns: Sequence[str], ips: Sequence[str]) -> bool:
     if not (pki.server_cert.exists() and pki.server_key.exists()):
         return False
     try:
-        cert = x509.load_pem_x509_certificate(pki.server_cert.read_bytes())
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, x509.ExtensionNotFound):
-        return False
-    have_dns = set(san.get_values_for_type(x509.DNSName))
-    have_ips = {str(i) for i in san.get_values_for_type(x509.IPAddress)}
+        decoded = ssl._ssl._test_decode_cert(str(pki.server_cert))  # type: ignore[attr-defined]
+    except (AttributeError, ssl.SSLError, OSError):
+        return False  # unreadable (or an ssl module without the decoder): issue it again
+    have_dns: set[str] = set()
+    have_ips: set[str] = set()
+    for kind, value in decoded.get("subjectAltName") or ():
+        if kind == "DNS":
+            have_dns.add(value)
+        elif kind == "IP Address":
+            have_ips.add(str(ipaddress.ip_address(value.strip())))
     want_ips = {str(ipaddress.ip_address(i)) for i in ips}
-    if cert.not_valid_after_utc < datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30):
+    expires = datetime.datetime.fromtimestamp(ssl.cert_time_to_seconds(decoded["notAfter"]), datetime.UTC)
+    if expires < datetime.datetime.now(datetime.UTC) + _RENEW_BEFORE:
         return False
     return set(dns) <= have_dns and want_ips <= have_ips
-
-
-def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{path}: expected an EC private key")
-    return key
-
-
-def _write_pair(cert_path: Path, key_path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    )
-    _atomic_write(key_path, key_pem, mode=0o600)
-    _atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
 def _atomic_write(path: Path, data: bytes, *, mode: int) -> None:

@@ -22,8 +22,6 @@ from typing import Any
 
 import orjson
 
-from edgekube.api import pbschema
-
 MAGIC = b"k8s\x00"
 MEDIA_TYPE = "application/vnd.kubernetes.protobuf"
 
@@ -53,6 +51,21 @@ _PACKAGES = {
     "apiextensions.k8s.io/v1": "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1",
     "meta.k8s.io/v1": "k8s.io.apimachinery.pkg.apis.meta.v1",
 }
+
+
+Message = tuple[tuple[int, str, str, bool, bool, bool], ...]
+_messages: dict[str, Message] | None = None
+
+
+def _schema() -> dict[str, Message]:
+    """The generated wire schema, loaded on the first protobuf body: it holds about 3 MiB that
+    a server only ever spoken to in JSON (kubectl, helm, the Python client) never needs."""
+    global _messages
+    if _messages is None:
+        from edgekube.api import pbschema
+
+        _messages = pbschema.MESSAGES
+    return _messages
 
 
 class DecodeError(ValueError):
@@ -168,17 +181,17 @@ _SPECIAL = frozenset({*_TIME, _INT_OR_STRING, _QUANTITY, _RAW, _FIELDS_V1, _DURA
 
 
 def _value(kind: str, wire: int, raw: Any) -> Any:
-    if (kind in _SPECIAL or kind in pbschema.MESSAGES) and wire != 2:
+    if (kind in _SPECIAL or kind in _schema()) and wire != 2:
         raise DecodeError(f"wire type {wire} where the message {kind} was expected")
     if kind in _SPECIAL:
         return _special(kind, bytes(raw))
-    if kind in pbschema.MESSAGES:
+    if kind in _schema():
         return decode_message(kind, bytes(raw))
     return _scalar(kind, wire, raw)
 
 
 def decode_message(name: str, data: bytes) -> dict[str, Any]:
-    schema = pbschema.MESSAGES.get(name)
+    schema = _schema().get(name)
     if schema is None:
         raise DecodeError(f"unknown message {name}")
     by_number = {row[0]: row for row in schema}
@@ -231,9 +244,9 @@ def decode(body: bytes) -> dict[str, Any]:
         raise DecodeError(f"unsupported content encoding {encoding!r}")
     package = _PACKAGES.get(api_version)
     name = f"{package}.{kind}" if package else ""
-    if name not in pbschema.MESSAGES:
+    if name not in _schema():
         name = _META + kind
-        if name not in pbschema.MESSAGES:
+        if name not in _schema():
             raise DecodeError(f"no protobuf schema for {api_version} {kind}")
     obj = decode_message(name, bytes(unknown.get(2, b"")))
     return {"apiVersion": api_version, "kind": kind, **obj}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ssl
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -50,3 +52,17 @@ def test_client_identity_and_kubeconfig(tmp_path: Path) -> None:
     assert doc["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
     assert doc["users"][0]["user"]["client-key-data"]
     assert stat.S_IMODE(kc.stat().st_mode) == 0o600
+
+
+def test_the_server_process_never_loads_cryptography(tmp_path: Path) -> None:
+    """cryptography's native library stays resident once loaded (about 8 MiB): a single-threaded
+    process (the server at boot) issues in a forked child, and a boot with the PKI in place
+    only reads it with the ssl module."""
+    code = ("import sys; from edgekube import runtime, cli; from edgekube.api import pki; from pathlib import Path; "
+            f"p = pki.ensure_pki(Path({str(tmp_path / 'tls')!r}), hostnames=['board-1'], addresses=['192.0.2.7']); "
+            "print(p.server_cert.exists(), sorted(m for m in sys.modules if m.startswith('cryptography')))")
+    for _ in ("first boot: issued", "second boot: read"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "True []"
+    dns, ips = _sans(tmp_path / "tls" / "server.crt")
+    assert "board-1" in dns and "192.0.2.7" in ips
