@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "kubelet": {
         "root-dir": "",
+        "pod-manifest-path": "",
         "pod-log-dir": "/var/log/pods",
         "registries-file": "/etc/edgekube/registries.yaml",
         "max-pods": 110,
@@ -108,6 +109,7 @@ class ControllerSettings:
 @dataclasses.dataclass(frozen=True)
 class KubeletSettings:
     root_dir: Path  # runc state, bundles, pod directories, network namespaces
+    pod_manifest_path: Path  # the static pods' manifest files
     pod_log_dir: Path
     registries_file: Path
     max_pods: int
@@ -237,8 +239,10 @@ def _kubelet(k: Mapping[str, Any], *, data_dir: Path, where: str) -> KubeletSett
     if not isinstance(k["seccomp-default"], bool):
         raise ConfigError(f"{where}: 'seccomp-default' must be true or false, got {k['seccomp-default']!r}")
     root = str(k["root-dir"] or "")
+    manifests = str(k["pod-manifest-path"] or "")
     return KubeletSettings(
         root_dir=Path(root) if root else data_dir / "kubelet",
+        pod_manifest_path=Path(manifests) if manifests else data_dir / "pod-manifests",
         pod_log_dir=Path(str(k["pod-log-dir"])),
         registries_file=Path(str(k["registries-file"])),
         max_pods=_int(k, "max-pods", where, lo=1),

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from edgekube.api import errors
-from edgekube.api.registry import resources, rest
+from edgekube.api.registry import defaults, resources, rest
 
 JSON = dict[str, Any]
 STREAMS = ("All", "Stdout", "Stderr")
@@ -216,6 +216,13 @@ def _default_waiting(pod: Mapping[str, Any], container: str) -> str:
     return "PodInitializing" if spec.get("initContainers") and container in mains else "ContainerCreating"
 
 
+def _log_uid(meta: Mapping[str, Any]) -> str:
+    """The uid in the pod's log directory name: a mirror pod's logs are its static pod's, whose
+    uid its `kubernetes.io/config.mirror` annotation holds."""
+    mirror = (meta.get("annotations") or {}).get(defaults.MIRROR_POD_ANNOTATION)
+    return str(mirror or meta.get("uid") or "")
+
+
 def resolve(pod: Mapping[str, Any], container: str, *, previous: bool) -> Target:
     """The run whose log is asked for, from the pod's status (400 with upstream's words when
     there is none to read)."""
@@ -224,7 +231,7 @@ def resolve(pod: Mapping[str, Any], container: str, *, previous: bool) -> Target
     where = f'container "{container}" in pod "{name}"'
 
     def target(restart: int, cid: Any) -> Target:
-        return Target(namespace=str(meta.get("namespace") or ""), pod=name, uid=str(meta.get("uid") or ""),
+        return Target(namespace=str(meta.get("namespace") or ""), pod=name, uid=_log_uid(meta),
                       container=container, restart=max(0, restart), container_id=str(cid or ""))
 
     cs = _status_of(pod, container)
@@ -267,7 +274,7 @@ def resolve(pod: Mapping[str, Any], container: str, *, previous: bool) -> Target
 
 def still_running(pod: Mapping[str, Any] | None, target: Target) -> bool:
     """Whether the pod still shows this run of the container running."""
-    if pod is None or str((pod.get("metadata") or {}).get("uid") or "") != target.uid:
+    if pod is None or _log_uid(pod.get("metadata") or {}) != target.uid:
         return False
     cs = _status_of(pod, target.container)
     if cs is None or (cs.get("state") or {}).get("running") is None:

@@ -3,18 +3,22 @@
 `boot()` is quick and runs before the kubelet's tasks start (the runtime composition root awaits
 it behind the `kubelet` readiness gate): it checks that it runs as root, finds the cgroup
 hierarchies, opens the image store and the runtime (which lists and adopts the containers that
-outlived the last process), puts node allocatable on the `kubepods` cgroup, and registers the
-Node as Ready. Nothing of it waits on the network or on images.
+outlived the last process), reads the static pod manifests (so their containers are adopted, not
+swept), puts node allocatable on the `kubepods` cgroup, and registers the Node as Ready. Nothing
+of it waits on the network or on images.
 
 `runners()` are the long-running tasks, each named, for the supervisor:
 
     kubelet/informer/Pod   the pods (the workers take those bound to this node)
     kubelet/pods           adoption and sweep once the informer synced, then a worker per pod
+    kubelet/static-pods    the manifest folder read again every 20 s; mirror pods kept
     kubelet/lease          the node's Lease, every 10 s (memory tier)
     kubelet/node-status    the Node's status, written when it changed
     kubelet/images         tarballs in DATA/images imported at boot (pods wait for that before
                            they pull), then image GC every 5 minutes at the disk thresholds
     kubelet/metrics        pods' and the node's cpu and memory into the MetricsStore, every 15 s
+    kubelet/watch/ConfigMap, kubelet/watch/Secret
+                           changes of these wake the pods that use them (volumes refreshed at once)
 
 `close()` (after the tasks were cancelled) stops the log copiers and exit watches and closes the
 image store. The containers go on running: the next boot adopts them.
@@ -38,7 +42,7 @@ from edgekube.client import events as events_mod
 from edgekube.client import informer as informer_mod
 from edgekube.client import local
 from edgekube.kubelet import images as images_mod
-from edgekube.kubelet import logrotate, sandbox
+from edgekube.kubelet import logrotate, sandbox, staticpods
 from edgekube.kubelet import node as node_mod
 from edgekube.kubelet import pods as pods_mod
 from edgekube.kubelet.runtime import cgroups as cgroups_mod
@@ -79,6 +83,7 @@ class Kubelet:
         self.images: images_mod.ImageStore | None = None
         self.node: node_mod.NodeAgent | None = None
         self.pods: pods_mod.PodManager | None = None
+        self.static_pods: staticpods.FileSource | None = None
         self._cpu_sample: tuple[float, int, int] | None = None
 
     # --- boot ------------------------------------------------------------------------------
@@ -134,10 +139,15 @@ class Kubelet:
             pods.adopted = await runtime.open()
         except OSError as exc:
             raise KubeletError(f"kubelet: cannot open the container runtime under {s.root_dir}: {exc}") from None
+        self.static_pods = staticpods.FileSource(s.pod_manifest_path, node_name=self.options.node_name,
+                                                 client=self._client, pods=self.informer, workers=pods,
+                                                 clock=self._clock)
+        await self.static_pods.load()
         await agent.register()
         await self._enforce_allocatable(cgroups, reservations)
         self.informer.add_handlers(informer_mod.Handlers(on_add=pods.on_add, on_update=pods.on_update,
                                                          on_delete=pods.on_delete))
+        self.informer.add_handlers(self.static_pods.handlers())
         log.info("kubelet: node %s is Ready (%d containers found from before)", agent.name, len(pods.adopted))
 
     async def _enforce_allocatable(self, cgroups: cgroups_mod.Cgroups, r: node_mod.Reservations) -> None:
@@ -165,11 +175,12 @@ class Kubelet:
     # --- tasks -----------------------------------------------------------------------------
 
     def runners(self) -> list[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]]:
-        assert self.node is not None and self.pods is not None
-        pods = self.pods
+        assert self.node is not None and self.pods is not None and self.static_pods is not None
+        pods, static_pods = self.pods, self.static_pods
         return [
             ("kubelet/informer/Pod", self.informer.run),
             ("kubelet/pods", lambda: pods.run(synced=self.informer.synced)),
+            ("kubelet/static-pods", lambda: static_pods.run(synced=self.informer.synced)),
             ("kubelet/lease", self.node.lease_loop),
             ("kubelet/node-status", self.node.status_loop),
             ("kubelet/images", self._images_loop),

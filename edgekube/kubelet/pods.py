@@ -1,7 +1,10 @@
 """Pod workers: one per pod UID, fed the newest pod, that make the runtime match it (DESIGN §5).
 
 Sources. The pods bound to this node (an informer on all pods, filtered by `spec.nodeName` in
-its handlers). Each pod UID gets one worker task that owns everything of that pod; handlers only
+its handlers; mirror pods left out), and static pods from manifest files (`staticpods`, through
+`add_static`/`remove_static`): those are keyed by their own uid, their status goes to their
+mirror pod, and their termination deletes no API object (the file source removes the mirror
+pod once they stopped). Each pod UID gets one worker task that owns everything of that pod; handlers only
 store the newest pod object and wake the worker, so one pod is never worked on twice at once and
 a burst of updates collapses into one pass. Exits of containers (from the runtime's exit
 watch), back-off timers, and a resync every minute (configMap/secret updates, drift) wake it too.
@@ -11,8 +14,14 @@ A worker's pass, level-triggered (it compares desired and observed each time):
 - **sync** (a live pod): the sandbox (pod directory, network namespace with loopback, or none
   for hostNetwork; the pod cgroup; /etc/hosts, /etc/hostname, /etc/resolv.conf), volumes,
   then containers: init containers one at a time in order, each to completion (sidecars, init
-  containers with `restartPolicy: Always`, only until they run), then every container in
-  order. A container that exited is restarted as `restartPolicy` says, through the
+  containers with `restartPolicy: Always`, only until they have started, past their startup
+  probe), then every container in order. A container's postStart hook runs right after it
+  started, the pass waiting for it: the container counts as started only once it returned,
+  and a failed one kills it (FailedPostStartHook). Containers that failed their liveness or
+  startup probe (see `probes`: one prober per pod, whose result changes wake the worker) are
+  killed first ("Container c failed liveness probe, will be restarted"), in the probe's grace
+  period or else the pod's. A container that exited is restarted as `restartPolicy` says (one
+  killed by a probe even after exiting 0 under OnFailure, as upstream), through the
   CrashLoopBackOff back-off (10 s doubling to 5 min, reset after 10 min); images are pulled
   per `imagePullPolicy` with the pod's `imagePullSecrets` (events Pulling/Pulled/Failed,
   ErrImagePull then ImagePullBackOff with its own back-off). Each start removes the pod's
@@ -21,9 +30,10 @@ A worker's pass, level-triggered (it compares desired and observed each time):
   differs from what was last written.
 - **terminal** (the pod reached Succeeded or Failed): nothing is restarted; its containers,
   cgroup, network namespace and volumes are removed; its logs stay until the pod is deleted.
-- **terminating** (`deletionTimestamp` set, or the pod vanished from the API): every container
-  gets SIGTERM, then SIGKILL after the grace period (`deletionGracePeriodSeconds`, at least 2 s,
-  as upstream), main containers before sidecars; the final status is written (Succeeded or
+- **terminating** (`deletionTimestamp` set, or the pod vanished from the API): probing stops;
+  every container runs its preStop hook, then gets SIGTERM, then SIGKILL, all within the grace
+  period (`deletionGracePeriodSeconds`; what the hook leaves, at least 2 s, as upstream's
+  killContainer), main containers before sidecars; the final status is written (Succeeded or
   Failed from the exit codes); then **terminated**: containers, cgroup, network namespace,
   volumes, pod directory and log directory are removed, and the pod object is deleted with
   gracePeriodSeconds=0 and a uid precondition (so a new pod of the same name is never hit).
@@ -31,8 +41,9 @@ A worker's pass, level-triggered (it compares desired and observed each time):
 Adoption. At boot the runtime lists the containers that outlived the last process; once the
 informer has synced they are matched to the node's pods by the pod UID in their annotations and
 handed to the pods' workers: running ones are left running (their restart count is their
-attempt number, kept in the bundle's annotations), exited ones count as exits (restarted per
-policy). Containers, cgroups, namespaces and directories of pods that no longer exist are swept.
+attempt number, kept in the bundle's annotations; their probes start over, so started and
+ready are probed again), exited ones count as exits (restarted per policy). Containers,
+cgroups, namespaces and directories of pods that no longer exist are swept.
 
 Container ids are random 64-hex strings, as containerd's; the log of attempt n of container c
 is `<pod-log-dir>/<ns>_<pod>_<uid>/<c>/<n>.log`.
@@ -57,8 +68,17 @@ from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import rest
 from edgekube.client import events as events_mod
 from edgekube.client import local
+from edgekube.kubelet import (
+    actions,
+    envvars,
+    lifecycle,
+    podstatus,
+    probes,
+    sandbox,
+    staticpods,
+    volumes,
+)
 from edgekube.kubelet import backoff as backoff_mod
-from edgekube.kubelet import envvars, podstatus, sandbox, volumes
 from edgekube.kubelet import images as images_mod
 from edgekube.kubelet.runtime import bundle as bundle_mod
 from edgekube.kubelet.runtime import containers as containers_mod
@@ -77,6 +97,7 @@ TERMINAL = ("Succeeded", "Failed")
 FINISHED_REMEMBERED = 10000
 PULL_RETRY_SECONDS = 10.0
 CONFIG_RETRY_SECONDS = 10.0
+HOOK_POLL_SECONDS = 0.2  # how often a running postStart hook looks whether its pod is being deleted
 # Upstream's activeDeadlineHandler: the pod's status reason and message, and a Normal event.
 DEADLINE_REASON = "DeadlineExceeded"
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
@@ -129,6 +150,9 @@ class PodState:
     errors_in_row: int = 0
     cpu: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
     failure: tuple[str, str] | None = None  # (reason, message) once the kubelet failed the pod itself
+    prober: probes.Prober | None = None  # made with the sandbox; closed when the pod stops
+    unhealthy: set[str] = dataclasses.field(default_factory=set)  # containers killed for failing a probe
+    static: bool = False  # from a manifest file (staticpods), not from the API
 
     def schedule(self, seconds: float) -> None:
         self.wake_in = seconds if self.wake_in is None else min(self.wake_in, seconds)
@@ -188,7 +212,8 @@ class PodManager:
     # --- sources ----------------------------------------------------------------------------
 
     def _mine(self, pod: JSON) -> bool:
-        return bool((pod.get("spec") or {}).get("nodeName") == self.settings.node_name)
+        """API pods bound to this node; a mirror pod stands for a static pod, run from its file."""
+        return bool((pod.get("spec") or {}).get("nodeName") == self.settings.node_name) and not staticpods.is_mirror(pod)
 
     def on_add(self, pod: JSON) -> None:
         if self._mine(pod):
@@ -219,8 +244,9 @@ class PodManager:
             return
         else:
             # A change of the status alone (most often the worker's own write) is taken in
-            # without a pass, as upstream's pod config does.
-            wanted = _desired(st.pod) != _desired(pod)
+            # without a pass, as upstream's pod config does, unless it moved one of the pod's
+            # readiness gates (upstream's HandlePodReconcile): Ready follows them.
+            wanted = _desired(st.pod) != _desired(pod) or podstatus.gates(st.pod) != podstatus.gates(pod)
             st.pod = pod
             if not wanted:
                 return
@@ -243,6 +269,39 @@ class PodManager:
         if st is not None:
             st.dirty.add(cid)
             st.wake.set()
+
+    # --- static pods (the file source) ------------------------------------------------------
+
+    def add_static(self, pod: JSON) -> None:
+        """Run a static pod; one that stopped (its file removed) may come back with the same uid.
+        Its spec never changes: an edited file is a new uid."""
+        uid = str(pod["metadata"]["uid"])
+        if uid in self.pods:
+            return
+        self._finished.pop(uid, None)
+        st = self.pods[uid] = PodState(uid=uid, pod=pod, static=True)
+        if self._started:
+            self._ensure_worker(st)
+        st.wake.set()
+
+    def remove_static(self, uid: str) -> None:
+        """Stop a static pod whose file is gone, as a deleted pod (its own grace period)."""
+        st = self.pods.get(uid)
+        if st is None or not st.static or st.finished or st.meta.get("deletionTimestamp"):
+            return
+        st.pod = {**st.pod, "metadata": {**st.meta, "deletionTimestamp": clock_mod.rfc3339(self._clock.now())}}
+        st.wake.set()
+
+    def resend_status(self, uid: str) -> None:
+        """A new mirror pod stands for this static pod: write the status there again."""
+        st = self.pods.get(uid)
+        if st is not None and st.static and not st.finished:
+            st.last_status = None
+            st.wake.set()
+
+    def static_uids(self) -> set[str]:
+        """The static pods with a worker, running or stopping."""
+        return {uid for uid, st in self.pods.items() if st.static}
 
     # --- the manager's own task -------------------------------------------------------------
 
@@ -275,6 +334,7 @@ class PodManager:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(st.prober.close() for st in self.pods.values() if st.prober is not None))
 
     async def _adopt_and_sweep(self) -> None:
         here = {uid for uid, st in self.pods.items()}
@@ -401,7 +461,10 @@ class PodManager:
             return
         if st.last_status is None:
             await self._write_status(st)  # ContainerCreating while images are pulled
+        prober = self._prober(st)
+        await self._kill_unhealthy(st, prober)
         await self._start_containers(st)
+        await prober.sync(self._probed(st))
         status = await self._write_status(st)
         if status is not None and status.get("phase") in TERMINAL:
             await self._tear_down_terminal(st)
@@ -490,8 +553,8 @@ class PodManager:
         policy = st.spec.get("restartPolicy") or "Always"
         if init:
             return latest.exit_code != 0 and policy != "Never"
-        if policy == "Always":
-            return True
+        if policy == "Always" or (policy == "OnFailure" and latest.id in st.unhealthy):
+            return True  # killed for a failed probe: restarted whatever its exit code, as upstream
         if policy == "OnFailure":
             return latest.exit_code != 0
         return False
@@ -503,9 +566,9 @@ class PodManager:
             latest = _newest(runs.get(name))
             sidecar = podstatus.is_sidecar(c)
             if latest is not None and latest.state in (containers_mod.RUNNING, containers_mod.PAUSED):
-                if sidecar:
+                if sidecar and self._probe_state(st, c, latest)[0]:
                     continue
-                return  # wait for it to complete
+                return  # wait for it to complete (a sidecar: to start, past its startup probe)
             if latest is not None and latest.state == containers_mod.EXITED and not sidecar:
                 if latest.exit_code == 0:
                     continue
@@ -599,6 +662,9 @@ class PodManager:
         self._events.normal(self._ref(st), "Started", f"Started container {name}")
         st.waiting.pop(name, None)
         st.retry_at.pop(name, None)
+        hook = (c.get("lifecycle") or {}).get("postStart")
+        if isinstance(hook, Mapping) and st.containers[cid].state == containers_mod.RUNNING:
+            return await self._post_start(st, c, st.containers[cid], hook)
         return True
 
     def _start_failed(self, st: PodState, name: str, reason: str, message: str) -> None:
@@ -637,6 +703,7 @@ class PodManager:
         await self.runtime.remove(cs.id)
         st.containers.pop(cs.id, None)
         st.messages.pop(cs.id, None)
+        st.unhealthy.discard(cs.id)
         st.cpu.pop(cs.id, None)
         self._cid_uid.pop(cs.id, None)
         older = Path(cs.log_path) if cs.log_path else None
@@ -683,6 +750,129 @@ class PodManager:
         if c.get("terminationMessagePolicy") != "FallbackToLogsOnError" or not cs.log_path:
             return ""
         return _log_tail(Path(cs.log_path))
+
+    # --- probes and lifecycle hooks ---------------------------------------------------------
+
+    def _prober(self, st: PodState) -> probes.Prober:
+        if st.prober is None:
+            def event(kind: str, reason: str, message: str) -> None:
+                (self._events.warning if kind == "Warning" else self._events.normal)(self._ref(st), reason, message)
+
+            st.prober = probes.Prober(pod=st.name, runtime=self.runtime, pod_ip=self.pod_ip(st),
+                                      netns=Path(st.netns) if st.netns else None, clock=self._clock,
+                                      on_change=st.wake.set, on_event=event)
+        return st.prober
+
+    def _probed(self, st: PodState) -> list[tuple[Mapping[str, Any], containers_mod.ContainerStatus | None]]:
+        """The containers that may have probes (sidecars and main containers), with their newest runs."""
+        runs = st.by_name()
+        return [(c, _newest(runs.get(str(c.get("name")))))
+                for c in [*(c for c in st.spec.get("initContainers") or [] if podstatus.is_sidecar(c)),
+                          *(st.spec.get("containers") or [])]]
+
+    def _probe_state(self, st: PodState, c: Mapping[str, Any], cs: containers_mod.ContainerStatus) -> tuple[bool, bool]:
+        """(started, ready) of a container's run as its probes say (before the prober exists: only
+        a container without startup and readiness probes is either)."""
+        if st.prober is None:
+            return not isinstance(c.get("startupProbe"), Mapping), not (
+                isinstance(c.get("startupProbe"), Mapping) or isinstance(c.get("readinessProbe"), Mapping))
+        return st.prober.started(c, cs.id), st.prober.ready(c, cs.id)
+
+    def _target(self, st: PodState, c: Mapping[str, Any], cs: containers_mod.ContainerStatus) -> actions.Target:
+        return actions.Target(cid=cs.id, container=c, pod_ip=self.pod_ip(st),
+                              netns=Path(st.netns) if st.netns else None)
+
+    def _grace(self, st: PodState, probe: probes.Spec | None = None) -> float:
+        """Upstream's setTerminationGracePeriod: the deletion's grace period, else the failed
+        probe's, else the pod's."""
+        deletion = st.meta.get("deletionGracePeriodSeconds")
+        if isinstance(deletion, int):
+            return float(deletion)
+        if probe is not None and probe.grace is not None:
+            return float(probe.grace)
+        return float(st.spec.get("terminationGracePeriodSeconds", 30) or 0)
+
+    async def _kill_unhealthy(self, st: PodState, prober: probes.Prober) -> None:
+        """Kill the containers that failed their liveness or startup probe (preStop hook first,
+        in the probe's or the pod's grace period); `_start_containers` then restarts them as
+        restartPolicy says, through the CrashLoopBackOff back-off, as upstream's
+        computePodActions and SyncPod do."""
+        restarts = (st.spec.get("restartPolicy") or "Always") != "Never"
+        sidecars = {str(c.get("name")) for c in st.spec.get("initContainers") or [] if podstatus.is_sidecar(c)}
+        for c, cs in self._probed(st):
+            if cs is None or cs.state != containers_mod.RUNNING:
+                continue
+            failed = prober.failure(c, cs.id)
+            if failed is None:
+                continue
+            what = "liveness" if failed.kind == probes.LIVENESS else "startup"
+            message = f"Container {cs.name} failed {what} probe" + (
+                ", will be restarted" if restarts or cs.name in sidecars else "")
+            st.unhealthy.add(cs.id)
+            await self._stop_container(st, cs, grace=self._grace(st, failed), message=message)
+            st.dirty.add(cs.id)
+        await self._refresh(st)
+
+    async def _stop_container(self, st: PodState, cs: containers_mod.ContainerStatus, *, grace: float,
+                              message: str) -> None:
+        """Upstream's killContainer: the Killing event, the preStop hook (of a running container,
+        with a grace period to spend) within the grace period, then SIGTERM, and SIGKILL after
+        what is left of it, 2 s at least."""
+        self._events.normal(self._ref(st), "Killing", message)
+        c: Mapping[str, Any] = next((c for c in [*(st.spec.get("initContainers") or []),
+                                                 *(st.spec.get("containers") or [])] if c.get("name") == cs.name), {})
+        hook = (c.get("lifecycle") or {}).get("preStop")
+        if isinstance(hook, Mapping) and cs.state == containers_mod.RUNNING and grace > 0:
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await self._pre_stop(st, c, cs, hook, grace)
+            grace -= loop.time() - began
+        try:
+            st.containers[cs.id] = await self.runtime.stop(cs.id, grace=max(grace, MIN_GRACE_SECONDS))
+        except (runc_mod.RuncError, KeyError, TimeoutError) as exc:
+            log.warning("pod %s: stopping container %s: %s", st.name, cs.name, exc)
+            st.dirty.add(cs.id)
+
+    async def _pre_stop(self, st: PodState, c: Mapping[str, Any], cs: containers_mod.ContainerStatus,
+                        hook: Mapping[str, Any], grace: float) -> None:
+        try:
+            async with asyncio.timeout(grace):
+                failed = await lifecycle.run(hook, self._target(st, c, cs), runtime=self.runtime,
+                                             pod=self._pod_text(st))
+        except TimeoutError:
+            # As upstream: not a failure, the grace period is simply spent.
+            log.info("pod %s: the preStop hook of %s did not complete in %.0fs", st.name, cs.name, grace)
+            return
+        if failed is not None:
+            self._events.warning(self._ref(st), "FailedPreStopHook", failed)
+
+    async def _post_start(self, st: PodState, c: Mapping[str, Any], cs: containers_mod.ContainerStatus,
+                          hook: Mapping[str, Any]) -> bool:
+        """Run the postStart hook before the container counts as started, as upstream's
+        startContainer: the worker waits for it (a pod deleted meanwhile stops the wait). A
+        failure kills the container (FailedPostStartHook event, waiting reason
+        PostStartHookError), to be restarted as restartPolicy says. Returns whether it passed."""
+        name = str(c.get("name"))
+        hook_task = asyncio.create_task(
+            lifecycle.run(hook, self._target(st, c, cs), runtime=self.runtime, pod=self._pod_text(st)),
+            name=f"post-start/{st.name}/{name}")
+        try:
+            while not hook_task.done():
+                await asyncio.wait({hook_task}, timeout=HOOK_POLL_SECONDS)
+                if st.gone or st.meta.get("deletionTimestamp"):
+                    return False  # the pod is stopping: the container with it
+        finally:
+            if not hook_task.done():
+                hook_task.cancel()
+            await asyncio.gather(hook_task, return_exceptions=True)
+        failed = hook_task.result()
+        if failed is None:
+            return True
+        self._events.warning(self._ref(st), "FailedPostStartHook", failed)
+        await self._stop_container(st, cs, grace=self._grace(st), message="FailedPostStartHook")
+        st.dirty.add(cs.id)
+        st.waiting[name] = ("PostStartHookError", failed)
+        return False
 
     # --- images -----------------------------------------------------------------------------
 
@@ -770,8 +960,10 @@ class PodManager:
             r = runs.get(name) or []
             latest = r[0] if r else None
             will = latest is not None and not terminal and self._should_restart(st, c, latest, init=init)
+            started, ready = self._probe_state(st, c, latest) if latest is not None else (False, False)
             obs = podstatus.Observed(latest=latest, previous=r[1] if len(r) > 1 else None,
-                                     waiting=st.waiting.get(name), messages=st.messages, will_restart=will)
+                                     waiting=st.waiting.get(name), messages=st.messages, will_restart=will,
+                                     started=started, ready=ready)
             return podstatus.container_status(c, obs, old=old, default_waiting=default, init=init)
 
         init_list = [one(c, init=True, old=old_init.get(c.get("name"))) for c in st.spec.get("initContainers") or []]
@@ -812,10 +1004,10 @@ class PodManager:
         if status == st.last_status or (st.last_status is None and status == current):
             st.last_status = status
             return status
-        uid = st.uid
+        uid, static = st.uid, st.static
 
         def mutate(obj: JSON) -> JSON:
-            if (obj.get("metadata") or {}).get("uid") != uid:
+            if (staticpods.mirror_of(obj) if static else (obj.get("metadata") or {}).get("uid")) != uid:
                 raise _Gone()
             s = obj.setdefault("status", {})
             if s.get("phase") in TERMINAL and status["phase"] not in TERMINAL:
@@ -832,12 +1024,12 @@ class PodManager:
         ns, name = str(st.meta.get("namespace")), str(st.meta.get("name"))
         try:
             await self._client.patch("v1", "Pod", name=name, namespace=ns, mutate=mutate, subresource="status")
-        except _Gone:
-            return None
-        except errors.APIError as exc:
-            if exc.code == 404:
+        except (_Gone, errors.APIError) as exc:
+            if isinstance(exc, errors.APIError) and exc.code != 404:
+                raise
+            if not static:
                 return None
-            raise
+            # A static pod's status stands without its mirror pod, which gets it once made.
         st.last_status = status
         return status
 
@@ -848,18 +1040,11 @@ class PodManager:
         sidecars = {str(c.get("name")) for c in st.spec.get("initContainers") or [] if podstatus.is_sidecar(c)}
         live = [cs for cs in st.containers.values()
                 if cs.state in (containers_mod.RUNNING, containers_mod.CREATED, containers_mod.PAUSED)]
+        if st.prober is not None:
+            await st.prober.close()  # a terminating pod is probed no more
         for group in ([cs for cs in live if cs.name not in sidecars], [cs for cs in live if cs.name in sidecars]):
-            for cs in group:
-                self._events.normal(self._ref(st), "Killing", f"Stopping container {cs.name}")
-
-            async def stop(cs: containers_mod.ContainerStatus) -> None:
-                try:
-                    st.containers[cs.id] = await self.runtime.stop(cs.id, grace=grace)
-                except (runc_mod.RuncError, KeyError, TimeoutError) as exc:
-                    log.warning("pod %s: stopping container %s: %s", st.name, cs.name, exc)
-                    st.dirty.add(cs.id)
-
-            await asyncio.gather(*(stop(cs) for cs in group))
+            await asyncio.gather(*(self._stop_container(st, cs, grace=grace, message=f"Stopping container {cs.name}")
+                                   for cs in group))
         for cs in live:
             st.dirty.add(cs.id)
         await self._refresh(st)
@@ -906,7 +1091,7 @@ class PodManager:
         self.metrics.forget_pod(str(meta.get("namespace")), str(meta.get("name")))
         self.crash_backoff.forget(st.uid + "/")
         self.image_backoff.forget(st.uid + "/")
-        if not st.gone:
+        if not st.gone and not st.static:
             opts = rest.DeleteOptions(grace_period_seconds=0, precondition_uid=st.uid)
             try:
                 await self._client.delete("v1", "Pod", name=str(meta.get("name")), namespace=str(meta.get("namespace")),

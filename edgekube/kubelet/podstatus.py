@@ -15,8 +15,9 @@ attempt) and the one before:
   keeping restartCount and lastState from the previous status (a container removed while the
   pod lived), or a terminated state from the previous status as is;
 - `lastState` is the run before the newest; `restartCount` the newest container's attempt;
-  `ready` is running for containers (no probes yet) and "completed with 0" for init containers;
-  `started` is running; `imageID` the image's repo digest; `containerID` `runc://<id>`.
+  `started` is running and past its startup probe; `ready` is started and past its readiness
+  probe for containers and sidecars (see `probes`), "completed with 0" for other init
+  containers; `imageID` the image's repo digest; `containerID` `runc://<id>`.
 
 Phase (getPhase): Pending while an init container has not completed (Failed when one failed
 under restartPolicy Never), or while a container waits for its first start; Running while one
@@ -54,6 +55,10 @@ class Observed:
     waiting: tuple[str, str] | None = None  # (reason, message) of the last attempt to start it
     messages: Mapping[str, str] = dataclasses.field(default_factory=dict)  # container id -> termination message
     will_restart: bool = False
+    # What the probes say of the newest run while it runs (see `probes`): started (its startup
+    # probe succeeded, or it has none) and ready (started, and its readiness probe succeeded).
+    started: bool = True
+    ready: bool = True
 
 
 def container_id(cid: str) -> str:
@@ -105,11 +110,11 @@ def container_status(container: Mapping[str, Any], obs: Observed, *, old: Mappin
     running = "running" in state
     terminated = state.get("terminated") or {}
     ready = (terminated.get("exitCode") == 0 and "terminated" in state) if init and \
-        container.get("restartPolicy") != "Always" else running
+        container.get("restartPolicy") != "Always" else running and obs.ready
     return {
         "name": name, "state": state, "lastState": last, "ready": bool(ready), "restartCount": latest.attempt,
         "image": image, "imageID": latest.annotations.get(ANNOTATION_IMAGE_ID, ""),
-        "containerID": container_id(latest.id), "started": running,
+        "containerID": container_id(latest.id), "started": running and obs.started,
     }
 
 
@@ -249,6 +254,17 @@ def conditions(pod: Mapping[str, Any], init_statuses: Mapping[str, JSON], status
             return out
     out.append(_cond("Ready", ready, reason=reason, message=message, now=now, previous=prev))
     return out
+
+
+def gates(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The status of each of the pod's readiness gates' conditions (None: not there)."""
+    names = [str(g.get("conditionType")) for g in (pod.get("spec") or {}).get("readinessGates") or []
+             if isinstance(g, Mapping)]
+    if not names:
+        return {}
+    have = {str(c.get("type")): c.get("status") for c in (pod.get("status") or {}).get("conditions") or []
+            if isinstance(c, Mapping)}
+    return {n: have.get(n) for n in names}
 
 
 def merge_conditions(current: Sequence[Mapping[str, Any]], ours: Sequence[JSON]) -> list[JSON]:

@@ -15,7 +15,8 @@ own: unshare(CLONE_NEWNET) moves only the calling thread, its loopback is brough
 /proc/thread-self/ns/net is bind-mounted onto `netns/<uid>`, and the thread ends (it also
 switches back, so even a failure leaves no thread in the wrong namespace). Until the network
 issue plugs in a bridge and veth, the namespace has loopback only, and the pod's IP is
-127.0.0.1. `hostNetwork: true` pods get no namespace and the node's IP.
+127.0.0.1. `hostNetwork: true` pods get no namespace and the node's IP. Probes and hooks reach
+the pod through sockets made in its namespace (`socket_in`, a thread of its own again).
 
 **DNS** follows upstream's kubelet (pkg/kubelet/network/dns): dnsPolicy ClusterFirst (the
 default) gives the cluster DNS server with searches `<ns>.svc.<domain> svc.<domain> <domain>`
@@ -33,10 +34,12 @@ hostNetwork pods, the host's /etc/hosts followed by the aliases.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import socket
@@ -48,6 +51,7 @@ from typing import Any
 
 from edgekube.kubelet.runtime import bundle as bundle_mod
 
+log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
@@ -155,6 +159,62 @@ def create_netns(path: Path) -> None:
 
 def is_mounted(path: Path) -> bool:
     return path in bundle_mod.mountpoints()
+
+
+async def socket_in(netns: Path | None, family: int) -> socket.socket:
+    """A non-blocking TCP socket of the network namespace pinned at `netns` (the host's when
+    None), for the probes and hooks that connect to a pod. A socket belongs to the namespace
+    it was made in, whichever thread uses it later: a short-lived thread of its own joins the
+    namespace, makes it and switches back (a thread that cannot switch back just ends), so
+    neither the loop nor a pooled thread ever leaves the host's namespace."""
+    if netns is None:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        return sock
+    loop = asyncio.get_running_loop()
+    made: asyncio.Future[socket.socket] = loop.create_future()
+
+    def settle(result: socket.socket | BaseException) -> None:
+        if made.done():  # the caller gave up meanwhile
+            if isinstance(result, socket.socket):
+                result.close()
+        elif isinstance(result, BaseException):
+            made.set_exception(result)
+        else:
+            made.set_result(result)
+
+    def work() -> None:
+        result: socket.socket | BaseException
+        try:
+            result = _socket_in_thread(netns, family)
+        except BaseException as exc:  # carried to the caller
+            result = exc if isinstance(exc, OSError) else SandboxError(errno.EIO, f"{netns}: {exc}")
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result)
+
+    threading.Thread(target=work, name="netns-socket", daemon=True).start()
+    return await made
+
+
+def _socket_in_thread(netns: Path, family: int) -> socket.socket:
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if _libc.setns(target, CLONE_NEWNET) != 0:
+                raise _errno_error(f"setns into the pod's network namespace {netns}")
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            finally:
+                if _libc.setns(own, CLONE_NEWNET) != 0:
+                    # This thread ends here; the socket, made in the pod's namespace, is good.
+                    log.warning("a netns-socket thread could not switch back: %s", os.strerror(ctypes.get_errno()))
+        finally:
+            os.close(target)
+    finally:
+        os.close(own)
+    sock.setblocking(False)
+    return sock
 
 
 def remove_netns(path: Path) -> None:

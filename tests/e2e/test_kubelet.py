@@ -446,7 +446,7 @@ spec:
     assert (pod["status"]["reason"], pod["status"]["message"]) == (
         "DeadlineExceeded", "Pod was active on the node longer than the specified deadline")
     assert "terminated" in pod["status"]["containerStatuses"][0]["state"]
-    assert cid not in node.runc_list()
+    until(lambda: cid not in node.runc_list(), what="the container removed")
     reasons = {e["reason"] for e in k.json("get", "events")["items"] if e["involvedObject"].get("name") == "bounded"}
     assert "DeadlineExceeded" in reasons
 

@@ -4,7 +4,8 @@
 on every update (an update that drops a defaulted field gets it back, as upstream). Pod
 templates inside workloads get the same pod-spec defaults as pods; what upstream adds only by
 admission to pods themselves (service account, default tolerations, priority) is added only to
-pods.
+pods; mirror pods (a kubelet's copies of its static pods) get no service account, as upstream's
+ServiceAccount admission leaves them alone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any
 from edgekube.api.registry import crds
 
 JSON = dict[str, Any]
+
+# A kubelet's copy of one of its static pods carries the static pod's hash under this key.
+MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
 
 _NOT_READY_TOLERATIONS = (
     ("node.kubernetes.io/not-ready", 300),
@@ -60,17 +64,20 @@ def image_pull_policy(image: str) -> str:
     return "Always" if last.rsplit(":", 1)[1] == "latest" else "IfNotPresent"
 
 
+def _http_get(http: Any) -> None:
+    if isinstance(http, dict):
+        http["path"] = http.get("path") or "/"
+        http["scheme"] = http.get("scheme") or "HTTP"
+
+
 def _probe(probe: Any) -> None:
     if not isinstance(probe, dict):
         return
-    probe.setdefault("timeoutSeconds", 1)
-    probe.setdefault("periodSeconds", 10)
-    probe.setdefault("successThreshold", 1)
-    probe.setdefault("failureThreshold", 3)
-    http = probe.get("httpGet")
-    if isinstance(http, dict):
-        http.setdefault("path", "/")
-        http.setdefault("scheme", "HTTP")
+    # As upstream's SetDefaults_Probe: an unset or zero field gets the default.
+    for key, default in (("timeoutSeconds", 1), ("periodSeconds", 10), ("successThreshold", 1), ("failureThreshold", 3)):
+        if not probe.get(key):
+            probe[key] = default
+    _http_get(probe.get("httpGet"))
     grpc = probe.get("grpc")
     if isinstance(grpc, dict):
         grpc.setdefault("service", "")
@@ -106,6 +113,11 @@ def _container(c: Any) -> None:
                 ref.setdefault("apiVersion", "v1")
     for key in ("livenessProbe", "readinessProbe", "startupProbe"):
         _probe(c.get(key))
+    hooks = c.get("lifecycle")
+    if isinstance(hooks, dict):
+        for hook in ("postStart", "preStop"):
+            if isinstance(hooks.get(hook), dict):
+                _http_get(hooks[hook].get("httpGet"))
 
 
 def _volume(v: Any) -> None:
@@ -154,15 +166,18 @@ def _pod(obj: JSON) -> None:
     pod_spec(spec)
     # Admission plugins: ServiceAccount, DefaultTolerationSeconds (Priority is the registry's: it
     # reads PriorityClasses).
-    sa = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
-    spec["serviceAccountName"] = sa
-    spec["serviceAccount"] = sa
+    if MIRROR_POD_ANNOTATION not in ((obj.get("metadata") or {}).get("annotations") or {}):
+        sa = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+        spec["serviceAccountName"] = sa
+        spec["serviceAccount"] = sa
     spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
     tolerations = spec.get("tolerations")
     if not isinstance(tolerations, list):
         tolerations = []
     for key, seconds in _NOT_READY_TOLERATIONS:
-        if not any(isinstance(t, dict) and t.get("key") == key and t.get("effect") in (None, "", "NoExecute") for t in tolerations):
+        # A toleration without a key tolerates the taint too (a static pod's of every NoExecute).
+        if not any(isinstance(t, dict) and t.get("key") in (key, None, "") and t.get("effect") in (None, "", "NoExecute")
+                   for t in tolerations):
             tolerations.append({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds})
     spec["tolerations"] = tolerations
 

@@ -19,7 +19,7 @@ from typing import Any
 from edgekube.api import labels as labels_mod
 from edgekube.api import quantity
 from edgekube.api.errors import Cause
-from edgekube.api.registry import crds
+from edgekube.api.registry import crds, defaults
 
 JSON = dict[str, Any]
 
@@ -250,7 +250,9 @@ def _unique_label(e: _Errs, field: str, name: Any, seen: set[str]) -> None:
         seen.add(name)
 
 
-def _container(e: _Errs, field: str, c: Any, *, volumes: set[str], names: set[str], init: bool) -> None:
+def _container(e: _Errs, field: str, c: Any, *, volumes: set[str], names: set[str], init: bool,
+               grace: Any = None) -> None:
+    """`grace`: the pod's terminationGracePeriodSeconds (a sleep hook may not outlast it)."""
     if not isinstance(c, dict):
         e.invalid(field, "", "must be an object")
         return
@@ -308,18 +310,86 @@ def _container(e: _Errs, field: str, c: Any, *, volumes: set[str], names: set[st
         if not m.get("mountPath"):
             e.required(f"{mf}.mountPath")
     _resources(e, f"{field}.resources", c.get("resources"))
+    restartable = not init or c.get("restartPolicy") == "Always"
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         p = c.get(probe)
         if p is None:
             continue
-        if init and c.get("restartPolicy") != "Always":
+        if not restartable:
             e.forbidden(f"{field}.{probe}", "may not be set for init containers without restartPolicy=Always")
             continue
-        handlers = [h for h in ("exec", "httpGet", "tcpSocket", "grpc") if isinstance(p, dict) and p.get(h) is not None]
-        if len(handlers) != 1:
-            e.required(f"{field}.{probe}", "must specify a handler type") if not handlers else e.forbidden(f"{field}.{probe}", "may not specify more than 1 handler type")
+        _probe(e, f"{field}.{probe}", p, readiness=probe == "readinessProbe")
         if probe in ("livenessProbe", "startupProbe") and isinstance(p, dict) and p.get("successThreshold", 1) != 1:
             e.invalid(f"{field}.{probe}.successThreshold", p.get("successThreshold"), "must be 1")
+    hooks = c.get("lifecycle")
+    if hooks is not None and not restartable:
+        e.forbidden(f"{field}.lifecycle", "may not be set for init containers without restartPolicy=Always")
+    elif isinstance(hooks, dict):
+        for hook in ("postStart", "preStop"):
+            if hooks.get(hook) is not None:
+                _handler(e, f"{field}.lifecycle.{hook}", hooks[hook], ("exec", "httpGet", "tcpSocket", "sleep"), grace=grace)
+
+
+_HTTP_HEADER_NAME = re.compile(r"^[-A-Za-z0-9]+$")
+
+
+def _port_num_or_name(e: _Errs, field: str, port: Any) -> None:
+    if not isinstance(port, str):
+        _port_number(e, field, port)
+    elif not (len(port) <= 15 and _IANA_SVC_NAME.match(port) and re.search("[a-z]", port) and "--" not in port):
+        e.invalid(field, port, "must be no more than 15 characters, contain only lowercase alphanumerics and '-', and at least one letter")
+
+
+def _handler(e: _Errs, field: str, h: Any, kinds: Sequence[str], *, grace: Any = None) -> None:
+    """A probe's or a lifecycle hook's action (upstream's validateHandler): exactly one kind."""
+    if not isinstance(h, dict):
+        e.invalid(field, "", "must be an object")
+        return
+    given = [k for k in kinds if h.get(k) is not None]
+    if not given:
+        e.required(field, "must specify a handler type")
+        return
+    for extra in given[1:]:
+        e.forbidden(f"{field}.{extra}", "may not specify more than 1 handler type")
+    kind, action = given[0], h[given[0]]
+    af = f"{field}.{kind}"
+    if not isinstance(action, dict):
+        e.invalid(af, "", "must be an object")
+    elif kind == "exec":
+        if not action.get("command"):
+            e.required(f"{af}.command")
+    elif kind == "httpGet":
+        if not action.get("path"):
+            e.required(f"{af}.path")
+        _port_num_or_name(e, f"{af}.port", action.get("port"))
+        if action.get("scheme", "HTTP") not in ("HTTP", "HTTPS"):
+            e.unsupported(f"{af}.scheme", action.get("scheme"), ["HTTP", "HTTPS"])
+        for i, header in enumerate(action.get("httpHeaders") or []):
+            name = header.get("name") if isinstance(header, dict) else None
+            if not isinstance(name, str) or not _HTTP_HEADER_NAME.match(name):
+                e.invalid(f"{af}.httpHeaders[{i}].name", name, "a valid HTTP header must consist of alphanumeric characters or '-' (e.g. 'X-Header-Name', regex used for validation is '[-A-Za-z0-9]+')")
+    elif kind == "tcpSocket":
+        _port_num_or_name(e, f"{af}.port", action.get("port"))
+    elif kind == "grpc":
+        _port_number(e, f"{af}.port", action.get("port"))
+    elif kind == "sleep":
+        seconds = action.get("seconds")
+        if isinstance(grace, int) and not (isinstance(seconds, int) and 0 < seconds <= grace):
+            e.invalid(af, seconds, f"must be greater than 0 and less than terminationGracePeriodSeconds ({grace})")
+
+
+def _probe(e: _Errs, field: str, p: Any, *, readiness: bool) -> None:
+    """Upstream's validateProbe (and validateReadinessProbe)."""
+    _handler(e, field, p, ("exec", "httpGet", "tcpSocket", "grpc"))
+    if not isinstance(p, dict):
+        return
+    for key in ("initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"):
+        _nonneg_int(e, f"{field}.{key}", p.get(key))
+    grace = p.get("terminationGracePeriodSeconds")
+    if grace is not None and readiness:
+        e.invalid(f"{field}.terminationGracePeriodSeconds", grace, "must not be set for readinessProbes")
+    elif grace is not None and (not isinstance(grace, int) or isinstance(grace, bool) or grace <= 0):
+        e.invalid(f"{field}.terminationGracePeriodSeconds", grace, "must be greater than 0")
 
 
 _VOLUME_SOURCES = (
@@ -364,9 +434,11 @@ def pod_spec(e: _Errs, field: str, spec: Any, *, template: bool = False, allowed
         e.invalid(f"{field}.containers", "", "must be a list")
     else:
         for i, c in enumerate(containers):
-            _container(e, f"{field}.containers[{i}]", c, volumes=volumes | set(claim_volumes), names=names, init=False)
+            _container(e, f"{field}.containers[{i}]", c, volumes=volumes | set(claim_volumes), names=names, init=False,
+                       grace=spec.get("terminationGracePeriodSeconds"))
     for i, c in enumerate(spec.get("initContainers") or []):
-        _container(e, f"{field}.initContainers[{i}]", c, volumes=volumes | set(claim_volumes), names=names, init=True)
+        _container(e, f"{field}.initContainers[{i}]", c, volumes=volumes | set(claim_volumes), names=names, init=True,
+                   grace=spec.get("terminationGracePeriodSeconds"))
     restart = spec.get("restartPolicy")
     if restart not in allowed_restart:
         e.unsupported(f"{field}.restartPolicy", restart, allowed_restart)
@@ -404,6 +476,7 @@ def _pod(e: _Errs, obj: JSON, old: JSON | None) -> None:
     pod_spec(e, "spec", spec)
     if old is None or not isinstance(spec, dict):
         return
+    _mirror_annotation(e, obj, old)
     # Pod updates may change only images, activeDeadlineSeconds and add tolerations.
     ospec = old.get("spec") or {}
 
@@ -425,6 +498,18 @@ def _pod(e: _Errs, obj: JSON, old: JSON | None) -> None:
     new_tol = spec.get("tolerations") or []
     if any(t not in new_tol for t in old_tol):
         e.forbidden("spec.tolerations", "existing toleration can not be modified except its tolerationSeconds")
+
+
+def _mirror_annotation(e: _Errs, obj: JSON, old: JSON) -> None:
+    """A pod does not become a mirror pod, nor stop being one (upstream's
+    ValidatePodSpecificAnnotationUpdates): its kubelet would stop running it, or run a copy."""
+    key = defaults.MIRROR_POD_ANNOTATION
+    new_value = ((obj.get("metadata") or {}).get("annotations") or {}).get(key)
+    old_value = ((old.get("metadata") or {}).get("annotations") or {}).get(key)
+    if old_value is not None and new_value != old_value:
+        e.forbidden(f"metadata.annotations[{key}]", "may not remove or update mirror pod annotation")
+    elif old_value is None and new_value is not None:
+        e.forbidden(f"metadata.annotations[{key}]", "may not add mirror pod annotation")
 
 
 # --- workloads -----------------------------------------------------------------------------

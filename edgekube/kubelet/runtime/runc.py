@@ -1,4 +1,4 @@
-"""An asyncio wrapper over the runc binary: create, start, run -d, state, list, kill, delete,
+"""An asyncio wrapper over the runc binary: create, start, run -d, exec, state, list, kill, delete,
 events --stats; runc's failures as typed exceptions that carry runc's own message.
 
 Every call is `runc --root <root> ...` as an asyncio subprocess with a timeout (the process is
@@ -60,6 +60,16 @@ class NotRunningError(RuncError):
 
 class RuncTimeout(RuncError):
     """runc did not finish in time and was killed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecResult:
+    """What a process run by `exec` did: its exit code (128+signal when a signal ended it; None
+    when it outlived its timeout and was killed) and its stdout and stderr together, as they came,
+    cut at the caller's limit."""
+
+    exit_code: int | None
+    output: bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +160,45 @@ class Runc:
                         stdin=stdin, stdout=stdout, stderr=stderr, log_file=bundle / "runc.log")
         return _read_pid(pid_file)
 
+    async def exec(self, cid: str, *, process: Path, pid_file: Path, time_limit: float | None,
+                   limit: int) -> ExecResult:
+        """`runc exec --process FILE`: one more process in the running container, as FILE (an OCI
+        process, `terminal` false) says, waited for. Its stdout and stderr are one pipe read on
+        the loop (the first `limit` bytes kept, the rest drained), and runc's own stdio are that
+        pipe too (runc's pass-through mode), so nothing else of edgekube reaches it. Past
+        `time_limit` (or when the caller is cancelled) the process is SIGKILLed through the pid
+        runc wrote to `pid_file`. runc's failure to start the process at all (no pid written)
+        raises, with runc's message."""
+        argv = [self.binary, "--root", str(self.root), "exec", "--process", str(process),
+                "--pid-file", str(pid_file), check_id(cid)]
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=write_end,
+                                                        stderr=write_end, close_fds=True)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        capture = _Capture(read_end, limit)
+        timed_out = False
+        try:
+            async with asyncio.timeout(time_limit):
+                await proc.wait()
+        except TimeoutError:
+            timed_out = True
+        finally:
+            if proc.returncode is None:
+                await _end_exec(proc, pid_file, grace=self.timeout)
+            # A child the process left behind may hold the pipe: its output is not waited for.
+            await capture.finish(grace=0.5)
+        code = proc.returncode or 0
+        if timed_out:
+            return ExecResult(exit_code=None, output=bytes(capture.data))
+        if code != 0 and not await asyncio.to_thread(pid_file.exists):
+            raise _classify(capture.data.decode(errors="replace"), command=argv, returncode=code)
+        return ExecResult(exit_code=code if code >= 0 else 128 - code, output=bytes(capture.data))
+
     async def state(self, cid: str) -> State:
         out, _ = await self._run(["state", check_id(cid)])
         return State.from_json(json.loads(out))
@@ -176,6 +225,65 @@ class Runc:
 
 def _read_pid(path: Path) -> int:
     return int(path.read_text().strip())
+
+
+async def _end_exec(proc: asyncio.subprocess.Process, pid_file: Path, *, grace: float) -> None:
+    """End an exec'd process past its time: SIGKILL it (by the pid runc wrote) and let runc reap
+    it and exit; runc itself is killed only when the process never started or runc hangs (an
+    orphan of runc would be re-parented to edgekube, the subreaper, and left a zombie)."""
+    try:
+        pid: int | None = _read_pid(pid_file)
+    except (OSError, ValueError):
+        pid = None
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await proc.wait()
+                return
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await proc.wait()
+
+
+class _Capture:
+    """Reads a pipe on the loop until EOF, keeping the first `limit` bytes."""
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self.data = bytearray()
+        self._fd = fd
+        self._limit = limit
+        self._eof = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        os.set_blocking(fd, False)
+        self._loop.add_reader(fd, self._read)
+
+    def _read(self) -> None:
+        try:
+            chunk = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._close()
+            return
+        room = self._limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+
+    def _close(self) -> None:
+        if not self._eof.is_set():
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._eof.set()
+
+    async def finish(self, *, grace: float) -> None:
+        """Up to `grace` seconds for the writers to close the pipe, then stop reading."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._eof.wait(), grace)
+        self._close()
 
 
 def _log_errors(log_file: Path) -> str:

@@ -1,0 +1,110 @@
+"""What probes and hooks do to a real runc container, as root: `Runtime.exec` (the container's
+env, cwd, user and namespaces; exit codes; output capped; a process past its time killed), and
+HTTP and TCP actions made from inside a pod's network namespace. Fixtures and clean-up are
+test_runtime_runc's."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgekube.kubelet import actions, sandbox
+from edgekube.kubelet.runtime import runc
+from tests.integration.test_runtime_runc import Env, env, lower, until
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="runc containers need root"),
+    pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs busybox-static"),
+]
+__all__ = ["env", "lower"]  # fixtures, used by name
+
+LOOP = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+
+
+async def test_exec_runs_as_the_container_runs(env: Env) -> None:
+    rt = env.runtime()
+    await rt.open()
+    pod = env.pod(command=LOOP, security={"runAsUser": 1000})
+    pod["spec"]["containers"][0].update(env=[{"name": "GREETING", "value": "hello"}], workingDir="/home/app")
+    spec = await env.spec(rt, pod)
+    st = await rt.run(spec)
+    done = await rt.exec(spec.id, ["sh", "-c", "echo $GREETING; pwd; id -u; readlink /proc/self/ns/pid; echo oops >&2"],
+                         time_limit=10)
+    out = done.output.decode().splitlines()
+    assert done.exit_code == 0
+    assert out[:3] == ["hello", "/home/app", "1000"]
+    assert out[3] == os.readlink(f"/proc/{st.pid}/ns/pid")  # the container's pid namespace
+    assert out[4] == "oops"  # stderr too, in one stream
+    assert (await rt.exec(spec.id, ["sh", "-c", "exit 3"], time_limit=10)).exit_code == 3
+    # Output beyond the limit is drained, not kept.
+    big = await rt.exec(spec.id, ["sh", "-c", "yes | head -c 50000"], time_limit=10, limit=1000)
+    assert big.exit_code == 0 and len(big.output) == 1000
+    # Past its time the process is killed, and nothing of it stays in the container.
+    slow = await rt.exec(spec.id, ["sleep", "30"], time_limit=0.5)
+    assert slow.exit_code is None
+    ps = await rt.exec(spec.id, ["ps", "-o", "args"], time_limit=10)
+    assert "sleep 30" not in ps.output.decode()
+    # The exec's files in the bundle are gone.
+    assert not list(rt.bundle(spec.id).path.glob("exec-*"))
+    await rt.remove(spec.id)
+
+
+async def test_exec_in_a_stopped_container_is_refused(env: Env) -> None:
+    rt = env.runtime()
+    await rt.open()
+    spec = await env.spec(rt, env.pod(command=["true"]))
+    await rt.run(spec)
+    async with asyncio.timeout(20):
+        await rt.wait(spec.id)
+    with pytest.raises(runc.RuncError):
+        await rt.exec(spec.id, ["true"], time_limit=10)
+    target = actions.Target(cid=spec.id, container={"name": "main"}, pod_ip="127.0.0.1", netns=None)
+    with pytest.raises(actions.ActionError):
+        await actions.run_exec(rt, target, ["true"], time_limit=10)
+    await rt.remove(spec.id)
+
+
+@pytest.fixture
+def pod_netns(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "netns" / "pod"
+    sandbox.create_netns(path)
+    try:
+        yield path
+    finally:
+        sandbox.remove_netns(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_http_and_tcp_reach_into_the_pod_network_namespace(env: Env, pod_netns: Path) -> None:
+    rt = env.runtime()
+    await rt.open()
+    port = _free_port()  # free on the host: only the pod's namespace listens on it
+    pod = env.pod(command=["sh", "-c", f"echo ready > /tmp/index.html; exec httpd -f -p 127.0.0.1:{port} -h /tmp"])
+    spec = await env.spec(rt, pod, netns=str(pod_netns))
+    await rt.run(spec)
+    target = actions.Target(cid=spec.id, container=pod["spec"]["containers"][0], pod_ip="127.0.0.1", netns=pod_netns)
+    action = {"path": "/index.html", "port": port}
+
+    async def served() -> bool:
+        return (await actions.http_get(action, target, time_limit=2)).result == actions.SUCCESS
+
+    await until(served, what="httpd answering in the pod's namespace")
+    assert await actions.http_get(action, target, time_limit=2) == actions.Outcome(actions.SUCCESS, "ready\n")
+    assert (await actions.tcp_connect({"port": port}, target, time_limit=2)).result == actions.SUCCESS
+    # From the host's namespace the same address answers nothing.
+    host = actions.Target(cid=spec.id, container=target.container, pod_ip="127.0.0.1", netns=None)
+    assert (await actions.tcp_connect({"port": port}, host, time_limit=2)).output.endswith("connection refused")
+    # A namespace that is not there is an error, never a socket of the host's.
+    with pytest.raises(FileNotFoundError):
+        await sandbox.socket_in(pod_netns.parent / "none", socket.AF_INET)
+    await rt.remove(spec.id)
