@@ -1,7 +1,8 @@
 """The control plane's end-to-end scenarios again, on the real kubelet instead of the test node:
 Deployments (scale, rolling update between two real image tags, undo, self-healing, cascading
 delete), Jobs (completions with real exit codes, backoff limit), a DaemonSet rolling update, a
-StatefulSet's ordered pods with their own hostnames, and cordon + drain through the eviction API.
+StatefulSet's ordered pods with their own hostnames, cordon + drain through the eviction API, and
+EndpointSlices following real readiness probes.
 Each step is checked on the host too: the runc containers behind the pods, their images and
 processes, and nothing left once the objects are gone.
 
@@ -258,3 +259,52 @@ def test_cordon_and_drain_evict_through_the_api(k: Kubectl, node: KubeletServer,
     finally:
         k.run("uncordon", name, namespaced=False)
     _running_on_host(k, node, "app=drained", 2)
+
+
+def test_endpoints_follow_real_readiness(k: Kubectl, node: KubeletServer, tags: tuple[str, str]) -> None:
+    """A readiness probe on a file the test toggles inside the containers: the Service's
+    EndpointSlice and the Deployment's availability follow it."""
+    k.run("apply", "-f", "-", input=f"""\
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec: {{selector: {{app: web}}, ports: [{{port: 80}}]}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: web
+        image: {tags[0]}
+        readinessProbe:
+          exec: {{command: ["cat", "/tmp/ready"]}}
+          periodSeconds: 1
+          failureThreshold: 1
+""")
+    pods = _running_on_host(k, node, "app=web", 2)
+
+    def slice_addresses() -> tuple[int, int]:
+        eps = [e for s in k.json("get", "endpointslices", "-l", "kubernetes.io/service-name=web")["items"]
+               for e in s.get("endpoints") or []]
+        return (sum(1 for e in eps if e["conditions"].get("ready")), sum(1 for e in eps if not e["conditions"].get("ready")))
+
+    until(lambda: slice_addresses() == (0, 2), what="two not-ready endpoints")
+    assert k.json("get", "deployment", "web")["status"].get("availableReplicas", 0) == 0
+    first = pods[0]["metadata"]["name"]
+    ready_file = Path(f"/proc/{node.runc_list()[_cid(pods[0])]['pid']}/root/tmp/ready")
+    ready_file.write_text("ok")
+    until(lambda: slice_addresses() == (1, 1), what="one ready endpoint")
+    assert k.json("get", "pod", first)["status"]["containerStatuses"][0]["ready"] is True
+    until(lambda: k.json("get", "deployment", "web")["status"].get("availableReplicas") == 1,
+          what="one available replica")
+    ready_file.unlink()
+    until(lambda: slice_addresses() == (0, 2), what="the endpoint not ready again")
+    ready = {c["type"]: c["status"] for c in k.json("get", "pod", first)["status"]["conditions"]}
+    assert ready["Ready"] == "False" and ready["ContainersReady"] == "False"
