@@ -141,6 +141,8 @@ class PodState:
     sandbox_ready: bool = False
     torn_down: bool = False
     netns: str | None = None
+    ipcns: str | None = None
+    shm: str | None = None
     pod_cgroup: str = ""
     start_time: str = ""
     last_status: JSON | None = None
@@ -509,11 +511,16 @@ class PodManager:
                                    cluster_domain=self.settings.cluster_domain, host_hosts=self._host_hosts)
         pod_dir = self.layout.pod_dir(st.uid)
         netns_path = None if host_network else self.layout.netns(st.uid)
+        private_ipc = not st.spec.get("hostIPC")
+        ipcns_path, shm_path = self.layout.ipcns(st.uid), self.layout.shm(st.uid)
 
         def work() -> None:
             pod_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
             if netns_path is not None and not sandbox.is_mounted(netns_path):
                 sandbox.create_netns(netns_path)
+            if private_ipc:
+                sandbox.create_ipcns(ipcns_path)
+                sandbox.mount_shm(shm_path)
             sandbox.write_if_changed(pod_dir / "etc-hosts", hosts)
             sandbox.write_if_changed(pod_dir / "etc-hostname", hostname + "\n")
             sandbox.write_if_changed(pod_dir / "resolv.conf", resolv)
@@ -525,6 +532,7 @@ class PodManager:
             self._events.warning(self._ref(st), "FailedCreatePodSandBox", f"Failed to create pod sandbox: {exc}")
             raise
         st.netns = str(netns_path) if netns_path is not None else None
+        st.ipcns, st.shm = (str(ipcns_path), str(shm_path)) if private_ipc else (None, None)
         st.sandbox_ready = True
         if first and warning:
             self._events.warning(self._ref(st), "MissingClusterDNS", warning)
@@ -632,7 +640,8 @@ class PodManager:
         log_path = self.log_dir(st) / name / f"{attempt}.log"
         spec = containers_mod.ContainerSpec(
             id=cid, pod=st.pod, container=c, image=_image_config(info), lowerdirs=tuple(self.images.layers(info)),
-            log_path=log_path, pod_cgroup=st.pod_cgroup, netns=st.netns, mounts=tuple(mounts), env=tuple(env),
+            log_path=log_path, pod_cgroup=st.pod_cgroup, netns=st.netns, ipcns=st.ipcns, shm=st.shm,
+            mounts=tuple(mounts), env=tuple(env),
             attempt=attempt, annotations={podstatus.ANNOTATION_IMAGE_ID: info.image_ref,
                                           podstatus.ANNOTATION_IMAGE: str(c.get("image") or "")})
         self._cid_uid[cid] = st.uid
@@ -1060,6 +1069,8 @@ class PodManager:
         def files() -> None:
             volumes.teardown(self.layout.volumes(st.uid))
             sandbox.remove_netns(self.layout.netns(st.uid))
+            for pinned in (self.layout.shm(st.uid), self.layout.ipcns(st.uid)):
+                bundle_mod.unmount(pinned)
 
         await asyncio.to_thread(files)
         st.torn_down = True

@@ -6,6 +6,7 @@ Layout under the kubelet's root dir (all of it outlives edgekube, so a restart f
     pods/<uid>/etc-hosts, etc-hostname, resolv.conf     bind-mounted into every container
     pods/<uid>/volumes/<plugin>/<name>                  see `volumes`
     pods/<uid>/containers/<name>/termination-log-<n>   terminationMessagePath of attempt n
+    pods/<uid>/ipc, pods/<uid>/shm                      the pod's IPC namespace (pinned) and /dev/shm (tmpfs)
     netns/<uid>                                         the pod's network namespace (an nsfs bind mount)
 
 **Network namespace.** Upstream keeps a pod's namespaces alive with a pause process; here the
@@ -15,7 +16,12 @@ own: unshare(CLONE_NEWNET) moves only the calling thread, its loopback is brough
 /proc/thread-self/ns/net is bind-mounted onto `netns/<uid>`, and the thread ends (it also
 switches back, so even a failure leaves no thread in the wrong namespace). Until the network
 issue plugs in a bridge and veth, the namespace has loopback only, and the pod's IP is
-127.0.0.1. `hostNetwork: true` pods get no namespace and the node's IP. Probes and hooks reach
+127.0.0.1. `hostNetwork: true` pods get no namespace and the node's IP.
+
+**IPC.** The same way, a pod gets one IPC namespace pinned at `pods/<uid>/ipc` and one 64 MiB
+tmpfs at `pods/<uid>/shm`, which every container of the pod joins and mounts on /dev/shm, as
+upstream's containers share their sandbox's (SysV IPC and POSIX shared memory work across the
+pod's containers). `hostIPC: true` pods use the host's IPC namespace and a /dev/shm of their own. Probes and hooks reach
 the pod through sockets made in its namespace (`socket_in`, a thread of its own again).
 
 **DNS** follows upstream's kubelet (pkg/kubelet/network/dns): dnsPolicy ClusterFirst (the
@@ -45,7 +51,7 @@ import shutil
 import socket
 import struct
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +60,12 @@ from edgekube.kubelet.runtime import bundle as bundle_mod
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 CLONE_NEWNET = 0x40000000
+CLONE_NEWIPC = 0x08000000
+SHM_SIZE = 64 << 20  # upstream's default /dev/shm of a pod
 MS_BIND = 4096
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -83,6 +94,12 @@ class Layout:
 
     def netns(self, uid: str) -> Path:
         return self.netns_dir / _safe(uid)
+
+    def ipcns(self, uid: str) -> Path:
+        return self.pod_dir(uid) / "ipc"
+
+    def shm(self, uid: str) -> Path:
+        return self.pod_dir(uid) / "shm"
 
     def volumes(self, uid: str) -> Path:
         return self.pod_dir(uid) / "volumes"
@@ -121,6 +138,28 @@ def _errno_error(what: str) -> OSError:
 
 def create_netns(path: Path) -> None:
     """A new network namespace with loopback up, pinned at `path` (blocking)."""
+    _pin_new_namespace(path, CLONE_NEWNET, "net", setup=_loopback_up)
+
+
+def create_ipcns(path: Path) -> None:
+    """A new IPC namespace pinned at `path`, for the pod's containers to share (blocking): SysV
+    shared memory, semaphores and message queues work between them, as in upstream's pods,
+    whose containers join their sandbox's IPC namespace."""
+    _pin_new_namespace(path, CLONE_NEWIPC, "ipc")
+
+
+def mount_shm(path: Path, *, size: int = SHM_SIZE) -> None:
+    """The pod's /dev/shm: one tmpfs every container of the pod bind-mounts (blocking)."""
+    if is_mounted(path):
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    rc = _libc.mount(b"shm", os.fsencode(path), b"tmpfs", ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC),
+                     f"mode=1777,size={size}".encode())
+    if rc != 0:
+        raise _errno_error(f"mounting the pod's /dev/shm on {path}")
+
+
+def _pin_new_namespace(path: Path, flag: int, kind: str, *, setup: Callable[[], None] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
     if is_mounted(path):
         return
@@ -130,24 +169,26 @@ def create_netns(path: Path) -> None:
 
     def work() -> None:
         try:
-            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            own = os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
             try:
-                if _libc.unshare(CLONE_NEWNET) != 0:
-                    raise _errno_error(f"unshare(CLONE_NEWNET) for {path}")
+                if _libc.unshare(flag) != 0:
+                    raise _errno_error(f"unshare({kind} namespace) for {path}")
                 try:
-                    _loopback_up()
-                    rc = _libc.mount(b"/proc/thread-self/ns/net", os.fsencode(path), None, ctypes.c_ulong(MS_BIND), None)
+                    if setup is not None:
+                        setup()
+                    rc = _libc.mount(f"/proc/thread-self/ns/{kind}".encode(), os.fsencode(path), None,
+                                     ctypes.c_ulong(MS_BIND), None)
                     if rc != 0:
-                        raise _errno_error(f"bind-mounting the network namespace onto {path}")
+                        raise _errno_error(f"bind-mounting the {kind} namespace onto {path}")
                 finally:
-                    if _libc.setns(own, CLONE_NEWNET) != 0:
-                        failure.append(_errno_error("setns back to the host's network namespace"))
+                    if _libc.setns(own, flag) != 0:
+                        failure.append(_errno_error(f"setns back to the host's {kind} namespace"))
             finally:
                 os.close(own)
         except BaseException as exc:  # carried to the caller's thread
             failure.append(exc)
 
-    t = threading.Thread(target=work, name="netns", daemon=True)
+    t = threading.Thread(target=work, name=f"{kind}ns", daemon=True)
     t.start()
     t.join()
     if failure:

@@ -522,6 +522,27 @@ spec:
     assert root.startswith("drwxrwsrwx") and root.split()[3] == "2000", root
 
 
+def test_containers_of_a_pod_share_ipc_and_dev_shm(k: Kubectl, node: KubeletServer, image: str) -> None:
+    k.run("apply", "-f", "-", input=f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: shared}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - {{name: writer, image: {image}, command: ["sh", "-c", "echo from-writer > /dev/shm/note; {SLEEPER[2]}"]}}
+  - {{name: reader, image: {image}, command: ["sh", "-c", "until cat /dev/shm/note; do sleep 0.2; done; {SLEEPER[2]}"]}}
+""")
+    pod = _running(k, "shared")
+    until(lambda: "from-writer" in k.out("logs", "shared", "-c", "reader"), what="the reader saw the writer's note")
+    pids = [node.runc_list()[_cid(pod, i)]["pid"] for i in (0, 1)]
+    ipc = {os.readlink(f"/proc/{pid}/ns/ipc") for pid in pids}
+    assert len(ipc) == 1 and ipc != {os.readlink("/proc/self/ns/ipc")}
+    uid = pod["metadata"]["uid"]
+    k.run("delete", "pod", "shared", "--wait=true", "--timeout=60s")
+    assert not [m for m in node.mounts() if uid in str(m)]
+
+
 def test_pod_usage_feeds_the_autoscaler(k: Kubectl, image: str) -> None:
     """cgroup usage -> the kubelet's metrics -> the HorizontalPodAutoscaler: a busy container held
     to 100m by its CFS quota runs at about 100% of its 100m request, so a 50% target scales up."""

@@ -477,7 +477,7 @@ def build_config(pod: Mapping[str, Any], *, container: Mapping[str, Any], image:
                  cgroups_path: str, netns: str | None, mounts: Sequence[Mount] = (),
                  env: Sequence[tuple[str, str]] | None = None, attempt: int = 0, log_path: str = "",
                  seccomp_default: bool = True, seccomp_root: Path | None = None, pids_limit: int | None = None,
-                 shm: str | None = None, node_memory: int | None = None,
+                 shm: str | None = None, ipcns: str | None = None, node_memory: int | None = None,
                  annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The container's config.json. `rootfs` is the (mounted) root, read for /etc/passwd and
     /etc/group; `netns` the pod's network namespace path (None with hostNetwork: the host's;
@@ -519,7 +519,7 @@ def build_config(pod: Mapping[str, Any], *, container: Mapping[str, Any], image:
     if not spec.get("hostPID"):
         namespaces.append({"type": "pid"})
     if not spec.get("hostIPC"):
-        namespaces.append({"type": "ipc"})
+        namespaces.append({"type": "ipc", "path": ipcns} if ipcns else {"type": "ipc"})
     if not host_network:
         namespaces.append({"type": "uts"})
         namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})

@@ -76,7 +76,8 @@ class ContainerSpec:
     mounts: tuple[bundle_mod.Mount, ...] = ()
     env: tuple[tuple[str, str], ...] | None = None
     attempt: int = 0
-    shm: str | None = None
+    shm: str | None = None  # the pod's /dev/shm to bind-mount (else a tmpfs of the container's own)
+    ipcns: str | None = None  # the pod's IPC namespace to join (else one of the container's own)
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -231,7 +232,7 @@ class Runtime:
                 spec.pod, container=spec.container, image=spec.image, rootfs=b.rootfs, cgroups_path=cgroup_path,
                 netns=spec.netns, mounts=spec.mounts, env=spec.env, attempt=spec.attempt,
                 log_path=str(spec.log_path), seccomp_default=self.seccomp_default, seccomp_root=self.seccomp_root,
-                pids_limit=self.pids_limit, shm=spec.shm, annotations=spec.annotations)
+                pids_limit=self.pids_limit, shm=spec.shm, ipcns=spec.ipcns, annotations=spec.annotations)
             b.write_config(config)
             out_fifo, err_fifo = crilog.make_fifos(b.path)
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
