@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "runc": "runc",
         "container-log-max-size": "10Mi",
         "container-log-max-files": 5,
+        "pod-manifest-check-seconds": 20,
     },
     "log-level": "info",
 }
@@ -125,6 +126,7 @@ class KubeletSettings:
     runc: str
     container_log_max_size: int = 10 * 1024 * 1024  # bytes; a live CRI log file is rotated at this size; 0: never
     container_log_max_files: int = 5  # files kept per container run, the live one included
+    pod_manifest_check_seconds: int = 20  # the static pods' folder is read again this often
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +260,7 @@ def _kubelet(k: Mapping[str, Any], *, data_dir: Path, where: str) -> KubeletSett
         runc=str(k["runc"]),
         container_log_max_size=_size(k, "container-log-max-size", where),
         container_log_max_files=_int(k, "container-log-max-files", where, lo=2),
+        pod_manifest_check_seconds=_int(k, "pod-manifest-check-seconds", where, lo=1),
     )
 
 

@@ -141,7 +141,7 @@ class Kubelet:
             raise KubeletError(f"kubelet: cannot open the container runtime under {s.root_dir}: {exc}") from None
         self.static_pods = staticpods.FileSource(s.pod_manifest_path, node_name=self.options.node_name,
                                                  client=self._client, pods=self.informer, workers=pods,
-                                                 clock=self._clock)
+                                                 clock=self._clock, check_seconds=s.pod_manifest_check_seconds)
         await self.static_pods.load()
         await agent.register()
         await self._enforce_allocatable(cgroups, reservations)

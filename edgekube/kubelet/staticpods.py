@@ -217,8 +217,9 @@ class FileSource:
     """Hands the static pods of the folder to the pod workers and keeps their mirror pods."""
 
     def __init__(self, folder: Path, *, node_name: str, client: local.LocalClient, pods: informer_mod.Informer,
-                 workers: Workers, clock: clock_mod.Clock) -> None:
+                 workers: Workers, clock: clock_mod.Clock, check_seconds: float = FILE_CHECK_SECONDS) -> None:
         self.folder = folder
+        self._check_seconds = check_seconds
         self._node_name = node_name
         self._client = client
         self._pods = pods
@@ -255,12 +256,12 @@ class FileSource:
 
     async def run(self, *, synced: asyncio.Event) -> None:
         await synced.wait()
-        next_scan = self._clock.monotonic() + FILE_CHECK_SECONDS
+        next_scan = self._clock.monotonic() + self._check_seconds
         while True:
             self._wake.clear()
             if self._clock.monotonic() >= next_scan:
                 await self.rescan()
-                next_scan = self._clock.monotonic() + FILE_CHECK_SECONDS
+                next_scan = self._clock.monotonic() + self._check_seconds
             waiting = await self.sync()
             timeout = next_scan - self._clock.monotonic()
             if waiting:

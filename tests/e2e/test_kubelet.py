@@ -51,8 +51,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         registry.close()
 
 
-def _kubelet_server(root: Path) -> Iterator[KubeletServer]:
-    ks = KubeletServer(root)
+def _kubelet_server(root: Path, settings: dict[str, Any] | None = None) -> Iterator[KubeletServer]:
+    ks = KubeletServer(root, settings=settings)
     try:
         ks.start()
         yield ks

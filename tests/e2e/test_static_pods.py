@@ -1,6 +1,6 @@
 """Static pods end to end: manifests in the kubelet's `pod-manifest-path` (inside the test's temp
 dir) run as real runc containers, show up as mirror pods in real kubectl 1.36, follow their files
-(added, edited, removed: picked up by the 20 s rescan), outlive the deletion of their mirror pod
+(added, edited, removed: picked up by the rescan, every second here), outlive the deletion of their mirror pod
 and a `kill -9` of edgekube. The image is test_kubelet.py's (busybox-static in a registry on
 127.0.0.1); the fixtures delete every container, mount and cgroup the kubelet made.
 """
@@ -30,7 +30,7 @@ pytestmark = [
 ]
 
 image = kubelet_e2e.image  # the module-scoped fixture: busybox in a registry on 127.0.0.1
-RESCAN = 60.0  # the kubelet reads the folder every 20 s; then the pod starts
+RESCAN = 60.0  # the kubelet reads the folder every second here; then the pod starts
 
 
 def _manifest(name: str, image: str, *, version: str = "1") -> str:
@@ -43,14 +43,8 @@ def _manifest(name: str, image: str, *, version: str = "1") -> str:
 
 
 def _server(root: Path, manifests: Path) -> Iterator[KubeletServer]:
-    ks = KubeletServer(root, settings={"pod-manifest-path": str(manifests)})
-    try:
-        ks.start()
-        yield ks
-    finally:
-        ks.cleanup()
-    left = ks.leftovers()
-    assert not left, f"left behind on the host: {left}"
+    yield from kubelet_e2e._kubelet_server(root, {"pod-manifest-path": str(manifests),
+                                                  "pod-manifest-check-seconds": 1})
 
 
 @pytest.fixture(scope="module")
