@@ -15,8 +15,6 @@ restarts it: nothing dies silently.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import gc
 import ipaddress
 import logging
@@ -30,7 +28,7 @@ from aiohttp import web
 
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
-from edgekube._cogs import tasks
+from edgekube._cogs import memory, tasks
 from edgekube.api import errors, pki, server
 from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import resources, rest
@@ -137,7 +135,7 @@ class Runtime:
         # (unfrozen, a full pass over the boot heap stalled requests by tens of milliseconds).
         gc.collect()
         gc.freeze()
-        _release_free_memory()
+        memory.release_free_memory()  # what boot used and freed
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
         await self._start_kubelet()
 
@@ -304,12 +302,6 @@ class Runtime:
             self.store = None
         await self.supervisor.stop()
         log.info("edgekube stopped")
-
-
-def _release_free_memory() -> None:
-    """Hand the heap pages boot used and freed back to the kernel (glibc keeps them otherwise)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _url_host(host: str) -> str:

@@ -36,6 +36,7 @@ from typing import Any
 
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
+from edgekube._cogs import memory
 from edgekube.api import metrics as metrics_mod
 from edgekube.api import quantity
 from edgekube.client import events as events_mod
@@ -198,6 +199,8 @@ class Kubelet:
             for r in results:
                 if r.error:
                     log.error("kubelet: image tarball %s not imported: %s", r.path, r.error)
+            if results:
+                memory.release_free_memory()  # unpacking layers in a thread left its arena full
         finally:
             self.pods.images_ready.set()
         pods = self.pods

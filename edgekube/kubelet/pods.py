@@ -657,7 +657,7 @@ class PodManager:
             return False
         self._events.normal(self._ref(st), "Created", f"Created container {name}")
         try:
-            await self.runtime.start(cid)
+            st.containers[cid] = await self.runtime.start(cid)
         except runc_mod.RuncError as exc:
             with contextlib.suppress(runc_mod.RuncError, OSError):
                 await self.runtime.remove(cid)
@@ -665,7 +665,6 @@ class PodManager:
             self._cid_uid.pop(cid, None)
             self._start_failed(st, name, "RunContainerError", str(exc))
             return False
-        st.containers[cid] = await self.runtime.status(cid)
         if st.containers[cid].state == containers_mod.EXITED:
             st.dirty.add(cid)
         self._events.normal(self._ref(st), "Started", f"Started container {name}")
