@@ -156,7 +156,8 @@ class ControlPlaneResult:
 
 class PodWatch:
     """List-then-watch a namespace's pods; timestamps (perf_counter) of each pod's first sight,
-    first sight bound, first sight Running, since the last `reset()`."""
+    first sight bound, first sight with `status.containerStatuses` (the node's first status),
+    first sight Running, since the last `reset()`."""
 
     def __init__(self, session: aiohttp.ClientSession, base: str, namespace: str) -> None:
         self._session = session
@@ -165,6 +166,7 @@ class PodWatch:
         self.live: set[str] = set()
         self.seen: dict[str, float] = {}
         self.bound: dict[str, float] = {}
+        self.reported: dict[str, float] = {}
         self.running: dict[str, float] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -173,6 +175,7 @@ class PodWatch:
     def reset(self) -> None:
         self.seen.clear()
         self.bound.clear()
+        self.reported.clear()
         self.running.clear()
 
     async def start(self) -> None:
@@ -224,6 +227,8 @@ class PodWatch:
                 self.seen.setdefault(name, now)
                 if (pod.get("spec") or {}).get("nodeName"):
                     self.bound.setdefault(name, now)
+                if (pod.get("status") or {}).get("containerStatuses"):
+                    self.reported.setdefault(name, now)
                 if (pod.get("status") or {}).get("phase") == "Running":
                     self.running.setdefault(name, now)
         self._changed.set()
@@ -256,7 +261,7 @@ class PodWatch:
 # --- HTTP helpers -------------------------------------------------------------------------
 
 
-async def _request(session: aiohttp.ClientSession, method: str, url: str, body: JSON | None = None, *,
+async def request(session: aiohttp.ClientSession, method: str, url: str, body: JSON | None = None, *,
                    headers: dict[str, str] = HEADERS, ok: tuple[int, ...] = (200, 201)) -> JSON:
     data = None if body is None else orjson.dumps(body)
     async with session.request(method, url, data=data, headers=headers) as r:
@@ -266,7 +271,7 @@ async def _request(session: aiohttp.ClientSession, method: str, url: str, body: 
     return dict(orjson.loads(payload)) if payload else {}
 
 
-async def _pool(items: list[Any], concurrency: int, fn: Callable[[Any], Awaitable[object]]) -> None:
+async def pool(items: list[Any], concurrency: int, fn: Callable[[Any], Awaitable[object]]) -> None:
     it = iter(items)
 
     async def worker() -> None:
@@ -276,8 +281,8 @@ async def _pool(items: list[Any], concurrency: int, fn: Callable[[Any], Awaitabl
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def _namespace(session: aiohttp.ClientSession, base: str, name: str) -> None:
-    await _request(session, "POST", f"{base}/api/v1/namespaces",
+async def ensure_namespace(session: aiohttp.ClientSession, base: str, name: str) -> None:
+    await request(session, "POST", f"{base}/api/v1/namespaces",
                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, ok=(201, 409))
 
 
@@ -285,12 +290,12 @@ async def _delete_all(session: aiohttp.ClientSession, base: str, watch: PodWatch
     """Delete every pod of the namespace at once (grace period 0) and wait until all are gone."""
     names = sorted(watch.live)
     opts = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
-    await _pool(names, CONCURRENCY, lambda n: _request(
+    await pool(names, CONCURRENCY, lambda n: request(
         session, "DELETE", f"{base}/api/v1/namespaces/{ns}/pods/{n}", opts, ok=(200, 202, 404)))
     await watch.until("every pod gone", lambda: not watch.live)
 
 
-def _session(server: servers.EdgekubeServer) -> aiohttp.ClientSession:
+def client_session(server: servers.EdgekubeServer) -> aiohttp.ClientSession:
     conn = aiohttp.TCPConnector(limit=256, ssl=server.ssl_context())
     return aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=TIMEOUT),
                                  read_bufsize=1 << 20)
@@ -320,7 +325,7 @@ def _deployment() -> JSON:
 
 async def _scale_to(session: aiohttp.ClientSession, base: str, replicas: int) -> None:
     url = f"{base}/apis/apps/v1/namespaces/{SCALE_NS}/deployments/{DEPLOYMENT}/scale"
-    await _request(session, "PATCH", url, {"spec": {"replicas": replicas}}, headers=MERGE)
+    await request(session, "PATCH", url, {"spec": {"replicas": replicas}}, headers=MERGE)
 
 
 async def _scale_run(session: aiohttp.ClientSession, base: str, watch: PodWatch, replicas: int) -> ScaleRun:
@@ -365,7 +370,7 @@ async def _raw_run(session: aiohttp.ClientSession, base: str, watch: PodWatch, r
     t0 = time.perf_counter()
     i = 0
     for n in _slow_start(replicas):
-        await asyncio.gather(*(_request(session, "POST", url, pod(i + k), ok=(201,)) for k in range(n)))
+        await asyncio.gather(*(request(session, "POST", url, pod(i + k), ok=(201,)) for k in range(n)))
         i += n
     created = time.perf_counter() - t0
     await watch.until(f"{replicas} bound pods Running", lambda: len(watch.running) >= replicas)
@@ -377,10 +382,10 @@ async def _raw_run(session: aiohttp.ClientSession, base: str, watch: PodWatch, r
 async def _scale_section(server: servers.EdgekubeServer, replicas: int, repeats: int,
                          log: Callable[[str], None]) -> tuple[list[ScaleRun], list[RawRun]]:
     base = server.base
-    async with _session(server) as session:
+    async with client_session(server) as session:
         for ns in (SCALE_NS, RAW_NS):
-            await _namespace(session, base, ns)
-        await _request(session, "POST", f"{base}/apis/apps/v1/namespaces/{SCALE_NS}/deployments", _deployment(),
+            await ensure_namespace(session, base, ns)
+        await request(session, "POST", f"{base}/apis/apps/v1/namespaces/{SCALE_NS}/deployments", _deployment(),
                        ok=(201,))
         pods = PodWatch(session, base, SCALE_NS)
         raw = PodWatch(session, base, RAW_NS)
@@ -476,15 +481,15 @@ def _api_pod(pod: JSON) -> JSON:
 
 async def _lease_and_node(session: aiohttp.ClientSession, base: str, node: JSON) -> None:
     name = node["metadata"]["name"]
-    await _request(session, "POST", f"{base}/api/v1/nodes", {k: v for k, v in node.items() if k != "status"},
+    await request(session, "POST", f"{base}/api/v1/nodes", {k: v for k, v in node.items() if k != "status"},
                    ok=(201,))
-    await _request(session, "PATCH", f"{base}/api/v1/nodes/{name}/status", {"status": node["status"]},
+    await request(session, "PATCH", f"{base}/api/v1/nodes/{name}/status", {"status": node["status"]},
                    headers=MERGE)
     lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
              "metadata": {"name": name, "namespace": "kube-node-lease"},
              "spec": {"holderIdentity": name, "leaseDurationSeconds": 600,
                       "renewTime": clock_mod.rfc3339(clock_mod.WallClock().now())}}
-    await _request(session, "POST", f"{base}/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+    await request(session, "POST", f"{base}/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
                    lease, ok=(201, 409))
 
 
@@ -494,7 +499,7 @@ async def _sched_warm_up(session: aiohttp.ClientSession, url: str, watch: PodWat
     ns = url.split("/namespaces/")[1].split("/")[0]
     for i in range(count):
         node = nodes[i % len(nodes)]["metadata"]["name"] if nodes else None
-        await _request(session, "POST", url, _api_pod(sched_pod(i, ns, node=node)), ok=(201,))
+        await request(session, "POST", url, _api_pod(sched_pod(i, ns, node=node)), ok=(201,))
     await watch.until("warm-up pods bound", lambda: len(watch.bound) >= count)
 
 
@@ -502,9 +507,9 @@ async def _sched_section(server: servers.EdgekubeServer, pods: int, repeats: int
                          log: Callable[[str], None]) -> tuple[list[SchedRun], list[SchedRaw]]:
     base = server.base
     nodes = sched_nodes()
-    async with _session(server) as session:
+    async with client_session(server) as session:
         for ns in (SCHED_NS, SCHED_RAW_NS):
-            await _namespace(session, base, ns)
+            await ensure_namespace(session, base, ns)
         for n in nodes:
             await _lease_and_node(session, base, n)
         watch = PodWatch(session, base, SCHED_NS)
@@ -524,8 +529,8 @@ async def _sched_section(server: servers.EdgekubeServer, pods: int, repeats: int
             for r in range(repeats):
                 watch.reset()
                 t0 = time.perf_counter()
-                await _pool([_api_pod(sched_pod(i, SCHED_NS)) for i in range(pods)], CONCURRENCY,
-                            lambda p: _request(session, "POST", url, p, ok=(201,)))
+                await pool([_api_pod(sched_pod(i, SCHED_NS)) for i in range(pods)], CONCURRENCY,
+                            lambda p: request(session, "POST", url, p, ok=(201,)))
                 posted = time.perf_counter() - t0
                 await watch.until(f"{pods} pods bound", lambda: len(watch.bound) >= pods)
                 run = SchedRun(pods=pods, posted_s=posted, bound_s=watch.nth(watch.bound, pods) - t0)
@@ -538,7 +543,7 @@ async def _sched_section(server: servers.EdgekubeServer, pods: int, repeats: int
                 bound_pods = [_api_pod(sched_pod(i, SCHED_RAW_NS, node=nodes[i % NODES]["metadata"]["name"]))
                               for i in range(pods)]
                 t0 = time.perf_counter()
-                await _pool(bound_pods, CONCURRENCY, lambda p: _request(session, "POST", raw_url, p, ok=(201,)))
+                await pool(bound_pods, CONCURRENCY, lambda p: request(session, "POST", raw_url, p, ok=(201,)))
                 await raw_watch.until(f"{pods} pods seen", lambda: len(raw_watch.seen) >= pods)
                 raw = SchedRaw(pods=pods, seen_s=raw_watch.nth(raw_watch.seen, pods) - t0)
                 log(f"  raw: {pods} pods with nodeName set #{r + 1}: {raw.rate:.0f} pods/s")

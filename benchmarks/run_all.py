@@ -7,9 +7,12 @@ req/s and latency vs a bare aiohttp server with the same TLS settings, paced CRE
 fsync latency, (3) idle RSS and disk writes, (4) applying a 20-object manifest (server-side and
 with kubectl) against the plain create path, (5) the control plane: a Deployment scaled 0 -> 100
 on a test node against the same pods created already bound, and scheduler decisions/s with 20
-nodes against the same pods created with their node set. Prints a table and writes it as Markdown
-to --out. `--only` runs some sections (store, api, idle, apply, controlplane); such a partial run
-writes a file only when --out is given, so docs/performance.md always holds a whole run.
+nodes against the same pods created with their node set, (6) the kubelet (root, real runc): pod
+startup latency against raw `runc run -d`, a Deployment scaled 0 -> 100 to Running, RSS idle and
+with 100 pods, boot to node Ready against a bare aiohttp server's start. Prints a table and writes
+it as Markdown to --out. `--only` runs some sections (store, api, idle, apply, controlplane,
+kubelet); such a partial run writes a file only when --out is given, so docs/performance.md
+always holds a whole run.
 The exit status is 0 when the benchmark ran (missed targets included) and non-zero on errors.
 """
 
@@ -35,10 +38,11 @@ from benchmarks import (  # noqa: E402
     common,
     controlplane_bench,
     idle_bench,
+    kubelet_bench,
     store_bench,
 )
 
-SECTIONS = ("store", "api", "idle", "apply", "controlplane")
+SECTIONS = ("store", "api", "idle", "apply", "controlplane", "kubelet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +59,21 @@ class Durations:
     scale_repeats: int = 3  # ... this many times (and the bound-pods baseline as often)
     sched_pods: int = 500  # pods scheduled onto 20 nodes
     sched_repeats: int = 3
+    kubelet_pods: int = 50  # pod startup: this many one after another, then as many at once
+    kubelet_replicas: int = 100  # a Deployment scaled 0 -> this on the kubelet
+    boot_runs: int = 5  # restarts to node Ready (and bare aiohttp starts)
 
 
 PACED_RATE = api_bench.PACED_RATE
 FULL = Durations(store=5.0, api=5.0, paced=10.0, settle=5.0, idle=60.0, raw_paced=5.0)
 QUICK = Durations(store=1.0, api=1.0, paced=3.0, settle=5.0, idle=10.0, raw_paced=2.0, apply_rounds=3, kubectl_runs=1,
-                  scale_repeats=1, sched_pods=200, sched_repeats=1)
+                  scale_repeats=1, sched_pods=200, sched_repeats=1, kubelet_pods=10, boot_runs=2)
 SCALE_TARGET_S = 2.0  # issue 4: 0 -> 100 pods bound and Running
+# Issue 5, the kubelet:
+STARTUP_P50_MS, STARTUP_P99_MS = 150.0, 400.0  # pod create -> Running, one after another
+KUBELET_SCALE_TARGET_S = 10.0  # a Deployment 0 -> 100 Running on the real kubelet
+IDLE_RSS_MIB, LOADED_RSS_MIB = kubelet_bench.IDLE_TARGET_MIB, 120.0
+BOOT_TARGET_S = 1.0  # exec -> node Ready
 
 
 @dataclasses.dataclass
@@ -284,9 +296,62 @@ def _controlplane_rows(cp: controlplane_bench.ControlPlaneResult) -> list[Row]:
     ]
 
 
+def _kubelet_rows(kl: kubelet_bench.KubeletResult) -> list[Row]:
+    pr, boot = kl.pods, kl.boot
+    n, r = pr.pods, pr.scale.replicas
+    seq, raw, burst = pr.seq_ms(), pr.raw_sequential_ms, pr.burst_ms()
+    p50, p99 = common.percentile(seq, 50), common.percentile(seq, 99)
+    r50, r99 = common.percentile(raw, 50), common.percentile(raw, 99)
+    g = kubelet_bench.group_medians(pr.sequential)
+    sc = pr.scale
+    rows = [
+        Row(f"Pod startup, {n} pods one after another: create -> Running (watch), p50 / p99",
+            f"{p50:.0f} / {p99:.0f} ms", f"{r50:.1f} / {r99:.1f} ms (runc run -d)", f"{p50 / r50:.1f}x",
+            f"p50 <= {STARTUP_P50_MS:.0f} ms, p99 <= {STARTUP_P99_MS:.0f} ms",
+            _verdict(p50 <= STARTUP_P50_MS and p99 <= STARTUP_P99_MS)),
+        Row("  ... median ms: API / scheduling / kubelet set-up / container (runc) / status back",
+            f"{g['API']:.0f} / {g['scheduling']:.0f} / {g['kubelet set-up']:.0f} / {g['container']:.0f} "
+            f"({g['runc']:.0f}) / {g['status back']:.0f}",
+            f"{common.percentile(pr.raw_kubelet_ms, 50):.1f} ms (runc run -d, the kubelet's config.json)",
+            "-", "-", "info"),
+        Row(f"Pod startup, {n} pods POSTed at once: p50 / p99", f"{common.percentile(burst, 50):.0f} / "
+            f"{common.percentile(burst, 99):.0f} ms", f"{1000 * pr.raw_burst_s:.0f} ms ({n} runc run -d at once)",
+            f"{max(burst) / (1000 * pr.raw_burst_s):.1f}x (last)", "-", "info"),
+        Row(f"Deployment scaled 0 -> {r} on the kubelet: all Running", f"{sc.running_s:.2f} s",
+            f"{pr.raw_scale_s:.2f} s ({r} runc run -d at once)", f"{sc.running_s / pr.raw_scale_s:.1f}x",
+            f"<= {KUBELET_SCALE_TARGET_S:.0f} s", _verdict(sc.running_s <= KUBELET_SCALE_TARGET_S)),
+        Row(f"  ... {r} created / bound / Running", f"{sc.created_s:.2f} / {sc.bound_s:.2f} / {sc.running_s:.2f} s",
+            "-", "-", "-", "info"),
+    ]
+    bare = boot.bare_rss.mib if boot.bare_rss is not None else math.nan
+    rows += [
+        Row("RSS idle, kubelet on (after settling)", f"{pr.idle.mib:.1f} MiB", f"{bare:.1f} MiB (bare aiohttp server)",
+            f"{pr.idle.mib / bare:.2f}x", f"<= {IDLE_RSS_MIB:.0f} MiB", _verdict(pr.idle.mib <= IDLE_RSS_MIB)),
+        Row(f"RSS with {r} pods running", f"{pr.loaded.mib:.1f} MiB", f"{pr.idle.mib:.1f} MiB (idle)",
+            f"+{pr.loaded.mib - pr.idle.mib:.1f} MiB", f"<= {LOADED_RSS_MIB:.0f} MiB",
+            _verdict(pr.loaded.mib <= LOADED_RSS_MIB)),
+    ]
+    if boot.restart:
+        med, worst = boot.ready_median, boot.ready_worst
+        rows.append(Row(f"Boot: exec -> node Ready (/readyz ok), restart, median / worst of {len(boot.restart)}",
+                        f"{med:.3f} / {worst:.3f} s", f"{boot.bare_median:.3f} s (bare aiohttp: exec -> first answer)",
+                        f"{med / boot.bare_median:.1f}x", f"<= {BOOT_TARGET_S:.0f} s", _verdict(worst <= BOOT_TARGET_S)))
+    if boot.first is not None and boot.uncached is not None:
+        rows.append(Row("  ... first boot (fresh data dir, TLS made) / restart without a bytecode cache",
+                        f"{boot.first.ready_s:.3f} / {boot.uncached.ready_s:.3f} s", "-", "-", "-", "info"))
+    sp = boot.split
+    if sp is not None and None not in (sp.imported_s, sp.serving_s, sp.node_s):
+        assert sp.imported_s is not None and sp.serving_s is not None and sp.node_s is not None
+        rows.append(Row("  ... restart: interpreter + imports / store, API, controllers / kubelet boot / seen",
+                        f"{sp.imported_s:.3f} / {sp.serving_s - sp.imported_s:.3f} / {sp.node_s - sp.serving_s:.3f} / "
+                        f"{sp.ready_s - sp.node_s:.3f} s", f"{boot.python_s:.3f} s (python -c pass)", "-", "-", "info"))
+    return rows
+
+
 def summary_rows(
     st: store_bench.StoreResult | None, api: api_bench.ApiResult | None, idle: idle_bench.IdleResult | None,
     ap: apply_bench.ApplyResult | None, cp: controlplane_bench.ControlPlaneResult | None = None,
+    kl: kubelet_bench.KubeletResult | None = None,
 ) -> list[Row]:
     rows: list[Row] = []
     if st is not None:
@@ -299,6 +364,8 @@ def summary_rows(
         rows += _apply_rows(ap)
     if cp is not None:
         rows += _controlplane_rows(cp)
+    if kl is not None:
+        rows += _kubelet_rows(kl)
     return rows
 
 
@@ -347,6 +414,125 @@ def cycle_detail(cp: controlplane_bench.ControlPlaneResult) -> list[list[str]]:
              f"{c.p99_us / 1000:.2f}", _fmt(c.rate)] for c in cp.cycles]
 
 
+def _ms(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    return f"{common.percentile(values, 50):.1f} / {common.percentile(values, 99):.1f}" if values else "n/a"
+
+
+def kubelet_stage_detail(kl: kubelet_bench.KubeletResult) -> list[list[str]]:
+    seq = [p.stages() for p in kl.pods.sequential]
+    burst = [p.stages() for p in kl.pods.burst]
+    out = [[k, text, _ms([s[k] for s in seq]), _ms([s[k] for s in burst])] for k, text in kubelet_bench.STAGES.items()]
+    out.append(["total", "POST -> seen Running", _ms(kl.pods.seq_ms()), _ms(kl.pods.burst_ms())])
+    return out
+
+
+def kubelet_raw_detail(kl: kubelet_bench.KubeletResult) -> list[list[str]]:
+    pr = kl.pods
+    phases = [p.phases for p in pr.sequential if p.phases is not None]
+    return [
+        ["`runc spec` bundle (the baseline)", _ms(pr.raw_sequential_ms)],
+        ["the kubelet's config.json", _ms(pr.raw_kubelet_ms)],
+        ["the kubelet's config.json without its seccomp profile", _ms(pr.raw_kubelet_noseccomp_ms)],
+        ["the kubelet: runc create + runc start (log)", _ms([p.runc_create_ms + p.runc_start_ms for p in phases])],
+        ["the kubelet: rootfs mount -> runc start returned (log)", _ms([p.total_ms for p in phases])],
+    ]
+
+
+def kubelet_boot_detail(kl: kubelet_bench.KubeletResult) -> list[list[str]]:
+    boot = kl.boot
+
+    def row(name: str, b: kubelet_bench.BootRun | None) -> list[str]:
+        if b is None:
+            return [name, "-", "-", "-", "-"]
+        return [name, f"{b.ready_s:.3f}", *("-" if v is None else f"{v:.3f}" for v in (b.imported_s, b.serving_s, b.node_s))]
+
+    out = [row("first boot (fresh data dir)", boot.first)]
+    out += [row(f"restart #{i + 1}", b) for i, b in enumerate(boot.restart)]
+    out += [row("restart through the launcher", boot.split), row("restart, no bytecode cache for edgekube", boot.uncached)]
+    out += [[f"bare aiohttp #{i + 1}", f"{t:.3f}", "-", "-", "-"] for i, t in enumerate(boot.bare_s)]
+    return out
+
+
+def kubelet_memory_detail(kl: kubelet_bench.KubeletResult) -> list[list[str]]:
+    pr = kl.pods
+    out = [["idle (kubelet on, image imported at boot)", pr.idle],
+           [f"{pr.scale.replicas} pods running", pr.loaded], ["back to 0 pods", pr.after]]
+    if kl.heap is not None:
+        out.append(["idle, nothing in DATA/images", kubelet_bench.Rss(**kl.heap["rss_without_import"])])
+    if kl.boot.bare_rss is not None:
+        out.append(["bare aiohttp server", kl.boot.bare_rss])
+    return [[str(name), f"{r.mib:.1f}", f"{r.anon_kib / 1024:.1f}", f"{r.file_kib / 1024:.1f}"]
+            for name, r in out if isinstance(r, kubelet_bench.Rss)]
+
+
+def kubelet_import_rss_detail(kl: kubelet_bench.KubeletResult) -> list[list[str]]:
+    out, before = [], 0.0
+    for step in kl.import_rss:
+        out.append([step.label, f"{step.rss_mib:.1f}", f"+{step.rss_mib - before:.1f}", str(step.modules)])
+        before = step.rss_mib
+    return out
+
+
+def _kubelet_detail(kl: kubelet_bench.KubeletResult) -> list[str]:
+    pr, boot = kl.pods, kl.boot
+    parts = [
+        "",
+        "## Kubelet detail",
+        "",
+        f"Pod startup by stage, ms, p50 / p99 over the pods ({pr.pods} one after another, then {pr.pods} POSTed "
+        "at once). Each stage ends where the next begins; the watch gives the API, scheduling, sandbox and "
+        "status-back boundaries, the kubelet's debug line per container start ([log]) the rest.",
+        "",
+        _table(["Stage", "What", "One after another", "At once"], kubelet_stage_detail(kl), right={2, 3}),
+        "",
+        f"`runc run -d`, {pr.pods} one after another, ms p50 / p99, against the kubelet's own runc calls:",
+        "",
+        _table(["Bundle", "p50 / p99 ms"], kubelet_raw_detail(kl), right={1}),
+        "",
+        "Boot, seconds from exec: to `/readyz` ok seen by the client (10 ms polls), and from the server's log "
+        "(launcher run only for `imported`) to edgekube imported, API serving, node Ready logged:",
+        "",
+        _table(["Run", "/readyz ok", "imported", "API serving", "node Ready"], kubelet_boot_detail(kl),
+               right={1, 2, 3, 4}),
+    ]
+    if boot.import_by_package:
+        parts += [
+            "",
+            f"`python -X importtime` of a restart: {boot.import_modules} modules, {boot.import_total_ms:.0f} ms of "
+            "import time in all. Self time by package, and the modules with the most self time:",
+            "",
+            _table(["Package", "ms"], [[k, f"{v:.1f}"] for k, v in boot.import_by_package[:12]], right={1}),
+            "",
+            _table(["Module", "self ms", "cumulative ms"],
+                   [[m, f"{a:.1f}", f"{c:.1f}"] for m, a, c in boot.import_top[:10]], right={1, 2}),
+        ]
+    parts += [
+        "",
+        "Resident memory of the server process (MiB; anon is heap and stacks, file is mapped code and "
+        "the LMDB map):",
+        "",
+        _table(["State", "VmRSS", "anon", "file"], kubelet_memory_detail(kl), right={1, 2, 3}),
+        "",
+        "What the imports cost: a fresh interpreter importing the server's layers in order, VmRSS after each:",
+        "",
+        _table(["Layer", "RSS MiB", "added", "modules"], kubelet_import_rss_detail(kl), right={1, 2, 3}),
+    ]
+    if kl.heap is not None:
+        heap = kl.heap
+        parts += [
+            "",
+            f"Idle RSS over target: tracemalloc of an idle server (10 frames) traces {heap['traced'] / 2**20:.1f} "
+            f"MiB of Python allocations ({heap['modules']} modules); by the code that allocated (the most "
+            "recent frame outside the import machinery, so a module's code objects count for its importer):",
+            "",
+            _table(["Allocated by", "MiB", "blocks"],
+                   [[o, f"{size / 2**20:.2f}", f"{count:,}"] for o, size, count in heap["owners"][:15]],
+                   right={1, 2}),
+        ]
+    return parts
+
+
 def render(
     *,
     quick: bool,
@@ -360,8 +546,9 @@ def render(
     idle: idle_bench.IdleResult | None,
     ap: apply_bench.ApplyResult | None,
     cp: controlplane_bench.ControlPlaneResult | None = None,
+    kl: kubelet_bench.KubeletResult | None = None,
 ) -> str:
-    rows = summary_rows(st, api, idle, ap, cp)
+    rows = summary_rows(st, api, idle, ap, cp, kl)
     summary = _table(
         ["Figure", "edgekube", "Baseline (same run)", "Ratio", "Target", "Result"],
         [[r.figure, r.value, r.baseline, r.ratio, r.target, r.result] for r in rows],
@@ -370,7 +557,7 @@ def render(
     passed = sum(r.result == "PASS" for r in rows)
     failed = sum(r.result == "FAIL" for r in rows)
     mode = "quick (short counts; figures are noisy)" if quick else "full"
-    ran = [name for name, res in zip(SECTIONS, (st, api, idle, ap, cp), strict=True) if res is not None]
+    ran = [name for name, res in zip(SECTIONS, (st, api, idle, ap, cp, kl), strict=True) if res is not None]
     partial = f"; {', '.join(ran)} only" if len(ran) < len(SECTIONS) else ""
     errors = [
         f"{r.name} x{r.conns}: {r.error_samples}"
@@ -431,6 +618,8 @@ def render(
             _table(["Placed pods", "Cycles", "Mean ms", "p50 ms", "p99 ms", "Decisions/s"], cycle_detail(cp),
                    right={0, 1, 2, 3, 4, 5}),
         ]
+    if kl is not None:
+        parts += _kubelet_detail(kl)
     parts += [
         "",
         "## Machine",
@@ -520,6 +709,31 @@ def render(
             "share of a decision; the API run's rate also pays the pod writes, the binding writes, "
             "the events and the watches.",
         ]
+    if kl is not None:
+        pr, boot = kl.pods, kl.boot
+        parts.append(
+            f"- **Kubelet**: `edgekube server` with its kubelet on, as root with runc "
+            f"({kubelet_bench.runc_version()}), a private data dir, kubelet root, pod log dir and cgroup parent, all "
+            "removed after the run with every container, mount, cgroup and namespace the server made. Image: busybox "
+            "built with umoci from Debian's busybox-static, a docker-archive tarball in `DATA/images/` (imported at "
+            "boot, no network), `imagePullPolicy: IfNotPresent`; pods run `sleep 3600` with no requests and a grace "
+            "period of 1 s. Bytecode is cached in a private `PYTHONPYCACHEPREFIX`, as an installed edgekube has it. "
+            f"After ready and {pr.settle_s:.0f} s to settle, the idle RSS; then {kubelet_bench.WARM_UP_PODS} unmeasured "
+            f"warm-up pods; {pr.pods} pods POSTed one after another, each waited for until Running on an HTTP "
+            f"watch of the namespace (the startup headline); {pr.pods} POSTed at once; a Deployment scaled 0 -> "
+            f"{pr.scale.replicas} by one PATCH of its `scale` subresource, RSS after {pr.settle_s:.0f} s with the "
+            "pods running; pods deleted (gracefully, until the kubelet removed them) between phases. The server "
+            "runs through `benchmarks/kubelet_server.py`, which sets `edgekube.kubelet.runtime.containers` to "
+            "DEBUG: one line per container start with its phases, ending at the line's time. Baselines: "
+            "`runc run -d` of a `runc spec` bundle running `sleep 3600` on the same image unpacked with umoci, "
+            "in a cgroup of its own (one after another, and as many at once as the burst and the Deployment); "
+            "for information the kubelet's own config.json (its pod files and network namespace path taken "
+            "out), with and without its seccomp profile. Boot: restarts on one data dir (no pods), exec of "
+            "`python -m edgekube server` to `/readyz` ok (which waits for the Node registered Ready; the Node "
+            "is then read through the API), polled every 10 ms on one keep-alive connection; baseline: exec of "
+            f"`benchmarks/bare_server.py` to its first answer. {len(boot.restart)} restart(s), one unmeasured "
+            "boot first (fills the bytecode cache)."
+        )
     parts.append(
         "- The load generator and the server share the machine's CPUs, so req/s figures are a "
         "lower bound on what the server alone could do, and the same holds for the baseline."
@@ -568,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     total = len(SECTIONS)
-    st = api = idle = ap_res = cp = None
+    st = api = idle = ap_res = cp = kl = None
     if "store" in only:
         _log(f"[1/{total}] store: durable creates/s vs raw LMDB ({d.store:.0f} s each)")
         st = store_bench.run(d.store, PACED_RATE, d.raw_paced)
@@ -601,6 +815,12 @@ def main(argv: list[str] | None = None) -> int:
             log=_log,
         )
 
+    if "kubelet" in only:
+        _log(f"[6/{total}] kubelet: pod startup x{d.kubelet_pods}, Deployment 0 -> {d.kubelet_replicas}, RSS, "
+             f"boot x{d.boot_runs}")
+        kl = kubelet_bench.run(pods=d.kubelet_pods, replicas=d.kubelet_replicas, boot_runs=d.boot_runs,
+                               settle=d.settle, log=_log)
+
     text = render(
         quick=args.quick,
         command=_command(),
@@ -613,6 +833,7 @@ def main(argv: list[str] | None = None) -> int:
         idle=idle,
         ap=ap_res,
         cp=cp,
+        kl=kl,
     )
     print()
     print(text)

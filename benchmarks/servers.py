@@ -35,16 +35,18 @@ def client_ssl(tls: Path) -> ssl.SSLContext:
 class Proc:
     """A child process with its log file; `stop()` sends SIGTERM and waits."""
 
-    def __init__(self, name: str, cmd: list[str], log_path: Path) -> None:
+    def __init__(self, name: str, cmd: list[str], log_path: Path, *, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log_path = log_path
         self._log = log_path.open("wb")
+        self.started = time.time()  # wall clock at exec, for timings against the child's log
         self.popen = subprocess.Popen(
             cmd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=common.REPO,
+            env=env,
         )
 
     @property
@@ -77,22 +79,24 @@ class Proc:
 
 class EdgekubeServer(Proc):
     """`edgekube server` on a private data dir; the kubelet is off unless `kubelet=True` (the API
-    benchmarks must not run their pods as real containers on this machine)."""
+    benchmarks must not run their pods as real containers on this machine). `launcher` replaces
+    `python -m edgekube` (the kubelet benchmark's `kubelet_server.py`), `env` the environment."""
 
-    def __init__(self, data_dir: Path, *, extra: list[str] | None = None, kubelet: bool = False) -> None:
+    def __init__(self, data_dir: Path, *, extra: list[str] | None = None, kubelet: bool = False,
+                 launcher: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         if not kubelet:
             extra = [*(extra or []), "--disable", "kubelet"]
         self.data_dir = data_dir
         self.port = free_port()
         self.base = f"https://127.0.0.1:{self.port}"
         cmd = [
-            sys.executable, "-m", "edgekube", "server",
+            *(launcher or [sys.executable, "-m", "edgekube"]), "server",
             "--data-dir", str(data_dir),
             "--bind-address", "127.0.0.1",
             "--https-port", str(self.port),
             *(extra or []),
         ]  # fmt: skip
-        super().__init__("edgekube server", cmd, data_dir.parent / f"{data_dir.name}.log")
+        super().__init__("edgekube server", cmd, data_dir.parent / f"{data_dir.name}.log", env=env)
 
     @property
     def tls(self) -> Path:
@@ -131,7 +135,7 @@ class EdgekubeServer(Proc):
 
 
 class BareServer(Proc):
-    def __init__(self, tls: Path, body_file: Path, log_path: Path) -> None:
+    def __init__(self, tls: Path, body_file: Path, log_path: Path, *, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base = f"https://127.0.0.1:{self.port}"
         cmd = [
@@ -142,7 +146,7 @@ class BareServer(Proc):
             "--ca", str(tls / "ca.crt"),
             "--body", str(body_file),
         ]  # fmt: skip
-        super().__init__("bare aiohttp server", cmd, log_path)
+        super().__init__("bare aiohttp server", cmd, log_path, env=env)
 
     async def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from edgekube import KUBE_VERSION, __version__, runtime
 from edgekube import config as config_mod
+from edgekube._cogs import memory
 from edgekube.kubelet import images as images_mod
 
 
@@ -143,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, cfg.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    memory.single_arena()  # before any thread starts
     rt = runtime.Runtime(cfg)
     try:
         return asyncio.run(rt.run())
