@@ -15,10 +15,12 @@ a later boot checks the serving certificate with the ssl module alone.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import ipaddress
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -117,6 +119,8 @@ def _issue(pki: Pki, **what: Any) -> None:
     if pid == 0:  # the child: issue, and leave without running the parent's clean-up
         code = 1
         try:
+            with contextlib.suppress(ValueError):
+                signal.set_wakeup_fd(-1)  # the parent's event loop's, not the child's to write to
             issue()
             code = 0
         except BaseException:

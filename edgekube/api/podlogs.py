@@ -219,8 +219,10 @@ def _default_waiting(pod: Mapping[str, Any], container: str) -> str:
 def _log_uid(meta: Mapping[str, Any]) -> str:
     """The uid in the pod's log directory name: a mirror pod's logs are its static pod's, whose
     uid its `kubernetes.io/config.mirror` annotation holds."""
-    mirror = (meta.get("annotations") or {}).get(defaults.MIRROR_POD_ANNOTATION)
-    return str(mirror or meta.get("uid") or "")
+    mirror = str((meta.get("annotations") or {}).get(defaults.MIRROR_POD_ANNOTATION) or "")
+    if mirror and all(c in "0123456789abcdef-" for c in mirror):  # a hash; never a path
+        return mirror
+    return str(meta.get("uid") or "")
 
 
 def resolve(pod: Mapping[str, Any], container: str, *, previous: bool) -> Target:

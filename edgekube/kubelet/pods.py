@@ -459,8 +459,11 @@ class PodManager:
                 self._events.warning(self._ref(st), "FailedMount", str(exc))
             st.volume_error = str(exc)
             st.schedule(10.0)
-            await self._write_status(st)
-            return
+            # A pod whose volumes were set up before (a ConfigMap it mounts was deleted, say)
+            # keeps being synced with what it has, as upstream: probes, restarts, status.
+            if not st.volumes and not any(cs.state == containers_mod.RUNNING for cs in st.containers.values()):
+                await self._write_status(st)
+                return
         if st.last_status is None:
             await self._write_status(st)  # ContainerCreating while images are pulled
         prober = self._prober(st)
@@ -532,7 +535,8 @@ class PodManager:
             self._events.warning(self._ref(st), "FailedCreatePodSandBox", f"Failed to create pod sandbox: {exc}")
             raise
         st.netns = str(netns_path) if netns_path is not None else None
-        st.ipcns, st.shm = (str(ipcns_path), str(shm_path)) if private_ipc else (None, None)
+        # hostIPC: the host's IPC namespace and its /dev/shm too (containerd's behaviour).
+        st.ipcns, st.shm = (str(ipcns_path), str(shm_path)) if private_ipc else (None, "/dev/shm")
         st.sandbox_ready = True
         if first and warning:
             self._events.warning(self._ref(st), "MissingClusterDNS", warning)
@@ -569,11 +573,20 @@ class PodManager:
 
     async def _start_containers(self, st: PodState) -> None:
         runs = st.by_name()
+        # Upstream's podHasInitialized: once a regular container has run, the init sequence is
+        # over for good; sidecars are then restarted on their own and hold nothing back.
+        initialized = any(runs.get(str(c.get("name"))) for c in st.spec.get("containers") or [])
         for c in st.spec.get("initContainers") or []:
             name = str(c.get("name"))
             latest = _newest(runs.get(name))
             sidecar = podstatus.is_sidecar(c)
-            if latest is not None and latest.state in (containers_mod.RUNNING, containers_mod.PAUSED):
+            running = latest is not None and latest.state in (containers_mod.RUNNING, containers_mod.PAUSED)
+            if initialized:
+                if sidecar and not running:
+                    await self._start(st, c, latest, init=True)  # through its back-off, as any restart
+                continue
+            if running:
+                assert latest is not None
                 if sidecar and self._probe_state(st, c, latest)[0]:
                     continue
                 return  # wait for it to complete (a sidecar: to start, past its startup probe)
@@ -584,15 +597,23 @@ class PodManager:
                     return  # failed for good: the pod fails
             if not await self._start(st, c, latest, init=True):
                 return
-            if not sidecar:
-                return  # the next one waits for this one to complete
+            cs = st.containers.get(self._newest_id(st, name))
+            if not sidecar or cs is None or not self._probe_state(st, c, cs)[0]:
+                return  # the next one waits for this one to complete (a sidecar: to start)
         for c in st.spec.get("containers") or []:
+            if st.gone or st.meta.get("deletionTimestamp"):
+                return  # deleted meanwhile (a postStart hook may have waited): start nothing more
             name = str(c.get("name"))
             latest = _newest(runs.get(name))
             if latest is not None and not self._should_restart(st, c, latest, init=False) \
                     and latest.state != containers_mod.CREATED:
                 continue
             await self._start(st, c, latest, init=False)
+
+    @staticmethod
+    def _newest_id(st: PodState, name: str) -> str:
+        latest = _newest(st.by_name().get(name))
+        return latest.id if latest is not None else ""
 
     def _key(self, st: PodState, name: str) -> str:
         return f"{st.uid}/{name}"

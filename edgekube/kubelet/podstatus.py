@@ -133,8 +133,19 @@ def is_sidecar(container: Mapping[str, Any]) -> bool:
     return container.get("restartPolicy") == "Always"
 
 
-def init_done(spec: Mapping[str, Any], statuses: Mapping[str, JSON]) -> tuple[bool, bool, list[str]]:
-    """(every init container done, one failed for good under Never..., names not done)."""
+def _has_run(status: Mapping[str, Any]) -> bool:
+    state = status.get("state") or {}
+    return "running" in state or "terminated" in state or bool((status.get("lastState") or {}).get("terminated"))
+
+
+def init_done(spec: Mapping[str, Any], statuses: Mapping[str, JSON],
+              regular: Mapping[str, JSON] | None = None) -> tuple[bool, bool, list[str]]:
+    """(every init container done, one failed for good under Never..., names not done). Once a
+    regular container has run (`regular`: their statuses), the pod stays initialized whatever its
+    sidecars do next, as upstream's podHasInitialized: a restarting sidecar, or one whose
+    startup probe starts over after an edgekube restart, does not send it back to Pending."""
+    if regular and any(_has_run(s) for s in regular.values()):
+        return True, False, []
     pending: list[str] = []
     failed = False
     for c in spec.get("initContainers") or []:
@@ -159,7 +170,7 @@ def phase(pod: Mapping[str, Any], init_statuses: Mapping[str, JSON], statuses: M
           terminal: bool = False) -> str:
     spec = pod.get("spec") or {}
     policy = spec.get("restartPolicy") or "Always"
-    done, failed, _ = init_done(spec, init_statuses)
+    done, failed, _ = init_done(spec, init_statuses, statuses)
     if failed and policy == "Never":
         return "Failed"
     if not done:
@@ -221,7 +232,7 @@ def conditions(pod: Mapping[str, Any], init_statuses: Mapping[str, JSON], status
                pod_phase: str, sandbox_ready: bool, now: str, previous: Sequence[Mapping[str, Any]]) -> list[JSON]:
     spec = pod.get("spec") or {}
     prev = {str(c.get("type")): c for c in previous if isinstance(c, Mapping)}
-    done, _, pending = init_done(spec, init_statuses)
+    done, _, pending = init_done(spec, init_statuses, statuses)
     out = [_cond("PodReadyToStartContainers", sandbox_ready, now=now, previous=prev)]
     if done or pod_phase == "Succeeded":
         out.append(_cond("Initialized", True, reason="PodCompleted" if pod_phase == "Succeeded" and not done else "",

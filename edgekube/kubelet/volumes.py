@@ -43,6 +43,8 @@ import contextlib
 import ctypes
 import dataclasses
 import datetime
+import errno
+import functools
 import hashlib
 import math
 import os
@@ -99,9 +101,11 @@ def _check_rel(path: str, where: str) -> str:
     return path
 
 
-def write_atomic(target: Path, payload: Mapping[str, tuple[bytes, int]]) -> bool:
-    """Make `target` hold exactly `payload` (relative path -> (content, mode)). Returns whether
-    anything changed."""
+def write_atomic(target: Path, payload: Mapping[str, tuple[bytes, int]], *,
+                 before_swap: Callable[[Path], None] | None = None) -> bool:
+    """Make `target` hold exactly `payload` (relative path -> (content, mode)); `before_swap`
+    is called on the new payload directory before it becomes visible. Returns whether anything
+    changed."""
     target.mkdir(parents=True, exist_ok=True)
     data_link = target / DATA_DIR
     current = None
@@ -118,6 +122,8 @@ def write_atomic(target: Path, payload: Mapping[str, tuple[bytes, int]]) -> bool
         with open(p, "wb") as f:
             f.write(content)
         os.chmod(p, mode)
+    if before_swap is not None:
+        before_swap(new_dir)
     tmp_link = target / "..data_tmp"
     with contextlib.suppress(FileNotFoundError):
         tmp_link.unlink()
@@ -282,20 +288,44 @@ def _ownership_ok(root: Path, gid: int, mask: int) -> bool:
 def set_ownership(root: Path, gid: int, *, readonly: bool, policy: str = "Always") -> None:
     """Give the tree under `root` to group `gid` as upstream's SetVolumeOwnership does: the
     group on everything, group read (and write unless `readonly`) on files, plus search and
-    setgid on directories. Symlinks get the group but keep their mode (they have none)."""
+    setgid on directories. The walk goes by file descriptor and never follows a symlink (a
+    container may be changing the tree meanwhile: a file swapped for a link to a host file must
+    not hand that host file over); links and special files get the group only."""
     mask = 0o440 if readonly else 0o660
     if policy == "OnRootMismatch" and _ownership_ok(root, gid, mask):
         return
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames, ""]:
-            path = os.path.join(dirpath, name) if name else dirpath
-            st = os.lstat(path)
-            os.lchown(path, -1, gid)
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            extra = mask | (0o110 | stat.S_ISGID if stat.S_ISDIR(st.st_mode) else 0)
-            os.chmod(path, stat.S_IMODE(st.st_mode) | extra)
-        # os.walk lists symlinked directories among dirnames without entering them: fine.
+    _own_fd_path(str(root), None, gid, mask | 0o110 | stat.S_ISGID)
+    for _, dirnames, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
+        for name in dirnames:
+            _own_fd_path(name, dir_fd, gid, mask | 0o110 | stat.S_ISGID, want_dir=True)
+        for name in filenames:
+            _own_fd_path(name, dir_fd, gid, mask)
+
+
+def _own_fd_path(name: str, dir_fd: int | None, gid: int, bits: int, *, want_dir: bool | None = None) -> None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        with contextlib.suppress(FileNotFoundError):
+            os.chown(name, -1, gid, dir_fd=dir_fd, follow_symlinks=False)
+        return
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if want_dir else 0)
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # became a symlink meanwhile: not ours to follow
+            return
+        raise
+    try:
+        now = os.fstat(fd)
+        os.fchown(fd, -1, gid)
+        os.fchmod(fd, stat.S_IMODE(now.st_mode) | (bits if stat.S_ISDIR(now.st_mode) else bits & 0o777))
+    finally:
+        os.close(fd)
 
 
 def _fs_group(pod: Mapping[str, Any]) -> tuple[int | None, str]:
@@ -399,9 +429,12 @@ def setup(pod: Mapping[str, Any], *, volumes_dir: Path, get_configmap: Getter, g
         digest = _digest(payload)
         prev = known.get(name)
         if prev is None or prev.digest != digest or not (target / DATA_DIR).exists():
-            write_atomic(target, payload)
-            if fs_group is not None:
-                set_ownership(target, fs_group, readonly=True, policy=policy)
+            # Upstream gives these volumes no change policy (always the whole payload), and
+            # owns the new payload before `..data` points at it.
+            own = None if fs_group is None else functools.partial(set_ownership, gid=fs_group, readonly=True)
+            write_atomic(target, payload, before_swap=own)
+            if fs_group is not None:  # then the root and its links (a small walk: a few names)
+                set_ownership(target, fs_group, readonly=True)
         out[name] = Volume(name, kind, target, digest)
     return out
 

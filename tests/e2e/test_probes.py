@@ -296,6 +296,33 @@ def test_sidecar_probes_and_an_http_post_start_hook(k: Kubectl, image: str, tmp_
     assert (tmp_path / "marked").read_text() == "kube-lifecycle/1.31\n"
 
 
+def test_a_crash_looping_sidecar_holds_nothing_back_once_the_pod_ran(k: Kubectl, image: str) -> None:
+    """Upstream's podHasInitialized: once a regular container has run, a sidecar in back-off
+    neither stops the main container's restarts nor sends the pod back to Pending."""
+    _apply(k, _pod_manifest("flaky", [{"name": "main", "image": image, "command": ["sh", "-c", "sleep 1; exit 1"]}],
+                            initContainers=[{"name": "side", "image": image, "restartPolicy": "Always",
+                                             "command": ["sh", "-c", "sleep 1; exit 1"]}],
+                            terminationGracePeriodSeconds=2))
+    phases: set[str] = set()
+    initialized: set[str] = set()
+
+    def main_restarted_while_side_backs_off() -> bool:
+        pod = k.json("get", "pod", "flaky")
+        status = pod["status"]
+        main = (status.get("containerStatuses") or [{}])[0]
+        if main.get("restartCount", 0) or set(main.get("state") or {}) & {"running", "terminated"}:
+            phases.add(status.get("phase", ""))  # from the first run of the main container on
+            initialized.add(_conditions(pod).get("Initialized", ""))
+        side = (status.get("initContainerStatuses") or [{}])[0]
+        side_waiting = ((side.get("state") or {}).get("waiting") or {}).get("reason")
+        return bool(main.get("restartCount", 0) >= 2 and side.get("restartCount", 0) >= 1
+                    and (side_waiting == "CrashLoopBackOff" or main.get("restartCount", 0) >= 3))
+
+    until(main_restarted_while_side_backs_off, timeout=120, what="the main container restarting beside a crashing sidecar")
+    assert phases == {"Running"}, phases
+    assert initialized == {"True"}, initialized
+
+
 # --- surviving edgekube ---------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,15 @@ class KubeletServer:
         return self
 
     def runc_list(self) -> dict[str, dict[str, Any]]:
-        out = subprocess.run(["runc", "--root", str(self.runc_root), "list", "--format", "json"],
-                             capture_output=True, text=True, check=True).stdout
-        return {c["id"]: c for c in json.loads(out or "null") or []}
+        """runc's containers under the server's root. `runc list` fails when a container's state
+        directory goes while it reads them (the kubelet removing one): asked again then."""
+        for attempt in range(5):
+            done = subprocess.run(["runc", "--root", str(self.runc_root), "list", "--format", "json"],
+                                  capture_output=True, text=True)
+            if done.returncode == 0:
+                return {c["id"]: c for c in json.loads(done.stdout or "null") or []}
+            time.sleep(0.05 * (attempt + 1))
+        raise RuntimeError(f"runc list failed: {done.stderr.strip()}")
 
     def mounts(self) -> list[Path]:
         return [m for m in bundle.mountpoints() if self.root in m.parents]

@@ -319,6 +319,20 @@ def test_fs_group_owns_volumes_as_upstream(tmp_path: Path) -> None:
     assert (got["e"].path / "new").stat().st_gid == 0
     volumes.set_ownership(got["e"].path, 4321, readonly=False)
     assert (got["e"].path / "new").stat().st_gid == 4321
+    # A link a container left in its emptyDir to a host file: the walk never follows it.
+    secret_host_file = tmp_path / "host-secret"
+    secret_host_file.write_text("s")
+    secret_host_file.chmod(0o600)
+    os.symlink(secret_host_file, got["e"].path / "escape")
+    volumes.set_ownership(got["e"].path, 4321, readonly=False)
+    assert secret_host_file.stat().st_gid == 0 and stat.S_IMODE(secret_host_file.stat().st_mode) == 0o600
+    # An updated ConfigMap under OnRootMismatch: the new payload gets the group all the same.
+    p["spec"]["securityContext"]["fsGroupChangePolicy"] = "OnRootMismatch"
+    cms2 = _getter({("ns", "cfg"): {"data": {"a": "A2", "b": "B"}}})
+    got2 = volumes.setup(p, volumes_dir=tmp_path / "v", get_configmap=cms2, get_secret=_getter({}), allocatable={},
+                         known=got)
+    for name in ("a", "b"):
+        assert (got2["c"].path / name).stat().st_gid == 4321
 
 
 def test_host_path_types(tmp_path: Path) -> None:

@@ -188,10 +188,13 @@ class Runc:
         except TimeoutError:
             timed_out = True
         finally:
-            if proc.returncode is None:
-                await _end_exec(proc, pid_file, grace=self.timeout)
-            # A child the process left behind may hold the pipe: its output is not waited for.
-            await capture.finish(grace=0.5)
+            try:
+                if proc.returncode is None:
+                    await _end_exec(proc, pid_file, grace=self.timeout)
+            finally:
+                # Even when cancelled again meanwhile: the pipe's read end is closed and off the
+                # loop. A child the process left behind may hold the pipe: not waited for.
+                await capture.finish(grace=0.5)
         code = proc.returncode or 0
         if timed_out:
             return ExecResult(exit_code=None, output=bytes(capture.data))
@@ -281,9 +284,11 @@ class _Capture:
 
     async def finish(self, *, grace: float) -> None:
         """Up to `grace` seconds for the writers to close the pipe, then stop reading."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._eof.wait(), grace)
-        self._close()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._eof.wait(), grace)
+        finally:
+            self._close()
 
 
 def _log_errors(log_file: Path) -> str:
