@@ -1065,14 +1065,17 @@ class PodManager:
     # --- terminal, terminating, terminated ----------------------------------------------------
 
     async def _stop_all(self, st: PodState, grace: float) -> None:
-        """Main containers first, then sidecars and anything else, each SIGTERM then SIGKILL."""
+        """Main containers first, then sidecars and anything else, each SIGTERM then SIGKILL; the
+        sidecars get what is left of the grace period (at least the 2 s minimum), as upstream."""
         sidecars = {str(c.get("name")) for c in st.spec.get("initContainers") or [] if podstatus.is_sidecar(c)}
         live = [cs for cs in st.containers.values()
                 if cs.state in (containers_mod.RUNNING, containers_mod.CREATED, containers_mod.PAUSED)]
         if st.prober is not None:
             await st.prober.close()  # a terminating pod is probed no more
+        deadline = self._clock.monotonic() + grace
         for group in ([cs for cs in live if cs.name not in sidecars], [cs for cs in live if cs.name in sidecars]):
-            await asyncio.gather(*(self._stop_container(st, cs, grace=grace, message=f"Stopping container {cs.name}")
+            left = max(deadline - self._clock.monotonic(), MIN_GRACE_SECONDS)
+            await asyncio.gather(*(self._stop_container(st, cs, grace=left, message=f"Stopping container {cs.name}")
                                    for cs in group))
         for cs in live:
             st.dirty.add(cs.id)
