@@ -301,9 +301,22 @@ class FileSource:
             if uid not in self._handed and name not in self._names.values():
                 self._handed.add(uid)
                 self._names[uid] = name
-                self._workers.add_static(pod)
+                self._workers.add_static(self._with_start_time(pod))
                 log.info("static pod %s (%s) from %s", name, uid, self._files.get(uid))
         return bool(set(self._names) - self._handed)
+
+    def _with_start_time(self, pod: JSON) -> JSON:
+        """The pod with the startTime its mirror shows, when the mirror is of this very pod (an
+        edgekube restart): its activeDeadlineSeconds and its mirror's startTime go on from there."""
+        meta = pod["metadata"]
+        try:
+            mirror = self._client.get("v1", "Pod", name=meta["name"], namespace=meta["namespace"])
+        except errors.APIError:
+            return pod
+        started = (mirror.get("status") or {}).get("startTime")
+        if not started or (mirror.get("metadata", {}).get("annotations") or {}).get(MIRROR_ANNOTATION) != meta["uid"]:
+            return pod
+        return {**pod, "status": {**(pod.get("status") or {}), "startTime": started}}
 
     # --- mirror pods ---------------------------------------------------------------------------
 

@@ -228,3 +228,5 @@ def test_kill_9_and_restart_adopts_a_static_pod(restartable: KubeletServer) -> N
         before["metadata"]["annotations"]["kubernetes.io/config.hash"]
     listed = ks.runc_list()[cid]
     assert listed["status"] == "running" and listed["pid"] == pid
+    # The pod's start time goes on from before the restart (activeDeadlineSeconds counts from it).
+    assert after["status"]["startTime"] == before["status"]["startTime"]
