@@ -98,7 +98,7 @@ def ensure_pki(tls_dir: Path, *, hostnames: Iterable[str], addresses: Iterable[s
     return pki
 
 
-class PkiError(RuntimeError):
+class PkiError(OSError):
     """The certificates could not be issued."""
 
 
