@@ -9,6 +9,7 @@ Messages follow upstream's wording so that scripts grepping kubectl's output kee
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -71,6 +72,18 @@ def qualified(plural: str, group: str) -> str:
 
 def bad_request(message: str) -> APIError:
     return APIError(400, "BadRequest", message)
+
+
+def int_query(query: Mapping[str, str], name: str) -> int | None:
+    """An integer query parameter (None when absent or empty); anything else is a BadRequest
+    with upstream's message."""
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise bad_request(f'invalid value for query parameter {name}: "{raw}" is not an integer') from None
 
 
 def unauthorized(message: str = "Unauthorized") -> APIError:

@@ -59,16 +59,6 @@ def _q(request: web.Request, name: str, default: str = "") -> str:
     return request.query.get(name, default)
 
 
-def _int_param(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise errors.bad_request(f'invalid value for query parameter {name}: "{raw}" is not an integer') from None
-
-
 class Handlers:
     def __init__(self, registry: rest.Registry, *, max_body: int, watch_timeout: int, bookmark_interval: float,
                  server_address: str, logs: podlogs.LogSource | None = None) -> None:
@@ -253,7 +243,7 @@ class Handlers:
 
     def _list(self, request: web.Request, t: Target) -> web.Response:
         negotiation.check_acceptable(request.headers.get("Accept", ""))
-        limit = _int_param(request, "limit")
+        limit = errors.int_query(request.query, "limit")
         result = self._registry.list(
             t.info,
             namespace=t.namespace,
@@ -340,7 +330,7 @@ class Handlers:
         opts: JSON = {}
         if body.strip():
             opts = negotiation.decode_body(body, request.headers.get("Content-Type", "application/json"))
-        grace = _int_param(request, "gracePeriodSeconds")
+        grace = errors.int_query(request.query, "gracePeriodSeconds")
         if grace is None and opts.get("gracePeriodSeconds") is not None:
             grace = int(opts["gracePeriodSeconds"])
         policy = _q(request, "propagationPolicy") or opts.get("propagationPolicy")
@@ -411,7 +401,7 @@ class Handlers:
             name_sel = f"metadata.name={t.name}"
             field_selector = f"{field_selector},{name_sel}" if field_selector else name_sel
         accept = self._registry.matcher(t.info, label_selector=_q(request, "labelSelector"), field_selector=field_selector)
-        timeout = _int_param(request, "timeoutSeconds")
+        timeout = errors.int_query(request.query, "timeoutSeconds")
         spec = watchstream.WatchSpec(
             info=t.info,
             namespace=t.namespace,

@@ -111,16 +111,6 @@ def _bool(query: Mapping[str, str], name: str) -> bool:
     return value
 
 
-def _int(query: Mapping[str, str], name: str) -> int | None:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise errors.bad_request(f'invalid value for query parameter {name}: "{raw}" is not an integer') from None
-
-
 def _time(query: Mapping[str, str], name: str) -> datetime.datetime | None:
     raw = query.get(name)
     if raw is None or raw == "":
@@ -138,9 +128,9 @@ def _time(query: Mapping[str, str], name: str) -> datetime.datetime | None:
 def parse_options(query: Mapping[str, str], *, pod: str, now_ns: int) -> Options:
     """PodLogOptions from the query, validated as upstream (422 Invalid, or 400 for a value of
     the wrong type)."""
-    tail = _int(query, "tailLines")
-    limit = _int(query, "limitBytes")
-    since_seconds = _int(query, "sinceSeconds")
+    tail = errors.int_query(query, "tailLines")
+    limit = errors.int_query(query, "limitBytes")
+    since_seconds = errors.int_query(query, "sinceSeconds")
     since_time = _time(query, "sinceTime")
     stream = query.get("stream")
     _bool(query, "insecureSkipTLSVerifyBackend")  # checked for its type, then ignored
