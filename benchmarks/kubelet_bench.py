@@ -65,8 +65,9 @@ import yaml
 
 from benchmarks import common, servers
 from benchmarks import controlplane_bench as cp
-from edgekube.kubelet.runtime import bundle, cgroups, containers
+from edgekube.kubelet.runtime import cgroups
 from tests.support import images as test_images
+from tests.support import kubelet as test_kubelet
 
 JSON = dict[str, Any]
 NAMESPACE = "kubelet-bench"
@@ -278,43 +279,9 @@ class KubeletHost:
         return servers.EdgekubeServer(self.data_dir, extra=["--config", str(self.config)], kubelet=True,
                                       launcher=launcher, env=env)
 
-    def runc_ids(self) -> list[str]:
-        root = self.kubelet_dir / "runc"
-        if not root.is_dir():
-            return []
-        out = subprocess.run(["runc", "--root", str(root), "list", "--format", "json"], capture_output=True,
-                             text=True, check=False).stdout
-        return [c["id"] for c in json.loads(out or "null") or []]
-
     def cleanup(self) -> None:
-        """The runtime's own sweep, then by hand whatever it left: containers, mounts (overlay
-        rootfs, network namespaces, tmpfs volumes), the cgroup parent in every hierarchy."""
-
-        async def sweep() -> None:
-            rt = containers.Runtime(data_dir=self.kubelet_dir, cgroups=cgroups.detect(parent=self.parent),
-                                    subreaper=False)
-            try:
-                await rt.open()
-                await rt.sweep(known_containers=set(), known_pods=set())
-            finally:
-                await rt.close()
-
-        if (self.kubelet_dir / "runc").is_dir():
-            with contextlib.suppress(Exception):
-                asyncio.run(sweep())
-            for cid in self.runc_ids():
-                subprocess.run(["runc", "--root", str(self.kubelet_dir / "runc"), "delete", "--force", cid],
-                               capture_output=True, check=False)
-        _unmount_below(self.work)
-        with contextlib.suppress(Exception):
-            cgroups.detect(parent=self.parent).remove("/" + self.parent)
-
-
-def _unmount_below(root: Path) -> None:
-    for mp in sorted((m for m in bundle.mountpoints() if root in m.parents), key=lambda m: len(m.parts),
-                     reverse=True):
-        with contextlib.suppress(OSError):
-            bundle.unmount(mp)
+        """Nothing of the server left on the host (after it stopped)."""
+        test_kubelet.sweep_host(kubelet_dir=self.kubelet_dir, parent=self.parent, below=self.work)
 
 
 # --- raw runc, the baseline ----------------------------------------------------------------------
@@ -900,5 +867,5 @@ def run(*, pods: int, replicas: int, boot_runs: int, settle: float,
             h.cleanup()
         if raw is not None:
             raw.cleanup()
-        _unmount_below(tmp)
+        test_kubelet.unmount_below(tmp)
         common.remove_dir(tmp)

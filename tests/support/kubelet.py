@@ -50,15 +50,7 @@ class KubeletServer:
         return self
 
     def runc_list(self) -> dict[str, dict[str, Any]]:
-        """runc's containers under the server's root. `runc list` fails when a container's state
-        directory goes while it reads them (the kubelet removing one): asked again then."""
-        for attempt in range(5):
-            done = subprocess.run(["runc", "--root", str(self.runc_root), "list", "--format", "json"],
-                                  capture_output=True, text=True)
-            if done.returncode == 0:
-                return {c["id"]: c for c in json.loads(done.stdout or "null") or []}
-            time.sleep(0.05 * (attempt + 1))
-        raise RuntimeError(f"runc list failed: {done.stderr.strip()}")
+        return runc_list(self.runc_root)
 
     def mounts(self) -> list[Path]:
         return [m for m in bundle.mountpoints() if self.root in m.parents]
@@ -81,25 +73,50 @@ class KubeletServer:
 
     def cleanup(self) -> None:
         self.server.close()
+        sweep_host(kubelet_dir=self.kubelet_dir, parent=self.parent, below=self.root)
 
-        async def sweep() -> None:
-            rt = containers.Runtime(data_dir=self.kubelet_dir, cgroups=cgroups.detect(parent=self.parent),
-                                    subreaper=False)
-            try:
-                await rt.open()
-                await rt.sweep(known_containers=set(), known_pods=set())
-            finally:
-                await rt.close()
 
-        if self.runc_root.exists():
-            with contextlib.suppress(Exception):
-                asyncio.run(sweep())
-            # Whatever the sweep could not take (it is the code under test), by hand.
-            for cid in self.runc_list():
-                subprocess.run(["runc", "--root", str(self.runc_root), "delete", "--force", cid],
-                               capture_output=True, check=False)
-        for mp in sorted(self.mounts(), key=lambda m: len(m.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                bundle.unmount(mp)
+def runc_list(root: Path) -> dict[str, dict[str, Any]]:
+    """runc's containers under `root`. `runc list` fails when a container's state directory goes
+    while it reads them (the kubelet removing one): asked again then."""
+    for attempt in range(5):
+        done = subprocess.run(["runc", "--root", str(root), "list", "--format", "json"],
+                              capture_output=True, text=True)
+        if done.returncode == 0:
+            return {c["id"]: c for c in json.loads(done.stdout or "null") or []}
+        time.sleep(0.05 * (attempt + 1))
+    raise RuntimeError(f"runc list failed: {done.stderr.strip()}")
+
+
+def sweep_host(*, kubelet_dir: Path, parent: str, below: Path) -> None:
+    """Leave nothing of a stopped kubelet on the host: the runtime's own sweep of its containers,
+    then by hand whatever that left (it is the code under test): containers, every mount below
+    `below` (overlay rootfs, namespaces, tmpfs volumes), the cgroup parent in every hierarchy."""
+
+    async def sweep() -> None:
+        rt = containers.Runtime(data_dir=kubelet_dir, cgroups=cgroups.detect(parent=parent), subreaper=False)
+        try:
+            await rt.open()
+            await rt.sweep(known_containers=set(), known_pods=set())
+        finally:
+            await rt.close()
+
+    root = kubelet_dir / "runc"
+    if root.exists():
         with contextlib.suppress(Exception):
-            cgroups.detect(parent=self.parent).remove("/" + self.parent)
+            asyncio.run(sweep())
+        with contextlib.suppress(RuntimeError):
+            for cid in runc_list(root):
+                subprocess.run(["runc", "--root", str(root), "delete", "--force", cid], capture_output=True,
+                               check=False)
+    unmount_below(below)
+    with contextlib.suppress(Exception):
+        cgroups.detect(parent=parent).remove("/" + parent)
+
+
+def unmount_below(root: Path) -> None:
+    """Unmount everything mounted below `root`, the deepest first."""
+    for mp in sorted((m for m in bundle.mountpoints() if root in m.parents), key=lambda m: len(m.parts),
+                     reverse=True):
+        with contextlib.suppress(OSError):
+            bundle.unmount(mp)
