@@ -28,15 +28,16 @@ class EventType(enum.Enum):
     DELETED = "DELETED"
 
 
+_EVENT_TYPES = {Op.CREATE: EventType.ADDED, Op.UPDATE: EventType.MODIFIED, Op.DELETE: EventType.DELETED}
+
+
 def event_type(op: Op) -> EventType:
-    if op is Op.CREATE:
-        return EventType.ADDED
-    if op is Op.UPDATE:
-        return EventType.MODIFIED
-    return EventType.DELETED
+    return _EVENT_TYPES[op]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+# Events and items are made once per write or listed object, on the event loop: plain slotted
+# dataclasses, as a frozen one costs about 1 us more per instance. Treat them as read-only.
+@dataclasses.dataclass(slots=True)
 class Event:
     """One change: the object after it (for DELETED, the last state, at the delete revision)."""
 
@@ -54,7 +55,7 @@ class Event:
         return decode(self.prev_value) if self.prev_value is not None else None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class Item:
     key: str
     revision: Revision

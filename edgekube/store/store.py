@@ -181,27 +181,28 @@ class Store:
 
     # --- writes ------------------------------------------------------------------------------
 
-    async def create(self, key: str, obj: dict[str, Any]) -> lmdb_log.Applied:
+    # The write methods return the future their group commit resolves (await it): no coroutine
+    # of their own, as they run once per write.
+
+    def create(self, key: str, obj: dict[str, Any]) -> asyncio.Future[lmdb_log.Applied]:
         """Store a new key. `obj` is owned by the store from here on."""
-        return await self._submit(lmdb_log.Write(op=records.Op.CREATE, key=key, obj=obj, expect_revision=None))
+        return self._submit(lmdb_log.Write(op=records.Op.CREATE, key=key, obj=obj, expect_revision=None))
 
-    async def update(self, key: str, obj: dict[str, Any], *, expect_revision: int | None) -> lmdb_log.Applied:
-        return await self._submit(
-            lmdb_log.Write(op=records.Op.UPDATE, key=key, obj=obj, expect_revision=expect_revision)
-        )
+    def update(
+        self, key: str, obj: dict[str, Any], *, expect_revision: int | None
+    ) -> asyncio.Future[lmdb_log.Applied]:
+        return self._submit(lmdb_log.Write(op=records.Op.UPDATE, key=key, obj=obj, expect_revision=expect_revision))
 
-    async def delete(self, key: str, *, expect_revision: int | None) -> lmdb_log.Applied:
-        return await self._submit(
-            lmdb_log.Write(op=records.Op.DELETE, key=key, obj=None, expect_revision=expect_revision)
-        )
+    def delete(self, key: str, *, expect_revision: int | None) -> asyncio.Future[lmdb_log.Applied]:
+        return self._submit(lmdb_log.Write(op=records.Op.DELETE, key=key, obj=None, expect_revision=expect_revision))
 
-    async def _submit(self, write: lmdb_log.Write) -> lmdb_log.Applied:
+    def _submit(self, write: lmdb_log.Write) -> asyncio.Future[lmdb_log.Applied]:
         if self._closed:
             raise errors.ClosedError("the store is shutting down")
         fut: asyncio.Future[lmdb_log.Applied] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(write=write, memory=self.is_memory(write.key), future=fut))
+        self._pending.append(_Pending(write=write, memory=write.key.startswith(self._memory_prefixes), future=fut))
         self._wakeup.set()
-        return await fut
+        return fut
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -230,9 +231,9 @@ class Store:
             else:
                 durable.append(p.write)
         top = rev
-        outcomes: dict[int, lmdb_log.Outcome] = {}
+        results: list[lmdb_log.Outcome] = []
         if durable or reserve is not None:
-            meta_rev = max((w.revision for w in durable), default=0)
+            meta_rev = durable[-1].revision if durable else 0
             try:
                 results = await loop.run_in_executor(
                     self._executor, lambda: self._db.commit(durable, meta_rev=meta_rev, reserved=reserve)
@@ -252,26 +253,27 @@ class Store:
                 log.exception("store commit failed")
                 return
             self._commits += 1
-            for w, applied in zip(durable, results, strict=True):
-                outcomes[w.revision] = applied
             if reserve is not None:
                 self._reserved = reserve
-        evictions: list[str] = []
-        for p in batch:
-            if p.memory:
-                mem = self._memory.apply(p.write)
-                outcomes[p.write.revision] = mem
-                if isinstance(mem, lmdb_log.Applied) and p.write.op is records.Op.CREATE:
-                    evictions.extend(self._memory.over_limit(p.write.key))
         self._revision = top
         self._writes += len(batch)
+        # Durable outcomes come back in batch order; volatile writes are applied here, in turn.
+        durable_results = iter(results)
+        evictions: list[str] = []
+        publish = self._hub.publish
         for p in batch:
-            res = outcomes[p.write.revision]
+            w = p.write
+            if p.memory:
+                res = self._memory.apply(w)
+                if isinstance(res, lmdb_log.Applied) and w.op is records.Op.CREATE:
+                    evictions.extend(self._memory.over_limit(w.key))
+            else:
+                res = next(durable_results)
             if isinstance(res, lmdb_log.Applied):
-                self._hub.publish(
+                publish(
                     records.Event(
-                        type=records.event_type(p.write.op),
-                        key=p.write.key,
+                        type=records.event_type(w.op),
+                        key=w.key,
                         revision=records.Revision(res.revision),
                         value=res.value,
                         prev_value=res.prev_value,
