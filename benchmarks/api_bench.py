@@ -51,8 +51,12 @@ class LoadResult:
 class ApiResult:
     runs: list[LoadResult]
     bare: list[LoadResult]
-    paced: LoadResult
+    paced: LoadResult  # edgekube CREATE, open loop at paced_rate
     paced_rate: float
+    # Interleaved with `paced`, same client and pace: the bare aiohttp server's POST handler doing
+    # one raw fsync'd LMDB put (the like-for-like baseline), and its GET (the transport alone).
+    paced_bare_create: LoadResult
+    paced_bare_get: LoadResult
     get_body_bytes: int
     list_body_bytes: int
     server_ready_s: float
@@ -126,49 +130,64 @@ async def closed_loop(
     return LoadResult(name, conns, len(lat), len(errors), elapsed, lat, errors[:3])
 
 
+@dataclasses.dataclass
+class Stream:
+    name: str
+    base: str
+    req: RequestFn
+    expect: int
+
+
 async def open_loop(
-    base: str,
-    ctx: ssl.SSLContext,
-    name: str,
-    req: RequestFn,
-    expect: int,
-    rate: float,
-    duration: float,
-) -> LoadResult:
-    """One request every 1/rate s regardless of answers (open loop); latency from the actual send."""
-    connector = aiohttp.TCPConnector(limit=32, ssl=ctx)
+    ctx: ssl.SSLContext, streams: list[Stream], rate: float, duration: float
+) -> list[LoadResult]:
+    """Each stream sends one request every 1/rate s regardless of answers (open loop), on its own
+    connection; the streams take turns, evenly spaced, so whatever the machine does meanwhile
+    (a slow fsync, another VM on the host) falls on all of them alike. Latency from the actual send."""
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await _one(session, base, req, expect)  # warm-up: one connection
-        lat: list[float] = []
-        errors: list[str] = []
+    sessions = [
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32, ssl=ctx), timeout=timeout)
+        for _ in streams
+    ]
+    try:
+        for st, session in zip(streams, sessions, strict=True):
+            await _one(session, st.base, st.req, st.expect)  # warm-up: one connection each
+        lat: list[list[float]] = [[] for _ in streams]
+        errors: list[list[str]] = [[] for _ in streams]
+        lag: list[float] = []
         interval = 1.0 / rate
         count = max(1, round(duration * rate))
 
-        lag: list[float] = []
-
-        async def shot(scheduled: float) -> None:
+        async def shot(j: int, scheduled: float) -> None:
+            st = streams[j]
             t0 = time.perf_counter()
             lag.append(t0 - scheduled)
-            err = await _one(session, base, req, expect)
+            err = await _one(sessions[j], st.base, st.req, st.expect)
             if err is None:
-                lat.append(time.perf_counter() - t0)
+                lat[j].append(time.perf_counter() - t0)
             else:
-                errors.append(err)
+                errors[j].append(err)
 
         start = time.perf_counter()
         tasks = []
         for i in range(count):
-            scheduled = start + i * interval
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(shot(scheduled)))
+            for j in range(len(streams)):
+                scheduled = start + i * interval + j * interval / len(streams)
+                delay = scheduled - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(shot(j, scheduled)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
-    result = LoadResult(name, 1, len(lat), len(errors), elapsed, lat, errors[:3])
-    result.max_lag_ms = 1000.0 * max(lag, default=0.0)
-    return result
+    finally:
+        for session in sessions:
+            await session.close()
+    results = []
+    for j, st in enumerate(streams):
+        result = LoadResult(st.name, 1, len(lat[j]), len(errors[j]), elapsed, lat[j], errors[j][:3])
+        result.max_lag_ms = 1000.0 * max(lag, default=0.0)
+        results.append(result)
+    return results
 
 
 def _create_req(prefix: str) -> RequestFn:
@@ -253,22 +272,33 @@ async def _run(
                 )
                 runs.append(r)
 
-        rate = PACED_RATE
-        paced = await open_loop(
-            server.base, ctx, "CREATE paced", _create_req("bench-p"), 201, rate, paced_duration
-        )
-        log(
-            f"  CREATE paced {rate:.0f}/s: p50 {paced.p50_ms:.2f} ms  p99 {paced.p99_ms:.2f} ms  errors {paced.errors}  (max send lag {paced.max_lag_ms:.2f} ms)"
-        )
-
-        # The baseline runs alone: stop edgekube first so it takes no CPU from the bare server.
-        server_rc = server.stop()
+        # The paced runs: edgekube CREATE, interleaved with the bare server's durable POST and GET
+        # (same client, same pace), started now while edgekube idles.
         body_file = data_dir.parent / f"{data_dir.name}-get-body.json"
         body_file.write_bytes(get_body)
         bare = servers.BareServer(
-            server.tls, body_file, data_dir.parent / f"{data_dir.name}-bare.log"
+            server.tls, body_file, data_dir.parent / f"{data_dir.name}-bare.log",
+            db=data_dir.parent / f"{data_dir.name}-bare-db",
         )
         await bare.wait_ready()
+        rate = PACED_RATE
+        paced, paced_bare_create, paced_bare_get = await open_loop(
+            ctx,
+            [
+                Stream("CREATE paced", server.base, _create_req("bench-p"), 201),
+                Stream("bare CREATE paced", bare.base, _create_req("bench-p"), 201),
+                Stream("bare GET paced", bare.base, _get(GET_PATH), 200),
+            ],
+            rate,
+            paced_duration,
+        )
+        for r in (paced, paced_bare_create, paced_bare_get):
+            log(
+                f"  {r.name} {rate:.0f}/s: p50 {r.p50_ms:.2f} ms  p99 {r.p99_ms:.2f} ms  errors {r.errors}  (max send lag {r.max_lag_ms:.2f} ms)"
+            )
+
+        # The closed-loop baseline runs alone: stop edgekube first so it takes no CPU from the bare server.
+        server_rc = server.stop()
         bare_runs = []
         for conns in (1, 32):
             r = await closed_loop(bare.base, ctx, "bare GET", _get(GET_PATH), 200, conns, duration)
@@ -283,12 +313,14 @@ async def _run(
     if server_rc not in (0, None):
         log(f"  note: edgekube server exited with {server_rc} after SIGTERM")
 
-    for r in [*runs, *bare_runs, paced]:
+    for r in [*runs, *bare_runs, paced, paced_bare_create, paced_bare_get]:
         if r.ok == 0:
             raise RuntimeError(
                 f"{r.name} x{r.conns}: no successful request; errors: {r.error_samples}"
             )
-    return ApiResult(runs, bare_runs, paced, rate, len(get_body), list_bytes, ready_s)
+    return ApiResult(
+        runs, bare_runs, paced, rate, paced_bare_create, paced_bare_get, len(get_body), list_bytes, ready_s
+    )
 
 
 def run(duration: float, paced_duration: float, log: Callable[[str], None] = print) -> ApiResult:

@@ -1,7 +1,9 @@
 """Baseline: a bare aiohttp HTTPS server with one handler returning a fixed JSON body.
 
-Run as `python benchmarks/bare_server.py --port P --cert C --key K --ca CA --body FILE`; it prints
-`ready` on stdout once it listens. Same TLS settings as edgekube: server cert/key, client
+Run as `python benchmarks/bare_server.py --port P --cert C --key K --ca CA --body FILE [--db DIR]`;
+it prints `ready` on stdout once it listens. With `--db`, POST to any path stores the request body
+in that LMDB directory (opened like edgekube's: sync and metasync on) in one transaction of its own
+and answers 201 with the body once it is durable: the least work a durable create can take. Same TLS settings as edgekube: server cert/key, client
 certificates verified when offered (optional).
 """
 
@@ -9,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import signal
 import ssl
 import sys
 from pathlib import Path
 
+import lmdb
 from aiohttp import web
 
 
@@ -24,6 +28,7 @@ def main() -> int:
     p.add_argument("--key", required=True)
     p.add_argument("--ca", required=True)
     p.add_argument("--body", required=True, help="file with the JSON body to return")
+    p.add_argument("--db", help="LMDB directory: POST stores its body there, one fsync'd transaction each")
     args = p.parse_args()
 
     body = Path(args.body).read_bytes()
@@ -35,9 +40,26 @@ def main() -> int:
     async def handler(_request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")
 
+    env = lmdb.open(args.db, map_size=1 << 30, sync=True, metasync=True) if args.db else None
+    counter = itertools.count()
+
+    def put(key: bytes, value: bytes) -> None:
+        assert env is not None
+        with env.begin(write=True) as txn:
+            txn.put(key, value)
+
+    async def create(request: web.Request) -> web.Response:
+        data = await request.read()
+        # On the loop, like the simplest server would: no thread hop, the fastest a durable
+        # answer can come through this stack.
+        put(f"{request.path}/{next(counter)}".encode(), data)
+        return web.Response(status=201, body=data, content_type="application/json")
+
     async def serve() -> None:
         app = web.Application()
         app.router.add_get("/{tail:.*}", handler)
+        if env is not None:
+            app.router.add_post("/{tail:.*}", create)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", args.port, ssl_context=ctx)

@@ -135,7 +135,11 @@ class EdgekubeServer(Proc):
 
 
 class BareServer(Proc):
-    def __init__(self, tls: Path, body_file: Path, log_path: Path, *, env: dict[str, str] | None = None) -> None:
+    """`benchmarks/bare_server.py`: GET answers a fixed body; with `db`, POST stores its body in
+    that LMDB directory, one fsync'd transaction per request."""
+
+    def __init__(self, tls: Path, body_file: Path, log_path: Path, *, env: dict[str, str] | None = None,
+                 db: Path | None = None) -> None:
         self.port = free_port()
         self.base = f"https://127.0.0.1:{self.port}"
         cmd = [
@@ -145,6 +149,7 @@ class BareServer(Proc):
             "--key", str(tls / "server.key"),
             "--ca", str(tls / "ca.crt"),
             "--body", str(body_file),
+            *(["--db", str(db)] if db is not None else []),
         ]  # fmt: skip
         super().__init__("bare aiohttp server", cmd, log_path, env=env)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import statistics
 import time
 from pathlib import Path
 
@@ -16,11 +17,26 @@ from edgekube.store import store as store_mod
 
 
 @dataclasses.dataclass
+class Round:
+    raw_writes: float  # writes/s, raw LMDB
+    raw_txn_ms: float
+    edgekube_1: float  # creates/s
+    edgekube_32: float
+
+
+@dataclasses.dataclass
 class StoreResult:
+    """Medians over rounds that interleave raw LMDB and edgekube, so a disk that changes speed
+    during the run (as shared virtual disks do) moves baseline and edgekube alike; the ratios are
+    the median of the per-round ratios."""
+
     edgekube_1: float  # creates/s, one writer
     edgekube_32: float  # creates/s, 32 concurrent writers
     raw_writes: float  # writes/s, raw LMDB, one writer, one fsync'd txn per write
     raw_txn_ms: float  # mean latency of one raw fsync'd transaction
+    ratio_1: float
+    ratio_32: float
+    rounds: list[Round]
     raw_count: int
     raw_paced_p50_ms: float  # raw fsync'd txn latency when paced like the API CREATE test
     raw_paced_p99_ms: float
@@ -29,7 +45,7 @@ class StoreResult:
     data_path: Path
 
 
-def raw_lmdb(path: Path, duration: float) -> tuple[float, float, int]:
+def raw_lmdb(path: Path, duration: float, tag: str = "") -> tuple[float, float, int]:
     """writes/s and mean ms per committed (fsync'd) transaction, one write per transaction."""
     env = lmdb.open(str(path), map_size=1 << 30, sync=True, metasync=True)
     try:
@@ -45,7 +61,7 @@ def raw_lmdb(path: Path, duration: float) -> tuple[float, float, int]:
         while True:
             t0 = time.perf_counter()
             with env.begin(write=True) as txn:
-                txn.put(f"/core/configmaps/default/raw-{i}".encode(), value)
+                txn.put(f"/core/configmaps/default/raw{tag}-{i}".encode(), value)
             t1 = time.perf_counter()
             lat.append(t1 - t0)
             i += 1
@@ -78,63 +94,82 @@ def raw_lmdb_paced(path: Path, rate: float, duration: float) -> tuple[float, flo
     return 1000.0 * common.percentile(lat, 50), 1000.0 * common.percentile(lat, 99)
 
 
-async def _edgekube(
-    path: Path, duration: float, writers: int
-) -> tuple[float, int, dict[str, object]]:
-    cfg = store_mod.StoreConfig(path=path)
-    s = store_mod.Store(cfg, memory_prefixes=[])
-    await s.start()
+async def _edgekube_round(s: store_mod.Store, duration: float, writers: int, prefix: str) -> tuple[float, int]:
+    """creates/s for `duration` seconds with `writers` concurrent writers on an open store."""
     counter = itertools.count()
-    done = 0
+
+    async def writer(deadline: float) -> int:
+        mine = 0
+        while time.perf_counter() < deadline:
+            name = f"{prefix}-{next(counter)}"
+            await s.create(f"/core/configmaps/default/{name}", common.configmap(name))
+            mine += 1
+        return mine
+
+    # Warm-up.
+    for _ in range(5):
+        name = f"{prefix}-{next(counter)}"
+        await s.create(f"/core/configmaps/default/{name}", common.configmap(name))
+    start = time.perf_counter()
+    counts = await asyncio.gather(*(writer(start + duration) for _ in range(writers)))
+    elapsed = time.perf_counter() - start
+    done = sum(counts)
+    return done / elapsed, done
+
+
+async def _interleaved(
+    raw_dir: Path, ek1_dir: Path, ek32_dir: Path, rounds: int, duration: float
+) -> tuple[list[Round], dict[str, int], dict[str, object]]:
+    stores = [store_mod.Store(store_mod.StoreConfig(path=d), memory_prefixes=[]) for d in (ek1_dir, ek32_dir)]
+    for st in stores:
+        await st.start()
+    out: list[Round] = []
+    counts = {"edgekube_1": 0, "edgekube_32": 0, "raw": 0}
     try:
-        # Warm-up.
-        for _ in range(5):
-            n = next(counter)
-            await s.create(
-                f"/core/configmaps/default/w{writers}-{n}", common.configmap(f"w{writers}-{n}")
+        for r in range(rounds):
+            # The raw rounds run on a thread so this loop (and both idle stores) wait meanwhile;
+            # like the stores, the raw database grows from round to round.
+            raw_w, raw_ms, raw_n = await asyncio.get_running_loop().run_in_executor(
+                None, raw_lmdb, raw_dir / "raw", duration, f"-r{r}"
             )
-
-        async def writer(deadline: float) -> int:
-            mine = 0
-            while time.perf_counter() < deadline:
-                n = next(counter)
-                name = f"w{writers}-{n}"
-                await s.create(f"/core/configmaps/default/{name}", common.configmap(name))
-                mine += 1
-            return mine
-
-        start = time.perf_counter()
-        counts = await asyncio.gather(*(writer(start + duration) for _ in range(writers)))
-        elapsed = time.perf_counter() - start
-        done = sum(counts)
-        stats_obj = s.stats() if hasattr(s, "stats") else None
-        stats = dataclasses.asdict(stats_obj) if dataclasses.is_dataclass(stats_obj) else {}
+            e1, n1 = await _edgekube_round(stores[0], duration, 1, f"w1-r{r}")
+            e32, n32 = await _edgekube_round(stores[1], duration, 32, f"w32-r{r}")
+            out.append(Round(raw_writes=raw_w, raw_txn_ms=raw_ms, edgekube_1=e1, edgekube_32=e32))
+            counts["raw"] += raw_n
+            counts["edgekube_1"] += n1
+            counts["edgekube_32"] += n32
+        stats = dataclasses.asdict(stores[1].stats())
     finally:
-        await s.close()
-    return done / elapsed, done, stats
+        for st in stores:
+            await st.close()
+    return out, counts, stats
 
 
 def run(duration: float, paced_rate: float, paced_duration: float) -> StoreResult:
+    """`duration` seconds per measurement, split into interleaved rounds of about a second."""
     raw_dir = common.temp_dir("raw-lmdb")
     ek1_dir = common.temp_dir("store-1")
     ek32_dir = common.temp_dir("store-32")
+    n_rounds = max(1, round(duration))
     try:
-        raw_writes, raw_ms, raw_n = raw_lmdb(raw_dir, duration)
-        paced_p50, paced_p99 = raw_lmdb_paced(raw_dir, paced_rate, paced_duration)
-        ek1, n1, _ = asyncio.run(_edgekube(ek1_dir, duration, 1))
-        ek32, n32, stats = asyncio.run(_edgekube(ek32_dir, duration, 32))
+        rounds, counts, stats = asyncio.run(_interleaved(raw_dir, ek1_dir, ek32_dir, n_rounds, duration / n_rounds))
+        paced_p50, paced_p99 = raw_lmdb_paced(raw_dir / "raw", paced_rate, paced_duration)
     finally:
         for d in (raw_dir, ek1_dir, ek32_dir):
             common.remove_dir(d)
+    med = statistics.median
     return StoreResult(
-        edgekube_1=ek1,
-        edgekube_32=ek32,
-        raw_writes=raw_writes,
-        raw_txn_ms=raw_ms,
-        raw_count=raw_n,
+        edgekube_1=med(r.edgekube_1 for r in rounds),
+        edgekube_32=med(r.edgekube_32 for r in rounds),
+        raw_writes=med(r.raw_writes for r in rounds),
+        raw_txn_ms=med(r.raw_txn_ms for r in rounds),
+        ratio_1=med(r.edgekube_1 / r.raw_writes for r in rounds),
+        ratio_32=med(r.edgekube_32 / r.raw_writes for r in rounds),
+        rounds=rounds,
+        raw_count=counts["raw"],
         raw_paced_p50_ms=paced_p50,
         raw_paced_p99_ms=paced_p99,
-        counts={"edgekube_1": n1, "edgekube_32": n32, "raw": raw_n},
+        counts=counts,
         stats=stats,
         data_path=raw_dir.parent,
     )
