@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +47,26 @@ class StoreResult:
     counts: dict[str, int]
     stats: dict[str, object]
     data_path: Path
+    # The same rounds in a child process whose writes to the data dir's disk are throttled (cgroup
+    # v1 blkio) to SLOW_DISK_IOPS, so one raw fsync'd transaction costs what it does on an SD card
+    # (several ms); None when that could not be set up (not root, no blkio controller), with why.
+    slow_disk: SlowDisk | None = None
+    slow_disk_skipped: str = ""
+
+
+@dataclasses.dataclass
+class SlowDisk:
+    iops: int
+    raw_writes: float
+    raw_txn_ms: float
+    edgekube_1: float
+    edgekube_32: float
+    ratio_1: float
+    ratio_32: float
+
+
+SLOW_DISK_IOPS = 1000
+BLKIO = Path("/sys/fs/cgroup/blkio")
 
 
 def raw_lmdb(path: Path, duration: float, tag: str = "") -> tuple[float, float, int]:
@@ -157,6 +181,7 @@ def run(duration: float, paced_rate: float, paced_duration: float) -> StoreResul
     finally:
         for d in (raw_dir, ek1_dir, ek32_dir):
             common.remove_dir(d)
+    slow, slow_skipped = run_slow_disk(min(duration, 3.0))
     med = statistics.median
     return StoreResult(
         edgekube_1=med(r.edgekube_1 for r in rounds),
@@ -172,4 +197,79 @@ def run(duration: float, paced_rate: float, paced_duration: float) -> StoreResul
         counts=counts,
         stats=stats,
         data_path=raw_dir.parent,
+        slow_disk=slow,
+        slow_disk_skipped=slow_skipped,
     )
+
+
+def _disk_of(path: Path) -> str:
+    """`major:minor` of the whole disk holding `path` (blkio throttles whole disks, not partitions)."""
+    st = os.stat(path)
+    dev = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    if not dev.exists():
+        raise OSError(f"{path} is not on a block device")
+    if (dev / "partition").exists():
+        dev = dev.resolve().parent
+    return (dev / "dev").read_text().strip()
+
+
+def run_slow_disk(duration: float, iops: int = SLOW_DISK_IOPS) -> tuple[SlowDisk | None, str]:
+    """The interleaved rounds again, in a child process in a blkio cgroup that allows `iops`
+    writes/s to the data dir's disk. Returns (result, "") or (None, why it was skipped)."""
+    if not BLKIO.is_dir() or not (BLKIO / "blkio.throttle.write_iops_device").exists():
+        return None, "no cgroup v1 blkio controller with throttling"
+    if os.geteuid() != 0:
+        return None, "needs root (a blkio cgroup)"
+    probe = common.temp_dir("slow-disk-probe")
+    try:
+        disk = _disk_of(probe)
+    except OSError as e:
+        return None, str(e)
+    finally:
+        common.remove_dir(probe)
+    cgroup = BLKIO / f"edgekube-bench-{os.getpid()}"
+    try:
+        cgroup.mkdir()
+        (cgroup / "blkio.throttle.write_iops_device").write_text(f"{disk} {iops}")
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.store_bench", "--cgroup", str(cgroup), "--duration", str(duration)],
+            cwd=common.REPO, capture_output=True, text=True, timeout=300, check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"slow-disk store rounds failed ({out.returncode}): {out.stderr[-2000:]}")
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        if cgroup.exists():
+            cgroup.rmdir()  # the child has exited: the cgroup is empty
+    return SlowDisk(iops=iops, **got), ""
+
+
+def _child(cgroup: Path, duration: float) -> None:
+    """In the throttled cgroup: the interleaved rounds, printed as one JSON line."""
+    (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+    raw_dir, ek1_dir, ek32_dir = (common.temp_dir(n) for n in ("slow-raw-lmdb", "slow-store-1", "slow-store-32"))
+    n_rounds = max(1, round(duration))
+    try:
+        rounds, _, _ = asyncio.run(_interleaved(raw_dir, ek1_dir, ek32_dir, n_rounds, duration / n_rounds))
+    finally:
+        for d in (raw_dir, ek1_dir, ek32_dir):
+            common.remove_dir(d)
+    med = statistics.median
+    print(json.dumps({
+        "raw_writes": med(r.raw_writes for r in rounds),
+        "raw_txn_ms": med(r.raw_txn_ms for r in rounds),
+        "edgekube_1": med(r.edgekube_1 for r in rounds),
+        "edgekube_32": med(r.edgekube_32 for r in rounds),
+        "ratio_1": med(r.edgekube_1 / r.raw_writes for r in rounds),
+        "ratio_32": med(r.edgekube_32 / r.raw_writes for r in rounds),
+    }))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="slow-disk rounds in a blkio cgroup (used by run_slow_disk)")
+    ap.add_argument("--cgroup", type=Path, required=True)
+    ap.add_argument("--duration", type=float, required=True)
+    a = ap.parse_args()
+    _child(a.cgroup, a.duration)
