@@ -200,7 +200,7 @@ class Store:
         if self._closed:
             raise errors.ClosedError("the store is shutting down")
         fut: asyncio.Future[lmdb_log.Applied] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(write=write, memory=write.key.startswith(self._memory_prefixes), future=fut))
+        self._pending.append(_Pending(write=write, memory=self.is_memory(write.key), future=fut))
         self._wakeup.set()
         return fut
 
