@@ -3,8 +3,8 @@
 Run as `python benchmarks/bare_server.py --port P --cert C --key K --ca CA --body FILE [--db DIR]`;
 it prints `ready` on stdout once it listens. With `--db`, POST to any path stores the request body
 in that LMDB directory (opened like edgekube's: sync and metasync on) in one transaction of its own
-and answers 201 with the body once it is durable: the least work a durable create can take. Same TLS settings as edgekube: server cert/key, client
-certificates verified when offered (optional).
+and answers 201 with the body once it is durable: the least work a durable create can take.
+Same TLS settings as edgekube: server cert/key, client certificates verified when offered (optional).
 """
 
 from __future__ import annotations

@@ -11,13 +11,17 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import lmdb
 import msgpack
 
 from benchmarks import common
 from edgekube.store import store as store_mod
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -169,34 +173,51 @@ async def _interleaved(
     return out, counts, stats
 
 
-def run(duration: float, paced_rate: float, paced_duration: float) -> StoreResult:
-    """`duration` seconds per measurement, split into interleaved rounds of about a second."""
-    raw_dir = common.temp_dir("raw-lmdb")
-    ek1_dir = common.temp_dir("store-1")
-    ek32_dir = common.temp_dir("store-32")
+def _medians(rounds: list[Round]) -> dict[str, float]:
+    """The figures of a set of rounds: medians, and the median of the per-round ratios."""
+    med = statistics.median
+    return {
+        "raw_writes": med(r.raw_writes for r in rounds),
+        "raw_txn_ms": med(r.raw_txn_ms for r in rounds),
+        "edgekube_1": med(r.edgekube_1 for r in rounds),
+        "edgekube_32": med(r.edgekube_32 for r in rounds),
+        "ratio_1": med(r.edgekube_1 / r.raw_writes for r in rounds),
+        "ratio_32": med(r.edgekube_32 / r.raw_writes for r in rounds),
+    }
+
+
+def _rounds(
+    duration: float, label: str, then: Callable[[Path], T] | None = None
+) -> tuple[list[Round], dict[str, int], dict[str, object], T | None, Path]:
+    """Interleaved rounds of about a second each, `duration` seconds per measurement, in fresh
+    temporary databases; `then(raw database)` runs on the grown raw database before they go."""
+    raw_dir, ek1_dir, ek32_dir = (common.temp_dir(f"{label}{n}") for n in ("raw-lmdb", "store-1", "store-32"))
     n_rounds = max(1, round(duration))
     try:
         rounds, counts, stats = asyncio.run(_interleaved(raw_dir, ek1_dir, ek32_dir, n_rounds, duration / n_rounds))
-        paced_p50, paced_p99 = raw_lmdb_paced(raw_dir / "raw", paced_rate, paced_duration)
+        after = then(raw_dir / "raw") if then is not None else None
     finally:
         for d in (raw_dir, ek1_dir, ek32_dir):
             common.remove_dir(d)
+    return rounds, counts, stats, after, raw_dir.parent
+
+
+def run(duration: float, paced_rate: float, paced_duration: float) -> StoreResult:
+    """Every figure of the store section; see `_rounds` and `run_slow_disk`."""
+    rounds, counts, stats, paced, data_path = _rounds(
+        duration, "", lambda raw: raw_lmdb_paced(raw, paced_rate, paced_duration)
+    )
+    assert paced is not None
     slow, slow_skipped = run_slow_disk(min(duration, 3.0))
-    med = statistics.median
     return StoreResult(
-        edgekube_1=med(r.edgekube_1 for r in rounds),
-        edgekube_32=med(r.edgekube_32 for r in rounds),
-        raw_writes=med(r.raw_writes for r in rounds),
-        raw_txn_ms=med(r.raw_txn_ms for r in rounds),
-        ratio_1=med(r.edgekube_1 / r.raw_writes for r in rounds),
-        ratio_32=med(r.edgekube_32 / r.raw_writes for r in rounds),
+        **_medians(rounds),
         rounds=rounds,
         raw_count=counts["raw"],
-        raw_paced_p50_ms=paced_p50,
-        raw_paced_p99_ms=paced_p99,
+        raw_paced_p50_ms=paced[0],
+        raw_paced_p99_ms=paced[1],
         counts=counts,
         stats=stats,
-        data_path=raw_dir.parent,
+        data_path=data_path,
         slow_disk=slow,
         slow_disk_skipped=slow_skipped,
     )
@@ -247,22 +268,8 @@ def run_slow_disk(duration: float, iops: int = SLOW_DISK_IOPS) -> tuple[SlowDisk
 def _child(cgroup: Path, duration: float) -> None:
     """In the throttled cgroup: the interleaved rounds, printed as one JSON line."""
     (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-    raw_dir, ek1_dir, ek32_dir = (common.temp_dir(n) for n in ("slow-raw-lmdb", "slow-store-1", "slow-store-32"))
-    n_rounds = max(1, round(duration))
-    try:
-        rounds, _, _ = asyncio.run(_interleaved(raw_dir, ek1_dir, ek32_dir, n_rounds, duration / n_rounds))
-    finally:
-        for d in (raw_dir, ek1_dir, ek32_dir):
-            common.remove_dir(d)
-    med = statistics.median
-    print(json.dumps({
-        "raw_writes": med(r.raw_writes for r in rounds),
-        "raw_txn_ms": med(r.raw_txn_ms for r in rounds),
-        "edgekube_1": med(r.edgekube_1 for r in rounds),
-        "edgekube_32": med(r.edgekube_32 for r in rounds),
-        "ratio_1": med(r.edgekube_1 / r.raw_writes for r in rounds),
-        "ratio_32": med(r.edgekube_32 / r.raw_writes for r in rounds),
-    }))
+    rounds, _, _, _, _ = _rounds(duration, "slow-")
+    print(json.dumps(_medians(rounds)))
 
 
 if __name__ == "__main__":
