@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "watch-cache-size": 4096,
         "watcher-queue": 1000,
         "revision-reserve": 10000,
+        "preallocate-mb": 1,
     },
     "api": {
         "max-request-bytes": 3145728,
@@ -91,6 +92,7 @@ class StoreSettings:
     watch_cache_size: int
     watcher_queue: int
     revision_reserve: int
+    preallocate_mb: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,6 +322,7 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
             watch_cache_size=_int(s, "watch-cache-size", where_s, lo=1),
             watcher_queue=_int(s, "watcher-queue", where_s, lo=1),
             revision_reserve=_int(s, "revision-reserve", where_s, lo=1),
+            preallocate_mb=_int(s, "preallocate-mb", where_s, lo=0, hi=1024),
         ),
         api=ApiSettings(
             max_request_bytes=_int(a, "max-request-bytes", where_a, lo=1024),

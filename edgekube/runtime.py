@@ -91,6 +91,7 @@ class Runtime:
                 watch_cache_size=cfg.store.watch_cache_size,
                 watcher_queue=cfg.store.watcher_queue,
                 revision_reserve=cfg.store.revision_reserve,
+                preallocate_mb=cfg.store.preallocate_mb,
             ),
             memory_prefixes=memory_prefixes,
         )

@@ -1,0 +1,135 @@
+"""Room written ahead of the LMDB file's end: commits then write into blocks the file already has.
+
+Real file systems: the test's own directory and small tmpfs mounts the tests make and remove
+(needs root, as CI runs)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgekube.store import errors, lmdb_log, records
+from edgekube.store import store as store_mod
+
+MiB = 1 << 20
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (needs root)")
+
+
+def _batch(first: int, n: int, size: int = 500) -> list[lmdb_log.Write]:
+    return [
+        lmdb_log.Write(
+            op=records.Op.CREATE,
+            key=f"/core/configmaps/ns/c{rev:06d}",
+            obj={"metadata": {"name": f"c{rev}"}, "data": {"x": "y" * size}},
+            expect_revision=None,
+            revision=rev,
+        )
+        for rev in range(first, first + n)
+    ]
+
+
+def _used(db: lmdb_log.LmdbLog) -> int:
+    return (db._env.info()["last_pgno"] + 1) * db._page_size
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[list[Path]]:
+    """Mount points made with `mount(size)`; unmounted at the end, even when the test fails."""
+    mounted: list[Path] = []
+    yield mounted
+    for m in reversed(mounted):
+        # Lazily: a failed test may still hold the database open.
+        subprocess.run(["umount", "-l", str(m)], check=False)
+
+
+def _mount(where: Path, size: str, mounted: list[Path]) -> Path:
+    where.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    mounted.append(where)
+    return where
+
+
+def test_room_ahead_is_zero_filled_in_chunks_and_the_database_reopens_whole(tmp_path: Path) -> None:
+    db = lmdb_log.LmdbLog(tmp_path / "db", map_size=64 * MiB, max_size=64 * MiB, preallocate=MiB)
+    data = tmp_path / "db" / "data.mdb"
+    rev, sizes = 1, set()
+    for _ in range(60):
+        db.commit(_batch(rev, 32), meta_rev=rev + 31, reserved=None)
+        rev += 32
+        size = data.stat().st_size
+        sizes.add(size)
+        # Each commit fit in the room written before it (half a chunk or more); never past the map.
+        assert size > _used(db)
+        assert size <= 64 * MiB
+    with open(data, "rb") as f:
+        f.seek(_used(db))
+        assert f.read() == bytes(data.stat().st_size - _used(db))
+    # ~2 MiB of records in 60 commits: the file grew a few times, each by half a chunk or more.
+    grown = sorted(sizes)
+    assert len(grown) >= 2
+    assert all(b - a >= MiB // 2 for a, b in itertools.pairwise(grown))
+    db.close()
+
+    again = lmdb_log.LmdbLog(tmp_path / "db", map_size=16 * MiB, max_size=64 * MiB)
+    assert again.state()[0] == rev - 1
+    keys = [r.key for r in again.iter_records()]
+    assert keys == [f"/core/configmaps/ns/c{i:06d}" for i in range(1, rev)]
+    again.close()
+
+
+def test_room_ahead_stops_at_the_map_size(tmp_path: Path) -> None:
+    db = lmdb_log.LmdbLog(tmp_path / "db", map_size=MiB, max_size=MiB, preallocate=4 * MiB)
+    db.commit(_batch(1, 4), meta_rev=4, reserved=None)
+    assert (tmp_path / "db" / "data.mdb").stat().st_size == MiB
+    with pytest.raises(errors.StoreFullError, match="maximum size"):
+        for first in range(5, 10_000, 8):
+            db.commit(_batch(first, 8, size=2000), meta_rev=first + 7, reserved=None)
+    db.close()
+
+
+@needs_root
+def test_a_disk_too_full_for_room_ahead_still_commits_then_reports_it_full(tmp_path: Path, tmpfs: list[Path]) -> None:
+    fs = _mount(tmp_path / "small", "2m", tmpfs)
+    db = lmdb_log.LmdbLog(fs / "db", map_size=64 * MiB, max_size=64 * MiB, preallocate=8 * MiB)
+    committed = 0
+    with pytest.raises(errors.StoreFullError, match="no space left"):
+        for first in range(1, 100_000, 16):
+            db.commit(_batch(first, 16), meta_rev=first + 15, reserved=None)
+            committed = first + 15
+    # The zeros took what the disk had, and the commits used that room: well over a MiB of records.
+    assert committed * 500 > MiB
+    db.close()
+    subprocess.run(["mount", "-o", "remount,size=16m", str(fs)], check=True)
+    again = lmdb_log.LmdbLog(fs / "db", map_size=64 * MiB, max_size=64 * MiB)
+    assert again.state()[0] == committed
+    assert sum(1 for _ in again.iter_records()) == committed
+    again.close()
+
+
+@needs_root
+def test_file_system_type_comes_from_the_mount_table(tmp_path: Path, tmpfs: list[Path]) -> None:
+    spaced = _mount(tmp_path / "a dir with spaces", "1m", tmpfs)
+    assert lmdb_log.file_system_type(spaced / "db") == "tmpfs"
+    assert not lmdb_log.preallocation_helps(spaced)
+    here = subprocess.run(
+        ["findmnt", "-n", "-o", "FSTYPE", "--target", str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert lmdb_log.file_system_type(tmp_path) == here
+    assert lmdb_log.preallocation_helps(tmp_path) == (here in ("ext2", "ext3", "ext4", "xfs"))
+
+
+@needs_root
+async def test_store_writes_no_room_ahead_where_it_would_not_help(tmp_path: Path, tmpfs: list[Path]) -> None:
+    fs = _mount(tmp_path / "mem", "32m", tmpfs)
+    s = store_mod.Store(store_mod.StoreConfig(path=fs, map_size_mb=16, compaction_interval_seconds=0), memory_prefixes=[])
+    await s.start()
+    for i in range(64):
+        await s.create(f"/core/configmaps/ns/c{i}", {"metadata": {"name": f"c{i}"}})
+    await s.close()
+    assert (fs / "db" / "data.mdb").stat().st_size < MiB // 2
