@@ -342,15 +342,18 @@ class LmdbLog:
 
     def _apply(self, txn: Any, w: Write) -> Outcome:
         raw_key = w.key.encode()
-        raw_cur = txn.get(raw_key, db=self._index)
-        cur = rev_int(raw_cur) if raw_cur is not None else 0
+        raw_rev = rev_bytes(w.revision)
         if w.op is records.Op.CREATE:
-            if raw_cur is not None:
+            # One index lookup: the entry goes in only where there is none.
+            if not txn.put(raw_key, raw_rev, db=self._index, overwrite=False):
                 return errors.KeyExistsError(w.key)
+            cur = 0
             prev_value = None
         else:
+            raw_cur = txn.get(raw_key, db=self._index)
             if raw_cur is None:
                 return errors.NotFoundError(w.key)
+            cur = rev_int(raw_cur)
             if w.expect_revision is not None and w.expect_revision != cur:
                 return errors.ConflictError(w.key, expected=w.expect_revision, actual=cur)
             prev_value = _unpack_record(cur, txn.get(raw_cur, db=self._log)).value
@@ -362,12 +365,11 @@ class LmdbLog:
             obj = w.obj
         _set_resource_version(obj, w.revision)
         value: bytes = self._pack(obj)
-        raw_rev = rev_bytes(w.revision)
         # Revisions only grow: appending fills log pages instead of splitting them in half.
         txn.put(raw_rev, self._pack([w.key, int(w.op), cur, value]), db=self._log, append=True)
         if w.op is records.Op.DELETE:
             txn.delete(raw_key, db=self._index)
-        else:
+        elif w.op is records.Op.UPDATE:
             txn.put(raw_key, raw_rev, db=self._index)
         return Applied(revision=w.revision, value=value, prev_value=prev_value)
 
