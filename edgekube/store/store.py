@@ -34,8 +34,9 @@ from edgekube.store import errors, lmdb_log, memory, records, watch
 log = logging.getLogger(__name__)
 
 _REPLAY_LIMIT = 1_000_000
-T = TypeVar("T")
 _ALL_WATCHER_LIMIT = 100_000
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,16 +374,21 @@ class _WriterThread:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
+        self._stopped = False
 
     def run(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        if self._stopped:
+            raise errors.ClosedError("the store is closed")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._jobs.put((job, fut))
         return fut
 
     def stop(self) -> None:
         """Finish the jobs given so far, then end the thread."""
-        self._jobs.put(None)
-        self._thread.join()
+        if not self._stopped:
+            self._stopped = True
+            self._jobs.put(None)
+            self._thread.join()
 
     def _run(self) -> None:
         while (item := self._jobs.get()) is not None:

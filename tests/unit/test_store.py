@@ -251,3 +251,14 @@ async def test_scan_at_an_earlier_revision_is_a_consistent_snapshot(tmp_path: Pa
         "k0": "0", "k1": "0", "k2": "1", "k4": "new", "k5": "0"}
     assert mid == s.compacted
     await s.close()
+
+
+async def test_a_closed_store_refuses_work_instead_of_hanging(tmp_path: Path) -> None:
+    s = await _open(tmp_path, compaction_window=1)
+    for i in range(3):
+        await s.create(f"/core/configmaps/ns/c{i}", _obj(f"c{i}"))
+    await s.close()
+    with pytest.raises(errors.ClosedError):
+        s.create("/core/configmaps/ns/late", _obj("late"))
+    with pytest.raises(errors.ClosedError):
+        await asyncio.wait_for(s.compact(), 5)
