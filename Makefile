@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 # Nuitka; the rest are used by the kubelet and network tests of later issues (installing them is
 # cheap). kubectl is NOT here: the machines ship it, and tools/fetch_kube_tools.py adds 1.36.
 APT_PACKAGES := python3-venv python3-dev gcc patchelf ccache \
-                runc umoci skopeo busybox-static docker-registry nftables iproute2
+                runc umoci skopeo busybox-static docker-registry nftables iproute2 e2fsprogs
 
 STAMP_APT  := $(VENV)/.stamp-apt
 STAMP_PIP  := $(VENV)/.stamp-pip

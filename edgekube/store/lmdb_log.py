@@ -169,6 +169,7 @@ class LmdbLog:
         self._preallocate = preallocate
         self._data_fd = -1
         self._allocated = 0
+        self._retry_after = 0
         if preallocate > 0:
             self._data_fd = os.open(path / "data.mdb", os.O_RDWR | os.O_CLOEXEC)
             self._allocated = os.fstat(self._data_fd).st_size
@@ -273,8 +274,6 @@ class LmdbLog:
         A write that fails its precondition gets its error and changes nothing; the others
         still commit. If the transaction itself fails (disk full, I/O error), every write fails.
         """
-        if self._data_fd >= 0:
-            self._keep_room_ahead()
         for attempt in range(2):
             try:
                 return self._commit_once(writes, meta_rev=meta_rev, reserved=reserved)
@@ -286,7 +285,7 @@ class LmdbLog:
                     f"{self._max_size // (1 << 20)} MiB (store.max-size-mb)"
                 ) from None
             except lmdb.Error as exc:
-                if _is_enospc(exc) or self._out_of_space():
+                if _is_enospc(exc) or (_is_eio(exc) and self._out_of_space()):
                     raise errors.StoreFullError(f"no space left on the device holding {self._path}") from exc
                 raise errors.StoreError(f"database write failed at {self._path}: {exc}") from exc
         raise AssertionError("unreachable")
@@ -295,22 +294,26 @@ class LmdbLog:
         """Zero-fill the next chunk of the file when less than half a chunk is left after the
         database's last page (never past the map size: LMDB maps no further)."""
         info = self._env.info()
+        # The file ends at LMDB's last page (or later, at our zeros); never write below it.
         used = (info["last_pgno"] + 1) * self._page_size
-        if self._allocated - used >= self._preallocate // 2:
+        if self._allocated - used >= self._preallocate // 2 or used < self._retry_after:
             return
         end = min(used + self._preallocate, info["map_size"])
         fd, pos = self._data_fd, max(self._allocated, used)
+        if pos >= end:
+            return  # at the map's end: nothing to add until the map grows
         try:
             while pos < end:
                 pos += os.pwrite(fd, _ZEROS[: end - pos], pos)
             os.fdatasync(fd)
         except OSError as exc:
-            # A full disk: commits go on growing the file themselves (and report the full disk
-            # if their own pages no longer fit). Tried again once the database has moved on.
-            log.info("could not write room ahead in %s: %s", self._path, exc)
-            self._allocated = os.fstat(fd).st_size + self._preallocate
+            # Commits go on growing the file themselves (and report a full disk if their own
+            # pages no longer fit). Tried again once the database has grown half a chunk.
+            log.warning("could not write room ahead in %s: %s", self._path, exc)
+            self._allocated = max(used, os.fstat(fd).st_size)
+            self._retry_after = used + self._preallocate // 2
             return
-        self._allocated = max(self._allocated, end)
+        self._allocated = end
 
     def _out_of_space(self) -> bool:
         """Whether the disk is (all but) full: LMDB reports a write cut short by a full disk as
@@ -319,8 +322,9 @@ class LmdbLog:
             st = os.statvfs(self._path)
         except OSError:
             return False
-        free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
-        return free < _LOW_SPACE
+        # f_bavail, even for root: ext4 keeps clusters that nobody may take, and counts them
+        # in f_bfree; once a write of root's fails for space, f_bavail is 0.
+        return st.f_bavail * st.f_frsize < _LOW_SPACE
 
     def _grow(self) -> bool:
         current = self._env.info()["map_size"]
@@ -332,6 +336,10 @@ class LmdbLog:
     def _commit_once(self, writes: list[Write], *, meta_rev: int, reserved: int | None) -> list[Outcome]:
         outcomes: list[Outcome] = []
         with self._env.begin(write=True, buffers=False) as txn:
+            if self._data_fd >= 0:
+                # Inside the write transaction: LMDB's writer lock is held, and none of this
+                # transaction's pages are written yet (they go out at commit).
+                self._keep_room_ahead()
             for w in writes:
                 outcomes.append(self._apply(txn, w))
             if meta_rev > self._meta_int(txn, _META_REV):
@@ -485,6 +493,10 @@ class LmdbLog:
 
     def disk_usage(self) -> int:
         return sum(f.stat().st_size for f in self._path.iterdir() if f.is_file())
+
+
+def _is_eio(exc: lmdb.Error) -> bool:
+    return os.strerror(errno.EIO) in str(exc)
 
 
 def _is_enospc(exc: lmdb.Error) -> bool:

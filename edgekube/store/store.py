@@ -77,11 +77,13 @@ class Store:
     def __init__(self, config: StoreConfig, *, memory_prefixes: Iterable[str]) -> None:
         self._config = config
         self._memory_prefixes = tuple(memory_prefixes)
+        db_path = config.path / "db"
+        db_path.mkdir(parents=True, exist_ok=True)
         self._db = lmdb_log.LmdbLog(
-            config.path / "db",
+            db_path,
             map_size=config.map_size_mb << 20,
             max_size=config.max_size_mb << 20,
-            preallocate=(config.preallocate_mb << 20) if lmdb_log.preallocation_helps(config.path) else 0,
+            preallocate=(config.preallocate_mb << 20) if lmdb_log.preallocation_helps(db_path) else 0,
         )
         self._memory = memory.MemoryTier(max_per_resource=config.memory_max_per_resource)
         self._snapshot = config.path / "db" / "memory.snapshot"
@@ -393,11 +395,13 @@ class _WriterThread:
     def _run(self) -> None:
         while (item := self._jobs.get()) is not None:
             job, fut = item
+            if fut.cancelled():
+                continue  # nobody waits for it (a compaction batch given up at close)
             result: Any = None
-            error: Exception | None = None
+            error: BaseException | None = None
             try:
                 result = job()
-            except Exception as exc:
+            except BaseException as exc:  # the thread must outlive any job, or callers wait forever
                 error = exc
             try:
                 fut.get_loop().call_soon_threadsafe(_settle, fut, result, error)
@@ -405,7 +409,7 @@ class _WriterThread:
                 pass  # the loop is closed: nobody waits for this any more
 
 
-def _settle(fut: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if fut.done():
         return
     if error is not None:

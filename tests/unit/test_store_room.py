@@ -38,9 +38,29 @@ def _used(db: lmdb_log.LmdbLog) -> int:
     return (db._env.info()["last_pgno"] + 1) * db._page_size
 
 
+def _fill_until_full(path: Path, *, preallocate: int) -> int:
+    """Commit groups of 16 until the disk is full (which must be a StoreFullError saying so);
+    the last revision committed."""
+    db = lmdb_log.LmdbLog(path, map_size=128 * MiB, max_size=128 * MiB, preallocate=preallocate)
+    committed = 0
+    with pytest.raises(errors.StoreFullError, match="no space left"):
+        for first in range(1, 1_000_000, 16):
+            db.commit(_batch(first, 16), meta_rev=first + 15, reserved=None)
+            committed = first + 15
+    db.close()
+    return committed
+
+
+def _all_there(path: Path, committed: int) -> None:
+    again = lmdb_log.LmdbLog(path, map_size=128 * MiB, max_size=128 * MiB)
+    assert again.state()[0] == committed
+    assert sum(1 for _ in again.iter_records()) == committed
+    again.close()
+
+
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[list[Path]]:
-    """Mount points made with `mount(size)`; unmounted at the end, even when the test fails."""
+    """Mount points the test made (tmpfs, a loop-mounted image); unmounted at the end, even when it fails."""
     mounted: list[Path] = []
     yield mounted
     for m in reversed(mounted):
@@ -83,12 +103,36 @@ def test_room_ahead_is_zero_filled_in_chunks_and_the_database_reopens_whole(tmp_
     again.close()
 
 
-def test_room_ahead_stops_at_the_map_size(tmp_path: Path) -> None:
+def test_commits_larger_than_the_room_keep_every_page(tmp_path: Path) -> None:
+    # Each commit (~1.3 MiB) outgrows the room written before it, so the next fill starts at
+    # LMDB's last page, not at the end of the old zeros: a fill that wrote below it would
+    # overwrite committed pages.
+    db = lmdb_log.LmdbLog(tmp_path / "db", map_size=64 * MiB, max_size=64 * MiB, preallocate=MiB)
+    rev = 1
+    for _ in range(6):
+        db.commit(_batch(rev, 400, size=3000), meta_rev=rev + 399, reserved=None)
+        rev += 400
+    db.close()
+    again = lmdb_log.LmdbLog(tmp_path / "db", map_size=64 * MiB, max_size=64 * MiB)
+    got = list(again.iter_records())
+    assert [r.revision for r in got] == list(range(1, rev))
+    assert again.get("/core/configmaps/ns/c002399") is not None
+    again.close()
+
+
+def test_room_ahead_stops_at_the_map_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = lmdb_log.LmdbLog(tmp_path / "db", map_size=MiB, max_size=MiB, preallocate=4 * MiB)
     db.commit(_batch(1, 4), meta_rev=4, reserved=None)
     assert (tmp_path / "db" / "data.mdb").stat().st_size == MiB
+    # At the map's end there is nothing to add: no more syncs of our own.
+    syncs: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(lmdb_log.os, "fdatasync", lambda fd: (syncs.append(fd), real(fd))[1])
+    for first in range(5, 45, 4):
+        db.commit(_batch(first, 4), meta_rev=first + 3, reserved=None)
+    assert syncs == []
     with pytest.raises(errors.StoreFullError, match="maximum size"):
-        for first in range(5, 10_000, 8):
+        for first in range(45, 10_000, 8):
             db.commit(_batch(first, 8, size=2000), meta_rev=first + 7, reserved=None)
     db.close()
 
@@ -96,20 +140,28 @@ def test_room_ahead_stops_at_the_map_size(tmp_path: Path) -> None:
 @needs_root
 def test_a_disk_too_full_for_room_ahead_still_commits_then_reports_it_full(tmp_path: Path, tmpfs: list[Path]) -> None:
     fs = _mount(tmp_path / "small", "2m", tmpfs)
-    db = lmdb_log.LmdbLog(fs / "db", map_size=64 * MiB, max_size=64 * MiB, preallocate=8 * MiB)
-    committed = 0
-    with pytest.raises(errors.StoreFullError, match="no space left"):
-        for first in range(1, 100_000, 16):
-            db.commit(_batch(first, 16), meta_rev=first + 15, reserved=None)
-            committed = first + 15
+    committed = _fill_until_full(fs / "db", preallocate=8 * MiB)
     # The zeros took what the disk had, and the commits used that room: well over a MiB of records.
     assert committed * 500 > MiB
-    db.close()
     subprocess.run(["mount", "-o", "remount,size=16m", str(fs)], check=True)
-    again = lmdb_log.LmdbLog(fs / "db", map_size=64 * MiB, max_size=64 * MiB)
-    assert again.state()[0] == committed
-    assert sum(1 for _ in again.iter_records()) == committed
-    again.close()
+    _all_there(fs / "db", committed)
+
+
+@needs_root
+def test_a_full_ext4_disk_is_reported_full_not_as_an_io_error(tmp_path: Path, tmpfs: list[Path]) -> None:
+    # ext4 keeps clusters even root may not take; LMDB reports the short write as EIO.
+    image = tmp_path / "ext4.img"
+    with open(image, "wb") as f:
+        f.truncate(64 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", str(image)], check=True)
+    fs = tmp_path / "ext4"
+    fs.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(fs)], check=True)
+    tmpfs.append(fs)
+    assert lmdb_log.preallocation_helps(fs)
+    committed = _fill_until_full(fs / "db", preallocate=MiB)
+    assert committed * 500 > 16 * MiB
+    _all_there(fs / "db", committed)
 
 
 @needs_root
