@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edgekube import KUBE_VERSION, __version__, runtime
 from edgekube import config as config_mod
-from edgekube._cogs import memory
+from edgekube._cogs import dirlock, memory
 from edgekube.kubelet import images as images_mod
 
 
@@ -148,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rt = runtime.Runtime(cfg)
     try:
         return asyncio.run(rt.run())
+    except dirlock.LockedError as exc:
+        print(f"edgekube: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"edgekube: {exc}", file=sys.stderr)
         return 1

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
-from edgekube._cogs import memory, tasks
+from edgekube._cogs import dirlock, memory, tasks
 from edgekube.api import errors, pki, server
 from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import resources, rest
@@ -57,6 +57,7 @@ class Runtime:
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self.kubeconfig = cfg.data_dir / "kubeconfig.yaml"
+        self.lock = dirlock.DirLock(cfg.data_dir)
         self.node_name = cfg.node_name or socket.gethostname().lower()
         self.metrics = metrics_mod.MetricsStore()  # fed by the kubelet, read by the autoscaler
         self._control_plane: list[str] = []  # task names, stopped before the store closes
@@ -73,7 +74,8 @@ class Runtime:
 
     async def start(self) -> None:
         cfg = self.cfg
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything in the data dir is read or written: one process per data dir.
+        self.lock.acquire()
         # First, while this process has no other thread: pki issues in a forked child then.
         names, addresses = pki.host_identities()
         service_ip = str(ipaddress.ip_network(cfg.service_cidr).network_address + 1)
@@ -258,6 +260,8 @@ class Runtime:
 
     async def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT or a component failure, stop. Returns the exit code."""
+        # A second server on this data dir stops here, with one line and nothing touched.
+        self.lock.acquire()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -302,6 +306,7 @@ class Runtime:
             await self.store.close()
             self.store = None
         await self.supervisor.stop()
+        self.lock.release()
         log.info("edgekube stopped")
 
 

@@ -10,6 +10,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Server
 
 
@@ -94,3 +96,38 @@ def test_sigterm_stops_cleanly_and_keeps_leases(tmp_path: Path) -> None:
             assert json.loads(r.read())["spec"]["holderIdentity"] == "n1"
     finally:
         server.close()
+
+
+def test_second_server_on_the_same_data_dir_exits_with_one_line(tmp_path: Path) -> None:
+    """Two servers on one data dir would both write (lost objects, repeated resourceVersions):
+    the second one exits at once, with one line naming the data dir and the holder, and the
+    first one goes on serving, its data untouched."""
+    first = Server(tmp_path / "data")
+    first.start()
+    try:
+        ctx = _ctx(first)
+        body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kept"}}).encode()
+        req = urllib.request.Request(f"{first.url}/api/v1/namespaces/default/configmaps", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
+            rv = json.loads(r.read())["metadata"]["resourceVersion"]
+        crt = (first.data_dir / "tls" / "server.crt").read_bytes()
+        second = Server(first.data_dir)
+        second.log_path = tmp_path / "second.log"
+        with pytest.raises(RuntimeError, match="exited with 1"):
+            second.start(timeout=20)
+        out = second.log_path.read_text().strip().splitlines()
+        assert len(out) == 1, out
+        assert first.proc is not None
+        assert str(first.data_dir) in out[0] and f"pid {first.proc.pid}" in out[0], out
+        # The first server still serves, and nothing of its data dir changed.
+        assert (first.data_dir / "tls" / "server.crt").read_bytes() == crt
+        url = f"{first.url}/api/v1/namespaces/default/configmaps/kept"
+        with urllib.request.urlopen(url, context=ctx, timeout=5) as r:
+            assert json.loads(r.read())["metadata"]["resourceVersion"] == rv
+        # Once the first one stopped, the lock is free again (and after a kill -9 too).
+        first.kill()
+        second.start()
+        second.close()
+    finally:
+        first.close()
