@@ -94,6 +94,12 @@ def forbidden(message: str) -> APIError:
     return APIError(403, "Forbidden", message)
 
 
+def forbidden_object(plural: str, name: str, why: str, *, group: str = "") -> APIError:
+    """Upstream's NewForbidden: `<resource> "<name>" is forbidden: <why>`, with details."""
+    return APIError(403, "Forbidden", f'{qualified(plural, group)} "{name}" is forbidden: {why}',
+                    details=_details(name, group, plural))
+
+
 def not_found(plural: str, name: str | None, *, group: str = "") -> APIError:
     what = qualified(plural, group)
     msg = f'{what} "{name}" not found' if name else "the server could not find the requested resource"

@@ -406,6 +406,22 @@ def test_namespace_delete_keeps_it_terminating(kubectl: Kubectl) -> None:
     assert refused.returncode != 0 and "is being terminated" in refused.stderr
 
 
+def test_system_namespaces_may_not_be_deleted(kubectl: Kubectl) -> None:
+    """As upstream's NamespaceLifecycle (kube-node-lease too: the node's leases live there):
+    refused with 403 whatever the options, and creates into them keep working."""
+    for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
+        for extra in ((), ("--dry-run=server",), ("--grace-period=0", "--force")):
+            refused = kubectl.run("delete", "namespace", ns, "--wait=false", *extra, namespaced=False, check=False)
+            assert refused.returncode != 0, (ns, extra, refused.stdout)
+            assert f'Error from server (Forbidden): namespaces "{ns}" is forbidden: this namespace may not be deleted' \
+                in refused.stderr, refused.stderr
+        got = kubectl.json("get", "namespace", ns)
+        assert got["status"]["phase"] == "Active" and "deletionTimestamp" not in got["metadata"]
+        name = f"after-{kubectl.version.replace('.', '')}"
+        kubectl.run("create", "configmap", name, "-n", ns, namespaced=False)
+        kubectl.run("delete", "configmap", name, "-n", ns, namespaced=False)
+
+
 def test_create_generators(kubectl: Kubectl) -> None:
     """`kubectl create <kind>` builds typed objects; kubectl 1.36 sends them as protobuf."""
     kubectl.run("create", "configmap", "gen-cm", "--from-literal=a=1", "--from-literal=empty=")

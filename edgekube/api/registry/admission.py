@@ -194,11 +194,7 @@ def check(
 
 def _forbidden(info: resources.ResourceInfo, obj: JSON, why: str) -> errors.APIError:
     name = (obj.get("metadata") or {}).get("name") or (obj.get("metadata") or {}).get("generateName") or ""
-    details: JSON = {"name": name, "kind": info.plural}
-    if info.group:
-        details["group"] = info.group
-    return errors.APIError(403, "Forbidden", f'{errors.qualified(info.plural, info.group)} "{name}" is forbidden: {why}',
-                           details=details)
+    return errors.forbidden_object(info.plural, name, why, group=info.group)
 
 
 def _aggregate(messages: list[str]) -> str:

@@ -737,6 +737,11 @@ class Registry:
         options: DeleteOptions = DeleteOptions(),
     ) -> tuple[JSON, bool]:
         """Returns (object, deleted_now). Not deleted now: marked with deletionTimestamp."""
+        if info.gk == "Namespace" and name in _SYSTEM_NAMESPACES:
+            # Upstream's NamespaceLifecycle admission (which spares kube-node-lease; here the
+            # node's leases live in it too, so it is kept as well): the cluster's own objects
+            # live in these, and creates into a missing one fail until the next boot.
+            raise errors.forbidden_object(info.plural, name, "this namespace may not be deleted")
         for _ in range(_CONFLICT_RETRIES):
             item = self.store.get(info.key(name, namespace))
             if item is None:
