@@ -38,6 +38,7 @@ from edgekube.controllers import manager
 from edgekube.kubelet import kubelet as kubelet_mod
 from edgekube.kubelet import logs as kubelet_logs
 from edgekube.scheduler import scheduler as scheduler_mod
+from edgekube.store import errors as store_errors
 from edgekube.store import store as store_mod
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,11 @@ class Runtime:
         self.registry.sync_crds()
         await self.registry.resume_crd_deletions()
 
-        await self._ensure_kubernetes_service(service_ip=service_ip, addresses=addresses)
+        try:
+            await self._ensure_kubernetes_service(service_ip=service_ip, addresses=addresses)
+        except (errors.APIError, store_errors.StoreError) as exc:
+            # Serving without it beats not serving at all (a damaged record, a full disk).
+            log.error("could not write the default/kubernetes Service and its endpoints: %s", exc)
         host = "127.0.0.1" if cfg.bind_address in ("0.0.0.0", "::", "", "127.0.0.1") else cfg.bind_address
         url = f"https://{_url_host(host)}:{cfg.https_port}"
         pki.write_kubeconfig(self.kubeconfig, server_url=url, pki=the_pki)

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from edgekube.api import discovery, errors, handlers, openapi, openapi_pb, pki, podlogs
 from edgekube.api.registry import rest
+from edgekube.store import errors as store_errors
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except errors.APIError as err:
         return _status_response(err)
+    except store_errors.CorruptRecordError as exc:
+        # A stored object that cannot be decoded: the server's fault, named, never a crash.
+        return _status_response(rest.damaged(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         return _status_response(errors.request_too_large(exc.max_size if hasattr(exc, "max_size") else 0))
     except web.HTTPNotFound:

@@ -83,8 +83,7 @@ async def serve(request: web.Request, registry: rest.Registry, spec: WatchSpec) 
     if spec.send_initial_events or rv in ("", "0"):
         page = store.scan(prefix)
         since = int(page.revision)
-        for item in page.items:
-            obj = item.object()
+        for _, obj in store.objects(page.items, reader="a watch"):
             if spec.accept is None or spec.accept(obj):
                 initial.append(obj)
     else:
@@ -107,7 +106,7 @@ async def serve(request: web.Request, registry: rest.Registry, spec: WatchSpec) 
             await writer.event("ADDED", obj)
         if spec.send_initial_events and spec.bookmarks:
             await writer.bookmark(since, initial_end=True)
-        await _pump(watcher, writer, spec, store_revision=lambda: store.revision)
+        await _pump(watcher, writer, spec, store_revision=lambda: store.revision, damage=store.damage)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -115,7 +114,8 @@ async def serve(request: web.Request, registry: rest.Registry, spec: WatchSpec) 
     return response
 
 
-async def _pump(watcher: Any, writer: _Writer, spec: WatchSpec, *, store_revision: Callable[[], int]) -> None:
+async def _pump(watcher: Any, writer: _Writer, spec: WatchSpec, *, store_revision: Callable[[], int],
+                damage: records.Damage) -> None:
     deadline = time.monotonic() + spec.timeout
     next_bookmark = time.monotonic() + spec.bookmark_interval
     last_sent = 0
@@ -135,7 +135,11 @@ async def _pump(watcher: Any, writer: _Writer, spec: WatchSpec, *, store_revisio
                 await writer.bookmark(rev)
                 next_bookmark = time.monotonic() + spec.bookmark_interval
             continue
-        out = _filter(ev, spec.accept)
+        try:
+            out = _filter(ev, spec.accept)
+        except store_errors.CorruptRecordError as exc:
+            damage.note(exc, reader="a watch")
+            out = None
         if out is not None:
             await writer.event(out[0], out[1])
         last_sent = ev.revision

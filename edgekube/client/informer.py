@@ -90,6 +90,8 @@ class Informer:
             lambda since: self._client.watch(self.api_version, self.kind, since=since),
             self._apply,
             on_synced=self.synced.set,
+            damage=self._client.damage,
+            reader=f"the {self.kind} informer",
         )
 
     def _relist(self) -> int:
@@ -177,9 +179,14 @@ async def list_and_watch(
     apply: Callable[[records.Event], None],
     *,
     on_synced: Callable[[], None],
+    damage: records.Damage,
+    reader: str,
 ) -> None:
     """List (`relist` returns the list's revision), then apply watch events from there; list again
-    whenever the watch ends (a dropped slow watcher) or its revision was compacted."""
+    whenever the watch ends (a dropped slow watcher) or its revision was compacted.
+
+    An event whose object cannot be decoded is noted in `damage` and skipped: one damaged record
+    must not stop a consumer (and with it the server, at every boot)."""
     while True:
         since = relist()
         on_synced()
@@ -192,7 +199,10 @@ async def list_and_watch(
                 ev = await watcher.next()
                 if ev is None:
                     break
-                apply(ev)
+                try:
+                    apply(ev)
+                except store_errors.CorruptRecordError as exc:
+                    damage.note(exc, reader=reader)
         finally:
             watcher.close()
         await asyncio.sleep(0.1)
@@ -208,7 +218,7 @@ async def follow_names(client: LocalClient, api_version: str, kind: str,
         _safely(changed, namespace, name)
 
     await list_and_watch(client.revision, lambda since: client.watch(api_version, kind, since=since), apply,
-                         on_synced=lambda: None)
+                         on_synced=lambda: None, damage=client.damage, reader=f"the {kind} name watch")
 
 
 def _safely(fn: Callable[..., None], *args: Any) -> None:

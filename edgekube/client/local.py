@@ -26,6 +26,11 @@ class LocalClient:
     def catalog(self) -> resources.Catalog:
         return self._registry.catalog
 
+    @property
+    def damage(self) -> records.Damage:
+        """Where readers note the stored records they had to skip (undecodable)."""
+        return self._registry.store.damage
+
     def list_info(self, info: resources.ResourceInfo, *, namespace: str | None = None) -> rest.ListResult:
         return self._registry.list(info, namespace=namespace)
 

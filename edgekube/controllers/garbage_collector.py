@@ -55,14 +55,15 @@ class GarbageCollector(Controller):
 
     async def watch(self) -> None:
         await informer.list_and_watch(
-            self._relist, lambda since: self._client.watch_all(since=since), self._event, on_synced=self.synced.set
+            self._relist, lambda since: self._client.watch_all(since=since), self._event, on_synced=self.synced.set,
+            damage=self._client.damage, reader="the garbage collector",
         )
 
     def _relist(self) -> int:
         page = self._client.scan_all()
         fresh = {}
-        for item in page.items:
-            node = self._node(item.key, item.object())
+        for item, obj in records.objects(page.items, damage=self._client.damage, reader="the garbage collector"):
+            node = self._node(item.key, obj)
             if node is not None:
                 fresh[node.uid] = node
         gone = set(self._nodes) - set(fresh)

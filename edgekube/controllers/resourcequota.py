@@ -77,7 +77,8 @@ class ResourceQuotaController(Controller):
 
     async def _watch(self) -> None:
         await informer.list_and_watch(
-            self._relist, lambda since: self._client.watch_all(since=since), self._event, on_synced=lambda: None
+            self._relist, lambda since: self._client.watch_all(since=since), self._event, on_synced=lambda: None,
+            damage=self._client.damage, reader="the resource quota controller",
         )
 
     def _relist(self) -> int:

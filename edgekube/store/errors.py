@@ -44,5 +44,18 @@ class StoreFullError(StoreError):
     """The database cannot grow any further (map or disk full)."""
 
 
+class CorruptRecordError(StoreError):
+    """A stored record that cannot be decoded (damaged on disk, or written by a version that let
+    through what msgpack cannot read back). Readers skip it and go on; it names the key so that
+    `edgekube store check` and a delete through the API can deal with it."""
+
+    def __init__(self, key: str, *, revision: int, detail: str) -> None:
+        what = f"stored object {key}" if key else "a stored log record"
+        super().__init__(f"{what} (revision {revision}) cannot be decoded: {detail}")
+        self.key = key
+        self.revision = revision
+        self.detail = detail
+
+
 class ClosedError(StoreError):
     """The store is shutting down."""

@@ -110,9 +110,18 @@ def _set_resource_version(obj: dict[str, Any], rev: int) -> None:
     meta["resourceVersion"] = str(rev)
 
 
-def _unpack_record(rev: int, data: bytes) -> LogRecord:
-    key, op, prev, value = msgpack.unpackb(data, raw=False)
-    return LogRecord(revision=rev, key=key, op=records.Op(op), prev_revision=prev, value=value)
+def _unpack_record(rev: int, data: bytes, *, key: str = "") -> LogRecord:
+    """A log record from its bytes; `CorruptRecordError` (naming `key` when the caller knows it)
+    when they are not one."""
+    try:
+        rkey, op, prev, value = msgpack.unpackb(data, raw=False)
+        rec = LogRecord(revision=rev, key=rkey, op=records.Op(op), prev_revision=prev, value=value)
+    except Exception as exc:  # damaged bytes: msgpack's errors, a wrong shape, an unknown op
+        raise errors.CorruptRecordError(key, revision=rev, detail=f"log record: {type(exc).__name__}: {exc}") from None
+    if not (isinstance(rec.key, str) and isinstance(rec.prev_revision, int) and isinstance(rec.value, bytes)) \
+            or (key and rec.key != key):
+        raise errors.CorruptRecordError(key or str(rec.key)[:200], revision=rev, detail="log record has a wrong shape")
+    return rec
 
 
 def file_system_type(path: Path) -> str:
@@ -144,9 +153,12 @@ def preallocation_helps(path: Path) -> bool:
 
 
 class LmdbLog:
-    def __init__(self, path: Path, *, map_size: int, max_size: int, preallocate: int = 0) -> None:
+    def __init__(self, path: Path, *, map_size: int, max_size: int, preallocate: int = 0,
+                 damage: records.Damage | None = None) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._path = path
+        # Where scans and replays note the records they had to skip.
+        self.damage = damage if damage is not None else records.Damage()
         self._max_size = max(max_size, map_size)
         self._env = lmdb.open(
             str(path),
@@ -203,7 +215,7 @@ class LmdbLog:
             if raw_rev is None:
                 return None
             rev = rev_int(raw_rev)
-            rec = _unpack_record(rev, txn.get(raw_rev, db=self._log) or b"")
+            rec = _unpack_record(rev, txn.get(raw_rev, db=self._log) or b"", key=key)
             return records.Item(key=key, revision=records.Revision(rev), value=rec.value)
 
     def scan(
@@ -239,7 +251,11 @@ class LmdbLog:
                 data = log_cursor.get(raw_rev) if log_cursor.set_key(raw_rev) else None
                 if data is None:
                     continue
-                rec = _unpack_record(rev_int(raw_rev), data)
+                try:
+                    rec = _unpack_record(rev_int(raw_rev), data, key=raw_key.decode(errors="replace"))
+                except errors.CorruptRecordError as exc:
+                    self.damage.note(exc, reader="a list")
+                    continue
                 if accept is not None and not accept(rec.value):
                     continue
                 items.append(records.Item(key=rec.key, revision=records.Revision(rec.revision), value=rec.value))
@@ -253,7 +269,11 @@ class LmdbLog:
             if not cursor.set_range(rev_bytes(after + 1)):
                 return out
             for raw_rev, data in cursor:
-                rec = _unpack_record(rev_int(raw_rev), data)
+                try:
+                    rec = _unpack_record(rev_int(raw_rev), data)
+                except errors.CorruptRecordError as exc:
+                    self.damage.note(exc, reader="a watch replay")
+                    continue
                 if rec.key.startswith(prefix):
                     out.append(rec)
                     if len(out) >= limit:
@@ -364,10 +384,19 @@ class LmdbLog:
             cur = rev_int(raw_cur)
             if w.expect_revision is not None and w.expect_revision != cur:
                 return errors.ConflictError(w.key, expected=w.expect_revision, actual=cur)
-            prev_value = _unpack_record(cur, txn.get(raw_cur, db=self._log)).value
+            try:
+                prev_value = _unpack_record(cur, txn.get(raw_cur, db=self._log) or b"", key=w.key).value
+            except errors.CorruptRecordError as exc:
+                if w.op is not records.Op.DELETE:
+                    return exc  # an outcome, never a raise: the rest of the group commits
+                prev_value = None
         if w.op is records.Op.DELETE:
-            assert prev_value is not None
-            obj = records.decode(prev_value)
+            obj_or_error = deleted_state(w, prev_value, revision=cur)
+            if isinstance(obj_or_error, errors.CorruptRecordError):
+                return obj_or_error
+            obj = obj_or_error
+            if obj is w.obj:
+                prev_value = None  # unreadable: no consumer should try to decode it
         else:
             assert w.obj is not None
             obj = w.obj
@@ -407,9 +436,16 @@ class LmdbLog:
                     if examined >= batch:
                         done = False
                         break
-                    rec = _unpack_record(rev, cursor.value())
                     examined += 1
                     reached = rev
+                    try:
+                        rec = _unpack_record(rev, cursor.value())
+                    except errors.CorruptRecordError as exc:
+                        # Kept as it is (what it superseded cannot be told); compaction goes on.
+                        self.damage.note(exc, reader="compaction")
+                        if not cursor.next():
+                            break
+                        continue
                     if rec.prev_revision:
                         txn.delete(rev_bytes(rec.prev_revision), db=self._log)
                     if rec.op == records.Op.DELETE:
@@ -465,18 +501,26 @@ class LmdbLog:
                     data = txn.get(raw_rev, db=self._log)
                     if data is None:
                         continue
-                    found = version_at(_unpack_record(rev_int(raw_rev), data))
+                    try:
+                        found = version_at(_unpack_record(rev_int(raw_rev), data, key=raw_key.decode(errors="replace")))
+                    except errors.CorruptRecordError as exc:
+                        self.damage.note(exc, reader="a paged list")
+                        continue
                     if found is not None:
                         state[found.key] = found
             log = txn.cursor(db=self._log)
             if log.set_range(rev_bytes(revision + 1)):
                 for raw_rev, data in log:
-                    rec = _unpack_record(rev_int(raw_rev), data)
-                    if rec.op != records.Op.DELETE or not rec.key.startswith(prefix) or rec.key in state:
+                    try:
+                        rec = _unpack_record(rev_int(raw_rev), data)
+                        if rec.op != records.Op.DELETE or not rec.key.startswith(prefix) or rec.key in state:
+                            continue
+                        if start_after is not None and rec.key <= start_after:
+                            continue
+                        found = version_at(rec)
+                    except errors.CorruptRecordError as exc:
+                        self.damage.note(exc, reader="a paged list")
                         continue
-                    if start_after is not None and rec.key <= start_after:
-                        continue
-                    found = version_at(rec)
                     if found is not None:
                         state[found.key] = found
         items: list[records.Item] = []
@@ -493,6 +537,21 @@ class LmdbLog:
 
     def disk_usage(self) -> int:
         return sum(f.stat().st_size for f in self._path.iterdir() if f.is_file())
+
+
+def deleted_state(w: Write, prev_value: bytes | None, *, revision: int) -> dict[str, Any] | errors.CorruptRecordError:
+    """The last state a delete records (its tombstone and DELETED event carry it): the stored
+    object, or, when that cannot be read, the stand-in the deleter gave (`w.obj`), so that a
+    damaged object can always be deleted."""
+    if prev_value is not None:
+        try:
+            return records.decode(prev_value, key=w.key, revision=revision)
+        except errors.CorruptRecordError as exc:
+            if w.obj is None:
+                return exc
+    if w.obj is None:
+        return errors.CorruptRecordError(w.key, revision=revision, detail="log record unreadable")
+    return w.obj
 
 
 def _is_eio(exc: lmdb.Error) -> bool:

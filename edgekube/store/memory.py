@@ -12,6 +12,7 @@ file is removed, so an upgrade keeps Leases and Events while a crash never resur
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 import msgpack
 
 from edgekube.store import errors, lmdb_log, records
+
+log = logging.getLogger(__name__)
 
 
 class MemoryTier:
@@ -72,8 +75,12 @@ class MemoryTier:
                 return errors.ConflictError(w.key, expected=w.expect_revision, actual=cur[0])
             prev_value = cur[1]
         if w.op is records.Op.DELETE:
-            assert prev_value is not None
-            obj = records.decode(prev_value)
+            obj_or_error = lmdb_log.deleted_state(w, prev_value, revision=cur[0] if cur else 0)
+            if isinstance(obj_or_error, errors.CorruptRecordError):
+                return obj_or_error
+            obj = obj_or_error
+            if obj is w.obj:
+                prev_value = None
         else:
             assert w.obj is not None
             obj = w.obj
@@ -124,8 +131,10 @@ class MemoryTier:
                 group = records.resource_prefix(k)
                 self._counts[group] = self._counts.get(group, 0) + 1
             revision = int(payload["revision"])
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
             # A damaged snapshot only loses volatile data; never refuse to boot over it.
+            log.warning("the memory tier's snapshot %s is damaged (%s: %s); Leases and Events start empty",
+                        path, type(exc).__name__, exc)
             self._data.clear()
             self._counts.clear()
             revision = 0

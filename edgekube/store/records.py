@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
+from collections.abc import Iterable, Iterator
 from typing import Any, NewType
 
 import msgpack
+
+from edgekube.store import errors
+
+log = logging.getLogger(__name__)
 
 Revision = NewType("Revision", int)
 
@@ -49,10 +55,10 @@ class Event:
     prev_value: bytes | None = None
 
     def object(self) -> dict[str, Any]:
-        return decode(self.value)
+        return decode(self.value, key=self.key, revision=self.revision)
 
     def prev_object(self) -> dict[str, Any] | None:
-        return decode(self.prev_value) if self.prev_value is not None else None
+        return decode(self.prev_value, key=self.key, revision=self.revision) if self.prev_value is not None else None
 
 
 @dataclasses.dataclass(slots=True)
@@ -62,7 +68,7 @@ class Item:
     value: bytes
 
     def object(self) -> dict[str, Any]:
-        return decode(self.value)
+        return decode(self.value, key=self.key, revision=self.revision)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,9 +85,53 @@ def encode(obj: Any) -> bytes:
     return out
 
 
-def decode(data: bytes) -> dict[str, Any]:
-    out: dict[str, Any] = msgpack.unpackb(data, raw=False)
+def decode(data: bytes, *, key: str = "", revision: int = 0) -> dict[str, Any]:
+    """An object from its stored bytes; `CorruptRecordError` naming `key` when they are not one
+    (msgpack refuses non-string map keys, truncated or flipped bytes, invalid UTF-8)."""
+    try:
+        out = msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # msgpack raises ValueError, TypeError, UnicodeDecodeError, its own
+        raise errors.CorruptRecordError(key, revision=revision, detail=f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(out, dict):
+        raise errors.CorruptRecordError(key, revision=revision, detail=f"a {type(out).__name__}, not an object")
     return out
+
+
+def objects(items: Iterable[Item], *, damage: Damage, reader: str) -> Iterator[tuple[Item, dict[str, Any]]]:
+    """Each item with its object, skipping (and noting in `damage`) those that cannot be decoded."""
+    for item in items:
+        try:
+            yield item, item.object()
+        except errors.CorruptRecordError as exc:
+            damage.note(exc, reader=reader)
+
+
+class Damage:
+    """The records readers had to skip: each logged once, with its key, and counted.
+
+    A record that cannot be decoded must never stop the server (it would stop again at every
+    boot): every reader catches `CorruptRecordError`, notes it here and goes on without it.
+    """
+
+    _LOGGED_MAX = 10_000  # distinct records logged; past that only counted
+
+    def __init__(self) -> None:
+        self.skipped = 0
+        self._logged: set[tuple[str, int]] = set()
+
+    @property
+    def records(self) -> int:
+        """How many distinct damaged records were met (up to the logging bound)."""
+        return len(self._logged)
+
+    def note(self, exc: errors.CorruptRecordError, *, reader: str) -> None:
+        self.skipped += 1
+        seen = (exc.key, exc.revision)
+        if seen in self._logged or len(self._logged) >= self._LOGGED_MAX:
+            return
+        self._logged.add(seen)
+        log.error("%s; skipped by %s. Run `edgekube store check` for the whole picture; deleting the object "
+                  "through the API removes it", exc, reader)
 
 
 def resource_prefix(key: str) -> str:

@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,6 +71,7 @@ class StoreStats:
     writes: int
     memory_objects: int
     watchers: int
+    damaged_records: int
 
 
 class Store:
@@ -79,11 +80,14 @@ class Store:
         self._memory_prefixes = tuple(memory_prefixes)
         db_path = config.path / "db"
         db_path.mkdir(parents=True, exist_ok=True)
+        # Records any reader had to skip because they cannot be decoded (logged once, counted).
+        self.damage = records.Damage()
         self._db = lmdb_log.LmdbLog(
             db_path,
             map_size=config.map_size_mb << 20,
             max_size=config.max_size_mb << 20,
             preallocate=(config.preallocate_mb << 20) if lmdb_log.preallocation_helps(db_path) else 0,
+            damage=self.damage,
         )
         self._memory = memory.MemoryTier(max_per_resource=config.memory_max_per_resource)
         self._snapshot = config.path / "db" / "memory.snapshot"
@@ -155,6 +159,7 @@ class Store:
             writes=self._writes,
             memory_objects=len(self._memory),
             watchers=self._hub.watcher_count(),
+            damaged_records=self.damage.records,
         )
 
     def is_memory(self, key: str) -> bool:
@@ -187,6 +192,10 @@ class Store:
         # then ahead of ours, which is right: a watch from it must not replay those events again.
         return dataclasses.replace(page, revision=records.Revision(max(page.revision, self._revision)))
 
+    def objects(self, items: Iterable[records.Item], *, reader: str) -> Iterator[tuple[records.Item, dict[str, Any]]]:
+        """Each item with its object, skipping (and noting) those that cannot be decoded."""
+        return records.objects(items, damage=self.damage, reader=reader)
+
     # --- writes ------------------------------------------------------------------------------
 
     # The write methods return the future their group commit resolves (await it): no coroutine
@@ -201,8 +210,11 @@ class Store:
     ) -> asyncio.Future[lmdb_log.Applied]:
         return self._submit(lmdb_log.Write(op=records.Op.UPDATE, key=key, obj=obj, expect_revision=expect_revision))
 
-    def delete(self, key: str, *, expect_revision: int | None) -> asyncio.Future[lmdb_log.Applied]:
-        return self._submit(lmdb_log.Write(op=records.Op.DELETE, key=key, obj=None, expect_revision=expect_revision))
+    def delete(self, key: str, *, expect_revision: int | None,
+               stand_in: dict[str, Any] | None = None) -> asyncio.Future[lmdb_log.Applied]:
+        """Delete a key. `stand_in` is the last state to record when the stored one cannot be
+        decoded (without it, such a delete fails with `CorruptRecordError`)."""
+        return self._submit(lmdb_log.Write(op=records.Op.DELETE, key=key, obj=stand_in, expect_revision=expect_revision))
 
     def _submit(self, write: lmdb_log.Write) -> asyncio.Future[lmdb_log.Applied]:
         if self._closed:

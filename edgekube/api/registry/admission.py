@@ -53,7 +53,8 @@ class Admission:
         """(key, revision, object) of the namespace's core/v1 `plural`, by name."""
         info = self._catalog.lookup("", "v1", plural)
         assert info is not None, plural
-        return [(i.key, i.revision, i.object()) for i in self._store.scan(info.key_prefix(namespace)).items]
+        return [(i.key, i.revision, obj) for i, obj in
+                self._store.objects(self._store.scan(info.key_prefix(namespace)).items, reader="admission")]
 
     # --- mutating ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import datetime
 import ipaddress
+import logging
 import secrets
 import uuid
 from collections.abc import Callable, Mapping
@@ -43,6 +44,7 @@ from edgekube.store import records
 from edgekube.store import store as store_mod
 
 JSON = dict[str, Any]
+log = logging.getLogger(__name__)
 
 # Kinds whose metadata.generation tracks spec changes.
 _GENERATION_KINDS = frozenset(
@@ -143,8 +145,8 @@ class Registry:
     def rebuild_allocations(self) -> None:
         """Mark the cluster IPs and node ports of stored Services as used (at boot)."""
         info = self._info("", "v1", "services")
-        for item in self.store.scan(info.key_prefix()).items:
-            spec = item.object().get("spec") or {}
+        for _, svc in self.store.objects(self.store.scan(info.key_prefix()).items, reader="service allocations"):
+            spec = svc.get("spec") or {}
             for ip in _cluster_ips(spec):
                 if self._ips.contains(ip):
                     self._ips.mark_used(ip)
@@ -152,6 +154,24 @@ class Registry:
                 np = port.get("nodePort")
                 if isinstance(np, int) and self._ports.contains(np):
                     self._ports.mark_used(np)
+
+    def _object(self, item: records.Item) -> JSON:
+        """The object of a stored item; a 500 naming its key when it cannot be decoded (the
+        server's own fault: input is checked before it is stored)."""
+        try:
+            return item.object()
+        except store_errors.CorruptRecordError as exc:
+            self.store.damage.note(exc, reader="a request")
+            raise damaged(exc) from None
+
+    def _missing(self, key: str) -> bool:
+        """Whether nothing is stored at `key` (at boot: a damaged record there is left alone,
+        noted, and not written over)."""
+        try:
+            return self.store.get(key) is None
+        except store_errors.CorruptRecordError as exc:
+            self.store.damage.note(exc, reader="boot")
+            return False
 
     def _info(self, group: str, version: str, plural: str) -> resources.ResourceInfo:
         info = self.catalog.lookup(group, version, plural)
@@ -164,7 +184,7 @@ class Registry:
         item = self.store.get(info.key(name, namespace))
         if item is None:
             raise errors.not_found(info.plural, name, group=info.group)
-        return present(info, item.object())
+        return present(info, self._object(item))
 
     def list(
         self,
@@ -186,7 +206,7 @@ class Registry:
                 info.key_prefix(namespace),
                 start_after=start_after,
                 limit=limit if limit and limit > 0 else None,
-                accept=(lambda value: accept(records.decode(value))) if accept is not None else None,
+                accept=_value_filter(accept) if accept is not None else None,
                 revision=revision,
             )
         except store_errors.CompactedError:
@@ -195,7 +215,8 @@ class Registry:
                 "You can start a new list without the continue parameter."
             ) from None
         token = _encode_continue(page.next_key, page.revision) if page.next_key else None
-        return ListResult(items=[present(info, i.object()) for i in page.items], resource_version=str(page.revision), continue_token=token)
+        items = [present(info, obj) for _, obj in self.store.objects(page.items, reader="a list")]
+        return ListResult(items=items, resource_version=str(page.revision), continue_token=token)
 
     def matcher(
         self, info: resources.ResourceInfo, *, label_selector: str, field_selector: str
@@ -338,7 +359,7 @@ class Registry:
         item = self.store.get(ns_info.key(namespace))
         if item is None:
             raise errors.not_found("namespaces", namespace)
-        ns = item.object()
+        ns = self._object(item)
         if (ns.get("metadata") or {}).get("deletionTimestamp") or (ns.get("status") or {}).get("phase") == "Terminating":
             raise errors.namespace_terminating(namespace, info.plural, name, group=info.group)
 
@@ -426,7 +447,7 @@ class Registry:
         subresource: str | None,
         options: Options,
     ) -> JSON:
-        old = item.object()
+        old = self._object(item)
         sent_managed = (new.get("metadata") or {}).get("managedFields")
         new = self._merge_update(info, old, new, subresource=subresource, options=options)
         name = old["metadata"]["name"]
@@ -554,7 +575,7 @@ class Registry:
             item = self.store.get(info.key(name, namespace))
             if item is None:
                 raise errors.not_found(info.plural, name, group=info.group)
-            current = item.object()
+            current = self._object(item)
             patched = apply(present(info, copy.deepcopy(current)))
             if not isinstance(patched, dict):
                 raise errors.bad_request("the patch result is not an object")
@@ -611,8 +632,7 @@ class Registry:
             conflict = f'"{names.get("plural")}" is already in use'
         else:
             info = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-            for item in self.store.scan(info.key_prefix()).items:
-                other = item.object()
+            for _, other in self.store.objects(self.store.scan(info.key_prefix()).items, reader="CRD names"):
                 if other["metadata"]["name"] == crd["metadata"]["name"]:
                     continue
                 ospec = other.get("spec") or {}
@@ -624,8 +644,7 @@ class Registry:
         """Serve exactly what the stored, accepted CRDs declare (at boot and after CRD writes)."""
         info = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions")
         wanted: builtins.list[resources.ResourceInfo] = []
-        for item in self.store.scan(info.key_prefix()).items:
-            crd = item.object()
+        for _, crd in self.store.objects(self.store.scan(info.key_prefix()).items, reader="CRD serving"):
             conditions = {c.get("type"): c.get("status") for c in (crd.get("status") or {}).get("conditions") or []}
             if conditions.get("Established") != "True":
                 continue
@@ -657,8 +676,7 @@ class Registry:
     async def resume_crd_deletions(self) -> None:
         """At boot: finish CRD deletions a crash interrupted."""
         info = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-        for item in self.store.scan(info.key_prefix()).items:
-            crd = item.object()
+        for _, crd in self.store.objects(self.store.scan(info.key_prefix()).items, reader="CRD deletions"):
             if crd["metadata"].get("deletionTimestamp") and crds.CLEANUP_FINALIZER in (crd["metadata"].get("finalizers") or []):
                 await self.finish_crd_deletion(crd)
 
@@ -703,7 +721,7 @@ class Registry:
         for _ in range(_CONFLICT_RETRIES):
             now = clock_mod.rfc3339(self._clock.now())
             item = self.store.get(info.key(name, namespace))
-            live = item.object() if item is not None else None
+            live = self._object(item) if item is not None else None
             try:
                 merged, managed = ssa.apply(
                     live, config, manager=manager, api_version=info.api_version, schema=schema, force=force,
@@ -743,10 +761,13 @@ class Registry:
             # live in these, and creates into a missing one fail until the next boot.
             raise errors.forbidden_object(info.plural, name, "this namespace may not be deleted")
         for _ in range(_CONFLICT_RETRIES):
-            item = self.store.get(info.key(name, namespace))
-            if item is None:
-                raise errors.not_found(info.plural, name, group=info.group)
-            obj = item.object()
+            try:
+                item = self.store.get(info.key(name, namespace))
+                if item is None:
+                    raise errors.not_found(info.plural, name, group=info.group)
+                obj = item.object()
+            except store_errors.CorruptRecordError as exc:
+                return await self._delete_damaged(info, namespace=namespace, name=name, exc=exc, options=options)
             meta = obj["metadata"]
             if options.precondition_uid and options.precondition_uid != meta.get("uid"):
                 raise errors.conflict(
@@ -778,6 +799,33 @@ class Registry:
             except store_errors.StoreError as exc:
                 raise _store_failure(exc) from None
         raise errors.conflict(info.plural, name, group=info.group, why="too many concurrent updates, try again")
+
+    async def _delete_damaged(self, info: resources.ResourceInfo, *, namespace: str | None, name: str,
+                              exc: store_errors.CorruptRecordError, options: DeleteOptions) -> tuple[JSON, bool]:
+        """A stored object that cannot be decoded can always be deleted, at once: finalizers,
+        grace periods and preconditions cannot be read from it (the way back `edgekube store
+        check` points to). Its tombstone and DELETED event carry a stand-in with its name."""
+        self.store.damage.note(exc, reader="a delete")
+        if options.precondition_uid or options.precondition_resource_version:
+            raise errors.conflict(info.plural, name, group=info.group,
+                                  why="the stored object cannot be decoded, so its preconditions cannot be checked; "
+                                      "delete it without preconditions") from None
+        meta: JSON = {"name": name}
+        if namespace is not None:
+            meta["namespace"] = namespace
+        stand_in: JSON = {"apiVersion": info.api_version, "kind": info.kind, "metadata": meta}
+        if options.dry_run:
+            return stand_in, True
+        try:
+            applied = await self.store.delete(info.key(name, namespace), expect_revision=None, stand_in=stand_in)
+        except store_errors.NotFoundError:
+            raise errors.not_found(info.plural, name, group=info.group) from None
+        except store_errors.StoreError as err:
+            raise _store_failure(err) from None
+        log.warning("deleted %s, whose stored object could not be decoded", exc.key)
+        if info.gk == CRD_GK:
+            self.sync_crds()
+        return records.decode(applied.value), True
 
     async def _delete_once(
         self,
@@ -912,7 +960,7 @@ class Registry:
             item = self.store.get(info.key(name, namespace))
             if item is None:
                 raise errors.not_found(info.plural, name, group=info.group)
-            new = apply(item.object())
+            new = apply(self._object(item))
             if options.dry_run:
                 return new
             try:
@@ -1048,9 +1096,10 @@ class Registry:
             item = self.store.get(info.key(name))
             if item is None:
                 raise errors.forbidden(refused + f"no PriorityClass with name {name} was found")
-            pc = item.object()
+            pc = self._object(item)
         else:
-            defaults_ = [o for o in (i.object() for i in self.store.scan(info.key_prefix()).items) if o.get("globalDefault")]
+            classes = self.store.objects(self.store.scan(info.key_prefix()).items, reader="pod priority")
+            defaults_ = [o for _, o in classes if o.get("globalDefault")]
             if defaults_:
                 pc = min(defaults_, key=lambda o: int(o.get("value") or 0))
                 spec["priorityClassName"] = pc["metadata"]["name"]
@@ -1067,7 +1116,7 @@ class Registry:
     async def ensure_system_priority_classes(self) -> None:
         info = self._info("scheduling.k8s.io", "v1", "priorityclasses")
         for name, value in validation.SYSTEM_PRIORITY_CLASSES.items():
-            if self.store.get(info.key(name)) is None:
+            if self._missing(info.key(name)):
                 desc = ("Used for system critical pods that must not be moved from their current node."
                         if name == "system-node-critical" else "Used for system critical pods that must run in the cluster, "
                         "but can be moved to another node if necessary.")
@@ -1081,7 +1130,7 @@ class Registry:
     async def ensure_system_namespaces(self) -> None:
         info = self._info("", "v1", "namespaces")
         for ns in _SYSTEM_NAMESPACES:
-            if self.store.get(info.key(ns)) is None:
+            if self._missing(info.key(ns)):
                 try:
                     await self.create(info, {"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}}, namespace=None)
                 except errors.APIError as exc:
@@ -1216,11 +1265,30 @@ def _decode_continue(token: str, *, prefix: str) -> tuple[str, int]:
     return start, revision
 
 
+def _value_filter(accept: Callable[[Mapping[str, Any]], bool]) -> Callable[[bytes], bool]:
+    """A selector on stored bytes; an undecodable value passes, to be noted and skipped with
+    its key by the list itself."""
+
+    def on_value(value: bytes) -> bool:
+        try:
+            return accept(records.decode(value))
+        except store_errors.CorruptRecordError:
+            return True
+
+    return on_value
+
+
+def damaged(exc: store_errors.CorruptRecordError) -> errors.APIError:
+    return errors.internal(f"{exc}. Run `edgekube store check`; deleting the object removes it")
+
+
 def _store_failure(exc: store_errors.StoreError) -> errors.APIError:
     if isinstance(exc, store_errors.StoreFullError):
         return errors.storage_full(str(exc))
     if isinstance(exc, store_errors.ClosedError):
         return errors.APIError(503, "ServiceUnavailable", "the server is shutting down; retry shortly")
+    if isinstance(exc, store_errors.CorruptRecordError):
+        return damaged(exc)
     return errors.internal(str(exc))
 
 
