@@ -4,9 +4,12 @@
                     [--disable COMPONENT]...
     edgekube version
     edgekube images import FILE... | ls | rm REF...   [--config FILE] [--data-dir DIR]
+    edgekube store check [--json] | recover | adopt | reset --yes   [--config FILE] [--data-dir DIR]
 
 Scripts and docs depend on this exact contract. Exit codes: 0 clean stop, 1 a component failed,
-2 bad usage or configuration (with a message that names the setting).
+2 bad usage or configuration (with a message that names the setting), 3 the data dir needs an
+operator (its database is lost, damaged, rolled back or another cluster's: the message says what
+to run; systemd does not restart on it).
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ import asyncio
 import logging
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edgekube import KUBE_VERSION, __version__, runtime
 from edgekube import config as config_mod
 from edgekube._cogs import dirlock, memory
 from edgekube.kubelet import images as images_mod
+from edgekube.store import errors as store_errors
+from edgekube.store import identity as identity_mod
+from edgekube.store import repair
+
+EXIT_DATA_DIR = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +62,47 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("refs", nargs="+", metavar="REF")
         else:
             cmd.add_argument("-q", "--quiet", action="store_true", help="print image IDs only")
+    st = sub.add_parser("store", help="check the database, and the ways back when it is lost or damaged")
+    st_sub = st.add_subparsers(dest="store_command", required=True)
+    for name, helptext in (
+        ("check", "read every record and report damage (changes nothing; may run beside the server)"),
+        ("recover", "rebuild the database from what is readable (server stopped; the old one is kept aside)"),
+        ("adopt", "accept the database that is there as this data dir's, e.g. a backup put back (server stopped)"),
+        ("reset", "start an empty cluster, keeping the old database aside (server stopped)"),
+    ):
+        cmd = st_sub.add_parser(name, help=helptext)
+        cmd.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
+        cmd.add_argument("--data-dir", type=Path, help="the data dir whose database to use")
+        if name == "check":
+            cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+        if name == "reset":
+            cmd.add_argument("--yes", action="store_true", help="really start over with an empty cluster")
     return p
+
+
+def _store(args: argparse.Namespace, data_dir: Path) -> int:
+    if args.store_command == "check":
+        report = repair.check(data_dir)
+        print(repair.format_report(report, as_json=args.json))
+        return 0 if report.healthy else 1
+    if args.store_command == "reset" and not args.yes:
+        print("edgekube: `store reset` starts an empty cluster (the old database is kept aside); "
+              "add --yes to do it", file=sys.stderr)
+        return 2
+    with dirlock.DirLock(data_dir):
+        if args.store_command == "recover":
+            kept, lost, aside = repair.recover(data_dir)
+            for key in lost:
+                print(f"lost (unreadable): {key}")
+            print(f"recovered {kept} objects; {len(lost)} lost; the damaged database is kept at {aside}")
+        elif args.store_command == "adopt":
+            cluster, floor = repair.adopt(data_dir)
+            print(f"adopted the database as cluster {cluster}; resourceVersions go on from {floor}")
+        else:
+            was, floor = repair.reset(data_dir)
+            where = f"; the old database is kept at {was}" if was else ""
+            print(f"started an empty cluster; resourceVersions go on from {floor}{where}")
+    return 0
 
 
 def _human(size: int) -> str:
@@ -112,23 +160,34 @@ async def _images(args: argparse.Namespace, data_dir: Path) -> int:
         await store.close()
 
 
+def _on_data_dir(args: argparse.Namespace, run: Callable[[Path], int], *,
+                 failures: tuple[type[BaseException], ...]) -> int:
+    """A tool command on the configured data dir: 2 for bad configuration, 1 (with the error's
+    one line) for what `failures` names."""
+    try:
+        cfg = config_mod.load(config_file=args.config,
+                              overrides={"data-dir": str(args.data_dir) if args.data_dir else None})
+    except config_mod.ConfigError as exc:
+        print(f"edgekube: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run(cfg.data_dir)
+    except failures as exc:
+        print(f"edgekube: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(f"edgekube {__version__} (Kubernetes API {KUBE_VERSION}, Python {platform.python_version()}, {platform.machine()})")
         return 0
+    if args.command == "store":
+        return _on_data_dir(args, lambda data_dir: _store(args, data_dir),
+                            failures=(dirlock.LockedError, store_errors.StoreError, OSError))
     if args.command == "images":
-        try:
-            cfg = config_mod.load(config_file=args.config,
-                                  overrides={"data-dir": str(args.data_dir) if args.data_dir else None})
-        except config_mod.ConfigError as exc:
-            print(f"edgekube: {exc}", file=sys.stderr)
-            return 2
-        try:
-            return asyncio.run(_images(args, cfg.data_dir))
-        except (OSError, images_mod.ImageError) as exc:
-            print(f"edgekube: {exc}", file=sys.stderr)
-            return 1
+        return _on_data_dir(args, lambda data_dir: asyncio.run(_images(args, data_dir)),
+                            failures=(OSError, images_mod.ImageError))
     overrides = {
         "data-dir": str(args.data_dir) if args.data_dir else None,
         "bind-address": args.bind_address,
@@ -151,6 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except dirlock.LockedError as exc:
         print(f"edgekube: {exc}", file=sys.stderr)
         return 1
+    except identity_mod.StoreIdentityError as exc:
+        # Waiting will not mend it: the unit does not restart on this code.
+        print(f"edgekube: {exc}", file=sys.stderr)
+        return EXIT_DATA_DIR
     except OSError as exc:
         print(f"edgekube: {exc}", file=sys.stderr)
         return 1

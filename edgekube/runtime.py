@@ -39,6 +39,7 @@ from edgekube.kubelet import kubelet as kubelet_mod
 from edgekube.kubelet import logs as kubelet_logs
 from edgekube.scheduler import scheduler as scheduler_mod
 from edgekube.store import errors as store_errors
+from edgekube.store import identity as identity_mod
 from edgekube.store import store as store_mod
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Runtime:
         self._stop = asyncio.Event()
         self.kubeconfig = cfg.data_dir / "kubeconfig.yaml"
         self.lock = dirlock.DirLock(cfg.data_dir)
+        self.identity: identity_mod.Identity | None = None
         self.node_name = cfg.node_name or socket.gethostname().lower()
         self.metrics = metrics_mod.MetricsStore()  # fed by the kubelet, read by the autoscaler
         self._control_plane: list[str] = []  # task names, stopped before the store closes
@@ -75,8 +77,7 @@ class Runtime:
 
     async def start(self) -> None:
         cfg = self.cfg
-        # Before anything in the data dir is read or written: one process per data dir.
-        self.lock.acquire()
+        self._claim_data_dir()
         # First, while this process has no other thread: pki issues in a forked child then.
         names, addresses = pki.host_identities()
         service_ip = str(ipaddress.ip_network(cfg.service_cidr).network_address + 1)
@@ -99,6 +100,9 @@ class Runtime:
             memory_prefixes=memory_prefixes,
         )
         await self.store.start()
+        assert self.identity is not None
+        if self.store.cluster_id() != self.identity.cluster:
+            self.store.set_cluster_id(self.identity.cluster)
         for task in self.store.tasks():
             self.supervisor.watch(task.get_name(), task)
         self.gates["store"] = True
@@ -120,6 +124,8 @@ class Runtime:
         except (errors.APIError, store_errors.StoreError) as exc:
             # Serving without it beats not serving at all (a damaged record, a full disk).
             log.error("could not write the default/kubernetes Service and its endpoints: %s", exc)
+        # Before any client is answered: from here on a lost database is refused at boot.
+        identity_mod.record(cfg.data_dir, cluster=self.identity.cluster, revision=self.store.revision)
         host = "127.0.0.1" if cfg.bind_address in ("0.0.0.0", "::", "", "127.0.0.1") else cfg.bind_address
         url = f"https://{_url_host(host)}:{cfg.https_port}"
         pki.write_kubeconfig(self.kubeconfig, server_url=url, pki=the_pki)
@@ -146,6 +152,13 @@ class Runtime:
         memory.release_free_memory()  # what boot used and freed
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
         await self._start_kubelet()
+
+    def _claim_data_dir(self) -> None:
+        """Before anything in the data dir is read or written: one process per data dir, and a
+        database that is this data dir's own (not lost, emptied, rolled back or foreign)."""
+        self.lock.acquire()
+        if self.identity is None:
+            self.identity = identity_mod.verify(self.cfg.data_dir)
 
     async def _start_kubelet(self) -> None:
         """The kubelet (DESIGN §5): boot registers a Ready node (quick, no network), then its
@@ -265,8 +278,9 @@ class Runtime:
 
     async def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT or a component failure, stop. Returns the exit code."""
-        # A second server on this data dir stops here, with one line and nothing touched.
-        self.lock.acquire()
+        # A second server on this data dir, or a database that is not this data dir's, stops
+        # here, with one line and nothing touched.
+        self._claim_data_dir()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -309,6 +323,8 @@ class Runtime:
         if self.store is not None:
             # Queued writes finish and the memory tier is saved before the database closes.
             await self.store.close()
+            if self.identity is not None:
+                identity_mod.record(self.cfg.data_dir, cluster=self.identity.cluster, revision=self.store.revision)
             self.store = None
         await self.supervisor.stop()
         self.lock.release()

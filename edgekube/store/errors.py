@@ -57,5 +57,15 @@ class CorruptRecordError(StoreError):
         self.detail = detail
 
 
+class DatabaseError(StoreError):
+    """LMDB could not read its own structures (a damaged page): the database needs
+    `edgekube store check`; the message names it."""
+
+    def __init__(self, path: object, cause: BaseException) -> None:
+        super().__init__(f"the database at {path} could not be read ({cause}); stop edgekube and run "
+                         "`edgekube store check` (docs/operations.md)")
+        self.cause = cause
+
+
 class ClosedError(StoreError):
     """The store is shutting down."""

@@ -32,6 +32,7 @@ anyway. LMDB never reads past its last page, and after a crash the zeros are unu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -51,6 +52,7 @@ _REV = struct.Struct(">Q")
 _META_REV = b"rev"
 _META_RESERVED = b"reserved"
 _META_COMPACTED = b"compacted"
+_META_CLUSTER = b"cluster"
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +198,61 @@ class LmdbLog:
 
     def state(self) -> tuple[int, int, int]:
         """(highest revision written, highest reserved for the memory tier, compacted revision)."""
-        with self._env.begin() as txn:
+        with self._reading(), self._env.begin() as txn:
             return (
                 self._meta_int(txn, _META_REV),
                 self._meta_int(txn, _META_RESERVED),
                 self._meta_int(txn, _META_COMPACTED),
             )
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """LMDB's own read failures (a damaged page: MDB_CORRUPTED, MDB_PAGE_NOTFOUND) become a
+        `DatabaseError` that names the database."""
+        try:
+            yield
+        except lmdb.Error as exc:
+            raise errors.DatabaseError(self._path, exc) from None
+
+    def cluster_id(self) -> str | None:
+        """The cluster this database belongs to (store identity); None before it was set."""
+        with self._env.begin() as txn:
+            raw = txn.get(_META_CLUSTER, db=self._meta)
+        return bytes(raw).decode() if raw is not None else None
+
+    def set_cluster_id(self, cluster: str) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.put(_META_CLUSTER, cluster.encode(), db=self._meta)
+
+    def raise_floor(self, revision: int) -> None:
+        """Revisions go on above `revision`, and nothing older is served (410 for watches and
+        lists from before): after a store was recovered, adopted or reset, so that clients never
+        see a resourceVersion go backwards."""
+        with self._env.begin(write=True) as txn:
+            for name in (_META_REV, _META_RESERVED, _META_COMPACTED):
+                if self._meta_int(txn, name) < revision:
+                    txn.put(name, rev_bytes(revision), db=self._meta)
+
+    def load(self, entries: list[tuple[str, int, bytes]]) -> None:
+        """Write live objects `(key, revision, encoded value)` in revision order into an empty
+        database, in one transaction (`edgekube store recover`)."""
+        with self._env.begin(write=True) as txn:
+            for key, rev, value in entries:
+                raw_rev = rev_bytes(rev)
+                txn.put(raw_rev, self._pack([key, int(records.Op.CREATE), 0, value]), db=self._log, append=True)
+                txn.put(key.encode(), raw_rev, db=self._index)
+
+    def walk(self) -> int:
+        """Touch every page of every tree once (keys and values, no decoding): LMDB checks each
+        page it reads, so structural damage raises here (`lmdb.Error`) rather than later, in
+        the middle of serving. Returns the number of entries."""
+        n = 0
+        with self._env.begin(buffers=True) as txn:
+            for db in (self._meta, self._index, self._log):
+                # Getting a value reads its overflow pages' header too (big objects).
+                for _ in txn.cursor(db=db).iternext(keys=True, values=True):
+                    n += 1
+        return n
 
     def _meta_int(self, txn: Any, name: bytes) -> int:
         raw = txn.get(name, db=self._meta)
@@ -210,7 +261,7 @@ class LmdbLog:
     # --- reads -------------------------------------------------------------------------------
 
     def get(self, key: str) -> records.Item | None:
-        with self._env.begin(buffers=False) as txn:
+        with self._reading(), self._env.begin(buffers=False) as txn:
             raw_rev = txn.get(key.encode(), db=self._index)
             if raw_rev is None:
                 return None
@@ -234,7 +285,7 @@ class LmdbLog:
         items: list[records.Item] = []
         next_key: str | None = None
         pfx = prefix.encode()
-        with self._env.begin(buffers=False) as txn:
+        with self._reading(), self._env.begin(buffers=False) as txn:
             snapshot_rev = self._meta_int(txn, _META_REV)
             cursor = txn.cursor(db=self._index)
             start = (start_after.encode() + b"\x00") if start_after else pfx
@@ -264,7 +315,7 @@ class LmdbLog:
     def read_log(self, after: int, *, prefix: str, limit: int) -> list[LogRecord]:
         """Records with revision > `after` whose key starts with `prefix`, oldest first."""
         out: list[LogRecord] = []
-        with self._env.begin(buffers=False) as txn:
+        with self._reading(), self._env.begin(buffers=False) as txn:
             cursor = txn.cursor(db=self._log)
             if not cursor.set_range(rev_bytes(after + 1)):
                 return out
@@ -476,7 +527,7 @@ class LmdbLog:
         since are found through their delete records.
         """
         pfx = prefix.encode()
-        with self._env.begin(buffers=False) as txn:
+        with self._reading(), self._env.begin(buffers=False) as txn:
             compacted = self._meta_int(txn, _META_COMPACTED)
             if revision < compacted:
                 raise errors.CompactedError(revision, oldest=compacted)

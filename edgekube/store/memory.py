@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from edgekube._cogs import files
 from edgekube.store import errors, lmdb_log, records
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class MemoryTier:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        files.fsync_dir(path.parent)
 
     def load(self, path: Path) -> int:
         """Load and remove a snapshot; returns the revision it was taken at (0 when none)."""
@@ -139,13 +140,5 @@ class MemoryTier:
             self._counts.clear()
             revision = 0
         path.unlink()
-        _fsync_dir(path.parent)
+        files.fsync_dir(path.parent)
         return revision
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -162,6 +162,12 @@ class Store:
             damaged_records=self.damage.records,
         )
 
+    def cluster_id(self) -> str | None:
+        return self._db.cluster_id()
+
+    def set_cluster_id(self, cluster: str) -> None:
+        self._db.set_cluster_id(cluster)
+
     def is_memory(self, key: str) -> bool:
         return key.startswith(self._memory_prefixes)
 
