@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
         "watcher-queue": 1000,
         "revision-reserve": 10000,
         "preallocate-mb": 1,
+        "reserve-mb": 16,
     },
     "api": {
         "max-request-bytes": 3145728,
@@ -93,6 +94,7 @@ class StoreSettings:
     watcher_queue: int
     revision_reserve: int
     preallocate_mb: int
+    reserve_mb: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,6 +325,7 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
             watcher_queue=_int(s, "watcher-queue", where_s, lo=1),
             revision_reserve=_int(s, "revision-reserve", where_s, lo=1),
             preallocate_mb=_int(s, "preallocate-mb", where_s, lo=0, hi=1024),
+            reserve_mb=_int(s, "reserve-mb", where_s, lo=0, hi=4096),
         ),
         api=ApiSettings(
             max_request_bytes=_int(a, "max-request-bytes", where_a, lo=1024),

@@ -96,6 +96,7 @@ class Runtime:
                 watcher_queue=cfg.store.watcher_queue,
                 revision_reserve=cfg.store.revision_reserve,
                 preallocate_mb=cfg.store.preallocate_mb,
+                reserve_mb=cfg.store.reserve_mb,
             ),
             memory_prefixes=memory_prefixes,
         )

@@ -39,6 +39,7 @@ import logging
 import os
 import re
 import struct
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,7 @@ def preallocation_helps(path: Path) -> bool:
 
 class LmdbLog:
     def __init__(self, path: Path, *, map_size: int, max_size: int, preallocate: int = 0,
-                 damage: records.Damage | None = None) -> None:
+                 damage: records.Damage | None = None, reserve: int = 0) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._path = path
         # Where scans and replays note the records they had to skip.
@@ -187,6 +188,13 @@ class LmdbLog:
         if preallocate > 0:
             self._data_fd = os.open(path / "data.mdb", os.O_RDWR | os.O_CLOEXEC)
             self._allocated = os.fstat(self._data_fd).st_size
+        # Room kept for deletes (see `room`): below it only writes that free space are taken.
+        # (At most an eighth of the map's maximum: a tiny store must still take writes.)
+        self._reserve = min(reserve, self._max_size // 8)
+        self._map_bound = False  # whether the map's maximum, not the disk, limits the room
+        self._room = -1  # estimate: the last measure, less what commits wrote since
+        self._room_measured = 0.0
+        self.low_space = False
 
     def close(self) -> None:
         if self._data_fd >= 0:
@@ -397,6 +405,70 @@ class LmdbLog:
         # in f_bfree; once a write of root's fails for space, f_bavail is 0.
         return st.f_bavail * st.f_frsize < _LOW_SPACE
 
+    def room(self, txn: Any) -> int:
+        """Bytes the database can still write: free disk, plus pages of the file LMDB can reuse
+        (freed by compaction and deletes) and zeros written ahead, within the map's maximum.
+
+        The disk alone says little: the file never shrinks, so after deletes and compaction the
+        room is inside it, not on the disk."""
+        psize = self._page_size
+        used = 2 + sum(st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+                       for st in (self._env.stat(), *(txn.stat(db) for db in (self._log, self._index, self._meta))))
+        high = self._env.info()["last_pgno"] + 1
+        try:
+            st = os.statvfs(self._path)
+            disk = st.f_bavail * st.f_frsize
+        except OSError:
+            disk = 0
+        try:
+            size = os.stat(self._path / "data.mdb").st_size
+        except OSError:
+            size = high * psize
+        inside = max(0, high - used) * psize + max(0, size - high * psize)
+        in_map = self._max_size - used * psize
+        self._map_bound = in_map < disk + inside
+        return int(max(0, min(disk + inside, in_map)))
+
+    def _update_low_space(self, txn: Any) -> None:
+        """Whether the room is below the reserve, measured again when the estimate nears it or
+        once a second (a measure costs a statvfs and four B-tree stats: not per commit)."""
+        if self._reserve <= 0:
+            return
+        now = time.monotonic()
+        if self._room < 4 * self._reserve or now - self._room_measured > 1.0:
+            self._room = self.room(txn)
+            self._room_measured = now
+            low = self._room < self._reserve
+            if low != self.low_space:
+                self.low_space = low
+                if low:
+                    log.warning("the database at %s has %.1f MiB of room left, below the %.0f MiB kept for deletes: "
+                                "only deletes and writes that free space are taken until space is freed",
+                                self._path, self._room / (1 << 20), self._reserve / (1 << 20))
+                else:
+                    log.warning("the database at %s has room again (%.1f MiB): writes are taken", self._path,
+                                self._room / (1 << 20))
+
+    def _refuses(self, w: Write, prev_value: bytes | None) -> errors.StoreFullError | None:
+        """In low space: a write that would grow the database is refused. Deletes, updates of
+        objects on their way out (deletionTimestamp set: finalizers removed, the status a
+        terminating pod reports) and updates that shrink an object are taken (the reserve is for
+        them), so a user can always free space through the API."""
+        if not self.low_space or w.op is records.Op.DELETE:
+            return None
+        if w.op is records.Op.UPDATE and w.obj is not None:
+            meta = w.obj.get("metadata")
+            if isinstance(meta, dict) and meta.get("deletionTimestamp"):
+                return None
+            if prev_value is not None and len(self._pack(w.obj)) <= len(prev_value):
+                return None
+        limit = (f"its maximum size of {self._max_size // (1 << 20)} MiB (store.max-size-mb)" if self._map_bound
+                 else "the disk")
+        return errors.StoreFullError(
+            f"the database at {self._path} has {max(self._room, 0) / (1 << 20):.1f} MiB of room left within {limit}, "
+            f"below the {self._reserve / (1 << 20):.1f} MiB kept for deletes (store.reserve-mb): only deletes and "
+            "writes that free space are accepted until space is freed (delete objects, or free disk space)")
+
     def _grow(self) -> bool:
         current = self._env.info()["map_size"]
         if current >= self._max_size:
@@ -411,6 +483,7 @@ class LmdbLog:
                 # Inside the write transaction: LMDB's writer lock is held, and none of this
                 # transaction's pages are written yet (they go out at commit).
                 self._keep_room_ahead()
+            self._update_low_space(txn)
             for w in writes:
                 outcomes.append(self._apply(txn, w))
             if meta_rev > self._meta_int(txn, _META_REV):
@@ -422,6 +495,10 @@ class LmdbLog:
     def _apply(self, txn: Any, w: Write) -> Outcome:
         raw_key = w.key.encode()
         raw_rev = rev_bytes(w.revision)
+        if w.op is records.Op.CREATE and self.low_space:
+            refused = self._refuses(w, None)
+            assert refused is not None  # a create always grows the database
+            return refused
         if w.op is records.Op.CREATE:
             # One index lookup: the entry goes in only where there is none.
             if not txn.put(raw_key, raw_rev, db=self._index, overwrite=False):
@@ -441,6 +518,8 @@ class LmdbLog:
                 if w.op is not records.Op.DELETE:
                     return exc  # an outcome, never a raise: the rest of the group commits
                 prev_value = None
+        if self.low_space and (refused := self._refuses(w, prev_value)) is not None:
+            return refused
         if w.op is records.Op.DELETE:
             obj_or_error = deleted_state(w, prev_value, revision=cur)
             if isinstance(obj_or_error, errors.CorruptRecordError):
@@ -453,6 +532,8 @@ class LmdbLog:
             obj = w.obj
         _set_resource_version(obj, w.revision)
         value: bytes = self._pack(obj)
+        # The room estimate between measures: the record, its index entry, some page slack.
+        self._room -= 2 * len(value) + 512
         # Revisions only grow: appending fills log pages instead of splitting them in half.
         txn.put(raw_rev, self._pack([w.key, int(w.op), cur, value]), db=self._log, append=True)
         if w.op is records.Op.DELETE:

@@ -53,6 +53,8 @@ class StoreConfig:
     # Zeros kept written ahead of the database's end, on file systems where that spares each
     # commit a journal flush (lmdb_log); 0 turns it off.
     preallocate_mb: int = 1
+    # Room kept for deletes: below it, the database takes only writes that free space (lmdb_log).
+    reserve_mb: int = 16
     memory_max_per_resource: int = 10_000
 
 
@@ -88,6 +90,7 @@ class Store:
             max_size=config.max_size_mb << 20,
             preallocate=(config.preallocate_mb << 20) if lmdb_log.preallocation_helps(db_path) else 0,
             damage=self.damage,
+            reserve=config.reserve_mb << 20,
         )
         self._memory = memory.MemoryTier(max_per_resource=config.memory_max_per_resource)
         self._snapshot = config.path / "db" / "memory.snapshot"
@@ -112,13 +115,15 @@ class Store:
         self._closed = False
         self._commits = 0
         self._writes = 0
+        # Set when deletes landed while room was low: compact now, history and all.
+        self._compact_now = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
-        if self._config.compaction_interval_seconds > 0:
-            self._compactor = asyncio.create_task(self._compact_loop(), name="store-compactor")
+        # Always running: besides its interval (when set), low space wakes it at once.
+        self._compactor = asyncio.create_task(self._compact_loop(), name="store-compactor")
 
     async def close(self) -> None:
         """Finish queued writes, save the memory tier, close the database."""
@@ -282,6 +287,10 @@ class Store:
             self._commits += 1
             if reserve is not None:
                 self._reserved = reserve
+            if self._db.low_space and any(w.op is not records.Op.CREATE for w in durable):
+                # What the deletes freed is free only once compacted: do it now, window and all
+                # (watches from before answer 410 and relist), so the room comes back.
+                self._compact_now.set()
         self._revision = top
         self._writes += len(batch)
         # Durable outcomes come back in batch order; volatile writes are applied here, in turn.
@@ -364,9 +373,15 @@ class Store:
 
     # --- compaction --------------------------------------------------------------------------
 
-    async def compact(self) -> int:
-        """Compact up to `revision - window`; returns the new compacted revision."""
-        target = self._revision - self._config.compaction_window
+    @property
+    def low_space(self) -> bool:
+        """Room is below the reserve: only writes that free space are taken (lmdb_log)."""
+        return self._db.low_space
+
+    async def compact(self, *, window: int | None = None) -> int:
+        """Compact up to `revision - window` (the configured window by default); returns the new
+        compacted revision."""
+        target = self._revision - (self._config.compaction_window if window is None else window)
         if target <= self._compacted:
             return self._compacted
         while True:
@@ -377,10 +392,16 @@ class Store:
             await asyncio.sleep(0)
 
     async def _compact_loop(self) -> None:
+        interval = self._config.compaction_interval_seconds
         while True:
-            await asyncio.sleep(self._config.compaction_interval_seconds)
             try:
-                await self.compact()
+                await asyncio.wait_for(self._compact_now.wait(), interval if interval > 0 else None)
+            except TimeoutError:
+                pass
+            urgent = self._compact_now.is_set()
+            self._compact_now.clear()
+            try:
+                await self.compact(window=0 if urgent else None)
             except errors.StoreError:
                 log.exception("compaction failed; will retry")
 
