@@ -41,7 +41,7 @@ from typing import Any
 
 import lmdb
 
-from edgekube._cogs import files
+from edgekube._cogs import child, files
 from edgekube.store import errors, lmdb_log
 
 IDENTITY_FILE = "store-identity"
@@ -167,23 +167,33 @@ def _verify(data_dir: Path, *, write_new: bool) -> Identity:
 def inspect(data_dir: Path) -> dict[str, Any]:
     """The database's cluster id and revisions, reading every page of its trees once (LMDB
     has no checksums: walking the B-trees is how structural damage shows, as MDB_CORRUPTED and
-    friends, before anything serves from it)."""
+    friends, before anything serves from it).
+
+    The walk runs in a child process: on some damage LMDB fails an assertion (abort) instead of
+    returning an error, which would otherwise end this process with no word of the database."""
     path = data_dir / DB_DIR
-    try:
-        log = lmdb_log.LmdbLog(path, map_size=1 << 20, max_size=1 << 20)
-    except lmdb.Error as exc:
-        raise StoreDamagedError(_damaged_message(data_dir, exc)) from None
-    try:
-        rev, reserved, _ = log.state()
-        log.walk()
-        cluster = log.cluster_id()
-    except lmdb.Error as exc:
-        raise StoreDamagedError(_damaged_message(data_dir, exc)) from None
-    except errors.DatabaseError as exc:
-        raise StoreDamagedError(_damaged_message(data_dir, exc.cause)) from None
-    finally:
-        log.close()
-    return {"cluster": cluster, "revision": rev, "reserved": reserved}
+
+    def walk(emit: child.Emit) -> None:
+        try:
+            log = lmdb_log.LmdbLog(path, map_size=1 << 20, max_size=1 << 20)
+            try:
+                rev, reserved, _ = log.state()
+                log.walk()
+                emit(json.dumps({"cluster": log.cluster_id(), "revision": rev, "reserved": reserved}).encode())
+            finally:
+                log.close()
+        except lmdb.Error as exc:
+            emit(json.dumps({"error": str(exc)}).encode())
+        except errors.DatabaseError as exc:
+            emit(json.dumps({"error": str(exc.cause)}).encode())
+
+    frames, crash = child.run(walk)
+    if crash is not None or not frames:
+        raise StoreDamagedError(_damaged_message(data_dir, f"LMDB {crash or 'ended'} while reading it"))
+    out: dict[str, Any] = json.loads(frames[0])
+    if "error" in out:
+        raise StoreDamagedError(_damaged_message(data_dir, out["error"]))
+    return out
 
 
 def _lost_message(data_dir: Path, ident: Identity | None) -> str:
@@ -195,7 +205,7 @@ def _lost_message(data_dir: Path, ident: Identity | None) -> str:
             f"`edgekube store reset --data-dir {data_dir}` (docs/operations.md)")
 
 
-def _damaged_message(data_dir: Path, exc: BaseException) -> str:
+def _damaged_message(data_dir: Path, exc: object) -> str:
     return (f"the database {db_file(data_dir)} is damaged ({exc}). `edgekube store check --data-dir {data_dir}` "
             f"shows what is readable; `edgekube store recover --data-dir {data_dir}` rebuilds the database from it "
             "(the damaged file is kept aside); or restore db/ from a backup (docs/operations.md)")

@@ -174,6 +174,12 @@ class LmdbLog:
             meminit=False,
             max_readers=126,
         )
+        # Before any page is read: one past the file's end would kill the process (SIGBUS).
+        short = missing_bytes(self._env, path / "data.mdb")
+        if short:
+            self._env.close()
+            raise errors.DatabaseError(path, lmdb.CorruptedError(
+                f"the file is truncated: {short} bytes of its pages are missing"))
         # One packer for the writer thread's encodes (`msgpack.packb` builds a new one per call);
         # the bytes are the same as `records.encode` gives.
         self._pack = msgpack.Packer(use_bin_type=True).pack
@@ -669,6 +675,17 @@ class LmdbLog:
 
     def disk_usage(self) -> int:
         return sum(f.stat().st_size for f in self._path.iterdir() if f.is_file())
+
+
+def missing_bytes(env: Any, data_file: Path) -> int:
+    """How many bytes of the pages LMDB's meta page counts are missing from the file (a file cut
+    short: by a full disk in a copy, a bad card, a careless truncate); 0 when it is whole."""
+    needed = int((env.info()["last_pgno"] + 1) * env.stat()["psize"])
+    try:
+        size = data_file.stat().st_size
+    except OSError:
+        return 0
+    return max(0, needed - size)
 
 
 def deleted_state(w: Write, prev_value: bytes | None, *, revision: int) -> dict[str, Any] | errors.CorruptRecordError:

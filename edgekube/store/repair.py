@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import shutil
+import struct
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import lmdb
 
-from edgekube._cogs import files
+from edgekube._cogs import child, files
 from edgekube.store import errors, identity, lmdb_log, records
 
 P = ParamSpec("P")
@@ -116,7 +117,11 @@ def _tolerant(cursor: Any, report_to: list[str], where: str) -> Iterator[tuple[b
 
 
 def _open_readonly(data_dir: Path) -> tuple[Any, Any, Any, Any]:
-    env = lmdb.open(str(data_dir / identity.DB_DIR), readonly=True, max_dbs=4, subdir=True, lock=True)
+    return _open_readonly_dir(data_dir / identity.DB_DIR)
+
+
+def _open_readonly_dir(db_dir: Path) -> tuple[Any, Any, Any, Any]:
+    env = lmdb.open(str(db_dir), readonly=True, max_dbs=4, subdir=True, lock=True)
     try:
         return env, env.open_db(b"log", create=False), env.open_db(b"index", create=False), env.open_db(b"meta", create=False)
     except lmdb.Error:
@@ -132,11 +137,36 @@ def check(data_dir: Path) -> Report:
         report.identity = str(exc)
     if not report.database.exists() or report.database.stat().st_size == 0:
         return report
+
+    def read(emit: child.Emit) -> None:
+        _check_db(data_dir, report)
+        emit(json.dumps(report.to_dict()).encode())
+
+    # In a child: on some damage LMDB aborts rather than failing (see _cogs/child.py).
+    frames, crash = child.run(read)
+    if frames:
+        got = json.loads(frames[-1])
+        for name in ("revision", "compacted", "cluster", "records", "live_keys", "readable_objects", "structural"):
+            setattr(report, name, got[name])
+        report.findings = [Finding(f["what"], f["problem"]) for f in got["findings"]]
+    if crash is not None:
+        report.structural.append(f"LMDB {crash} while reading it (a damaged page; `edgekube store recover` "
+                                 "reads what is readable)")
+    return report
+
+
+def _check_db(data_dir: Path, report: Report) -> None:
     try:
         env, log_db, index_db, meta_db = _open_readonly(data_dir)
     except lmdb.Error as exc:
         report.structural.append(f"LMDB cannot open it: {exc}")
-        return report
+        return
+    short = lmdb_log.missing_bytes(env, report.database)
+    if short:
+        env.close()
+        report.structural.append(f"the file is truncated: {short} bytes of its pages are missing "
+                                 "(`edgekube store recover` reads what is left)")
+        return
     try:
         with env.begin(buffers=False) as txn:
             meta = dict(_tolerant(txn.cursor(db=meta_db), report.structural, "meta table"))
@@ -176,64 +206,112 @@ def check(data_dir: Path) -> Report:
         report.structural.append(str(exc))
     finally:
         env.close()
-    return report
 
 
 def _latest_readable(data_dir: Path, lost: list[str]) -> tuple[dict[str, tuple[int, int, bytes]], dict[bytes, bytes]]:
     """key -> (revision, op, value) of the newest readable record of every key, from the log and
     the index both (either tree may be the damaged one); and the meta table."""
-    latest: dict[str, tuple[int, int, bytes]] = {}
-    env, log_db, index_db, meta_db = _open_readonly(data_dir)
-    structural: list[str] = []
-    try:
-        with env.begin(buffers=False) as txn:
-            meta = dict(_tolerant(txn.cursor(db=meta_db), structural, "meta"))
-            top = max([lmdb_log.rev_int(meta[k]) for k in (b"rev", b"reserved") if k in meta] or [0])
-
-            def take(rev: int, data: bytes, key: str = "") -> None:
-                try:
-                    rec = lmdb_log._unpack_record(rev, data, key=key)
-                except errors.CorruptRecordError:
-                    lost.append(key or f"revision {rev}")
-                    return
-                if rec.op is not records.Op.DELETE:
-                    try:
-                        records.decode(rec.value, key=rec.key, revision=rev)
-                    except errors.CorruptRecordError:
-                        lost.append(rec.key)
-                        return
-                if rec.key not in latest or latest[rec.key][0] < rev:
-                    latest[rec.key] = (rev, int(rec.op), rec.value)
-
-            # The log, probing past pages LMDB cannot read (revisions are integers).
-            cursor = txn.cursor(db=log_db)
-            at = 1
-            while at <= top:
-                try:
-                    if not cursor.set_range(lmdb_log.rev_bytes(at)):
-                        break
-                    for raw_rev, data in cursor.iternext(keys=True, values=True):
-                        at = lmdb_log.rev_int(raw_rev) + 1
-                        take(at - 1, data)
-                    break
-                except lmdb.Error:
-                    at += 1 + at // 64
-            for raw_key, raw_rev in _tolerant(txn.cursor(db=index_db), structural, "index"):
-                key = raw_key.decode(errors="replace")
-                rev = lmdb_log.rev_int(raw_rev)
-                if key in latest and latest[key][0] >= rev:
-                    continue
-                try:
-                    data = txn.get(raw_rev, db=log_db)
-                except lmdb.Error:
-                    data = None
-                if data is None:
-                    lost.append(key)
-                    continue
-                take(rev, data, key)
-    finally:
+    env, _, _, _ = _open_readonly(data_dir)
+    short = lmdb_log.missing_bytes(env, identity.db_file(data_dir))
+    if short:
+        # Read a copy padded with zeros to its full length: LMDB then finds bad pages (an
+        # error) where it would otherwise read past the end of the file (SIGBUS).
         env.close()
+        padded = data_dir / "db.padded"
+        shutil.rmtree(padded, ignore_errors=True)
+        padded.mkdir()
+        shutil.copyfile(identity.db_file(data_dir), padded / "data.mdb")
+        with open(padded / "data.mdb", "r+b") as f:
+            f.truncate(identity.db_file(data_dir).stat().st_size + short)
+        try:
+            return _latest_readable_in(padded, lost)
+        finally:
+            shutil.rmtree(padded, ignore_errors=True)
+    env.close()
+    return _latest_readable_in(data_dir / identity.DB_DIR, lost)
+
+
+def _latest_readable_in(db_dir: Path, lost: list[str]) -> tuple[dict[str, tuple[int, int, bytes]], dict[bytes, bytes]]:
+    """The salvage proper. Every read of the damaged file happens in a child process (LMDB may
+    abort on a bad page rather than fail): the children stream back what they read, and when
+    one dies the next starts past the point it reached, skipping further each time no record
+    came through (over a run of bad pages)."""
+    latest: dict[str, tuple[int, int, bytes]] = {}
+
+    def read_meta(emit: child.Emit) -> None:
+        env, _, _, meta_db = _open_readonly_dir(db_dir)
+        with env.begin(buffers=False) as txn:
+            for key, value in _tolerant(txn.cursor(db=meta_db), [], "meta"):
+                emit(_LEN.pack(len(key)) + key + value)
+
+    frames, _ = child.run(read_meta)
+    meta: dict[bytes, bytes] = {}
+    for f in frames:
+        (n,) = _LEN.unpack_from(f)
+        meta[f[_LEN.size:_LEN.size + n]] = f[_LEN.size + n:]
+    top = max([lmdb_log.rev_int(meta[k]) for k in (b"rev", b"reserved") if len(meta.get(k, b"")) == 8] or [0])
+
+    def take(rev: int, data: bytes) -> None:
+        try:
+            rec = lmdb_log._unpack_record(rev, data)
+        except errors.CorruptRecordError:
+            return
+        if rec.op is not records.Op.DELETE:
+            try:
+                records.decode(rec.value, key=rec.key, revision=rev)
+            except errors.CorruptRecordError:
+                return
+        if rec.key not in latest or latest[rec.key][0] < rev:
+            latest[rec.key] = (rev, int(rec.op), rec.value)
+
+    start, skip = 1, 1
+    while start <= max(top, 1):
+
+        def read_log(emit: child.Emit, start: int = start) -> None:
+            env, log_db, _, _ = _open_readonly_dir(db_dir)
+            with env.begin(buffers=False) as txn:
+                cursor = txn.cursor(db=log_db)
+                try:
+                    if cursor.set_range(lmdb_log.rev_bytes(start)):
+                        for raw_rev, data in cursor.iternext(keys=True, values=True):
+                            emit(raw_rev + data)
+                    emit(_DONE)
+                except lmdb.Error:
+                    pass
+
+        frames, _ = child.run(read_log)
+        last = start - 1
+        for f in frames:
+            if f == _DONE:
+                last = -1
+                break
+            last = lmdb_log.rev_int(f[:8])
+            take(last, f[8:])
+        if last < 0:
+            break
+        if last >= start:
+            start, skip = last + 1, 1  # progress: resume right after the last record read
+        else:
+            start, skip = start + skip, skip * 2  # none: jump ahead, further each time
+
+    def read_index(emit: child.Emit) -> None:
+        env, _, index_db, _ = _open_readonly_dir(db_dir)
+        with env.begin(buffers=False) as txn:
+            for key, raw_rev in _tolerant(txn.cursor(db=index_db), [], "index"):
+                emit(raw_rev + key)
+
+    frames, _ = child.run(read_index)
+    for f in frames:
+        key = f[8:].decode(errors="replace")
+        if key not in latest or latest[key][1] == int(records.Op.DELETE):
+            lost.append(key)  # alive, but no readable state of it is left
+        elif latest[key][0] < lmdb_log.rev_int(f[:8]):
+            lost.append(f"{key} (its newest state; an older one is kept)")
     return latest, meta
+
+
+_DONE = b"\x00done"
+_LEN = struct.Struct(">I")
 
 
 @_lmdb_failures
@@ -243,18 +321,17 @@ def recover(data_dir: Path) -> tuple[int, list[str], Path]:
     lost: list[str] = []
     latest, meta = _latest_readable(data_dir, lost)
     top = max([r for r, _, _ in latest.values()] + [lmdb_log.rev_int(meta[k]) for k in (b"rev", b"reserved")
-                                                     if k in meta] + [_seen(data_dir)])
-    cluster = meta[b"cluster"].decode() if b"cluster" in meta else None
+                                                     if len(meta.get(k, b"")) == 8] + [_seen(data_dir)])
+    ident = identity.read(data_dir)
+    # The data dir's own cluster first: the meta table may be among what was lost.
+    cluster = ident.cluster if ident else (meta[b"cluster"].decode(errors="replace") if b"cluster" in meta
+                                          else _new_cluster())
     live = {k: v for k, v in latest.items() if v[1] != int(records.Op.DELETE)}
-    # Keys whose newest record is unreadable but an older one was read: the older one is kept.
-    lost = sorted(set(lost) - set(live))
     new_dir = data_dir / "db.recovering"
     shutil.rmtree(new_dir, ignore_errors=True)
     _write_database(new_dir, live, top=top, cluster=cluster)
     aside = _swap_in(data_dir, new_dir, reason="damaged")
-    ident = identity.read(data_dir)
-    identity.write(data_dir, identity.Identity(cluster=cluster or (ident.cluster if ident else _new_cluster()),
-                                               revision=top, seen=identity._now()))
+    identity.write(data_dir, identity.Identity(cluster=cluster, revision=top, seen=identity._now()))
     return len(live), lost, aside
 
 
@@ -304,14 +381,13 @@ def _new_cluster() -> str:
     return str(uuid.uuid4())
 
 
-def _write_database(path: Path, live: dict[str, tuple[int, int, bytes]], *, top: int, cluster: str | None) -> None:
+def _write_database(path: Path, live: dict[str, tuple[int, int, bytes]], *, top: int, cluster: str) -> None:
     log = lmdb_log.LmdbLog(path, map_size=max(1 << 24, 4 * sum(len(v) for _, _, v in live.values())),
                            max_size=1 << 40)
     try:
         log.load([(key, rev, value) for key, (rev, _, value) in sorted(live.items(), key=lambda kv: kv[1][0])])
         log.raise_floor(top)
-        if cluster:
-            log.set_cluster_id(cluster)
+        log.set_cluster_id(cluster)
     finally:
         log.close()
 

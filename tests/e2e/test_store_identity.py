@@ -208,3 +208,24 @@ def test_refusal_is_not_restarted_by_systemd() -> None:
     unit = (REPO / "systemd" / "edgekube.service").read_text()
     assert "RestartPreventExitStatus=3" in unit
 
+
+
+def test_a_truncated_database_is_refused_not_a_crash_and_recover_reads_what_is_left(used: Server) -> None:
+    """A file cut short (a copy that ran out of space): reading past its end would kill the
+    process with SIGBUS; the node refuses naming the database instead, `check` says truncated,
+    and `recover` reads what is left (from a zero-padded copy)."""
+    for i in range(200):
+        _create(used, f"obj-{i}", k="v" * 40)
+    used.stop()
+    data = used.data_dir / "db" / "data.mdb"
+    size = len(data.read_bytes().rstrip(b"\0"))
+    with open(data, "r+b") as f:
+        f.truncate(size * 2 // 3)
+    _refused(used, "is damaged", "truncated", "store recover")
+    check = _edgekube("store", "check", "--data-dir", str(used.data_dir))
+    assert check.returncode == 1 and "truncated" in check.stdout, check.stdout
+    recover = _edgekube("store", "recover", "--data-dir", str(used.data_dir))
+    assert recover.returncode == 0, recover.stderr
+    used.start()
+    assert _create(used, "after-recover") > 200
+    assert _edgekube("store", "check", "--data-dir", str(used.data_dir)).returncode == 0
