@@ -15,7 +15,9 @@ crdRegistration (one for every served version of every CRD, priorities 1000 and 
 
 Unlike upstream's `onstart` entries, built-in ones are kept continuously (a deleted `v1.apps`
 comes back at once rather than at the next restart): the APIService list then always says what
-is served. Their status (Available=True, reason Local) is the registry's (api/registry/apiservices.py).
+is served. The registry derives every entry's status from its spec (api/registry/apiservices.py:
+Available=True, reason Local, for a local one); a status written through the status subresource
+is put back here, as upstream's availability controllers overwrite what they did not observe.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+from edgekube._cogs import clock as clock_mod
 from edgekube.api import errors
+from edgekube.api.registry import apiservices as apiservice_status
 from edgekube.api.registry import rest
 from edgekube.client.informer import Handlers, Informer
 from edgekube.client.local import LocalClient
@@ -87,9 +91,10 @@ def _crd_versions(crd: JSON) -> Iterable[tuple[str, str]]:
 class APIServiceRegistrationController(Controller):
     name = "apiservice-registration-controller"
 
-    def __init__(self, client: LocalClient, apiservices: Informer, crds: Informer) -> None:
+    def __init__(self, client: LocalClient, apiservices: Informer, crds: Informer, *, clock: clock_mod.Clock) -> None:
         super().__init__()
         self._client = client
+        self._clock = clock
         self._apiservices = apiservices
         self._crds = crds
         apiservices.add_handlers(Handlers(on_add=self._enqueue, on_update=lambda _old, new: self._enqueue(new),
@@ -142,6 +147,7 @@ class APIServiceRegistrationController(Controller):
                     if exc.code != 409:  # made meanwhile: its add event brings us back
                         raise
             return
+        await self._keep_status(have)
         if MANAGED_LABEL not in ((have.get("metadata") or {}).get("labels") or {}):
             return  # the user's own entry
         if want is None:
@@ -162,3 +168,19 @@ class APIServiceRegistrationController(Controller):
             except errors.APIError as exc:
                 if exc.code != 404:
                     raise
+
+    async def _keep_status(self, have: JSON) -> None:
+        now = clock_mod.rfc3339(self._clock.now())
+        if apiservice_status.status(have, old=have, now=now) == (have.get("status") or {}):
+            return
+
+        def derive(obj: JSON) -> JSON:
+            obj["status"] = apiservice_status.status(obj, old=obj, now=clock_mod.rfc3339(self._clock.now()))
+            return obj
+
+        try:
+            await self._client.patch(API_VERSION, "APIService", name=have["metadata"]["name"], namespace=None,
+                                     mutate=derive, subresource="status")
+        except errors.APIError as exc:
+            if exc.code != 404:
+                raise

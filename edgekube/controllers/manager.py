@@ -64,7 +64,7 @@ def build(ctx: Context) -> tuple[list[Controller], garbage_collector.GarbageColl
         gc,
         apiservices.APIServiceRegistrationController(
             ctx.client, inf.get("apiregistration.k8s.io/v1", "APIService"),
-            inf.get("apiextensions.k8s.io/v1", "CustomResourceDefinition")),
+            inf.get("apiextensions.k8s.io/v1", "CustomResourceDefinition"), clock=ctx.clock),
         replicaset.ReplicaSetController(ctx.client, inf.get("apps/v1", "ReplicaSet"), inf.get("v1", "Pod"),
                                         ctx.events.for_component("replicaset-controller"), clock=ctx.clock),
         replicaset.ReplicationManager(ctx.client, inf.get("v1", "ReplicationController"), inf.get("v1", "Pod"),

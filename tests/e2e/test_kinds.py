@@ -261,6 +261,11 @@ def test_apiservices_list_every_served_group_version(k: Kubectl) -> None:
     k.run("delete", "apiservice", "v1.apps", namespaced=False)
     until(lambda: "v1.apps" in _apiservices(k), what="v1.apps back")
     assert "deployments" in k.out("api-resources", "--api-group=apps", namespaced=False)
+    # A status nobody observed is put back, as upstream's availability controller does.
+    broken = {"status": {"conditions": [{"type": "Available", "status": "False", "reason": "Broken", "message": "x"}]}}
+    k.run("patch", "apiservice", "v1.batch", "--subresource=status", "--type=merge", "-p", json.dumps(broken),
+          namespaced=False)
+    until(lambda: _apiservices(k)["v1.batch"]["status"]["conditions"][0]["reason"] == "Local", what="status back")
 
 
 CRD = """
