@@ -10,8 +10,9 @@ is not done: edgekube stores such an entry, but never proxies to it nor adds its
 discovery. Upstream would report Available=False with a reason (`ServiceNotFound`,
 `FailedDiscoveryCheck`, ...) until the service answered; edgekube's answer never changes, so it
 says why once and for all: Available=False, reason `AggregationNotSupported`, and a message that
-names the service. Clients that wait for the entry (`kubectl wait --for=condition=Available`)
-then fail with that message instead of hanging on a status that would never come.
+names the service. Whoever waits for the entry (`kubectl wait --for=condition=Available` times
+out) reads the cause in `kubectl get apiservices` (`False (AggregationNotSupported)`) rather than
+one of upstream's transient reasons, which would suggest that it may yet come.
 
 The status is derived from the spec on create and on every spec update (the status subresource
 may still be written, as upstream allows); lastTransitionTime moves only when the status does.
