@@ -278,3 +278,19 @@ def test_priority_class_names_values_and_updates() -> None:
     defaults.apply(gk, old)
     assert _fields(gk, pc("mine", 6), old=old, namespaced=False) == ["value"]
     assert _fields(gk, pc("mine", 5, preemptionPolicy="Never"), old=old, namespaced=False) == ["preemptionPolicy"]
+
+
+@pytest.mark.parametrize("gk", ["ReplicationController", "ReplicaSet.apps"])
+def test_replica_status_counts_stay_under_replicas(gk: str) -> None:
+    def status(**counts: int) -> list[tuple[str, str]]:
+        obj = {"metadata": {"name": "r", "namespace": "default"}, "status": counts}
+        return [(c.field, c.message) for c in validation.validate_status(gk, obj, old=None, namespaced=True)]
+
+    assert status(replicas=2, fullyLabeledReplicas=2, readyReplicas=2, availableReplicas=1) == []
+    assert status(replicas=1, readyReplicas=2, availableReplicas=2) == [
+        ("status.readyReplicas", "Invalid value: 2: cannot be greater than status.replicas"),
+        ("status.availableReplicas", "Invalid value: 2: cannot be greater than status.replicas")]
+    assert status(replicas=3, readyReplicas=1, availableReplicas=2) == [
+        ("status.availableReplicas", "Invalid value: 2: cannot be greater than readyReplicas")]
+    assert status(replicas=1, fullyLabeledReplicas=-1) == [
+        ("status.fullyLabeledReplicas", "Invalid value: -1: must be greater than or equal to 0")]

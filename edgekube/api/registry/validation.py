@@ -1324,4 +1324,19 @@ def validate_status(gk: str, obj: JSON, *, old: JSON | None, namespaced: bool) -
             e.unsupported(f"status.conditions[{i}].status", cond.get("status"), ["True", "False", "Unknown"])
     for k in ("replicas", "readyReplicas", "availableReplicas", "updatedReplicas", "observedGeneration"):
         _nonneg_int(e, f"status.{k}", status.get(k))
+    if gk in ("ReplicationController", "ReplicaSet.apps"):
+        _replica_counts(e, status)
     return e.causes
+
+
+def _replica_counts(e: _Errs, status: JSON) -> None:
+    """Upstream's ValidateReplicationControllerStatus (and ReplicaSet's): no count above replicas."""
+    counts = {k: status.get(k) or 0 for k in ("replicas", "fullyLabeledReplicas", "readyReplicas", "availableReplicas")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values()):
+        return  # reported above as not an integer
+    _nonneg_int(e, "status.fullyLabeledReplicas", counts["fullyLabeledReplicas"])
+    for k in ("fullyLabeledReplicas", "readyReplicas", "availableReplicas"):
+        if counts[k] > counts["replicas"]:
+            e.invalid(f"status.{k}", counts[k], "cannot be greater than status.replicas")
+    if counts["availableReplicas"] > counts["readyReplicas"]:
+        e.invalid("status.availableReplicas", counts["availableReplicas"], "cannot be greater than readyReplicas")
