@@ -414,3 +414,12 @@ def test_one_global_default_and_system_classes_in_any_namespace(k: Kubectl) -> N
           json.dumps({"spec": {"priorityClassName": "system-node-critical"}}))
     spec = k.json("get", "pod", "critical")["spec"]
     assert spec["priority"] == 2000001000 and spec["preemptionPolicy"] == "PreemptLowerPriority"
+
+
+def test_deletecollection_keeps_the_system_priority_classes(api: client.ApiClient) -> None:
+    sched = client.SchedulingV1Api(api)
+    sched.create_priority_class(client.V1PriorityClass(metadata=client.V1ObjectMeta(name="swept", labels={"sweep": "1"}),
+                                                       value=7))
+    sched.delete_collection_priority_class()
+    names = {pc.metadata.name for pc in sched.list_priority_class().items}
+    assert names == {"system-node-critical", "system-cluster-critical"}
