@@ -423,3 +423,26 @@ def test_deletecollection_keeps_the_system_priority_classes(api: client.ApiClien
     sched.delete_collection_priority_class()
     names = {pc.metadata.name for pc in sched.list_priority_class().items}
     assert names == {"system-node-critical", "system-cluster-critical"}
+
+
+# --- Ingress (kubectl's default prune list needs it mapped) ---------------------------------
+
+
+def test_ingresses_are_stored_and_shown(k: Kubectl) -> None:
+    k.run("create", "ingress", "web", "--class=nginx", "--rule=foo.example/bar*=svc1:8080,tls=cert",
+          "--rule=bar.example/=svc2:http")  # kubectl 1.36 sends this one as protobuf
+    header, rows = _table(k.out("get", "ingress"))
+    assert header == ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"]
+    assert rows["web"][1:3] == ["nginx", "foo.example,bar.example"] and "80, 443" in k.out("get", "ing", "web")
+    paths = [r["http"]["paths"][0] for r in k.json("get", "ingress", "web")["spec"]["rules"]]
+    assert [(p["path"], p["pathType"]) for p in paths] == [("/bar", "Prefix"), ("/", "Exact")]
+    no_type = """
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: bad}
+spec:
+  rules:
+  - http: {paths: [{path: /, backend: {service: {name: s, port: {number: 80}}}}]}
+"""
+    proc = k.run("apply", "-f", "-", input=no_type, check=False)
+    assert "spec.rules[0].http.paths[0].pathType: Required value: pathType must be specified" in proc.stderr
