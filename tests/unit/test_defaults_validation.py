@@ -294,3 +294,32 @@ def test_replica_status_counts_stay_under_replicas(gk: str) -> None:
         ("status.availableReplicas", "Invalid value: 2: cannot be greater than readyReplicas")]
     assert status(replicas=1, fullyLabeledReplicas=-1) == [
         ("status.fullyLabeledReplicas", "Invalid value: -1: must be greater than or equal to 0")]
+
+
+_BACKEND = {"service": {"name": "s", "port": {"number": 80}}}
+
+
+def _ingress(**spec: Any) -> JSON:
+    return {"metadata": {"name": "i", "namespace": "default"}, "spec": spec}
+
+
+def _rule(host: str = "", backend: Any = None, **path: Any) -> JSON:
+    one = {"path": "/", "pathType": "Prefix", "backend": _BACKEND if backend is None else backend, **path}
+    return {**({"host": host} if host else {}), "http": {"paths": [one]}}
+
+
+@pytest.mark.parametrize(("spec", "fields"), [
+    ({"rules": [_rule("foo.example"), _rule("*.example.com")], "tls": [{"hosts": ["foo.example"]}]}, []),
+    ({"defaultBackend": _BACKEND, "ingressClassName": "nginx"}, []),
+    ({}, ["spec"]),
+    ({"rules": [_rule("10.0.0.1")]}, ["spec.rules[0].host"]),
+    ({"rules": [_rule("*x.example")], "tls": [{"hosts": ["Bad"]}]}, ["spec.tls[0].hosts[0]", "spec.rules[0].host"]),
+    ({"rules": [_rule(pathType=None)]}, ["spec.rules[0].http.paths[0].pathType"]),
+    ({"rules": [_rule(path="rel")]}, ["spec.rules[0].http.paths[0].path"]),
+    ({"rules": [_rule(backend={"service": {"name": "Bad_", "port": {"name": "HTTP"}}})]},
+     ["spec.rules[0].http.paths[0].backend.service.name", "spec.rules[0].http.paths[0].backend.service.port.name"]),
+    ({"rules": [_rule(backend={"service": {"name": "s", "port": {}}})]}, ["spec.rules[0].http.paths[0].backend.service.port"]),
+    ({"defaultBackend": {"service": _BACKEND["service"], "resource": {"kind": "X", "name": "x"}}}, ["spec.defaultBackend"]),
+])
+def test_ingress_validation(spec: JSON, fields: list[str]) -> None:
+    assert _fields("Ingress.networking.k8s.io", _ingress(**copy.deepcopy(spec))) == fields

@@ -1167,13 +1167,38 @@ def _ingress_backend(e: _Errs, field: str, backend: Any) -> None:
     elif service is None and resource is None:
         e.invalid(field, "", "resource or service backend is required")
     elif isinstance(service, dict):
-        if not service.get("name"):
+        name = service.get("name")
+        if not name:
             e.required(f"{field}.service.name")
+        elif not (len(str(name)) <= 63 and _DNS1035_LABEL.match(str(name))):
+            e.invalid(f"{field}.service.name", name, _DNS1035_LABEL_MSG)
         port = service.get("port") or {}
         if not isinstance(port, dict) or bool(port.get("name")) == (port.get("number") is not None):
             e.invalid(f"{field}.service.port", "", "must specify either a port name or a port number")
         elif port.get("number") is not None:
             _port_number(e, f"{field}.service.port.number", port.get("number"))
+        else:
+            _port_num_or_name(e, f"{field}.service.port.name", str(port["name"]))
+
+
+def _ingress_host(e: _Errs, field: str, host: Any) -> None:
+    """A DNS name, possibly with a leading `*.` wildcard, and never an IP address."""
+    text = str(host)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        e.invalid(field, text, "must be a DNS name, not an IP address")
+        return
+    name = text[2:] if text.startswith("*.") else text
+    if not (len(text) <= 253 and _DNS1123_SUBDOMAIN.match(name)):
+        detail = "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, " \
+                 "which must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric " \
+                 "character (e.g. '*.example.com', regex used for validation is " \
+                 "'\\*\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')" \
+            if text.startswith("*") else _DNS1123_SUBDOMAIN_MSG
+        e.invalid(field, text, detail)
 
 
 def _ingress(e: _Errs, obj: JSON, old: JSON | None) -> None:
@@ -1184,7 +1209,15 @@ def _ingress(e: _Errs, obj: JSON, old: JSON | None) -> None:
         _ingress_backend(e, "spec.defaultBackend", spec.get("defaultBackend"))
     elif not rules:
         e.invalid("spec", "", "either `defaultBackend` or `rules` must be specified")
+    cls = spec.get("ingressClassName")
+    if cls is not None and not (len(str(cls)) <= 253 and _DNS1123_SUBDOMAIN.match(str(cls))):
+        e.invalid("spec.ingressClassName", cls, _DNS1123_SUBDOMAIN_MSG)
+    for i, tls in enumerate(spec.get("tls") or []):
+        for j, host in enumerate((tls or {}).get("hosts") or [] if isinstance(tls, dict) else []):
+            _ingress_host(e, f"spec.tls[{i}].hosts[{j}]", host)
     for i, rule in enumerate(rules):
+        if isinstance(rule, dict) and rule.get("host"):
+            _ingress_host(e, f"spec.rules[{i}].host", rule["host"])
         http = rule.get("http") if isinstance(rule, dict) else None
         if not isinstance(http, dict):
             continue
