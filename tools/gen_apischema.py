@@ -10,7 +10,7 @@ k8s.io/apiextensions-apiserver) and writes the resulting Swagger 2.0 definitions
 a data module. edgekube builds its OpenAPI documents, strategic merge patch and server-side apply
 from that one table.
 
-    python3 tools/gen_apischema.py --api DIR --apimachinery DIR --apiextensions DIR
+    python3 tools/gen_apischema.py --api DIR --apimachinery DIR --apiextensions DIR --aggregator DIR
 
 Each DIR is a checkout or a bare git dir (read at HEAD). Run by hand for a new Kubernetes minor.
 """
@@ -34,6 +34,7 @@ API_PACKAGES = [
 ]
 MACHINERY_PACKAGES = ["pkg/apis/meta/v1", "pkg/runtime", "pkg/util/intstr", "pkg/api/resource", "pkg/version"]
 EXTENSIONS_PACKAGES = ["pkg/apis/apiextensions/v1"]
+AGGREGATOR_PACKAGES = ["pkg/apis/apiregistration/v1"]
 
 # Go import path -> OpenAPI definition prefix.
 def _prefix(import_path: str) -> str:
@@ -328,12 +329,14 @@ def main() -> None:
     ap.add_argument("--api", type=Path, required=True)
     ap.add_argument("--apimachinery", type=Path, required=True)
     ap.add_argument("--apiextensions", type=Path, required=True)
+    ap.add_argument("--aggregator", type=Path, required=True, help="k8s.io/kube-aggregator (APIService)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "edgekube/api/apischema_data.py")
     args = ap.parse_args()
     packages: dict[str, Package] = {}
     sources = ([(args.api, "k8s.io/api", p) for p in API_PACKAGES]
                + [(args.apimachinery, "k8s.io/apimachinery", p) for p in MACHINERY_PACKAGES]
-               + [(args.apiextensions, "k8s.io/apiextensions-apiserver", p) for p in EXTENSIONS_PACKAGES])
+               + [(args.apiextensions, "k8s.io/apiextensions-apiserver", p) for p in EXTENSIONS_PACKAGES]
+               + [(args.aggregator, "k8s.io/kube-aggregator", p) for p in AGGREGATOR_PACKAGES])
     for root, module, pkg_dir in sources:
         pkg = Package(f"{module}/{pkg_dir}")
         for go in upstream_src.type_sources(root, pkg_dir):

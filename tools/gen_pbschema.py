@@ -11,7 +11,7 @@ handler, Volume's source).
 The output is a data table only: field numbers and names are the wire protocol. Run by hand
 when a Kubernetes minor release adds fields:
 
-    python3 tools/gen_pbschema.py --api DIR --apimachinery DIR --apiextensions DIR
+    python3 tools/gen_pbschema.py --api DIR --apimachinery DIR --apiextensions DIR --aggregator DIR
 
 where each DIR is a checkout (or a bare git dir, read at HEAD).
 """
@@ -31,6 +31,7 @@ API_PACKAGES = [
 ]
 MACHINERY_PACKAGES = ["pkg/apis/meta/v1", "pkg/runtime", "pkg/util/intstr", "pkg/api/resource"]
 EXTENSIONS_PACKAGES = ["pkg/apis/apiextensions/v1"]
+AGGREGATOR_PACKAGES = ["pkg/apis/apiregistration/v1"]
 
 _FIELD = re.compile(r"^\s*(optional|repeated|required)?\s*(map<\s*([\w.]+)\s*,\s*([\w.]+)\s*>|[\w.]+)\s+(\w+)\s*=\s*(\d+)")
 _GO_TAG = re.compile(r'protobuf:"(\w+),(\d+),(?:opt|req|rep)[^"]*"')
@@ -117,11 +118,12 @@ def main() -> None:
     ap.add_argument("--api", type=Path, required=True)
     ap.add_argument("--apimachinery", type=Path, required=True)
     ap.add_argument("--apiextensions", type=Path, required=True)
+    ap.add_argument("--aggregator", type=Path, required=True, help="k8s.io/kube-aggregator (APIService)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "edgekube/api/pbschema.py")
     args = ap.parse_args()
     table: dict[str, list[tuple[int, str, str, bool, bool, bool]]] = {}
     sources = ([(args.api, p) for p in API_PACKAGES] + [(args.apimachinery, p) for p in MACHINERY_PACKAGES]
-               + [(args.apiextensions, p) for p in EXTENSIONS_PACKAGES])
+               + [(args.apiextensions, p) for p in EXTENSIONS_PACKAGES] + [(args.aggregator, p) for p in AGGREGATOR_PACKAGES])
     for root, pkg in sources:
         package, messages = _proto_messages(upstream_src.read(root, f"{pkg}/generated.proto"))
         structs: dict[str, dict[int, tuple[bool, bool]]] = {}

@@ -3088,4 +3088,37 @@ MESSAGES: dict[str, tuple[tuple[int, str, str, bool, bool, bool], ...]] = {
         (2, 'intVal', 'i', False, False, False),
         (3, 'strVal', 's', False, False, False),
     ),
+    'k8s.io.kube_aggregator.pkg.apis.apiregistration.v1.APIService': (
+        (1, 'metadata', 'k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta', False, False, False),
+        (2, 'spec', 'k8s.io.kube_aggregator.pkg.apis.apiregistration.v1.APIServiceSpec', False, False, False),
+        (3, 'status', 'k8s.io.kube_aggregator.pkg.apis.apiregistration.v1.APIServiceStatus', False, False, False),
+    ),
+    'k8s.io.kube_aggregator.pkg.apis.apiregistration.v1.APIServiceCondition': (
+        (1, 'type', 's', False, False, False),
+        (2, 'status', 's', False, False, False),
+        (3, 'lastTransitionTime', 'k8s.io.apimachinery.pkg.apis.meta.v1.Time', False, False, False),
+        (4, 'reason', 's', False, False, False),
+        (5, 'message', 's', False, False, False),
+    ),
+    'k8s.io.kube_aggregator.pkg.apis.apiregistration.v1.APIServiceList': (
+        (1, 'metadata', 'k8s.io.apimachinery.pkg.apis.meta.v1.ListMeta', False, False, False),
+        (2, 'items', 'k8s.io.kube_aggregator.pkg.apis.apiregistration.v1.APIService', True, False, False),
+    ),
+    'k8s.io.kube_aggregator.pkg.apis.apiregistration.v1.APIServiceSpec': (
+        (1, 'service', 'k8s.io.kube_aggregator.pkg.apis.apiregistration.v1.ServiceReference', False, True, False),
+        (2, 'group', 's', False, False, False),
+        (3, 'version', 's', False, False, False),
+        (4, 'insecureSkipTLSVerify', 'B', False, False, False),
+        (5, 'caBundle', 'b', False, False, False),
+        (7, 'groupPriorityMinimum', 'i', False, False, False),
+        (8, 'versionPriority', 'i', False, False, False),
+    ),
+    'k8s.io.kube_aggregator.pkg.apis.apiregistration.v1.APIServiceStatus': (
+        (1, 'conditions', 'k8s.io.kube_aggregator.pkg.apis.apiregistration.v1.APIServiceCondition', True, False, False),
+    ),
+    'k8s.io.kube_aggregator.pkg.apis.apiregistration.v1.ServiceReference': (
+        (1, 'namespace', 's', False, False, False),
+        (2, 'name', 's', False, False, False),
+        (3, 'port', 'i', False, True, False),
+    ),
 }

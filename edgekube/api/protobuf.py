@@ -49,6 +49,7 @@ _PACKAGES = {
     "authorization.k8s.io/v1": "k8s.io.api.authorization.v1",
     "scheduling.k8s.io/v1": "k8s.io.api.scheduling.v1",
     "apiextensions.k8s.io/v1": "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1",
+    "apiregistration.k8s.io/v1": "k8s.io.kube_aggregator.pkg.apis.apiregistration.v1",
     "meta.k8s.io/v1": "k8s.io.apimachinery.pkg.apis.meta.v1",
 }
 

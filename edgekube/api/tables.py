@@ -527,6 +527,37 @@ _REPLICASET = Printer(
 )
 
 
+def _replication_controller_row(obj: Mapping[str, Any], now: datetime) -> list[Any]:
+    spec = _m(obj, "spec")
+    status = _m(obj, "status")
+    names, images = _containers(_template_spec(obj))
+    return [
+        _name(obj), _replicas(spec), _i(status.get("replicas")), _i(status.get("readyReplicas")),
+        _created(obj, now), names, images, format_labels(_m(spec, "selector")),
+    ]
+
+
+_REPLICATION_CONTROLLER = Printer(
+    (
+        _NAME,
+        Column("Desired", "integer", "Replicas is the number of desired replicas. This is a pointer to distinguish "
+               "between explicit zero and unspecified. Defaults to 1. More info: https://kubernetes.io/docs/concepts/"
+               "workloads/controllers/replicationcontroller#what-is-a-replicationcontroller"),
+        Column("Current", "integer", "Replicas is the most recently observed number of replicas. More info: "
+               "https://kubernetes.io/docs/concepts/workloads/controllers/replicationcontroller"
+               "#what-is-a-replicationcontroller"),
+        Column("Ready", "integer", "The number of ready replicas for this replication controller."),
+        _AGE, _CONTAINERS, _IMAGES,
+        Column("Selector", "string", "Selector is a label query over pods that should match the Replicas count. If "
+               "Selector is empty, it is defaulted to the labels present on the Pod template. Label keys and values "
+               "that must match in order to be controlled by this replication controller, if empty defaulted to "
+               "labels on Pod template. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/"
+               "labels/#label-selectors", 1),
+    ),
+    _replication_controller_row,
+)
+
+
 def _daemonset_row(obj: Mapping[str, Any], now: datetime) -> list[Any]:
     spec = _m(obj, "spec")
     status = _m(obj, "status")
@@ -727,6 +758,41 @@ def service_ports(ports: Any) -> str:
         else:
             pieces.append(f"{_i(port.get('port'))}/{protocol}")
     return ",".join(pieces)
+
+
+def _ingress_hosts(rules: list[Any]) -> str:
+    """Upstream's formatHosts: the first three hosts, `*` when none, and how many more rules."""
+    hosts: list[str] = []
+    more = False
+    for rule in rules:
+        more = more or len(hosts) == 3
+        host = _s(rule.get("host")) if isinstance(rule, Mapping) else ""
+        if not more and host:
+            hosts.append(host)
+    if not hosts:
+        return "*"
+    return ",".join(hosts) + (f" + {len(rules) - 3} more..." if more else "")
+
+
+def _ingress_row(obj: Mapping[str, Any], now: datetime) -> list[Any]:
+    spec = _m(obj, "spec")
+    return [
+        _name(obj), _s(spec.get("ingressClassName")) or "<none>", _ingress_hosts(_l(spec.get("rules"))),
+        _lb_ingress(_m(obj, "status"), wide=False), "80, 443" if _l(spec.get("tls")) else "80", _created(obj, now),
+    ]
+
+
+_INGRESS = Printer(
+    (
+        _NAME,
+        Column("Class", "string", "The name of the IngressClass resource that should be used for ingress."),
+        Column("Hosts", "string", "Hosts that incoming requests are matched against before the ingress rule"),
+        Column("Address", "string", "Address is a list containing ingress points for the load-balancer"),
+        Column("Ports", "string", "Ports of TLS configurations that open"),
+        _AGE,
+    ),
+    _ingress_row,
+)
 
 
 def _service_row(obj: Mapping[str, Any], now: datetime) -> list[Any]:
@@ -1230,12 +1296,39 @@ def _binding_printer(what: str) -> Printer:
     )
 
 
+# --- apiregistration -------------------------------------------------------------------------
+
+
+def _apiservice_row(obj: Mapping[str, Any], now: datetime) -> list[Any]:
+    service = _m(obj, "spec").get("service")
+    where = f"{_s(service.get('namespace'))}/{_s(service.get('name'))}" if isinstance(service, Mapping) else "Local"
+    available = "Unknown"
+    for cond in _l(_m(obj, "status").get("conditions")):
+        if isinstance(cond, Mapping) and cond.get("type") == "Available":
+            state, reason = _s(cond.get("status")), _s(cond.get("reason"))
+            available = f"{state} ({reason})" if state != "True" and reason else state
+            break
+    return [_name(obj), where, available, _created(obj, now)]
+
+
+_APISERVICE = Printer(
+    (
+        _NAME,
+        Column("Service", "string", "The reference to the service that hosts this API endpoint."),
+        Column("Available", "string", "Whether this service is available."),
+        _AGE,
+    ),
+    _apiservice_row,
+)
+
+
 # --- registry of printers -------------------------------------------------------------------
 
 PRINTERS: Mapping[str, Printer] = {
     "Pod": _POD,
     "Deployment.apps": _DEPLOYMENT,
     "ReplicaSet.apps": _REPLICASET,
+    "ReplicationController": _REPLICATION_CONTROLLER,
     "DaemonSet.apps": _DAEMONSET,
     "StatefulSet.apps": _STATEFULSET,
     "ControllerRevision.apps": _CONTROLLER_REVISION,
@@ -1258,6 +1351,8 @@ PRINTERS: Mapping[str, Printer] = {
     "PersistentVolumeClaim": _PVC,
     "StorageClass.storage.k8s.io": _STORAGE_CLASS,
     "PriorityClass.scheduling.k8s.io": _PRIORITY_CLASS,
+    "APIService.apiregistration.k8s.io": _APISERVICE,
+    "Ingress.networking.k8s.io": _INGRESS,
     "RoleBinding.rbac.authorization.k8s.io": _binding_printer("roleBinding"),
     "ClusterRoleBinding.rbac.authorization.k8s.io": _binding_printer("clusterRoleBinding"),
 }

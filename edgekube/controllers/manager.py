@@ -16,6 +16,7 @@ from edgekube.client.events import EventRecorder
 from edgekube.client.informer import InformerFactory
 from edgekube.client.local import LocalClient
 from edgekube.controllers import (
+    apiservices,
     cronjob,
     daemonset,
     deployment,
@@ -61,8 +62,13 @@ def build(ctx: Context) -> tuple[list[Controller], garbage_collector.GarbageColl
         endpointslices.EndpointSliceController(ctx.client, inf.get("v1", "Service"), inf.get("v1", "Pod"), inf.get("discovery.k8s.io/v1", "EndpointSlice"), inf.get("v1", "Node"), ctx.events.for_component("endpoint-slice-controller")),
         endpointslices.EndpointSliceMirroringController(ctx.client, inf.get("v1", "Service"), inf.get("v1", "Endpoints"), inf.get("discovery.k8s.io/v1", "EndpointSlice"), ctx.events.for_component("endpoint-slice-mirroring-controller")),
         gc,
+        apiservices.APIServiceRegistrationController(
+            ctx.client, inf.get("apiregistration.k8s.io/v1", "APIService"),
+            inf.get("apiextensions.k8s.io/v1", "CustomResourceDefinition"), clock=ctx.clock),
         replicaset.ReplicaSetController(ctx.client, inf.get("apps/v1", "ReplicaSet"), inf.get("v1", "Pod"),
                                         ctx.events.for_component("replicaset-controller"), clock=ctx.clock),
+        replicaset.ReplicationManager(ctx.client, inf.get("v1", "ReplicationController"), inf.get("v1", "Pod"),
+                                      ctx.events.for_component("replication-controller"), clock=ctx.clock),
         deployment.DeploymentController(ctx.client, inf.get("apps/v1", "Deployment"), inf.get("apps/v1", "ReplicaSet"),
                                          inf.get("v1", "Pod"), ctx.events.for_component("deployment-controller"),
                                          clock=ctx.clock),

@@ -12,6 +12,10 @@
   nodes first, the most recently ready, the most restarted, the newest.
 - Status: replicas, fullyLabeledReplicas, readyReplicas, availableReplicas (minReadySeconds),
   observedGeneration, ReplicaFailure.
+
+ReplicationControllers (core/v1) are run by this same logic, as upstream's replication manager
+wraps its ReplicaSet controller: `ReplicationManager` differs only in the kind it owns and in its
+selector, a plain map of labels rather than a LabelSelector.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from edgekube._cogs import clock as clock_mod
-from edgekube.api import errors
+from edgekube.api import errors, labels
 from edgekube.api.registry import rest
 from edgekube.client import objects
 from edgekube.client.events import Recorder
@@ -106,7 +110,7 @@ class ReplicaSetController(Controller):
 
     def _owner_key(self, pod: JSON) -> str | None:
         ref = objects.controller_of(pod)
-        if ref is None or ref.get("kind") != self.kind or not str(ref.get("apiVersion", "")).startswith("apps/"):
+        if ref is None or ref.get("kind") != self.kind or _group(str(ref.get("apiVersion", ""))) != _group(self.api_version):
             return None
         key = f"{objects.meta(pod).get('namespace')}/{ref.get('name')}"
         owner = self._sets.get(key)
@@ -119,7 +123,7 @@ class ReplicaSetController(Controller):
         if objects.meta(pod).get("deletionTimestamp"):
             return
         for owner in self._sets.list(objects.meta(pod).get("namespace")):
-            if objects.matches(objects.selector_of(owner), pod):
+            if objects.matches(self.selector(owner), pod):
                 self._enqueue(owner)
 
     def _pod_added(self, pod: JSON) -> None:
@@ -158,6 +162,10 @@ class ReplicaSetController(Controller):
             self.expectations.deleted(key, str(objects.meta(pod).get("uid")))
             self.queue.add(key)
 
+    def selector(self, owner: JSON) -> labels.Selector | None:
+        """The owner's pod selector (None: matches nothing)."""
+        return objects.selector_of(owner)
+
     # --- reconcile --------------------------------------------------------------------------
 
     async def reconcile(self, key: Hashable) -> None:
@@ -174,7 +182,7 @@ class ReplicaSetController(Controller):
 
     async def claim(self, rs: JSON) -> list[JSON]:
         """The pods this set owns, after adopting matching orphans and releasing the rest."""
-        selector = objects.selector_of(rs)
+        selector = self.selector(rs)
         return await ownership.claim(self._client, rs, self._pods.list(objects.meta(rs).get("namespace")),
                                      match=lambda pod: objects.matches(selector, pod))
 
@@ -290,6 +298,28 @@ class ReplicaSetController(Controller):
                     raise
         if mrs > 0 and len(ready) > len(available):
             raise Requeue(_next_available(ready, mrs, now))
+
+
+class ReplicationManager(ReplicaSetController):
+    """ReplicationControllers: the ReplicaSet logic over a map selector."""
+
+    name = "replicationcontroller-controller"
+    api_version = "v1"
+    kind = "ReplicationController"
+
+    def selector(self, owner: JSON) -> labels.Selector | None:
+        # Validation refuses an empty map; an empty one here (never stored) matches nothing.
+        sel = (owner.get("spec") or {}).get("selector")
+        if not isinstance(sel, dict) or not sel:
+            return None
+        try:
+            return labels.from_label_selector({"matchLabels": sel})
+        except labels.SelectorError:
+            return None
+
+
+def _group(api_version: str) -> str:
+    return api_version.rpartition("/")[0]
 
 
 def _zero_none(value: Any) -> Any:

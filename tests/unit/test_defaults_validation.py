@@ -203,3 +203,123 @@ def test_status_validation() -> None:
     pod["status"] = {"phase": "Dancing", "conditions": [{"type": "Ready", "status": "Maybe"}]}
     fields = [c.field for c in validation.validate_status("Pod", pod, old=None, namespaced=True)]
     assert fields == ["status.phase", "status.conditions[0].status"]
+
+
+def _rc(**spec: Any) -> JSON:
+    return {"metadata": {"name": "r", "namespace": "default"},
+            "spec": {"template": {"metadata": {"labels": {"app": "r"}},
+                                  "spec": {"containers": [{"name": "c", "image": "busybox"}]}}, **spec}}
+
+
+def test_replication_controller_defaults_selector_labels_and_replicas_from_the_template() -> None:
+    rc = _rc()
+    defaults.apply("ReplicationController", rc)
+    assert rc["spec"]["selector"] == {"app": "r"} and rc["metadata"]["labels"] == {"app": "r"}
+    assert rc["spec"]["replicas"] == 1
+    assert rc["spec"]["template"]["spec"]["restartPolicy"] == "Always"
+    given = _rc(selector={"app": "r"}, replicas=0)
+    given["metadata"]["labels"] = {"team": "x"}
+    defaults.apply("ReplicationController", given)
+    assert given["metadata"]["labels"] == {"team": "x"} and given["spec"]["replicas"] == 0
+    assert _fields("ReplicationController", _rc()) == []
+
+
+@pytest.mark.parametrize(("spec", "field", "message"), [
+    ({"selector": {"app": "other"}}, "spec.template.metadata.labels", "`selector` does not match template `labels`"),
+    ({"replicas": -1}, "spec.replicas", "must be greater than or equal to 0"),
+    ({"minReadySeconds": -1}, "spec.minReadySeconds", "must be greater than or equal to 0"),
+    ({"template": None, "selector": {"a": "b"}}, "spec.template", "Required value"),
+])
+def test_replication_controller_validation(spec: JSON, field: str, message: str) -> None:
+    rc = _rc(**spec)
+    defaults.apply("ReplicationController", rc)
+    causes = validation.validate("ReplicationController", rc, old=None, namespaced=True)
+    assert [(c.field, message in c.message) for c in causes] == [(field, True)]
+
+
+def test_replication_controller_without_any_selector_is_refused() -> None:
+    rc = {"metadata": {"name": "r", "namespace": "default"}, "spec": {"template": {
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}
+    assert _fields("ReplicationController", rc) == ["spec.selector"]
+
+
+def _apiservice(name: str, **spec: Any) -> JSON:
+    return {"metadata": {"name": name}, "spec": {"groupPriorityMinimum": 100, "versionPriority": 10, **spec}}
+
+
+@pytest.mark.parametrize(("obj", "causes"), [
+    (_apiservice("v1.", version="v1"), []),
+    (_apiservice("v1.x.io", group="x.io", version="v1", service={"namespace": "n", "name": "s"}), []),
+    (_apiservice("v2.", version="v2"), ["spec.group"]),
+    (_apiservice("v1.y.io", group="x.io", version="v1"), ["metadata.name"]),
+    (_apiservice("v1.x.io", group="x.io", version="v1", groupPriorityMinimum=20001, versionPriority=0),
+     ["spec.groupPriorityMinimum", "spec.versionPriority"]),
+    (_apiservice("v1.x.io", group="x.io", version="v1", caBundle="YWJj"), ["spec.caBundle"]),
+    (_apiservice("v1.x.io", group="x.io", version="v1", service={"namespace": "n", "name": "", "port": 0}),
+     ["spec.service.name", "spec.service.port"]),
+])
+def test_apiservice_validation(obj: JSON, causes: list[str]) -> None:
+    assert _fields("APIService.apiregistration.k8s.io", copy.deepcopy(obj), namespaced=False) == causes
+
+
+def test_priority_class_names_values_and_updates() -> None:
+    def pc(name: str, value: int, **extra: Any) -> JSON:
+        return {"metadata": {"name": name}, "value": value, **extra}
+
+    gk = "PriorityClass.scheduling.k8s.io"
+    assert _fields(gk, pc("system-node-critical", 2000001000), namespaced=False) == []
+    for bad in (pc("system-node-critical", 1), pc("system-x", 1), pc("system-node-critical", 2000001000, globalDefault=True)):
+        defaults.apply(gk, bad)
+        causes = validation.validate(gk, bad, old=None, namespaced=False)
+        assert [c.field for c in causes] == ["metadata.name"]
+        assert "priority class names with 'system-' prefix are reserved for system use only. error: " in causes[0].message
+    assert _fields(gk, pc("big", 1000000001), namespaced=False) == ["value"]
+    old = pc("mine", 5)
+    defaults.apply(gk, old)
+    assert _fields(gk, pc("mine", 6), old=old, namespaced=False) == ["value"]
+    assert _fields(gk, pc("mine", 5, preemptionPolicy="Never"), old=old, namespaced=False) == ["preemptionPolicy"]
+
+
+@pytest.mark.parametrize("gk", ["ReplicationController", "ReplicaSet.apps"])
+def test_replica_status_counts_stay_under_replicas(gk: str) -> None:
+    def status(**counts: int) -> list[tuple[str, str]]:
+        obj = {"metadata": {"name": "r", "namespace": "default"}, "status": counts}
+        return [(c.field, c.message) for c in validation.validate_status(gk, obj, old=None, namespaced=True)]
+
+    assert status(replicas=2, fullyLabeledReplicas=2, readyReplicas=2, availableReplicas=1) == []
+    assert status(replicas=1, readyReplicas=2, availableReplicas=2) == [
+        ("status.readyReplicas", "Invalid value: 2: cannot be greater than status.replicas"),
+        ("status.availableReplicas", "Invalid value: 2: cannot be greater than status.replicas")]
+    assert status(replicas=3, readyReplicas=1, availableReplicas=2) == [
+        ("status.availableReplicas", "Invalid value: 2: cannot be greater than readyReplicas")]
+    assert status(replicas=1, fullyLabeledReplicas=-1) == [
+        ("status.fullyLabeledReplicas", "Invalid value: -1: must be greater than or equal to 0")]
+
+
+_BACKEND = {"service": {"name": "s", "port": {"number": 80}}}
+
+
+def _ingress(**spec: Any) -> JSON:
+    return {"metadata": {"name": "i", "namespace": "default"}, "spec": spec}
+
+
+def _rule(host: str = "", backend: Any = None, **path: Any) -> JSON:
+    one = {"path": "/", "pathType": "Prefix", "backend": _BACKEND if backend is None else backend, **path}
+    return {**({"host": host} if host else {}), "http": {"paths": [one]}}
+
+
+@pytest.mark.parametrize(("spec", "fields"), [
+    ({"rules": [_rule("foo.example"), _rule("*.example.com")], "tls": [{"hosts": ["foo.example"]}]}, []),
+    ({"defaultBackend": _BACKEND, "ingressClassName": "nginx"}, []),
+    ({}, ["spec"]),
+    ({"rules": [_rule("10.0.0.1")]}, ["spec.rules[0].host"]),
+    ({"rules": [_rule("*x.example")], "tls": [{"hosts": ["Bad"]}]}, ["spec.tls[0].hosts[0]", "spec.rules[0].host"]),
+    ({"rules": [_rule(pathType=None)]}, ["spec.rules[0].http.paths[0].pathType"]),
+    ({"rules": [_rule(path="rel")]}, ["spec.rules[0].http.paths[0].path"]),
+    ({"rules": [_rule(backend={"service": {"name": "Bad_", "port": {"name": "HTTP"}}})]},
+     ["spec.rules[0].http.paths[0].backend.service.name", "spec.rules[0].http.paths[0].backend.service.port.name"]),
+    ({"rules": [_rule(backend={"service": {"name": "s", "port": {}}})]}, ["spec.rules[0].http.paths[0].backend.service.port"]),
+    ({"defaultBackend": {"service": _BACKEND["service"], "resource": {"kind": "X", "name": "x"}}}, ["spec.defaultBackend"]),
+])
+def test_ingress_validation(spec: JSON, fields: list[str]) -> None:
+    assert _fields("Ingress.networking.k8s.io", _ingress(**copy.deepcopy(spec))) == fields

@@ -77,3 +77,15 @@ def test_openapi_v2_protobuf_document() -> None:
     ext = protobuf._fields(schema[3][2])
     assert ext[0][2] == b"x-kubernetes-group-version-kind"
     assert b'"kind":"ConfigMap"' in protobuf._fields(ext[1][2])[0][2]
+
+
+def test_decodes_an_apiservice() -> None:
+    # APIServiceSpec: service=1 (ServiceReference: namespace=1, name=2, port=3), group=2, version=3,
+    # insecureSkipTLSVerify=4, groupPriorityMinimum=7, versionPriority=8.
+    service = _string(1, "kube-system") + _string(2, "metrics-server") + _int(3, 443)
+    spec = _bytes(1, service) + _string(2, "metrics.k8s.io") + _string(3, "v1beta1") + _int(4, 1) + _int(7, 100) + _int(8, 100)
+    obj = protobuf.decode(_envelope("apiregistration.k8s.io/v1", "APIService",
+                                    _bytes(1, _string(1, "v1beta1.metrics.k8s.io")) + _bytes(2, spec)))
+    assert obj["spec"] == {"service": {"namespace": "kube-system", "name": "metrics-server", "port": 443},
+                           "group": "metrics.k8s.io", "version": "v1beta1", "insecureSkipTLSVerify": True,
+                           "groupPriorityMinimum": 100, "versionPriority": 100}

@@ -657,3 +657,40 @@ def test_now_defaults_to_the_current_time() -> None:
            "data": {}}
     age_cell = tables.to_table("ConfigMap", [obj])["rows"][0]["cells"][2]
     assert age_cell in ("0s", "1s", "2s")
+
+
+def test_ingress_columns_hosts_and_ports_as_upstream() -> None:
+    assert [c[0] for c in columns("Ingress.networking.k8s.io")] == ["Name", "Class", "Hosts", "Address", "Ports", "Age"]
+    rule = {"http": {"paths": []}}
+    many = {"metadata": meta("many"), "spec": {"ingressClassName": "nginx", "tls": [{"hosts": ["a"]}], "rules": [
+        {**rule, "host": "a.example"}, dict(rule), {**rule, "host": "b.example"}, {**rule, "host": "c.example"},
+        {**rule, "host": "d.example"}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.9"}, {"hostname": "lb.example"}]}}}
+    # formatHosts counts rules, not hosts, once three hosts are listed.
+    assert cells("Ingress.networking.k8s.io", many) == [
+        "many", "nginx", "a.example,b.example,c.example + 2 more...", "10.0.0.9,lb.e...", "80, 443", "5m"]
+    bare = {"metadata": meta("bare"), "spec": {"defaultBackend": {"service": {"name": "s", "port": {"number": 80}}}}}
+    assert cells("Ingress.networking.k8s.io", bare) == ["bare", "<none>", "*", "", "80", "5m"]
+
+
+@pytest.mark.parametrize(("spec", "conditions", "shown"), [
+    ({"version": "v1"}, [{"type": "Available", "status": "True", "reason": "Local"}], ["Local", "True"]),
+    ({"service": {"namespace": "kube-system", "name": "metrics-server"}},
+     [{"type": "Available", "status": "False", "reason": "FailedDiscoveryCheck"}],
+     ["kube-system/metrics-server", "False (FailedDiscoveryCheck)"]),
+    ({"service": {"namespace": "ns", "name": "api"}}, [{"type": "Available", "status": "Unknown"}], ["ns/api", "Unknown"]),
+    ({}, [], ["Local", "Unknown"]),
+])
+def test_apiservice_service_and_availability(spec: dict[str, Any], conditions: list[Any], shown: list[str]) -> None:
+    assert [c[0] for c in columns("APIService.apiregistration.k8s.io")] == ["Name", "Service", "Available", "Age"]
+    obj = {"metadata": meta("v1.x"), "spec": spec, "status": {"conditions": conditions}}
+    assert cells("APIService.apiregistration.k8s.io", obj) == ["v1.x", *shown, "5m"]
+
+
+def test_replication_controller_columns_and_map_selector() -> None:
+    assert columns("ReplicationController")[1:4] == [("Desired", "integer", 0), ("Current", "integer", 0),
+                                                     ("Ready", "integer", 0)]
+    rc = {"metadata": meta("web"), "spec": {"selector": {"tier": "front", "app": "web"}, "template": {"spec": {
+        "containers": [{"name": "a", "image": "busybox"}, {"name": "b", "image": "nginx"}]}}},
+        "status": {"replicas": 2, "readyReplicas": 1}}
+    assert cells("ReplicationController", rc) == ["web", 1, 2, 1, "5m", "a,b", "busybox,nginx", "app=web,tier=front"]

@@ -75,6 +75,8 @@ class Admission:
         self, info: resources.ResourceInfo, obj: JSON, *, old: JSON | None, subresource: str | None, dry_run: bool
     ) -> None:
         """LimitRanger's checks, then ResourceQuota's check and charge (unless `dry_run`)."""
+        if info.gk == "PriorityClass.scheduling.k8s.io" and subresource is None:
+            self._one_default_priority(info, obj, creating=old is None)
         meta = obj.get("metadata") or {}
         namespace = meta.get("namespace")
         if not info.namespaced or not namespace or subresource is not None:
@@ -82,6 +84,19 @@ class Admission:
         if old is None or not (old.get("metadata") or {}).get("deletionTimestamp"):
             self._limit_ranger(info, obj, old=old, namespace=namespace)  # it leaves objects being deleted alone
         await self._quota(info, obj, old=old, namespace=namespace, dry_run=dry_run)
+
+    def _one_default_priority(self, info: resources.ResourceInfo, pc: JSON, *, creating: bool) -> None:
+        """The Priority plugin's rule: at most one PriorityClass is the global default. Of several
+        (a race), the one with the lowest value counts, as in upstream's getDefaultPriorityClass."""
+        if not pc.get("globalDefault"):
+            return
+        stored = [i.object() for i in self._store.scan(info.key_prefix()).items]
+        current = min((o for o in stored if o.get("globalDefault")), key=lambda o: int(o.get("value") or 0), default=None)
+        if current is None:
+            return
+        other = current["metadata"]["name"]
+        if creating or other != pc["metadata"]["name"]:
+            raise _forbidden(info, pc, f"PriorityClass {other} is already marked as default. Only one default can exist")
 
     def _limit_ranger(self, info: resources.ResourceInfo, obj: JSON, *, old: JSON | None, namespace: str) -> None:
         # Pods: on create only (their containers cannot change). Claims: create and update.

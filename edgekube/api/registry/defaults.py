@@ -218,6 +218,31 @@ def _replicaset(obj: JSON) -> None:
     _pod_template(spec.setdefault("template", {}))
 
 
+def _replicationcontroller(obj: JSON) -> None:
+    """Upstream's SetDefaults_ReplicationController: an empty selector, and empty labels, take the
+    template's labels; replicas 1. Runs on updates too, as upstream's decoder defaults both."""
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    template = spec.get("template")
+    if isinstance(template, dict):
+        labels = (template.get("metadata") or {}).get("labels") if isinstance(template.get("metadata"), dict) else None
+        if isinstance(labels, dict) and labels:
+            if not spec.get("selector"):
+                spec["selector"] = dict(labels)
+            meta = _child(obj, "metadata")
+            if not meta.get("labels"):
+                meta["labels"] = dict(labels)
+        _pod_template(template)
+    spec.setdefault("replicas", 1)
+
+
+def _apiservice(obj: JSON) -> None:
+    service = (obj.get("spec") or {}).get("service") if isinstance(obj.get("spec"), dict) else None
+    if isinstance(service, dict):
+        service.setdefault("port", 443)
+
+
 def _daemonset(obj: JSON) -> None:
     spec = obj.setdefault("spec", {})
     _rolling_update(spec, "updateStrategy", maxUnavailable=1, maxSurge=0)
@@ -402,6 +427,8 @@ _DEFAULTERS: dict[str, Callable[[JSON], None]] = {
     "LimitRange": _limitrange,
     "Deployment.apps": _deployment,
     "ReplicaSet.apps": _replicaset,
+    "ReplicationController": _replicationcontroller,
+    "APIService.apiregistration.k8s.io": _apiservice,
     "DaemonSet.apps": _daemonset,
     "StatefulSet.apps": _statefulset,
     "Job.batch": _job,

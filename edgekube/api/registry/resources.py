@@ -144,6 +144,8 @@ BUILTIN: tuple[ResourceInfo, ...] = (
     _r("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", short=("pvc",), sub=("status",)),
     _r("", "v1", "ResourceQuota", "resourcequotas", short=("quota",), sub=("status",)),
     _r("", "v1", "LimitRange", "limitranges", short=("limits",)),
+    _r("", "v1", "ReplicationController", "replicationcontrollers", short=("rc",), sub=("status", "scale"),
+       categories=_ALL),
     # apps/v1
     _r("apps", "v1", "Deployment", "deployments", short=("deploy",), sub=("status", "scale"), categories=_ALL),
     _r("apps", "v1", "ReplicaSet", "replicasets", short=("rs",), sub=("status", "scale"), categories=_ALL),
@@ -177,6 +179,12 @@ BUILTIN: tuple[ResourceInfo, ...] = (
     # apiextensions.k8s.io/v1
     _r("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False,
        short=("crd", "crds"), sub=("status",), categories=("api-extensions",)),
+    # apiregistration.k8s.io/v1: the local entries for every served group-version (aggregation
+    # itself is not done: see edgekube/controllers/apiservices.py).
+    _r("apiregistration.k8s.io", "v1", "APIService", "apiservices", namespaced=False, sub=("status",),
+       categories=("api-extensions",)),
+    # networking.k8s.io/v1: stored and shown; no ingress controller ships with edgekube (as upstream).
+    _r("networking.k8s.io", "v1", "Ingress", "ingresses", short=("ing",), sub=("status",)),
     # rbac.authorization.k8s.io/v1: stored now, enforced by the RBAC issue.
     _r("rbac.authorization.k8s.io", "v1", "Role", "roles"),
     _r("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),

@@ -31,6 +31,7 @@ from edgekube.api import errors, fields, labels, quantity, ssa
 from edgekube.api.registry import (
     admission,
     allocators,
+    apiservices,
     conversions,
     crds,
     defaults,
@@ -51,6 +52,7 @@ _GENERATION_KINDS = frozenset(
     {
         "Deployment.apps",
         "ReplicaSet.apps",
+        "ReplicationController",
         "DaemonSet.apps",
         "StatefulSet.apps",
         "Job.batch",
@@ -60,6 +62,7 @@ _GENERATION_KINDS = frozenset(
     }
 )
 CRD_GK = "CustomResourceDefinition.apiextensions.k8s.io"
+PRIORITY_CLASS_GK = "PriorityClass.scheduling.k8s.io"
 # Kinds that upstream lets PUT create when missing.
 _CREATE_ON_UPDATE = frozenset(
     {
@@ -291,6 +294,8 @@ class Registry:
         defaults.apply(info.gk, obj)
         if info.gk == CRD_GK:
             obj["status"] = self._crd_status(obj, now=now)
+        if info.gk == apiservices.GK:
+            obj["status"] = apiservices.status(obj, old=None, now=now)
         if info.gk == "Namespace":
             # Set at creation only (upstream's PrepareForCreate): the namespace controller removes
             # it once the namespace is empty, and an update must not bring it back.
@@ -538,6 +543,8 @@ class Registry:
         defaults.apply(info.gk, new)
         if info.gk == CRD_GK:
             new["status"] = self._crd_status(new, now=clock_mod.rfc3339(self._clock.now()))
+        if info.gk == apiservices.GK:
+            new["status"] = apiservices.status(new, old=old, now=clock_mod.rfc3339(self._clock.now()))
         if info.gk in _GENERATION_KINDS or info.custom is not None:
             gen = int(old_meta.get("generation") or 1)
             if _spec_of(old) != _spec_of(new):
@@ -760,6 +767,9 @@ class Registry:
             # node's leases live in it too, so it is kept as well): the cluster's own objects
             # live in these, and creates into a missing one fail until the next boot.
             raise errors.forbidden_object(info.plural, name, "this namespace may not be deleted")
+        if info.gk == PRIORITY_CLASS_GK and name in validation.SYSTEM_PRIORITY_CLASSES:
+            raise errors.forbidden_object(info.plural, name, "this is a system priority class and cannot be deleted",
+                                          group=info.group)
         for _ in range(_CONFLICT_RETRIES):
             try:
                 item = self.store.get(info.key(name, namespace))
@@ -912,6 +922,8 @@ class Registry:
         out: builtins.list[JSON] = []
         for obj in listed.items:
             meta = obj["metadata"]
+            if info.gk == PRIORITY_CLASS_GK and meta["name"] in validation.SYSTEM_PRIORITY_CLASSES:
+                continue  # kept (upstream's deletecollection removes them until its next restart)
             try:
                 deleted, _ = await self.delete(info, namespace=meta.get("namespace"), name=meta["name"], options=options)
             except errors.APIError as exc:
@@ -978,6 +990,8 @@ class Registry:
         status = obj.get("status") or {}
         selector = spec.get("selector")
         sel_text = ""
+        if info.gk == "ReplicationController" and isinstance(selector, dict):
+            selector = {"matchLabels": selector}  # a map of labels, not a LabelSelector
         if isinstance(selector, dict):
             sel_text = str(labels.from_label_selector(selector))
         replicas, current = spec.get("replicas", 0), status.get("replicas", 0)

@@ -104,6 +104,7 @@ _NAME_RULES: dict[str, str] = {
     "ClusterRoleBinding.rbac.authorization.k8s.io": "path",
     "Role.rbac.authorization.k8s.io": "path",
     "RoleBinding.rbac.authorization.k8s.io": "path",
+    "APIService.apiregistration.k8s.io": "path",
 }
 
 
@@ -589,6 +590,32 @@ def _replicaset(e: _Errs, obj: JSON, old: JSON | None) -> None:
         _immutable(e, "spec.selector", spec.get("selector"), (old.get("spec") or {}).get("selector"))
 
 
+def _replicationcontroller(e: _Errs, obj: JSON, old: JSON | None) -> None:
+    """Upstream's ValidateReplicationControllerSpec: a map selector, not empty, that the template's
+    labels match; restartPolicy Always and no activeDeadlineSeconds. The selector may change."""
+    spec = obj.get("spec") or {}
+    _nonneg_int(e, "spec.minReadySeconds", spec.get("minReadySeconds"))
+    selector = spec.get("selector")
+    if selector is not None and not isinstance(selector, dict):
+        e.invalid("spec.selector", "", "must be a map of string keys to string values")
+        selector = {}
+    _labels(e, "spec.selector", selector)
+    if not selector:
+        e.required("spec.selector")
+    _nonneg_int(e, "spec.replicas", spec.get("replicas"))
+    if not isinstance(spec.get("template"), dict):
+        e.required("spec.template")
+        return
+    tmeta = _template(e, spec)
+    tlabels = tmeta.get("labels")
+    if not isinstance(tlabels, dict):
+        tlabels = {}
+    if selector and any(tlabels.get(k) != v for k, v in selector.items()):
+        e.invalid("spec.template.metadata.labels", tlabels, "`selector` does not match template `labels`")
+    if (spec["template"].get("spec") or {}).get("activeDeadlineSeconds") is not None:
+        e.forbidden("spec.template.spec.activeDeadlineSeconds", "activeDeadlineSeconds in ReplicationController is not Supported")
+
+
 def _daemonset(e: _Errs, obj: JSON, old: JSON | None) -> None:
     spec = obj.get("spec") or {}
     _nonneg_int(e, "spec.minReadySeconds", spec.get("minReadySeconds"))
@@ -1053,24 +1080,162 @@ HIGHEST_USER_PRIORITY = 1000000000
 
 
 def _priorityclass(e: _Errs, obj: JSON, old: JSON | None) -> None:
+    """Upstream's ValidatePriorityClass(Update): a `system-` name must be one of the system classes
+    with its exact value and globalDefault false; value and preemptionPolicy never change."""
     name = (obj.get("metadata") or {}).get("name", "")
     value = obj.get("value")
     if not isinstance(value, int) or isinstance(value, bool):
         e.required("value")
-    elif name in SYSTEM_PRIORITY_CLASSES:
-        if value != SYSTEM_PRIORITY_CLASSES[name]:
-            e.forbidden("metadata.name", f"priority class {name} is reserved for system use with value "
-                        f"{SYSTEM_PRIORITY_CLASSES[name]}")
     elif name.startswith("system-"):
-        e.forbidden("metadata.name", "priority class names with 'system-' prefix are reserved for system use only")
+        if name not in SYSTEM_PRIORITY_CLASSES:
+            why = f"{name} is not a known system priority class"
+        elif value != SYSTEM_PRIORITY_CLASSES[name]:
+            why = f"value of {name} PriorityClass must be {SYSTEM_PRIORITY_CLASSES[name]}"
+        elif obj.get("globalDefault"):
+            why = f"globalDefault of {name} PriorityClass must be false"
+        else:
+            why = ""
+        if why:
+            e.forbidden("metadata.name", "priority class names with 'system-' prefix are reserved for system use only. "
+                        f"error: {why}")
     elif value > HIGHEST_USER_PRIORITY:
         e.forbidden("value", f"maximum allowed value of a user defined priority is {HIGHEST_USER_PRIORITY}")
     if obj.get("preemptionPolicy") not in ("PreemptLowerPriority", "Never"):
         e.unsupported("preemptionPolicy", obj.get("preemptionPolicy"), ["Never", "PreemptLowerPriority"])
     if old is not None:
-        for k in ("value", "preemptionPolicy"):
-            if obj.get(k) != old.get(k):
-                e.forbidden(k, "may not be changed in an update.")
+        if obj.get("value") != old.get("value"):
+            e.forbidden("value", "may not be changed in an update.")
+        _immutable(e, "preemptionPolicy", obj.get("preemptionPolicy"), old.get("preemptionPolicy"))
+
+
+def _apiservice(e: _Errs, obj: JSON, old: JSON | None) -> None:
+    """kube-aggregator's ValidateAPIService: named `<version>.<group>`, priorities in range, and
+    a local entry (no service) carries no TLS settings."""
+    spec = obj.get("spec") or {}
+    group, version = spec.get("group") or "", spec.get("version") or ""
+    name = (obj.get("metadata") or {}).get("name") or ""
+    wanted = f"{version}.{group}"
+    if name and name != wanted and _name_check("path")(name) is None:
+        e.invalid("metadata.name", name, f'must be `spec.version+"."+spec.group`: "{wanted}"')
+    if not group and version != "v1":
+        e.required("spec.group", "only v1 may have an empty group and it better be legacy kube")
+    if group and not (len(str(group)) <= 253 and _DNS1123_SUBDOMAIN.match(str(group))):
+        e.invalid("spec.group", group, _DNS1123_SUBDOMAIN_MSG)
+    if not (len(str(version)) <= 63 and _DNS1035_LABEL.match(str(version))):
+        e.invalid("spec.version", version, _DNS1035_LABEL_MSG)
+    for key, top in (("groupPriorityMinimum", 20000), ("versionPriority", 1000)):
+        value = spec.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= top:
+            e.invalid(f"spec.{key}", value if value is not None else 0, f"must be positive and less than {top}")
+    service = spec.get("service")
+    if service is None:
+        if spec.get("caBundle"):
+            e.invalid("spec.caBundle", f"{_decoded_size(spec['caBundle'])} bytes", "local APIServices may not have a caBundle")
+        if spec.get("insecureSkipTLSVerify"):
+            e.invalid("spec.insecureSkipTLSVerify", True, "local APIServices may not have insecureSkipTLSVerify")
+        return
+    if not isinstance(service, dict):
+        e.invalid("spec.service", "", "must be an object")
+        return
+    for key in ("namespace", "name"):
+        if not service.get(key):
+            e.required(f"spec.service.{key}")
+    port = service.get("port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        e.invalid("spec.service.port", port, "port is not valid: must be between 1 and 65535, inclusive")
+    if spec.get("insecureSkipTLSVerify") and spec.get("caBundle"):
+        e.invalid("spec.insecureSkipTLSVerify", True, "may not be true if caBundle is present")
+
+
+def _decoded_size(text: Any) -> int:
+    try:
+        return len(base64.b64decode(str(text), validate=False))
+    except (binascii.Error, ValueError):
+        return len(str(text))
+
+
+_PATH_TYPES = ("Exact", "ImplementationSpecific", "Prefix")
+
+
+def _ingress_backend(e: _Errs, field: str, backend: Any) -> None:
+    if not isinstance(backend, dict):
+        e.required(field)
+        return
+    service, resource = backend.get("service"), backend.get("resource")
+    if service is not None and resource is not None:
+        e.invalid(field, "", "cannot set both resource and service backends")
+    elif service is None and resource is None:
+        e.invalid(field, "", "resource or service backend is required")
+    elif isinstance(service, dict):
+        name = service.get("name")
+        if not name:
+            e.required(f"{field}.service.name")
+        elif not (len(str(name)) <= 63 and _DNS1035_LABEL.match(str(name))):
+            e.invalid(f"{field}.service.name", name, _DNS1035_LABEL_MSG)
+        port = service.get("port") or {}
+        if not isinstance(port, dict) or bool(port.get("name")) == (port.get("number") is not None):
+            e.invalid(f"{field}.service.port", "", "must specify either a port name or a port number")
+        elif port.get("number") is not None:
+            _port_number(e, f"{field}.service.port.number", port.get("number"))
+        else:
+            _port_num_or_name(e, f"{field}.service.port.name", str(port["name"]))
+
+
+def _ingress_host(e: _Errs, field: str, host: Any) -> None:
+    """A DNS name, possibly with a leading `*.` wildcard, and never an IP address."""
+    text = str(host)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        e.invalid(field, text, "must be a DNS name, not an IP address")
+        return
+    name = text[2:] if text.startswith("*.") else text
+    if not (len(text) <= 253 and _DNS1123_SUBDOMAIN.match(name)):
+        detail = "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, " \
+                 "which must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric " \
+                 "character (e.g. '*.example.com', regex used for validation is " \
+                 "'\\*\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')" \
+            if text.startswith("*") else _DNS1123_SUBDOMAIN_MSG
+        e.invalid(field, text, detail)
+
+
+def _ingress(e: _Errs, obj: JSON, old: JSON | None) -> None:
+    """The structure upstream's ValidateIngressSpec requires of rules, paths and backends."""
+    spec = obj.get("spec") or {}
+    rules = spec.get("rules") or []
+    if spec.get("defaultBackend") is not None:
+        _ingress_backend(e, "spec.defaultBackend", spec.get("defaultBackend"))
+    elif not rules:
+        e.invalid("spec", "", "either `defaultBackend` or `rules` must be specified")
+    cls = spec.get("ingressClassName")
+    if cls is not None and not (len(str(cls)) <= 253 and _DNS1123_SUBDOMAIN.match(str(cls))):
+        e.invalid("spec.ingressClassName", cls, _DNS1123_SUBDOMAIN_MSG)
+    for i, tls in enumerate(spec.get("tls") or []):
+        for j, host in enumerate((tls or {}).get("hosts") or [] if isinstance(tls, dict) else []):
+            _ingress_host(e, f"spec.tls[{i}].hosts[{j}]", host)
+    for i, rule in enumerate(rules):
+        if isinstance(rule, dict) and rule.get("host"):
+            _ingress_host(e, f"spec.rules[{i}].host", rule["host"])
+        http = rule.get("http") if isinstance(rule, dict) else None
+        if not isinstance(http, dict):
+            continue
+        paths = http.get("paths") or []
+        if not paths:
+            e.required(f"spec.rules[{i}].http.paths")
+        for j, path in enumerate(paths):
+            pf = f"spec.rules[{i}].http.paths[{j}]"
+            if not isinstance(path, dict):
+                e.invalid(pf, "", "must be an object")
+                continue
+            if path.get("pathType") is None:
+                e.required(f"{pf}.pathType", "pathType must be specified")
+            elif path["pathType"] not in _PATH_TYPES:
+                e.unsupported(f"{pf}.pathType", path["pathType"], _PATH_TYPES)
+            elif path["pathType"] in ("Exact", "Prefix") and not str(path.get("path") or "").startswith("/"):
+                e.invalid(f"{pf}.path", path.get("path") or "", "must be an absolute path")
+            _ingress_backend(e, f"{pf}.backend", path.get("backend"))
 
 
 def _storageclass(e: _Errs, obj: JSON, old: JSON | None) -> None:
@@ -1140,6 +1305,7 @@ _VALIDATORS: dict[str, Callable[[_Errs, JSON, JSON | None], None]] = {
     "Event": _event,
     "Deployment.apps": _deployment,
     "ReplicaSet.apps": _replicaset,
+    "ReplicationController": _replicationcontroller,
     "DaemonSet.apps": _daemonset,
     "StatefulSet.apps": _statefulset,
     "Job.batch": _job,
@@ -1154,6 +1320,8 @@ _VALIDATORS: dict[str, Callable[[_Errs, JSON, JSON | None], None]] = {
     "RoleBinding.rbac.authorization.k8s.io": lambda e, o, old: _binding(e, o, old, cluster=False),
     "ClusterRoleBinding.rbac.authorization.k8s.io": lambda e, o, old: _binding(e, o, old, cluster=True),
     "CustomResourceDefinition.apiextensions.k8s.io": lambda e, o, old: e.causes.extend(crds.validate(o, old)),
+    "APIService.apiregistration.k8s.io": _apiservice,
+    "Ingress.networking.k8s.io": _ingress,
 }
 
 
@@ -1189,4 +1357,19 @@ def validate_status(gk: str, obj: JSON, *, old: JSON | None, namespaced: bool) -
             e.unsupported(f"status.conditions[{i}].status", cond.get("status"), ["True", "False", "Unknown"])
     for k in ("replicas", "readyReplicas", "availableReplicas", "updatedReplicas", "observedGeneration"):
         _nonneg_int(e, f"status.{k}", status.get(k))
+    if gk in ("ReplicationController", "ReplicaSet.apps"):
+        _replica_counts(e, status)
     return e.causes
+
+
+def _replica_counts(e: _Errs, status: JSON) -> None:
+    """Upstream's ValidateReplicationControllerStatus (and ReplicaSet's): no count above replicas."""
+    counts = {k: status.get(k) or 0 for k in ("replicas", "fullyLabeledReplicas", "readyReplicas", "availableReplicas")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values()):
+        return  # reported above as not an integer
+    _nonneg_int(e, "status.fullyLabeledReplicas", counts["fullyLabeledReplicas"])
+    for k in ("fullyLabeledReplicas", "readyReplicas", "availableReplicas"):
+        if counts[k] > counts["replicas"]:
+            e.invalid(f"status.{k}", counts[k], "cannot be greater than status.replicas")
+    if counts["availableReplicas"] > counts["readyReplicas"]:
+        e.invalid("status.availableReplicas", counts["availableReplicas"], "cannot be greater than readyReplicas")
