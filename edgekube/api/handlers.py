@@ -51,7 +51,8 @@ class Target:
 
 def json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None,
                   content_type: str = "application/json") -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type=None,
+    # A newline ends the body, as upstream's encoder writes it (tools compare the bytes).
+    return web.Response(body=orjson.dumps(body) + b"\n", status=status, content_type=None,
                         headers={"Content-Type": content_type, **(headers or {})})
 
 
@@ -351,7 +352,7 @@ class Handlers:
         assert t.name is not None
         options = self._delete_options(request, await self._body(request))
         obj, deleted = await self._registry.delete(t.info, namespace=t.namespace, name=t.name, options=options)
-        if deleted and t.info.gk not in ("Pod", "Namespace"):
+        if deleted and not t.info.returns_deleted_object:
             meta = obj.get("metadata") or {}
             details: JSON = {"name": meta.get("name"), "kind": t.info.plural, "uid": meta.get("uid")}
             if t.info.group:
