@@ -15,6 +15,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+from edgekube.api import apischema
 from edgekube.api.registry import crds
 
 JSON = dict[str, Any]
@@ -66,6 +67,32 @@ def status(gk: str, obj: JSON) -> None:
     for k, v in zero.items():
         if current.get(k) is None:
             current[k] = copy.deepcopy(v)
+
+
+def drop_null_fields(schema: JSON | None, value: Any) -> None:
+    """Leave out the struct fields of a built-in kind that are null, at any depth: Go decodes a
+    null into the field's zero value, so `metadata: {creationTimestamp: null}` in a pod template
+    (what clients re-encoding through Go types send) is the same template as none, and no spec
+    change. Map values, list items and open fields (RawExtension, JSON) keep their nulls."""
+    s = apischema.resolve(schema)
+    if s is None or s.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    props = s.get("properties")
+    if isinstance(value, dict) and isinstance(props, dict):
+        for key in [k for k, v in value.items() if v is None and k in props]:
+            del value[key]
+        for key, item in value.items():
+            if key in props:
+                drop_null_fields(props[key], item)
+        return
+    if isinstance(value, dict) and isinstance(s.get("additionalProperties"), dict):
+        for item in value.values():
+            drop_null_fields(s["additionalProperties"], item)
+        return
+    items = s.get("items")
+    if isinstance(value, list) and isinstance(items, dict):
+        for item in value:
+            drop_null_fields(items, item)
 
 
 def job_selector(obj: JSON) -> None:

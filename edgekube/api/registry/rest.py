@@ -338,10 +338,13 @@ class Registry:
             raise errors.namespace_terminating(namespace, info.plural, name, group=info.group)
 
     def _check_fields(
-        self, info: resources.ResourceInfo, obj: JSON, *, options: Options, warnings: Warnings | None
+        self, info: resources.ResourceInfo, obj: JSON, *, options: Options, warnings: Warnings | None,
+        keep_nulls: bool = False,
     ) -> None:
         mode = options.field_validation
         schema = self.schema_for(info) if info.custom is None else None
+        if schema is not None and not keep_nulls:
+            defaults.drop_null_fields(schema, obj)
         if schema is not None:
             # Decoding as upstream does into Go structs: wrong types are a 400 whatever the
             # mode; unknown fields (at any depth) are refused, reported or dropped.
@@ -705,7 +708,7 @@ class Registry:
             raise errors.bad_request(f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})")
         meta["name"] = name
         self._check_namespace(info, meta, namespace)
-        self._check_fields(info, config, options=options, warnings=warnings)
+        self._check_fields(info, config, options=options, warnings=warnings, keep_nulls=True)
         schema = self.schema_for(info)
         applying = dataclasses.replace(options, operation="Apply")
         for _ in range(_CONFLICT_RETRIES):
