@@ -66,7 +66,8 @@ def _details(name: str | None, group: str, kind: str) -> dict[str, Any]:
         d["name"] = name
     if group:
         d["group"] = group
-    d["kind"] = kind
+    if kind:
+        d["kind"] = kind
     return d
 
 

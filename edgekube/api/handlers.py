@@ -31,7 +31,7 @@ from edgekube.api import (
     tables,
     watchstream,
 )
-from edgekube.api.registry import resources, rest
+from edgekube.api.registry import decoding, resources, rest
 
 # The authenticated user of a request ({"name", "groups"}), set by the auth middleware.
 USER_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("user", dict)
@@ -321,9 +321,15 @@ class Handlers:
         def apply(current: JSON) -> JSON:
             return patch.apply_patch(content_type, current, body, gk=gk)
 
+        def shown_as(patched: JSON) -> str:
+            # Upstream names the patch of a strategic merge patch, else the patched object.
+            if content_type == patch.STRATEGIC_MERGE_PATCH:
+                return decoding.go_value(orjson.loads(body))
+            return orjson.dumps(patched).decode()
+
         obj = await self._registry.patch(
             t.info, namespace=t.namespace, name=t.name, apply=apply, subresource=t.subresource,
-            options=self._options(request), warnings=warnings,
+            options=self._options(request), warnings=warnings, shown_as=shown_as,
         )
         return self._render(request, t, obj, warnings=warnings)
 

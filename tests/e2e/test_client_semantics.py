@@ -415,6 +415,16 @@ def test_kubectl_prints_upstreams_errors(kubectl: Kubectl) -> None:
     bad = kubectl.run("create", "-f", "-", input="apiVersion: v1\nkind: Service\nmetadata: {name: Bad_Name}\nspec: {ports: [{port: 0}]}\n",
                       check=False)
     assert bad.stderr.startswith('The Service "Bad_Name" is invalid: \n* metadata.name: Invalid value: "Bad_Name"'), bad.stderr
+    # test/cmd/core.sh: a patch whose result does not decode is a 422 on the field `patch`.
+    kubectl.run("run", "plain", "--image=busybox:1.36")
+    labels = kubectl.run("patch", "pod", "plain", "-p", '{"metadata":{"labels":"invalid"}}', check=False)
+    assert labels.stderr.strip() == ('The request is invalid: patch: Invalid value: "map[metadata:map[labels:invalid]]": '
+                                     "cannot restore map from string")
+    unknown = kubectl.run("patch", "pod", "plain", "-p", '{"spec":{"bogus":1}}', check=False)
+    assert unknown.stderr.strip() == ('The request is invalid: patch: Invalid value: "map[spec:map[bogus:1]]": '
+                                      'strict decoding error: unknown field "spec.bogus"')
+    assert "patched (no change)" in kubectl.out("patch", "pod", "plain", "-p", '{"metadata":{"name":"plain"}}')
+    kubectl.run("delete", "pod", "plain", "--grace-period=0", "--force")
 
 
 def test_yaml_manifests_of_every_kind_round_trip(kubectl: Kubectl) -> None:

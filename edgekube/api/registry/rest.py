@@ -32,6 +32,7 @@ from edgekube.api.registry import (
     allocators,
     conversions,
     crds,
+    decoding,
     defaults,
     fieldcheck,
     known_fields,
@@ -349,7 +350,7 @@ class Registry:
             # Decoding as upstream does into Go structs: wrong types are a 400 whatever the
             # mode; unknown fields (at any depth) are refused, reported or dropped.
             unknown, wrong = fieldcheck.check(schema, obj, prune=mode != "Strict")
-            prefix = f'{info.kind} in version "{info.version}" cannot be handled as a {info.kind}: '
+            prefix = _decode_prefix(info)
             if wrong:
                 raise errors.bad_request(prefix + "; ".join(wrong))
         else:
@@ -555,11 +556,13 @@ class Registry:
         subresource: str | None = None,
         options: Options = Options(),
         warnings: Warnings | None = None,
+        shown_as: Callable[[JSON], str] | None = None,
     ) -> JSON:
         """Read, patch with `apply`, and write with a revision precondition; retry on races.
 
         A resourceVersion inside the patch is the client's own precondition: a mismatch is a
-        409, not a retry.
+        409, not a retry. A result that does not decode as the kind is upstream's 422 on the
+        field `patch`, whose value `shown_as` renders (see `decoding`).
         """
         for _ in range(_CONFLICT_RETRIES):
             item = self.store.get(info.key(name, namespace))
@@ -579,7 +582,12 @@ class Registry:
                 raise errors.bad_request(f"the name of the object ({pmeta.get('name')}) does not match the name on the URL ({name})")
             self._check_type(info, patched)
             self._check_namespace(info, pmeta, namespace)
-            self._check_fields(info, patched, options=options, warnings=warnings)
+            try:
+                self._check_fields(info, patched, options=options, warnings=warnings)
+            except errors.APIError as exc:
+                if exc.code != 400 or shown_as is None:
+                    raise
+                raise self._undecodable_patch(info, patched, exc, shown_as=shown_as) from None
             try:
                 return await self._write_update(
                     info, item, patched, namespace=namespace, subresource=subresource, options=options
@@ -591,6 +599,14 @@ class Registry:
                     continue
                 raise
         raise errors.conflict(info.plural, name, group=info.group, why="too many concurrent updates, try again")
+
+    def _undecodable_patch(
+        self, info: resources.ResourceInfo, patched: JSON, exc: errors.APIError, *, shown_as: Callable[[JSON], str]
+    ) -> errors.APIError:
+        detail = exc.message.removeprefix(_decode_prefix(info))
+        if info.custom is None and not detail.startswith("strict decoding error"):
+            detail = decoding.restore_error(self.schema_for(info), patched) or detail
+        return decoding.patch_invalid(shown_as(patched), detail)
 
     # --- custom resources ---------------------------------------------------------------------
 
@@ -1136,6 +1152,11 @@ def _keep_allocated_values(old: JSON, new: JSON) -> None:
                 np = by_port.get((p.get("port"), p.get("protocol", "TCP")))
                 if np:
                     p["nodePort"] = np
+
+
+def _decode_prefix(info: resources.ResourceInfo) -> str:
+    """Upstream's words for a body that does not decode as the kind."""
+    return f'{info.kind} in version "{info.version}" cannot be handled as a {info.kind}: '
 
 
 def _managed_fields_given(sent: Any) -> bool:
