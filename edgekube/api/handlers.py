@@ -360,9 +360,9 @@ class Handlers:
         obj, deleted = await self._registry.delete(t.info, namespace=t.namespace, name=t.name, options=options)
         if deleted and not t.info.returns_deleted_object:
             meta = obj.get("metadata") or {}
-            details: JSON = {"name": meta.get("name"), "kind": t.info.plural, "uid": meta.get("uid")}
-            if t.info.group:
-                details["group"] = t.info.group
+            # StatusDetails in its Go field order; Kind holds the resource, as upstream's.
+            details: JSON = {"name": meta.get("name"), **({"group": t.info.group} if t.info.group else {}),
+                             "kind": t.info.plural, "uid": meta.get("uid")}
             return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
         return self._render(request, t, obj)
 

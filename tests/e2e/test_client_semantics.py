@@ -427,6 +427,92 @@ def test_kubectl_prints_upstreams_errors(kubectl: Kubectl) -> None:
     kubectl.run("delete", "pod", "plain", "--grace-period=0", "--force")
 
 
+KINDS = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: every}
+spec:
+  selector: {matchLabels: {app: every}}
+  template:
+    metadata: {labels: {app: every}}
+    spec:
+      containers: [{name: c, image: busybox:1.36, ports: [{containerPort: 80}]}]
+      volumes: [{name: v}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: every}
+spec:
+  selector: {matchLabels: {app: every-ds}}
+  template:
+    metadata: {labels: {app: every-ds}}
+    spec: {containers: [{name: c, image: busybox:1.36}]}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: every}
+spec:
+  serviceName: every
+  selector: {matchLabels: {app: every-sts}}
+  template:
+    metadata: {labels: {app: every-sts}}
+    spec: {containers: [{name: c, image: busybox:1.36}]}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: every}
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec: {restartPolicy: Never, containers: [{name: c, image: busybox:1.36}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: every}
+spec:
+  type: NodePort
+  selector: {app: every}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: every}
+stringData: {a: b}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: every}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: every}
+  maxReplicas: 3
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: every}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
+subjects: [{kind: User, name: someone}]
+"""
+
+
+def test_replace_with_the_manifest_first_sent_is_no_change(kubectl: Kubectl) -> None:
+    """Defaults are applied to every write as to a create: replacing an object with the
+    manifest it was created from, or patching a defaulted field away, changes nothing."""
+    kubectl.run("create", "-f", "-", input=KINDS)
+    what = ["deployment/every", "daemonset/every", "statefulset/every", "cronjob/every", "service/every",
+            "secret/every", "hpa/every", "rolebinding/every"]
+    before = {w: kubectl.json("get", w) for w in what}
+    kubectl.run("replace", "-f", "-", input=KINDS)
+    kubectl.run("patch", "deployment", "every", "--type=json", "-p",
+                '[{"op": "remove", "path": "/spec/template/spec/dnsPolicy"}, {"op": "remove", "path": "/spec/strategy"}]')
+    for w in what:
+        after = kubectl.json("get", w)
+        assert after["metadata"].get("generation") == before[w]["metadata"].get("generation"), w
+        for part in ("spec", "data", "roleRef", "subjects"):
+            assert after.get(part) == before[w].get(part), (w, part)
+
+
 def test_yaml_manifests_of_every_kind_round_trip(kubectl: Kubectl) -> None:
     """`kubectl get -o yaml | kubectl replace -f -` is no change for every kind created here."""
     kubectl.run("create", "deployment", "rt", "--image=busybox:1.36")
