@@ -95,6 +95,18 @@ def drop_null_fields(schema: JSON | None, value: Any) -> None:
             drop_null_fields(items, item)
 
 
+def with_status(gk: str, obj: JSON) -> JSON:
+    """`obj` as read: with its kind's zero status, in a copy when it lacks any of it (objects
+    stored before their kind had one; the object given may be shared, so is never changed)."""
+    zero = _ZERO_STATUS.get(gk)
+    current = obj.get("status")
+    if zero is None or (isinstance(current, dict) and all(current.get(k) is not None for k in zero)):
+        return obj
+    out = {**obj, "status": dict(current) if isinstance(current, dict) else {}}
+    status(gk, out)
+    return out
+
+
 def job_selector(obj: JSON) -> None:
     """A Job without manualSelector gets a selector on its own uid (upstream's job strategy)."""
     spec = obj.setdefault("spec", {})

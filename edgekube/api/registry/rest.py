@@ -1294,5 +1294,4 @@ def present(info: resources.ResourceInfo, obj: JSON) -> JSON:
     if info.custom is not None and obj.get("apiVersion") != info.api_version:
         obj["apiVersion"] = info.api_version
         return obj
-    defaults.status(info.gk, obj)  # objects stored before a kind had its zero status
-    return conversions.from_storage(info.gk, info.version, obj)
+    return conversions.from_storage(info.gk, info.version, defaults.with_status(info.gk, obj))
