@@ -526,3 +526,21 @@ def test_yaml_manifests_of_every_kind_round_trip(kubectl: Kubectl) -> None:
         kubectl.run("replace", "-f", "-", input=yaml.safe_dump(live))
         after = kubectl.json("get", what)
         assert after["metadata"].get("generation") == live["metadata"].get("generation"), what
+
+
+def test_the_python_clients_service_apis(api: client.ApiClient, ns: str) -> None:
+    """kubernetes-client/python e2e_test/test_client.py, test_service_apis, in a namespace of its own."""
+    core = client.CoreV1Api(api)
+    manifest: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"labels": {"name": "frontend"}, "name": "frontend"},
+        "spec": {"ports": [{"name": "port", "port": 80, "protocol": "TCP", "targetPort": 80}], "selector": {"name": "frontend"}},
+    }
+    resp = core.create_namespaced_service(body=manifest, namespace=ns)
+    assert resp.metadata.name == "frontend" and resp.status
+    resp = core.read_namespaced_service(name="frontend", namespace=ns)
+    assert resp.metadata.name == "frontend" and resp.status
+    manifest["spec"]["ports"] = [{"name": "new", "port": 8080, "protocol": "TCP", "targetPort": 8080}]
+    resp = core.patch_namespaced_service(body=manifest, name="frontend", namespace=ns)
+    assert len(resp.spec.ports) == 2 and resp.status
+    resp = core.delete_namespaced_service(name="frontend", body={}, namespace=ns)
+    assert resp.metadata.name == "frontend"
