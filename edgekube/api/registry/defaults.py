@@ -69,18 +69,28 @@ def status(gk: str, obj: JSON) -> None:
             current[k] = copy.deepcopy(v)
 
 
+_ZERO_SCALARS: dict[str, Any] = {"string": "", "integer": 0, "number": 0, "boolean": False}
+
+
 def drop_null_fields(schema: JSON | None, value: Any) -> None:
-    """Leave out the struct fields of a built-in kind that are null, at any depth: Go decodes a
-    null into the field's zero value, so `metadata: {creationTimestamp: null}` in a pod template
-    (what clients re-encoding through Go types send) is the same template as none, and no spec
-    change. Map values, list items and open fields (RawExtension, JSON) keep their nulls."""
+    """Struct fields of a built-in kind that are null, at any depth, become what Go makes of
+    them: a null decodes into the field's zero value, which Go's encoder leaves out (omitempty)
+    or writes (a required scalar: "", 0, false). So `metadata: {creationTimestamp: null}` in a
+    pod template (what clients re-encoding through Go types send) is the same template as none,
+    and no spec change. Map values, list items and open fields (RawExtension, JSON) keep their
+    nulls."""
     s = apischema.resolve(schema)
     if s is None or s.get("x-kubernetes-preserve-unknown-fields"):
         return
     props = s.get("properties")
     if isinstance(value, dict) and isinstance(props, dict):
+        required = s.get("required") or ()
         for key in [k for k, v in value.items() if v is None and k in props]:
-            del value[key]
+            zero = _ZERO_SCALARS.get(str((apischema.resolve(props[key]) or {}).get("type")))
+            if key in required and zero is not None:
+                value[key] = zero
+            else:
+                del value[key]
         for key, item in value.items():
             if key in props:
                 drop_null_fields(props[key], item)
