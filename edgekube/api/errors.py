@@ -43,6 +43,8 @@ class APIError(Exception):
         self.headers = headers or {}
 
     def status(self) -> dict[str, Any]:
+        """The Status body, its fields in the order of upstream's Go type (clients and tests
+        compare the bytes): kind, apiVersion, metadata, status, message, reason, details, code."""
         body: dict[str, Any] = {
             "kind": "Status",
             "apiVersion": "v1",
@@ -50,19 +52,22 @@ class APIError(Exception):
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,
-            "code": self.code,
         }
         if self.details is not None:
             body["details"] = self.details
+        body["code"] = self.code
         return body
 
 
 def _details(name: str | None, group: str, kind: str) -> dict[str, Any]:
-    d: dict[str, Any] = {"kind": kind}
-    if name is not None:
+    """StatusDetails, in its Go field order: name, group, kind (then uid, causes)."""
+    d: dict[str, Any] = {}
+    if name:
         d["name"] = name
     if group:
         d["group"] = group
+    if kind:
+        d["kind"] = kind
     return d
 
 
@@ -156,7 +161,9 @@ def unsupported_media_type(content_type: str, supported: list[str]) -> APIError:
 
 
 def invalid(kind: str, name: str, causes: list[Cause], *, group: str = "") -> APIError:
-    summary = ", ".join(f"{c.field}: {c.message}" for c in causes)
+    # Upstream's ErrorList.ToAggregate: repeated messages once, several in brackets.
+    messages = list(dict.fromkeys(f"{c.field}: {c.message}" for c in causes))
+    summary = messages[0] if len(messages) == 1 else "[" + ", ".join(messages) + "]"
     label = f"{kind}.{group}" if group else kind
     details = _details(name, group, kind)
     details["causes"] = [c.to_dict() for c in causes]

@@ -31,7 +31,7 @@ from edgekube.api import (
     tables,
     watchstream,
 )
-from edgekube.api.registry import resources, rest
+from edgekube.api.registry import decoding, resources, rest
 
 # The authenticated user of a request ({"name", "groups"}), set by the auth middleware.
 USER_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("user", dict)
@@ -51,7 +51,8 @@ class Target:
 
 def json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None,
                   content_type: str = "application/json") -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type=None,
+    # A newline ends the body, as upstream's encoder writes it (tools compare the bytes).
+    return web.Response(body=orjson.dumps(body) + b"\n", status=status, content_type=None,
                         headers={"Content-Type": content_type, **(headers or {})})
 
 
@@ -320,9 +321,15 @@ class Handlers:
         def apply(current: JSON) -> JSON:
             return patch.apply_patch(content_type, current, body, gk=gk)
 
+        def shown_as(patched: JSON) -> str:
+            # Upstream names the patch of a strategic merge patch, else the patched object.
+            if content_type == patch.STRATEGIC_MERGE_PATCH:
+                return decoding.go_value(orjson.loads(body))
+            return orjson.dumps(patched).decode()
+
         obj = await self._registry.patch(
             t.info, namespace=t.namespace, name=t.name, apply=apply, subresource=t.subresource,
-            options=self._options(request), warnings=warnings,
+            options=self._options(request), warnings=warnings, shown_as=shown_as,
         )
         return self._render(request, t, obj, warnings=warnings)
 
@@ -351,11 +358,11 @@ class Handlers:
         assert t.name is not None
         options = self._delete_options(request, await self._body(request))
         obj, deleted = await self._registry.delete(t.info, namespace=t.namespace, name=t.name, options=options)
-        if deleted and t.info.gk not in ("Pod", "Namespace"):
+        if deleted and not t.info.returns_deleted_object:
             meta = obj.get("metadata") or {}
-            details: JSON = {"name": meta.get("name"), "kind": t.info.plural, "uid": meta.get("uid")}
-            if t.info.group:
-                details["group"] = t.info.group
+            # StatusDetails in its Go field order; Kind holds the resource, as upstream's.
+            details: JSON = {"name": meta.get("name"), **({"group": t.info.group} if t.info.group else {}),
+                             "kind": t.info.plural, "uid": meta.get("uid")}
             return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
         return self._render(request, t, obj)
 

@@ -475,7 +475,8 @@ def _resource_paths(info: resources.ResourceInfo, *, patch_types: tuple[str, ...
     item = ops_for(info.kind, "", kind, obj, verbs)
     if "delete" in verbs:
         item["delete"] = _operation(
-            "delete", op_id=f"delete{prefix}{scope}{info.kind}", tag=tag, kind=kind, response=ref(STATUS),
+            "delete", op_id=f"delete{prefix}{scope}{info.kind}", tag=tag, kind=kind,
+            response=obj if info.returns_deleted_object else ref(STATUS),
             params=[_DRY_RUN, _query("gracePeriodSeconds", "Seconds before the object is deleted.", type_="integer"),
                     _query("propagationPolicy", "Whether and how garbage collection is performed.")],
             body=ref(DELETE_OPTIONS),

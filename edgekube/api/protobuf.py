@@ -6,8 +6,9 @@ message carrying apiVersion, kind and the object's own message; `pbschema` (gene
 upstream .proto files and Go types) gives each message's field numbers, JSON names and types.
 
 The result is the object's JSON form, as upstream's Go decoder followed by its JSON encoder would
-produce it: zero scalars are dropped unless the Go field is a pointer (so `replicas: 0` stays and
-an unset `hostPort` does not appear), embedded structs are inlined, Time becomes RFC 3339,
+produce it: a zero scalar is dropped only where Go's encoder would drop it, a non-pointer field
+tagged `omitempty` (so `replicas: 0` and a PriorityClass's `value: 0` stay, an unset `hostPort`
+does not appear), embedded structs are inlined, Time becomes RFC 3339,
 Quantity and IntOrString their JSON forms, and bytes base64.
 
 Responses are always JSON: the clients list `application/json` after protobuf in Accept.
@@ -201,7 +202,7 @@ def decode_message(name: str, data: bytes) -> dict[str, Any]:
         row = by_number.get(number)
         if row is None:
             continue  # a field newer than our schema: ignored, as proto does
-        _, json_name, kind, repeated, pointer, inline = row
+        _, json_name, kind, repeated, keeps_zero, inline = row
         if kind.startswith("M:"):
             _, key_kind, value_kind = kind.split(":", 2)
             entry = {n: (w, v) for n, w, v in _fields(bytes(raw))}
@@ -224,7 +225,7 @@ def decode_message(name: str, data: bytes) -> dict[str, Any]:
         if repeated:
             out.setdefault(json_name, []).append(value)
             continue
-        if value is None or (not pointer and not isinstance(value, dict) and _is_zero(value)):
+        if value is None or (not keeps_zero and not isinstance(value, dict) and _is_zero(value)):
             continue
         out[json_name] = value
     return out

@@ -35,7 +35,7 @@ USER_KEY = handlers.USER_KEY
 
 def _status_response(err: errors.APIError) -> web.Response:
     return web.Response(
-        body=orjson.dumps(err.status()),
+        body=orjson.dumps(err.status()) + b"\n",
         status=err.code,
         headers={"Content-Type": "application/json", **err.headers},
     )

@@ -16,12 +16,22 @@ or without one (a set); every other list is atomic (owned and replaced whole).
   added or changed, others lose what it changed or removed.
 
 Entries are one per (manager, operation, subresource); `time` moves when an entry's set changes.
+
+Moving from client-side to server-side apply (upstream's lastAppliedManager and
+lastAppliedUpdater, for the manager `kubectl` only, as upstream): an apply by `kubectl` that
+conflicts only on fields its last client-side apply set (in the
+`kubectl.kubernetes.io/last-applied-configuration` annotation, values unchanged since) takes them
+over as if forced, and every apply by `kubectl` keeps that annotation, when the object has one,
+equal to the configuration applied, so that `kubectl apply` without `--server-side` still works
+afterwards. kubectl then moves the `kubectl-client-side-apply` entry into its own by patching
+`managedFields` (a write that sends managedFields sets them, see `track_update`).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +43,13 @@ JSON = dict[str, Any]
 PathElement = tuple[str, Any]
 Path = tuple[PathElement, ...]
 Schema = JSON | None
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+# The only manager whose applies upgrade from client-side apply (upstream's rule; another
+# --field-manager opts out).
+_UPGRADING_MANAGER = "kubectl"
+# Go's encoding/json escapes these inside strings; the annotation is written as Go writes it.
+_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 # Fields the server owns: never tracked, never merged from an applied configuration.
 _IGNORED_META = frozenset({
@@ -432,11 +449,13 @@ def apply(
     subresource: str | None = None,
 ) -> tuple[JSON, list[JSON]]:
     """(object to store, its managedFields) for applying `config` as `manager`."""
+    sent = config
     config = {k: v for k, v in config.items() if k != "status" or subresource == "status"}
     applied = field_set(config, schema, subresource=subresource)
     if live is None:
         obj = copy.deepcopy(config)
         entry = Entry(manager=manager, operation="Apply", api_version=api_version, time=now, paths=applied, subresource=subresource)
+        _update_last_applied(obj, sent, manager=manager)
         return obj, _write_entries([entry])
     entries = read_entries(live)
     key = (manager, "Apply", subresource)
@@ -449,6 +468,12 @@ def apply(
             continue
         hit = sorted((p for p in e.paths if p in changed and p in applied), key=render_path)
         conflicts.extend(Conflict(e.manager, e.api_version, p) for p in hit)
+    if conflicts and not force and manager == _UPGRADING_MANAGER:
+        allowed = _last_applied_fields(live, api_version=api_version, schema=schema)
+        remaining = [c for c in conflicts if c.path not in allowed]
+        if remaining:
+            raise ConflictError(remaining)
+        force = True
     if conflicts and not force:
         raise ConflictError(conflicts)
     # Fields this manager stopped applying: removed unless someone else still owns them (or
@@ -472,7 +497,41 @@ def apply(
         mine.time = now
     mine.paths = applied
     mine.api_version = api_version
+    _update_last_applied(merged, sent, manager=manager)
     return merged, _write_entries(entries)
+
+
+def _last_applied_fields(live: JSON, *, api_version: str, schema: Schema) -> set[Path]:
+    """The fields the live object's last client-side apply set and that still hold the values
+    it set (upstream's allowedConflictsFromLastApplied); empty without a usable annotation."""
+    raw = ((live.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
+    if not isinstance(raw, str) or not raw:
+        return set()
+    try:
+        last = json.loads(raw)
+    except ValueError:
+        return set()
+    if not isinstance(last, dict) or last.get("apiVersion") != api_version:
+        return set()
+    fields = field_set(last, schema)
+    differing, missing = changed_paths(last, live, schema)
+    return fields - differing - missing
+
+
+def _update_last_applied(obj: JSON, config: JSON, *, manager: str) -> None:
+    """After an apply by `kubectl`: the annotation, where the object has one, becomes the
+    configuration just applied (upstream's lastAppliedUpdater, Go's JSON with a newline)."""
+    annotations = (obj.get("metadata") or {}).get("annotations")
+    if manager != _UPGRADING_MANAGER or not isinstance(annotations, dict) or not annotations.get(LAST_APPLIED):
+        return
+    applied = copy.deepcopy(config)
+    sent_annotations = (applied.get("metadata") or {}).get("annotations")
+    if isinstance(sent_annotations, dict):
+        sent_annotations.pop(LAST_APPLIED, None)
+    text = json.dumps(applied, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    for ch, esc in _GO_ESCAPES.items():
+        text = text.replace(ch, esc)
+    annotations[LAST_APPLIED] = text + "\n"
 
 
 def _merge_top(live: JSON, config: JSON, schema: Schema, subresource: str | None) -> JSON:

@@ -36,7 +36,7 @@ from edgekube.client import objects
 from edgekube.client.events import Recorder
 from edgekube.client.informer import Handlers, Informer, object_key
 from edgekube.client.local import LocalClient
-from edgekube.controllers import ownership
+from edgekube.controllers import ownership, revisions
 from edgekube.controllers.base import Controller, Requeue
 
 log = logging.getLogger(__name__)
@@ -534,10 +534,12 @@ def template_hash(template: JSON, collisions: int = 0) -> str:
 
 
 def _strip_hash(template: JSON) -> JSON:
-    labels = ((template.get("metadata") or {}).get("labels") or {})
+    """The template without its pod-template-hash label, in normal form (upstream's
+    EqualIgnoreHash: Go structs, where a null is the same as no field)."""
+    t: JSON = revisions.normal(template)
+    labels = ((t.get("metadata") or {}).get("labels") or {})
     if HASH_LABEL not in labels:
-        return template
-    t = copy.deepcopy(template)
+        return t
     del t["metadata"]["labels"][HASH_LABEL]
     if not t["metadata"]["labels"]:
         del t["metadata"]["labels"]

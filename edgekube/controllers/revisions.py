@@ -12,6 +12,12 @@ ReplicaSets) and FNV-32 over the revision's data plus the collision count
 (`history.HashControllerRevision`: StatefulSet revisions), both spelled in the alphabet upstream
 uses for generated names. The template is hashed as canonical JSON (sorted keys, Go's escaping),
 not Go's struct dump, so the hash values differ from a real cluster's, never their form.
+
+Templates are compared and hashed in their `normal` form, as upstream compares and hashes Go
+structs: a `null` is the field's zero value, the same as leaving it out. Clients that re-encode
+a template through Go types send `metadata: {creationTimestamp: null}` (`kubectl rollout undo`,
+`kubectl apply` of a manifest made by `kubectl create --dry-run -o yaml`); that is no new
+template, so no new ReplicaSet, revision or rollout.
 """
 
 from __future__ import annotations
@@ -63,9 +69,18 @@ def canonical(value: Any) -> bytes:
     return text.encode()
 
 
+def normal(value: Any) -> Any:
+    """`value` without its nulls (at any depth): what decoding into Go types leaves of it."""
+    if isinstance(value, dict):
+        return {k: normal(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [normal(v) for v in value]
+    return value
+
+
 def compute_hash(template: JSON, collision_count: int | None) -> str:
     """controller.ComputeHash: the hash of a pod template (and of the collision count, if any)."""
-    data = canonical(template)
+    data = canonical(normal(template))
     if collision_count is not None:
         data += (collision_count & 0xFFFFFFFF).to_bytes(4, "little") + b"\0\0\0\0"
     return safe_encode(str(fnv32a(data)))
@@ -85,18 +100,18 @@ def revision_name(prefix: str, hash_: str) -> str:
 
 def template_patch(owner: JSON) -> JSON:
     """The revision data for `owner`'s current template (upstream's getPatch)."""
-    template = copy.deepcopy((owner.get("spec") or {}).get("template") or {})
+    template = normal((owner.get("spec") or {}).get("template") or {})
     template["$patch"] = "replace"
     return {"spec": {"template": template}}
 
 
 def matches(owner: JSON, revision: JSON) -> bool:
     """Whether `revision` holds `owner`'s current template."""
-    return canonical(template_patch(owner)) == canonical(revision.get("data"))
+    return canonical(template_patch(owner)) == canonical(normal(revision.get("data")))
 
 
 def equal(a: JSON, b: JSON) -> bool:
-    return canonical(a.get("data")) == canonical(b.get("data"))
+    return canonical(normal(a.get("data"))) == canonical(normal(b.get("data")))
 
 
 def apply(owner: JSON, revision: JSON) -> JSON:

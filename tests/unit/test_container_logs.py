@@ -330,8 +330,8 @@ def test_options_from_the_query_and_upstreams_validation() -> None:
     with pytest.raises(errors.APIError) as exc:
         podlogs.parse_options({"tailLines": "-1", "limitBytes": "0", "sinceSeconds": "0"}, pod="p", now_ns=0)
     assert exc.value.code == 422 and exc.value.message == (
-        'PodLogOptions "p" is invalid: tailLines: Invalid value: -1: must be greater than or equal to 0, '
-        "limitBytes: Invalid value: 0: must be greater than 0, sinceSeconds: Invalid value: 0: must be greater than 0")
+        'PodLogOptions "p" is invalid: [tailLines: Invalid value: -1: must be greater than or equal to 0, '
+        "limitBytes: Invalid value: 0: must be greater than 0, sinceSeconds: Invalid value: 0: must be greater than 0]")
     with pytest.raises(errors.APIError, match="at most one of `sinceTime` or `sinceSeconds`"):
         podlogs.parse_options({"sinceSeconds": "5", "sinceTime": "2023-11-14T22:13:20Z"}, pod="p", now_ns=0)
     with pytest.raises(errors.APIError, match="mutually exclusive"):

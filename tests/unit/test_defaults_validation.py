@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from edgekube.api import ssa
 from edgekube.api.registry import defaults, validation
 
 JSON = dict[str, Any]
@@ -323,3 +324,25 @@ def _rule(host: str = "", backend: Any = None, **path: Any) -> JSON:
 ])
 def test_ingress_validation(spec: JSON, fields: list[str]) -> None:
     assert _fields("Ingress.networking.k8s.io", _ingress(**copy.deepcopy(spec))) == fields
+
+
+def test_nulls_become_what_go_makes_of_them() -> None:
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"a": None}},
+                  "spec": {"template": {"metadata": {"creationTimestamp": None, "labels": {"app": "d"}},
+                                        "spec": {"containers": [{"name": "c", "image": None, "ports": [{"containerPort": None}]}]}}}}
+    defaults.drop_null_fields(ssa.kind_schema("apps", "v1", "Deployment"), deployment)
+    assert deployment["spec"]["template"]["metadata"] == {"labels": {"app": "d"}}  # omitempty: left out
+    assert deployment["spec"]["template"]["spec"]["containers"] == [{"name": "c", "ports": [{"containerPort": 0}]}]  # required: zero
+    assert deployment["metadata"]["labels"] == {"a": None}  # map values are not struct fields
+    crd_default = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "x"},
+                   "spec": {"versions": [{"name": "v1", "schema": {"openAPIV3Schema": {"default": {"a": None}, "example": None, "type": "object"}}}]}}
+    defaults.drop_null_fields(ssa.kind_schema("apiextensions.k8s.io", "v1", "CustomResourceDefinition"), crd_default)
+    # Inside an open field (JSON) a null is a value; the field itself is a pointer, nil when null.
+    assert crd_default["spec"]["versions"][0]["schema"]["openAPIV3Schema"] == {"default": {"a": None}, "type": "object"}
+
+
+def test_sourceless_volumes_are_empty_dirs() -> None:
+    pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                                               "volumes": [{"name": "a"}, {"name": "b", "emptyDir": None}, {"name": "c", "secret": {"secretName": "s"}}]}}
+    defaults.apply("Pod", pod)
+    assert [sorted(v) for v in pod["spec"]["volumes"]] == [["emptyDir", "name"], ["emptyDir", "name"], ["name", "secret"]]

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from edgekube.api import errors, patch
-from edgekube.api.registry import patchmeta
+from edgekube.api import apischema, errors, patch
+from edgekube.api.registry import decoding, patchmeta
 
 SMP = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
@@ -376,3 +376,20 @@ def test_merge_patch_body_must_be_an_object() -> None:
     with pytest.raises(errors.APIError) as exc:
         patch.apply_patch(MERGE, deployment(), b"[1, 2]", gk="Deployment.apps")
     assert exc.value.code == 400
+
+
+def test_undecodable_patches_in_upstreams_words() -> None:
+    pod = {"type": "object", "$ref": "#/definitions/" + str(apischema.kind_definition("", "v1", "Pod"))}
+    assert decoding.go_value({"spec": {"b": [1, 2.5, None], "a": True}, "metadata": {"labels": "x"}}) == \
+        "map[metadata:map[labels:x] spec:map[a:true b:[1 2.5 <nil>]]]"
+    assert decoding.restore_error(pod, {"metadata": {"labels": "invalid"}}) == "cannot restore map from string"
+    assert decoding.restore_error(pod, {"spec": "x"}) == "cannot restore struct from: string"
+    assert decoding.restore_error(pod, {"spec": {"containers": {}}}) == "cannot restore slice from map"
+    assert decoding.restore_error(pod, {"spec": {"containers": [{"ports": [{"containerPort": "80"}]}]}}) == \
+        "cannot convert string to int32"
+    assert decoding.restore_error(pod, {"spec": {"containers": [{"resources": {"limits": {"cpu": 1}}}]}}) is None
+    err = decoding.patch_invalid("map[a:b]", "cannot restore map from string")
+    assert (err.code, err.reason) == (422, "Invalid")
+    assert err.message == ' "" is invalid: patch: Invalid value: "map[a:b]": cannot restore map from string'
+    assert err.status()["details"] == {"causes": [{"reason": "FieldValueInvalid", "field": "patch",
+                                                   "message": 'Invalid value: "map[a:b]": cannot restore map from string'}]}

@@ -89,3 +89,17 @@ def test_decodes_an_apiservice() -> None:
     assert obj["spec"] == {"service": {"namespace": "kube-system", "name": "metrics-server", "port": 443},
                            "group": "metrics.k8s.io", "version": "v1beta1", "insecureSkipTLSVerify": True,
                            "groupPriorityMinimum": 100, "versionPriority": 100}
+
+
+def test_a_zero_stays_where_go_has_no_omitempty() -> None:
+    # Go's generated marshaller writes every non-pointer field, zeros included (what `kubectl
+    # create priorityclass pc0 --value=0` sends); Go's JSON encoder keeps a zero only where the
+    # field has no omitempty: PriorityClass.value and a CRD version's served/storage.
+    pc = _bytes(1, _meta("pc0")) + _int(2, 0) + _int(3, 0) + _string(4, "")
+    obj = protobuf.decode(_envelope("scheduling.k8s.io/v1", "PriorityClass", pc))
+    assert obj["value"] == 0
+    assert "globalDefault" not in obj and "description" not in obj  # omitempty
+    version = _string(1, "v1") + _int(2, 0) + _int(3, 1)
+    spec = _string(1, "example.com") + _bytes(7, version)
+    crd = protobuf.decode(_envelope("apiextensions.k8s.io/v1", "CustomResourceDefinition", _bytes(1, _meta("w")) + _bytes(2, spec)))
+    assert crd["spec"]["versions"] == [{"name": "v1", "served": False, "storage": True}]

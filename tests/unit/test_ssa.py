@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -144,3 +145,34 @@ def test_untyped_objects_are_tracked_as_maps() -> None:
     obj["metadata"]["managedFields"] = managed
     out, _ = ssa.apply(obj, {**cr, "spec": {"size": 2}}, manager="m", api_version="x/v1", schema=None, force=False, now=NOW)
     assert out["spec"] == {"size": 2}
+
+
+def _client_side_applied(config: JSON) -> JSON:
+    """What `kubectl apply` (client-side) leaves: the object, owned by its manager, and the
+    configuration in the last-applied annotation."""
+    obj = copy.deepcopy(config)
+    obj["metadata"]["annotations"] = {ssa.LAST_APPLIED: json.dumps(config) + "\n"}
+    return _update({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}, obj, "kubectl-client-side-apply")
+
+
+def test_kubectl_takes_over_what_its_client_side_apply_set() -> None:
+    live = _client_side_applied(_deploy(replicas=2))
+    changed = _deploy(replicas=3)
+    # Another manager conflicts, as with any owner.
+    with pytest.raises(ssa.ConflictError):
+        _apply(live, changed, manager="not-kubectl")
+    out = _apply(live, changed, manager="kubectl")
+    assert out["spec"]["replicas"] == 3
+    assert "f:replicas" not in str(_owned(out, "kubectl-client-side-apply"))
+    # The annotation follows the configuration kubectl applied (Go's JSON, a newline).
+    assert out["metadata"]["annotations"][ssa.LAST_APPLIED].endswith('"spec":{"replicas":3,"selector":{"matchLabels":{"app":"web"}},'
+                                                                     '"template":{"metadata":{"labels":{"app":"web"}},"spec":{"containers":'
+                                                                     '[{"image":"busybox:1","name":"web","ports":[{"containerPort":80}]}]}}}}\n')
+
+
+def test_only_fields_unchanged_since_the_client_side_apply_are_taken() -> None:
+    live = _client_side_applied(_deploy(replicas=2))
+    live = _update(live, {**live, "spec": {**live["spec"], "replicas": 5}}, "hpa")  # someone else changed it since
+    with pytest.raises(ssa.ConflictError) as exc:
+        _apply(live, _deploy(replicas=3), manager="kubectl")
+    assert [c.manager for c in exc.value.conflicts] == ["hpa"]

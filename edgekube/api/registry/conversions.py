@@ -50,6 +50,7 @@ def _hpa_v2_to_v1(obj: JSON) -> JSON:
     if isinstance(status, dict):
         current = _cpu(status.pop("currentMetrics", None), "current", "averageUtilization")
         status.pop("conditions", None)
+        status.setdefault("currentReplicas", 0)  # no omitempty in autoscaling/v1
         if current is not None:
             status["currentCPUUtilizationPercentage"] = current
     return out

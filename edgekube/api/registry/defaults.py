@@ -11,9 +11,11 @@ ServiceAccount admission leaves them alone.
 from __future__ import annotations
 
 import base64
+import copy
 from collections.abc import Callable
 from typing import Any
 
+from edgekube.api import apischema
 from edgekube.api.registry import crds
 
 JSON = dict[str, Any]
@@ -31,6 +33,90 @@ def apply(gk: str, obj: JSON) -> None:
     fn = _DEFAULTERS.get(gk)
     if fn is not None:
         fn(obj)
+
+
+# The status every object of a kind shows, as upstream's Go types encode an empty status: the
+# fields without `omitempty` (and structs, which omitempty never drops) appear at their zero
+# value, and the phases its defaulters set. Clients rely on them: the Python client refuses a
+# ReplicaSetStatus without `replicas`, its tests check that a new Service has a status.
+_ZERO_STATUS: dict[str, JSON] = {
+    "Service": {"loadBalancer": {}},
+    "ReplicationController": {"replicas": 0},
+    "Ingress.networking.k8s.io": {"loadBalancer": {}},
+    "Namespace": {"phase": "Active"},
+    "PersistentVolumeClaim": {"phase": "Pending"},
+    "PersistentVolume": {"phase": "Pending"},
+    "ResourceQuota": {},
+    "Deployment.apps": {},
+    "ReplicaSet.apps": {"replicas": 0},
+    "DaemonSet.apps": {"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0},
+    "StatefulSet.apps": {"replicas": 0, "availableReplicas": 0},
+    "Job.batch": {},
+    "CronJob.batch": {},
+    "HorizontalPodAutoscaler.autoscaling": {"desiredReplicas": 0},
+}
+
+
+def status(gk: str, obj: JSON) -> None:
+    """Fill in the zero status of `obj`'s kind (upstream's encoding of an empty status)."""
+    zero = _ZERO_STATUS.get(gk)
+    if zero is None:
+        return
+    current = obj.get("status")
+    if not isinstance(current, dict):
+        current = {}
+        obj["status"] = current
+    for k, v in zero.items():
+        if current.get(k) is None:
+            current[k] = copy.deepcopy(v)
+
+
+_ZERO_SCALARS: dict[str, Any] = {"string": "", "integer": 0, "number": 0, "boolean": False}
+
+
+def drop_null_fields(schema: JSON | None, value: Any) -> None:
+    """Struct fields of a built-in kind that are null, at any depth, become what Go makes of
+    them: a null decodes into the field's zero value, which Go's encoder leaves out (omitempty)
+    or writes (a required scalar: "", 0, false). So `metadata: {creationTimestamp: null}` in a
+    pod template (what clients re-encoding through Go types send) is the same template as none,
+    and no spec change. Map values, list items and open fields (RawExtension, JSON) keep their
+    nulls."""
+    s = apischema.resolve(schema)
+    if s is None or s.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    props = s.get("properties")
+    if isinstance(value, dict) and isinstance(props, dict):
+        required = s.get("required") or ()
+        for key in [k for k, v in value.items() if v is None and k in props]:
+            zero = _ZERO_SCALARS.get(str((apischema.resolve(props[key]) or {}).get("type")))
+            if key in required and zero is not None:
+                value[key] = zero
+            else:
+                del value[key]
+        for key, item in value.items():
+            if key in props:
+                drop_null_fields(props[key], item)
+        return
+    if isinstance(value, dict) and isinstance(s.get("additionalProperties"), dict):
+        for item in value.values():
+            drop_null_fields(s["additionalProperties"], item)
+        return
+    items = s.get("items")
+    if isinstance(value, list) and isinstance(items, dict):
+        for item in value:
+            drop_null_fields(items, item)
+
+
+def with_status(gk: str, obj: JSON) -> JSON:
+    """`obj` as read: with its kind's zero status, in a copy when it lacks any of it (objects
+    stored before their kind had one; the object given may be shared, so is never changed)."""
+    zero = _ZERO_STATUS.get(gk)
+    current = obj.get("status")
+    if zero is None or (isinstance(current, dict) and all(current.get(k) is not None for k in zero)):
+        return obj
+    out = {**obj, "status": dict(current) if isinstance(current, dict) else {}}
+    status(gk, out)
+    return out
 
 
 def job_selector(obj: JSON) -> None:
@@ -123,6 +209,9 @@ def _container(c: Any) -> None:
 def _volume(v: Any) -> None:
     if not isinstance(v, dict):
         return
+    if all(value is None for key, value in v.items() if key != "name"):
+        # A volume that names no source is an emptyDir (upstream's SetDefaults_Volume).
+        v["emptyDir"] = {}
     for kind in ("configMap", "secret", "downwardAPI", "projected"):
         src = v.get(kind)
         if isinstance(src, dict):

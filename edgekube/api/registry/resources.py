@@ -18,6 +18,16 @@ from collections.abc import Iterable
 
 from edgekube.api.registry import crds
 
+# Kinds whose upstream registry sets ReturnDeletedObject: a DELETE that removes the object at once
+# answers with the object (the clients' generated code decodes it as that kind); every other kind
+# answers a Status naming it. An object only marked for deletion (finalizers, a grace period) is
+# returned whatever its kind.
+_RETURNS_DELETED_OBJECT = frozenset({
+    "Pod", "Service", "ServiceAccount", "Namespace", "PersistentVolume", "PersistentVolumeClaim",
+    "ResourceQuota", "PodTemplate", "StorageClass.storage.k8s.io", "CSIDriver.storage.k8s.io",
+    "CSINode.storage.k8s.io", "VolumeAttachment.storage.k8s.io",
+})
+
 STANDARD_VERBS: tuple[str, ...] = (
     "create",
     "delete",
@@ -65,6 +75,10 @@ class ResourceInfo:
     def gk(self) -> str:
         """Group and kind, as `Kind.group` (`Pod`, `Deployment.apps`): the key for per-kind code."""
         return f"{self.kind}.{self.group}" if self.group else self.kind
+
+    @property
+    def returns_deleted_object(self) -> bool:
+        return self.custom is None and self.gk in _RETURNS_DELETED_OBJECT
 
     @property
     def has_status(self) -> bool:

@@ -34,6 +34,7 @@ from edgekube.api.registry import (
     apiservices,
     conversions,
     crds,
+    decoding,
     defaults,
     fieldcheck,
     known_fields,
@@ -77,11 +78,6 @@ _CREATE_ON_UPDATE = frozenset(
 )
 # Kinds that keep the status a client sends on create (the node reports its own).
 _STATUS_ON_CREATE = frozenset({"Node", "Event", "Lease.coordination.k8s.io"})
-_INITIAL_STATUS: dict[str, JSON] = {
-    "Namespace": {"phase": "Active"},
-    "PersistentVolumeClaim": {"phase": "Pending"},
-    "PersistentVolume": {"phase": "Pending"},
-}
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _CONFLICT_RETRIES = 8
 _SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -259,8 +255,9 @@ class Registry:
         if not isinstance(meta, dict):
             raise errors.bad_request("metadata must be an object")
         self._check_namespace(info, meta, namespace)
-        if meta.get("resourceVersion"):
+        if _expected_revision(meta.get("resourceVersion")) is not None:
             raise errors.bad_request("resourceVersion should not be set on objects to be created")
+        meta.pop("resourceVersion", None)
         if not meta.get("name"):
             prefix = meta.get("generateName")
             if not prefix:
@@ -285,8 +282,7 @@ class Registry:
             meta.pop("generation", None)
         if info.has_status and info.gk not in _STATUS_ON_CREATE:
             obj.pop("status", None)
-            if info.gk in _INITIAL_STATUS:
-                obj["status"] = dict(_INITIAL_STATUS[info.gk])
+        defaults.status(info.gk, obj)
         self._check_fields(info, obj, options=options, warnings=warnings)
         if info.custom is not None:
             self._prepare_custom(info, obj, options=options, warnings=warnings)
@@ -369,15 +365,18 @@ class Registry:
             raise errors.namespace_terminating(namespace, info.plural, name, group=info.group)
 
     def _check_fields(
-        self, info: resources.ResourceInfo, obj: JSON, *, options: Options, warnings: Warnings | None
+        self, info: resources.ResourceInfo, obj: JSON, *, options: Options, warnings: Warnings | None,
+        keep_nulls: bool = False,
     ) -> None:
         mode = options.field_validation
         schema = self.schema_for(info) if info.custom is None else None
+        if schema is not None and not keep_nulls:
+            defaults.drop_null_fields(schema, obj)
         if schema is not None:
             # Decoding as upstream does into Go structs: wrong types are a 400 whatever the
             # mode; unknown fields (at any depth) are refused, reported or dropped.
             unknown, wrong = fieldcheck.check(schema, obj, prune=mode != "Strict")
-            prefix = f'{info.kind} in version "{info.version}" cannot be handled as a {info.kind}: '
+            prefix = _decode_prefix(info)
             if wrong:
                 raise errors.bad_request(prefix + "; ".join(wrong))
         else:
@@ -434,8 +433,14 @@ class Registry:
                 meta.pop("resourceVersion", None)
                 return await self.create(info, obj, namespace=namespace, options=options, warnings=warnings), True
             raise errors.not_found(info.plural, name, group=info.group)
-        rv = meta.get("resourceVersion")
-        expect = _parse_rv(rv) if rv else None
+        expect = _expected_revision(meta.get("resourceVersion"))
+        if expect is None and (info.custom is not None or info.gk == CRD_GK):
+            # Their strategies refuse unconditional updates (AllowUnconditionalUpdate false).
+            raise errors.invalid(
+                info.plural, name,
+                [errors.Cause("metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")],
+                group=info.group,
+            )
         if expect is not None and expect != item.revision:
             raise errors.conflict(info.plural, name, group=info.group)
         self._check_fields(info, obj, options=options, warnings=warnings)
@@ -458,8 +463,11 @@ class Registry:
         name = old["metadata"]["name"]
         if options.operation != "Apply":
             base = old
-            if sent_managed == [{}]:  # a client resets managedFields by sending one empty entry
-                base = {**old, "metadata": {**old["metadata"], "managedFields": []}}
+            if subresource is None and _managed_fields_given(sent_managed):
+                # The writer's managedFields stand, as upstream's field manager takes them when
+                # they decode (kubectl moving client-side apply's entry into its own); one empty
+                # entry, `[{}]`, resets them.
+                base = {**old, "metadata": {**old["metadata"], "managedFields": sent_managed}}
             new["metadata"]["managedFields"] = ssa.track_update(
                 base, new, manager=_manager(options), api_version=info.api_version,
                 schema=self.schema_for(info), now=clock_mod.rfc3339(self._clock.now()), subresource=subresource,
@@ -504,6 +512,7 @@ class Registry:
         if subresource == "status":
             merged = copy.deepcopy(old)
             merged["status"] = new.get("status", {})
+            defaults.status(info.gk, merged)
             if info.custom is not None:
                 self._prepare_custom(info, merged, options=options, warnings=None)
             nmeta = new.get("metadata") or {}
@@ -540,7 +549,10 @@ class Registry:
             _keep_allocated_values(old, new)
         if info.custom is not None:
             self._prepare_custom(info, new, options=options, warnings=None)
+        if info.gk == "Pod":
+            _keep_admitted_priority(old, new)
         defaults.apply(info.gk, new)
+        defaults.status(info.gk, new)
         if info.gk == CRD_GK:
             new["status"] = self._crd_status(new, now=clock_mod.rfc3339(self._clock.now()))
         if info.gk == apiservices.GK:
@@ -572,11 +584,13 @@ class Registry:
         subresource: str | None = None,
         options: Options = Options(),
         warnings: Warnings | None = None,
+        shown_as: Callable[[JSON], str] | None = None,
     ) -> JSON:
         """Read, patch with `apply`, and write with a revision precondition; retry on races.
 
         A resourceVersion inside the patch is the client's own precondition: a mismatch is a
-        409, not a retry.
+        409, not a retry. A result that does not decode as the kind is upstream's 422 on the
+        field `patch`, whose value `shown_as` renders (see `decoding`).
         """
         for _ in range(_CONFLICT_RETRIES):
             item = self.store.get(info.key(name, namespace))
@@ -589,14 +603,19 @@ class Registry:
             pmeta = patched.get("metadata")
             if not isinstance(pmeta, dict):
                 raise errors.bad_request("metadata must be an object")
-            rv = pmeta.get("resourceVersion")
-            if rv and rv != current["metadata"].get("resourceVersion"):
+            expect = _expected_revision(pmeta.get("resourceVersion"))
+            if expect is not None and expect != item.revision:
                 raise errors.conflict(info.plural, name, group=info.group)
             if pmeta.get("name", name) != name:
                 raise errors.bad_request(f"the name of the object ({pmeta.get('name')}) does not match the name on the URL ({name})")
             self._check_type(info, patched)
             self._check_namespace(info, pmeta, namespace)
-            self._check_fields(info, patched, options=options, warnings=warnings)
+            try:
+                self._check_fields(info, patched, options=options, warnings=warnings)
+            except errors.APIError as exc:
+                if exc.code != 400 or shown_as is None:
+                    raise
+                raise self._undecodable_patch(info, patched, exc, shown_as=shown_as) from None
             try:
                 return await self._write_update(
                     info, item, patched, namespace=namespace, subresource=subresource, options=options
@@ -608,6 +627,14 @@ class Registry:
                     continue
                 raise
         raise errors.conflict(info.plural, name, group=info.group, why="too many concurrent updates, try again")
+
+    def _undecodable_patch(
+        self, info: resources.ResourceInfo, patched: JSON, exc: errors.APIError, *, shown_as: Callable[[JSON], str]
+    ) -> errors.APIError:
+        detail = exc.message.removeprefix(_decode_prefix(info))
+        if info.custom is None and not detail.startswith("strict decoding error"):
+            detail = decoding.restore_error(self.schema_for(info), patched) or detail
+        return decoding.patch_invalid(shown_as(patched), detail)
 
     # --- custom resources ---------------------------------------------------------------------
 
@@ -722,7 +749,7 @@ class Registry:
             raise errors.bad_request(f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})")
         meta["name"] = name
         self._check_namespace(info, meta, namespace)
-        self._check_fields(info, config, options=options, warnings=warnings)
+        self._check_fields(info, config, options=options, warnings=warnings, keep_nulls=True)
         schema = self.schema_for(info)
         applying = dataclasses.replace(options, operation="Apply")
         for _ in range(_CONFLICT_RETRIES):
@@ -1024,10 +1051,10 @@ class Registry:
             raise errors.invalid(
                 "Scale", name, [errors.Cause("spec.replicas", f"Invalid value: {replicas!r}: must be greater than or equal to 0")], group="autoscaling"
             )
-        rv = (scale.get("metadata") or {}).get("resourceVersion")
+        expect = _expected_revision((scale.get("metadata") or {}).get("resourceVersion"))
 
         def set_replicas(obj: JSON) -> JSON:
-            if rv and rv != obj["metadata"].get("resourceVersion"):
+            if expect is not None and str(expect) != obj["metadata"].get("resourceVersion"):
                 raise errors.conflict(info.plural, name, group=info.group)
             path = ".spec.replicas"
             if info.custom is not None and info.custom.scale:
@@ -1195,6 +1222,30 @@ def _keep_allocated_values(old: JSON, new: JSON) -> None:
                     p["nodePort"] = np
 
 
+def _decode_prefix(info: resources.ResourceInfo) -> str:
+    """Upstream's words for a body that does not decode as the kind."""
+    return f'{info.kind} in version "{info.version}" cannot be handled as a {info.kind}: '
+
+
+def _managed_fields_given(sent: Any) -> bool:
+    """Whether a write carries managedFields of its own (a non-empty list of entries); an
+    empty or missing list keeps the stored ones (clients that do not know the field)."""
+    return isinstance(sent, list) and bool(sent) and all(isinstance(e, dict) for e in sent)
+
+
+def _keep_admitted_priority(old: JSON, new: JSON) -> None:
+    """An update that omits what Priority admission set at create keeps it (upstream's plugin
+    carries spec.priority and preemptionPolicy over on update), so that a pod written back as it
+    was sent (`kubectl replace -f`) is no change."""
+    ospec = old.get("spec") or {}
+    nspec = new.get("spec")
+    if not isinstance(nspec, dict):
+        return
+    for key in ("priority", "preemptionPolicy"):
+        if nspec.get(key) is None and ospec.get(key) is not None:
+            nspec[key] = ospec[key]
+
+
 def _release_dropped_ports(registry: Registry, old: JSON, new: JSON) -> None:
     old_spec = old.get("spec") or {}
     new_spec = new.get("spec") or {}
@@ -1253,11 +1304,16 @@ def _qos_class(spec: Mapping[str, Any]) -> str:
     return "Guaranteed" if guaranteed else "Burstable"
 
 
-def _parse_rv(rv: Any) -> int:
+def _expected_revision(rv: Any) -> int | None:
+    """The revision a write's resourceVersion asks for; None when unset. As upstream's
+    versioner, "0" parses to revision 0, which means unset: an unconditional update, or a create."""
+    if rv is None or rv == "":
+        return None
     try:
-        return int(str(rv))
+        value = int(str(rv))
     except ValueError:
         raise errors.bad_request(f'invalid resourceVersion "{rv}"') from None
+    return value or None
 
 
 def _encode_continue(key: str, revision: int) -> str:
@@ -1325,4 +1381,4 @@ def present(info: resources.ResourceInfo, obj: JSON) -> JSON:
     if info.custom is not None and obj.get("apiVersion") != info.api_version:
         obj["apiVersion"] = info.api_version
         return obj
-    return conversions.from_storage(info.gk, info.version, obj)
+    return conversions.from_storage(info.gk, info.version, defaults.with_status(info.gk, obj))
