@@ -4,15 +4,19 @@
                     [--disable COMPONENT]...
     edgekube version
     edgekube images import FILE... | ls | rm REF...   [--config FILE] [--data-dir DIR]
+    edgekube certs check | rotate [--ca]               [--config FILE] [--data-dir DIR]
 
 Scripts and docs depend on this exact contract. Exit codes: 0 clean stop, 1 a component failed,
-2 bad usage or configuration (with a message that names the setting).
+2 bad usage or configuration (with a message that names the setting). `certs check` exits 1 when a
+certificate is missing, expired, not yet valid or close to its end (a leaf in its last 90 days, the
+CA in its last year).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
 import platform
 import sys
@@ -21,7 +25,9 @@ from pathlib import Path
 
 from edgekube import KUBE_VERSION, __version__, runtime
 from edgekube import config as config_mod
-from edgekube._cogs import memory
+from edgekube._cogs import clock as clock_mod
+from edgekube._cogs import memory, timefloor
+from edgekube.api import pki
 from edgekube.kubelet import images as images_mod
 
 
@@ -54,7 +60,70 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("refs", nargs="+", metavar="REF")
         else:
             cmd.add_argument("-q", "--quiet", action="store_true", help="print image IDs only")
+    certs = sub.add_parser("certs", help="check and rotate the cluster's certificates (the data dir's tls/)")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    for name, helptext in (("check", "print each certificate's validity; exit 1 if one is expired or close"),
+                           ("rotate", "issue the leaf certificates again (and the CA, with --ca); rewrite the "
+                                      "kubeconfig")):
+        cmd = certs_sub.add_parser(name, help=helptext)
+        cmd.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
+        cmd.add_argument("--data-dir", type=Path, help="the data dir whose certificates to use")
+        if name == "rotate":
+            cmd.add_argument("--ca", action="store_true",
+                             help="a new CA too: every kubeconfig handed out must then be replaced")
     return p
+
+
+def _certs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    """`edgekube certs check|rotate`: the data dir's files only, so it works whether or not the
+    server runs (a running server loads rotated files within a minute)."""
+    the_pki = pki.Pki(cfg.data_dir / "tls")
+    wall = datetime.datetime.now(datetime.UTC)
+    now = timefloor.trusted_now(wall, last_seen=timefloor.LastSeen(
+        cfg.data_dir, watched=[cfg.data_dir / "db", cfg.data_dir / "tls"]).read())
+    if not the_pki.ca_cert.exists():
+        print(f"edgekube: no certificates under {the_pki.dir}: `edgekube server` makes them at its first start",
+              file=sys.stderr)
+        return 1
+    if args.certs_command == "rotate":
+        names, addresses = pki.host_identities()
+        served = pki.inspect(the_pki.server_cert)  # keep every address it named (service IP, bind address)
+        pki.rotate(the_pki, hostnames=names, addresses=[*(sorted(served.ips) if served else []), *addresses],
+                   now=now, wall=wall, ca=args.ca)
+        kubeconfig = cfg.data_dir / "kubeconfig.yaml"
+        pki.rewrite_kubeconfig(kubeconfig, pki=the_pki, default_url=f"https://127.0.0.1:{cfg.https_port}")
+        for _, info in pki.inspect_all(the_pki):
+            if info is not None:
+                print(f"{info.path.name}: {info.subject}, valid until {clock_mod.rfc3339(info.not_after)}")
+        print(f"kubeconfig rewritten: {kubeconfig}")
+        if args.ca:
+            print("a new CA: restart edgekube (systemctl restart edgekube) so that pods get it, and replace every "
+                  "kubeconfig handed out before")
+        else:
+            print("a running server loads the new certificates within a minute")
+        return 0
+    if now - wall > datetime.timedelta(hours=1):
+        print(f"note: the system clock reads {clock_mod.rfc3339(wall)}, before this build or the last time this "
+              f"node saw ({clock_mod.rfc3339(now)}); validity below is judged by the system clock")
+    rows = [("CERTIFICATE", "SUBJECT", "ISSUER", "NOT BEFORE", "NOT AFTER", "DAYS LEFT", "STATUS")]
+    bad = False
+    for path, info in pki.inspect_all(the_pki):
+        if info is None:
+            rows.append((path.name, "-", "-", "-", "-", "-", "MISSING"))
+            bad = True
+            continue
+        state = info.state(wall)
+        bad = bad or state != "ok"
+        status = {"ok": "OK", "expiring": "RENEW SOON", "expired": "EXPIRED", "not yet valid": "NOT YET VALID"}[state]
+        rows.append((path.name, info.subject, info.issuer, clock_mod.rfc3339(info.not_before),
+                     clock_mod.rfc3339(info.not_after), str((info.not_after - wall).days), status))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if bad:
+        print("renew with `edgekube certs rotate` (leaf certificates; the server also renews them in their last "
+              f"{pki.RENEW_BEFORE.days} days), `edgekube certs rotate --ca` for the CA", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _human(size: int) -> str:
@@ -117,13 +186,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"edgekube {__version__} (Kubernetes API {KUBE_VERSION}, Python {platform.python_version()}, {platform.machine()})")
         return 0
-    if args.command == "images":
+    if args.command in ("images", "certs"):
         try:
             cfg = config_mod.load(config_file=args.config,
                                   overrides={"data-dir": str(args.data_dir) if args.data_dir else None})
         except config_mod.ConfigError as exc:
             print(f"edgekube: {exc}", file=sys.stderr)
             return 2
+        if args.command == "certs":
+            try:
+                return _certs(args, cfg)
+            except OSError as exc:
+                print(f"edgekube: {exc}", file=sys.stderr)
+                return 1
         try:
             return asyncio.run(_images(args, cfg.data_dir))
         except (OSError, images_mod.ImageError) as exc:

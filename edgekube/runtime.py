@@ -15,11 +15,13 @@ restarts it: nothing dies silently.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
 import ipaddress
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from aiohttp import web
 
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
-from edgekube._cogs import memory, tasks
+from edgekube._cogs import memory, tasks, timefloor, tlsalert
 from edgekube.api import errors, pki, server
 from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import resources, rest
@@ -43,6 +45,12 @@ from edgekube.store import store as store_mod
 log = logging.getLogger(__name__)
 
 GATES = ("store", "api")
+# The running server stats its certificate files this often (changed: reload them), and checks
+# their expiry (renewing leaves in their last 90 days) and the clock this often: monotonic
+# sleeps, which no clock setting shortens or stretches.
+_CERT_POLL_SECONDS = 60.0
+_CERT_CHECK_SECONDS = 3600.0
+_CLOCK_NOTICE_SECONDS = 86400.0  # the CA's and the clock's warnings, once a day while they hold
 
 
 class Runtime:
@@ -62,6 +70,8 @@ class Runtime:
         self._control_plane: list[str] = []  # task names, stopped before the store closes
         self.kubelet: kubelet_mod.Kubelet | None = None
         self._kubelet_tasks: list[str] = []  # stopped first: the kubelet writes through the API
+        self._clock_noticed = float("-inf")
+        self.last_seen = timefloor.LastSeen(cfg.data_dir, watched=[cfg.data_dir / "db", cfg.data_dir / "tls"])
         if cfg.enabled("kubelet"):
             self.gates["kubelet"] = False
 
@@ -78,7 +88,11 @@ class Runtime:
         names, addresses = pki.host_identities()
         service_ip = str(ipaddress.ip_network(cfg.service_cidr).network_address + 1)
         extra = [cfg.bind_address] if cfg.bind_address not in ("0.0.0.0", "::", "") else []
-        the_pki = pki.ensure_pki(cfg.data_dir / "tls", hostnames=names, addresses=[service_ip, *addresses, *extra])
+        sans = {"hostnames": names, "addresses": [service_ip, *addresses, *extra]}
+        wall, now = self._trusted_now()
+        the_pki = pki.ensure_pki(cfg.data_dir / "tls", **sans, now=now, wall=wall)
+        pki.check_ca(the_pki, now=now)
+        self.last_seen.record(wall, force=True)
         memory_prefixes = [i.key_prefix() for i in self.catalog.all() if i.memory_tier]
         self.store = store_mod.Store(
             store_mod.StoreConfig(
@@ -116,6 +130,8 @@ class Runtime:
         host = "127.0.0.1" if cfg.bind_address in ("0.0.0.0", "::", "", "127.0.0.1") else cfg.bind_address
         url = f"https://{_url_host(host)}:{cfg.https_port}"
         pki.write_kubeconfig(self.kubeconfig, server_url=url, pki=the_pki)
+        tlsalert.install()
+        tls = pki.ServingContext(the_pki)
         api = server.ApiServer(
             self.registry,
             max_body=cfg.api.max_request_bytes,
@@ -127,9 +143,10 @@ class Runtime:
             logs=kubelet_logs.FileLogs(cfg.kubelet.pod_log_dir),  # pods/log reads the node's CRI log files
         )
         self._runner = await server.serve(
-            api.app, host=cfg.bind_address, port=cfg.https_port, ssl_context=pki.server_ssl_context(the_pki)
+            api.app, host=cfg.bind_address, port=cfg.https_port, ssl_context=tls.context
         )
         self.gates["api"] = True
+        self.supervisor.start("certificates", self._watch_certificates(tls, sans=sans, url=url))
         self._start_control_plane(ca_pem=the_pki.ca_cert.read_text())
         # Everything made at boot (modules, schemas, caches) lives as long as the process: move it
         # out of the collector's reach, so a full collection later scans only what came since
@@ -139,6 +156,51 @@ class Runtime:
         memory.release_free_memory()  # what boot used and freed
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
         await self._start_kubelet()
+
+    def _trusted_now(self) -> tuple[datetime.datetime, datetime.datetime]:
+        """(wall clock, trusted time): see edgekube._cogs.timefloor. A wall clock behind the
+        trusted time is named in the log (at most once a day)."""
+        wall = self.clock.now()
+        now = timefloor.trusted_now(wall, last_seen=self.last_seen.read())
+        mono = self.clock.monotonic()
+        if now - wall > datetime.timedelta(hours=1) and mono >= self._clock_noticed:
+            self._clock_noticed = mono + _CLOCK_NOTICE_SECONDS
+            log.warning("the system clock reads %s, before this build or the last time this node saw (%s): "
+                        "certificates are issued from the latter; set the clock (NTP, an RTC)",
+                        clock_mod.rfc3339(wall), clock_mod.rfc3339(now))
+        return wall, now
+
+    async def _watch_certificates(self, tls: pki.ServingContext, *, sans: dict[str, list[str]], url: str) -> None:
+        """While running: renew leaf certificates in their last 90 days (as k3s; in a forked
+        child, so this process never loads `cryptography`), load renewed or rotated files into
+        the serving context and the kubeconfig, warn about the CA once a day, and note the time
+        seen (written at most once a day)."""
+        loop = asyncio.get_running_loop()
+        checked = noticed = loop.time()
+        while True:
+            await asyncio.sleep(_CERT_POLL_SECONDS)
+            if loop.time() - checked >= _CERT_CHECK_SECONDS:
+                checked = loop.time()
+                wall, now = self._trusted_now()
+                self.last_seen.record(wall)
+                try:
+                    await pki.renew(tls.pki, **sans, now=now, wall=wall)
+                except pki.PkiError as exc:
+                    log.error("%s", exc)
+                if loop.time() - noticed >= _CLOCK_NOTICE_SECONDS:
+                    noticed = loop.time()
+                    pki.check_ca(tls.pki, now=now)
+            if tls.changed():
+                try:
+                    tls.reload()
+                except (ssl.SSLError, OSError) as exc:
+                    log.error("loading the renewed certificates under %s failed (%s); serving the previous "
+                              "ones, tried again in %.0f s", tls.pki.dir, exc, _CERT_POLL_SECONDS)
+                    continue
+                pki.rewrite_kubeconfig(self.kubeconfig, pki=tls.pki, default_url=url)
+                served = pki.inspect(tls.pki.server_cert)
+                log.info("serving the certificate in %s (valid until %s); kubeconfig %s up to date",
+                         tls.pki.server_cert, served.not_after.isoformat() if served else "?", self.kubeconfig)
 
     async def _start_kubelet(self) -> None:
         """The kubelet (DESIGN §5): boot registers a Ready node (quick, no network), then its
@@ -301,6 +363,7 @@ class Runtime:
             # Queued writes finish and the memory tier is saved before the database closes.
             await self.store.close()
             self.store = None
+        self.last_seen.record(self.clock.now(), force=True)
         await self.supervisor.stop()
         log.info("edgekube stopped")
 
