@@ -89,7 +89,7 @@ def _certs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         names, addresses = pki.host_identities()
         served = pki.inspect(the_pki.server_cert)  # keep every address it named (service IP, bind address)
         pki.rotate(the_pki, hostnames=names, addresses=[*(sorted(served.ips) if served else []), *addresses],
-                   now=now, wall=wall, ca=args.ca)
+                   now=now, ca=args.ca)
         kubeconfig = cfg.data_dir / "kubeconfig.yaml"
         pki.rewrite_kubeconfig(kubeconfig, pki=the_pki, default_url=f"https://127.0.0.1:{cfg.https_port}")
         for _, info in pki.inspect_all(the_pki):

@@ -51,6 +51,7 @@ GATES = ("store", "api")
 _CERT_POLL_SECONDS = 60.0
 _CERT_CHECK_SECONDS = 3600.0
 _CLOCK_NOTICE_SECONDS = 86400.0  # the CA's and the clock's warnings, once a day while they hold
+_CLOCK_STEP_SECONDS = 60.0  # the wall clock moved this much more or less than the monotonic: it was set
 
 
 class Runtime:
@@ -90,7 +91,7 @@ class Runtime:
         extra = [cfg.bind_address] if cfg.bind_address not in ("0.0.0.0", "::", "") else []
         sans = {"hostnames": names, "addresses": [service_ip, *addresses, *extra]}
         wall, now = self._trusted_now()
-        the_pki = pki.ensure_pki(cfg.data_dir / "tls", **sans, now=now, wall=wall)
+        the_pki = pki.ensure_pki(cfg.data_dir / "tls", **sans, now=now)
         pki.check_ca(the_pki, now=now)
         self.last_seen.record(wall, force=True)
         memory_prefixes = [i.key_prefix() for i in self.catalog.all() if i.memory_tier]
@@ -172,23 +173,30 @@ class Runtime:
 
     async def _watch_certificates(self, tls: pki.ServingContext, *, sans: dict[str, list[str]], url: str) -> None:
         """While running: renew leaf certificates in their last 90 days (as k3s; in a forked
-        child, so this process never loads `cryptography`), load renewed or rotated files into
-        the serving context and the kubeconfig, warn about the CA once a day, and note the time
-        seen (written at most once a day)."""
-        loop = asyncio.get_running_loop()
-        checked = noticed = loop.time()
+        child, so this process never loads `cryptography`), hourly and at once when the wall
+        clock is set (NTP reaching a board that booted at 1970 moves the trusted time by years);
+        load renewed or rotated files (`edgekube certs rotate`) into the serving context and the
+        kubeconfig; warn about the CA once a day; note the time seen (written once a day)."""
+        mono, wall = self.clock.monotonic, self.clock.now
+        checked = noticed = mono()
+        last_wall, last_mono = wall(), mono()
         while True:
             await asyncio.sleep(_CERT_POLL_SECONDS)
-            if loop.time() - checked >= _CERT_CHECK_SECONDS:
-                checked = loop.time()
-                wall, now = self._trusted_now()
-                self.last_seen.record(wall)
+            step = (wall() - last_wall).total_seconds() - (mono() - last_mono)
+            last_wall, last_mono = wall(), mono()
+            if abs(step) > _CLOCK_STEP_SECONDS:
+                log.info("the wall clock was set %s by %.0f s: checking the certificates now",
+                         "forward" if step > 0 else "back", abs(step))
+            if abs(step) > _CLOCK_STEP_SECONDS or mono() - checked >= _CERT_CHECK_SECONDS:
+                checked = mono()
+                at, now = self._trusted_now()
+                self.last_seen.record(at)
                 try:
-                    await pki.renew(tls.pki, **sans, now=now, wall=wall)
+                    await pki.renew(tls.pki, **sans, now=now)
                 except pki.PkiError as exc:
                     log.error("%s", exc)
-                if loop.time() - noticed >= _CLOCK_NOTICE_SECONDS:
-                    noticed = loop.time()
+                if mono() - noticed >= _CLOCK_NOTICE_SECONDS:
+                    noticed = mono()
                     pki.check_ca(tls.pki, now=now)
             if tls.changed():
                 try:
@@ -200,7 +208,7 @@ class Runtime:
                 pki.rewrite_kubeconfig(self.kubeconfig, pki=tls.pki, default_url=url)
                 served = pki.inspect(tls.pki.server_cert)
                 log.info("serving the certificate in %s (valid until %s); kubeconfig %s up to date",
-                         tls.pki.server_cert, served.not_after.isoformat() if served else "?", self.kubeconfig)
+                         tls.pki.server_cert, clock_mod.rfc3339(served.not_after) if served else "?", self.kubeconfig)
 
     async def _start_kubelet(self) -> None:
         """The kubelet (DESIGN §5): boot registers a Ready node (quick, no network), then its

@@ -3,11 +3,13 @@ something is missing or must be renewed: the library is large and stays resident
 EC P-256 keys, SHA-256 signatures; the CA for ten years, leaf certificates for one (as k3s: the
 server renews them in their last 90 days, edgekube.api.pki).
 
-Validity comes from the caller's `now` (edgekube._cogs.timefloor: never before the build nor
-the last time the node saw), never from this process's wall clock, which on a board without an
-RTC may read 1970. It starts at `valid_from` (an hour before the earlier of that `now` and the
-wall clock), so that a certificate issued while the clock still reads 1970 also verifies on the
-node itself until NTP sets it. A leaf never outlives its CA.
+The end of validity comes from the caller's `now` (edgekube._cogs.timefloor: never before the
+build nor the last time the node saw), never from this process's wall clock, which on a board
+without an RTC may read 1970. The start is the Unix epoch: such a board cannot judge a start
+date (its clock may read 1970 at every boot until NTP, if ever, sets it), and a start date
+protects nothing here, where the node is its own CA; with it, the node accepts its own clients'
+certificates whatever its clock says, and one clock step can never make a certificate "not yet
+valid". A leaf never outlives its CA.
 """
 
 from __future__ import annotations
@@ -27,23 +29,20 @@ if TYPE_CHECKING:
     from edgekube.api.pki import Pki
 
 CA_DAYS = 3650
+VALID_FROM = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 LEAF_DAYS = 365
 
 Writer = Callable[..., None]  # pki._atomic_write(path, data, *, mode)
 
 
 def issue(pki: Pki, *, make_ca: bool, server_sans: tuple[Sequence[str], Sequence[str]] | None, admin: bool,
-          admin_user: str, admin_groups: Sequence[str], write: Writer, now: datetime.datetime,
-          valid_from: datetime.datetime) -> None:
+          admin_user: str, admin_groups: Sequence[str], write: Writer, now: datetime.datetime) -> None:
     """Make the CA (when `make_ca`), then the serving certificate for these DNS names and IPs
     (when given) and the admin credential (when `admin`), signed by the CA."""
     if make_ca:
-        _make_ca(pki, write, now=now, valid_from=valid_from)
+        _make_ca(pki, write, now=now)
     ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
     ca_key = _load_key(pki.ca_key)
-    # From the CA's own start: a leaf re-issued while the clock had jumped ahead still verifies
-    # once it is set right again (a leaf can do nothing its CA cannot).
-    valid_from = min(valid_from, ca_cert.not_valid_before_utc)
     until = min(now + datetime.timedelta(days=LEAF_DAYS), ca_cert.not_valid_after_utc)
     if server_sans is not None:
         dns, ips = server_sans
@@ -55,7 +54,7 @@ def issue(pki: Pki, *, make_ca: bool, server_sans: tuple[Sequence[str], Sequence
             subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgekube-apiserver")]),
             usage=ExtendedKeyUsageOID.SERVER_AUTH,
             sans=[x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips],
-            valid=(valid_from, until),
+            valid=(VALID_FROM, until),
         )
         _write_pair(pki.server_cert, pki.server_key, cert, key, write)
     if admin:
@@ -65,17 +64,17 @@ def issue(pki: Pki, *, make_ca: bool, server_sans: tuple[Sequence[str], Sequence
             + [x509.NameAttribute(NameOID.COMMON_NAME, admin_user)]
         )
         cert = _issue(ca_cert, ca_key, key, subject=subject, usage=ExtendedKeyUsageOID.CLIENT_AUTH, sans=[],
-                      valid=(valid_from, until))
+                      valid=(VALID_FROM, until))
         _write_pair(pki.admin_cert, pki.admin_key, cert, key, write)
 
 
-def _make_ca(pki: Pki, write: Writer, *, now: datetime.datetime, valid_from: datetime.datetime) -> None:
+def _make_ca(pki: Pki, write: Writer, *, now: datetime.datetime) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     # A CA's name carries its issue time (as k3s's "k3s-server-ca@<seconds>"): a leaf whose
     # issuer is not the current CA's name was signed by a rotated one and is issued again.
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"edgekube-ca@{int(now.timestamp())}")])
     cert = (
-        _builder(subject=name, issuer=name, key=key, valid=(valid_from, now + datetime.timedelta(days=CA_DAYS)), ca=True)
+        _builder(subject=name, issuer=name, key=key, valid=(VALID_FROM, now + datetime.timedelta(days=CA_DAYS)), ca=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )

@@ -86,24 +86,21 @@ def host_identities() -> tuple[list[str], list[str]]:
     return names, addresses
 
 
-def ensure_pki(tls_dir: Path, *, hostnames: Iterable[str], addresses: Iterable[str], now: datetime.datetime,
-               wall: datetime.datetime | None = None) -> Pki:
+def ensure_pki(tls_dir: Path, *, hostnames: Iterable[str], addresses: Iterable[str], now: datetime.datetime) -> Pki:
     """Make what is missing and renew what is due (`due`), logging each with its reason; a
     boot's check, synchronous (a forked child when the process has one thread). `now` is the
-    trusted time (edgekube._cogs.timefloor), `wall` the system clock (default: read it)."""
+    trusted time (edgekube._cogs.timefloor)."""
     tls_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(tls_dir, 0o700)
     pki = Pki(tls_dir)
-    wall = wall or datetime.datetime.now(datetime.UTC)
     work = due(pki, now=now, sans=sans(hostnames, addresses))
     if work.any():
         _log_work(pki, work)
-        _issue(pki, **work.issue_args(), now=now, valid_from=_valid_from(now, wall))
+        _issue(pki, **work.issue_args(), now=now)
     return pki
 
 
-async def renew(pki: Pki, *, hostnames: Iterable[str], addresses: Iterable[str], now: datetime.datetime,
-                wall: datetime.datetime) -> bool:
+async def renew(pki: Pki, *, hostnames: Iterable[str], addresses: Iterable[str], now: datetime.datetime) -> bool:
     """The running server's periodic check: renew what is due (never the CA), in a forked child
     waited for without blocking the loop. True when something was issued."""
     work = due(pki, now=now, sans=sans(hostnames, addresses))
@@ -111,15 +108,15 @@ async def renew(pki: Pki, *, hostnames: Iterable[str], addresses: Iterable[str],
     if not work.any():
         return False
     _log_work(pki, work)
-    await _issue_async(pki, **work.issue_args(), now=now, valid_from=_valid_from(now, wall))
+    await _issue_async(pki, **work.issue_args(), now=now)
     return True
 
 
 def rotate(pki: Pki, *, hostnames: Iterable[str], addresses: Iterable[str], now: datetime.datetime,
-           wall: datetime.datetime, ca: bool) -> None:
+           ca: bool) -> None:
     """Issue the leaf certificates again (and a new CA first, with `ca`): `edgekube certs rotate`."""
     dns, ips = sans(hostnames, addresses)
-    _issue(pki, make_ca=ca, server_sans=(dns, ips), admin=True, now=now, valid_from=_valid_from(now, wall))
+    _issue(pki, make_ca=ca, server_sans=(dns, ips), admin=True, now=now)
 
 
 def sans(hostnames: Iterable[str], addresses: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -274,12 +271,6 @@ def _log_work(pki: Pki, work: Work) -> None:
                         if name == "admin.crt" else "")
         elif why:
             log.info("issuing %s (%s)", pki.dir / name, ROLES[name])
-
-
-def _valid_from(now: datetime.datetime, wall: datetime.datetime) -> datetime.datetime:
-    """An hour before the earlier of the trusted time and the wall clock (clock skew between
-    boards; and a clock still at 1970 verifies what it issued until NTP sets it)."""
-    return min(now, wall) - datetime.timedelta(hours=1)
 
 
 def _issue(pki: Pki, **what: Any) -> None:
