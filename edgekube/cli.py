@@ -79,8 +79,7 @@ def _certs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     server runs (a running server loads rotated files within a minute)."""
     the_pki = pki.Pki(cfg.data_dir / "tls")
     wall = datetime.datetime.now(datetime.UTC)
-    now = timefloor.trusted_now(wall, last_seen=timefloor.LastSeen(
-        cfg.data_dir, watched=[cfg.data_dir / "db", cfg.data_dir / "tls"]).read())
+    now = timefloor.trusted_now(wall, last_seen=timefloor.LastSeen(cfg.data_dir).read())
     if not the_pki.ca_cert.exists():
         print(f"edgekube: no certificates under {the_pki.dir}: `edgekube server` makes them at its first start",
               file=sys.stderr)

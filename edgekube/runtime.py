@@ -72,7 +72,7 @@ class Runtime:
         self.kubelet: kubelet_mod.Kubelet | None = None
         self._kubelet_tasks: list[str] = []  # stopped first: the kubelet writes through the API
         self._clock_noticed = float("-inf")
-        self.last_seen = timefloor.LastSeen(cfg.data_dir, watched=[cfg.data_dir / "db", cfg.data_dir / "tls"])
+        self.last_seen = timefloor.LastSeen(cfg.data_dir)
         if cfg.enabled("kubelet"):
             self.gates["kubelet"] = False
 

@@ -68,19 +68,22 @@ def _mtime(path: Path) -> datetime.datetime:
 
 class LastSeen:
     """The last wall-clock time this data dir saw: its `last-seen` file (an RFC 3339 line) and
-    the modification times of the files in `watched` directories (the store's files among them),
-    which the kernel keeps up to date for free."""
+    the modification times of the entries of the data dir and of its direct subdirectories (the
+    store's files among them), which the kernel keeps up to date for free."""
 
-    def __init__(self, data_dir: Path, *, watched: Iterable[Path] = ()) -> None:
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = data_dir
         self.path = data_dir / LAST_SEEN_FILE
-        self._dirs = [data_dir, *watched]
         self._recorded: datetime.datetime | None = None
 
     def read(self) -> datetime.datetime | None:
         times: list[datetime.datetime] = []
         with contextlib.suppress(OSError, ValueError, OverflowError):
             times.append(datetime.datetime.fromisoformat(self.path.read_text().strip().replace("Z", "+00:00")))
-        times.extend(_mtime(p) for p in _entries(self._dirs))
+        dirs = [self.dir]
+        with contextlib.suppress(OSError), os.scandir(self.dir) as it:
+            dirs.extend(Path(e.path) for e in it if e.is_dir(follow_symlinks=False))
+        times.extend(_mtime(p) for p in _entries(dirs))
         found = max(times, default=None)
         if self._recorded is None and found is not None:
             self._recorded = found

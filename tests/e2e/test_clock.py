@@ -228,3 +228,39 @@ def test_a_clock_stepped_forward_and_back_while_running(tmp_path: Path, servers:
         raise AssertionError(f"no renewal after the clock stepped 400 days:\n{srv.log()}")
     _kubectl(srv.kubeconfig, "get", "ns")
     assert srv.proc is not None and srv.proc.poll() is None
+
+
+def _served_serial(srv: Server) -> int:
+    import socket
+    import ssl
+
+    from cryptography import x509
+
+    ctx = ssl.create_default_context(cafile=str(srv.ca))
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # just look at what is served
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+def test_certs_rotate_on_a_running_server_is_served_without_a_restart(tmp_path: Path, servers: list[Server]) -> None:
+    data = tmp_path / "data"
+    srv = _server(servers, data)
+    first = _served_serial(srv)
+    for args in ((), ("--ca",)):
+        done = srv.log_path.read_text().count("serving the certificate in")
+        rotated = _certs(data, "rotate", *args)
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        for _ in range(300):  # picked up within a minute
+            if srv.log_path.read_text().count("serving the certificate in") > done:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"rotated certificates not loaded:\n{srv.log()}")
+        assert _served_serial(srv) != first
+        first = _served_serial(srv)
+        _kubectl(srv.kubeconfig, "get", "ns")  # the rewritten kubeconfig, against the same process
+    check = _certs(data, "check")
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -30,7 +30,7 @@ def test_build_time_from_the_stamp_the_build_writes_else_the_package_files(monke
 
 def test_last_seen_is_the_latest_of_its_file_and_the_data_dirs_files(tmp_path: Path) -> None:
     (tmp_path / "db").mkdir()
-    seen = timefloor.LastSeen(tmp_path, watched=[tmp_path / "db"])
+    seen = timefloor.LastSeen(tmp_path)
     assert seen.read() is None  # an empty data dir knows no time
     data = tmp_path / "db" / "data.mdb"
     data.write_bytes(b"x")
