@@ -214,10 +214,12 @@ def due(pki: Pki, *, now: datetime.datetime, sans: tuple[list[str], list[str]]) 
     certificate that does not name every host name and address. An expired CA is never replaced
     here (that is `edgekube certs rotate --ca`: it invalidates every kubeconfig handed out), and
     leaves are not issued from it: `check_ca` says what to do."""
-    ca = inspect(pki.ca_cert) if pki.ca_key.exists() else None
-    if ca is None:
-        why = "missing" if not pki.ca_cert.exists() else "unreadable"
-        return Work(ca=why, server=why, admin=why, server_sans=sans)
+    if not (pki.ca_cert.exists() and pki.ca_key.exists()):
+        return Work(ca="missing", server="missing", admin="missing", server_sans=sans)
+    ca = inspect(pki.ca_cert)
+    if ca is None:  # never replaced silently: that would void every kubeconfig handed out
+        raise PkiError(f"{pki.ca_cert} ({ROLES['ca.crt']}) cannot be read as a certificate: restore it from a "
+                       "backup, or make a new CA with `edgekube certs rotate --ca` (then replace every kubeconfig)")
     if ca.state(now) == "expired":
         return Work()
     dns, ips = sans

@@ -191,3 +191,12 @@ def test_a_renewed_serving_certificate_is_loaded_into_the_same_context(tmp_path:
     with pytest.raises(ssl.SSLError):
         tls.reload()
     assert tls.changed()
+
+
+def test_an_unreadable_ca_is_named_never_replaced(tmp_path: Path) -> None:
+    p = pki.ensure_pki(tmp_path / "tls", hostnames=[], addresses=[], now=NOW)
+    p.ca_cert.write_text("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    before = _files(p)
+    with pytest.raises(pki.PkiError, match=r"ca.crt \(the cluster CA\) cannot be read.*certs rotate --ca"):
+        pki.ensure_pki(p.dir, hostnames=[], addresses=[], now=NOW)
+    assert _files(p) == before
