@@ -1,15 +1,25 @@
 """The cluster's own PKI: a CA, the API server's serving certificate and an admin credential.
 
-Made once at first boot under `DATA_DIR/tls` and reused afterwards; the serving certificate is
-re-issued (by the same CA) when the host's names or addresses are no longer all in its SANs, so
-a board that moves to a new network keeps working with the kubeconfigs already handed out.
+Made at first boot under `DATA_DIR/tls`; then kept alive (docs/certificates.md):
+- `due` says what must be issued at a given time: a missing CA; a leaf (serving, admin) that is
+  missing, signed by another CA (`CN=edgekube-ca@<seconds>` names each CA), expired or in its
+  last 90 days (as k3s), and a serving certificate that no longer names every host name and
+  address (a board moved to a new network keeps its kubeconfigs). The boot (`ensure_pki`) and
+  the running server (`renew`, hourly and when the clock is stepped) issue it, each with a log
+  line naming the file and why. The CA is never replaced here, since that voids every kubeconfig
+  handed out: `check_ca` warns a year ahead and says what to run once it has expired, and
+  `rotate` (`edgekube certs rotate [--ca]`) is the way by hand.
+- Times come from the caller's trusted `now` (edgekube._cogs.timefloor), never from a clock
+  that may read 1970.
+- `ServingContext` loads renewed files into the listening socket's TLS context (new connections
+  get them); `rewrite_kubeconfig` keeps the kubeconfig's credentials current.
 Private keys are written 0600 through a temporary file and a rename, so a power cut leaves
 either the old file or the new one, never half a key.
 
 Issuing needs `cryptography` (edgekube.api.certs), whose native library alone keeps about 8 MiB
-resident once loaded: it is imported only when something must be issued, and then in a forked
-child when the process has no other thread yet (the server's boot), so the server never holds it;
-a later boot checks the serving certificate with the ssl module alone.
+resident once loaded: it is imported only in a forked child (at boot, while the process has one
+thread; while running, from the threaded server, waited for off the loop and killed if stuck), so
+the server never holds it; reading certificates uses the ssl module alone.
 """
 
 from __future__ import annotations
