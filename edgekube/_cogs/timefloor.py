@@ -98,8 +98,12 @@ class LastSeen:
             return
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with contextlib.suppress(OSError):
-            tmp.write_text(now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") + "\n")
-            os.replace(tmp, self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, (now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") + "\n").encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)  # no fsync: a lost update only makes the floor older
             self._recorded = now
 
 
