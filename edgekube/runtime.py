@@ -193,8 +193,8 @@ class Runtime:
                 self.last_seen.record(at)
                 try:
                     await pki.renew(tls.pki, **sans, now=now)
-                except pki.PkiError as exc:
-                    log.error("%s", exc)
+                except OSError as exc:  # PkiError, or no fork (memory): tried again at the next check
+                    log.error("renewing the certificates under %s: %s", tls.pki.dir, exc)
                 if mono() - noticed >= _CLOCK_NOTICE_SECONDS:
                     noticed = mono()
                     pki.check_ca(tls.pki, now=now)
@@ -205,7 +205,10 @@ class Runtime:
                     log.error("loading the renewed certificates under %s failed (%s); serving the previous "
                               "ones, tried again in %.0f s", tls.pki.dir, exc, _CERT_POLL_SECONDS)
                     continue
-                pki.rewrite_kubeconfig(self.kubeconfig, pki=tls.pki, default_url=url)
+                try:
+                    pki.rewrite_kubeconfig(self.kubeconfig, pki=tls.pki, default_url=url)
+                except OSError as exc:  # a full disk: the next change of the files writes it
+                    log.error("rewriting %s with the renewed admin certificate: %s", self.kubeconfig, exc)
                 served = pki.inspect(tls.pki.server_cert)
                 log.info("serving the certificate in %s (valid until %s); kubeconfig %s up to date",
                          tls.pki.server_cert, clock_mod.rfc3339(served.not_after) if served else "?", self.kubeconfig)
