@@ -176,10 +176,13 @@ class Runtime:
         child, so this process never loads `cryptography`), hourly and at once when the wall
         clock is set (NTP reaching a board that booted at 1970 moves the trusted time by years);
         load renewed or rotated files (`edgekube certs rotate`) into the serving context and the
-        kubeconfig; warn about the CA once a day; note the time seen (written once a day)."""
+        kubeconfig; warn about the CA once a day; note the time seen (written once a day).
+        Nothing here fails the task (which would stop the node): a failure is logged and tried
+        again at the next poll or check."""
         mono, wall = self.clock.monotonic, self.clock.now
         checked = noticed = mono()
         last_wall, last_mono = wall(), mono()
+        kubeconfig_stale = False
         while True:
             await asyncio.sleep(_CERT_POLL_SECONDS)
             step = (wall() - last_wall).total_seconds() - (mono() - last_mono)
@@ -193,7 +196,7 @@ class Runtime:
                 self.last_seen.record(at)
                 try:
                     await pki.renew(tls.pki, **sans, now=now)
-                except OSError as exc:  # PkiError, or no fork (memory): tried again at the next check
+                except OSError as exc:  # PkiError, or no fork (memory)
                     log.error("renewing the certificates under %s: %s", tls.pki.dir, exc)
                 if mono() - noticed >= _CLOCK_NOTICE_SECONDS:
                     noticed = mono()
@@ -202,16 +205,19 @@ class Runtime:
                 try:
                     tls.reload()
                 except (ssl.SSLError, OSError) as exc:
-                    log.error("loading the renewed certificates under %s failed (%s); serving the previous "
-                              "ones, tried again in %.0f s", tls.pki.dir, exc, _CERT_POLL_SECONDS)
+                    log.error("loading the renewed certificates under %s failed (%s); serving the previous ones",
+                              tls.pki.dir, exc)
                     continue
+                served = pki.inspect(tls.pki.server_cert)
+                log.info("serving the certificate in %s (valid until %s)", tls.pki.server_cert,
+                         clock_mod.rfc3339(served.not_after) if served else "?")
+                kubeconfig_stale = True
+            if kubeconfig_stale:
                 try:
                     pki.rewrite_kubeconfig(self.kubeconfig, pki=tls.pki, default_url=url)
-                except OSError as exc:  # a full disk: the next change of the files writes it
+                    kubeconfig_stale = False
+                except OSError as exc:  # a full disk
                     log.error("rewriting %s with the renewed admin certificate: %s", self.kubeconfig, exc)
-                served = pki.inspect(tls.pki.server_cert)
-                log.info("serving the certificate in %s (valid until %s); kubeconfig %s up to date",
-                         tls.pki.server_cert, clock_mod.rfc3339(served.not_after) if served else "?", self.kubeconfig)
 
     async def _start_kubelet(self) -> None:
         """The kubelet (DESIGN §5): boot registers a Ready node (quick, no network), then its
