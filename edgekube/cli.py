@@ -85,6 +85,12 @@ def _certs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
               file=sys.stderr)
         return 1
     if args.certs_command == "rotate":
+        ca = pki.inspect(the_pki.ca_cert)
+        if not args.ca and (ca is None or ca.state(now) == "expired"):
+            print(f"edgekube: {the_pki.ca_cert} ({pki.ROLES['ca.crt']}) is "
+                  f"{'unreadable' if ca is None else 'expired'}: leaf certificates from it would not verify; "
+                  "run `edgekube certs rotate --ca`", file=sys.stderr)
+            return 1
         names, addresses = pki.host_identities()
         served = pki.inspect(the_pki.server_cert)  # keep every address it named (service IP, bind address)
         pki.rotate(the_pki, hostnames=names, addresses=[*(sorted(served.ips) if served else []), *addresses],

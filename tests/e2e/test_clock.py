@@ -144,6 +144,8 @@ def test_a_node_past_its_certificates_end(tmp_path: Path, servers: list[Server])
     check = _certs(data, "check", env=past)
     assert check.returncode == 1 and "EXPIRED" in check.stdout, check.stdout
     srv.stop()
+    leaves_only = _certs(data, "rotate", env=past)  # leaves from an expired CA would be no use
+    assert leaves_only.returncode == 1 and "run `edgekube certs rotate --ca`" in leaves_only.stderr
     rotated = _certs(data, "rotate", "--ca")  # the clock set right again
     assert rotated.returncode == 0, rotated.stdout + rotated.stderr
     assert "kubeconfig rewritten" in rotated.stdout
