@@ -17,9 +17,10 @@ PYTEST_ARGS ?=
 
 # System packages: python3-venv/python3-dev for the venv and Nuitka; gcc, patchelf, ccache for
 # Nuitka; the rest are used by the kubelet and network tests of later issues (installing them is
-# cheap). kubectl is NOT here: the machines ship it, and tools/fetch_kube_tools.py adds 1.36.
+# cheap); faketime (libfaketime) for the clock tests. kubectl is NOT here: the machines ship it,
+# and tools/fetch_kube_tools.py adds 1.36.
 APT_PACKAGES := python3-venv python3-dev gcc patchelf ccache \
-                runc umoci skopeo busybox-static docker-registry nftables iproute2 e2fsprogs
+                runc umoci skopeo busybox-static docker-registry nftables iproute2 e2fsprogs faketime
 
 STAMP_APT  := $(VENV)/.stamp-apt
 STAMP_PIP  := $(VENV)/.stamp-pip

@@ -5,17 +5,20 @@
     edgekube version
     edgekube images import FILE... | ls | rm REF...   [--config FILE] [--data-dir DIR]
     edgekube store check [--json] | recover | adopt | reset --yes   [--config FILE] [--data-dir DIR]
+    edgekube certs check | rotate [--ca]               [--config FILE] [--data-dir DIR]
 
 Scripts and docs depend on this exact contract. Exit codes: 0 clean stop, 1 a component failed,
 2 bad usage or configuration (with a message that names the setting), 3 the data dir needs an
 operator (its database is lost, damaged, rolled back or another cluster's: the message says what
-to run; systemd does not restart on it).
+to run; systemd does not restart on it). `certs check` exits 1 when a certificate is missing,
+expired, not yet valid or close to its end (a leaf in its last 90 days, the CA in its last year).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
 import platform
 import sys
@@ -24,7 +27,9 @@ from pathlib import Path
 
 from edgekube import KUBE_VERSION, __version__, runtime
 from edgekube import config as config_mod
-from edgekube._cogs import dirlock, memory
+from edgekube._cogs import clock as clock_mod
+from edgekube._cogs import dirlock, memory, timefloor
+from edgekube.api import pki
 from edgekube.kubelet import images as images_mod
 from edgekube.store import errors as store_errors
 from edgekube.store import identity as identity_mod
@@ -77,6 +82,17 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--json", action="store_true", help="print the report as JSON")
         if name == "reset":
             cmd.add_argument("--yes", action="store_true", help="really start over with an empty cluster")
+    certs = sub.add_parser("certs", help="check and rotate the cluster's certificates (the data dir's tls/)")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    for name, helptext in (("check", "print each certificate's validity; exit 1 if one is expired or close"),
+                           ("rotate", "issue the leaf certificates again (and the CA, with --ca); rewrite the "
+                                      "kubeconfig")):
+        cmd = certs_sub.add_parser(name, help=helptext)
+        cmd.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
+        cmd.add_argument("--data-dir", type=Path, help="the data dir whose certificates to use")
+        if name == "rotate":
+            cmd.add_argument("--ca", action="store_true",
+                             help="a new CA too: every kubeconfig handed out must then be replaced")
     return p
 
 
@@ -103,6 +119,63 @@ def _store(args: argparse.Namespace, data_dir: Path) -> int:
             where = f"; the old database is kept at {was}" if was else ""
             print(f"started an empty cluster; resourceVersions go on from {floor}{where}")
     return 0
+
+
+def _certs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    """`edgekube certs check|rotate`: the data dir's files only, so it works whether or not the
+    server runs (a running server loads rotated files within a minute)."""
+    the_pki = pki.Pki(cfg.data_dir / "tls")
+    wall = datetime.datetime.now(datetime.UTC)
+    now = timefloor.trusted_now(wall, last_seen=timefloor.LastSeen(cfg.data_dir).read())
+    if not the_pki.ca_cert.exists():
+        print(f"edgekube: no certificates under {the_pki.dir}: `edgekube server` makes them at its first start",
+              file=sys.stderr)
+        return 1
+    if args.certs_command == "rotate":
+        ca = pki.inspect(the_pki.ca_cert)
+        if not args.ca and (ca is None or ca.state(now) == "expired"):
+            print(f"edgekube: {the_pki.ca_cert} ({pki.ROLES['ca.crt']}) is "
+                  f"{'unreadable' if ca is None else 'expired'}: leaf certificates from it would not verify; "
+                  "run `edgekube certs rotate --ca`", file=sys.stderr)
+            return 1
+        names, addresses = pki.host_identities()
+        served = pki.inspect(the_pki.server_cert)  # keep every address it named (service IP, bind address)
+        pki.rotate(the_pki, hostnames=names, addresses=[*(sorted(served.ips) if served else []), *addresses],
+                   now=now, ca=args.ca)
+        kubeconfig = cfg.data_dir / "kubeconfig.yaml"
+        pki.rewrite_kubeconfig(kubeconfig, pki=the_pki, default_url=f"https://127.0.0.1:{cfg.https_port}")
+        for _, info in pki.inspect_all(the_pki):
+            if info is not None:
+                print(f"{info.path.name}: {info.subject}, valid until {clock_mod.rfc3339(info.not_after)}")
+        print(f"kubeconfig rewritten: {kubeconfig}")
+        if args.ca:
+            print("a new CA: restart edgekube (systemctl restart edgekube) so that pods get it, and replace every "
+                  "kubeconfig handed out before")
+        else:
+            print("a running server loads the new certificates within a minute")
+        return 0
+    if now - wall > datetime.timedelta(hours=1):
+        print(f"note: the system clock reads {clock_mod.rfc3339(wall)}, before this build or the last time this "
+              f"node saw ({clock_mod.rfc3339(now)}); validity below is judged by the system clock")
+    rows = [("CERTIFICATE", "SUBJECT", "ISSUER", "NOT BEFORE", "NOT AFTER", "DAYS LEFT", "STATUS")]
+    bad = False
+    for path, info in pki.inspect_all(the_pki):
+        if info is None:
+            rows.append((path.name, "-", "-", "-", "-", "-", "MISSING"))
+            bad = True
+            continue
+        state = info.state(wall)
+        bad = bad or state != "ok"
+        status = {"ok": "OK", "expiring": "RENEW SOON", "expired": "EXPIRED", "not yet valid": "NOT YET VALID"}[state]
+        rows.append((path.name, info.subject, info.issuer, clock_mod.rfc3339(info.not_before),
+                     clock_mod.rfc3339(info.not_after), str((info.not_after - wall).days), status))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if bad:
+        print("renew with `edgekube certs rotate` (leaf certificates; the server also renews them in their last "
+              f"{pki.RENEW_BEFORE.days} days), `edgekube certs rotate --ca` for the CA", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _human(size: int) -> str:
@@ -160,7 +233,7 @@ async def _images(args: argparse.Namespace, data_dir: Path) -> int:
         await store.close()
 
 
-def _on_data_dir(args: argparse.Namespace, run: Callable[[Path], int], *,
+def _on_data_dir(args: argparse.Namespace, run: Callable[[config_mod.Config], int], *,
                  failures: tuple[type[BaseException], ...]) -> int:
     """A tool command on the configured data dir: 2 for bad configuration, 1 (with the error's
     one line) for what `failures` names."""
@@ -171,7 +244,7 @@ def _on_data_dir(args: argparse.Namespace, run: Callable[[Path], int], *,
         print(f"edgekube: {exc}", file=sys.stderr)
         return 2
     try:
-        return run(cfg.data_dir)
+        return run(cfg)
     except failures as exc:
         print(f"edgekube: {exc}", file=sys.stderr)
         return 1
@@ -183,10 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgekube {__version__} (Kubernetes API {KUBE_VERSION}, Python {platform.python_version()}, {platform.machine()})")
         return 0
     if args.command == "store":
-        return _on_data_dir(args, lambda data_dir: _store(args, data_dir),
+        return _on_data_dir(args, lambda cfg: _store(args, cfg.data_dir),
                             failures=(dirlock.LockedError, store_errors.StoreError, OSError))
+    if args.command == "certs":
+        return _on_data_dir(args, lambda cfg: _certs(args, cfg), failures=(OSError,))
     if args.command == "images":
-        return _on_data_dir(args, lambda data_dir: asyncio.run(_images(args, data_dir)),
+        return _on_data_dir(args, lambda cfg: asyncio.run(_images(args, cfg.data_dir)),
                             failures=(OSError, images_mod.ImageError))
     overrides = {
         "data-dir": str(args.data_dir) if args.data_dir else None,

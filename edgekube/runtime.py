@@ -15,11 +15,13 @@ restarts it: nothing dies silently.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
 import ipaddress
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from aiohttp import web
 
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
-from edgekube._cogs import dirlock, memory, tasks
+from edgekube._cogs import dirlock, memory, tasks, timefloor, tlsalert
 from edgekube.api import errors, pki, server
 from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import resources, rest
@@ -45,6 +47,13 @@ from edgekube.store import store as store_mod
 log = logging.getLogger(__name__)
 
 GATES = ("store", "api")
+# The running server stats its certificate files this often (changed: reload them), and checks
+# their expiry (renewing leaves in their last 90 days) and the clock this often: monotonic
+# sleeps, which no clock setting shortens or stretches.
+_CERT_POLL_SECONDS = 60.0
+_CERT_CHECK_SECONDS = 3600.0
+_CLOCK_NOTICE_SECONDS = 86400.0  # the CA's and the clock's warnings, once a day while they hold
+_CLOCK_STEP_SECONDS = 60.0  # the wall clock moved this much more or less than the monotonic: it was set
 
 
 class Runtime:
@@ -66,6 +75,8 @@ class Runtime:
         self._control_plane: list[str] = []  # task names, stopped before the store closes
         self.kubelet: kubelet_mod.Kubelet | None = None
         self._kubelet_tasks: list[str] = []  # stopped first: the kubelet writes through the API
+        self._clock_noticed = float("-inf")
+        self.last_seen = timefloor.LastSeen(cfg.data_dir)
         if cfg.enabled("kubelet"):
             self.gates["kubelet"] = False
 
@@ -82,7 +93,11 @@ class Runtime:
         names, addresses = pki.host_identities()
         service_ip = str(ipaddress.ip_network(cfg.service_cidr).network_address + 1)
         extra = [cfg.bind_address] if cfg.bind_address not in ("0.0.0.0", "::", "") else []
-        the_pki = pki.ensure_pki(cfg.data_dir / "tls", hostnames=names, addresses=[service_ip, *addresses, *extra])
+        sans = {"hostnames": names, "addresses": [service_ip, *addresses, *extra]}
+        wall, now = self._trusted_now()
+        the_pki = pki.ensure_pki(cfg.data_dir / "tls", **sans, now=now)
+        pki.check_ca(the_pki, now=now)
+        self.last_seen.record(wall, force=True)
         memory_prefixes = [i.key_prefix() for i in self.catalog.all() if i.memory_tier]
         self.store = store_mod.Store(
             store_mod.StoreConfig(
@@ -130,6 +145,8 @@ class Runtime:
         host = "127.0.0.1" if cfg.bind_address in ("0.0.0.0", "::", "", "127.0.0.1") else cfg.bind_address
         url = f"https://{_url_host(host)}:{cfg.https_port}"
         pki.write_kubeconfig(self.kubeconfig, server_url=url, pki=the_pki)
+        tlsalert.install()
+        tls = pki.ServingContext(the_pki)
         api = server.ApiServer(
             self.registry,
             max_body=cfg.api.max_request_bytes,
@@ -141,9 +158,10 @@ class Runtime:
             logs=kubelet_logs.FileLogs(cfg.kubelet.pod_log_dir),  # pods/log reads the node's CRI log files
         )
         self._runner = await server.serve(
-            api.app, host=cfg.bind_address, port=cfg.https_port, ssl_context=pki.server_ssl_context(the_pki)
+            api.app, host=cfg.bind_address, port=cfg.https_port, ssl_context=tls.context
         )
         self.gates["api"] = True
+        self.supervisor.start("certificates", self._watch_certificates(tls, sans=sans, url=url))
         self._start_control_plane(ca_pem=the_pki.ca_cert.read_text())
         # Everything made at boot (modules, schemas, caches) lives as long as the process: move it
         # out of the collector's reach, so a full collection later scans only what came since
@@ -160,6 +178,67 @@ class Runtime:
         self.lock.acquire()
         if self.identity is None:
             self.identity = identity_mod.verify(self.cfg.data_dir)
+
+    def _trusted_now(self) -> tuple[datetime.datetime, datetime.datetime]:
+        """(wall clock, trusted time): see edgekube._cogs.timefloor. A wall clock behind the
+        trusted time is named in the log (at most once a day)."""
+        wall = self.clock.now()
+        now = timefloor.trusted_now(wall, last_seen=self.last_seen.read())
+        mono = self.clock.monotonic()
+        if now - wall > datetime.timedelta(hours=1) and mono >= self._clock_noticed:
+            self._clock_noticed = mono + _CLOCK_NOTICE_SECONDS
+            log.warning("the system clock reads %s, before this build or the last time this node saw (%s): "
+                        "certificates are issued from the latter; set the clock (NTP, an RTC)",
+                        clock_mod.rfc3339(wall), clock_mod.rfc3339(now))
+        return wall, now
+
+    async def _watch_certificates(self, tls: pki.ServingContext, *, sans: dict[str, list[str]], url: str) -> None:
+        """While running: renew leaf certificates in their last 90 days (as k3s; in a forked
+        child, so this process never loads `cryptography`), hourly and at once when the wall
+        clock is set (NTP reaching a board that booted at 1970 moves the trusted time by years);
+        load renewed or rotated files (`edgekube certs rotate`) into the serving context and the
+        kubeconfig; warn about the CA once a day; note the time seen (written once a day).
+        Nothing here fails the task (which would stop the node): a failure is logged and tried
+        again at the next poll or check."""
+        mono, wall = self.clock.monotonic, self.clock.now
+        checked = noticed = mono()
+        last_wall, last_mono = wall(), mono()
+        kubeconfig_stale = False
+        while True:
+            await asyncio.sleep(_CERT_POLL_SECONDS)
+            step = (wall() - last_wall).total_seconds() - (mono() - last_mono)
+            last_wall, last_mono = wall(), mono()
+            if abs(step) > _CLOCK_STEP_SECONDS:
+                log.info("the wall clock was set %s by %.0f s: checking the certificates now",
+                         "forward" if step > 0 else "back", abs(step))
+            if abs(step) > _CLOCK_STEP_SECONDS or mono() - checked >= _CERT_CHECK_SECONDS:
+                checked = mono()
+                at, now = self._trusted_now()
+                self.last_seen.record(at)
+                try:
+                    await pki.renew(tls.pki, **sans, now=now)
+                except OSError as exc:  # PkiError, or no fork (memory)
+                    log.error("renewing the certificates under %s: %s", tls.pki.dir, exc)
+                if mono() - noticed >= _CLOCK_NOTICE_SECONDS:
+                    noticed = mono()
+                    pki.check_ca(tls.pki, now=now)
+            if tls.changed():
+                try:
+                    tls.reload()
+                except (ssl.SSLError, OSError) as exc:
+                    log.error("loading the renewed certificates under %s failed (%s); serving the previous ones",
+                              tls.pki.dir, exc)
+                    continue
+                served = pki.inspect(tls.pki.server_cert)
+                log.info("serving the certificate in %s (valid until %s)", tls.pki.server_cert,
+                         clock_mod.rfc3339(served.not_after) if served else "?")
+                kubeconfig_stale = True
+            if kubeconfig_stale:
+                try:
+                    pki.rewrite_kubeconfig(self.kubeconfig, pki=tls.pki, default_url=url)
+                    kubeconfig_stale = False
+                except OSError as exc:  # a full disk
+                    log.error("rewriting %s with the renewed admin certificate: %s", self.kubeconfig, exc)
 
     async def _start_kubelet(self) -> None:
         """The kubelet (DESIGN §5): boot registers a Ready node (quick, no network), then its
@@ -327,6 +406,7 @@ class Runtime:
             if self.identity is not None:
                 identity_mod.record(self.cfg.data_dir, cluster=self.identity.cluster, revision=self.store.revision)
             self.store = None
+        self.last_seen.record(self.clock.now(), force=True)
         await self.supervisor.stop()
         self.lock.release()
         log.info("edgekube stopped")

@@ -17,6 +17,9 @@
 #   plugins) are compiled too.
 # - Onefile unpacks into a fresh temp dir per start (Nuitka's default spec); the bootstrap
 #   forwards SIGTERM/SIGINT to the payload, so systemd's KillMode=process stop works.
+# - The build time goes into the binary (edgekube/_cogs/_built.py, removed again afterwards): the
+#   server never issues a certificate dated before it, on a board whose clock still reads 1970
+#   (edgekube/_cogs/timefloor.py). SOURCE_DATE_EPOCH, when set, is used instead (reproducible).
 # - ccache (Debian package) is picked up by Nuitka from PATH; a rebuild with unchanged C code
 #   then takes a fraction of the first build.
 #
@@ -55,6 +58,10 @@ fi
 
 mkdir -p "$OUT_DIR" "$DIST"
 cd "$REPO"
+BUILT="$REPO/edgekube/_cogs/_built.py"
+trap 'rm -f "$BUILT"' EXIT
+printf '"""Written by packaging/build.sh: when this binary was built (edgekube._cogs.timefloor)."""\n\nBUILD_EPOCH = %d\n' \
+    "${SOURCE_DATE_EPOCH:-$(date +%s)}" >"$BUILT"
 start=$(date +%s)
 # PYTHONPATH makes this tree's edgekube win over any other installed copy.
 # </dev/null: Nuitka never waits on a prompt (CI has no stdin).

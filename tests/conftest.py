@@ -34,11 +34,12 @@ class Server:
     put the control-plane tests' pods there instead of on their test nodes)."""
 
     def __init__(self, data_dir: Path, *, port: int | None = None, extra: list[str] | None = None,
-                 command: list[str] | None = None, kubelet: bool = False) -> None:
+                 command: list[str] | None = None, kubelet: bool = False, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.extra = (extra or []) + ([] if kubelet else ["--disable", "kubelet"])
         self.command = command or [sys.executable, "-m", "edgekube"]
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
 
@@ -62,7 +63,7 @@ class Server:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -1,4 +1,11 @@
-"""Time, passed in as a dependency so that tests can move it by hand."""
+"""Time, passed in as a dependency so that tests can move it by hand.
+
+Two clocks, two uses: `monotonic()` for every duration and deadline (a grace period, a backoff,
+a sleep), since nothing sets it; `now()` only for timestamps that go on the wire or to disk
+(conditions, events, schedule times), since a board's wall clock may be set by NTP, a person or
+an RTC at any moment, backward or forward by years (edgekube._cogs.timefloor for stamps that
+must not predate the build).
+"""
 
 from __future__ import annotations
 
@@ -37,6 +44,10 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self._now += datetime.timedelta(seconds=seconds)
         self._mono += seconds
+
+    def jump(self, seconds: float) -> None:
+        """The wall clock is set (NTP, a person), by `seconds` either way: no time passes."""
+        self._now += datetime.timedelta(seconds=seconds)
 
 
 def rfc3339(t: datetime.datetime) -> str:

@@ -44,6 +44,10 @@ JSON = dict[str, Any]
 
 SCHEDULED_TIMESTAMP = "batch.kubernetes.io/cronjob-scheduled-timestamp"
 NEXT_SCHEDULE_DELTA = 0.1  # requeue a little after the schedule time (clock skew)
+# The wait for a schedule time is a wall-clock difference slept on the monotonic clock: a clock
+# set forward (NTP reaching a board without an RTC) would make the Job that late, and one set far
+# back (a board booting at 1970) would sleep for decades. Never longer than this, then look again.
+MAX_SCHEDULE_WAIT = 600.0
 TOO_MANY_MISSED = 100
 
 _MACROS = {
@@ -165,14 +169,15 @@ def most_recent_schedule_time(
 
 
 def next_schedule_delay(cj: JSON, now: datetime.datetime, sched: Schedule) -> float:
-    """Seconds until the sync after the next schedule time (upstream's nextScheduleTimeDuration)."""
+    """Seconds until the sync after the next schedule time (upstream's nextScheduleTimeDuration),
+    at most MAX_SCHEDULE_WAIT."""
     try:
         earliest, recent, missed = most_recent_schedule_time(cj, now, sched, include_deadline=False)
     except ScheduleError:
         recent, missed, earliest = now, 0, now
     if recent is None:
         recent = earliest if missed == 0 else now
-    return (sched.next(recent) - now).total_seconds() + NEXT_SCHEDULE_DELTA
+    return min((sched.next(recent) - now).total_seconds() + NEXT_SCHEDULE_DELTA, MAX_SCHEDULE_WAIT)
 
 
 def job_name(cj: JSON, scheduled: datetime.datetime) -> str:

@@ -198,7 +198,10 @@ def _name(obj: JSON) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Health:
-    probe: datetime.datetime  # when this process last heard from the node, by its own clock
+    # When this process last heard from the node, on its monotonic clock: a wall clock set
+    # forward (NTP at last reaching a board without an RTC) must not make every node look silent,
+    # nor one set back keep a dead node alive.
+    probe: float
     heartbeat: str | None  # the Ready condition's lastHeartbeatTime last seen (None: no Ready condition)
     renew: datetime.datetime | None  # the Lease's renewTime last seen
 
@@ -262,10 +265,11 @@ class NodeLifecycleController(Controller):
             self._events.normal(node, "RegisteredNode", f"Node {name} event: Registered Node {name} in Controller")
         self._known[name] = node
         now = self._clock.now()
-        health, grace = self._observe(node, now)
+        mono = self._clock.monotonic()
+        health, grace = self._observe(node, now, mono)
         observed = _ready_status(node)
         local = name == self._local
-        stale = not local and now > health.probe + datetime.timedelta(seconds=grace)
+        stale = not local and mono > health.probe + grace
         if stale:
             node = await self._mark_unknown(node, now, grace=grace)
         current = _ready_status(node)
@@ -274,7 +278,7 @@ class NodeLifecycleController(Controller):
             # pods are marked below, and again on a retry until that succeeds.
             self._events.normal(node, "NodeNotReady", f"Node {name} status is now: NodeNotReady")
             self._retry.add(name)
-        self._update_zones(now)
+        self._update_zones(mono)
         waits: list[float] = []
         wait = await self._taint(node, current, now)
         if wait is not None:
@@ -287,8 +291,7 @@ class NodeLifecycleController(Controller):
                                                       if (p.get("spec") or {}).get("nodeName") == name], now)
                 self._retry.discard(name)
         if not local and not stale:
-            deadline = health.probe + datetime.timedelta(seconds=grace)
-            waits.append((deadline - now).total_seconds() + _SLACK)
+            waits.append(health.probe + grace - mono + _SLACK)
         if waits:
             raise Requeue(max(_SLACK, min(waits)))
 
@@ -304,7 +307,7 @@ class NodeLifecycleController(Controller):
     def _grace_for(self, node: JSON) -> float:
         return self._grace if objects.condition(node, "Ready") is not None else self._startup_grace
 
-    def _observe(self, node: JSON, now: datetime.datetime) -> tuple[Health, float]:
+    def _observe(self, node: JSON, now: datetime.datetime, mono: float) -> tuple[Health, float]:
         """Update what was last heard from the node: its heartbeat and its Lease."""
         name = _name(node)
         ready = objects.condition(node, "Ready")
@@ -313,30 +316,33 @@ class NodeLifecycleController(Controller):
         if h is None:
             # First sight: a node that never posted status counts from its creation, any other
             # from now (after a restart every node gets a full grace period, as upstream).
+            # (Its age by the wall clock, the one thing that dates it; never negative.)
             created = _time(objects.meta(node).get("creationTimestamp")) if ready is None else None
-            h = Health(probe=created or now, heartbeat=heartbeat, renew=None)
+            age = max(0.0, (now - created).total_seconds()) if created is not None else 0.0
+            h = Health(probe=mono - age, heartbeat=heartbeat, renew=None)
         elif heartbeat != h.heartbeat:  # posted status (or a Ready condition came or went)
-            h = Health(probe=now, heartbeat=heartbeat, renew=h.renew)
+            h = Health(probe=mono, heartbeat=heartbeat, renew=h.renew)
         renew = self._renew_time(name)
-        if renew is not None and (h.renew is None or h.renew < renew):
-            h = dataclasses.replace(h, probe=now, renew=renew)
+        # A renewal is any change of renewTime, earlier included: the node's clock may be set back.
+        if renew is not None and renew != h.renew:
+            h = dataclasses.replace(h, probe=mono, renew=renew)
         self._health[name] = h
         return h, self._grace_for(node)
 
-    def _effective_ready(self, node: JSON, now: datetime.datetime) -> str:
+    def _effective_ready(self, node: JSON, mono: float) -> str:
         """The node's Ready status, counting a silent node as Unknown before it is written."""
         status = _ready_status(node) or "Unknown"
         name = _name(node)
         if status != "True" or name == self._local:
             return status
         h = self._health.get(name)
-        if h is None or now <= h.probe + datetime.timedelta(seconds=self._grace_for(node)):
+        if h is None or mono <= h.probe + self._grace_for(node):
             return status
         # Silent by what its last reconcile saw; a heartbeat or renewal not reconciled yet counts.
         ready = objects.condition(node, "Ready")
         heartbeat = str(ready.get("lastHeartbeatTime") or "") if ready is not None else None
         renew = self._renew_time(name)
-        if heartbeat != h.heartbeat or (renew is not None and (h.renew is None or h.renew < renew)):
+        if heartbeat != h.heartbeat or (renew is not None and renew != h.renew):
             return status
         return "Unknown"
 
@@ -369,12 +375,12 @@ class NodeLifecycleController(Controller):
 
     # --- zones ------------------------------------------------------------------------------
 
-    def _update_zones(self, now: datetime.datetime) -> None:
+    def _update_zones(self, mono: float) -> None:
         ready: dict[str, list[str]] = {}
         for node in self._nodes.list():
             if EXCLUDE_DISRUPTION in (objects.meta(node).get("labels") or {}):
                 continue
-            ready.setdefault(zone_key(node), []).append(self._effective_ready(node, now))
+            ready.setdefault(zone_key(node), []).append(self._effective_ready(node, mono))
         states = {zone: zone_state(statuses) for zone, statuses in ready.items()}
         all_disrupted = bool(states) and all(s == FULL_DISRUPTION for s in states.values())
         if states == self._zones and all_disrupted == self._all_disrupted:
@@ -385,7 +391,7 @@ class NodeLifecycleController(Controller):
         if self._all_disrupted and not all_disrupted:
             log.info("a node is Ready again: leaving full disruption mode; every node gets a fresh grace period")
             for name, h in self._health.items():
-                self._health[name] = dataclasses.replace(h, probe=now)
+                self._health[name] = dataclasses.replace(h, probe=mono)
         for zone, state in states.items():
             if self._zones.get(zone) != state:
                 self._next_taint.pop(zone, None)  # a new rate for the zone starts with a full bucket

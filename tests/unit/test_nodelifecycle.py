@@ -397,3 +397,33 @@ async def test_new_no_execute_taints_are_rate_limited_per_zone(cluster: Cluster)
     await step(life, "y")
     await c.caught_up()
     assert (nl.NOT_READY, "NoExecute") in c.taints("y")
+
+
+async def test_a_wall_clock_set_forward_or_back_marks_no_node_unknown(cluster: Cluster) -> None:
+    """Silence is measured on the monotonic clock: NTP setting a board's clock an hour ahead (or
+    back) while its nodes keep posting changes nothing, and a silent node still goes Unknown
+    after its grace period of real time."""
+    c = cluster
+    life, _ = _controllers(c)
+    for name in ("a", "b"):
+        await c.node(name)
+    await c.caught_up()
+    for name in ("a", "b"):
+        await step(life, name)
+    for jump in (3600, -7200, 86400 * 365):
+        c.clock.jump(jump)
+        c.clock.advance(10)
+        await c.heartbeat("a")
+        await c.caught_up()
+        for name in ("a", "b"):
+            wait = await step(life, name)
+            assert wait is not None and wait > 0
+        assert _ready(c, "Node", "a") == "True" and _ready(c, "Node", "b") == "True"
+        assert c.taints("a") == c.taints("b") == set()
+    c.clock.advance(31)  # b has been silent for 41 s of real time, whatever the wall clock said
+    await c.heartbeat("a")
+    await c.caught_up()
+    await step(life, "b")
+    await step(life, "a")
+    await c.caught_up()
+    assert _ready(c, "Node", "b") == "Unknown" and _ready(c, "Node", "a") == "True"
