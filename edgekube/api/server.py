@@ -7,6 +7,8 @@ Middleware order matters and is deliberate:
    token table; health and version endpoints stay open as upstream's public-info role allows.
 
 Nothing listens without TLS: `serve` takes an SSL context and refuses to start without one.
+Connections are accepted by `listener` (a cap, handshake, head and idle deadlines); its
+middleware comes first so that it sees every request being served.
 Authorization (RBAC) is stored now and enforced by a later issue; every authenticated user is
 allowed, which matches a single-admin edge install today.
 """
@@ -21,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from edgekube.api import discovery, errors, handlers, openapi, openapi_pb, pki, podlogs
+from edgekube.api import discovery, errors, handlers, listener, openapi, openapi_pb, pki, podlogs
 from edgekube.api.registry import rest
 
 log = logging.getLogger(__name__)
@@ -96,12 +98,16 @@ class ApiServer:
         tokens: Mapping[str, tuple[str, list[str]]],
         server_address: str,
         ready: Callable[[], bool],
+        limits: listener.Limits,
+        body_timeout: float,
         logs: podlogs.LogSource | None = None,
     ) -> None:
         self._registry = registry
+        self.connections = listener.Connections(limits)
         self._handlers = handlers.Handlers(
             registry,
             max_body=max_body,
+            body_timeout=body_timeout,
             watch_timeout=watch_timeout,
             bookmark_interval=bookmark_interval,
             server_address=server_address,
@@ -114,7 +120,7 @@ class ApiServer:
         self._openapi_v3: dict[str, tuple[bytes, str]] = {}
         # aiohttp enforces the size of bodies it reads; one byte over our limit lets us tell.
         self.app = web.Application(
-            middlewares=[error_middleware, auth_middleware(tokens)],
+            middlewares=[self.connections.middleware, error_middleware, auth_middleware(tokens)],
             client_max_size=max_body + 1,
             handler_args={"max_field_size": 16384},
         )
@@ -193,12 +199,16 @@ class ApiServer:
         return web.Response(body=body, headers={**headers, "Content-Type": "application/json"})
 
 
-async def serve(app: web.Application, *, host: str, port: int, ssl_context: ssl.SSLContext | None) -> web.AppRunner:
+async def serve(api: ApiServer, *, host: str, port: int, ssl_context: ssl.SSLContext | None,
+                idle_timeout: float) -> web.AppRunner:
+    """Serve `api` over TLS; a connection waiting `idle_timeout` seconds for a request is closed
+    (aiohttp's keep-alive timer, which never runs while a request is being served)."""
     if ssl_context is None:
         raise RuntimeError("refusing to serve the API without TLS")
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(api.app, access_log=None, handle_signals=False, shutdown_timeout=2.0,
+                           keepalive_timeout=idle_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, host=host, port=port, ssl_context=ssl_context, reuse_address=True)
+    site = listener.Site(runner, api.connections, host=host, port=port, ssl_context=ssl_context)
     await site.start()
     return runner
 

@@ -1,0 +1,260 @@
+"""Accepting the API's TLS connections: a cap on them, deadlines for slow and idle clients, and
+memory given back when they close.
+
+A client that connects and then does nothing, or sends its request a byte at a time, must not
+hold the server's memory or a connection slot for long. The limits follow Go's net/http server as
+kube-apiserver configures it, plus a cap kube-apiserver leaves to the kernel:
+
+- **TLS handshake** (`tls-handshake-timeout-seconds`): a connection that has not finished its
+  handshake by then is aborted. The same bound applies to the closing handshake (close_notify) of
+  a connection the server closes, so a peer that never answers it cannot keep the slot either.
+- **Request head** (`request-header-timeout-seconds`, upstream's ReadHeaderTimeout): the request
+  line and every header must have arrived within this many seconds of the head's first byte, or
+  of the handshake for a connection's first request. The deadline is for the whole head, not per
+  line: a client sending one header line every few seconds (slowloris) is cut off at the
+  deadline however often it sends.
+- **Idle keep-alive** (`idle-timeout-seconds`, upstream's IdleTimeout): aiohttp's keep-alive
+  timer closes a connection that has waited this long for its next request. A request being
+  served is never idle: a watch or a log stream stays open as long as it runs.
+- **Request body** (`request-body-timeout-seconds`) is enforced where the body is read
+  (`handlers`), since only the handler knows that it wants one.
+- **The cap** (`max-connections`): a connection accepted while that many are open is closed at
+  once, before its TLS handshake costs anything; the client sees the connection reset and can
+  retry. Connections already open, and the requests and watches on them, are untouched. Closing
+  at once, rather than leaving new connections unaccepted in the kernel's backlog (Go's
+  LimitListener), tells a client immediately instead of letting it hang until its own timeout.
+
+asyncio's TLS server protocol reads the socket through a 256 KiB buffer that every connection
+allocates (and zero-fills) when it is accepted: 300 idle TLS connections cost 80 MiB. Connections
+here read through a 16 KiB buffer, one TLS record's worth, which costs nothing measurable in
+throughput. What a burst of connections used is freed when they close, but glibc keeps freed
+heap pages: after the connections close, and once they stopped closing for a moment,
+`memory.release_free_memory` gives them back to the kernel.
+
+Layering: `Site` (an aiohttp site, so `AppRunner.cleanup` stops it like a TCPSite) accepts plain
+TCP through `loop.create_server`, and its protocol factory either refuses the connection or wraps
+it in `_TLS`, asyncio's own TLS protocol with the smaller buffer, around `_Conn`, which forwards
+to aiohttp's request handler and owns the head deadline. `Connections.middleware` tells `_Conn`
+when a request is being served, so the deadline only runs while a head is awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import ssl
+from asyncio import sslproto
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web, web_protocol
+
+from edgekube._cogs import memory
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Freed connection memory is given back this long after a close, so a burst of closes costs one
+# malloc_trim rather than one per connection (and steady churn one per this many seconds).
+_TRIM_DELAY = 2.0
+# A refused connection is logged at most this often (each refusal is counted).
+_REFUSAL_LOG_INTERVAL = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_connections: int
+    tls_handshake_timeout: int  # seconds; also bounds the closing TLS handshake
+    request_header_timeout: int  # seconds for a whole request head
+
+
+class _TLS(sslproto.SSLProtocol):
+    """asyncio's server-side TLS protocol, reading through one TLS record's worth of buffer
+    instead of 256 KiB, and telling its `Connections` when the connection is gone."""
+
+    max_size = 16 * 1024 + 256  # a TLS record's largest plaintext and its header
+
+    def __init__(self, conn: _Conn, *, loop: asyncio.AbstractEventLoop, owner: Connections,
+                 context: ssl.SSLContext, timeout: int) -> None:
+        waiter: asyncio.Future[None] = loop.create_future()
+        # Nobody awaits the handshake: its failures (a bad certificate, the timeout) are the
+        # connection's own business, so the outcome is read here to keep asyncio from reporting
+        # "exception never retrieved".
+        waiter.add_done_callback(_consume)
+        super().__init__(loop, conn, context, waiter, server_side=True, ssl_handshake_timeout=timeout,
+                         ssl_shutdown_timeout=float(timeout))
+        self._owner = owner
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._owner.closed()
+
+
+def _consume(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+class _Refused(asyncio.Protocol):
+    """A connection accepted over the cap: closed before a byte of TLS is spent on it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+        else:
+            transport.close()
+
+
+class _Conn(asyncio.Protocol):
+    """Forwards a TLS connection to aiohttp's request handler and runs the head deadline: armed
+    when the handshake completes and when the first byte after a served request arrives,
+    cleared when a request starts being served, and closing the connection if it fires first."""
+
+    def __init__(self, handler: web_protocol.RequestHandler, *, owner: Connections) -> None:
+        self._handler = handler
+        self._owner = owner
+        self._loop = asyncio.get_running_loop()
+        self._deadline: asyncio.TimerHandle | None = None
+        self._serving = 0  # requests of this connection being served (the middleware counts)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._owner.opened(self._handler, self)
+        self._handler.connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._serving and self._deadline is None:
+            self._arm()  # the first bytes of a head
+        self._handler.data_received(data)
+
+    def eof_received(self) -> None:
+        self._handler.eof_received()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        self._owner.forget(self._handler)
+        self._handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+    def serving(self) -> None:
+        self._serving += 1
+        self._disarm()
+
+    def served(self) -> None:
+        self._serving -= 1
+
+    def _arm(self) -> None:
+        self._deadline = self._loop.call_later(self._owner.limits.request_header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if not self._serving:
+            log.debug("closing a connection whose request head did not arrive within %ss",
+                      self._owner.limits.request_header_timeout)
+            self._handler.force_close()
+
+
+class Connections:
+    """The open connections of one listener: the cap, the middleware that marks the requests
+    being served, and the memory given back after closes."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.open = 0  # accepted and not yet closed, handshakes included
+        self.refused = 0  # refused at the cap since start
+        self._conns: dict[web_protocol.RequestHandler, _Conn] = {}
+        self._trim: asyncio.TimerHandle | None = None
+        self._refusal_logged = -_REFUSAL_LOG_INTERVAL
+
+    def protocol(self, server: web.Server, *, context: ssl.SSLContext) -> asyncio.BaseProtocol:
+        """The protocol for a connection just accepted: refused at the cap, else TLS to aiohttp."""
+        loop = asyncio.get_running_loop()
+        if self.open >= self.limits.max_connections:
+            self.refused += 1
+            now = loop.time()
+            if now - self._refusal_logged >= _REFUSAL_LOG_INTERVAL:
+                self._refusal_logged = now
+                log.warning("refusing new API connections: %d are open, the limit set by api.max-connections "
+                            "(%d refused so far)", self.open, self.refused)
+            return _Refused()
+        self.open += 1
+        return _TLS(_Conn(server(), owner=self), loop=loop, owner=self, context=context,
+                    timeout=self.limits.tls_handshake_timeout)
+
+    def opened(self, handler: web_protocol.RequestHandler, conn: _Conn) -> None:
+        self._conns[handler] = conn
+
+    def forget(self, handler: web_protocol.RequestHandler) -> None:
+        self._conns.pop(handler, None)
+
+    def closed(self) -> None:
+        self.open -= 1
+        if self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(_TRIM_DELAY, self._release)
+
+    def _release(self) -> None:
+        self._trim = None
+        memory.release_free_memory()
+
+    def cancel(self) -> None:
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        conn = self._conns.get(request.protocol)
+        if conn is None:
+            return await handler(request)
+        conn.serving()
+        try:
+            return await handler(request)
+        finally:
+            conn.served()
+
+
+class Site(web.BaseSite):
+    """An aiohttp site serving TLS on host:port through `Connections`."""
+
+    __slots__ = ("_connections", "_host", "_port")
+
+    def __init__(self, runner: web.BaseRunner, connections: Connections, *, host: str, port: int,
+                 ssl_context: ssl.SSLContext, backlog: int = 128) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._connections = connections
+        self._host = host
+        self._port = port
+
+    @property
+    def name(self) -> str:
+        return f"https://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        context = self._ssl_context
+        assert server is not None and context is not None
+        connections = self._connections
+
+        def accept() -> asyncio.BaseProtocol:
+            return connections.protocol(server, context=context)
+
+        self._server = await asyncio.get_running_loop().create_server(
+            accept, self._host, self._port, backlog=self._backlog, reuse_address=True)
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._connections.cancel()
