@@ -12,7 +12,8 @@ kube-apiserver configures it, plus a cap kube-apiserver leaves to the kernel:
   line and every header must have arrived within this many seconds of the head's first byte, or
   of the handshake for a connection's first request. The deadline is for the whole head, not per
   line: a client sending one header line every few seconds (slowloris) is cut off at the
-  deadline however often it sends.
+  deadline however often it sends. (A head pipelined behind a request being served has only the
+  idle deadline, counted from that request's response.)
 - **Idle keep-alive** (`idle-timeout-seconds`, upstream's IdleTimeout): aiohttp's keep-alive
   timer closes a connection that has waited this long for its next request. A request being
   served is never idle: a watch or a log stream stays open as long as it runs.
@@ -190,9 +191,10 @@ class Connections:
                 log.warning("refusing new API connections: %d are open, the limit set by api.max-connections "
                             "(%d refused so far)", self.open, self.refused)
             return _Refused()
-        self.open += 1
-        return _TLS(_Conn(server(), owner=self), loop=loop, owner=self, context=context,
-                    timeout=self.limits.tls_handshake_timeout)
+        tls = _TLS(_Conn(server(), owner=self), loop=loop, owner=self, context=context,
+                   timeout=self.limits.tls_handshake_timeout)
+        self.open += 1  # and one less when `tls` loses its connection
+        return tls
 
     def opened(self, handler: web_protocol.RequestHandler, conn: _Conn) -> None:
         self._conns[handler] = conn

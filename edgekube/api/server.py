@@ -35,11 +35,14 @@ USER_KEY = handlers.USER_KEY
 
 
 def _status_response(err: errors.APIError) -> web.Response:
-    return web.Response(
+    resp = web.Response(
         body=orjson.dumps(err.status()),
         status=err.code,
         headers={"Content-Type": "application/json", **err.headers},
     )
+    if err.headers.get("Connection") == "close":
+        resp.force_close()  # as the header says, whatever is left of the request (a slow body)
+    return resp
 
 
 @web.middleware
