@@ -127,7 +127,8 @@ class Runtime:
             logs=kubelet_logs.FileLogs(cfg.kubelet.pod_log_dir),  # pods/log reads the node's CRI log files
             limits=listener.Limits(max_connections=cfg.api.max_connections,
                                    tls_handshake_timeout=cfg.api.tls_handshake_timeout_seconds,
-                                   request_header_timeout=cfg.api.request_header_timeout_seconds),
+                                   request_header_timeout=cfg.api.request_header_timeout_seconds,
+                                   send_stall_timeout=cfg.api.send_stall_timeout_seconds),
             body_timeout=cfg.api.request_body_timeout_seconds,
         )
         self._runner = await server.serve(

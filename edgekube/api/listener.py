@@ -19,6 +19,11 @@ kube-apiserver configures it, plus a cap kube-apiserver leaves to the kernel:
   served is never idle: a watch or a log stream stays open as long as it runs.
 - **Request body** (`request-body-timeout-seconds`) is enforced where the body is read
   (`handlers`), since only the handler knows that it wants one.
+- **A client that stops reading** (`send-stall-timeout-seconds`): when what the server sends
+  piles up unread (the transport asks to pause writing) and none of it is taken for this long,
+  the connection is aborted. Otherwise a client could ask for a large list, or watch, and never
+  read: its connection and the response held for ever, since a request being written is not
+  idle. A client reading slowly but steadily lets writing resume, which restarts the count.
 - **The cap** (`max-connections`): a connection accepted while that many are open is closed at
   once, before its TLS handshake costs anything; the client sees the connection reset and can
   retry. Connections already open, and the requests and watches on them, are untouched. Closing
@@ -68,6 +73,7 @@ class Limits:
     max_connections: int
     tls_handshake_timeout: int  # seconds; also bounds the closing TLS handshake
     request_header_timeout: int  # seconds for a whole request head
+    send_stall_timeout: int  # seconds a client may leave what is sent to it unread
 
 
 class _TLS(sslproto.SSLProtocol):
@@ -99,6 +105,11 @@ def _consume(fut: asyncio.Future[None]) -> None:
         fut.exception()
 
 
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
+    if timer is not None:
+        timer.cancel()
+
+
 class _Refused(asyncio.Protocol):
     """A connection accepted over the cap: closed before a byte of TLS is spent on it."""
 
@@ -110,18 +121,23 @@ class _Refused(asyncio.Protocol):
 
 
 class _Conn(asyncio.Protocol):
-    """Forwards a TLS connection to aiohttp's request handler and runs the head deadline: armed
-    when the handshake completes and when the first byte after a served request arrives,
-    cleared when a request starts being served, and closing the connection if it fires first."""
+    """Forwards a TLS connection to aiohttp's request handler and runs two deadlines. The head
+    deadline is armed when the handshake completes and when the first byte after a served request
+    arrives, cleared when a request starts being served, and closes the connection if it fires
+    first. The send deadline runs while writing is paused (the client is not reading) and aborts
+    the connection if writing has not resumed by then."""
 
     def __init__(self, handler: web_protocol.RequestHandler, *, owner: Connections) -> None:
         self._handler = handler
         self._owner = owner
         self._loop = asyncio.get_running_loop()
         self._deadline: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None
+        self._transport: asyncio.BaseTransport | None = None
         self._serving = 0  # requests of this connection being served (the middleware counts)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
         self._owner.opened(self._handler, self)
         self._handler.connection_made(transport)
         self._arm()
@@ -136,14 +152,33 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        self._resumed()
+        self._transport = None
         self._owner.forget(self._handler)
         self._handler.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        if self._stall is None:
+            self._stall = self._loop.call_later(self._owner.limits.send_stall_timeout, self._stalled)
         self._handler.pause_writing()
 
     def resume_writing(self) -> None:
+        self._resumed()
         self._handler.resume_writing()
+
+    def _resumed(self) -> None:
+        _cancel(self._stall)
+        self._stall = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self._transport is not None:
+            log.debug("aborting a connection whose client read nothing for %ss", self._owner.limits.send_stall_timeout)
+            # Aborted, not closed: a close would first wait for the unread data to be taken.
+            if isinstance(self._transport, asyncio.WriteTransport):
+                self._transport.abort()
+            else:
+                self._transport.close()
 
     def serving(self) -> None:
         self._serving += 1
@@ -156,9 +191,8 @@ class _Conn(asyncio.Protocol):
         self._deadline = self._loop.call_later(self._owner.limits.request_header_timeout, self._expired)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        _cancel(self._deadline)
+        self._deadline = None
 
     def _expired(self) -> None:
         self._deadline = None
@@ -212,9 +246,8 @@ class Connections:
         memory.release_free_memory()
 
     def cancel(self) -> None:
-        if self._trim is not None:
-            self._trim.cancel()
-            self._trim = None
+        _cancel(self._trim)
+        self._trim = None
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

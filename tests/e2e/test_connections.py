@@ -26,11 +26,20 @@ import yaml
 from kubernetes import client, config, watch
 
 from tests.conftest import REPO, Server
+from tests.e2e import test_logs
+from tests.support.waiting import fresh_namespace, until
 
 pytestmark = pytest.mark.e2e
 
 DEADLINE = 2  # seconds: every deadline of the tight server
 WAIT = 30.0  # how long a test waits for the server to act before it fails
+TIGHT = {
+    "tls-handshake-timeout-seconds": DEADLINE,
+    "request-header-timeout-seconds": DEADLINE,
+    "request-body-timeout-seconds": DEADLINE,
+    "idle-timeout-seconds": DEADLINE,
+    "send-stall-timeout-seconds": DEADLINE,
+}
 
 
 def _server(root: Path, api: dict[str, Any]) -> Server:
@@ -41,12 +50,7 @@ def _server(root: Path, api: dict[str, Any]) -> Server:
 
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = _server(tmp_path_factory.mktemp("tight"), {
-        "tls-handshake-timeout-seconds": DEADLINE,
-        "request-header-timeout-seconds": DEADLINE,
-        "request-body-timeout-seconds": DEADLINE,
-        "idle-timeout-seconds": DEADLINE,
-    })
+    srv = _server(tmp_path_factory.mktemp("tight"), TIGHT)
     srv.start()
     try:
         yield srv
@@ -241,6 +245,37 @@ def test_slow_body_is_refused(tight: Server) -> None:
         assert _closed_by_server(sock)
 
 
+def test_watcher_that_stops_reading_is_cut_off(tight: Server) -> None:
+    """A watch whose client reads nothing while large events keep coming: once they pile up
+    unread on the server, the connection is aborted instead of held (with the events) for ever."""
+    ns = _namespace(tight, "stalled-watch")
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # so the events pile up on the server
+    raw.settimeout(WAIT)
+    raw.connect(("127.0.0.1", tight.port))
+    writer = _https(tight)
+    try:
+        with _context(tight).wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(f"GET /api/v1/namespaces/{ns}/configmaps?watch=true HTTP/1.1\r\n"
+                         "Host: 127.0.0.1\r\n\r\n".encode())
+            big = "x" * 1_000_000
+            for i in range(10):  # 10 MB of events: more than the kernel buffers
+                body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"big-{i}"},
+                                   "data": {"x": big}})
+                writer.request("POST", f"/api/v1/namespaces/{ns}/configmaps", body=body,
+                               headers={"Content-Type": "application/json"})
+                resp = writer.getresponse()
+                resp.read()
+                assert resp.status == 201
+            time.sleep(DEADLINE * 4)  # reading nothing
+            received = 0
+            while (got := _read_for(sock, 5)) is not None and got:
+                received += len(got)
+            assert got == b"", f"a watch that read nothing was kept open (then {received:,} bytes came)"
+    finally:
+        writer.close()
+
+
 def test_requests_on_a_connection_keep_working(tight: Server) -> None:
     """Requests one after another on one keep-alive connection, each well within the deadlines."""
     conn = _https(tight)
@@ -330,6 +365,41 @@ def test_python_client_across_idle_timeouts(tight: Server) -> None:
         finally:
             writer.join()
         assert ("ADDED", "b") in seen
+
+
+@pytest.fixture(scope="module")
+def tight_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[test_logs.LogServer]:
+    """test_logs' server (the tests write the pods' CRI log files), with the tight deadlines."""
+    ls = test_logs.LogServer(tmp_path_factory.mktemp("tight-logs"))
+    cfg = yaml.safe_load(ls.config_file.read_text())
+    ls.config_file.write_text(yaml.safe_dump({**cfg, "api": TIGHT}))
+    ls.server.start()
+    try:
+        yield ls
+    finally:
+        ls.server.close()
+
+
+def test_kubectl_logs_follow_outlives_the_idle_timeout(tight_logs: test_logs.LogServer,
+                                                       request: pytest.FixtureRequest) -> None:
+    k = fresh_namespace(tight_logs.server, request)
+    kubelet = test_logs.Kubelet(k, tight_logs)
+    follower: test_logs.Follower | None = None
+    try:
+        kubelet.pod("tail")
+        kubelet.status("tail", test_logs.running())
+        f = kubelet.log("tail")
+        test_logs.write(f, "first")
+        follower = test_logs.Follower(k, "tail")
+        until(lambda: follower is not None and follower.saw("first"), timeout=WAIT, what="the first line")
+        time.sleep(DEADLINE * 3)  # a followed log is being served, never idle
+        test_logs.write(f, "after idle")
+        until(lambda: follower is not None and follower.saw("after idle"), timeout=WAIT, what="a line after idle")
+        assert follower.proc.poll() is None, "kubectl logs -f ended"
+    finally:
+        if follower is not None:
+            follower.close()
+        kubelet.close()
 
 
 # --- the cap --------------------------------------------------------------------------------
