@@ -468,3 +468,31 @@ def test_connection_over_the_cap_is_refused_and_open_ones_work(capped: Server) -
         stack.callback(again.close)
         assert _get(again, f"/api/v1/namespaces/{ns}")[0] == 200
     assert "api.max-connections" in capped.log()
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+def _rss_kib(server: Server) -> int:
+    assert server.proc is not None
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+def test_memory_of_closed_connections_does_not_accumulate(fresh_server: Server) -> None:
+    """Rounds of idle TLS connections opened and closed: what the server keeps afterwards stays
+    bounded (a connection's state left behind would add its share every round). The figures
+    themselves are benchmarks/conns_bench.py's."""
+    count, rounds = 200, 6
+    held, after = [], []
+    for _ in range(rounds):
+        socks = [_tls(fresh_server, admin=False) for _ in range(count)]
+        held.append(_rss_kib(fresh_server))
+        for s in socks:
+            s.close()
+        time.sleep(3)  # the server notices the closes and gives the memory back (2 s after)
+        after.append(_rss_kib(fresh_server))
+    cost = held[0] - after[0]  # what holding them took, beyond what stays
+    growth = after[-1] - after[1]
+    assert growth < max(cost, 0) / 2 + 1024, (
+        f"RSS after each round (KiB): {after}; holding {count} connections: {held}")
