@@ -7,8 +7,9 @@ Middleware order matters and is deliberate:
    token table; health and version endpoints stay open as upstream's public-info role allows.
 
 Nothing listens without TLS: `serve` takes an SSL context and refuses to start without one.
-Connections are accepted by `listener` (a cap, handshake, head and idle deadlines); its
-middleware comes first so that it sees every request being served.
+Connections are accepted by `listener` (a cap; handshake, request-head and send deadlines) and
+idle ones closed by aiohttp's keep-alive timer; the listener's middleware comes first so that it
+sees every request being served.
 Authorization (RBAC) is stored now and enforced by a later issue; every authenticated user is
 allowed, which matches a single-admin edge install today.
 """
