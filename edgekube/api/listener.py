@@ -31,6 +31,9 @@ kube-apiserver configures it, plus a cap kube-apiserver leaves to the kernel:
   retry. Connections already open, and the requests and watches on them, are untouched. Closing
   at once, rather than leaving new connections unaccepted in the kernel's backlog (Go's
   LimitListener), tells a client immediately instead of letting it hang until its own timeout.
+  The cap is lowered, with a warning, to leave a quarter of the process's open-file limit to the
+  rest of the server: past that limit the store, the kubelet's files and asyncio's own accept
+  would fail instead (a shell's default of 1024; systemd's unit allows far more).
 
 asyncio's TLS server protocol reads the socket through a 256 KiB buffer that every connection
 allocates (and zero-fills) when it is accepted: 300 idle TLS connections cost 80 MiB. Connections
@@ -52,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import resource
 import ssl
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable
@@ -204,11 +208,25 @@ class _Conn(asyncio.Protocol):
             self._handler.force_close()
 
 
+def allowed_connections(wanted: int, *, fd_limit: int) -> int:
+    """`wanted`, or fewer so that a quarter of `fd_limit` (at least 128) stays for the rest."""
+    if fd_limit == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, fd_limit - max(128, fd_limit // 4)))
+
+
 class Connections:
     """The open connections of one listener: the cap, the middleware that marks the requests
     being served, and the memory given back after closes."""
 
     def __init__(self, limits: Limits) -> None:
+        fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        cap = allowed_connections(limits.max_connections, fd_limit=fd_limit)
+        if cap < limits.max_connections:
+            log.warning("api.max-connections is %d but the open-file limit is %d: serving at most %d connections "
+                        "(raise the limit, e.g. LimitNOFILE= in the systemd unit, for more)",
+                        limits.max_connections, fd_limit, cap)
+            limits = dataclasses.replace(limits, max_connections=cap)
         self.limits = limits
         self.open = 0  # accepted and not yet closed, handshakes included
         self.refused = 0  # refused at the cap since start
