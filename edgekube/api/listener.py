@@ -22,10 +22,9 @@ kube-apiserver configures it, plus a cap kube-apiserver leaves to the kernel:
 - **A client that stops reading** (`send-stall-timeout-seconds`, as nginx's send_timeout): when
   what the server sends piles up unread (the transport asks to pause writing) and none of it is
   taken for this long, the connection is aborted. A watch or a followed log whose client stopped
-  reading would otherwise hold its connection, and what piled up, for as long as it runs. A
-  client reading slowly but steadily lets writing resume, which restarts the count. (A one-shot
-  answer is handed to the transport whole and its request ends; if it is never read, the idle
-  deadline closes the connection and the closing handshake's bound drops the rest.)
+  reading would otherwise hold its connection, and what piled up, for as long as it runs, and a
+  large answer nobody reads would wait in memory. A client reading slowly but steadily lets
+  writing resume, which restarts the count.
 - **The cap** (`max-connections`): a connection accepted while that many are open is closed at
   once, before its TLS handshake costs anything; the client sees the connection reset and can
   retry. Connections already open, and the requests and watches on them, are untouched. Closing
@@ -46,8 +45,9 @@ steady churn at most one every 2 s (~0.3 ms when there is little to return).
 Layering: `Site` (an aiohttp site, so `AppRunner.cleanup` stops it like a TCPSite) accepts plain
 TCP through `loop.create_server`, and its protocol factory either refuses the connection or wraps
 it in `_TLS`, asyncio's own TLS protocol with the smaller buffer, around `_Conn`, which forwards
-to aiohttp's request handler and owns the head and send deadlines. `Connections.middleware` tells
-`_Conn` when a request is being served, so the head deadline only runs while a head is awaited.
+to aiohttp's request handler and owns the head deadline (`_TLS` the send deadline).
+`Connections.middleware` tells `_Conn` when a request is being served, so the head deadline only
+runs while a head is awaited.
 """
 
 from __future__ import annotations
@@ -84,7 +84,21 @@ class Limits:
 
 class _TLS(sslproto.SSLProtocol):
     """asyncio's server-side TLS protocol, reading through one TLS record's worth of buffer
-    instead of 256 KiB, and telling its `Connections` when the connection is gone."""
+    instead of 256 KiB, running the send deadline, and telling its `Connections` when the
+    connection is gone.
+
+    The send deadline runs while the socket's transport has asked to pause writing (more is
+    buffered than the kernel takes): each time it fires, the buffer must have shrunk since the
+    last time (the client took something), else the connection is aborted. Progress, not
+    draining, is asked for, so a large answer to a slow but steady client is never cut. It is
+    watched here, below TLS, because a one-shot answer is handed down whole and waits in the
+    socket's transport: the levels above never pause for it. While paused, TLS adds nothing to
+    that buffer, so it can only shrink.
+
+    For the same reason the closing handshake's bound (asyncio's ssl_shutdown_timeout, here the
+    handshake timeout) only counts once that buffer is empty: a connection closed after an answer
+    (`Connection: close`, or idle while the client is still taking a large answer) would otherwise
+    be aborted with the answer half sent, however steadily the client reads it."""
 
     max_size = 16 * 1024 + 256  # a TLS record's largest plaintext and its header
 
@@ -98,12 +112,55 @@ class _TLS(sslproto.SSLProtocol):
         super().__init__(loop, conn, context, waiter, server_side=True, ssl_handshake_timeout=timeout,
                          ssl_shutdown_timeout=float(timeout))
         self._owner = owner
+        self._raw: asyncio.BaseTransport | None = None
+        self._stall: asyncio.TimerHandle | None = None
+        self._unsent = 0  # the socket transport's buffer when the send deadline was last set
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._raw = transport
+        super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        _cancel(self._stall)
+        self._stall = None
+        self._raw = None
         try:
             super().connection_lost(exc)
         finally:
             self._owner.closed()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall is None:
+            self._expect_progress()
+
+    def resume_writing(self) -> None:
+        _cancel(self._stall)
+        self._stall = None
+        super().resume_writing()
+
+    def _check_shutdown_timeout(self) -> None:
+        if isinstance(self._raw, asyncio.WriteTransport) and self._raw.get_write_buffer_size():
+            # Still sending the answer: the send deadline stops a client that takes nothing.
+            asyncio.get_running_loop().call_later(self._owner.limits.tls_handshake_timeout,
+                                                  self._check_shutdown_timeout)
+            return
+        sslproto.SSLProtocol._check_shutdown_timeout(self)  # type: ignore[attr-defined]  # asyncio's, not in typeshed
+
+    def _expect_progress(self) -> None:
+        if isinstance(self._raw, asyncio.WriteTransport):
+            self._unsent = self._raw.get_write_buffer_size()
+            self._stall = asyncio.get_running_loop().call_later(self._owner.limits.send_stall_timeout, self._stalled)
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if not isinstance(self._raw, asyncio.WriteTransport):
+            return
+        if self._raw.get_write_buffer_size() < self._unsent:
+            self._expect_progress()
+            return
+        log.debug("aborting a connection whose client took nothing for %ss", self._owner.limits.send_stall_timeout)
+        self._raw.abort()  # not closed: a close would first wait for the unread data to be taken
 
 
 def _consume(fut: asyncio.Future[None]) -> None:
@@ -127,23 +184,18 @@ class _Refused(asyncio.Protocol):
 
 
 class _Conn(asyncio.Protocol):
-    """Forwards a TLS connection to aiohttp's request handler and runs two deadlines. The head
-    deadline is armed when the handshake completes and when the first byte after a served request
-    arrives, cleared when a request starts being served, and closes the connection if it fires
-    first. The send deadline runs while writing is paused (the client is not reading) and aborts
-    the connection if writing has not resumed by then."""
+    """Forwards a TLS connection to aiohttp's request handler and runs the head deadline: armed
+    when the handshake completes and when the first byte after a served request arrives,
+    cleared when a request starts being served, and closing the connection if it fires first."""
 
     def __init__(self, handler: web_protocol.RequestHandler, *, owner: Connections) -> None:
         self._handler = handler
         self._owner = owner
         self._loop = asyncio.get_running_loop()
         self._deadline: asyncio.TimerHandle | None = None
-        self._stall: asyncio.TimerHandle | None = None
-        self._transport: asyncio.BaseTransport | None = None
         self._serving = 0  # requests of this connection being served (the middleware counts)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
         self._owner.opened(self._handler, self)
         self._handler.connection_made(transport)
         self._arm()
@@ -158,33 +210,14 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
-        self._resumed()
-        self._transport = None
         self._owner.forget(self._handler)
         self._handler.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        if self._stall is None:
-            self._stall = self._loop.call_later(self._owner.limits.send_stall_timeout, self._stalled)
         self._handler.pause_writing()
 
     def resume_writing(self) -> None:
-        self._resumed()
         self._handler.resume_writing()
-
-    def _resumed(self) -> None:
-        _cancel(self._stall)
-        self._stall = None
-
-    def _stalled(self) -> None:
-        self._stall = None
-        if self._transport is not None:
-            log.debug("aborting a connection whose client read nothing for %ss", self._owner.limits.send_stall_timeout)
-            # Aborted, not closed: a close would first wait for the unread data to be taken.
-            if isinstance(self._transport, asyncio.WriteTransport):
-                self._transport.abort()
-            else:
-                self._transport.close()
 
     def serving(self) -> None:
         self._serving += 1

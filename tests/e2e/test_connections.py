@@ -108,8 +108,9 @@ def _get(conn: http.client.HTTPSConnection, path: str) -> tuple[int, Any]:
     return resp.status, json.loads(resp.read())
 
 
-def _create_configmap(conn: http.client.HTTPSConnection, ns: str, name: str) -> int:
-    body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}})
+def _create_configmap(conn: http.client.HTTPSConnection, ns: str, name: str,
+                      data: dict[str, str] | None = None) -> int:
+    body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data or {}})
     conn.request("POST", f"/api/v1/namespaces/{ns}/configmaps", body=body,
                  headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
@@ -274,6 +275,45 @@ def test_watcher_that_stops_reading_is_cut_off(tight: Server) -> None:
             assert got == b"", f"a watch that read nothing was kept open (then {received:,} bytes came)"
     finally:
         writer.close()
+
+
+def test_slow_steady_reader_gets_a_large_answer_whole(tight: Server) -> None:
+    """Several MB taken a little at a time, for longer than the idle, send and closing-handshake
+    deadlines together: a client that keeps taking is never cut off, even once its connection is
+    closed as idle behind the answer."""
+    ns = _namespace(tight, "slow-reader")
+    writer = _https(tight)
+    try:
+        for i in range(6):
+            assert _create_configmap(writer, ns, f"big-{i}", data={"x": "x" * 1_000_000}) == 201
+    finally:
+        writer.close()
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(WAIT)
+    raw.connect(("127.0.0.1", tight.port))
+    with _context(tight).wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(f"GET /api/v1/namespaces/{ns}/configmaps HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     "Accept: application/json\r\n\r\n".encode())
+        got = b""
+        length = None
+        started = time.monotonic()
+        while length is None or len(got) < length:
+            chunk = sock.recv(16384)
+            if not chunk:
+                break
+            got += chunk
+            if length is None and b"\r\n\r\n" in got:
+                head = got.partition(b"\r\n\r\n")[0]
+                length = len(head) + 4 + int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                                  if line.lower().startswith(b"content-length")))
+            time.sleep(0.025)  # ~600 KB/s: the answer takes several seconds
+        took = time.monotonic() - started
+        assert length is not None and len(got) == length, f"{len(got):,} of {length} bytes in {took:.1f} s"
+        listed = json.loads(got.partition(b"\r\n\r\n")[2])
+        assert sorted(i["metadata"]["name"] for i in listed["items"] if i["metadata"]["name"].startswith("big-")) == [
+            f"big-{i}" for i in range(6)]
+        assert took > DEADLINE * 2, "the answer was taken too fast to show anything"
 
 
 def test_requests_on_a_connection_keep_working(tight: Server) -> None:
