@@ -7,7 +7,8 @@ kube-apiserver configures it, plus a cap kube-apiserver leaves to the kernel:
 
 - **TLS handshake** (`tls-handshake-timeout-seconds`): a connection that has not finished its
   handshake by then is aborted. The same bound applies to the closing handshake (close_notify) of
-  a connection the server closes, so a peer that never answers it cannot keep the slot either.
+  a connection the server closes, once its last answer is sent, so a peer that never answers it
+  cannot keep the slot either.
 - **Request head** (`request-header-timeout-seconds`, upstream's ReadHeaderTimeout): the request
   line and every header must have arrived within this many seconds of the head's first byte, or
   of the handshake for a connection's first request. The deadline is for the whole head, not per
@@ -16,15 +17,16 @@ kube-apiserver configures it, plus a cap kube-apiserver leaves to the kernel:
   idle deadline, counted from that request's response.)
 - **Idle keep-alive** (`idle-timeout-seconds`, upstream's IdleTimeout): aiohttp's keep-alive
   timer closes a connection that has waited this long for its next request. A request being
-  served is never idle: a watch or a log stream stays open as long as it runs.
+  served is never idle: a watch or a log stream stays open as long as it runs. A connection
+  closed while its client is still taking the last answer is closed behind that answer.
 - **Request body** (`request-body-timeout-seconds`) is enforced where the body is read
   (`handlers`), since only the handler knows that it wants one.
 - **A client that stops reading** (`send-stall-timeout-seconds`, as nginx's send_timeout): when
   what the server sends piles up unread (the transport asks to pause writing) and none of it is
   taken for this long, the connection is aborted. A watch or a followed log whose client stopped
   reading would otherwise hold its connection, and what piled up, for as long as it runs, and a
-  large answer nobody reads would wait in memory. A client reading slowly but steadily lets
-  writing resume, which restarts the count.
+  large answer nobody reads would wait in memory. A client that takes anything, however slowly,
+  restarts the count.
 - **The cap** (`max-connections`): a connection accepted while that many are open is closed at
   once, before its TLS handshake costs anything; the client sees the connection reset and can
   retry. Connections already open, and the requests and watches on them, are untouched. Closing
@@ -47,7 +49,9 @@ TCP through `loop.create_server`, and its protocol factory either refuses the co
 it in `_TLS`, asyncio's own TLS protocol with the smaller buffer, around `_Conn`, which forwards
 to aiohttp's request handler and owns the head deadline (`_TLS` the send deadline).
 `Connections.middleware` tells `_Conn` when a request is being served, so the head deadline only
-runs while a head is awaited.
+runs while a head is awaited. `_TLS` leans on asyncio's SSLProtocol beyond its public face (the
+constructor, `max_size`, `_check_shutdown_timeout`), the same in CPython 3.11 to 3.13;
+tests/e2e/test_connections.py would notice a change.
 """
 
 from __future__ import annotations
