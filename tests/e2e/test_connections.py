@@ -340,10 +340,11 @@ def test_watch_outlives_the_idle_timeout(tight: Server) -> None:
         w.close()
 
 
-def test_kubectl_watch_outlives_the_idle_timeout(tight: Server) -> None:
-    kubectl = str(REPO / "tools" / "bin" / "kubectl-1.36")
+@pytest.mark.parametrize("version", ["1.27", "1.36"])
+def test_kubectl_watch_outlives_the_idle_timeout(tight: Server, version: str) -> None:
+    kubectl = str(REPO / "tools" / "bin" / f"kubectl-{version}")
     env = {**os.environ, "KUBECONFIG": str(tight.kubeconfig), "HOME": str(tight.data_dir.parent)}
-    ns = _namespace(tight, "idle-kubectl-watch")
+    ns = _namespace(tight, f"idle-kubectl-watch-{version.replace('.', '')}")
     proc = subprocess.Popen([kubectl, "-n", ns, "get", "configmaps", "-w", "-o", "name"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen: queue.Queue[str] = queue.Queue()
