@@ -9,9 +9,10 @@ with kubectl) against the plain create path, (5) the control plane: a Deployment
 on a test node against the same pods created already bound, and scheduler decisions/s with 20
 nodes against the same pods created with their node set, (6) the kubelet (root, real runc): pod
 startup latency against raw `runc run -d`, a Deployment scaled 0 -> 100 to Running, RSS idle and
-with 100 pods, boot to node Ready against a bare aiohttp server's start. Prints a table and writes
+with 100 pods, boot to node Ready against a bare aiohttp server's start, (7) RSS holding 300 idle TLS connections
+and after they close, against a bare aiohttp TLS server. Prints a table and writes
 it as Markdown to --out. `--only` runs some sections (store, api, idle, apply, controlplane,
-kubelet); such a partial run writes a file only when --out is given, so docs/performance.md
+kubelet, conns); such a partial run writes a file only when --out is given, so docs/performance.md
 always holds a whole run.
 The exit status is 0 when the benchmark ran (missed targets included) and non-zero on errors.
 """
@@ -36,13 +37,14 @@ from benchmarks import (  # noqa: E402
     api_bench,
     apply_bench,
     common,
+    conns_bench,
     controlplane_bench,
     idle_bench,
     kubelet_bench,
     store_bench,
 )
 
-SECTIONS = ("store", "api", "idle", "apply", "controlplane", "kubelet")
+SECTIONS = ("store", "api", "idle", "apply", "controlplane", "kubelet", "conns")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,18 +64,24 @@ class Durations:
     kubelet_pods: int = 50  # pod startup: this many one after another, then as many at once
     kubelet_replicas: int = 100  # a Deployment scaled 0 -> this on the kubelet
     boot_runs: int = 5  # restarts to node Ready (and bare aiohttp starts)
+    connections: int = 300  # idle TLS connections held at once
+    conn_rounds: int = 5  # ... opened and closed this many times
 
 
 PACED_RATE = api_bench.PACED_RATE
 FULL = Durations(store=5.0, api=5.0, paced=20.0, settle=5.0, idle=60.0, raw_paced=5.0)
 QUICK = Durations(store=1.0, api=1.0, paced=3.0, settle=5.0, idle=10.0, raw_paced=2.0, apply_rounds=3, kubectl_runs=1,
-                  scale_repeats=1, sched_pods=200, sched_repeats=1, kubelet_pods=10, boot_runs=2)
+                  scale_repeats=1, sched_pods=200, sched_repeats=1, kubelet_pods=10, boot_runs=2,
+                  conn_rounds=2)
 SCALE_TARGET_S = 2.0  # issue 4: 0 -> 100 pods bound and Running
 # Issue 5, the kubelet:
 STARTUP_P50_MS, STARTUP_P99_MS = 150.0, 400.0  # pod create -> Running, one after another
 KUBELET_SCALE_TARGET_S = 10.0  # a Deployment 0 -> 100 Running on the real kubelet
 IDLE_RSS_MIB, LOADED_RSS_MIB = kubelet_bench.IDLE_TARGET_MIB, 120.0
 BOOT_TARGET_S = 1.0  # exec -> node Ready
+# Issue 13, idle connections: each costs well under what asyncio's TLS protocol alone allocates,
+# and what they held is given back once they close.
+CONNS_HELD_RATIO, CONNS_LEFT_MIB = 0.5, 8.0
 
 
 @dataclasses.dataclass
@@ -373,10 +381,23 @@ def _kubelet_rows(kl: kubelet_bench.KubeletResult) -> list[Row]:
     return rows
 
 
+def _conns_rows(cn: conns_bench.ConnsResult) -> list[Row]:
+    ek, bare, n = cn.edgekube, cn.bare, cn.connections
+    ratio = ek.held_cost() / bare.held_cost()
+    return [
+        Row(f"RSS holding {n} idle TLS connections, over idle", f"+{ek.held_cost():.1f} MiB "
+            f"({1024 * ek.held_cost() / n:.0f} KiB each)", f"+{bare.held_cost():.1f} MiB (bare aiohttp TLS server)",
+            f"{ratio:.2f}x", f"<= {CONNS_HELD_RATIO}x bare", _verdict(ratio <= CONNS_HELD_RATIO)),
+        Row(f"  ... after they close, {cn.rounds} rounds, over idle ({ek.idle_mib:.1f} / {bare.idle_mib:.1f} MiB)",
+            f"+{ek.left():.1f} MiB", f"+{bare.left():.1f} MiB (bare aiohttp TLS server)", "-",
+            f"<= +{CONNS_LEFT_MIB:.0f} MiB", _verdict(ek.left() <= CONNS_LEFT_MIB)),
+    ]
+
+
 def summary_rows(
     st: store_bench.StoreResult | None, api: api_bench.ApiResult | None, idle: idle_bench.IdleResult | None,
     ap: apply_bench.ApplyResult | None, cp: controlplane_bench.ControlPlaneResult | None = None,
-    kl: kubelet_bench.KubeletResult | None = None,
+    kl: kubelet_bench.KubeletResult | None = None, cn: conns_bench.ConnsResult | None = None,
 ) -> list[Row]:
     rows: list[Row] = []
     if st is not None:
@@ -391,6 +412,8 @@ def summary_rows(
         rows += _controlplane_rows(cp)
     if kl is not None:
         rows += _kubelet_rows(kl)
+    if cn is not None:
+        rows += _conns_rows(cn)
     return rows
 
 
@@ -573,8 +596,9 @@ def render(
     ap: apply_bench.ApplyResult | None,
     cp: controlplane_bench.ControlPlaneResult | None = None,
     kl: kubelet_bench.KubeletResult | None = None,
+    cn: conns_bench.ConnsResult | None = None,
 ) -> str:
-    rows = summary_rows(st, api, idle, ap, cp, kl)
+    rows = summary_rows(st, api, idle, ap, cp, kl, cn)
     summary = _table(
         ["Figure", "edgekube", "Baseline (same run)", "Ratio", "Target", "Result"],
         [[r.figure, r.value, r.baseline, r.ratio, r.target, r.result] for r in rows],
@@ -583,7 +607,7 @@ def render(
     passed = sum(r.result == "PASS" for r in rows)
     failed = sum(r.result == "FAIL" for r in rows)
     mode = "quick (short counts; figures are noisy)" if quick else "full"
-    ran = [name for name, res in zip(SECTIONS, (st, api, idle, ap, cp, kl), strict=True) if res is not None]
+    ran = [name for name, res in zip(SECTIONS, (st, api, idle, ap, cp, kl, cn), strict=True) if res is not None]
     partial = f"; {', '.join(ran)} only" if len(ran) < len(SECTIONS) else ""
     errors = [
         f"{r.name} x{r.conns}: {r.error_samples}"
@@ -784,6 +808,18 @@ def render(
             f"`benchmarks/bare_server.py` to its first answer. {len(boot.restart)} restart(s), one unmeasured "
             "boot first (fills the bytecode cache)."
         )
+    if cn is not None:
+        parts.append(
+            f"- **Idle connections**: a fresh `edgekube server` (default config) and then the bare aiohttp TLS "
+            f"server with the same certificates, each {conns_bench.SETTLE_S:.0f} s after ready: {cn.rounds} rounds "
+            f"of {cn.connections} anonymous TLS connections opened one after another (handshake done, no "
+            f"request), VmRSS after {conns_bench.HOLD_S:.0f} s held, all closed, VmRSS {conns_bench.SETTLE_S:.0f} s "
+            "later. Held: the first round over idle; after close: the last round over idle. VmRSS, MiB, per round "
+            "(held / closed): edgekube " + ", ".join(f"{h:.1f} / {c:.1f}" for h, c in
+                                                     zip(cn.edgekube.held_mib, cn.edgekube.closed_mib, strict=True))
+            + "; bare " + ", ".join(f"{h:.1f} / {c:.1f}" for h, c in
+                                    zip(cn.bare.held_mib, cn.bare.closed_mib, strict=True)) + "."
+        )
     parts.append(
         "- The load generator and the server share the machine's CPUs, so req/s figures are a "
         "lower bound on what the server alone could do, and the same holds for the baseline."
@@ -832,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     total = len(SECTIONS)
-    st = api = idle = ap_res = cp = kl = None
+    st = api = idle = ap_res = cp = kl = cn = None
     if "store" in only:
         _log(f"[1/{total}] store: durable creates/s vs raw LMDB ({d.store:.0f} s each)")
         st = store_bench.run(d.store, PACED_RATE, d.raw_paced)
@@ -870,6 +906,10 @@ def main(argv: list[str] | None = None) -> int:
              f"boot x{d.boot_runs}")
         kl = kubelet_bench.run(pods=d.kubelet_pods, replicas=d.kubelet_replicas, boot_runs=d.boot_runs,
                                settle=d.settle, log=_log)
+    if "conns" in only:
+        _log(f"[7/{total}] idle connections: RSS holding {d.connections} TLS connections and after they close, "
+             f"x{d.conn_rounds}")
+        cn = conns_bench.run(d.connections, d.conn_rounds, _log)
 
     text = render(
         quick=args.quick,
@@ -884,6 +924,7 @@ def main(argv: list[str] | None = None) -> int:
         ap=ap_res,
         cp=cp,
         kl=kl,
+        cn=cn,
     )
     print()
     print(text)

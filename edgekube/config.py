@@ -49,6 +49,12 @@ DEFAULTS: dict[str, Any] = {
         "max-request-bytes": 3145728,
         "default-watch-timeout-seconds": 1800,
         "bookmark-interval-seconds": 60,
+        "max-connections": 1000,
+        "tls-handshake-timeout-seconds": 10,
+        "request-header-timeout-seconds": 32,
+        "request-body-timeout-seconds": 60,
+        "idle-timeout-seconds": 90,
+        "send-stall-timeout-seconds": 60,
     },
     "controllers": {
         "node-monitor-grace-period-seconds": 40,
@@ -102,6 +108,15 @@ class ApiSettings:
     max_request_bytes: int
     default_watch_timeout_seconds: int
     bookmark_interval_seconds: float
+    # Slow and idle clients (api/listener.py): connections open at once, then the seconds allowed
+    # for a TLS handshake, a whole request head, a whole request body, between requests, and for
+    # a client to take any of what is sent to it.
+    max_connections: int = 1000
+    tls_handshake_timeout_seconds: int = 10
+    request_header_timeout_seconds: int = 32
+    request_body_timeout_seconds: int = 60
+    idle_timeout_seconds: int = 90
+    send_stall_timeout_seconds: int = 60
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,6 +346,12 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
             max_request_bytes=_int(a, "max-request-bytes", where_a, lo=1024),
             default_watch_timeout_seconds=_int(a, "default-watch-timeout-seconds", where_a, lo=1),
             bookmark_interval_seconds=float(_int(a, "bookmark-interval-seconds", where_a, lo=1)),
+            max_connections=_int(a, "max-connections", where_a, lo=1),
+            tls_handshake_timeout_seconds=_int(a, "tls-handshake-timeout-seconds", where_a, lo=1),
+            request_header_timeout_seconds=_int(a, "request-header-timeout-seconds", where_a, lo=1),
+            request_body_timeout_seconds=_int(a, "request-body-timeout-seconds", where_a, lo=1),
+            idle_timeout_seconds=_int(a, "idle-timeout-seconds", where_a, lo=1),
+            send_stall_timeout_seconds=_int(a, "send-stall-timeout-seconds", where_a, lo=1),
         ),
         controllers=ControllerSettings(
             node_monitor_grace_period_seconds=_int(c, "node-monitor-grace-period-seconds", where_c, lo=1),

@@ -31,7 +31,7 @@ from aiohttp import web
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
 from edgekube._cogs import dirlock, memory, tasks, timefloor, tlsalert
-from edgekube.api import errors, pki, server
+from edgekube.api import errors, listener, pki, server
 from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import resources, rest
 from edgekube.client import events as events_mod
@@ -156,9 +156,15 @@ class Runtime:
             server_address=f"{_url_host(host)}:{cfg.https_port}",
             ready=self.ready,
             logs=kubelet_logs.FileLogs(cfg.kubelet.pod_log_dir),  # pods/log reads the node's CRI log files
+            limits=listener.Limits(max_connections=cfg.api.max_connections,
+                                   tls_handshake_timeout=cfg.api.tls_handshake_timeout_seconds,
+                                   request_header_timeout=cfg.api.request_header_timeout_seconds,
+                                   send_stall_timeout=cfg.api.send_stall_timeout_seconds),
+            body_timeout=cfg.api.request_body_timeout_seconds,
         )
         self._runner = await server.serve(
-            api.app, host=cfg.bind_address, port=cfg.https_port, ssl_context=tls.context
+            api, host=cfg.bind_address, port=cfg.https_port, ssl_context=tls.context,
+            idle_timeout=cfg.api.idle_timeout_seconds,
         )
         self.gates["api"] = True
         self.supervisor.start("certificates", self._watch_certificates(tls, sans=sans, url=url))

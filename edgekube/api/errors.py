@@ -192,6 +192,12 @@ def timeout(message: str) -> APIError:
     return APIError(504, "Timeout", message)
 
 
+def body_timeout(seconds: float) -> APIError:
+    """The client did not send its request body in time: 408, and the connection is closed."""
+    return APIError(408, "Timeout", f"the request body was not received within {seconds:g} seconds",
+                    headers={"Connection": "close"})
+
+
 def namespace_terminating(namespace: str, plural: str, name: str, *, group: str = "") -> APIError:
     return APIError(
         403,

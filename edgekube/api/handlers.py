@@ -14,6 +14,7 @@ Handlers stay thin: semantics live in `registry.rest`, so the in-process client 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -62,10 +63,11 @@ def _q(request: web.Request, name: str, default: str = "") -> str:
 
 class Handlers:
     def __init__(self, registry: rest.Registry, *, max_body: int, watch_timeout: int, bookmark_interval: float,
-                 server_address: str, logs: podlogs.LogSource | None = None) -> None:
+                 server_address: str, body_timeout: float = 60.0, logs: podlogs.LogSource | None = None) -> None:
         self._registry = registry
         self._catalog = registry.catalog
         self._max_body = max_body
+        self._body_timeout = body_timeout  # seconds for a whole body once the head arrived
         self._watch_timeout = watch_timeout
         self._bookmark_interval = bookmark_interval
         self._server_address = server_address
@@ -199,9 +201,14 @@ class Handlers:
         if request.content_length is not None and request.content_length > self._max_body:
             raise errors.request_too_large(self._max_body)
         try:
-            body = await request.read()
+            async with asyncio.timeout(self._body_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise errors.request_too_large(self._max_body) from None
+        except TimeoutError:
+            # A body trickled in slowly holds the handler: refused as the client's fault, and the
+            # connection is not reused (aiohttp drains or drops what is left of the body).
+            raise errors.body_timeout(self._body_timeout) from None
         if len(body) > self._max_body:
             raise errors.request_too_large(self._max_body)
         return body

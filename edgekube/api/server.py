@@ -7,6 +7,9 @@ Middleware order matters and is deliberate:
    token table; health and version endpoints stay open as upstream's public-info role allows.
 
 Nothing listens without TLS: `serve` takes an SSL context and refuses to start without one.
+Connections are accepted by `listener` (a cap; handshake, request-head and send deadlines) and
+idle ones closed by aiohttp's keep-alive timer; the listener's middleware comes first so that it
+sees every request being served.
 Authorization (RBAC) is stored now and enforced by a later issue; every authenticated user is
 allowed, which matches a single-admin edge install today.
 """
@@ -21,7 +24,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from edgekube.api import discovery, errors, handlers, openapi, openapi_pb, pki, podlogs
+from edgekube.api import discovery, errors, handlers, listener, openapi, openapi_pb, pki, podlogs
 from edgekube.api.registry import rest
 from edgekube.store import errors as store_errors
 
@@ -34,11 +37,14 @@ USER_KEY = handlers.USER_KEY
 
 
 def _status_response(err: errors.APIError) -> web.Response:
-    return web.Response(
+    resp = web.Response(
         body=orjson.dumps(err.status()) + b"\n",
         status=err.code,
         headers={"Content-Type": "application/json", **err.headers},
     )
+    if err.headers.get("Connection") == "close":
+        resp.force_close()  # as the header says, whatever is left of the request (a slow body)
+    return resp
 
 
 @web.middleware
@@ -100,12 +106,16 @@ class ApiServer:
         tokens: Mapping[str, tuple[str, list[str]]],
         server_address: str,
         ready: Callable[[], bool],
+        limits: listener.Limits,
+        body_timeout: float,
         logs: podlogs.LogSource | None = None,
     ) -> None:
         self._registry = registry
+        self.connections = listener.Connections(limits)
         self._handlers = handlers.Handlers(
             registry,
             max_body=max_body,
+            body_timeout=body_timeout,
             watch_timeout=watch_timeout,
             bookmark_interval=bookmark_interval,
             server_address=server_address,
@@ -118,7 +128,7 @@ class ApiServer:
         self._openapi_v3: dict[str, tuple[bytes, str]] = {}
         # aiohttp enforces the size of bodies it reads; one byte over our limit lets us tell.
         self.app = web.Application(
-            middlewares=[error_middleware, auth_middleware(tokens)],
+            middlewares=[self.connections.middleware, error_middleware, auth_middleware(tokens)],
             client_max_size=max_body + 1,
             handler_args={"max_field_size": 16384},
         )
@@ -197,12 +207,16 @@ class ApiServer:
         return web.Response(body=body, headers={**headers, "Content-Type": "application/json"})
 
 
-async def serve(app: web.Application, *, host: str, port: int, ssl_context: ssl.SSLContext | None) -> web.AppRunner:
+async def serve(api: ApiServer, *, host: str, port: int, ssl_context: ssl.SSLContext | None,
+                idle_timeout: float) -> web.AppRunner:
+    """Serve `api` over TLS; a connection waiting `idle_timeout` seconds for a request is closed
+    (aiohttp's keep-alive timer, which never runs while a request is being served)."""
     if ssl_context is None:
         raise RuntimeError("refusing to serve the API without TLS")
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(api.app, access_log=None, handle_signals=False, shutdown_timeout=2.0,
+                           keepalive_timeout=idle_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, host=host, port=port, ssl_context=ssl_context, reuse_address=True)
+    site = listener.Site(runner, api.connections, host=host, port=port, ssl_context=ssl_context)
     await site.start()
     return runner
 
