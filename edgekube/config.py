@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "request-body-timeout-seconds": 60,
         "idle-timeout-seconds": 90,
         "send-stall-timeout-seconds": 60,
+        "certificate-poll-seconds": 60,
     },
     "controllers": {
         "node-monitor-grace-period-seconds": 40,
@@ -117,6 +118,9 @@ class ApiSettings:
     request_body_timeout_seconds: int = 60
     idle_timeout_seconds: int = 90
     send_stall_timeout_seconds: int = 60
+    # How often the running server looks at its certificate files (renewed, rotated) and at the
+    # wall clock (a step makes it check the certificates' dates at once).
+    certificate_poll_seconds: int = 60
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,6 +356,7 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
             request_body_timeout_seconds=_int(a, "request-body-timeout-seconds", where_a, lo=1),
             idle_timeout_seconds=_int(a, "idle-timeout-seconds", where_a, lo=1),
             send_stall_timeout_seconds=_int(a, "send-stall-timeout-seconds", where_a, lo=1),
+            certificate_poll_seconds=_int(a, "certificate-poll-seconds", where_a, lo=1, hi=3600),
         ),
         controllers=ControllerSettings(
             node_monitor_grace_period_seconds=_int(c, "node-monitor-grace-period-seconds", where_c, lo=1),

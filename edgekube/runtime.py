@@ -50,7 +50,6 @@ GATES = ("store", "api")
 # The running server stats its certificate files this often (changed: reload them), and checks
 # their expiry (renewing leaves in their last 90 days) and the clock this often: monotonic
 # sleeps, which no clock setting shortens or stretches.
-_CERT_POLL_SECONDS = 60.0
 _CERT_CHECK_SECONDS = 3600.0
 _CLOCK_NOTICE_SECONDS = 86400.0  # the CA's and the clock's warnings, once a day while they hold
 _CLOCK_STEP_SECONDS = 60.0  # the wall clock moved this much more or less than the monotonic: it was set
@@ -211,7 +210,7 @@ class Runtime:
         last_wall, last_mono = wall(), mono()
         kubeconfig_stale = False
         while True:
-            await asyncio.sleep(_CERT_POLL_SECONDS)
+            await asyncio.sleep(self.cfg.api.certificate_poll_seconds)
             step = (wall() - last_wall).total_seconds() - (mono() - last_mono)
             last_wall, last_mono = wall(), mono()
             if abs(step) > _CLOCK_STEP_SECONDS:
