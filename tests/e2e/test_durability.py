@@ -236,3 +236,40 @@ def test_twenty_kill_9_rounds_under_creates_updates_and_deletes(tmp_path: Path) 
         assert sum(1 for v in state.values() if v is not None) > 20
     finally:
         server.close()
+
+
+def test_two_servers_racing_for_one_data_dir_make_exactly_one_cluster(tmp_path: Path) -> None:
+    """Started at the same moment on a fresh data dir: one serves, the other exits with its one
+    line, and the winner's data dir is one cluster (one CA, one identity) that takes writes."""
+    a, b = Server(tmp_path / "data"), Server(tmp_path / "data")
+    b.log_path = tmp_path / "b.log"
+    results: dict[str, str] = {}
+
+    def start(name: str, server: Server) -> None:
+        try:
+            server.start(timeout=30)
+            results[name] = "serving"
+        except RuntimeError as exc:
+            results[name] = str(exc)
+
+    threads = [threading.Thread(target=start, args=(n, s)) for n, s in (("a", a), ("b", b))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sorted(v == "serving" for v in results.values()) == [False, True], results
+        winner, loser = (a, b) if results["a"] == "serving" else (b, a)
+        assert "is in use by another edgekube" in results["b" if winner is a else "a"]
+        assert loser.proc is None or loser.proc.poll() is not None
+        ctx = _ctx(winner)
+        body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "won"}}).encode()
+        req = urllib.request.Request(f"{winner.url}/api/v1/namespaces/default/configmaps", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
+            assert r.status == 201
+        winner.stop()
+        winner.start()  # the same cluster at the next boot: identity and CA as the winner left them
+    finally:
+        a.close()
+        b.close()
