@@ -431,3 +431,30 @@ def rebuild(db_dir: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("rewrote %s into a new file without the pages that held plaintext", db_dir / "data.mdb")
 
+
+# --- rotation ------------------------------------------------------------------------------------
+
+
+def add_primary_key(key_file: Path) -> str:
+    """Put a new key first in the key file (it encrypts from now on); the others stay, so every
+    stored value remains readable. Returns its name."""
+    with locked(key_file):
+        ring = read(key_file)
+        name = new_key_name(ring.keys)
+        keys = {name: os.urandom(aesgcm.KEY_SIZE), **ring.keys}
+        write(key_file, dataclasses.replace(ring, primary=name, keys=keys, identity=True))
+    return name
+
+
+def retire_keys(key_file: Path, *, primary: str | None) -> list[str]:
+    """Drop every key but `primary` from the key file, once a complete pass has encrypted all
+    values with it; nothing when the file's first key is no longer `primary` (another rotation
+    began meanwhile: its pass retires them). Returns the names dropped."""
+    with locked(key_file):
+        ring = read(key_file)
+        if ring.primary != primary or primary is None:
+            return []
+        old = [n for n in ring.keys if n != primary]
+        if old:
+            write(key_file, dataclasses.replace(ring, keys={primary: ring.keys[primary]}))
+    return old
