@@ -208,6 +208,15 @@ def ensure(path: Path) -> Keyring:
         return read(path)
 
 
+def key_name(value: bytes) -> str | None:
+    """The name of the key a stored value is encrypted with; None for plaintext (or an unknown
+    format, which `Transformer.from_storage` reports)."""
+    if not value.startswith(VALUE_PREFIX):
+        return None
+    end = value.find(b":", len(VALUE_PREFIX))
+    return value[len(VALUE_PREFIX): end].decode("utf-8", "replace") if end > 0 else None
+
+
 def _file_id(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
@@ -262,14 +271,6 @@ class Transformer:
         sealed = aesgcm.seal(ring.keys[ring.primary], nonce=nonce, plaintext=value, aad=key.encode())
         return b"".join((VALUE_PREFIX, ring.primary.encode(), b":", nonce, sealed))
 
-    def key_name(self, value: bytes) -> str | None:
-        """The name of the key `value` is encrypted with; None for plaintext (or an unknown
-        format, which `from_storage` reports)."""
-        if not value.startswith(VALUE_PREFIX):
-            return None
-        end = value.find(b":", len(VALUE_PREFIX))
-        return value[len(VALUE_PREFIX): end].decode("utf-8", "replace") if end > 0 else None
-
     def from_storage(self, key: str, value: bytes, *, revision: int = 0) -> bytes:
         if not value.startswith(_ENC):
             if value[:1] and value[0] in _PLAIN_FIRST and self.ring.identity:
@@ -280,7 +281,7 @@ class Transformer:
         if not value.startswith(VALUE_PREFIX):
             provider = value[len(_ENC):].split(b":", 1)[0].decode("utf-8", "replace")
             raise self._fail(key, revision, f"it is encrypted with the {provider!r} provider; edgekube reads aesgcm")
-        name = self.key_name(value)
+        name = key_name(value)
         if name is None:
             raise self._fail(key, revision, "its encryption header is damaged")
         secret = self.ring.keys.get(name)
@@ -329,7 +330,7 @@ def reencrypt(db: lmdb_log.LmdbLog, transformer: Transformer, *, batch: int = 50
 
     def change(key: str, revision: int, stored: bytes) -> bytes | None:
         result.examined += 1
-        name = transformer.key_name(stored)
+        name = key_name(stored)
         label = name if name is not None else ("?" if stored.startswith(_ENC) else "")
         result.found[label] = result.found.get(label, 0) + 1
         at_primary = label == (transformer.ring.primary or "")
