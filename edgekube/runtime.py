@@ -58,15 +58,20 @@ _CLOCK_STEP_SECONDS = 60.0  # the wall clock moved this much more or less than t
 
 
 def secure_data_dir(data_dir: Path) -> None:
-    """The data dir private to edgekube (docs/security.md): the directory 0700, its database,
-    TLS material, keys and kubeconfig 0600 (the CA certificate stays 0644: it is public), image
-    store files 0600 (image layers keep their own modes: they are containers' file systems).
-    The kubelet's directories keep the modes the kubelet gives them."""
+    """The data dir private to edgekube (docs/security.md): the directory 0700; its own files,
+    databases, TLS material, keys and kubeconfig 0600 (the CA certificate stays 0644: it is
+    public); image store files 0600 (image layers keep their own modes: they are containers'
+    file systems). The kubelet's directories keep the modes the kubelet gives them."""
     filemodes.ensure_mode(data_dir, 0o700)
-    filemodes.restrict_tree(data_dir / "db")
+    for entry in data_dir.iterdir():
+        if entry.is_symlink():
+            continue
+        if entry.is_file():  # the lock, the store identity, the kubeconfig
+            filemodes.ensure_mode(entry, 0o600)
+        elif entry.name == "db" or entry.name.startswith("db."):  # and old databases kept aside
+            filemodes.restrict_tree(entry)
     filemodes.restrict_tree(data_dir / "tls", keep=frozenset({"ca.crt"}))
     filemodes.restrict_tree(data_dir / encryption.KEY_FILE.parent)
-    filemodes.ensure_mode(data_dir / "kubeconfig.yaml", 0o600)
     images = data_dir / images_mod.STORE_DIR
     filemodes.restrict_tree(images, keep=frozenset({"layers", "tmp"}))
     for sub in ("layers", "tmp"):
@@ -119,8 +124,6 @@ class Runtime:
         self.last_seen.record(wall, force=True)
         secure_data_dir(cfg.data_dir)
         memory_prefixes = [i.key_prefix() for i in self.catalog.all() if i.memory_tier]
-        secrets_info = self.catalog.lookup("", "v1", "secrets")
-        assert secrets_info is not None
         self.store = store_mod.Store(
             store_mod.StoreConfig(
                 path=cfg.data_dir,
@@ -135,7 +138,6 @@ class Runtime:
                 preallocate_mb=cfg.store.preallocate_mb,
                 reserve_mb=cfg.store.reserve_mb,
                 encryption_key_file=cfg.data_dir / encryption.KEY_FILE,
-                encrypted_prefixes=(secrets_info.key_prefix(),),
             ),
             memory_prefixes=memory_prefixes,
         )

@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 from edgekube import config as config_mod
-from edgekube.api.registry import resources
 from edgekube.store import encryption, lmdb_log
 
 COMMANDS = (("status", "show the keys and what the stored Secrets are encrypted with"),
@@ -57,14 +56,11 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"no database at {db_dir}; is --data-dir the server's data dir?", 2)
     if not key_file.is_file():
         return _fail(f"no key file at {key_file}; the server makes it at its first boot", 2)
-    info = resources.Catalog().lookup("", "v1", "secrets")
-    assert info is not None
-    prefixes = (info.key_prefix(),)
     try:
         if args.secrets_command == "rotate-keys":
             name = encryption.add_primary_key(key_file)
             print(f"added key {name}; it encrypts from now on")
-        transformer = encryption.Transformer(key_file, prefixes=prefixes)
+        transformer = encryption.Transformer(key_file)
         db = lmdb_log.LmdbLog(db_dir, map_size=cfg.store.map_size_mb << 20, max_size=cfg.store.max_size_mb << 20,
                               transformer=transformer)
         try:

@@ -217,6 +217,28 @@ def key_name(value: bytes) -> str | None:
     return value[len(VALUE_PREFIX): end].decode("utf-8", "replace") if end > 0 else None
 
 
+def key_prefix(resource: str) -> str:
+    """Where the store keeps a resource named as EncryptionConfiguration names it: `secrets` ->
+    `/core/secrets/`, `widgets.example.com` -> `/example.com/widgets/` (the registry's layout,
+    `ResourceInfo.key_prefix`; a test keeps the two the same)."""
+    plural, _, group = resource.partition(".")
+    return f"/{group or 'core'}/{plural}/"
+
+
+def for_data_dir(data_dir: Path) -> Transformer | None:
+    """The transformer of a data dir's key file, for tools that read the database (store check
+    and recover); None when there is no key file (nothing was encrypted). Never creates one."""
+    path = data_dir / KEY_FILE
+    return Transformer(path) if path.exists() else None
+
+
+def plain(transformer: Transformer | None, key: str, revision: int, value: bytes) -> bytes:
+    """A stored value as it was before encryption (DecryptError when it cannot be)."""
+    if transformer is None or not transformer.covers(key):
+        return value
+    return transformer.from_storage(key, value, revision=revision)
+
+
 def _file_id(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
@@ -231,11 +253,12 @@ class Transformer:
     Thread-safe: the writer thread encrypts; any thread decrypts. The keyring is replaced whole
     when the key file changes, never mutated."""
 
-    def __init__(self, path: Path, *, prefixes: tuple[str, ...]) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.prefixes = prefixes
         self._file_id = _file_id(path)
         self.ring = read(path)
+        # The resources are fixed (`parse` takes secrets only), so reloads keep these.
+        self.prefixes = tuple(key_prefix(r) for r in self.ring.resources)
         self._reload_lock = threading.Lock()
 
     def covers(self, key: str) -> bool:
@@ -369,14 +392,13 @@ def due(db: lmdb_log.LmdbLog, transformer: Transformer) -> bool:
 # --- boot ----------------------------------------------------------------------------------------
 
 
-def boot(
-    db_dir: Path, open_db: Callable[[Transformer], lmdb_log.LmdbLog], *, key_file: Path, prefixes: tuple[str, ...]
-) -> tuple[lmdb_log.LmdbLog, Transformer]:
+def boot(db_dir: Path, open_db: Callable[[Transformer], lmdb_log.LmdbLog], *,
+         key_file: Path) -> tuple[lmdb_log.LmdbLog, Transformer]:
     """Open the log with encryption: the key file (made at first boot), then a re-encryption pass
     when one is due. When that pass turned plaintext into ciphertext, the database is rewritten
     into a new file, so the old plaintext is not left behind in LMDB's free pages."""
     ensure(key_file)
-    transformer = Transformer(key_file, prefixes=prefixes)
+    transformer = Transformer(key_file)
     db = open_db(transformer)
     if not due(db, transformer):
         return db, transformer

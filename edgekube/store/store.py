@@ -56,10 +56,9 @@ class StoreConfig:
     # Room kept for deletes: below it, the database takes only writes that free space (lmdb_log).
     reserve_mb: int = 16
     memory_max_per_resource: int = 10_000
-    # Values under these key prefixes are encrypted at rest with the keys in this file
-    # (store/encryption.py); None: stored as they are.
+    # Secrets are encrypted at rest with the keys in this file (store/encryption.py); None:
+    # values are stored as they are.
     encryption_key_file: Path | None = None
-    encrypted_prefixes: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(slots=True)
@@ -106,8 +105,7 @@ class Store:
         if config.encryption_key_file is None:
             self._db = open_db()
         else:
-            self._db, self.encryption = encryption.boot(
-                db_path, open_db, key_file=config.encryption_key_file, prefixes=config.encrypted_prefixes)
+            self._db, self.encryption = encryption.boot(db_path, open_db, key_file=config.encryption_key_file)
         self._memory = memory.MemoryTier(max_per_resource=config.memory_max_per_resource)
         self._snapshot = config.path / "db" / "memory.snapshot"
         disk_rev, reserved, compacted = self._db.state()

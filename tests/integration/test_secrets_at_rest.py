@@ -307,9 +307,14 @@ def test_a_wrong_key_is_reported_by_name_and_the_server_stays_up(srv: Server) ->
     names = [s.metadata.name for s in _core(srv).list_namespaced_secret("default").items]
     assert names == ["fresh"]
     assert srv.ready()
-    assert f"cannot decrypt /core/secrets/default/by-kubectl: it is encrypted with key '{ring.primary}'" in srv.log()
+    assert "stored object /core/secrets/default/by-kubectl (revision" in srv.log()
+    assert f"it is encrypted with key '{ring.primary}', which is not in {key_file}" in srv.log()
     status = _secrets_cli(srv.data_dir, "status")
     assert status.returncode == 1 and "/core/secrets/default/by-kubectl" in status.stderr
+    check = subprocess.run([sys.executable, "-m", "edgekube", "store", "check", "--data-dir", str(srv.data_dir)],
+                           capture_output=True, text=True, timeout=120, check=False, cwd=REPO)
+    assert check.returncode == 1 and "/core/secrets/default/by-kubectl" in check.stdout + check.stderr
+    assert "/core/secrets/default/fresh" not in check.stdout + check.stderr
     # Putting the key back (as docs/security.md says) makes them readable again.
     both = encryption.Keyring(primary="replacement", keys={"replacement": encryption.read(key_file).keys["replacement"],
                                                             **ring.keys}, identity=True)

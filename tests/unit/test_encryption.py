@@ -14,7 +14,8 @@ import msgpack
 import pytest
 
 from edgekube._cogs import aesgcm
-from edgekube.store import encryption, lmdb_log, records
+from edgekube.api.registry import resources
+from edgekube.store import encryption, lmdb_log, records, repair
 from edgekube.store import store as store_mod
 
 PREFIX = "/core/secrets/"
@@ -30,8 +31,7 @@ def _store(tmp_path: Path, *, encrypted: bool = True) -> store_mod.Store:
     return store_mod.Store(
         store_mod.StoreConfig(path=tmp_path, map_size_mb=16, max_size_mb=64, compaction_interval_seconds=0,
                               compaction_window=1,
-                              encryption_key_file=tmp_path / encryption.KEY_FILE if encrypted else None,
-                              encrypted_prefixes=(PREFIX,) if encrypted else ()),
+                              encryption_key_file=tmp_path / encryption.KEY_FILE if encrypted else None),
         memory_prefixes=[])
 
 
@@ -150,6 +150,16 @@ async def _check_all(store: store_mod.Store, n: int) -> None:
     assert sorted(i.object()["raw"] for i in items) == sorted(b"w%d" % i for i in range(n))
 
 
+async def _boot_and_check(root: Path, n: int) -> None:
+    """Open the store (a boot, with its re-encryption pass when due) and read every Secret."""
+    store = _store(root)
+    await store.start()
+    try:
+        await _check_all(store, n)
+    finally:
+        await store.close()
+
+
 async def test_plaintext_from_before_is_read_then_encrypted_and_scrubbed_at_boot(tmp_path: Path) -> None:
     old = _store(tmp_path, encrypted=False)
     await old.start()
@@ -180,7 +190,7 @@ async def test_rotation_interrupted_at_any_batch_leaves_everything_readable(tmp_
     key_file = tmp_path / encryption.KEY_FILE
     first = encryption.read(key_file).primary
     new = encryption.add_primary_key(key_file)
-    t = encryption.Transformer(key_file, prefixes=(PREFIX,))
+    t = encryption.Transformer(key_file)
     db = lmdb_log.LmdbLog(tmp_path / "db", map_size=16 << 20, max_size=64 << 20, transformer=t)
     # A crash after the first few records: one batch of the pass, no more.
     _, done = db.rewrite_values(PREFIX, lambda k, _rev, v: t.to_storage(k, t.from_storage(k, v)), after=0,
@@ -188,27 +198,17 @@ async def test_rotation_interrupted_at_any_batch_leaves_everything_readable(tmp_
     db.close()
     assert not done and _key_names(tmp_path) == {first, new}
     # The next boot reads both and finishes the pass (the log's meta says it is due).
-    store = _store(tmp_path)
-    await store.start()
-    try:
-        await _check_all(store, 6)
-    finally:
-        await store.close()
+    await _boot_and_check(tmp_path, 6)
     assert _key_names(tmp_path) == {new}
     assert set(encryption.read(key_file).keys) == {first, new}  # boot never drops keys
-    t = encryption.Transformer(key_file, prefixes=(PREFIX,))
+    t = encryption.Transformer(key_file)
     db = lmdb_log.LmdbLog(tmp_path / "db", map_size=16 << 20, max_size=64 << 20, transformer=t)
     try:
         assert encryption.reencrypt(db, t).complete
     finally:
         db.close()
     assert encryption.retire_keys(key_file, primary=new) == [first]
-    store = _store(tmp_path)
-    await store.start()
-    try:
-        await _check_all(store, 6)
-    finally:
-        await store.close()
+    await _boot_and_check(tmp_path, 6)
 
 
 async def test_a_running_store_writes_with_the_key_the_file_names_now(tmp_path: Path) -> None:
@@ -270,3 +270,21 @@ async def test_an_undecryptable_value_is_named_skipped_in_lists_and_nothing_else
     finally:
         await store.close()
     assert any("/core/secrets/default/bad" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
+def test_the_key_file_names_resources_where_the_registry_stores_them() -> None:
+    info = resources.Catalog().lookup("", "v1", "secrets")
+    assert info is not None and encryption.key_prefix("secrets") == info.key_prefix() == PREFIX
+
+
+async def test_store_check_and_recover_read_encrypted_secrets(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await store.start()
+    await _fill(store, 3)
+    await store.close()
+    report = repair.check(tmp_path)
+    assert report.findings == [] and report.readable_objects == 3
+    kept, lost, _ = repair.recover(tmp_path)
+    assert kept == 3 and lost == []
+    assert _key_names(tmp_path) == {encryption.read(tmp_path / encryption.KEY_FILE).primary}
+    await _boot_and_check(tmp_path, 3)
