@@ -94,12 +94,13 @@ class Keyring:
 
 
 def new_key_name(existing: dict[str, bytes], *, now: datetime.datetime | None = None) -> str:
+    """`aesgcmkey-<UTC time>-<random>`: unique across key files too (a key file made again, then
+    merged with the lost one's keys, must not hold two keys of one name)."""
     stamp = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y%m%dT%H%M%SZ")
-    name, n = f"aesgcmkey-{stamp}", 1
-    while name in existing:
-        n += 1
-        name = f"aesgcmkey-{stamp}-{n}"
-    return name
+    while True:
+        name = f"aesgcmkey-{stamp}-{os.urandom(3).hex()}"
+        if name not in existing:
+            return name
 
 
 def parse(data: bytes, *, where: str) -> Keyring:
@@ -397,9 +398,16 @@ def boot(db_dir: Path, open_db: Callable[[Transformer], lmdb_log.LmdbLog], *,
     """Open the log with encryption: the key file (made at first boot), then a re-encryption pass
     when one is due. When that pass turned plaintext into ciphertext, the database is rewritten
     into a new file, so the old plaintext is not left behind in LMDB's free pages."""
+    had_keys = key_file.exists()
     ensure(key_file)
     transformer = Transformer(key_file)
     db = open_db(transformer)
+    done = db.get_meta(META_DONE)
+    if not had_keys and done:
+        log.error("the secrets encryption key file %s was missing and a new one was made, but this database's "
+                  "Secrets were encrypted with key %s: they cannot be read until that key is put back into the "
+                  "file (from a backup of %s; docs/security.md)", key_file, done.decode("utf-8", "replace"),
+                  key_file.parent)
     if not due(db, transformer):
         return db, transformer
     result = reencrypt(db, transformer)
@@ -410,7 +418,14 @@ def boot(db_dir: Path, open_db: Callable[[Transformer], lmdb_log.LmdbLog], *,
         db.damage.note(exc, reader="re-encryption at boot")
     if result.plaintext_rewritten:
         db.close()
-        rebuild(db_dir)
+        try:
+            rebuild(db_dir)
+        except (OSError, lmdb.Error) as exc:
+            # The Secrets are encrypted all the same; only the old plaintext stays in free pages
+            # until LMDB reuses them. Never a reason not to serve.
+            log.warning("could not rewrite %s without the pages that held plaintext Secrets (%s); they stay "
+                        "until the database reuses them", db_dir / "data.mdb", exc)
+            shutil.rmtree(db_dir / "rebuild.tmp", ignore_errors=True)
         db = open_db(transformer)
     return db, transformer
 

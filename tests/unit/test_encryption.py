@@ -288,3 +288,28 @@ async def test_store_check_and_recover_read_encrypted_secrets(tmp_path: Path) ->
     assert kept == 3 and lost == []
     assert _key_names(tmp_path) == {encryption.read(tmp_path / encryption.KEY_FILE).primary}
     await _boot_and_check(tmp_path, 3)
+
+
+async def test_a_lost_key_file_is_said_at_boot_with_the_key_to_put_back(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = _store(tmp_path)
+    await store.start()
+    await _fill(store, 2)
+    await store.close()
+    key_file = tmp_path / encryption.KEY_FILE
+    lost = encryption.read(key_file)
+    key_file.unlink()
+    store = _store(tmp_path)
+    await store.start()
+    try:
+        assert store.scan(PREFIX).items == []  # unreadable, skipped: the store serves on
+        assert store.damage.skipped >= 2
+        # The way back: the old key into the file (the store follows it without a restart).
+        now = encryption.read(key_file)
+        encryption.write(key_file, encryption.Keyring(primary=now.primary, keys={**now.keys, **lost.keys},
+                                                      identity=True))
+        await _check_all(store, 2)
+    finally:
+        await store.close()
+    assert any(f"encrypted with key {lost.primary}" in r.getMessage() and str(key_file) in r.getMessage()
+               for r in caplog.records if r.levelname == "ERROR")
