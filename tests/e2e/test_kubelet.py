@@ -76,6 +76,13 @@ def _pod(k: Kubectl, name: str) -> dict[str, Any]:
     return dict(k.json("get", "pod", name))
 
 
+def _finished(k: Kubectl, name: str) -> dict[str, Any]:
+    """The pod once it Succeeded or Failed."""
+    out: dict[str, Any] = until(lambda: (p := _pod(k, name))["status"].get("phase") in ("Succeeded", "Failed") and p,
+                                what=f"pod {name} finished")
+    return out
+
+
 def _running(k: Kubectl, name: str, timeout: float = 60) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         pod = _pod(k, name)
@@ -170,6 +177,33 @@ def test_kubectl_run_starts_a_real_process(k: Kubectl, node: KubeletServer, imag
     kinds = {(e["reason"]) for e in k.json("get", "events")["items"]
              if e["involvedObject"].get("name") == "sleeper"}
     assert {"Scheduled", "Pulled", "Created", "Started"} <= kinds
+
+
+def test_the_data_dir_stays_private_with_the_kubelet_on(k: Kubectl, node: KubeletServer, image: str) -> None:
+    """docs/security.md: the data dir 0700, the image store's own files 0600 in 0700 dirs (layers
+    keep the image's modes), the pod log dir 0750 as upstream's kubelet; non-root containers run."""
+    k.run("apply", "-f", "-", input=f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: private}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsUser: 1000}}
+  containers: [{{name: main, image: {image}, command: ["sh", "-c", "id -u"]}}]
+""")
+    pod = _finished(k, "private")
+    assert pod["status"]["phase"] == "Succeeded" and k.out("logs", "private").strip() == "1000"
+
+    def mode(p: Path) -> int:
+        return p.lstat().st_mode & 0o7777
+
+    assert mode(node.data_dir) == 0o700 and mode(node.log_dir) == 0o750
+    store = node.data_dir / "image-store"
+    layers = store / "layers"
+    for p in [store, *store.rglob("*")]:
+        if p.is_symlink() or layers in p.parents:
+            continue
+        assert mode(p) == (0o700 if p.is_dir() else 0o600), (p, oct(mode(p)))
 
 
 def test_container_output_in_cri_log_files(k: Kubectl, node: KubeletServer, image: str) -> None:
@@ -374,8 +408,7 @@ spec:
 
 def test_init_container_volumes_and_env(k: Kubectl, node: KubeletServer, image: str) -> None:
     k.run("apply", "-f", "-", input=POD_WITH_VOLUMES.replace("IMAGE", image))
-    pod = until(lambda: (p := _pod(k, "shapes"))["status"].get("phase") in ("Succeeded", "Failed") and p,
-                what="pod finished")
+    pod = _finished(k, "shapes")
     assert pod["status"]["phase"] == "Succeeded", pod["status"]
     init = pod["status"]["initContainerStatuses"][0]
     assert init["state"]["terminated"]["exitCode"] == 0 and init["ready"] is True
@@ -512,8 +545,7 @@ spec:
     volumeMounts: [{{name: data, mountPath: /data}}]
   volumes: [{{name: data, emptyDir: {{}}}}]
 """)
-    pod = until(lambda: (p := _pod(k, "grouped"))["status"].get("phase") in ("Succeeded", "Failed") and p,
-                what="pod finished")
+    pod = _finished(k, "grouped")
     out = k.out("logs", "grouped")
     assert pod["status"]["phase"] == "Succeeded", out
     ident, new, root = out.splitlines()
