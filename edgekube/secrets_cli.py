@@ -1,8 +1,8 @@
 """`edgekube secrets-encrypt status|rotate-keys|reencrypt`: Secrets encryption keys, as k3s's.
 
     edgekube secrets-encrypt status       [--config FILE] [--data-dir DIR]
-    edgekube secrets-encrypt rotate-keys  [--config FILE] [--data-dir DIR]
-    edgekube secrets-encrypt reencrypt    [--config FILE] [--data-dir DIR]
+    edgekube secrets-encrypt rotate-keys  [--config FILE] [--data-dir DIR] [--batch N]
+    edgekube secrets-encrypt reencrypt    [--config FILE] [--data-dir DIR] [--batch N]
 
 `rotate-keys` does k3s's single-server rotation in one command: a new key goes first in the key
 file, every stored Secret value (old revisions and delete records included) is re-encrypted with
@@ -42,6 +42,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         cmd.add_argument("--config", type=Path,
                          help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
         cmd.add_argument("--data-dir", type=Path, help="the server's data dir")
+        if name != "status":
+            cmd.add_argument("--batch", type=int, default=500, metavar="N",
+                             help="records re-encrypted per database transaction (default 500); fewer holds "
+                                  "a running server's writes up for less time each")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.secrets_command == "status":
                 return _status(db, transformer)
-            return _reencrypt(db, transformer)
+            return _reencrypt(db, transformer, batch=max(1, args.batch))
         finally:
             db.close()
     except (OSError, encryption.KeyFileError) as exc:
@@ -91,8 +95,8 @@ def _status(db: lmdb_log.LmdbLog, transformer: encryption.Transformer) -> int:
     return 1 if result.failed else 0
 
 
-def _reencrypt(db: lmdb_log.LmdbLog, transformer: encryption.Transformer) -> int:
-    result = encryption.reencrypt(db, transformer)
+def _reencrypt(db: lmdb_log.LmdbLog, transformer: encryption.Transformer, *, batch: int) -> int:
+    result = encryption.reencrypt(db, transformer, batch=batch)
     primary = transformer.ring.primary
     print(f"re-encrypted {result.rewritten} of {result.examined} stored Secret values with {primary or 'no key'}")
     if not result.complete:
