@@ -9,6 +9,7 @@ happened (the kubelet's containers outlive the server on purpose, so nothing els
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -177,6 +178,50 @@ def test_kubectl_run_starts_a_real_process(k: Kubectl, node: KubeletServer, imag
     kinds = {(e["reason"]) for e in k.json("get", "events")["items"]
              if e["involvedObject"].get("name") == "sleeper"}
     assert {"Scheduled", "Pulled", "Created", "Started"} <= kinds
+
+
+def _tmpfs_mounts() -> list[Path]:
+    with open("/proc/self/mountinfo") as f:
+        return [Path(line.split()[4]) for line in f if line.split(" - ")[1].startswith("tmpfs ")]
+
+
+def test_secrets_in_pods_stay_off_the_disk(k: Kubectl, node: KubeletServer, image: str) -> None:
+    """Secret and projected volumes are tmpfs mounts (upstream's memory medium): a Secret a pod
+    reads is in no file on the disk, the data dir's included."""
+    value = "pod-secret-value-8d2e41"
+    k.run("create", "secret", "generic", "mounted", f"--from-literal=pw={value}")
+    k.run("apply", "-f", "-", input=f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: mounts-secrets}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "sha256sum /plain/pw /projected/pw; trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+    volumeMounts: [{{name: plain, mountPath: /plain}}, {{name: projected, mountPath: /projected}}]
+  volumes:
+  - {{name: plain, secret: {{secretName: mounted}}}}
+  - {{name: projected, projected: {{sources: [{{secret: {{name: mounted}}}}]}}}}
+""")
+    pod = _running(k, "mounts-secrets")
+    digest = hashlib.sha256(value.encode()).hexdigest()  # the log shows a digest: it is a file on the disk
+    until(lambda: k.out("logs", "mounts-secrets").count(digest) == 2, what="the pod read the Secret from both volumes")
+    volumes = node.kubelet_dir / "pods" / pod["metadata"]["uid"] / "volumes"
+    tmpfs = _tmpfs_mounts()
+    for plugin, name in (("kubernetes.io~secret", "plain"), ("kubernetes.io~projected", "projected")):
+        assert volumes / plugin / name in tmpfs, f"{plugin}/{name} is not on a tmpfs"
+    mounts = {Path(line.split()[4]) for line in open("/proc/self/mountinfo")}
+
+    def holds_it(p: Path) -> bool:
+        # Regular files of the disk only: not tmpfs contents, not pinned namespaces (mount points).
+        if not p.is_file() or p.is_symlink() or p in mounts or any(m in p.parents for m in tmpfs):
+            return False
+        return value.encode() in p.read_bytes()
+
+    assert [p for p in node.root.rglob("*") if holds_it(p)] == []
+    k.run("delete", "pod", "mounts-secrets", "--wait=true", "--timeout=60s")
 
 
 def test_the_data_dir_stays_private_with_the_kubelet_on(k: Kubectl, node: KubeletServer, image: str) -> None:
