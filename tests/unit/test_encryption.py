@@ -139,15 +139,24 @@ def _key_names(root: Path) -> set[str | None]:
     return {encryption.key_name(v) for v in _stored(root).values()}
 
 
+def _first(i: int) -> bytes:
+    """Values long enough that no ciphertext holds them by chance."""
+    return b"first-value-%d-5e1f0a9c" % i
+
+
+def _second(i: int) -> bytes:
+    return b"second-value-%d-7b3d2e64" % i
+
+
 async def _fill(store: store_mod.Store, n: int) -> None:
     for i in range(n):
-        await store.create(f"{PREFIX}default/s{i}", _secret(f"s{i}", b"v%d" % i))
-        await store.update(f"{PREFIX}default/s{i}", _secret(f"s{i}", b"w%d" % i), expect_revision=None)
+        await store.create(f"{PREFIX}default/s{i}", _secret(f"s{i}", _first(i)))
+        await store.update(f"{PREFIX}default/s{i}", _secret(f"s{i}", _second(i)), expect_revision=None)
 
 
 async def _check_all(store: store_mod.Store, n: int) -> None:
     items = store.scan(PREFIX).items
-    assert sorted(i.object()["raw"] for i in items) == sorted(b"w%d" % i for i in range(n))
+    assert sorted(i.object()["raw"] for i in items) == sorted(_second(i) for i in range(n))
 
 
 async def _boot_and_check(root: Path, n: int) -> None:
@@ -165,7 +174,7 @@ async def test_plaintext_from_before_is_read_then_encrypted_and_scrubbed_at_boot
     await old.start()
     await _fill(old, 5)
     await old.close()
-    assert _files_containing(tmp_path, b"w3")  # the old layout: plaintext in data.mdb
+    assert _files_containing(tmp_path, _second(3))  # the old layout: plaintext in data.mdb
     assert _key_names(tmp_path) == {None}
     store = _store(tmp_path)
     await store.start()
@@ -173,12 +182,12 @@ async def test_plaintext_from_before_is_read_then_encrypted_and_scrubbed_at_boot
         await _check_all(store, 5)
         # History too: the first revision of a Secret is readable and was re-encrypted.
         first = store.scan(PREFIX, revision=1).items
-        assert [i.object()["raw"] for i in first] == [b"v0"]
+        assert [i.object()["raw"] for i in first] == [_first(0)]
     finally:
         await store.close()
     names = _key_names(tmp_path)
     assert len(names) == 1 and None not in names
-    for needle in (b"\x02v3", b"w3", base64.b64encode(b"w3")):
+    for needle in (_first(3), _second(3), base64.b64encode(_second(3))):
         assert _files_containing(tmp_path, needle) == [], needle
 
 
