@@ -6,6 +6,7 @@
     edgekube images import FILE... | ls | rm REF...   [--config FILE] [--data-dir DIR]
     edgekube store check [--json] | recover | adopt | reset --yes   [--config FILE] [--data-dir DIR]
     edgekube certs check | rotate [--ca]               [--config FILE] [--data-dir DIR]
+    edgekube secrets-encrypt status | rotate-keys | reencrypt   [--config FILE] [--data-dir DIR]
 
 Scripts and docs depend on this exact contract. Exit codes: 0 clean stop, 1 a component failed,
 2 bad usage or configuration (with a message that names the setting), 3 the data dir needs an
@@ -25,7 +26,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edgekube import KUBE_VERSION, __version__, runtime
+from edgekube import KUBE_VERSION, __version__, runtime, secrets_cli
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
 from edgekube._cogs import dirlock, memory, timefloor
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "rotate":
             cmd.add_argument("--ca", action="store_true",
                              help="a new CA too: every kubeconfig handed out must then be replaced")
+    secrets_cli.add_parser(sub)
     return p
 
 
@@ -260,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             failures=(dirlock.LockedError, store_errors.StoreError, OSError))
     if args.command == "certs":
         return _on_data_dir(args, lambda cfg: _certs(args, cfg), failures=(OSError,))
+    if args.command == "secrets-encrypt":
+        return secrets_cli.run(args)
     if args.command == "images":
         return _on_data_dir(args, lambda cfg: asyncio.run(_images(args, cfg.data_dir)),
                             failures=(OSError, images_mod.ImageError))

@@ -30,16 +30,18 @@ from aiohttp import web
 
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
-from edgekube._cogs import dirlock, memory, tasks, timefloor, tlsalert
+from edgekube._cogs import dirlock, filemodes, memory, tasks, timefloor, tlsalert
 from edgekube.api import errors, listener, pki, server
 from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import resources, rest
 from edgekube.client import events as events_mod
 from edgekube.client import informer, local
 from edgekube.controllers import manager
+from edgekube.kubelet import images as images_mod
 from edgekube.kubelet import kubelet as kubelet_mod
 from edgekube.kubelet import logs as kubelet_logs
 from edgekube.scheduler import scheduler as scheduler_mod
+from edgekube.store import encryption
 from edgekube.store import errors as store_errors
 from edgekube.store import identity as identity_mod
 from edgekube.store import store as store_mod
@@ -53,6 +55,27 @@ GATES = ("store", "api")
 _CERT_CHECK_SECONDS = 3600.0
 _CLOCK_NOTICE_SECONDS = 86400.0  # the CA's and the clock's warnings, once a day while they hold
 _CLOCK_STEP_SECONDS = 60.0  # the wall clock moved this much more or less than the monotonic: it was set
+
+
+def secure_data_dir(data_dir: Path) -> None:
+    """The data dir private to edgekube (docs/security.md): the directory 0700; its own files,
+    databases, TLS material, keys and kubeconfig 0600 (the CA certificate stays 0644: it is
+    public); image store files 0600 (image layers keep their own modes: they are containers'
+    file systems). The kubelet's directories keep the modes the kubelet gives them."""
+    filemodes.ensure_mode(data_dir, 0o700)
+    for entry in data_dir.iterdir():
+        if entry.is_symlink():
+            continue
+        if entry.is_file():  # the lock, the store identity, the kubeconfig
+            filemodes.ensure_mode(entry, 0o600)
+        elif entry.name == "db" or entry.name.startswith("db."):  # and old databases kept aside
+            filemodes.restrict_tree(entry)
+    filemodes.restrict_tree(data_dir / "tls", keep=frozenset({"ca.crt"}))
+    filemodes.restrict_tree(data_dir / encryption.KEY_FILE.parent)
+    images = data_dir / images_mod.STORE_DIR
+    filemodes.restrict_tree(images, keep=frozenset({"layers", "tmp"}))
+    for sub in ("layers", "tmp"):
+        filemodes.ensure_mode(images / sub, 0o700)
 
 
 class Runtime:
@@ -88,6 +111,8 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.cfg
         self._claim_data_dir()
+        # Private to edgekube (secure_data_dir, below, once the certificates are there).
+        filemodes.ensure_mode(cfg.data_dir, 0o700)
         # First, while this process has no other thread: pki issues in a forked child then.
         names, addresses = pki.host_identities()
         service_ip = str(ipaddress.ip_network(cfg.service_cidr).network_address + 1)
@@ -97,6 +122,7 @@ class Runtime:
         the_pki = pki.ensure_pki(cfg.data_dir / "tls", **sans, now=now)
         pki.check_ca(the_pki, now=now)
         self.last_seen.record(wall, force=True)
+        secure_data_dir(cfg.data_dir)
         memory_prefixes = [i.key_prefix() for i in self.catalog.all() if i.memory_tier]
         self.store = store_mod.Store(
             store_mod.StoreConfig(
@@ -111,6 +137,7 @@ class Runtime:
                 revision_reserve=cfg.store.revision_reserve,
                 preallocate_mb=cfg.store.preallocate_mb,
                 reserve_mb=cfg.store.reserve_mb,
+                encryption_key_file=cfg.data_dir / encryption.KEY_FILE,
             ),
             memory_prefixes=memory_prefixes,
         )

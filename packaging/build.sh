@@ -9,7 +9,9 @@
 # Design:
 # - We compile edgekube/__main__.py and follow every import, so the binary carries the whole
 #   package plus its runtime deps (aiohttp, lmdb, msgpack, orjson, yaml, cryptography, jsonpatch)
-#   and a Python runtime; nothing needs to be installed on the device.
+#   and a Python runtime; nothing needs to be installed on the device. Secrets' AES-GCM calls
+#   OpenSSL through ctypes (edgekube/_cogs/aesgcm.py) on the libcrypto that `_ssl` links, which
+#   Nuitka copies next to `_ssl` as its dependency: nothing to add here for it.
 # - Test and dev-only modules (kubernetes client, pytest, mypy, setuptools, ...) are cut with
 #   --nofollow-import-to: they are in the build venv but must never reach a device, and
 #   following them would double the build time.

@@ -51,6 +51,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "net": (5, "net"),
     "runtime": (6, "runtime"),
     "cli": (7, "cli"),
+    "secrets_cli": (7, "cli"),
     "__main__": (7, "cli"),
 }
 

@@ -137,4 +137,7 @@ def _write_pair(cert_path: Path, key_path: Path, cert: x509.Certificate, key: ec
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
     )
     write(key_path, key_pem, mode=0o600)
-    write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    # Only the CA certificate is for anyone to read (docs/security.md); leaf certificates are
+    # root's, like their keys.
+    ca = cert.subject == cert.issuer
+    write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644 if ca else 0o600)

@@ -109,6 +109,7 @@ class Kubelet:
             for d in (s.root_dir, s.pod_log_dir):
                 d.mkdir(parents=True, exist_ok=True)
             os.chmod(s.root_dir, 0o711)
+            os.chmod(s.pod_log_dir, 0o750)  # as upstream's kubelet (1.29+); the log files are 0640
             return cgroups_mod.detect(parent=s.cgroup_parent)
 
         try:

@@ -17,7 +17,8 @@ kept from upstream:
   reader never sees half of the old and half of the new), and updates reach running pods
   whenever the kubelet syncs the pod. `items` pick keys and their paths, `defaultMode` and item
   `mode` set permissions (0644 by default), a missing object or key fails unless `optional`.
-  Secret volumes are on a tmpfs, so secrets are never written to flash.
+  Secret and projected volumes are on a tmpfs (upstream's memory medium for both), so Secrets
+  are never written to flash.
 - **volumeMounts**: `mountPath`, `readOnly`, `subPath` (a path inside the volume, made when
   missing, never leaving it), `subPathExpr` (expanded from the container's env),
   `mountPropagation`.
@@ -422,7 +423,7 @@ def setup(pod: Mapping[str, Any], *, volumes_dir: Path, get_configmap: Getter, g
                     set_ownership(target, fs_group, readonly=False, policy=policy)
             out[name] = Volume(name, kind, target)
             continue
-        if kind == "secret":
+        if kind in ("secret", "projected"):  # as upstream's: projected volumes carry Secrets and tokens
             _mount_tmpfs(target, size=None, mode=0o755)
         payload = _payload(kind, src, pod=pod, ns=ns, where=where, get_configmap=get_configmap,
                            get_secret=get_secret, allocatable=allocatable)

@@ -42,7 +42,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lmdb
 import msgpack
@@ -113,6 +113,18 @@ def _set_resource_version(obj: dict[str, Any], rev: int) -> None:
     meta["resourceVersion"] = str(rev)
 
 
+class ValueTransformer(Protocol):
+    """Changes the values of some keys on their way to and from the disk (store/encryption.py):
+    the log stores what `to_storage` gives and hands upward what `from_storage` gives back,
+    which raises `CorruptRecordError` for a value it cannot turn back."""
+
+    def covers(self, key: str) -> bool: ...
+
+    def to_storage(self, key: str, value: bytes) -> bytes: ...
+
+    def from_storage(self, key: str, value: bytes, *, revision: int) -> bytes: ...
+
+
 def _unpack_record(rev: int, data: bytes, *, key: str = "") -> LogRecord:
     """A log record from its bytes; `CorruptRecordError` (naming `key` when the caller knows it)
     when they are not one."""
@@ -157,7 +169,8 @@ def preallocation_helps(path: Path) -> bool:
 
 class LmdbLog:
     def __init__(self, path: Path, *, map_size: int, max_size: int, preallocate: int = 0,
-                 damage: records.Damage | None = None, reserve: int = 0) -> None:
+                 damage: records.Damage | None = None, reserve: int = 0,
+                 transformer: ValueTransformer | None = None) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._path = path
         # Where scans and replays note the records they had to skip.
@@ -171,8 +184,11 @@ class LmdbLog:
             sync=True,
             metasync=True,
             readahead=False,
-            meminit=False,
+            # Zeroed page buffers: with meminit off, LMDB writes whatever the heap held into the
+            # unused part of each page, and that may be a decrypted Secret.
+            meminit=True,
             max_readers=126,
+            mode=0o600,
         )
         # Before any page is read: one past the file's end would kill the process (SIGBUS).
         short = missing_bytes(self._env, path / "data.mdb")
@@ -183,6 +199,9 @@ class LmdbLog:
         # One packer for the writer thread's encodes (`msgpack.packb` builds a new one per call);
         # the bytes are the same as `records.encode` gives.
         self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._transformer = transformer
+        # Records handed upward: their values as they were before the transformer.
+        self._unpack = _unpack_record if transformer is None else self._unpack_plain
         self._log = self._env.open_db(b"log")
         self._index = self._env.open_db(b"index")
         self._meta = self._env.open_db(b"meta")
@@ -201,6 +220,15 @@ class LmdbLog:
         self._room = -1  # estimate: the last measure, less what commits wrote since
         self._room_measured = 0.0
         self.low_space = False
+
+    def _unpack_plain(self, rev: int, data: bytes, *, key: str = "") -> LogRecord:
+        """A record with its value as it was before the transformer (CorruptRecordError when
+        it cannot be turned back)."""
+        rec = _unpack_record(rev, data, key=key)
+        assert self._transformer is not None
+        if self._transformer.covers(rec.key):
+            rec.value = self._transformer.from_storage(rec.key, rec.value, revision=rev)
+        return rec
 
     def close(self) -> None:
         if self._data_fd >= 0:
@@ -280,7 +308,7 @@ class LmdbLog:
             if raw_rev is None:
                 return None
             rev = rev_int(raw_rev)
-            rec = _unpack_record(rev, txn.get(raw_rev, db=self._log) or b"", key=key)
+            rec = self._unpack(rev, txn.get(raw_rev, db=self._log) or b"", key=key)
             return records.Item(key=key, revision=records.Revision(rev), value=rec.value)
 
     def scan(
@@ -317,7 +345,7 @@ class LmdbLog:
                 if data is None:
                     continue
                 try:
-                    rec = _unpack_record(rev_int(raw_rev), data, key=raw_key.decode(errors="replace"))
+                    rec = self._unpack(rev_int(raw_rev), data, key=raw_key.decode(errors="replace"))
                 except errors.CorruptRecordError as exc:
                     self.damage.note(exc, reader="a list")
                     continue
@@ -335,7 +363,7 @@ class LmdbLog:
                 return out
             for raw_rev, data in cursor:
                 try:
-                    rec = _unpack_record(rev_int(raw_rev), data)
+                    rec = self._unpack(rev_int(raw_rev), data)
                 except errors.CorruptRecordError as exc:
                     self.damage.note(exc, reader="a watch replay")
                     continue
@@ -349,7 +377,7 @@ class LmdbLog:
         """Every record in revision order (for tests and tools; takes a snapshot)."""
         with self._env.begin(buffers=False) as txn:
             for raw_rev, data in txn.cursor(db=self._log):
-                yield _unpack_record(rev_int(raw_rev), data)
+                yield self._unpack(rev_int(raw_rev), data)
 
     # --- writes (writer thread only) ---------------------------------------------------------
 
@@ -519,7 +547,7 @@ class LmdbLog:
             if w.expect_revision is not None and w.expect_revision != cur:
                 return errors.ConflictError(w.key, expected=w.expect_revision, actual=cur)
             try:
-                prev_value = _unpack_record(cur, txn.get(raw_cur, db=self._log) or b"", key=w.key).value
+                prev_value = self._unpack(cur, txn.get(raw_cur, db=self._log) or b"", key=w.key).value
             except errors.CorruptRecordError as exc:
                 if w.op is not records.Op.DELETE:
                     return exc  # an outcome, never a raise: the rest of the group commits
@@ -540,8 +568,11 @@ class LmdbLog:
         value: bytes = self._pack(obj)
         # The room estimate between measures: the record, its index entry, some page slack.
         self._room -= 2 * len(value) + 512
+        stored = value
+        if self._transformer is not None and self._transformer.covers(w.key):
+            stored = self._transformer.to_storage(w.key, value)
         # Revisions only grow: appending fills log pages instead of splitting them in half.
-        txn.put(raw_rev, self._pack([w.key, int(w.op), cur, value]), db=self._log, append=True)
+        txn.put(raw_rev, self._pack([w.key, int(w.op), cur, stored]), db=self._log, append=True)
         if w.op is records.Op.DELETE:
             txn.delete(raw_key, db=self._index)
         elif w.op is records.Op.UPDATE:
@@ -665,6 +696,12 @@ class LmdbLog:
         next_key: str | None = None
         for key in sorted(state):
             rec = state[key]
+            if self._transformer is not None and self._transformer.covers(key):
+                try:
+                    rec.value = self._transformer.from_storage(key, rec.value, revision=rec.revision)
+                except errors.CorruptRecordError as exc:
+                    self.damage.note(exc, reader="a paged list")
+                    continue
             if accept is not None and not accept(rec.value):
                 continue
             if limit is not None and len(items) >= limit:
@@ -672,6 +709,49 @@ class LmdbLog:
                 break
             items.append(records.Item(key=key, revision=records.Revision(rec.revision), value=rec.value))
         return records.Page(items=items, revision=records.Revision(revision), next_key=next_key)
+
+    # --- in-place rewrites (store/encryption.py's re-encryption) ---------------------------------
+
+    def rewrite_values(
+        self, prefix: str, change: Callable[[str, int, bytes], bytes | None], *, after: int, batch: int
+    ) -> tuple[int, bool]:
+        """Give `change` the key, revision and stored value (as on disk, before the transformer)
+        of each record after revision `after` whose key starts with `prefix`, and store what it
+        returns in its place (None: keep it), at the same revision. At most `batch` records per
+        call, in one write transaction; returns the last revision examined and whether the log's
+        end was reached. Safe while another process writes: LMDB serialises the transactions.
+        Records that cannot be decoded are left as they are (the readers report them)."""
+        pfx = prefix.encode()
+        last = after
+        with self._reading(), self._env.begin(write=True, buffers=False) as txn:
+            cursor = txn.cursor(db=self._log)
+            if not cursor.set_range(rev_bytes(after + 1)):
+                return last, True
+            for _ in range(batch):
+                raw_rev, data = cursor.item()
+                last = rev_int(raw_rev)
+                # The key is the record's first field: skip other keys without unpacking them.
+                if pfx in data[: len(pfx) + 8]:
+                    try:
+                        rec = _unpack_record(last, data)
+                    except errors.CorruptRecordError:
+                        rec = None
+                    if rec is not None and rec.key.startswith(prefix):
+                        new = change(rec.key, last, rec.value)
+                        if new is not None:
+                            cursor.put(raw_rev, self._pack([rec.key, int(rec.op), rec.prev_revision, new]))
+                if not cursor.next():
+                    return last, True
+        return last, False
+
+    def get_meta(self, name: bytes) -> bytes | None:
+        with self._reading(), self._env.begin(buffers=False) as txn:
+            out: bytes | None = txn.get(name, db=self._meta)
+            return out
+
+    def set_meta(self, name: bytes, value: bytes) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.put(name, value, db=self._meta)
 
     def disk_usage(self) -> int:
         return sum(f.stat().st_size for f in self._path.iterdir() if f.is_file())

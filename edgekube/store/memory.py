@@ -112,7 +112,7 @@ class MemoryTier:
     def save(self, path: Path, *, revision: int) -> None:
         tmp = path.with_suffix(".tmp")
         payload: dict[str, Any] = {"revision": revision, "data": {k: list(v) for k, v in self._data.items()}}
-        with open(tmp, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
             f.write(msgpack.packb(payload, use_bin_type=True))
             f.flush()
             os.fsync(f.fileno())

@@ -35,7 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 import lmdb
 
 from edgekube._cogs import child, files
-from edgekube.store import errors, identity, lmdb_log, records
+from edgekube.store import encryption, errors, identity, lmdb_log, records
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -92,9 +92,10 @@ def _name_of(key: str) -> tuple[str | None, str]:
     return None, parts[-1]
 
 
-def _check_value(key: str, revision: int, value: bytes, *, deleted: bool) -> str | None:
+def _check_value(key: str, revision: int, value: bytes, *, deleted: bool,
+                 transformer: encryption.Transformer | None) -> str | None:
     try:
-        obj = records.decode(value, key=key, revision=revision)
+        obj = records.decode(encryption.plain(transformer, key, revision, value), key=key, revision=revision)
     except errors.CorruptRecordError as exc:
         return exc.detail
     meta = obj.get("metadata")
@@ -156,6 +157,7 @@ def check(data_dir: Path) -> Report:
 
 
 def _check_db(data_dir: Path, report: Report) -> None:
+    transformer = encryption.for_data_dir(data_dir)  # Secrets are read as they were written
     try:
         env, log_db, index_db, meta_db = _open_readonly(data_dir)
     except lmdb.Error as exc:
@@ -183,7 +185,8 @@ def _check_db(data_dir: Path, report: Report) -> None:
                 except errors.CorruptRecordError as exc:
                     report.findings.append(Finding(f"revision {rev}", exc.detail))
                     continue
-                problem = _check_value(rec.key, rev, rec.value, deleted=rec.op is records.Op.DELETE)
+                problem = _check_value(rec.key, rev, rec.value, deleted=rec.op is records.Op.DELETE,
+                                       transformer=transformer)
                 if problem is not None:
                     report.findings.append(Finding(f"{rec.key} (revision {rev})", problem))
             if top > max(report.revision, lmdb_log.rev_int(meta[b"reserved"]) if b"reserved" in meta else 0):
@@ -198,7 +201,8 @@ def _check_db(data_dir: Path, report: Report) -> None:
                     continue
                 try:
                     rec = lmdb_log._unpack_record(lmdb_log.rev_int(raw_rev), data, key=key)
-                    records.decode(rec.value, key=key, revision=rec.revision)
+                    records.decode(encryption.plain(transformer, key, rec.revision, rec.value), key=key,
+                                   revision=rec.revision)
                     report.readable_objects += 1
                 except errors.CorruptRecordError:
                     continue  # reported with the log
@@ -211,6 +215,7 @@ def _check_db(data_dir: Path, report: Report) -> None:
 def _latest_readable(data_dir: Path, lost: list[str]) -> tuple[dict[str, tuple[int, int, bytes]], dict[bytes, bytes]]:
     """key -> (revision, op, value) of the newest readable record of every key, from the log and
     the index both (either tree may be the damaged one); and the meta table."""
+    transformer = encryption.for_data_dir(data_dir)  # values are kept as stored, checked decrypted
     env, _, _, _ = _open_readonly(data_dir)
     short = lmdb_log.missing_bytes(env, identity.db_file(data_dir))
     if short:
@@ -224,14 +229,15 @@ def _latest_readable(data_dir: Path, lost: list[str]) -> tuple[dict[str, tuple[i
         with open(padded / "data.mdb", "r+b") as f:
             f.truncate(identity.db_file(data_dir).stat().st_size + short)
         try:
-            return _latest_readable_in(padded, lost)
+            return _latest_readable_in(padded, lost, transformer=transformer)
         finally:
             shutil.rmtree(padded, ignore_errors=True)
     env.close()
-    return _latest_readable_in(data_dir / identity.DB_DIR, lost)
+    return _latest_readable_in(data_dir / identity.DB_DIR, lost, transformer=transformer)
 
 
-def _latest_readable_in(db_dir: Path, lost: list[str]) -> tuple[dict[str, tuple[int, int, bytes]], dict[bytes, bytes]]:
+def _latest_readable_in(db_dir: Path, lost: list[str], *, transformer: encryption.Transformer | None
+                        ) -> tuple[dict[str, tuple[int, int, bytes]], dict[bytes, bytes]]:
     """The salvage proper. Every read of the damaged file happens in a child process (LMDB may
     abort on a bad page rather than fail): the children stream back what they read, and when
     one dies the next starts past the point it reached, skipping further each time no record
@@ -258,7 +264,7 @@ def _latest_readable_in(db_dir: Path, lost: list[str]) -> tuple[dict[str, tuple[
             return
         if rec.op is not records.Op.DELETE:
             try:
-                records.decode(rec.value, key=rec.key, revision=rev)
+                records.decode(encryption.plain(transformer, rec.key, rev, rec.value), key=rec.key, revision=rev)
             except errors.CorruptRecordError:
                 return
         if rec.key not in latest or latest[rec.key][0] < rev:

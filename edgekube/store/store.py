@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgekube.store import errors, lmdb_log, memory, records, watch
+from edgekube.store import encryption, errors, lmdb_log, memory, records, watch
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class StoreConfig:
     # Room kept for deletes: below it, the database takes only writes that free space (lmdb_log).
     reserve_mb: int = 16
     memory_max_per_resource: int = 10_000
+    # Secrets are encrypted at rest with the keys in this file (store/encryption.py); None:
+    # values are stored as they are.
+    encryption_key_file: Path | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -81,17 +84,28 @@ class Store:
         self._config = config
         self._memory_prefixes = tuple(memory_prefixes)
         db_path = config.path / "db"
-        db_path.mkdir(parents=True, exist_ok=True)
+        db_path.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Records any reader had to skip because they cannot be decoded (logged once, counted).
         self.damage = records.Damage()
-        self._db = lmdb_log.LmdbLog(
-            db_path,
-            map_size=config.map_size_mb << 20,
-            max_size=config.max_size_mb << 20,
-            preallocate=(config.preallocate_mb << 20) if lmdb_log.preallocation_helps(db_path) else 0,
-            damage=self.damage,
-            reserve=config.reserve_mb << 20,
-        )
+
+        def open_db(transformer: lmdb_log.ValueTransformer | None = None) -> lmdb_log.LmdbLog:
+            return lmdb_log.LmdbLog(
+                db_path,
+                map_size=config.map_size_mb << 20,
+                max_size=config.max_size_mb << 20,
+                preallocate=(config.preallocate_mb << 20) if lmdb_log.preallocation_helps(db_path) else 0,
+                damage=self.damage,
+                reserve=config.reserve_mb << 20,
+                transformer=transformer,
+            )
+
+        # Secrets encrypted at rest (store/encryption.py): the key file, and a re-encryption
+        # pass when one is due.
+        self.encryption: encryption.Transformer | None = None
+        if config.encryption_key_file is None:
+            self._db = open_db()
+        else:
+            self._db, self.encryption = encryption.boot(db_path, open_db, key_file=config.encryption_key_file)
         self._memory = memory.MemoryTier(max_per_resource=config.memory_max_per_resource)
         self._snapshot = config.path / "db" / "memory.snapshot"
         disk_rev, reserved, compacted = self._db.state()

@@ -9,6 +9,7 @@ happened (the kubelet's containers outlive the server on purpose, so nothing els
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -74,6 +75,13 @@ def k(node: KubeletServer, request: pytest.FixtureRequest) -> Kubectl:
 
 def _pod(k: Kubectl, name: str) -> dict[str, Any]:
     return dict(k.json("get", "pod", name))
+
+
+def _finished(k: Kubectl, name: str) -> dict[str, Any]:
+    """The pod once it Succeeded or Failed."""
+    out: dict[str, Any] = until(lambda: (p := _pod(k, name))["status"].get("phase") in ("Succeeded", "Failed") and p,
+                                what=f"pod {name} finished")
+    return out
 
 
 def _running(k: Kubectl, name: str, timeout: float = 60) -> dict[str, Any]:
@@ -170,6 +178,77 @@ def test_kubectl_run_starts_a_real_process(k: Kubectl, node: KubeletServer, imag
     kinds = {(e["reason"]) for e in k.json("get", "events")["items"]
              if e["involvedObject"].get("name") == "sleeper"}
     assert {"Scheduled", "Pulled", "Created", "Started"} <= kinds
+
+
+def _tmpfs_mounts() -> list[Path]:
+    with open("/proc/self/mountinfo") as f:
+        return [Path(line.split()[4]) for line in f if line.split(" - ")[1].startswith("tmpfs ")]
+
+
+def test_secrets_in_pods_stay_off_the_disk(k: Kubectl, node: KubeletServer, image: str) -> None:
+    """Secret and projected volumes are tmpfs mounts (upstream's memory medium): a Secret a pod
+    reads is in no file on the disk, the data dir's included."""
+    value = "pod-secret-value-8d2e41"
+    k.run("create", "secret", "generic", "mounted", f"--from-literal=pw={value}")
+    k.run("apply", "-f", "-", input=f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: mounts-secrets}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "sha256sum /plain/pw /projected/pw; trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+    volumeMounts: [{{name: plain, mountPath: /plain}}, {{name: projected, mountPath: /projected}}]
+  volumes:
+  - {{name: plain, secret: {{secretName: mounted}}}}
+  - {{name: projected, projected: {{sources: [{{secret: {{name: mounted}}}}]}}}}
+""")
+    pod = _running(k, "mounts-secrets")
+    digest = hashlib.sha256(value.encode()).hexdigest()  # the log shows a digest: it is a file on the disk
+    until(lambda: k.out("logs", "mounts-secrets").count(digest) == 2, what="the pod read the Secret from both volumes")
+    volumes = node.kubelet_dir / "pods" / pod["metadata"]["uid"] / "volumes"
+    tmpfs = _tmpfs_mounts()
+    for plugin, name in (("kubernetes.io~secret", "plain"), ("kubernetes.io~projected", "projected")):
+        assert volumes / plugin / name in tmpfs, f"{plugin}/{name} is not on a tmpfs"
+    mounts = {Path(line.split()[4]) for line in open("/proc/self/mountinfo")}
+
+    def holds_it(p: Path) -> bool:
+        # Regular files of the disk only: not tmpfs contents, not pinned namespaces (mount points).
+        if not p.is_file() or p.is_symlink() or p in mounts or any(m in p.parents for m in tmpfs):
+            return False
+        return value.encode() in p.read_bytes()
+
+    assert [p for p in node.root.rglob("*") if holds_it(p)] == []
+    k.run("delete", "pod", "mounts-secrets", "--wait=true", "--timeout=60s")
+
+
+def test_the_data_dir_stays_private_with_the_kubelet_on(k: Kubectl, node: KubeletServer, image: str) -> None:
+    """docs/security.md: the data dir 0700, the image store's own files 0600 in 0700 dirs (layers
+    keep the image's modes), the pod log dir 0750 as upstream's kubelet; non-root containers run."""
+    k.run("apply", "-f", "-", input=f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: private}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsUser: 1000}}
+  containers: [{{name: main, image: {image}, command: ["sh", "-c", "id -u"]}}]
+""")
+    pod = _finished(k, "private")
+    assert pod["status"]["phase"] == "Succeeded" and k.out("logs", "private").strip() == "1000"
+
+    def mode(p: Path) -> int:
+        return p.lstat().st_mode & 0o7777
+
+    assert mode(node.data_dir) == 0o700 and mode(node.log_dir) == 0o750
+    store = node.data_dir / "image-store"
+    layers = store / "layers"
+    for p in [store, *store.rglob("*")]:
+        if p.is_symlink() or layers in p.parents:
+            continue
+        assert mode(p) == (0o700 if p.is_dir() else 0o600), (p, oct(mode(p)))
 
 
 def test_container_output_in_cri_log_files(k: Kubectl, node: KubeletServer, image: str) -> None:
@@ -374,8 +453,7 @@ spec:
 
 def test_init_container_volumes_and_env(k: Kubectl, node: KubeletServer, image: str) -> None:
     k.run("apply", "-f", "-", input=POD_WITH_VOLUMES.replace("IMAGE", image))
-    pod = until(lambda: (p := _pod(k, "shapes"))["status"].get("phase") in ("Succeeded", "Failed") and p,
-                what="pod finished")
+    pod = _finished(k, "shapes")
     assert pod["status"]["phase"] == "Succeeded", pod["status"]
     init = pod["status"]["initContainerStatuses"][0]
     assert init["state"]["terminated"]["exitCode"] == 0 and init["ready"] is True
@@ -512,8 +590,7 @@ spec:
     volumeMounts: [{{name: data, mountPath: /data}}]
   volumes: [{{name: data, emptyDir: {{}}}}]
 """)
-    pod = until(lambda: (p := _pod(k, "grouped"))["status"].get("phase") in ("Succeeded", "Failed") and p,
-                what="pod finished")
+    pod = _finished(k, "grouped")
     out = k.out("logs", "grouped")
     assert pod["status"]["phase"] == "Succeeded", out
     ident, new, root = out.splitlines()

@@ -193,7 +193,8 @@ class _Staging:
 
     def put_blob(self, digest: str, data: bytes) -> None:
         p = self.blob_path(digest)
-        p.write_bytes(data)
+        with open(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
+            f.write(data)
         self.blobs[digest] = p
 
     def remove(self) -> None:
@@ -222,9 +223,11 @@ class ImageStore:
         self._blobs = root / "blobs" / "sha256"
         self._layers = root / "layers"
         self._tmp = root / "tmp"
-        for d in (self._blobs, self._layers, self._tmp):
-            d.mkdir(parents=True, exist_ok=True)
-        self._lock_path.touch(exist_ok=True)
+        # Private to edgekube (docs/security.md): the store 0700, its own files 0600.
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for d in (self._blobs.parent, self._blobs, self._layers, self._tmp):
+            d.mkdir(mode=0o700, exist_ok=True)
+        self._lock_path.touch(mode=0o600, exist_ok=True)
         self._clean_stale_staging()
         self._cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
         self._used: dict[str, float] = {}  # image id -> last use, written with the next index write
@@ -295,7 +298,7 @@ class ImageStore:
                     rec["last_used"] = used
             self._used.clear()
             tmp = self._meta_path.with_name(f".images.json.{os.getpid()}")
-            with open(tmp, "wb") as f:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
                 f.write(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
                 f.flush()
                 os.fsync(f.fileno())
