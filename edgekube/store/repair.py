@@ -271,7 +271,7 @@ def _latest_readable_in(db_dir: Path, lost: list[str], *, transformer: encryptio
             latest[rec.key] = (rev, int(rec.op), rec.value)
 
     start, skip = 1, 1
-    while start <= max(top, 1):
+    while start <= (top or _REV_MAX):
 
         def read_log(emit: child.Emit, start: int = start) -> None:
             env, log_db, _, _ = _open_readonly_dir(db_dir)
@@ -280,7 +280,8 @@ def _latest_readable_in(db_dir: Path, lost: list[str], *, transformer: encryptio
                 try:
                     if cursor.set_range(lmdb_log.rev_bytes(start)):
                         for raw_rev, data in cursor.iternext(keys=True, values=True):
-                            emit(raw_rev + data)
+                            if len(raw_rev) == 8:  # a damaged page can yield keys of any shape
+                                emit(raw_rev + data)
                     emit(_DONE)
                 except lmdb.Error:
                     pass
@@ -291,8 +292,11 @@ def _latest_readable_in(db_dir: Path, lost: list[str], *, transformer: encryptio
             if f == _DONE:
                 last = -1
                 break
-            last = lmdb_log.rev_int(f[:8])
-            take(last, f[8:])
+            rev = lmdb_log.rev_int(f[:8]) if len(f) >= 8 else 0
+            if not max(start, last + 1) <= rev <= (top or _REV_MAX):
+                continue  # a key read off a damaged page: no revision of this log
+            last = rev
+            take(rev, f[8:])
         if last < 0:
             break
         if last >= start:
@@ -304,7 +308,8 @@ def _latest_readable_in(db_dir: Path, lost: list[str], *, transformer: encryptio
         env, _, index_db, _ = _open_readonly_dir(db_dir)
         with env.begin(buffers=False) as txn:
             for key, raw_rev in _tolerant(txn.cursor(db=index_db), [], "index"):
-                emit(raw_rev + key)
+                if len(raw_rev) == 8:
+                    emit(raw_rev + key)
 
     frames, _ = child.run(read_index)
     for f in frames:
@@ -317,6 +322,7 @@ def _latest_readable_in(db_dir: Path, lost: list[str], *, transformer: encryptio
 
 
 _DONE = b"\x00done"
+_REV_MAX = (1 << 63) - 1
 _LEN = struct.Struct(">I")
 
 
