@@ -185,3 +185,40 @@ async def test_store_writes_no_room_ahead_where_it_would_not_help(tmp_path: Path
         await s.create(f"/core/configmaps/ns/c{i}", {"metadata": {"name": f"c{i}"}})
     await s.close()
     assert (fs / "db" / "data.mdb").stat().st_size < MiB // 2
+
+
+@needs_root
+def test_below_the_reserve_only_writes_that_free_space_are_taken(tmp_path: Path, tmpfs: list[Path]) -> None:
+    """The rule behind 'a full disk never blocks deletes', write by write, on a real 8 MiB tmpfs
+    with 2 MiB kept: creates and growing updates are refused (naming the reserve), deletes,
+    shrinking updates and updates of an object being deleted are taken, in the same group."""
+    fs = _mount(tmp_path / "small", "8m", tmpfs)
+    db = lmdb_log.LmdbLog(fs / "db", map_size=64 * MiB, max_size=64 * MiB, reserve=2 * MiB)
+    refused: errors.StoreError | None = None
+    rev = 0
+    while refused is None:
+        batch = _batch(rev + 1, 8, size=20_000)
+        outcomes = db.commit(batch, meta_rev=rev + 8, reserved=None)
+        rev += 8
+        refused = next((o for o in outcomes if isinstance(o, errors.StoreError)), None)
+    assert isinstance(refused, errors.StoreFullError) and "kept for deletes" in str(refused)
+    assert db.low_space
+    keys = [f"/core/configmaps/ns/c{r:06d}" for r in range(1, 6)]
+
+    def update(key: str, obj: dict[str, object], r: int) -> lmdb_log.Write:
+        return lmdb_log.Write(op=records.Op.UPDATE, key=key, obj=obj, expect_revision=None, revision=r)
+
+    group = [
+        lmdb_log.Write(op=records.Op.DELETE, key=keys[0], obj=None, expect_revision=None, revision=rev + 1),
+        update(keys[1], {"metadata": {"name": "c2"}, "data": {"x": "small"}}, rev + 2),
+        update(keys[2], {"metadata": {"name": "c3", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+                         "data": {"x": "y" * 20_001}}, rev + 3),
+        update(keys[3], {"metadata": {"name": "c4"}, "data": {"x": "y" * 30_000}}, rev + 4),
+        lmdb_log.Write(op=records.Op.CREATE, key="/core/configmaps/ns/new", obj={"metadata": {"name": "new"}},
+                       expect_revision=None, revision=rev + 5),
+    ]
+    outcomes = db.commit(group, meta_rev=rev + 5, reserved=None)
+    taken = [isinstance(o, lmdb_log.Applied) for o in outcomes]
+    assert taken == [True, True, True, False, False], outcomes
+    assert all(isinstance(o, errors.StoreFullError) for o in outcomes[3:])
+    db.close()
