@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from edgekube.api import (
+    apischema,
     discovery,
     errors,
     negotiation,
@@ -31,13 +32,17 @@ from edgekube.api import (
     tables,
     watchstream,
 )
-from edgekube.api.registry import resources, rest
+from edgekube.api.registry import fieldcheck, resources, rest
 
 # The authenticated user of a request ({"name", "groups"}), set by the auth middleware.
 USER_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("user", dict)
 JSON = dict[str, Any]
 
 _TRUE = ("true", "1", "True")
+
+
+def _delete_options_schema() -> JSON:
+    return apischema.definition("io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions") or {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +206,12 @@ class Handlers:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise errors.request_too_large(self._max_body) from None
+        except web.RequestPayloadError as exc:
+            # A body whose Content-Encoding (gzip, deflate) does not match its bytes.
+            raise errors.bad_request(
+                f"the request body cannot be decoded as its Content-Encoding "
+                f"({request.headers.get('Content-Encoding', '')}) says: {str(exc).splitlines()[-1].strip()}"
+            ) from None
         if len(body) > self._max_body:
             raise errors.request_too_large(self._max_body)
         return body
@@ -330,6 +341,10 @@ class Handlers:
         opts: JSON = {}
         if body.strip():
             opts = negotiation.decode_body(body, request.headers.get("Content-Type", "application/json"))
+            # Decoded as upstream decodes it into its Go struct: a wrong type is a 400.
+            _, wrong = fieldcheck.check(_delete_options_schema(), opts, prune=True)
+            if wrong:
+                raise errors.bad_request("DeleteOptions cannot be decoded: " + "; ".join(wrong))
         grace = errors.int_query(request.query, "gracePeriodSeconds")
         if grace is None and opts.get("gracePeriodSeconds") is not None:
             grace = int(opts["gracePeriodSeconds"])

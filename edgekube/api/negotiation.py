@@ -12,12 +12,13 @@ follow the media type after `;` and entries are separated by `,`.
 from __future__ import annotations
 
 import dataclasses
+import struct
 from typing import Any
 
 import orjson
 import yaml
 
-from edgekube.api import errors, protobuf
+from edgekube.api import errors, jsontree, protobuf
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
@@ -87,16 +88,22 @@ def decode_body(body: bytes, content_type: str) -> dict[str, Any]:
             raise errors.bad_request(f"error decoding JSON body: {exc}") from None
     elif mt in YAML_TYPES:
         try:
-            obj = yaml.safe_load(body)
+            obj = jsontree.load_yaml(body)
+        except jsontree.YAMLError as exc:
+            raise errors.bad_request(f"error converting YAML to JSON: {exc}") from None
         except yaml.YAMLError as exc:
-            raise errors.bad_request(f"error decoding YAML body: {exc}") from None
+            raise errors.bad_request(f"error converting YAML to JSON: yaml: {exc}") from None
     elif mt == protobuf.MEDIA_TYPE:
         try:
             obj = protobuf.decode(body)
-        except (protobuf.DecodeError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+        except (ValueError, OverflowError, OSError, struct.error) as exc:
+            # DecodeError, bad UTF-8, bad JSON in a RawExtension, a Time out of range: all the
+            # client's bytes.
             raise errors.bad_request(f"error decoding protobuf body: {exc}") from None
     else:
         raise errors.unsupported_media_type(mt, ["application/json", "application/yaml", protobuf.MEDIA_TYPE])
     if not isinstance(obj, dict):
         raise errors.bad_request("the request body must be a single object")
+    # Whatever the decoder, nothing that is not JSON goes further (see jsontree).
+    jsontree.check(obj, where="error decoding the request body")
     return obj

@@ -31,7 +31,7 @@ from typing import Any
 import jsonpatch
 import orjson
 
-from edgekube.api import errors
+from edgekube.api import errors, jsontree
 from edgekube.api.registry import patchmeta
 
 JSON_PATCH = "application/json-patch+json"
@@ -41,6 +41,8 @@ APPLY_PATCH = "application/apply-patch+yaml"
 SUPPORTED: tuple[str, ...] = (JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH)
 
 _JSON_PATCH_OPS = frozenset({"add", "remove", "replace", "move", "copy", "test"})
+# Upstream's maxJSONBytePatcherOperations: more operations is a 413.
+MAX_JSON_PATCH_OPS = 10000
 
 _PATCH = "$patch"
 _RETAIN_KEYS = "$retainKeys"
@@ -64,6 +66,7 @@ def apply_patch(content_type: str, original: dict[str, Any], body: bytes, *, gk:
         patch = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise errors.bad_request(f"error decoding patch: {exc}") from None
+    jsontree.check(patch, where="error decoding patch")
     if media == JSON_PATCH:
         return json_patch(original, patch)
     if not isinstance(patch, dict):
@@ -83,7 +86,21 @@ def json_patch(original: dict[str, Any], ops: Any) -> dict[str, Any]:
     _check_json_patch_ops(ops)
     # One operation at a time on a private copy, so an error can name the operation that failed.
     result: Any = copy.deepcopy(original)
+    # `copy` duplicates a subtree, so a few dozen operations could double an object into
+    # gigabytes: count the nodes each copy adds and stop past what the store could ever take.
+    budget = jsontree.MAX_OBJECT_BYTES - _count_nodes(result, limit=jsontree.MAX_OBJECT_BYTES)
     for i, op in enumerate(ops):
+        if op["op"] == "copy":
+            try:
+                source = jsonpatch.JsonPointer(op["from"]).resolve(result)
+            except (jsonpatch.JsonPointerException, KeyError, IndexError, TypeError, ValueError):
+                source = None
+            budget -= _count_nodes(source, limit=budget + 1)
+            if budget < 0:
+                raise errors.APIError(
+                    413, "RequestEntityTooLarge",
+                    f"json patch operation {i} (copy from {op['from']}) makes the object too large to store",
+                )
         source = f' from {op["from"]}' if "from" in op else ""
         what = f'json patch operation {i} ({op["op"]} {op["path"]}{source})'
         try:
@@ -103,10 +120,29 @@ def json_patch(original: dict[str, Any], ops: Any) -> dict[str, Any]:
     return result
 
 
+def _count_nodes(value: Any, *, limit: int) -> int:
+    """Nodes in a JSON tree, counting no further than `limit`."""
+    count = 0
+    stack = [value]
+    while stack and count < limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
+
+
 def _check_json_patch_ops(ops: Any) -> None:
     if not isinstance(ops, list):
         raise errors.bad_request(
             f"error decoding patch: a json patch must be a list of operations, got {json_type(ops)}"
+        )
+    if len(ops) > MAX_JSON_PATCH_OPS:
+        raise errors.APIError(
+            413, "RequestEntityTooLarge",
+            f"The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPS}, got {len(ops)}",
         )
     for i, op in enumerate(ops):
         if not isinstance(op, dict):

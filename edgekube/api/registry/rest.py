@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from edgekube._cogs import clock as clock_mod
-from edgekube.api import errors, fields, labels, quantity, ssa
+from edgekube.api import errors, fields, jsontree, labels, quantity, ssa
 from edgekube.api.registry import (
     admission,
     allocators,
@@ -229,6 +229,7 @@ class Registry:
         options: Options = Options(),
         warnings: Warnings | None = None,
     ) -> JSON:
+        _check_input(info, obj)
         obj = copy.deepcopy(obj)
         self._check_type(info, obj)
         meta = obj.setdefault("metadata", {})
@@ -291,6 +292,11 @@ class Registry:
                 schema=self.schema_for(info), now=now,
             )
         allocated = self._allocate_service(obj, old=None) if info.gk == "Service" else _Allocated()
+        try:
+            _check_storable(info, obj)
+        except errors.APIError:
+            allocated.release(self)
+            raise
         if options.dry_run:
             allocated.release(self)
             return obj
@@ -392,6 +398,7 @@ class Registry:
         warnings: Warnings | None = None,
     ) -> tuple[JSON, bool]:
         """PUT. Returns (object, created)."""
+        _check_input(info, obj)
         obj = copy.deepcopy(obj)
         self._check_type(info, obj)
         meta = obj.setdefault("metadata", {})
@@ -441,6 +448,7 @@ class Registry:
         if _unchanged(old, new):
             return old
         await self._admission.validate(info, new, old=old, subresource=subresource, dry_run=options.dry_run)
+        _check_storable(info, new)
         allocated = self._allocate_service(new, old=old) if info.gk == "Service" else _Allocated()
         if options.dry_run:
             allocated.release(self)
@@ -558,6 +566,7 @@ class Registry:
             patched = apply(present(info, copy.deepcopy(current)))
             if not isinstance(patched, dict):
                 raise errors.bad_request("the patch result is not an object")
+            _check_input(info, patched)
             pmeta = patched.get("metadata")
             if not isinstance(pmeta, dict):
                 raise errors.bad_request("metadata must be an object")
@@ -688,6 +697,7 @@ class Registry:
                 "PatchOptions", "", [errors.Cause("fieldManager", "Required value: is required for apply patch", "FieldValueRequired")],
                 group="meta.k8s.io",
             )
+        _check_input(info, config)
         config = copy.deepcopy(config)
         self._check_type(info, config)
         meta = config.get("metadata")
@@ -908,6 +918,7 @@ class Registry:
             if item is None:
                 raise errors.not_found(info.plural, name, group=info.group)
             new = apply(item.object())
+            _check_storable(info, new)
             if options.dry_run:
                 return new
             try:
@@ -1209,6 +1220,19 @@ def _decode_continue(token: str, *, prefix: str) -> tuple[str, int]:
     except (ValueError, KeyError, TypeError):
         raise errors.bad_request("continue key is not valid: the continue token was not issued for this list") from None
     return start, revision
+
+
+def _check_input(info: resources.ResourceInfo, obj: Any) -> None:
+    """An object handed to a write, before anything walks it: JSON, and not too deep."""
+    jsontree.check(obj, where=f"{info.kind} in version \"{info.version}\" cannot be handled as a {info.kind}")
+
+
+def _check_storable(info: resources.ResourceInfo, obj: JSON) -> None:
+    """The gate in front of the store, on every object any write is about to commit: what
+    fails here could not be decoded by its readers (jsontree)."""
+    jsontree.check(obj, where=f"{info.kind} in version \"{info.version}\" cannot be handled as a {info.kind}", ints=True)
+    jsontree.check_size(obj, plural=errors.qualified(info.plural, info.group),
+                        name=str((obj.get("metadata") or {}).get("name", "")))
 
 
 def _store_failure(exc: store_errors.StoreError) -> errors.APIError:
