@@ -275,11 +275,14 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 def _go_float32(value: float) -> str:
     """strconv.FormatFloat(value, 'g', -1, 32), which go-yaml uses for float keys."""
-    if math.isinf(value):
-        return ".inf" if value > 0 else "-.inf"
     if math.isnan(value):
         return ".nan"
-    f32 = struct.unpack("<f", struct.pack("<f", value))[0]
+    try:
+        f32 = struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:  # past float32's range: Go's conversion gives an infinity
+        f32 = math.copysign(math.inf, value)
+    if math.isinf(f32):
+        return ".inf" if f32 > 0 else "-.inf"
     for digits in range(1, 10):
         text = f"{f32:.{digits - 1}e}"
         if struct.unpack("<f", struct.pack("<f", float(text)))[0] == f32:

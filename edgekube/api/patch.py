@@ -45,6 +45,7 @@ _JSON_PATCH_OPS = frozenset({"add", "remove", "replace", "move", "copy", "test"}
 MAX_JSON_PATCH_OPS = 10000
 
 _PATCH = "$patch"
+_GONE = object()  # a list element a strategic merge deleted, dropped when the list is done
 _RETAIN_KEYS = "$retainKeys"
 _SET_ORDER = "$setElementOrder/"
 _DELETE_PRIMITIVE = "$deleteFromPrimitiveList/"
@@ -288,7 +289,8 @@ def _delete_from_primitive_list(original: dict[str, Any], field: str, values: An
         return
     if any(isinstance(v, (dict, list)) for v in values):
         raise errors.bad_request(f"{path}: $deleteFromPrimitiveList applies only to lists of scalars")
-    original[field] = [item for item in current if item not in values]
+    drop = set(values)  # a set: long lists on both sides stay linear
+    original[field] = [item for item in current if _hashable(item) not in drop]
 
 
 def _smp_list(original: list[Any], patch: list[Any], *, meta: patchmeta.Node | None, path: str) -> list[Any]:
@@ -306,37 +308,47 @@ def _smp_list(original: list[Any], patch: list[Any], *, meta: patchmeta.Node | N
     if not meta.merge_key:
         # A merged list of scalars is a set union: the original's order, then what is new.
         result = list(original)
+        present = {_hashable(item) for item in result}
         for item in patch:
             if isinstance(item, (dict, list)):
                 raise errors.bad_request(f"{path}: expected a list of scalars, got an element of type {json_type(item)}")
-            if item not in result:
+            if item not in present:
+                present.add(item)
                 result.append(item)
         return result
 
+    # Elements are found by merge key through an index, not a scan per patch element: a patch
+    # of n elements against a list of m stays O(n + m), whatever their lengths.
     key = meta.merge_key
     result = list(original)
+    where: dict[Any, list[int]] = {}
+    for j, r in enumerate(result):
+        if isinstance(r, dict) and key in r:
+            where.setdefault(_hashable(r[key]), []).append(j)
     for i, item in enumerate(patch):
         item_path = f"{path}[{i}]"
         if not isinstance(item, dict):
             raise errors.bad_request(f"{item_path}: expected an object with merge key {key!r}, got {json_type(item)}")
         if key not in item:
             raise errors.bad_request(f"{item_path}: element does not contain the merge key {key!r}")
-        wanted = item[key]
+        wanted = _hashable(item[key])
         if item.get(_PATCH) == "delete":
-            result = [r for r in result if not (isinstance(r, dict) and r.get(key) == wanted)]
+            for j in where.pop(wanted, []):
+                result[j] = _GONE
             continue
-        at = next((j for j, r in enumerate(result) if isinstance(r, dict) and r.get(key) == wanted), None)
-        if at is None:
+        found = where.get(wanted)
+        if not found:
             added = _smp_map({}, item, meta=meta, path=item_path)
             if added is not None:
+                where.setdefault(wanted, []).append(len(result))
                 result.append(added)
+            continue
+        merged = _smp_map(result[found[0]], item, meta=meta, path=item_path)
+        if merged is None:
+            result[found.pop(0)] = _GONE
         else:
-            merged = _smp_map(result[at], item, meta=meta, path=item_path)
-            if merged is None:
-                del result[at]
-            else:
-                result[at] = merged
-    return result
+            result[found[0]] = merged
+    return [r for r in result if r is not _GONE]
 
 
 def _fresh_list(items: list[Any], *, meta: patchmeta.Node | None, path: str) -> list[Any]:

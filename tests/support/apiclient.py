@@ -42,12 +42,15 @@ class Api:
                 self._conn.request(method, path, body=data, headers=hdrs)
                 resp = self._conn.getresponse()
                 raw = resp.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):
                 # A kept-alive connection the server had closed: once more on a new one.
                 self.close()
                 if attempt == 2:
                     raise
                 continue
+            except BaseException:
+                self.close()  # a timeout or anything else leaves the connection mid-request
+                raise
             if resp.getheader("Connection", "").lower() == "close":
                 self.close()
             try:

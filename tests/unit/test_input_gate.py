@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 from edgekube._cogs import clock as clock_mod
-from edgekube.api import errors, jsontree, patch, protobuf
+from edgekube.api import errors, jsontree, patch, protobuf, ssa
 from edgekube.api.registry import crds, fieldcheck, resources, rest
 from edgekube.store import store as store_mod
 
@@ -95,7 +95,8 @@ def test_yaml_recursive_anchor_and_excessive_depth_are_refused() -> None:
 
 
 @pytest.mark.parametrize(("value", "text"), [(1.5, "1.5"), (0.1, "0.1"), (1e20, "1e+20"), (123456.0, "123456"),
-                                              (1234567.0, "1.234567e+06"), (1e-05, "1e-05"), (-2.5, "-2.5")])
+                                              (1234567.0, "1.234567e+06"), (1e-05, "1e-05"), (-2.5, "-2.5"),
+                                              (3.5e38, ".inf"), (-1e300, "-.inf")])
 def test_float_keys_are_formatted_as_go_formats_float32(value: float, text: str) -> None:
     assert jsontree._go_float32(value) == text
 
@@ -340,3 +341,90 @@ async def test_registry_refuses_out_of_range_ints_and_oversized_objects(registry
         await registry.patch(roles, namespace=None, name="grow", apply=grow)
     assert err.value.code == 413, err.value.message
     assert registry.get(roles, namespace=None, name="grow").get("rules") in (None, [])
+
+
+# --- every built-in kind: its integer fields are bounded by their format -------------------------
+
+
+def _int_field(schema: JSON, seen: frozenset[str] = frozenset()) -> tuple[list[str], str] | None:
+    """The path (field names; "[]" for a list element) and format of the first int32/int64 field."""
+    from edgekube.api import apischema
+
+    for field, prop in sorted((schema.get("properties") or {}).items()):
+        if field in ("metadata", "status"):
+            continue
+        name = apischema.ref_name(prop) or apischema.ref_name((prop.get("allOf") or [{}])[0])
+        target = apischema.definition(name) if name else prop
+        if target is None or (name and name in seen):
+            continue
+        if target.get("type") == "integer" and target.get("format") in ("int32", "int64"):
+            return [field], str(target["format"])
+        items = target.get("items") if target.get("type") == "array" else None
+        if isinstance(items, dict):
+            item_name = apischema.ref_name(items)
+            item = apischema.definition(item_name) if item_name else None
+            if item is not None and item_name not in seen:
+                found = _int_field(item, seen | {str(item_name)})
+                if found:
+                    return [field, "[]", *found[0]], found[1]
+        elif "properties" in target:
+            found = _int_field(target, seen | ({name} if name else set()))
+            if found:
+                return [field, *found[0]], found[1]
+    return None
+
+
+def _builtin_kinds_with_ints() -> list[tuple[Any, ...]]:
+    out = []
+    for info in resources.Catalog().all():
+        schema = ssa.kind_schema(info.group, info.version, info.kind)
+        found = _int_field(schema) if schema else None
+        if found and ("create" in info.verbs or "update" in info.verbs):
+            out.append((info.gk, schema, *found))
+    return out
+
+
+_INT_KINDS = _builtin_kinds_with_ints()
+
+
+def test_the_int_sweep_covers_the_workload_kinds() -> None:
+    assert {"Deployment.apps", "Pod", "Service", "Job.batch", "CronJob.batch"} <= {gk for gk, *_ in _INT_KINDS}
+
+
+@pytest.mark.parametrize(("gk", "schema", "path", "fmt"), _INT_KINDS, ids=[k[0] for k in _INT_KINDS])
+def test_every_builtin_kind_bounds_its_integer_fields(gk: str, schema: JSON, path: list[str], fmt: str) -> None:
+    too_big = 2**31 if fmt == "int32" else 2**63
+    obj: JSON = {"kind": gk.split(".")[0]}
+    node: Any = obj
+    for step, nxt in zip(path, [*path[1:], None], strict=True):
+        if step == "[]":
+            continue
+        if nxt is None:
+            node[step] = too_big
+        elif nxt == "[]":
+            node[step] = [{}]
+            node = node[step][0]
+        else:
+            node[step] = {}
+            node = node[step]
+    _, wrong = fieldcheck.check(schema, obj, prune=False)
+    assert any(f"cannot unmarshal number {too_big} into Go struct field" in w and w.endswith(f"of type {fmt}")
+               for w in wrong), (gk, path, wrong)
+
+
+def test_strategic_merge_of_long_lists_is_linear_and_keeps_semantics() -> None:
+    from edgekube.api.registry import patchmeta
+
+    n = 30000  # quadratic merging would take minutes here
+    original = {"spec": {"containers": [{"name": f"c{i}", "image": "a"} for i in range(n)],
+                         "finalizers": [f"f{i}" for i in range(n)]}}
+    body = {"spec": {"containers": [{"name": f"c{i}", "image": "b"} for i in range(0, 2 * n, 2)]
+                     + [{"name": "c1", "$patch": "delete"}],
+                     "$deleteFromPrimitiveList/finalizers": [f"f{i}" for i in range(0, n, 2)]}}
+    meta = patchmeta.meta_for("Pod")
+    got = patch.strategic_merge_patch({"spec": original["spec"]}, body, meta=meta)
+    containers = got["spec"]["containers"]
+    assert len(containers) == n - 1 + n // 2
+    assert containers[0] == {"name": "c0", "image": "b"} and containers[1] == {"name": "c2", "image": "b"}
+    assert containers[2] == {"name": "c3", "image": "a"}
+    assert got["spec"]["finalizers"][:2] == ["f1", "f3"]
