@@ -155,7 +155,7 @@ class Handlers:
         if t.info.verbs == ("create",):
             if m != "POST" or t.name is not None:
                 raise errors.method_not_allowed(m, t.info.plural)
-            body = negotiation.decode_body(await self._body(request), request.headers.get("Content-Type", ""))
+            body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
             out = reviews.review(t.info.gk, body, user=request.get(USER_KEY))
             out["apiVersion"], out["kind"] = t.info.api_version, t.info.kind
             return json_response(out, status=201)
@@ -277,14 +277,14 @@ class Handlers:
         )
 
     async def _create(self, request: web.Request, t: Target) -> web.Response:
-        body = negotiation.decode_body(await self._body(request), request.headers.get("Content-Type", ""))
+        body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
         warnings = rest.Warnings()
         obj = await self._registry.create(t.info, body, namespace=t.namespace, options=self._options(request), warnings=warnings)
         return self._render(request, t, obj, status=201, warnings=warnings)
 
     async def _update(self, request: web.Request, t: Target) -> web.Response:
         assert t.name is not None
-        body = negotiation.decode_body(await self._body(request), request.headers.get("Content-Type", ""))
+        body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
         warnings = rest.Warnings()
         if t.subresource == "finalize":
             return await self._finalize(request, t, body)
@@ -318,7 +318,7 @@ class Handlers:
         gk = t.info.gk
 
         if content_type == patch.APPLY_PATCH:
-            config = negotiation.decode_body(body, "application/yaml")
+            config = await negotiation.decode_body_async(body, "application/yaml")
             force = _q(request, "force")
             if force not in ("", "true", "false"):
                 raise errors.bad_request(f'force: invalid value "{force}": must be true or false')
@@ -337,10 +337,10 @@ class Handlers:
         )
         return self._render(request, t, obj, warnings=warnings)
 
-    def _delete_options(self, request: web.Request, body: bytes) -> rest.DeleteOptions:
+    async def _delete_options(self, request: web.Request, body: bytes) -> rest.DeleteOptions:
         opts: JSON = {}
         if body.strip():
-            opts = negotiation.decode_body(body, request.headers.get("Content-Type", "application/json"))
+            opts = await negotiation.decode_body_async(body, request.headers.get("Content-Type", "application/json"))
             # Decoded as upstream decodes it into its Go struct: a wrong type is a 400.
             _, wrong = fieldcheck.check(_delete_options_schema(), opts, prune=True)
             if wrong:
@@ -364,7 +364,7 @@ class Handlers:
 
     async def _delete(self, request: web.Request, t: Target) -> web.Response:
         assert t.name is not None
-        options = self._delete_options(request, await self._body(request))
+        options = await self._delete_options(request, await self._body(request))
         obj, deleted = await self._registry.delete(t.info, namespace=t.namespace, name=t.name, options=options)
         if deleted and t.info.gk not in ("Pod", "Namespace"):
             meta = obj.get("metadata") or {}
@@ -375,7 +375,7 @@ class Handlers:
         return self._render(request, t, obj)
 
     async def _delete_collection(self, request: web.Request, t: Target) -> web.Response:
-        options = self._delete_options(request, await self._body(request))
+        options = await self._delete_options(request, await self._body(request))
         items = await self._registry.delete_collection(
             t.info, namespace=t.namespace, label_selector=_q(request, "labelSelector"),
             field_selector=_q(request, "fieldSelector"), options=options,
@@ -385,7 +385,7 @@ class Handlers:
 
     async def _bind(self, request: web.Request, t: Target) -> web.Response:
         assert t.name is not None and t.namespace is not None
-        body = negotiation.decode_body(await self._body(request), request.headers.get("Content-Type", ""))
+        body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
         await self._registry.bind(namespace=t.namespace, name=t.name, binding=body, options=self._options(request))
         return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, status=201)
 
@@ -396,7 +396,7 @@ class Handlers:
             obj = self._registry.get(t.info, namespace=t.namespace, name=t.name)
             return json_response(self._registry.scale_of(t.info, obj))
         if m == "PUT":
-            body = negotiation.decode_body(await self._body(request), request.headers.get("Content-Type", ""))
+            body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
             return json_response(await self._registry.set_scale(t.info, namespace=t.namespace, name=t.name, scale=body,
                                                                 options=self._options(request)))
         if m == "PATCH":

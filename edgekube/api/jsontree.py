@@ -13,7 +13,8 @@ committed once makes every later decode of that record fail. So:
   aliasing (a "billion laughs" document) is refused with go-yaml's rule and words, before any
   expansion, and an anchor that contains itself is refused.
 - `check(value, where=...)` is the gate: it walks any tree iteratively (so no depth can blow the
-  Python stack) and raises a 400 naming the first field that is not JSON. Decoders call it on
+  Python stack) and raises a 400 naming the first field that is not JSON (a 413 past
+  `MAX_VALUES` values, which bounds the CPU any one write can cost). Decoders call it on
   what they produce; the registry calls it on everything it is about to store, with `ints=True`
   for the 64-bit integer bound (left to the end so that a built-in kind's own int32/int64 check
   can name the Go field first).
@@ -40,6 +41,11 @@ import yaml
 from edgekube.api import errors
 
 MAX_DEPTH = 128
+# Values (scalars and containers) in one object. Every write walks, copies and validates its
+# object in Python on the event loop, at about a microsecond per value and step; a 3 MiB body of
+# `[0,0,0,...]` is 1.5 million values. Objects the store can hold stay far below this (a map's
+# every key is also listed in managedFields, so 1.5 MiB holds some 100,000 keys).
+MAX_VALUES = 250_000
 # etcd's default --max-request-bytes: upstream cannot store a larger object either.
 MAX_OBJECT_BYTES = 1536 * 1024
 _INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -76,43 +82,61 @@ def _type_name(value: Any) -> str:
 
 
 def check(value: Any, *, where: str, ints: bool = False) -> None:
-    """Raise a 400 naming the first place in `value` that is not JSON (see the module doc)."""
+    """Raise a 400 naming the first place in `value` that is not JSON, or a 413 when it holds
+    more than `MAX_VALUES` values (see the module doc)."""
     problem = find_problem(value, ints=ints)
     if problem is not None:
-        path, what = problem
+        code, path, what = problem
         if len(path) > 120:  # a path hundreds of levels deep says nothing more than its ends
             path = f"{path[:60]}...{path[-40:]}"
-        raise errors.bad_request(f"{where}: {path + ': ' if path else ''}{what}")
+        text = f"{where}: {path + ': ' if path else ''}{what}"
+        raise errors.bad_request(text) if code == 400 else errors.APIError(code, "RequestEntityTooLarge", text)
 
 
-def find_problem(value: Any, *, ints: bool = False) -> tuple[str, str] | None:
-    """(field path, what is wrong) for the first non-JSON place in `value`, or None."""
-    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+def find_problem(value: Any, *, ints: bool = False) -> tuple[int, str, str] | None:
+    """(HTTP code, field path, what is wrong) for the first non-JSON place in `value`, or None."""
+    # Each entry: (value, depth, its place), a place being (key, parent's place): the path
+    # string is only built for the answer, not for every one of a large object's values.
+    stack: list[tuple[Any, int, Any]] = [(value, 1, None)]
+    seen = 0
     while stack:
-        node, path, depth = stack.pop()
+        node, depth, place = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            return 413, "", f"more than {MAX_VALUES} values: too large to handle in one request"
         if isinstance(node, dict):
             if depth > MAX_DEPTH:
-                return path, f"nesting depth exceeds {MAX_DEPTH} levels"
+                return 400, _place(place), f"nesting depth exceeds {MAX_DEPTH} levels"
             for k, v in node.items():
                 if not isinstance(k, str):
-                    return path, f"map key {k!r} is a {_type_name(k)}: object keys must be strings"
-                stack.append((v, _path(path, k), depth + 1))
+                    return 400, _place(place), f"map key {k!r} is a {_type_name(k)}: object keys must be strings"
+                stack.append((v, depth + 1, (k, place)))
         elif isinstance(node, list):
             if depth > MAX_DEPTH:
-                return path, f"nesting depth exceeds {MAX_DEPTH} levels"
-            for i, v in enumerate(node):
-                stack.append((v, _path(path, i), depth + 1))
+                return 400, _place(place), f"nesting depth exceeds {MAX_DEPTH} levels"
+            stack.extend((v, depth + 1, (i, place)) for i, v in enumerate(node))
         elif isinstance(node, str) or node is None or isinstance(node, bool):
             continue
         elif isinstance(node, int):
             if ints and not _INT64[0] <= node <= _INT64[1]:
-                return path, f"integer {node} is out of range: integers must fit 64 bits"
+                return 400, _place(place), f"integer {node} is out of range: integers must fit 64 bits"
         elif isinstance(node, float):
             if not math.isfinite(node):
-                return path, f"unsupported value: {node} (JSON has no infinities or NaN)"
+                return 400, _place(place), f"unsupported value: {node} (JSON has no infinities or NaN)"
         else:
-            return path, f"a {type(node).__name__} is not a JSON value"
+            return 400, _place(place), f"a {type(node).__name__} is not a JSON value"
     return None
+
+
+def _place(place: Any) -> str:
+    keys: list[Any] = []
+    while place is not None:
+        key, place = place
+        keys.append(key)
+    path = ""
+    for key in reversed(keys):
+        path = _path(path, key)
+    return path
 
 
 def check_size(obj: Any, *, plural: str, name: str) -> None:
@@ -285,8 +309,11 @@ def _go_float32(value: float) -> str:
         return ".inf" if f32 > 0 else "-.inf"
     for digits in range(1, 10):
         text = f"{f32:.{digits - 1}e}"
-        if struct.unpack("<f", struct.pack("<f", float(text)))[0] == f32:
-            break
+        try:
+            if struct.unpack("<f", struct.pack("<f", float(text)))[0] == f32:
+                break
+        except OverflowError:  # too few digits rounded past float32's largest value
+            continue
     mantissa, exp_text = text.split("e")
     exp = int(exp_text)
     sign = "-" if mantissa.startswith("-") else ""

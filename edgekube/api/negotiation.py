@@ -2,7 +2,9 @@
 
 Bodies: JSON and YAML for create/update (`application/json`, `application/yaml`), the three
 patch media types plus apply (handled by `patch.py`). Anything else is 415; a body that does not
-parse is 400 with the parser's own words; a body over the limit is 413.
+parse is 400 with the parser's own words; a body over the limit is 413. YAML is read as
+upstream reads it (`jsontree.load_yaml`), off the event loop when it is large, and whatever a
+decoder produced passes the JSON gate (`jsontree.check`) before anything else sees it.
 
 Responses: JSON always; `as=Table` (meta.k8s.io v1 or v1beta1) when kubectl asks for a server-side
 table; a protobuf-only Accept is 406 since we speak JSON alone. Parameters inside an Accept entry
@@ -11,6 +13,7 @@ follow the media type after `;` and entries are separated by `,`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import struct
 from typing import Any
@@ -76,6 +79,18 @@ def check_acceptable(accept: str) -> None:
 
 def media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
+
+
+# Past this size a YAML or protobuf body is decoded on a worker thread: PyYAML reads about
+# 0.3 MB/s in Python, and a 3 MiB body would hold the event loop for seconds.
+_OFF_LOOP_BYTES = 16 * 1024
+
+
+async def decode_body_async(body: bytes, content_type: str) -> dict[str, Any]:
+    """`decode_body`, off the event loop when the body is large and slow to decode."""
+    if len(body) > _OFF_LOOP_BYTES and media_type(content_type) not in (*JSON_TYPES, ""):
+        return await asyncio.to_thread(decode_body, body, content_type)
+    return decode_body(body, content_type)
 
 
 def decode_body(body: bytes, content_type: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ minimal request Hypothesis found.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import string
@@ -32,7 +33,7 @@ from hypothesis import strategies as st
 
 from edgekube.api import apischema
 from tests.conftest import Server
-from tests.support.apiclient import Api, creatable_kinds
+from tests.support.apiclient import Api, connected, creatable_kinds
 
 EXAMPLES = int(os.environ.get("EDGEKUBE_FUZZ_EXAMPLES", "150"))
 RSS_CEILING_MIB = 600
@@ -44,11 +45,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def api(server: Server) -> Iterator[Api]:
-    a = Api(server, timeout=60)
-    try:
-        yield a
-    finally:
-        a.close()
+    with connected(server) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +189,8 @@ def _rss_mib(server: Server) -> float:
 
 
 def test_fuzz_requests_never_crash_hang_or_5xx(server: Server, api: Api, kinds: list[dict[str, Any]]) -> None:
+    recent: collections.deque[str] = collections.deque(maxlen=5)
+
     # Derandomized (the same requests every run) unless EDGEKUBE_FUZZ_SEED=random (`make fuzz`);
     # no example database, so nothing is written into the work tree.
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=os.environ.get("EDGEKUBE_FUZZ_SEED") != "random",
@@ -200,7 +200,12 @@ def test_fuzz_requests_never_crash_hang_or_5xx(server: Server, api: Api, kinds: 
     def one(data: st.DataObject) -> None:
         method, path, body, headers = data.draw(_request(kinds))
         content_type = headers.pop("Content-Type")
-        status, answer = api.call(method, path, body, content_type=content_type, headers=headers)
+        recent.append(f"{method} {path} {content_type} {headers} {body!r}"[:500])
+        try:
+            status, answer = api.call(method, path, body, content_type=content_type, headers=headers)
+        except TimeoutError:
+            # A hang may be this request's or an earlier one's still holding the server.
+            raise AssertionError("no answer in time; the last requests were:\n" + "\n".join(recent)) from None
         assert server.proc is not None and server.proc.poll() is None, f"server died on {method} {path}:\n{server.log()}"
         assert status < 500, f"{method} {path} {headers} -> {status}: {answer}\nbody: {body!r}"[:3000]
 

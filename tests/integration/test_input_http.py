@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Server
-from tests.support.apiclient import Api, creatable_kinds
+from tests.support.apiclient import Api, connected, creatable_kinds
 
 YAML = "application/yaml"
 APPLY = "application/apply-patch+yaml"
@@ -24,17 +24,9 @@ PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", "a
 
 
 @pytest.fixture(scope="module")
-def srv(server: Server) -> Server:
-    return server  # the module's own server: these tests restart it
-
-
-@pytest.fixture(scope="module")
-def api(srv: Server) -> Iterator[Api]:
-    a = Api(srv)
-    try:
-        yield a
-    finally:
-        a.close()
+def api(server: Server) -> Iterator[Api]:
+    with connected(server) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +95,7 @@ def test_null_top_level_fields_are_never_a_500(api: Api, kinds: list[dict[str, A
                 api.call("DELETE", f"{kind['path']}/{created}")
 
 
-def test_yaml_keys_become_strings_as_upstream_and_the_node_still_boots(srv: Server, api: Api) -> None:
+def test_yaml_keys_become_strings_as_upstream_and_the_node_still_boots(server: Server, api: Api) -> None:
     doc = ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keys\n  labels: {1: a, true: b}\n"
            "data: {1: a, 2.5: b, false: c, when: 2001-01-01, raw: !!binary aGk=}\n")
     status, body = api.call("POST", "/api/v1/namespaces/default/configmaps", doc, content_type=YAML)
@@ -114,8 +106,8 @@ def test_yaml_keys_become_strings_as_upstream_and_the_node_still_boots(srv: Serv
                             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: keys}\ndata: {3: d}\n", content_type=APPLY)
     assert status == 200 and body["data"]["3"] == "d", body
     # What was stored decodes for every reader: the informers start, and the node boots again.
-    assert srv.stop() == 0
-    srv.start()
+    assert server.stop() == 0
+    server.start()
     status, body = api.call("GET", "/api/v1/namespaces/default/configmaps/keys")
     assert status == 200 and body["data"]["1"] == "a"
 
@@ -224,8 +216,8 @@ def test_crd_patterns_are_re2(api: Api) -> None:
     assert api.call("DELETE", f"{crds}/redos.ex.com")[0] == 200
 
 
-def test_server_still_boots_after_all_of_the_above(srv: Server, api: Api) -> None:
-    assert srv.stop() == 0
-    srv.start()
+def test_server_still_boots_after_all_of_the_above(server: Server, api: Api) -> None:
+    assert server.stop() == 0
+    server.start()
     status, body = api.call("GET", "/api/v1/namespaces/default/configmaps")
     assert status == 200, body

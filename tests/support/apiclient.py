@@ -7,9 +7,11 @@ input tests need to send; this one sends whatever it is given, over one kept-ali
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
 from tests.conftest import Server
@@ -81,3 +83,13 @@ def creatable_kinds(api: Api) -> list[dict[str, Any]]:
             out.append({"path": prefix + r["name"], "apiVersion": api_version, "kind": r["kind"],
                         "plural": r["name"], "namespaced": r["namespaced"], "verbs": r["verbs"]})
     return out
+
+
+
+@contextlib.contextmanager
+def connected(server: Server) -> Iterator[Api]:
+    client = Api(server)
+    try:
+        yield client
+    finally:
+        client.close()

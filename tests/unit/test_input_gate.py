@@ -96,7 +96,7 @@ def test_yaml_recursive_anchor_and_excessive_depth_are_refused() -> None:
 
 @pytest.mark.parametrize(("value", "text"), [(1.5, "1.5"), (0.1, "0.1"), (1e20, "1e+20"), (123456.0, "123456"),
                                               (1234567.0, "1.234567e+06"), (1e-05, "1e-05"), (-2.5, "-2.5"),
-                                              (3.5e38, ".inf"), (-1e300, "-.inf")])
+                                              (3.5e38, ".inf"), (-1e300, "-.inf"), (3.4025000633641588e+38, "3.4025002e+38")])
 def test_float_keys_are_formatted_as_go_formats_float32(value: float, text: str) -> None:
     assert jsontree._go_float32(value) == text
 
@@ -127,6 +127,9 @@ def test_gate_bounds_depth_without_recursing_and_ints_to_64_bits() -> None:
         cur["a"] = {}
         cur = cur["a"]
     assert "nesting depth exceeds" in _bad_request(jsontree.check, deep, where="w")
+    with pytest.raises(errors.APIError) as info:
+        jsontree.check({"x": [0] * jsontree.MAX_VALUES}, where="w")
+    assert info.value.code == 413
     jsontree.check({"n": 1 << 63}, where="w")  # ints are left to the kind's own checks first
     assert "out of range" in _bad_request(jsontree.check, {"n": 1 << 63}, where="w", ints=True)
     jsontree.check({"n": -(1 << 63)}, where="w", ints=True)
@@ -428,3 +431,32 @@ def test_strategic_merge_of_long_lists_is_linear_and_keeps_semantics() -> None:
     assert containers[0] == {"name": "c0", "image": "b"} and containers[1] == {"name": "c2", "image": "b"}
     assert containers[2] == {"name": "c3", "image": "a"}
     assert got["spec"]["finalizers"][:2] == ["f1", "f3"]
+
+
+async def test_large_yaml_bodies_are_decoded_off_the_event_loop() -> None:
+    import asyncio
+
+    from edgekube.api import negotiation
+
+    doc = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: big}\ndata:\n" + "".join(
+        f"  k{i}: value{i}\n" for i in range(20000))
+    assert len(doc) > 200_000
+    ticks = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    start = ticks
+    got = await negotiation.decode_body_async(doc.encode(), "application/yaml")
+    during = ticks - start
+    done = True
+    await task
+    assert len(got["data"]) == 20000
+    # Decoded on the loop, the ticker could not have run at all while it lasted.
+    assert during > 1
