@@ -39,10 +39,16 @@ USER_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("user", dict)
 JSON = dict[str, Any]
 
 _TRUE = ("true", "1", "True")
+_SCALE = "io.k8s.api.autoscaling.v1.Scale"
 
 
-def _delete_options_schema() -> JSON:
-    return apischema.definition("io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions") or {}
+def _typed(body: JSON, definition: str) -> JSON:
+    """A body that is not a stored kind (DeleteOptions, Binding, Scale), decoded as upstream
+    decodes it into its Go struct: a wrong type is a 400, unknown fields are dropped."""
+    _, wrong = fieldcheck.check(apischema.definition(definition) or {}, body, prune=True)
+    if wrong:
+        raise errors.bad_request(f"{definition.rsplit('.', 1)[-1]} cannot be decoded: " + "; ".join(wrong))
+    return body
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,7 +293,7 @@ class Handlers:
         body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
         warnings = rest.Warnings()
         if t.subresource == "finalize":
-            return await self._finalize(request, t, body)
+            return await self._finalize(request, t, _typed(body, "io.k8s.api.core.v1.Namespace"))
         obj, created = await self._registry.update(
             t.info, body, namespace=t.namespace, name=t.name, subresource=t.subresource,
             options=self._options(request), warnings=warnings,
@@ -341,10 +347,7 @@ class Handlers:
         opts: JSON = {}
         if body.strip():
             opts = await negotiation.decode_body_async(body, request.headers.get("Content-Type", "application/json"))
-            # Decoded as upstream decodes it into its Go struct: a wrong type is a 400.
-            _, wrong = fieldcheck.check(_delete_options_schema(), opts, prune=True)
-            if wrong:
-                raise errors.bad_request("DeleteOptions cannot be decoded: " + "; ".join(wrong))
+            _typed(opts, "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions")
         grace = errors.int_query(request.query, "gracePeriodSeconds")
         if grace is None and opts.get("gracePeriodSeconds") is not None:
             grace = int(opts["gracePeriodSeconds"])
@@ -386,7 +389,8 @@ class Handlers:
     async def _bind(self, request: web.Request, t: Target) -> web.Response:
         assert t.name is not None and t.namespace is not None
         body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
-        await self._registry.bind(namespace=t.namespace, name=t.name, binding=body, options=self._options(request))
+        await self._registry.bind(namespace=t.namespace, name=t.name, binding=_typed(body, "io.k8s.api.core.v1.Binding"),
+                                  options=self._options(request))
         return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, status=201)
 
     async def _scale(self, request: web.Request, t: Target) -> web.Response:
@@ -397,8 +401,8 @@ class Handlers:
             return json_response(self._registry.scale_of(t.info, obj))
         if m == "PUT":
             body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
-            return json_response(await self._registry.set_scale(t.info, namespace=t.namespace, name=t.name, scale=body,
-                                                                options=self._options(request)))
+            return json_response(await self._registry.set_scale(t.info, namespace=t.namespace, name=t.name,
+                                                                scale=_typed(body, _SCALE), options=self._options(request)))
         if m == "PATCH":
             content_type = negotiation.media_type(request.headers.get("Content-Type", ""))
             raw = await self._body(request)
@@ -407,7 +411,7 @@ class Handlers:
             scale["metadata"].pop("resourceVersion", None)
             patched = patch.apply_patch(content_type, scale, raw, gk="Scale.autoscaling")
             return json_response(await self._registry.set_scale(t.info, namespace=t.namespace, name=t.name,
-                                                                scale=patched, options=self._options(request)))
+                                                                scale=_typed(patched, _SCALE), options=self._options(request)))
         raise errors.method_not_allowed(m, f"{t.info.plural}/scale")
 
     async def _watch(self, request: web.Request, t: Target) -> web.StreamResponse:

@@ -221,3 +221,29 @@ def test_server_still_boots_after_all_of_the_above(server: Server, api: Api) -> 
     server.start()
     status, body = api.call("GET", "/api/v1/namespaces/default/configmaps")
     assert status == 200, body
+
+
+def test_subresource_bodies_of_the_wrong_types_are_400(api: Api) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sub"},
+           "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+    assert api.json("POST", "/api/v1/namespaces/default/pods", pod)[0] == 201
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "sub"}, "spec": {
+        "selector": {"matchLabels": {"a": "b"}},
+        "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}
+    assert api.json("POST", "/apis/apps/v1/namespaces/default/deployments", dep)[0] == 201
+    assert api.json("POST", "/api/v1/namespaces", {"metadata": {"name": "sub-ns"}})[0] == 201
+    cases = [
+        ("POST", "/api/v1/namespaces/default/pods/sub/binding", {"target": "node-1"}),
+        ("POST", "/api/v1/namespaces/default/pods/sub/binding", {"metadata": "x", "target": {"name": "n"}}),
+        ("PUT", "/apis/apps/v1/namespaces/default/deployments/sub/scale", {"spec": "3"}),
+        ("PUT", "/apis/apps/v1/namespaces/default/deployments/sub/scale", {"metadata": [], "spec": {"replicas": 1}}),
+        ("PUT", "/api/v1/namespaces/sub-ns/finalize", {"metadata": {"name": "sub-ns"}, "spec": "x"}),
+        ("PUT", "/api/v1/namespaces/sub-ns/finalize", {"metadata": {"name": "sub-ns"}, "spec": {"finalizers": "x"}}),
+        ("PUT", "/api/v1/namespaces/default/pods/sub/status", {"metadata": {"name": "sub"}, "status": "x"}),
+    ]
+    for method, path, body in cases:
+        status, answer = api.json(method, path, body)
+        _assert_client_error(status, answer, what=f"{method} {path} {body}")
+    status, answer = api.call("PATCH", "/apis/apps/v1/namespaces/default/deployments/sub/scale",
+                              json.dumps({"spec": {"replicas": "many"}}), content_type=PATCH_TYPES[1])
+    _assert_client_error(status, answer, what="scale patch")
