@@ -1,7 +1,8 @@
 """Fuzzing the API with generated bodies and query parameters, against a real server (issue 13).
 
 Hypothesis draws, for every creatable kind the server serves: a verb (POST, PUT, the three patch
-types, server-side apply, DELETE with options, list and watch with query parameters), an
+types, server-side apply, DELETE with options, list and watch with query parameters, writes to
+the kind's subresources: status, scale, binding, finalize), an
 encoding (JSON, YAML, one of the patch media types; sometimes a lying Content-Encoding) and a
 body built from the kind's own field names with arbitrary values (JSON values, YAML-only keys
 and scalars, deep nesting, huge integers, nulls). Each answer must be:
@@ -12,7 +13,7 @@ and scalars, deep nesting, huge integers, nulls). Each answer must be:
   the same data dir at the end (what was stored can be read by every informer);
 - bounded: its resident memory stays under a ceiling.
 
-The run in `make test` is bounded (EDGEKUBE_FUZZ_EXAMPLES, 150 by default, a few tens of
+The run in `make test` is bounded (EDGEKUBE_FUZZ_EXAMPLES, 250 by default, a few tens of
 seconds) and the same every time; `make fuzz` runs it long and random. A failure prints the
 minimal request Hypothesis found.
 """
@@ -35,7 +36,7 @@ from edgekube.api import apischema
 from tests.conftest import Server
 from tests.support.apiclient import Api, connected, creatable_kinds
 
-EXAMPLES = int(os.environ.get("EDGEKUBE_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("EDGEKUBE_FUZZ_EXAMPLES", "250"))
 RSS_CEILING_MIB = 600
 PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json",
                "application/strategic-merge-patch+json")
@@ -119,7 +120,10 @@ def _encode(obj: Any, *, as_yaml: bool) -> str:
 @st.composite
 def _request(draw: st.DrawFn, kinds: list[dict[str, Any]]) -> tuple[str, str, bytes | str | None, dict[str, str]]:
     kind = draw(st.sampled_from(kinds))
-    verb = draw(st.sampled_from(["POST", "PUT", "PATCH", "APPLY", "DELETE", "LIST", "WATCH"]))
+    verb = draw(st.sampled_from(["POST", "PUT", "PATCH", "APPLY", "DELETE", "LIST", "WATCH", "SUBRESOURCE"]))
+    writable = [s for s in kind["subresources"] if s in ("status", "scale", "binding", "finalize", "eviction")]
+    if verb == "SUBRESOURCE" and not writable:
+        verb = "PUT"
     name = draw(st.sampled_from(["fuzz", "fuzz-2"]))
     item = f"{kind['path']}/{name}"
     headers: dict[str, str] = {"Content-Type": "application/json"}
@@ -142,6 +146,17 @@ def _request(draw: st.DrawFn, kinds: list[dict[str, Any]]) -> tuple[str, str, by
         else:
             headers["Content-Type"] = "application/yaml" if yaml_body else "application/json"
             path, method = (kind["path"], "POST") if verb == "POST" else (item, "PUT")
+    elif verb == "SUBRESOURCE":
+        sub = draw(st.sampled_from(writable))
+        method = "POST" if sub in ("binding", "eviction") else draw(st.sampled_from(["PUT", "PATCH"]))
+        obj = draw(_object(kind, yaml_values=False))
+        if sub in ("binding", "eviction", "scale") and isinstance(obj, dict):
+            obj.update(draw(st.dictionaries(st.sampled_from(["target", "spec", "status", "deleteOptions"]),
+                                            _json_values, max_size=2)))
+        body = json.dumps(obj)
+        if method == "PATCH":
+            headers["Content-Type"] = draw(st.sampled_from(PATCH_TYPES[1:]))
+        path = f"{item}/{sub}"
     elif verb == "PATCH":
         content_type = draw(st.sampled_from(PATCH_TYPES))
         headers["Content-Type"] = content_type

@@ -67,7 +67,8 @@ class Api:
 
 def creatable_kinds(api: Api) -> list[dict[str, Any]]:
     """Every served resource with the create verb (preferred versions), from discovery:
-    {"path": collection path in `default` or cluster-wide, "apiVersion", "kind", "plural", "namespaced"}."""
+    {"path": collection path in `default` or cluster-wide, "apiVersion", "kind", "plural",
+    "namespaced", "verbs", "subresources" (status, scale, binding, ...)}."""
     status, groups = api.call("GET", "/apis")
     assert status == 200
     versions = ["/api/v1"] + [f"/apis/{g['preferredVersion']['groupVersion']}" for g in groups["groups"]]
@@ -75,13 +76,19 @@ def creatable_kinds(api: Api) -> list[dict[str, Any]]:
     for gv in versions:
         status, doc = api.call("GET", gv)
         assert status == 200, (gv, doc)
+        subresources: dict[str, list[str]] = {}
+        for r in doc["resources"]:
+            if "/" in r["name"]:
+                parent, sub = r["name"].split("/", 1)
+                subresources.setdefault(parent, []).append(sub)
         for r in doc["resources"]:
             if "/" in r["name"] or "create" not in r["verbs"]:
                 continue
             api_version = doc["groupVersion"]
             prefix = f"{gv}/namespaces/default/" if r["namespaced"] else f"{gv}/"
             out.append({"path": prefix + r["name"], "apiVersion": api_version, "kind": r["kind"],
-                        "plural": r["name"], "namespaced": r["namespaced"], "verbs": r["verbs"]})
+                        "plural": r["name"], "namespaced": r["namespaced"], "verbs": r["verbs"],
+                        "subresources": sorted(subresources.get(r["name"], []))})
     return out
 
 
