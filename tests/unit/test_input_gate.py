@@ -204,6 +204,12 @@ def test_patterns_go_would_refuse_are_refused_when_the_crd_is_written(pattern: s
     assert all("must be a valid regular expression, but isn't: error parsing regexp: " in c.message for c in causes)
 
 
+def test_invalid_pattern_message_is_upstreams() -> None:
+    causes = crds.validate(_crd("+"), None)
+    assert causes[0].message == ("Invalid value: \"+\": must be a valid regular expression, but isn't: "
+                                 "error parsing regexp: missing argument to repetition operator: `+`")
+
+
 def test_patterns_run_in_linear_time_with_go_semantics() -> None:
     schema = _crd(r"^(a+)+$")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     # A backtracking engine takes minutes on this value; RE2 answers at once.

@@ -57,6 +57,20 @@ class PatternError(ValueError):
     pass
 
 
+# RE2's error texts where Go's regexp/syntax words the same error differently.
+_GO_REGEXP_ERRORS = {
+    "no argument for repetition operator": "missing argument to repetition operator",
+    "missing ]": "missing closing ]",
+    "missing )": "missing closing )",
+    "trailing \\": "trailing backslash at end of expression",
+    "invalid repetition size": "invalid repeat count",
+    "bad repetition operator": "invalid nested repetition operator",
+    "invalid perl operator": "invalid or unsupported Perl syntax",
+    "invalid named capture group": "invalid named capture",
+    "pattern too large - compile failed": "expression too large",
+}
+
+
 @functools.lru_cache(maxsize=512)
 def compile_pattern(pattern: str) -> Any:
     """A compiled RE2 pattern (Go's regexp syntax and linear-time matching), or None where this
@@ -70,7 +84,14 @@ def compile_pattern(pattern: str) -> Any:
         return re2.compile(pattern, options)
     except re2.error as exc:
         raw = exc.args[0] if exc.args else str(exc)
-        raise PatternError(raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)) from None
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        # RE2 says "no argument for repetition operator: +", Go's regexp (whose words upstream
+        # answers) "missing argument to repetition operator: `+`".
+        what, sep, fragment = text.rpartition(": ")
+        if not sep:
+            what = text
+        what = _GO_REGEXP_ERRORS.get(what, what)
+        raise PatternError(f"{what}: `{fragment}`" if sep else what) from None
 
 
 @functools.cache
