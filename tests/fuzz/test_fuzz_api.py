@@ -68,7 +68,8 @@ _scalars = st.one_of(
     st.none(), st.booleans(), st.text(max_size=30),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from([0, -1, 2**31, 2**63, 2**64, "", "0", "1Gi", "1.5", "-", "true", "null", "*"]),
+    st.sampled_from([0, -1, 2**31, 2**63, 2**64, "", "0", "1Gi", "1.5", "-", "true", "null", "*", "1e999999999",
+                     "1e-999999999", "9" * 100 + "Ei"]),
 )
 _json_values = st.recursive(
     _scalars,

@@ -466,3 +466,20 @@ async def test_large_yaml_bodies_are_decoded_off_the_event_loop() -> None:
     assert len(got["data"]) == 20000
     # Decoded on the loop, the ticker could not have run at all while it lasted.
     assert during > 1
+
+
+@pytest.mark.parametrize("text", ["1e999999999", "1e99999999999", "9" * 4000 + "Ei", "1e61", "-1e70"])
+def test_quantities_too_large_to_compute_with_are_refused(text: str) -> None:
+    from edgekube.api import quantity
+
+    with pytest.raises(quantity.QuantityError):
+        quantity.parse(text)
+    with pytest.raises(quantity.QuantityError):
+        quantity.Quantity.of(text)
+
+
+def test_tiny_and_large_but_sane_quantities_still_parse() -> None:
+    from edgekube.api import quantity
+
+    assert str(quantity.Quantity.of("1e-999999999")) == "1e-9"  # upstream rounds up to one nano
+    assert quantity.parse("1e60") == 10**60
