@@ -213,10 +213,15 @@ class Handlers:
         except web.HTTPRequestEntityTooLarge:
             raise errors.request_too_large(self._max_body) from None
         except web.RequestPayloadError as exc:
-            # A body whose Content-Encoding (gzip, deflate) does not match its bytes.
-            raise errors.bad_request(
+            # A body whose Content-Encoding (gzip, deflate) does not match its bytes. The rest of
+            # it cannot be read either: the connection closes after the answer, without aiohttp
+            # draining the body (which fails again, with a traceback in the log per request).
+            request.content.feed_eof()
+            raise errors.APIError(
+                400, "BadRequest",
                 f"the request body cannot be decoded as its Content-Encoding "
-                f"({request.headers.get('Content-Encoding', '')}) says: {str(exc).splitlines()[-1].strip()}"
+                f"({request.headers.get('Content-Encoding', '')}) says: {str(exc).splitlines()[-1].strip()}",
+                headers={"Connection": "close"},
             ) from None
         if len(body) > self._max_body:
             raise errors.request_too_large(self._max_body)
