@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import struct
+import zlib
 from typing import Any
 
 import orjson
@@ -79,6 +80,34 @@ def check_acceptable(accept: str) -> None:
 
 def media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
+
+
+def decode_content(body: bytes, encoding: str, *, limit: int) -> bytes:
+    """A request body as sent, undone from its Content-Encoding (identity, gzip, deflate): a
+    body that is not what its encoding says is a 400, one that inflates past `limit` a 413."""
+    name = encoding.strip().lower()
+    if name in ("", "identity"):
+        return body
+    if name not in ("gzip", "x-gzip", "deflate"):
+        raise errors.unsupported_media_type(f"Content-Encoding: {encoding}", ["gzip", "deflate", "identity"])
+    # gzip, or deflate as zlib data (RFC 9110), or as the raw deflate some clients send.
+    attempts = (31,) if name != "deflate" else (15, -15)
+    for i, wbits in enumerate(attempts):
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            if i + 1 < len(attempts):
+                continue
+            raise errors.bad_request(f"the request body is not valid {name} data: {exc}") from None
+        if len(out) > limit:
+            raise errors.request_too_large(limit)
+        if not inflater.eof:
+            if i + 1 < len(attempts):
+                continue
+            raise errors.bad_request(f"the request body is not valid {name} data: it ends early")
+        return out
+    raise AssertionError("unreachable")
 
 
 # Past this size a YAML or protobuf body is decoded on a worker thread: PyYAML reads about

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -177,9 +178,18 @@ def test_a_body_that_is_not_its_content_encoding_is_400(api: Api, encoding: str)
     path = "/api/v1/namespaces/default/configmaps"
     status, body = api.call("POST", path, b"this is not compressed", headers={"Content-Encoding": encoding})
     _assert_client_error(status, body, what=encoding)
-    real = gzip.compress(json.dumps({"metadata": {"name": "gz"}}).encode())
-    if encoding == "gzip":
-        assert api.call("POST", path, real, headers={"Content-Encoding": "gzip"})[0] == 201
+    for broken in (b"", b"{}\n", b"[]\n", gzip.compress(b'{"metadata": {}}')[:-6]):
+        status, body = api.call("POST", path, broken, content_type="application/yaml", headers={"Content-Encoding": encoding})
+        _assert_client_error(status, body, what=f"{encoding} {broken!r}")
+    data = json.dumps({"metadata": {"name": f"enc-{encoding}"}}).encode()
+    real = gzip.compress(data) if encoding == "gzip" else zlib.compress(data)
+    assert api.call("POST", path, real, headers={"Content-Encoding": encoding})[0] == 201
+    bomb = gzip.compress(b" " * (64 << 20)) if encoding == "gzip" else zlib.compress(b" " * (64 << 20))
+    assert len(bomb) < 200_000
+    status, body = api.call("POST", path, bomb, headers={"Content-Encoding": encoding})
+    assert status == 413, body
+    status, body = api.call("POST", path, real, headers={"Content-Encoding": "br"})
+    assert status == 415 and body["kind"] == "Status", body
 
 
 def _crd(pattern: str) -> dict[str, Any]:
