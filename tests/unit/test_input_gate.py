@@ -483,3 +483,20 @@ def test_tiny_and_large_but_sane_quantities_still_parse() -> None:
 
     assert str(quantity.Quantity.of("1e-999999999")) == "1e-9"  # upstream rounds up to one nano
     assert quantity.parse("1e60") == 10**60
+
+
+def test_without_re2_patterns_go_unenforced_and_say_so(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # armv7 has no google-re2 wheel: a backtracking engine must not take its place.
+    monkeypatch.setattr(crds, "re2", None)
+    crds.compile_pattern.cache_clear()
+    crds._warn_no_re2.cache_clear()
+    try:
+        schema = _crd(r"^(a+)+$")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        with caplog.at_level("WARNING"):
+            assert crds.validate_object(schema, {"spec": {"v": "a" * 40 + "!"}}) == []
+        assert "not enforced" in caplog.text
+        assert crds.validate(_crd(r"(a)\1"), None) == []
+    finally:
+        crds.compile_pattern.cache_clear()
+        crds._warn_no_re2.cache_clear()
