@@ -171,14 +171,22 @@ class _Loader(yaml.SafeLoader):
         # Keys become JSON keys as they are read, as sigs.k8s.io/yaml converts them (so `1`
         # and `true` stay two keys, where a Python dict would merge them).
         self.flatten_mapping(node)
-        out: dict[str, Any] = {}
+        out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = _json_key(self.construct_object(key_node, deep=True), key_node)
             out[key] = self.construct_object(value_node, deep=deep)
         return out
 
 
-def _json_key(key: Any, node: yaml.Node) -> str:
+class _BadKey:
+    """A key with no JSON form (null, a list), kept until the conversion knows its field path."""
+
+    def __init__(self, key: Any, node: yaml.Node) -> None:
+        self.text = (f"unsupported map key of type: {_type_name(key)}, key: {key!r} "
+                     f"(line {node.start_mark.line + 1}, column {node.start_mark.column + 1})")
+
+
+def _json_key(key: Any, node: yaml.Node) -> Any:
     if isinstance(key, bool):
         return "true" if key else "false"
     if isinstance(key, int):
@@ -187,8 +195,7 @@ def _json_key(key: Any, node: yaml.Node) -> str:
         return _go_float32(key)
     if isinstance(key, str):
         return key
-    raise YAMLError(f"unsupported map key of type: {_type_name(key)}, key: {key!r} (line {node.start_mark.line + 1}, "
-                    f"column {node.start_mark.column + 1})")
+    return _BadKey(key, node)
 
 
 # Plain scalars resolve as in go-yaml v2, not PyYAML: YAML 1.1's base-60 numbers (`22:22`, 1342
@@ -333,6 +340,9 @@ def _to_json(value: Any, path: str, depth: int) -> Any:
         # Aliases can nest deeper than the text that was composed.
         raise YAMLError(f"yaml: exceeded max depth of {MAX_DEPTH} (at {path or '<root>'})")
     if isinstance(value, dict):
+        for k in value:
+            if isinstance(k, _BadKey):
+                raise YAMLError(f"{k.text} at {path or '<root>'}")
         return {k: _to_json(v, _path(path, k), depth + 1) for k, v in value.items()}
     if isinstance(value, list):
         return [_to_json(v, _path(path, i), depth + 1) for i, v in enumerate(value)]
