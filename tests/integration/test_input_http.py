@@ -257,3 +257,15 @@ def test_subresource_bodies_of_the_wrong_types_are_400(api: Api) -> None:
     status, answer = api.call("PATCH", "/apis/apps/v1/namespaces/default/deployments/sub/scale",
                               json.dumps({"spec": {"replicas": "many"}}), content_type=PATCH_TYPES[1])
     _assert_client_error(status, answer, what="scale patch")
+
+
+def test_int64_grace_periods_are_not_a_500(api: Api) -> None:
+    path = "/api/v1/namespaces/default/pods"
+    for name, grace in (("grace-a", 30), ("grace-b", 2**62)):
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
+            "nodeName": "nowhere", "terminationGracePeriodSeconds": grace, "containers": [{"name": "c", "image": "i"}]}}
+        assert api.json("POST", path, pod)[0] == 201
+    status, body = api.call("DELETE", f"{path}/grace-a?gracePeriodSeconds=99999999999999")
+    assert status == 200 and body["metadata"]["deletionGracePeriodSeconds"] == 2**31 - 1, body
+    status, body = api.call("DELETE", f"{path}/grace-b")
+    assert status == 200 and body["metadata"]["deletionTimestamp"], body

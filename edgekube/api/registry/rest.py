@@ -80,6 +80,7 @@ _INITIAL_STATUS: dict[str, JSON] = {
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _CONFLICT_RETRIES = 8
 _SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+_MAX_GRACE_SECONDS = (1 << 31) - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -853,8 +854,11 @@ class Registry:
         if phase in ("Succeeded", "Failed"):
             return 0
         if options.grace_period_seconds is not None:
-            return max(0, options.grace_period_seconds)
-        return int(spec.get("terminationGracePeriodSeconds", 30))
+            grace = max(0, options.grace_period_seconds)
+        else:
+            grace = max(0, int(spec.get("terminationGracePeriodSeconds", 30)))
+        # The field is an int64; a deletionTimestamp must still be a date (68 years is plenty).
+        return min(grace, _MAX_GRACE_SECONDS)
 
     async def delete_collection(
         self,
