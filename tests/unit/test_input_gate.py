@@ -500,3 +500,22 @@ def test_without_re2_patterns_go_unenforced_and_say_so(monkeypatch: pytest.Monke
     finally:
         crds.compile_pattern.cache_clear()
         crds._warn_no_re2.cache_clear()
+
+
+async def test_an_oversized_object_from_before_the_limit_can_still_be_deleted(registry: rest.Registry) -> None:
+    roles = registry.catalog.lookup("rbac.authorization.k8s.io", "v1", "clusterroles")
+    assert roles is not None
+    big = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+           "metadata": {"name": "old", "uid": "u", "creationTimestamp": "2026-01-01T00:00:00Z", "finalizers": ["x/y"]},
+           "rules": [{"apiGroups": [""], "resources": [f"r{i}" + "x" * 1000], "verbs": ["get"]} for i in range(2000)]}
+    await registry.store.create(roles.key("old"), big)  # stored before the gate existed
+    await registry.delete(roles, namespace=None, name="old")
+
+    def release(obj: JSON) -> JSON:
+        obj["metadata"]["finalizers"] = []
+        return obj
+
+    await registry.patch(roles, namespace=None, name="old", apply=release)
+    with pytest.raises(errors.APIError) as err:
+        registry.get(roles, namespace=None, name="old")
+    assert err.value.code == 404

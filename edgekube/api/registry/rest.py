@@ -449,13 +449,15 @@ class Registry:
         if _unchanged(old, new):
             return old
         await self._admission.validate(info, new, old=old, subresource=subresource, dry_run=options.dry_run)
-        _check_storable(info, new)
+        new_meta = new["metadata"]
+        finishing = bool(new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and not _graceful_pod(info, old))
+        if not finishing:  # an object on its way out is not stored again: it may always go
+            _check_storable(info, new)
         allocated = self._allocate_service(new, old=old) if info.gk == "Service" else _Allocated()
         if options.dry_run:
             allocated.release(self)
             return new
-        new_meta = new["metadata"]
-        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and not _graceful_pod(info, old):
+        if finishing:
             # The last finalizer is gone from an object being deleted: finish the delete. (Not
             # for a pod in its grace period: its kubelet finishes that delete once its
             # containers stopped, and writes the pod's final status before, as upstream.)
