@@ -294,6 +294,10 @@ def _check_aliases(root: yaml.Node) -> None:
         walk.extend(reversed(_children(node)))
     if aliased > 100 and decoded > 1000 and aliased / decoded > _allowed_alias_ratio(decoded):
         raise YAMLError("yaml: document contains excessive aliasing")
+    if decoded > MAX_VALUES:
+        # Within go-yaml's ratio a few hundred bytes can still expand to ~400,000 values:
+        # refused here, before the expansion costs the time the gate exists to bound.
+        raise YAMLError(f"yaml: document expands to more than {MAX_VALUES} values")
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -76,6 +76,13 @@ def test_yaml_billion_laughs_is_refused_before_expansion() -> None:
         jsontree.load_yaml(doc)
 
 
+def test_yaml_aliasing_within_go_yamls_ratio_still_cannot_expand_past_the_value_bound() -> None:
+    doc = ("a: &a [" + ", ".join(["x"] * 1000) + "]\nb: [" + ", ".join(["*a"] * 300) + "]\n"
+           "c: [" + ", ".join(["y"] * 5000) + "]\n")  # 98% aliased: inside go-yaml's 99%
+    with pytest.raises(jsontree.YAMLError, match="expands to more than"):
+        jsontree.load_yaml(doc)
+
+
 def test_yaml_modest_aliasing_is_kept_and_expanded_into_copies() -> None:
     got = jsontree.load_yaml("base: &b {x: 1}\none: *b\ntwo: *b")
     assert got == {"base": {"x": 1}, "one": {"x": 1}, "two": {"x": 1}}
