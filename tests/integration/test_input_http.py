@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from edgekube.api.registry import resources
 from tests.conftest import Server
 from tests.support.apiclient import Api, connected, creatable_kinds
 
@@ -30,11 +31,20 @@ def api(server: Server) -> Iterator[Api]:
         yield client
 
 
-@pytest.fixture(scope="module")
-def kinds(api: Api) -> list[dict[str, Any]]:
-    found = creatable_kinds(api)
-    assert len(found) >= 30, [k["kind"] for k in found]
-    return found
+def _collection(info: resources.ResourceInfo) -> str:
+    base = f"/apis/{info.group}/{info.version}" if info.group else f"/api/{info.version}"
+    return f"{base}/namespaces/default/{info.plural}" if info.namespaced else f"{base}/{info.plural}"
+
+
+# Every creatable built-in kind, known at collection time, so each is a test case of its own.
+CREATABLE = [i for i in resources.Catalog().all() if "create" in i.verbs]
+KIND_IDS = [f"{i.gk}/{i.version}" for i in CREATABLE]
+
+
+def test_the_sweep_covers_what_discovery_serves(api: Api) -> None:
+    served = {(k["apiVersion"], k["kind"]) for k in creatable_kinds(api)}
+    assert served <= {(i.api_version, i.kind) for i in CREATABLE}
+    assert len(CREATABLE) >= 30
 
 
 def _deep_json(levels: int) -> str:
@@ -57,43 +67,50 @@ _BAD_YAML = {
 }
 
 
-def _head(kind: dict[str, Any], name: str) -> str:
-    return f"apiVersion: {kind['apiVersion']}\nkind: {kind['kind']}\nmetadata:\n  name: {name}\n"
+def _head(info: resources.ResourceInfo, name: str) -> str:
+    return f"apiVersion: {info.api_version}\nkind: {info.kind}\nmetadata:\n  name: {name}\n"
 
 
-def test_every_kind_refuses_bad_bodies_on_every_write_verb(api: Api, kinds: list[dict[str, Any]]) -> None:
-    for kind in kinds:
-        name = "bad-input"
-        head = _head(kind, name)
-        for what, template in _BAD_YAML.items():
-            doc = template.format(head=head)
-            status, body = api.call("POST", kind["path"], doc, content_type=YAML)
-            _assert_client_error(status, body, what=f"POST {kind['kind']} {what}")
-            if "update" in kind["verbs"]:
-                status, body = api.call("PUT", f"{kind['path']}/{name}", doc, content_type=YAML)
-                _assert_client_error(status, body, what=f"PUT {kind['kind']} {what}")
-            if "patch" in kind["verbs"]:
-                status, body = api.call("PATCH", f"{kind['path']}/{name}?fieldManager=t", doc, content_type=APPLY)
-                _assert_client_error(status, body, what=f"apply {kind['kind']} {what}")
-        head_json = json.dumps({"apiVersion": kind["apiVersion"], "kind": kind["kind"], "metadata": {"name": name}})
-        deep = head_json[:-1] + ', "spec": ' + _deep_json(300) + "}"
-        status, body = api.call("POST", kind["path"], deep)
-        _assert_client_error(status, body, what=f"POST {kind['kind']} JSON nested 300 levels")
+# Each kind with each of its write verbs (the create-only reviews have POST alone).
+_WRITES = [(info, verb) for info in CREATABLE for verb, needs in (("POST", "create"), ("PUT", "update"), ("APPLY", "patch"))
+           if needs in info.verbs]
 
 
-@pytest.mark.parametrize("field", ["spec", "metadata", "status", "data", "rules", "subsets", "webhooks"])
-def test_null_top_level_fields_are_never_a_500(api: Api, kinds: list[dict[str, Any]], field: str) -> None:
-    for kind in kinds:
-        name = f"null-{field}-{kind['plural']}"[:60].rstrip("-")
-        body = {"apiVersion": kind["apiVersion"], "kind": kind["kind"], "metadata": {"name": name}, field: None}
+@pytest.mark.parametrize(("info", "verb"), _WRITES, ids=[f"{i.gk}/{i.version}-{v}" for i, v in _WRITES])
+def test_every_kind_refuses_bad_bodies_on_every_write_verb(api: Api, info: resources.ResourceInfo, verb: str) -> None:
+    name = "bad-input"
+    path = _collection(info)
+    for what, template in _BAD_YAML.items():
+        doc = template.format(head=_head(info, name))
+        if verb == "POST":
+            status, body = api.call("POST", path, doc, content_type=YAML)
+        elif verb == "PUT":
+            status, body = api.call("PUT", f"{path}/{name}", doc, content_type=YAML)
+        else:
+            status, body = api.call("PATCH", f"{path}/{name}?fieldManager=t", doc, content_type=APPLY)
+        _assert_client_error(status, body, what=f"{verb} {info.kind} {what}")
+    head_json = json.dumps({"apiVersion": info.api_version, "kind": info.kind, "metadata": {"name": name}})
+    deep = head_json[:-1] + ', "spec": ' + _deep_json(300) + "}"
+    method, target = ("POST", path) if verb == "POST" else ("PUT", f"{path}/{name}")
+    if verb != "APPLY":
+        status, body = api.call(method, target, deep)
+        _assert_client_error(status, body, what=f"{verb} {info.kind} JSON nested 300 levels")
+
+
+@pytest.mark.parametrize("info", CREATABLE, ids=KIND_IDS)
+def test_null_top_level_fields_are_never_a_500(api: Api, info: resources.ResourceInfo) -> None:
+    path = _collection(info)
+    for field in ("spec", "metadata", "status", "data", "rules", "subsets", "webhooks", "template", "roleRef"):
+        name = f"null-{field}"
+        body: dict[str, Any] = {"apiVersion": info.api_version, "kind": info.kind, "metadata": {"name": name}, field: None}
         if field == "metadata":
-            body = {"apiVersion": kind["apiVersion"], "kind": kind["kind"], "metadata": None}
-        status, answer = api.json("POST", kind["path"], body)
-        assert status < 500, (kind["kind"], field, answer)
-        if status < 300 and "delete" in kind["verbs"] and isinstance(answer, dict):
+            body["metadata"] = None
+        status, answer = api.json("POST", path, body)
+        assert status < 500, (info.kind, field, answer)
+        if status < 300 and "delete" in info.verbs and isinstance(answer, dict):
             created = (answer.get("metadata") or {}).get("name")
             if created:
-                api.call("DELETE", f"{kind['path']}/{created}")
+                api.call("DELETE", f"{path}/{created}")
 
 
 def test_yaml_keys_become_strings_as_upstream_and_the_node_still_boots(server: Server, api: Api) -> None:

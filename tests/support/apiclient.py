@@ -66,12 +66,12 @@ class Api:
 
 
 def creatable_kinds(api: Api) -> list[dict[str, Any]]:
-    """Every served resource with the create verb (preferred versions), from discovery:
+    """Every served resource with the create verb, in every served version, from discovery:
     {"path": collection path in `default` or cluster-wide, "apiVersion", "kind", "plural",
     "namespaced", "verbs", "subresources" (status, scale, binding, ...)}."""
     status, groups = api.call("GET", "/apis")
     assert status == 200
-    versions = ["/api/v1"] + [f"/apis/{g['preferredVersion']['groupVersion']}" for g in groups["groups"]]
+    versions = ["/api/v1"] + [f"/apis/{v['groupVersion']}" for g in groups["groups"] for v in g["versions"]]
     out: list[dict[str, Any]] = []
     for gv in versions:
         status, doc = api.call("GET", gv)
