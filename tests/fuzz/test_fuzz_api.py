@@ -58,6 +58,7 @@ def kinds(api: Api) -> list[dict[str, Any]]:
         definition = apischema.kind_definition(group, version, kind["kind"])
         schema = apischema.definition(definition) if definition else None
         kind["fields"] = sorted((schema or {}).get("properties") or {"spec": {}})
+        kind["schema"] = schema
     return found
 
 
@@ -84,6 +85,56 @@ _yaml_values = st.recursive(
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_yaml_keys, inner, max_size=4)),
     max_leaves=20,
 )
+
+
+# Values shaped by the kind's own schema, so that requests get past the decoding checks into
+# defaulting, validation, admission and the controllers, with boundary values at every leaf.
+_INTS = st.one_of(st.integers(-3, 3), st.sampled_from([2**31 - 1, 2**31, -(2**31), 2**63 - 1, 2**62, 65535, 65536]))
+_STRINGS = st.one_of(st.text(max_size=12), st.sampled_from(
+    ["", "a", "0", "Always", "Never", "TCP", "None", "ClusterIP", "NodePort", "Exists", "In", "Equal", "NoExecute",
+     "50%", "1Gi", "100m", "*", "-", "a/b", "kubernetes.io/x", "2026-01-01T00:00:00Z", "* * * * *", "@every 1s"]))
+_QUANTITIES = st.one_of(st.sampled_from(["0", "1", "100m", "1Gi", "-1", "1e999999999", "0.0000000001", "1.5Ki", ""]),
+                        st.integers(-2, 2**40))
+_schema_cache: dict[tuple[str, int], st.SearchStrategy[Any]] = {}
+
+
+def _from_schema(schema: dict[str, Any], depth: int = 0) -> st.SearchStrategy[Any]:
+    name = apischema.ref_name(schema) or apischema.ref_name((schema.get("allOf") or [{}])[0])
+    target = apischema.definition(name) if name else schema
+    if name is not None and (name, depth) in _schema_cache:
+        return _schema_cache[(name, depth)]
+    if target is None or depth > 7 or target.get("x-kubernetes-preserve-unknown-fields"):
+        out: st.SearchStrategy[Any] = _json_values
+    elif name and name.endswith("resource.Quantity"):
+        out = _QUANTITIES
+    elif name and name.endswith("intstr.IntOrString"):
+        out = st.one_of(_INTS, _STRINGS)
+    elif isinstance(target.get("properties"), dict):
+        props = {k: _from_schema(v, depth + 1) for k, v in target["properties"].items()
+                 if k not in ("apiVersion", "kind", "status", "managedFields")}
+        out = st.fixed_dictionaries({}, optional=props)
+    elif target.get("type") == "object":
+        extra = target.get("additionalProperties")
+        out = st.dictionaries(st.text(max_size=10), _from_schema(extra, depth + 1) if isinstance(extra, dict) else _json_values,
+                              max_size=3)
+    elif target.get("type") == "array" and isinstance(target.get("items"), dict):
+        out = st.lists(_from_schema(target["items"], depth + 1), max_size=3)
+    else:
+        out = {"string": _STRINGS, "integer": _INTS, "boolean": st.booleans(),
+               "number": st.floats(allow_nan=False, allow_infinity=False)}.get(str(target.get("type")), _json_values)
+    if name is not None:
+        _schema_cache[(name, depth)] = out
+    return out
+
+
+@st.composite
+def _shaped(draw: st.DrawFn, kind: dict[str, Any]) -> dict[str, Any]:
+    obj: dict[str, Any] = draw(_from_schema(kind["schema"]))
+    obj.update({"apiVersion": kind["apiVersion"], "kind": kind["kind"]})
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    obj["metadata"] = {**meta, "name": draw(_names)}
+    obj["metadata"].pop("namespace", None)
+    return obj
 
 
 def _deep(levels: int) -> Any:
@@ -131,7 +182,10 @@ def _request(draw: st.DrawFn, kinds: list[dict[str, Any]]) -> tuple[str, str, by
     body: bytes | str | None = None
     as_yaml = draw(st.booleans())
     if verb in ("POST", "PUT", "APPLY"):
-        obj = draw(_object(kind, yaml_values=as_yaml or verb == "APPLY"))
+        if kind["schema"] is not None and draw(st.booleans()):
+            obj: Any = draw(_shaped(kind))
+        else:
+            obj = draw(_object(kind, yaml_values=as_yaml or verb == "APPLY"))
         if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict) and draw(st.booleans()):
             obj["metadata"]["name"] = name
         yaml_body = as_yaml or verb == "APPLY"
