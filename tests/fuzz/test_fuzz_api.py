@@ -26,6 +26,7 @@ import os
 import string
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import yaml
@@ -115,7 +116,7 @@ def _from_schema(schema: dict[str, Any], depth: int = 0) -> st.SearchStrategy[An
         out = st.one_of(_INTS, _STRINGS)
     elif isinstance(target.get("properties"), dict):
         props = {k: _from_schema(v, depth + 1) for k, v in target["properties"].items()
-                 if k not in ("apiVersion", "kind", "status", "managedFields")}
+                 if k != "managedFields" and not (depth == 0 and k in ("apiVersion", "kind"))}
         out = st.fixed_dictionaries({}, optional=props)
     elif target.get("type") == "object":
         extra = target.get("additionalProperties")
@@ -214,7 +215,8 @@ def _request(draw: st.DrawFn, kinds: list[dict[str, Any]]) -> tuple[str, str, by
     elif verb == "SUBRESOURCE":
         sub = draw(st.sampled_from(writable))
         method = "POST" if sub in ("binding", "eviction") else draw(st.sampled_from(["PUT", "PATCH"]))
-        obj = draw(_object(kind, yaml_values=False))
+        shaped = sub == "status" and kind["schema"] is not None and draw(st.booleans())
+        obj = draw(_shaped(kind)) if shaped else draw(_object(kind, yaml_values=False))
         if sub in ("binding", "eviction", "scale") and isinstance(obj, dict):
             obj.update(draw(st.dictionaries(st.sampled_from(["target", "spec", "status", "deleteOptions"]),
                                             _json_values, max_size=2)))
@@ -232,7 +234,8 @@ def _request(draw: st.DrawFn, kinds: list[dict[str, Any]]) -> tuple[str, str, by
             }, optional={"value": _json_values, "from": st.sampled_from(["/spec", "/metadata", "/nope"])}), max_size=5))
             body = json.dumps(ops)
         else:
-            body = json.dumps(draw(_object(kind, yaml_values=False)))
+            shaped = kind["schema"] is not None and draw(st.booleans())
+            body = json.dumps(draw(_shaped(kind)) if shaped else draw(_object(kind, yaml_values=False)))
         path, method = item, "PATCH"
     elif verb == "DELETE":
         options = draw(st.dictionaries(
@@ -251,8 +254,6 @@ def _request(draw: st.DrawFn, kinds: list[dict[str, Any]]) -> tuple[str, str, by
         if verb == "WATCH":
             params["watch"] = "1"
             params["timeoutSeconds"] = "1"
-        from urllib.parse import urlencode
-
         path, method = kind["path"] + ("?" + urlencode(params) if params else ""), "GET"
     if body is not None and draw(_rarely(15)):
         headers["Content-Encoding"] = draw(st.sampled_from(["gzip", "deflate"]))

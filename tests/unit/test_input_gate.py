@@ -526,3 +526,13 @@ async def test_an_oversized_object_from_before_the_limit_can_still_be_deleted(re
     with pytest.raises(errors.APIError) as err:
         registry.get(roles, namespace=None, name="old")
     assert err.value.code == 404
+
+
+async def test_a_crd_version_without_a_name_is_invalid_not_a_500(registry: rest.Registry) -> None:
+    # Found by the fuzz suite: the CRD's status was worked out before validation, from v["name"].
+    info = registry.catalog.lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+    assert info is not None
+    crd = {"metadata": {"name": "fuzz"}, "spec": {"group": "", "versions": [{"storage": True, "subresources": {}}]}}
+    with pytest.raises(errors.APIError) as err:
+        await registry.create(info, crd, namespace=None)
+    assert err.value.code == 422, err.value.message

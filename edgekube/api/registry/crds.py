@@ -255,7 +255,8 @@ def status(crd: JSON, *, now: str, accepted: bool, conflict: str = "") -> JSON:
     old = crd.get("status") or {}
     stored = list(old.get("storedVersions") or [])
     for v in spec.get("versions") or []:
-        if v.get("storage") and v.get("name") not in stored:
+        # Worked out before validation (a nameless version is refused right after): no KeyError.
+        if isinstance(v, dict) and v.get("storage") and isinstance(v.get("name"), str) and v["name"] not in stored:
             stored.append(v["name"])
     old_conditions = {c.get("type"): c for c in old.get("conditions") or [] if isinstance(c, dict)}
 
