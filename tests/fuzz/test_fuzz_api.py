@@ -1,6 +1,7 @@
 """Fuzzing the API with generated bodies and query parameters, against a real server (issue 13).
 
-Hypothesis draws, for every creatable kind the server serves: a verb (POST, PUT, the three patch
+Hypothesis draws, for every creatable kind the server serves (and three custom kinds it adds,
+with loose and strict schemas): a verb (POST, PUT, the three patch
 types, server-side apply, DELETE with options, list and watch with query parameters, writes to
 the kind's subresources: status, scale, binding, finalize), an
 encoding (JSON, YAML, one of the patch media types; sometimes a lying Content-Encoding) and a
@@ -51,8 +52,44 @@ def api(server: Server) -> Iterator[Api]:
         yield client
 
 
+# Custom kinds the fuzz suite adds before it looks at discovery: loose schemas (anything goes,
+# an int-or-string spec) with status and scale subresources, and a strict one with patterns,
+# formats, bounds and defaults.
+_CRD_SCHEMAS = {
+    "fuzzloose": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    "fuzzscalar": {"type": "object", "properties": {"spec": {"x-kubernetes-int-or-string": True},
+                                                    "status": {"x-kubernetes-preserve-unknown-fields": True}}},
+    "fuzzstrict": {"type": "object", "properties": {"spec": {"type": "object", "required": ["size"], "properties": {
+        "size": {"type": "integer", "format": "int32", "minimum": 0, "maximum": 100, "default": 1},
+        "name": {"type": "string", "pattern": "^(a+)+$", "maxLength": 40},
+        "when": {"type": "string", "format": "date-time"},
+        "tags": {"type": "array", "maxItems": 3, "items": {"type": "string", "enum": ["a", "b"]}},
+        "extra": {"type": "object", "additionalProperties": {"type": "number"}}}}}},
+}
+
+
+def _add_crds(api: Api) -> None:
+    for plural, schema in _CRD_SCHEMAS.items():
+        crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+               "metadata": {"name": f"{plural}.fuzz.example.com"}, "spec": {
+                   "group": "fuzz.example.com", "scope": "Namespaced",
+                   "names": {"plural": plural, "kind": plural.capitalize()},
+                   "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema},
+                                 "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.size",
+                                                                          "statusReplicasPath": ".status.size"}},
+                                 "additionalPrinterColumns": [{"name": "Size", "type": "integer",
+                                                               "jsonPath": ".spec.size"}]}]}}
+        status, body = api.json("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+        assert status in (201, 409), body
+    for _ in range(100):  # served once established
+        if all(api.call("GET", f"/apis/fuzz.example.com/v1/{p}")[0] == 200 for p in _CRD_SCHEMAS):
+            return
+    raise AssertionError("the fuzz suite's CRDs are not served")
+
+
 @pytest.fixture(scope="module")
 def kinds(api: Api) -> list[dict[str, Any]]:
+    _add_crds(api)
     found = creatable_kinds(api)
     for kind in found:
         group, _, version = kind["apiVersion"].rpartition("/")

@@ -286,3 +286,25 @@ def test_int64_grace_periods_are_not_a_500(api: Api) -> None:
     assert status == 200 and body["metadata"]["deletionGracePeriodSeconds"] == 2**31 - 1, body
     status, body = api.call("DELETE", f"{path}/grace-b")
     assert status == 200 and body["metadata"]["deletionTimestamp"], body
+
+
+def test_scale_of_a_custom_object_whose_spec_is_not_an_object(api: Api) -> None:
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "loose.ex.com"}, "spec": {
+               "group": "ex.com", "scope": "Namespaced", "names": {"plural": "loose", "kind": "Loose"},
+               "versions": [{"name": "v1", "served": True, "storage": True,
+                             "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.r",
+                                                                      "statusReplicasPath": ".status.r"}},
+                             "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                                 "spec": {"x-kubernetes-int-or-string": True}}}}}]}}
+    assert api.json("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)[0] == 201
+    path = "/apis/ex.com/v1/namespaces/default/loose"
+    for _ in range(50):
+        if api.call("GET", path)[0] == 200:
+            break
+    assert api.json("POST", path, {"apiVersion": "ex.com/v1", "kind": "Loose", "metadata": {"name": "o"}, "spec": 5})[0] == 201
+    status, body = api.call("GET", f"{path}/o/scale")
+    assert status == 200 and body["spec"]["replicas"] == 0, body
+    status, body = api.json("PUT", f"{path}/o/scale", {"spec": {"replicas": 3}})
+    assert status == 422 and ".spec is not an object" in body["message"], body
+    assert api.call("DELETE", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/loose.ex.com")[0] == 200

@@ -938,8 +938,9 @@ class Registry:
 
     def scale_of(self, info: resources.ResourceInfo, obj: JSON) -> JSON:
         meta = obj["metadata"]
-        spec = obj.get("spec") or {}
-        status = obj.get("status") or {}
+        # A custom object's spec or status may be any JSON its schema allows (an int, a string).
+        spec = _as_dict(obj.get("spec"))
+        status = _as_dict(obj.get("status"))
         selector = spec.get("selector")
         sel_text = ""
         if isinstance(selector, dict):
@@ -984,8 +985,12 @@ class Registry:
                 path = str(info.custom.scale.get("specReplicasPath") or path)
             node = obj
             parts = [p for p in path.split(".") if p]
-            for part in parts[:-1]:
+            for i, part in enumerate(parts[:-1]):
                 node = node.setdefault(part, {})
+                if not isinstance(node, dict):  # a custom object whose schema lets this be a scalar
+                    raise errors.invalid(info.kind, name, [errors.Cause(
+                        path.lstrip("."), f"Invalid value: {replicas}: .{'.'.join(parts[:i + 1])} is not an object")],
+                        group=info.group)
             node[parts[-1]] = replicas
             return obj
 
@@ -1226,6 +1231,10 @@ def _decode_continue(token: str, *, prefix: str) -> tuple[str, int]:
     except (ValueError, KeyError, TypeError):
         raise errors.bad_request("continue key is not valid: the continue token was not issued for this list") from None
     return start, revision
+
+
+def _as_dict(value: Any) -> JSON:
+    return value if isinstance(value, dict) else {}
 
 
 def _check_input(info: resources.ResourceInfo, obj: Any) -> None:
