@@ -14,6 +14,7 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 DATA_DIR   ?= .data
 PYTEST_ARGS ?=
+FUZZ_EXAMPLES ?= 20000
 
 # System packages: python3-venv/python3-dev for the venv and Nuitka; gcc, patchelf, ccache for
 # Nuitka; the rest are used by the kubelet and network tests of later issues (installing them is
@@ -25,11 +26,12 @@ APT_PACKAGES := python3-venv python3-dev gcc patchelf ccache \
 STAMP_APT  := $(VENV)/.stamp-apt
 STAMP_PIP  := $(VENV)/.stamp-pip
 
-.PHONY: help setup run test bench lint binary kube-tools clean distclean
+.PHONY: help setup run test fuzz bench lint binary kube-tools clean distclean
 
 help:
 	@echo "make run     set up (apt, .venv, pip) and start 'edgekube server --data-dir $(DATA_DIR)'"
 	@echo "make test    set up, fetch kubectl/helm into tools/bin, run the whole pytest suite"
+	@echo "make fuzz    the API fuzz suite, long (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) requests; make test runs 250)"
 	@echo "make bench   run benchmarks/run_all.py"
 	@echo "make lint    ruff, mypy --strict, tools/check_layers.py"
 	@echo "make binary  Nuitka onefile build into dist/edgekube"
@@ -82,6 +84,11 @@ test: setup kube-tools
 	@rc=0; $(PY) -m pytest -m 'not binary' $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
+
+# A fresh random run each time (EDGEKUBE_FUZZ_SEED=random); make test's bounded run is the same
+# every time, so that CI is reproducible.
+fuzz: setup
+	EDGEKUBE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) EDGEKUBE_FUZZ_SEED=random $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/run_all.py

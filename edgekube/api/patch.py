@@ -31,7 +31,7 @@ from typing import Any
 import jsonpatch
 import orjson
 
-from edgekube.api import errors
+from edgekube.api import errors, jsontree
 from edgekube.api.registry import patchmeta
 
 JSON_PATCH = "application/json-patch+json"
@@ -41,8 +41,11 @@ APPLY_PATCH = "application/apply-patch+yaml"
 SUPPORTED: tuple[str, ...] = (JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH)
 
 _JSON_PATCH_OPS = frozenset({"add", "remove", "replace", "move", "copy", "test"})
+# Upstream's maxJSONBytePatcherOperations: more operations is a 413.
+MAX_JSON_PATCH_OPS = 10000
 
 _PATCH = "$patch"
+_GONE = object()  # a list element a strategic merge deleted, dropped when the list is done
 _RETAIN_KEYS = "$retainKeys"
 _SET_ORDER = "$setElementOrder/"
 _DELETE_PRIMITIVE = "$deleteFromPrimitiveList/"
@@ -64,6 +67,7 @@ def apply_patch(content_type: str, original: dict[str, Any], body: bytes, *, gk:
         patch = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise errors.bad_request(f"error decoding patch: {exc}") from None
+    jsontree.check(patch, where="error decoding patch")
     if media == JSON_PATCH:
         return json_patch(original, patch)
     if not isinstance(patch, dict):
@@ -83,7 +87,21 @@ def json_patch(original: dict[str, Any], ops: Any) -> dict[str, Any]:
     _check_json_patch_ops(ops)
     # One operation at a time on a private copy, so an error can name the operation that failed.
     result: Any = copy.deepcopy(original)
+    # `copy` duplicates a subtree, so a few dozen operations could double an object into
+    # gigabytes: count the nodes each copy adds and stop past what the store could ever take.
+    budget = jsontree.MAX_OBJECT_BYTES - _count_nodes(result, limit=jsontree.MAX_OBJECT_BYTES)
     for i, op in enumerate(ops):
+        if op["op"] == "copy":
+            try:
+                source = jsonpatch.JsonPointer(op["from"]).resolve(result)
+            except (jsonpatch.JsonPointerException, KeyError, IndexError, TypeError, ValueError):
+                source = None
+            budget -= _count_nodes(source, limit=budget + 1)
+            if budget < 0:
+                raise errors.APIError(
+                    413, "RequestEntityTooLarge",
+                    f"json patch operation {i} (copy from {op['from']}) makes the object too large to store",
+                )
         source = f' from {op["from"]}' if "from" in op else ""
         what = f'json patch operation {i} ({op["op"]} {op["path"]}{source})'
         try:
@@ -103,10 +121,29 @@ def json_patch(original: dict[str, Any], ops: Any) -> dict[str, Any]:
     return result
 
 
+def _count_nodes(value: Any, *, limit: int) -> int:
+    """Nodes in a JSON tree, counting no further than `limit`."""
+    count = 0
+    stack = [value]
+    while stack and count < limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
+
+
 def _check_json_patch_ops(ops: Any) -> None:
     if not isinstance(ops, list):
         raise errors.bad_request(
             f"error decoding patch: a json patch must be a list of operations, got {json_type(ops)}"
+        )
+    if len(ops) > MAX_JSON_PATCH_OPS:
+        raise errors.APIError(
+            413, "RequestEntityTooLarge",
+            f"The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPS}, got {len(ops)}",
         )
     for i, op in enumerate(ops):
         if not isinstance(op, dict):
@@ -252,7 +289,8 @@ def _delete_from_primitive_list(original: dict[str, Any], field: str, values: An
         return
     if any(isinstance(v, (dict, list)) for v in values):
         raise errors.bad_request(f"{path}: $deleteFromPrimitiveList applies only to lists of scalars")
-    original[field] = [item for item in current if item not in values]
+    drop = set(values)  # a set: long lists on both sides stay linear
+    original[field] = [item for item in current if _hashable(item) not in drop]
 
 
 def _smp_list(original: list[Any], patch: list[Any], *, meta: patchmeta.Node | None, path: str) -> list[Any]:
@@ -270,37 +308,47 @@ def _smp_list(original: list[Any], patch: list[Any], *, meta: patchmeta.Node | N
     if not meta.merge_key:
         # A merged list of scalars is a set union: the original's order, then what is new.
         result = list(original)
+        present = {_hashable(item) for item in result}
         for item in patch:
             if isinstance(item, (dict, list)):
                 raise errors.bad_request(f"{path}: expected a list of scalars, got an element of type {json_type(item)}")
-            if item not in result:
+            if item not in present:
+                present.add(item)
                 result.append(item)
         return result
 
+    # Elements are found by merge key through an index, not a scan per patch element: a patch
+    # of n elements against a list of m stays O(n + m), whatever their lengths.
     key = meta.merge_key
     result = list(original)
+    where: dict[Any, list[int]] = {}
+    for j, r in enumerate(result):
+        if isinstance(r, dict) and key in r:
+            where.setdefault(_hashable(r[key]), []).append(j)
     for i, item in enumerate(patch):
         item_path = f"{path}[{i}]"
         if not isinstance(item, dict):
             raise errors.bad_request(f"{item_path}: expected an object with merge key {key!r}, got {json_type(item)}")
         if key not in item:
             raise errors.bad_request(f"{item_path}: element does not contain the merge key {key!r}")
-        wanted = item[key]
+        wanted = _hashable(item[key])
         if item.get(_PATCH) == "delete":
-            result = [r for r in result if not (isinstance(r, dict) and r.get(key) == wanted)]
+            for j in where.pop(wanted, []):
+                result[j] = _GONE
             continue
-        at = next((j for j, r in enumerate(result) if isinstance(r, dict) and r.get(key) == wanted), None)
-        if at is None:
+        found = where.get(wanted)
+        if not found:
             added = _smp_map({}, item, meta=meta, path=item_path)
             if added is not None:
+                where.setdefault(wanted, []).append(len(result))
                 result.append(added)
+            continue
+        merged = _smp_map(result[found[0]], item, meta=meta, path=item_path)
+        if merged is None:
+            result[found.pop(0)] = _GONE
         else:
-            merged = _smp_map(result[at], item, meta=meta, path=item_path)
-            if merged is None:
-                del result[at]
-            else:
-                result[at] = merged
-    return result
+            result[found[0]] = merged
+    return [r for r in result if r is not _GONE]
 
 
 def _fresh_list(items: list[Any], *, meta: patchmeta.Node | None, path: str) -> list[Any]:

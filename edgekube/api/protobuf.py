@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from edgekube.api import jsontree
+
 MAGIC = b"k8s\x00"
 MEDIA_TYPE = "application/vnd.kubernetes.protobuf"
 
@@ -182,17 +184,20 @@ def _special(name: str, data: bytes) -> Any:
 _SPECIAL = frozenset({*_TIME, _INT_OR_STRING, _QUANTITY, _RAW, _FIELDS_V1, _DURATION})
 
 
-def _value(kind: str, wire: int, raw: Any) -> Any:
+def _value(kind: str, wire: int, raw: Any, depth: int) -> Any:
     if (kind in _SPECIAL or kind in _schema()) and wire != 2:
         raise DecodeError(f"wire type {wire} where the message {kind} was expected")
     if kind in _SPECIAL:
         return _special(kind, bytes(raw))
     if kind in _schema():
-        return decode_message(kind, bytes(raw))
+        return decode_message(kind, bytes(raw), depth=depth + 1)
     return _scalar(kind, wire, raw)
 
 
-def decode_message(name: str, data: bytes) -> dict[str, Any]:
+def decode_message(name: str, data: bytes, *, depth: int = 1) -> dict[str, Any]:
+    # Messages nest (JSONSchemaProps holds JSONSchemaProps): bound the recursion.
+    if depth > jsontree.MAX_DEPTH:
+        raise DecodeError(f"messages nested deeper than {jsontree.MAX_DEPTH} levels")
     schema = _schema().get(name)
     if schema is None:
         raise DecodeError(f"unknown message {name}")
@@ -206,8 +211,8 @@ def decode_message(name: str, data: bytes) -> dict[str, Any]:
         if kind.startswith("M:"):
             _, key_kind, value_kind = kind.split(":", 2)
             entry = {n: (w, v) for n, w, v in _fields(bytes(raw))}
-            key = _value(key_kind, *entry[1]) if 1 in entry else ""
-            value = _value(value_kind, *entry[2]) if 2 in entry else ("" if value_kind == "s" else None)
+            key = _value(key_kind, *entry[1], depth) if 1 in entry else ""
+            value = _value(value_kind, *entry[2], depth) if 2 in entry else ("" if value_kind == "s" else None)
             out.setdefault(json_name, {})[key] = value
             continue
         if repeated and wire == 2 and kind in ("i", "B"):
@@ -218,7 +223,7 @@ def decode_message(name: str, data: bytes) -> dict[str, Any]:
                 v, pos = _varint(bytes(raw), pos)
                 items.append(_scalar(kind, 0, v))
             continue
-        value = _value(kind, wire, raw)
+        value = _value(kind, wire, raw, depth)
         if inline and isinstance(value, dict):
             out.update(value)
             continue

@@ -18,6 +18,10 @@ import re
 _RE = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$")
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_MAX_ADJUSTED = 60  # int64's largest in nano units is about 9.2e27
+# Exact scaling, with exponents as wide as Decimal allows, and any overflow an exception.
+_EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN,
+                         traps=[decimal.InvalidOperation, decimal.Overflow])
 
 
 class QuantityError(ValueError):
@@ -26,6 +30,15 @@ class QuantityError(ValueError):
 
 def parse(value: object) -> decimal.Decimal:
     """The quantity's value in base units (cores, bytes). Raises QuantityError."""
+    out = _parse(value)
+    if out and out.adjusted() > _MAX_ADJUSTED:
+        # Upstream saturates such values at int64's largest; here every consumer would turn
+        # them into ints of thousands of digits (`1e999999`), so they are refused.
+        raise QuantityError(f"quantity is too large: at most 1e{_MAX_ADJUSTED} is accepted")
+    return out
+
+
+def _parse(value: object) -> decimal.Decimal:
     if isinstance(value, bool):
         raise QuantityError("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
     if isinstance(value, int):
@@ -44,7 +57,13 @@ def parse(value: object) -> decimal.Decimal:
     if suffix in _DECIMAL:
         return number.scaleb(_DECIMAL[suffix])
     if suffix:
-        return number.scaleb(int(suffix[1:]))
+        exponent = int(suffix[1:])
+        if not -(2**31) <= exponent < 2**31:  # upstream reads the exponent as an int32
+            raise QuantityError("unable to parse quantity's suffix")
+        try:
+            return number.scaleb(exponent, context=_EXACT)
+        except ArithmeticError:  # past what Decimal can hold (1e999999999)
+            raise QuantityError("unable to parse numeric part of quantity") from None
     return number
 
 
@@ -90,7 +109,10 @@ class Quantity:
             elif suffix[:1] in ("e", "E"):
                 fmt = DECIMAL_EXPONENT
         if value:
-            value = value.quantize(_NANO, rounding=decimal.ROUND_UP, context=_CTX)
+            try:
+                value = value.quantize(_NANO, rounding=decimal.ROUND_UP, context=_CTX)
+            except decimal.InvalidOperation:
+                pass  # more than 80 digits before the point: nothing there to round to 1n
         if fmt == BINARY_SI and 0 < abs(value) < 1:
             fmt = DECIMAL_SI
         return cls(value, fmt)

@@ -130,7 +130,9 @@ class ApiServer:
         self.app = web.Application(
             middlewares=[self.connections.middleware, error_middleware, auth_middleware(tokens)],
             client_max_size=max_body + 1,
-            handler_args={"max_field_size": 16384},
+            # Request bodies are inflated by the handlers (negotiation.decode_content), not by
+            # aiohttp's parser, which could hang a connection on a body that is not its encoding.
+            handler_args={"max_field_size": 16384, "auto_decompress": False},
         )
         r = self.app.router
         r.add_get("/healthz", self._health)

@@ -49,6 +49,9 @@ NEXT_SCHEDULE_DELTA = 0.1  # requeue a little after the schedule time (clock ske
 # back (a board booting at 1970) would sleep for decades. Never longer than this, then look again.
 MAX_SCHEDULE_WAIT = 600.0
 TOO_MANY_MISSED = 100
+# startingDeadlineSeconds is an int64; past a century it means "no deadline" (and a timedelta
+# of 2^62 seconds does not exist: the reconcile would fail forever).
+_MAX_DEADLINE = datetime.timedelta(days=36500)
 
 _MACROS = {
     "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
@@ -134,6 +137,10 @@ def _time(text: str | None) -> datetime.datetime | None:
     return clock_mod.parse_rfc3339(text) if text else None
 
 
+def _deadline(seconds: Any) -> datetime.timedelta:
+    return min(datetime.timedelta(seconds=max(0, min(int(seconds), 2**40))), _MAX_DEADLINE)
+
+
 def most_recent_schedule_time(
     cj: JSON, now: datetime.datetime, sched: Schedule, *, include_deadline: bool
 ) -> tuple[datetime.datetime, datetime.datetime | None, int]:
@@ -145,7 +152,7 @@ def most_recent_schedule_time(
     earliest = _time(status.get("lastScheduleTime")) or _time(meta.get("creationTimestamp")) or now
     deadline = (cj.get("spec") or {}).get("startingDeadlineSeconds")
     if include_deadline and deadline is not None:
-        floor = now - datetime.timedelta(seconds=int(deadline))
+        floor = now - _deadline(deadline)
         if floor > earliest:
             earliest = floor
     t1 = sched.next(earliest)
@@ -398,7 +405,7 @@ class CronJobController(Controller):
             self._events.warning(cj, "TooManyMissedTimes", "too many missed start times. Set or decrease "
                                  ".spec.startingDeadlineSeconds or check clock skew")
         deadline = spec.get("startingDeadlineSeconds")
-        if deadline is not None and scheduled + datetime.timedelta(seconds=int(deadline)) < now:
+        if deadline is not None and scheduled + _deadline(deadline) < now:
             self._events.warning(cj, "MissSchedule", "Missed scheduled time to start a job: "
                                  + scheduled.astimezone(datetime.UTC).strftime("%a, %d %b %Y %H:%M:%S +0000"))
             return next_schedule_delay(cj, now, sched), changed, None

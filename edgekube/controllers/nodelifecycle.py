@@ -171,6 +171,8 @@ def eviction_time(pod: JSON, taints: list[JSON], *, started: Callable[[JSON], da
             at = started(taint) + datetime.timedelta(seconds=max(0, int(seconds)))
         except (TypeError, ValueError):
             at = _EPOCH
+        except OverflowError:
+            continue  # an int64 past any date (2^62 s): tolerated for ever, not a failed reconcile
         when = at if when is None else min(when, at)
     return when
 

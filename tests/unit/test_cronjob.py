@@ -310,6 +310,14 @@ async def test_starting_deadline_skips_starts_that_are_too_late(env: Env) -> Non
     assert annotations[cronjob.SCHEDULED_TIMESTAMP] == "2026-01-01T00:10:00Z"
 
 
+async def test_an_int64_starting_deadline_is_no_deadline_not_a_reconcile_error(env: Env) -> None:
+    await env.create("huge", "*/5 * * * *", startingDeadlineSeconds=2**62)  # a valid int64
+    env.clock.advance(390)
+    await env.sync("huge")  # raised OverflowError at every retry before
+    t5 = _minutes(datetime.datetime(2026, 1, 1, 0, 5, tzinfo=UTC))
+    assert env.job_names() == [f"huge-{t5}"]
+
+
 async def test_too_many_missed_start_times_warns_and_runs_the_latest(env: Env) -> None:
     await env.create("busy", "* * * * *")
     env.clock.advance(200 * 60 + 15)

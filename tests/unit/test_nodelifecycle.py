@@ -59,6 +59,8 @@ def test_eviction_time() -> None:
     # Not tolerated at all: at once. A toleration of 0 or less: at once too.
     assert nl.eviction_time(_pod(), [UNREACHABLE_NE], started=started) == datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
     assert nl.eviction_time(_pod({**brief, "tolerationSeconds": -1}), [UNREACHABLE_NE], started=started) == T0
+    # An int64 toleration past any date is for ever (it raised OverflowError in the reconcile).
+    assert nl.eviction_time(_pod({**brief, "tolerationSeconds": 2**62}), [UNREACHABLE_NE], started=started) is None
     # The first matching toleration is the one used, as upstream.
     assert nl.eviction_time(_pod(forever, brief), [UNREACHABLE_NE], started=started) is None
     # Several taints: the earliest end wins, each counted from its own start.

@@ -18,7 +18,11 @@ Convert = Callable[[JSON], JSON]
 def _hpa_v1_to_v2(obj: JSON) -> JSON:
     out = copy.deepcopy(obj)
     out["apiVersion"] = "autoscaling/v2"
-    spec = out.setdefault("spec", {})
+    if out.get("spec") is None:
+        out["spec"] = {}  # null is Go's zero value
+    spec = out["spec"]
+    if not isinstance(spec, dict):
+        return out  # a client's wrong type: the decoding checks name it
     target = spec.pop("targetCPUUtilizationPercentage", None)
     if target is not None:
         spec["metrics"] = [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": target}}}]

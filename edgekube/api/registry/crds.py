@@ -10,6 +10,13 @@
   `default`s filled in, types, required fields, enums, bounds, patterns and formats checked.
 - `jsonpath`: the subset of kubectl's JSONPath used by `additionalPrinterColumns` and the scale
   subresource's paths.
+
+`pattern`s are Go regular expressions upstream (RE2: linear in the input, no backreferences or
+lookaround). Python's `re` backtracks, so one pattern with nested quantifiers and a 30-character
+value could hold the event loop for minutes: patterns are compiled and run by RE2 (google-re2),
+and a pattern RE2 cannot compile is refused when the CRD is written, in upstream's words. Where
+no RE2 build exists for the platform (armv7 has no wheel), patterns are checked for nothing
+rather than run by a backtracking engine, and the server logs that once.
 """
 
 from __future__ import annotations
@@ -17,11 +24,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import functools
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
+
+try:
+    import re2
+except ImportError:  # pragma: no cover - platforms without a google-re2 wheel
+    re2 = None
 
 from edgekube.api.errors import Cause
 
@@ -32,6 +46,86 @@ _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 _KIND = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 _VERSION = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 CLEANUP_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
+log = logging.getLogger(__name__)
+# Schema keywords that hold subschemas: by name, in a list, or as the schema itself.
+_SUB_BY_NAME = ("properties", "patternProperties", "definitions", "dependencies")
+_SUB_LISTS = ("allOf", "anyOf", "oneOf")
+_SUB_ONE = ("items", "additionalProperties", "additionalItems", "not")
+
+
+class PatternError(ValueError):
+    pass
+
+
+# RE2's error texts where Go's regexp/syntax words the same error differently.
+_GO_REGEXP_ERRORS = {
+    "no argument for repetition operator": "missing argument to repetition operator",
+    "missing ]": "missing closing ]",
+    "missing )": "missing closing )",
+    "trailing \\": "trailing backslash at end of expression",
+    "invalid repetition size": "invalid repeat count",
+    "bad repetition operator": "invalid nested repetition operator",
+    "invalid perl operator": "invalid or unsupported Perl syntax",
+    "invalid named capture group": "invalid named capture",
+    "pattern too large - compile failed": "expression too large",
+}
+
+
+@functools.lru_cache(maxsize=512)
+def compile_pattern(pattern: str) -> Any:
+    """A compiled RE2 pattern (Go's regexp syntax and linear-time matching), or None where this
+    platform has no RE2; PatternError with RE2's words for a pattern Go would refuse."""
+    if re2 is None:
+        _warn_no_re2()
+        return None
+    options = re2.Options()
+    options.log_errors = False  # refusals are answered to the client, not printed on stderr
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        raw = exc.args[0] if exc.args else str(exc)
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        # RE2 says "no argument for repetition operator: +", Go's regexp (whose words upstream
+        # answers) "missing argument to repetition operator: `+`".
+        what, sep, fragment = text.rpartition(": ")
+        if not sep:
+            what = text
+        what = _GO_REGEXP_ERRORS.get(what, what)
+        raise PatternError(f"{what}: `{fragment}`" if sep else what) from None
+
+
+@functools.cache
+def _warn_no_re2() -> None:
+    log.warning("no RE2 regular-expression engine on this platform (google-re2): CRD `pattern` "
+                "constraints are not enforced")
+
+
+def _pattern_causes(schema: Any, path: str) -> list[Cause]:
+    """Every `pattern` of a CRD schema that Go's regexp would not compile."""
+    out: list[Cause] = []
+    stack: list[tuple[Any, str]] = [(schema, path)]
+    while stack:
+        node, where = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            try:
+                compile_pattern(pattern)
+            except PatternError as exc:
+                out.append(Cause(f"{where}.pattern", f"Invalid value: {orjson.dumps(pattern).decode()}: must be a valid "
+                                 f"regular expression, but isn't: error parsing regexp: {exc}"))
+        for key in _SUB_BY_NAME:
+            subs = node.get(key)
+            if isinstance(subs, dict):
+                stack.extend((v, f"{where}.{key}[{k}]") for k, v in subs.items())
+        for key in _SUB_LISTS:
+            subs = node.get(key)
+            if isinstance(subs, list):
+                stack.extend((v, f"{where}.{key}[{i}]") for i, v in enumerate(subs))
+        for key in _SUB_ONE:
+            stack.append((node.get(key), f"{where}.{key}"))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +230,7 @@ def validate(crd: JSON, old: JSON | None) -> list[Cause]:
             out.append(Cause(f"spec.versions[{i}].schema.openAPIV3Schema", "Required value: schemas are required", "FieldValueRequired"))
         elif schema.get("type") != "object":
             out.append(Cause(f"spec.versions[{i}].schema.openAPIV3Schema.type", 'Required value: must be "object" at the root', "FieldValueRequired"))
+        out.extend(_pattern_causes(schema, f"spec.versions[{i}].schema.openAPIV3Schema"))
         for j, col in enumerate(v.get("additionalPrinterColumns") or []):
             if not isinstance(col, dict) or not col.get("name") or not col.get("jsonPath"):
                 out.append(Cause(f"spec.versions[{i}].additionalPrinterColumns[{j}]", "Required value: name and jsonPath are required", "FieldValueRequired"))
@@ -160,7 +255,8 @@ def status(crd: JSON, *, now: str, accepted: bool, conflict: str = "") -> JSON:
     old = crd.get("status") or {}
     stored = list(old.get("storedVersions") or [])
     for v in spec.get("versions") or []:
-        if v.get("storage") and v.get("name") not in stored:
+        # Worked out before validation (a nameless version is refused right after): no KeyError.
+        if isinstance(v, dict) and v.get("storage") and isinstance(v.get("name"), str) and v["name"] not in stored:
             stored.append(v["name"])
     old_conditions = {c.get("type"): c for c in old.get("conditions") or [] if isinstance(c, dict)}
 
@@ -324,6 +420,7 @@ def _defaults(schema: JSON, value: Any) -> None:
                 _defaults(items, v)
 
 
+_INT_FORMATS = {"int32": (-(1 << 31), (1 << 31) - 1), "int64": (-(1 << 63), (1 << 63) - 1)}
 _FORMATS = {
     "date-time": lambda s: bool(re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$", s)),
     "date": lambda s: bool(re.match(r"^\d{4}-\d{2}-\d{2}$", s)),
@@ -381,6 +478,10 @@ def _check(schema: JSON, value: Any, path: str, out: list[Cause]) -> None:
     if isinstance(enum, list) and value not in enum:
         allowed = ", ".join(f'"{e}"' if isinstance(e, str) else str(e) for e in enum)
         out.append(Cause(path, f"Unsupported value: {_show(value)}: supported values: {allowed}", "FieldValueNotSupported"))
+    bounds = _INT_FORMATS.get(str(schema.get("format"))) if want == "integer" else None
+    if bounds is not None and isinstance(value, int) and not bounds[0] <= value <= bounds[1]:
+        out.append(Cause(path, f'Invalid value: {value}: {path} in body must be of type integer({schema["format"]}): "{value}"',
+                         "FieldValueTypeInvalid"))
     if isinstance(value, int | float) and not isinstance(value, bool):
         lo, hi = schema.get("minimum"), schema.get("maximum")
         if isinstance(lo, int | float) and (value < lo or (schema.get("exclusiveMinimum") and value == lo)):
@@ -395,10 +496,11 @@ def _check(schema: JSON, value: Any, path: str, out: list[Cause]) -> None:
         pattern = schema.get("pattern")
         if isinstance(pattern, str):
             try:
-                if not re.search(pattern, value):
-                    out.append(Cause(path, f'Invalid value: "{value}": {path} in body should match \'{pattern}\''))
-            except re.error:
-                pass
+                compiled = compile_pattern(pattern)
+            except PatternError:
+                compiled = None  # refused when the CRD was written; an older one is not enforced
+            if compiled is not None and compiled.search(value) is None:
+                out.append(Cause(path, f'Invalid value: "{value}": {path} in body should match \'{pattern}\''))
         fmt = _FORMATS.get(str(schema.get("format")))
         if fmt is not None and not fmt(value):
             out.append(Cause(path, f'Invalid value: "{value}": {path} in body must be of type {schema.get("format")}: "{value}"'))

@@ -5,6 +5,15 @@ Upstream decodes a request body into Go structs: a field the struct does not hav
 and a value of the wrong JSON type cannot be decoded at all (400). The same facts are in the
 kind's OpenAPI definition, so this walks the object against it, at every depth:
 `unknown field "spec.template.spec.containers[0].imagee"`.
+
+Two more things Go's decoding does, and so this walk does too:
+- `null` is the zero value: a struct field that is null is as good as absent (dropped here, so
+  `spec: null` is an empty spec to defaulting and validation, not a crash), and a null map
+  value or list element becomes its type's zero value (`""`, `0`, `false`, `{}`).
+- an integer field has a Go type (the schema's `format`, int32 or int64): a number out of its
+  range cannot be decoded, in upstream's words
+  (`json: cannot unmarshal number 2147483648 into Go struct field DeploymentSpec.spec.replicas
+  of type int32`).
 """
 
 from __future__ import annotations
@@ -25,13 +34,15 @@ _OPEN = frozenset({
     "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrStringArray",
 })
 _SKIP_TOP = frozenset({"apiVersion", "kind"})
+_RANGES = {"int32": (-(1 << 31), (1 << 31) - 1), "int64": (-(1 << 63), (1 << 63) - 1)}
+_ZERO: dict[str, Any] = {"string": "", "integer": 0, "number": 0, "boolean": False}
 
 
 def check(schema: JSON, obj: JSON, *, prune: bool) -> tuple[list[str], list[str]]:
     """(unknown field paths, type errors) of `obj`; with `prune`, unknown fields are removed."""
     unknown: list[str] = []
     wrong: list[str] = []
-    _object(schema, obj, "", unknown, wrong, prune, top=True)
+    _object(schema, obj, "", unknown, wrong, prune, top=True, owner=str(obj.get("kind") or ""))
     return unknown, wrong
 
 
@@ -46,7 +57,8 @@ def _target(schema: JSON) -> tuple[str | None, JSON | None]:
     return None, schema
 
 
-def _object(schema: JSON, value: JSON, path: str, unknown: list[str], wrong: list[str], prune: bool, *, top: bool = False) -> None:
+def _object(schema: JSON, value: JSON, path: str, unknown: list[str], wrong: list[str], prune: bool, *,
+            top: bool = False, owner: str) -> None:
     props = schema.get("properties")
     if not isinstance(props, dict):
         return
@@ -60,10 +72,50 @@ def _object(schema: JSON, value: JSON, path: str, unknown: list[str], wrong: lis
             if prune:
                 del value[key]
             continue
-        _value(prop, value[key], sub, unknown, wrong, prune)
+        if value[key] is None and not _is_open(prop):
+            del value[key]  # JSON null decodes as the zero value: as good as absent
+            continue
+        _value(prop, value[key], sub, unknown, wrong, prune, owner=owner)
 
 
-def _value(schema: JSON, value: Any, path: str, unknown: list[str], wrong: list[str], prune: bool) -> None:
+def _is_open(schema: JSON) -> bool:
+    name, target = _target(schema)
+    return target is None or name in _OPEN or bool(target.get("x-kubernetes-preserve-unknown-fields"))
+
+
+def _zero(schema: JSON) -> Any:
+    """The JSON form of a Go zero value, for a null map value or list element."""
+    name, target = _target(schema)
+    if target is None or name in _OPEN:
+        return None
+    if name == _QUANTITY:
+        return "0"
+    if target.get("type") == "object" or "properties" in target or target.get("type") == "array":
+        return {} if target.get("type") != "array" else None
+    return _ZERO.get(str(target.get("type")))
+
+
+def _fill_nulls(schema: JSON, items: dict[Any, Any] | list[Any]) -> None:
+    keys = range(len(items)) if isinstance(items, list) else list(items)
+    for k in keys:
+        if items[k] is None:
+            items[k] = _zero(schema)
+
+
+def _go_path(path: str) -> str:
+    """A field path as Go's JSON errors give it: names only, no list indices."""
+    out, depth = [], 0
+    for ch in path:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif depth == 0:
+            out.append(ch)
+    return "".join(out)
+
+
+def _value(schema: JSON, value: Any, path: str, unknown: list[str], wrong: list[str], prune: bool, *, owner: str) -> None:
     if value is None:
         return  # JSON null decodes as the zero value
     name, target = _target(schema)
@@ -84,10 +136,11 @@ def _value(schema: JSON, value: Any, path: str, unknown: list[str], wrong: list[
             return
         extra = target.get("additionalProperties")
         if isinstance(extra, dict):
+            _fill_nulls(extra, value)
             for k, v in value.items():
-                _value(extra, v, f"{path}.{k}", unknown, wrong, prune)
+                _value(extra, v, f"{path}.{k}", unknown, wrong, prune, owner=owner)
         else:
-            _object(target, value, path, unknown, wrong, prune)
+            _object(target, value, path, unknown, wrong, prune, owner=(name or owner).rsplit(".", 1)[-1])
         return
     if want == "array":
         if not isinstance(value, list):
@@ -95,8 +148,9 @@ def _value(schema: JSON, value: Any, path: str, unknown: list[str], wrong: list[
             return
         items = target.get("items")
         if isinstance(items, dict):
+            _fill_nulls(items, value)
             for i, v in enumerate(value):
-                _value(items, v, f"{path}[{i}]", unknown, wrong, prune)
+                _value(items, v, f"{path}[{i}]", unknown, wrong, prune, owner=owner)
         return
     ok = {
         "string": isinstance(value, str),
@@ -106,4 +160,9 @@ def _value(schema: JSON, value: Any, path: str, unknown: list[str], wrong: list[
     }.get(str(want), True)
     if not ok:
         wrong.append(f"{path}: expected {'a ' + str(want) if want != 'integer' else 'an integer'}, got {json_type(value)}")
+        return
+    bounds = _RANGES.get(str(target.get("format"))) if want == "integer" else None
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        wrong.append(f"json: cannot unmarshal number {value} into Go struct field {owner}.{_go_path(path)} "
+                     f"of type {target['format']}")
 

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from edgekube._cogs import clock as clock_mod
-from edgekube.api import errors, fields, labels, quantity, ssa
+from edgekube.api import errors, fields, jsontree, labels, quantity, ssa
 from edgekube.api.registry import (
     admission,
     allocators,
@@ -81,6 +81,7 @@ _STATUS_ON_CREATE = frozenset({"Node", "Event", "Lease.coordination.k8s.io"})
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _CONFLICT_RETRIES = 8
 _SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+_MAX_GRACE_SECONDS = (1 << 31) - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,6 +250,7 @@ class Registry:
         options: Options = Options(),
         warnings: Warnings | None = None,
     ) -> JSON:
+        _check_input(info, obj)
         obj = copy.deepcopy(obj)
         self._check_type(info, obj)
         meta = obj.setdefault("metadata", {})
@@ -313,6 +315,11 @@ class Registry:
                 schema=self.schema_for(info), now=now,
             )
         allocated = self._allocate_service(obj, old=None) if info.gk == "Service" else _Allocated()
+        try:
+            _check_storable(info, obj)
+        except errors.APIError:
+            allocated.release(self)
+            raise
         if options.dry_run:
             allocated.release(self)
             return obj
@@ -417,6 +424,7 @@ class Registry:
         warnings: Warnings | None = None,
     ) -> tuple[JSON, bool]:
         """PUT. Returns (object, created)."""
+        _check_input(info, obj)
         obj = copy.deepcopy(obj)
         self._check_type(info, obj)
         meta = obj.setdefault("metadata", {})
@@ -475,12 +483,15 @@ class Registry:
         if _unchanged(old, new):
             return old
         await self._admission.validate(info, new, old=old, subresource=subresource, dry_run=options.dry_run)
+        new_meta = new["metadata"]
+        finishing = bool(new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and not _graceful_pod(info, old))
+        if not finishing:  # an object on its way out is not stored again: it may always go
+            _check_storable(info, new)
         allocated = self._allocate_service(new, old=old) if info.gk == "Service" else _Allocated()
         if options.dry_run:
             allocated.release(self)
             return new
-        new_meta = new["metadata"]
-        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and not _graceful_pod(info, old):
+        if finishing:
             # The last finalizer is gone from an object being deleted: finish the delete. (Not
             # for a pod in its grace period: its kubelet finishes that delete once its
             # containers stopped, and writes the pod's final status before, as upstream.)
@@ -600,6 +611,7 @@ class Registry:
             patched = apply(present(info, copy.deepcopy(current)))
             if not isinstance(patched, dict):
                 raise errors.bad_request("the patch result is not an object")
+            _check_input(info, patched)
             pmeta = patched.get("metadata")
             if not isinstance(pmeta, dict):
                 raise errors.bad_request("metadata must be an object")
@@ -740,6 +752,7 @@ class Registry:
                 "PatchOptions", "", [errors.Cause("fieldManager", "Required value: is required for apply patch", "FieldValueRequired")],
                 group="meta.k8s.io",
             )
+        _check_input(info, config)
         config = copy.deepcopy(config)
         self._check_type(info, config)
         meta = config.get("metadata")
@@ -933,8 +946,11 @@ class Registry:
         if phase in ("Succeeded", "Failed"):
             return 0
         if options.grace_period_seconds is not None:
-            return max(0, options.grace_period_seconds)
-        return int(spec.get("terminationGracePeriodSeconds", 30))
+            grace = max(0, options.grace_period_seconds)
+        else:
+            grace = max(0, int(spec.get("terminationGracePeriodSeconds", 30)))
+        # The field is an int64; a deletionTimestamp must still be a date (68 years is plenty).
+        return min(grace, _MAX_GRACE_SECONDS)
 
     async def delete_collection(
         self,
@@ -1000,6 +1016,7 @@ class Registry:
             if item is None:
                 raise errors.not_found(info.plural, name, group=info.group)
             new = apply(self._object(item))
+            _check_storable(info, new)
             if options.dry_run:
                 return new
             try:
@@ -1013,8 +1030,9 @@ class Registry:
 
     def scale_of(self, info: resources.ResourceInfo, obj: JSON) -> JSON:
         meta = obj["metadata"]
-        spec = obj.get("spec") or {}
-        status = obj.get("status") or {}
+        # A custom object's spec or status may be any JSON its schema allows (an int, a string).
+        spec = _as_dict(obj.get("spec"))
+        status = _as_dict(obj.get("status"))
         selector = spec.get("selector")
         sel_text = ""
         if info.gk == "ReplicationController" and isinstance(selector, dict):
@@ -1061,8 +1079,12 @@ class Registry:
                 path = str(info.custom.scale.get("specReplicasPath") or path)
             node = obj
             parts = [p for p in path.split(".") if p]
-            for part in parts[:-1]:
+            for i, part in enumerate(parts[:-1]):
                 node = node.setdefault(part, {})
+                if not isinstance(node, dict):  # a custom object whose schema lets this be a scalar
+                    raise errors.invalid(info.kind, name, [errors.Cause(
+                        path.lstrip("."), f"Invalid value: {replicas}: .{'.'.join(parts[:i + 1])} is not an object")],
+                        group=info.group)
             node[parts[-1]] = replicas
             return obj
 
@@ -1350,6 +1372,23 @@ def _value_filter(accept: Callable[[Mapping[str, Any]], bool]) -> Callable[[byte
 
 def damaged(exc: store_errors.CorruptRecordError) -> errors.APIError:
     return errors.internal(f"{exc}. Run `edgekube store check`; deleting the object removes it")
+
+
+def _as_dict(value: Any) -> JSON:
+    return value if isinstance(value, dict) else {}
+
+
+def _check_input(info: resources.ResourceInfo, obj: Any) -> None:
+    """An object handed to a write, before anything walks it: JSON, and not too deep."""
+    jsontree.check(obj, where=f"{info.kind} in version \"{info.version}\" cannot be handled as a {info.kind}")
+
+
+def _check_storable(info: resources.ResourceInfo, obj: JSON) -> None:
+    """The gate in front of the store, on every object any write is about to commit: what
+    fails here could not be decoded by its readers (jsontree)."""
+    jsontree.check(obj, where=f"{info.kind} in version \"{info.version}\" cannot be handled as a {info.kind}", ints=True)
+    jsontree.check_size(obj, plural=errors.qualified(info.plural, info.group),
+                        name=str((obj.get("metadata") or {}).get("name", "")))
 
 
 def _store_failure(exc: store_errors.StoreError) -> errors.APIError:
