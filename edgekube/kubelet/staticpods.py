@@ -116,8 +116,31 @@ def _document(text: str, *, json_file: bool) -> Any:
         raise ManifestError(f"does not parse: {exc}") from None
     if len(docs) != 1:
         raise ManifestError(f"holds {len(docs)} documents; a manifest holds one Pod")
+    _bounded(docs[0])
     # YAML's timestamps and other non-JSON scalars become strings, as they would through the API.
     return json.loads(json.dumps(docs[0], default=str))
+
+
+_MAX_VALUES = 250_000  # as the API's gate (api/jsontree.py): far beyond any real pod
+_MAX_DEPTH = 128
+
+
+def _bounded(doc: Any) -> None:
+    """Refuse a document too big once its YAML aliases are expanded: PyYAML shares an alias's
+    value, so a 400-byte "billion laughs" file loads small, and would only blow up (and take the
+    node with it) in the copy below. Counts every visit, as the copy would, up to the bound."""
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > _MAX_VALUES or depth > _MAX_DEPTH:
+            raise ManifestError(f"is too large or too deep once its YAML aliases are expanded (more than "
+                                f"{_MAX_VALUES} values or {_MAX_DEPTH} levels)")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def parse(text: str, *, file_name: str, node_name: str, seen: str) -> JSON:

@@ -102,6 +102,10 @@ def test_a_namespace_and_tolerations_of_the_file_are_kept() -> None:
     (WEB.replace("  name: web\n", ""), "noname.yaml", "metadata.name: Required value"),
     (WEB.replace("    image: busybox:1.36\n", ""), "noimage.yaml", "spec.containers[0].image: Required value"),
     (WEB.replace("name: web\n  labels", "name: Web_1\n  labels"), "badname.yaml", "metadata.name: Invalid value"),
+    # A "billion laughs" file in the manifests folder: refused, never expanded (it would take the node).
+    (WEB + "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)),
+     "bomb.yaml", "too large or too deep once its YAML aliases are expanded"),
 ])
 def test_files_that_hold_no_valid_pod_say_why(text: str, file_name: str, why: str) -> None:
     with pytest.raises(staticpods.ManifestError, match=why.replace("[", r"\[").replace("]", r"\]")):
