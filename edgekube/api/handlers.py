@@ -287,14 +287,16 @@ class Handlers:
         )
 
     async def _create(self, request: web.Request, t: Target) -> web.Response:
-        body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
+        body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""),
+                                                   kind=t.info.kind)
         warnings = rest.Warnings()
         obj = await self._registry.create(t.info, body, namespace=t.namespace, options=self._options(request), warnings=warnings)
         return self._render(request, t, obj, status=201, warnings=warnings)
 
     async def _update(self, request: web.Request, t: Target) -> web.Response:
         assert t.name is not None
-        body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
+        body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""),
+                                                   kind=t.info.kind)
         warnings = rest.Warnings()
         if t.subresource == "finalize":
             return await self._finalize(request, t, _typed(body, "io.k8s.api.core.v1.Namespace"))

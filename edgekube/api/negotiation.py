@@ -115,21 +115,68 @@ def decode_content(body: bytes, encoding: str, *, limit: int) -> bytes:
 _OFF_LOOP_BYTES = 16 * 1024
 
 
-async def decode_body_async(body: bytes, content_type: str) -> dict[str, Any]:
+async def decode_body_async(body: bytes, content_type: str, *, kind: str = "") -> dict[str, Any]:
     """`decode_body`, off the event loop when the body is large and slow to decode."""
     if len(body) > _OFF_LOOP_BYTES and media_type(content_type) not in (*JSON_TYPES, ""):
-        return await asyncio.to_thread(decode_body, body, content_type)
-    return decode_body(body, content_type)
+        return await asyncio.to_thread(decode_body, body, content_type, kind=kind)
+    return decode_body(body, content_type, kind=kind)
 
 
-def decode_body(body: bytes, content_type: str) -> dict[str, Any]:
-    """Decode a create/update body; it must be one object."""
+def unrecognized(kind: str, why: str, body: bytes) -> errors.APIError:
+    """Upstream's transformDecodeError for a body that gives no object of its own kind."""
+    return errors.bad_request(f"the object provided is unrecognized (must be of type {kind}): {why} ({summarize(body)})")
+
+
+def summarize(data: bytes, limit: int = 30) -> str:
+    """Upstream's summarizeData: JSON-looking bodies as text, others as hex, cut at `limit`."""
+    if not data:
+        return "<empty>"
+    more = " ..." if len(data) > limit else ""
+    head = data[:limit]
+    if head[:1] == b"{":
+        return head.decode("utf-8", errors="replace") + more
+    return head.hex() + more
+
+
+def _go_json_error(exc: orjson.JSONDecodeError, body: bytes) -> str:
+    """Go's encoding/json words for the common cases: the input ended, or a character that
+    cannot start (or go on) a value."""
+    stripped = body.strip()
+    if not stripped or exc.pos >= len(body.rstrip()):
+        return "unexpected end of JSON input"
+    char = body[exc.pos:exc.pos + 1].decode("latin-1")
+    return f"invalid character {char!r} looking for beginning of value"
+
+
+def _go_json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return "null"
+
+
+def decode_body(body: bytes, content_type: str, *, kind: str = "") -> dict[str, Any]:
+    """Decode a create/update body; it must be one object. With `kind` (the object a create or
+    update expects), a JSON body that is not one says so in upstream's words, which tools and
+    kubectl's own tests compare."""
     mt = media_type(content_type)
     if mt in JSON_TYPES or mt == "":
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
+            if kind:
+                raise unrecognized(kind, f"couldn't get version/kind; json parse error: {_go_json_error(exc, body)}",
+                                   body) from None
             raise errors.bad_request(f"error decoding JSON body: {exc}") from None
+        if kind and not isinstance(obj, dict):
+            raise unrecognized(kind, "couldn't get version/kind; json parse error: json: cannot unmarshal "
+                               f"{_go_json_kind(obj)} into Go value of type struct {{ APIVersion string "
+                               '"json:\\"apiVersion,omitempty\\""; Kind string "json:\\"kind,omitempty\\"" }', body)
     elif mt in YAML_TYPES:
         try:
             obj = jsontree.load_yaml(body)

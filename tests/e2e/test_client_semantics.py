@@ -544,3 +544,24 @@ def test_the_python_clients_service_apis(api: client.ApiClient, ns: str) -> None
     assert len(resp.spec.ports) == 2 and resp.status
     resp = core.delete_namespaced_service(name="frontend", body={}, namespace=ns)
     assert resp.metadata.name == "frontend"
+
+
+def test_bodies_that_are_not_their_kind_say_so_in_upstreams_words(kubectl: Kubectl, server: Server,
+                                                                   tmp_path: Path) -> None:
+    """kubectl's test-cmd (create.sh): a Pod posted to /api/v1/namespaces is 'the object provided
+    is unrecognized (must be of type Namespace)'; and a body that is no JSON object says so as
+    upstream's transformDecodeError does (Go's JSON words, the body's first 30 bytes)."""
+    pod = tmp_path / "pod.yaml"
+    pod.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: i}]}\n")
+    out = kubectl.run("create", "--raw", "/api/v1/namespaces", "-f", str(pod), check=False)
+    assert out.returncode != 0 and "the object provided is unrecognized (must be of type Namespace)" in out.stderr, out.stderr
+    path = f"/api/v1/namespaces/{kubectl.ns}/configmaps"
+    for body, why in ((b'{"kind": "ConfigMap",', "json parse error: unexpected end of JSON input ({\"kind\": \"ConfigMap\",)"),
+                      (b"not json", "json parse error: invalid character 'n' looking for beginning of value (6e6f74206a736f6e)"),
+                      (b"[1, 2]", "json: cannot unmarshal array into Go value of type struct")):
+        code, raw = _raw(server, "POST", path, body)
+        status = json.loads(raw)
+        assert code == 400 and status["reason"] == "BadRequest", (body, status)
+        assert status["message"].startswith("the object provided is unrecognized (must be of type ConfigMap): "
+                                            "couldn't get version/kind; "), status["message"]
+        assert why in status["message"], (why, status["message"])

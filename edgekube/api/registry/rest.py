@@ -343,7 +343,9 @@ class Registry:
                 f"the API version in the data ({api_version}) does not match the expected API version ({info.api_version})"
             )
         if kind and kind != info.kind:
-            raise errors.bad_request(f"the kind in the data ({kind}) does not match the expected kind ({info.kind})")
+            # Upstream's words first (kubectl's own tests look for them), then which kinds.
+            raise errors.bad_request(f"the object provided is unrecognized (must be of type {info.kind}): "
+                                     f"the kind in the data ({kind}) does not match the expected kind ({info.kind})")
         obj["apiVersion"] = info.api_version
         obj["kind"] = info.kind
         converted = conversions.to_storage(info.gk, info.version, obj)
