@@ -28,6 +28,17 @@ bytes (each chunk once as zeros) in fewer write requests (one sequential write i
 journal commit per fsync); once compaction holds the file at its size it writes nothing. It is
 off on copy-on-write and log-structured file systems, where every write goes to new blocks
 anyway. LMDB never reads past its last page, and after a crash the zeros are unused space.
+
+Room for deletes: with `reserve`, the writer measures the room left (free disk, plus pages of
+the file LMDB can reuse and zeros written ahead, within the map's maximum) once a second or as
+it nears the reserve; below it, only writes that free space are taken (deletes, updates of
+objects being deleted, updates that shrink an object) and the rest fail with `StoreFullError`,
+one write at a time, never the whole group. A full disk can then always be freed through the API.
+
+Damage: LMDB keeps no checksums. A record that does not decode is a `CorruptRecordError` (named
+by key, noted in `damage` by scans, replays and compaction, which go on past it); a read LMDB
+itself cannot do is a `DatabaseError`; a file shorter than its pages is refused at open, since
+reading past its end would be a SIGBUS, not an exception.
 """
 
 from __future__ import annotations

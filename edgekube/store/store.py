@@ -14,7 +14,12 @@ the counter resumes above anything a client could have seen.
 
 Compaction runs on the writer thread in bounded batches; it drops superseded log records older
 than the window, keeps every key's latest value, and moves the compacted revision forward.
-Watches from before it answer `CompactedError` (410 Expired).
+Watches from before it answer `CompactedError` (410 Expired). When room runs low (lmdb_log's
+reserve) and deletes land, it runs at once over the whole history, so that the room they free
+comes back.
+
+No stored record can stop a reader: one that cannot be decoded raises `CorruptRecordError`
+naming its key, and every reader notes it in `damage` (logged once, counted) and goes on.
 """
 
 from __future__ import annotations
