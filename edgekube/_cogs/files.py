@@ -20,12 +20,16 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    """`path` holds `data` with permission bits `mode` (whatever the umask), or is as it was."""
+    tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
     fsync_dir(path.parent)

@@ -43,6 +43,8 @@ from typing import Any
 
 import yaml
 
+from edgekube._cogs import files
+
 _ADMIN_USER = "kubernetes-admin"
 _ADMIN_GROUPS = ("system:masters",)
 log = logging.getLogger(__name__)
@@ -322,7 +324,7 @@ _CHILD_TIMEOUT = 120.0
 def _issue_here(pki: Pki, **what: Any) -> None:
     from edgekube.api import certs
 
-    certs.issue(pki, admin_user=_ADMIN_USER, admin_groups=_ADMIN_GROUPS, write=_atomic_write, **what)
+    certs.issue(pki, admin_user=_ADMIN_USER, admin_groups=_ADMIN_GROUPS, write=files.write_atomic, **what)
 
 
 def _fork_issue(pki: Pki, **what: Any) -> int:
@@ -435,7 +437,7 @@ def write_kubeconfig(path: Path, *, server_url: str, pki: Pki) -> None:
     text = yaml.safe_dump(doc, sort_keys=False).encode()
     if path.exists() and path.read_bytes() == text:
         return
-    _atomic_write(path, text, mode=0o600)
+    files.write_atomic(path, text, mode=0o600)
 
 
 def rewrite_kubeconfig(path: Path, *, pki: Pki, default_url: str) -> None:
@@ -474,18 +476,3 @@ def _day(t: datetime.datetime) -> str:
     return t.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _atomic_write(path: Path, data: bytes, *, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

@@ -13,7 +13,6 @@ file is removed, so an upgrade keeps Leases and Events while a crash never resur
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,14 +109,8 @@ class MemoryTier:
     # --- snapshot across clean restarts ---------------------------------------------------------
 
     def save(self, path: Path, *, revision: int) -> None:
-        tmp = path.with_suffix(".tmp")
         payload: dict[str, Any] = {"revision": revision, "data": {k: list(v) for k, v in self._data.items()}}
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
-            f.write(msgpack.packb(payload, use_bin_type=True))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        files.fsync_dir(path.parent)
+        files.write_atomic(path, msgpack.packb(payload, use_bin_type=True))
 
     def load(self, path: Path) -> int:
         """Load and remove a snapshot; returns the revision it was taken at (0 when none)."""
