@@ -55,6 +55,13 @@ class Server:
     def ca(self) -> Path:
         return self.data_dir / "tls" / "ca.crt"
 
+    def admin_context(self) -> ssl.SSLContext:
+        """TLS as the admin: the cluster CA trusted, the admin's client certificate presented."""
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        tls = self.data_dir / "tls"
+        ctx.load_cert_chain(str(tls / "admin.crt"), str(tls / "admin.key"))
+        return ctx
+
     def start(self, *, timeout: float = 30.0) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -69,9 +68,7 @@ def ns(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
 def _raw(server: Server, method: str, path: str, body: Any = None,
          content_type: str = "application/json") -> tuple[int, bytes]:
     """A request with the admin certificate; the body exactly as the server wrote it."""
-    ctx = ssl.create_default_context(cafile=str(server.ca))
-    tls = server.data_dir / "tls"
-    ctx.load_cert_chain(str(tls / "admin.crt"), str(tls / "admin.key"))
+    ctx = server.admin_context()
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     req = urllib.request.Request(server.url + path, data=data, method=method, headers={"Content-Type": content_type})
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import ssl
 import threading
 import time
 import urllib.error
@@ -15,18 +14,11 @@ import pytest
 from tests.conftest import Server
 
 
-def _ctx(server: Server) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(server.ca))
-    tls = server.data_dir / "tls"
-    ctx.load_cert_chain(str(tls / "admin.crt"), str(tls / "admin.key"))
-    return ctx
-
-
 def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     server = Server(tmp_path / "data")
     server.start()
     try:
-        ctx = _ctx(server)
+        ctx = server.admin_context()
         acked: dict[str, int] = {}
         lock = threading.Lock()
         stop = threading.Event()
@@ -61,7 +53,7 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
         assert len(acked) >= 300, f"only {len(acked)} writes acknowledged before the kill"
 
         server.start()
-        ctx = _ctx(server)
+        ctx = server.admin_context()
         with urllib.request.urlopen(f"{server.url}/api/v1/namespaces/default/configmaps", context=ctx, timeout=30) as r:
             listed = {i["metadata"]["name"]: int(i["metadata"]["resourceVersion"]) for i in json.loads(r.read())["items"]}
         missing = sorted(set(acked) - set(listed))
@@ -82,7 +74,7 @@ def test_sigterm_stops_cleanly_and_keeps_leases(tmp_path: Path) -> None:
     server = Server(tmp_path / "data")
     server.start()
     try:
-        ctx = _ctx(server)
+        ctx = server.admin_context()
         body = json.dumps({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "n1"},
                            "spec": {"holderIdentity": "n1"}}).encode()
         req = urllib.request.Request(f"{server.url}/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
@@ -92,7 +84,7 @@ def test_sigterm_stops_cleanly_and_keeps_leases(tmp_path: Path) -> None:
         assert server.stop() == 0
         server.start()
         url = f"{server.url}/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1"
-        with urllib.request.urlopen(url, context=_ctx(server), timeout=5) as r:
+        with urllib.request.urlopen(url, context=server.admin_context(), timeout=5) as r:
             assert json.loads(r.read())["spec"]["holderIdentity"] == "n1"
     finally:
         server.close()
@@ -105,7 +97,7 @@ def test_second_server_on_the_same_data_dir_exits_with_one_line(tmp_path: Path) 
     first = Server(tmp_path / "data")
     first.start()
     try:
-        ctx = _ctx(first)
+        ctx = first.admin_context()
         body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kept"}}).encode()
         req = urllib.request.Request(f"{first.url}/api/v1/namespaces/default/configmaps", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -139,7 +131,7 @@ class _Storm:
 
     def __init__(self, server: Server, *, round_: int, state: dict[str, tuple[int, str] | None]) -> None:
         self.server = server
-        self.ctx = _ctx(server)
+        self.ctx = server.admin_context()
         self.round = round_
         self.state = state  # name -> (resourceVersion, value) last acknowledged; None once deleted
         self.in_flight: dict[str, str | None] = {}  # name -> value of the write cut off (None: a delete)
@@ -210,7 +202,7 @@ def test_twenty_kill_9_rounds_under_creates_updates_and_deletes(tmp_path: Path) 
             for t in threads:
                 t.join(timeout=10)
             server.start()
-            with urllib.request.urlopen(f"{server.url}/api/v1/namespaces/default/configmaps", context=_ctx(server),
+            with urllib.request.urlopen(f"{server.url}/api/v1/namespaces/default/configmaps", context=server.admin_context(),
                                         timeout=30) as r:
                 listed = {i["metadata"]["name"]: (int(i["metadata"]["resourceVersion"]), i["data"]["v"])
                           for i in json.loads(r.read())["items"] if i["metadata"]["name"].startswith("r")}
@@ -262,7 +254,7 @@ def test_two_servers_racing_for_one_data_dir_make_exactly_one_cluster(tmp_path: 
         winner, loser = (a, b) if results["a"] == "serving" else (b, a)
         assert "is in use by another edgekube" in results["b" if winner is a else "a"]
         assert loser.proc is None or loser.proc.poll() is not None
-        ctx = _ctx(winner)
+        ctx = winner.admin_context()
         body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "won"}}).encode()
         req = urllib.request.Request(f"{winner.url}/api/v1/namespaces/default/configmaps", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})

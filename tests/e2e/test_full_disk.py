@@ -9,7 +9,6 @@ the test fills with ConfigMaps through the API."""
 from __future__ import annotations
 
 import json
-import ssl
 import subprocess
 import time
 import urllib.error
@@ -44,9 +43,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def _call(server: Server, method: str, path: str, body: Any = None,
           content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
-    ctx = ssl.create_default_context(cafile=str(server.ca))
-    tls = server.data_dir / "tls"
-    ctx.load_cert_chain(str(tls / "admin.crt"), str(tls / "admin.key"))
+    ctx = server.admin_context()
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"{server.url}{path}", data=data, method=method, headers={"Content-Type": content_type})
     try:

@@ -6,7 +6,6 @@ kubectl (1.27, 1.33, 1.36) and the Python client against a real server; pods run
 from __future__ import annotations
 
 import json
-import ssl
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -48,9 +47,7 @@ def api(server: Server) -> Iterator[client.ApiClient]:
 
 
 def _raw(server: Server, path: str) -> Any:
-    ctx = ssl.create_default_context(cafile=str(server.ca))
-    tls = server.data_dir / "tls"
-    ctx.load_cert_chain(str(tls / "admin.crt"), str(tls / "admin.key"))
+    ctx = server.admin_context()
     with urllib.request.urlopen(server.url + path, context=ctx, timeout=10) as r:
         return json.loads(r.read())
 

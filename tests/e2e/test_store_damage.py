@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -101,17 +100,10 @@ def damaged_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
         server.close()
 
 
-def _ctx(server: Server) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(server.ca))
-    tls = server.data_dir / "tls"
-    ctx.load_cert_chain(str(tls / "admin.crt"), str(tls / "admin.key"))
-    return ctx
-
-
 def _call(server: Server, method: str, path: str) -> tuple[int, dict[str, Any]]:
     req = urllib.request.Request(f"{server.url}{path}", method=method)
     try:
-        with urllib.request.urlopen(req, context=_ctx(server), timeout=10) as r:
+        with urllib.request.urlopen(req, context=server.admin_context(), timeout=10) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -170,7 +162,7 @@ def test_controllers_and_watches_go_on(damaged_server: Server) -> None:
                    "--timeout=30s")
     assert out.returncode == 0, out.stderr
     url = f"{damaged_server.url}/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=1"
-    with urllib.request.urlopen(url, context=_ctx(damaged_server), timeout=10) as r:
+    with urllib.request.urlopen(url, context=damaged_server.admin_context(), timeout=10) as r:
         events = [json.loads(line) for line in r.read().splitlines()]
     names = {e["object"]["metadata"]["name"] for e in events}
     assert "good" in names and not names & set(DAMAGED)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import ssl
 import subprocess
 import sys
 import urllib.request
@@ -23,23 +22,16 @@ from tests.conftest import REPO, Server
 pytestmark = pytest.mark.e2e
 
 
-def _ctx(server: Server) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(server.ca))
-    tls = server.data_dir / "tls"
-    ctx.load_cert_chain(str(tls / "admin.crt"), str(tls / "admin.key"))
-    return ctx
-
-
 def _create(server: Server, name: str, **data: str) -> int:
     body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}).encode()
     req = urllib.request.Request(f"{server.url}/api/v1/namespaces/default/configmaps", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, context=_ctx(server), timeout=10) as r:
+    with urllib.request.urlopen(req, context=server.admin_context(), timeout=10) as r:
         return int(json.loads(r.read())["metadata"]["resourceVersion"])
 
 
 def _names(server: Server) -> set[str]:
-    with urllib.request.urlopen(f"{server.url}/api/v1/namespaces/default/configmaps", context=_ctx(server),
+    with urllib.request.urlopen(f"{server.url}/api/v1/namespaces/default/configmaps", context=server.admin_context(),
                                 timeout=10) as r:
         return {i["metadata"]["name"] for i in json.loads(r.read())["items"]}
 

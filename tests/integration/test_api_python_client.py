@@ -57,9 +57,7 @@ ROOT_CA = "kube-root-ca.crt"
 def _raw(server: Server, method: str, path: str, body: bytes | None = None,
          content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
     """A request with the admin certificate, for what the typed client cannot send."""
-    ctx = ssl.create_default_context(cafile=str(server.ca))
-    tls = server.data_dir / "tls"
-    ctx.load_cert_chain(str(tls / "admin.crt"), str(tls / "admin.key"))
+    ctx = server.admin_context()
     req = urllib.request.Request(server.url + path, data=body, method=method, headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(req, context=ctx, timeout=10) as r:

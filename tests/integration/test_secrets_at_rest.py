@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import signal
-import ssl
 import stat
 import subprocess
 import sys
@@ -85,16 +84,9 @@ def _read(server: Server, name: str, key: str = "pw") -> bytes:
     return base64.b64decode(got)
 
 
-def _ctx(server: Server) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(server.ca))
-    tls = server.data_dir / "tls"
-    ctx.load_cert_chain(str(tls / "admin.crt"), str(tls / "admin.key"))
-    return ctx
-
-
 def _get(server: Server, path: str) -> tuple[int, dict[str, Any]]:
     try:
-        with urllib.request.urlopen(f"{server.url}{path}", context=_ctx(server), timeout=10) as r:
+        with urllib.request.urlopen(f"{server.url}{path}", context=server.admin_context(), timeout=10) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())

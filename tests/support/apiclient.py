@@ -21,9 +21,7 @@ class Api:
     def __init__(self, server: Server, *, timeout: float = 60) -> None:
         self._server = server
         self._timeout = timeout
-        self._ctx = ssl.create_default_context(cafile=str(server.ca))
-        tls = server.data_dir / "tls"
-        self._ctx.load_cert_chain(str(tls / "admin.crt"), str(tls / "admin.key"))
+        self._ctx = server.admin_context()
         self._conn: http.client.HTTPSConnection | None = None
 
     def close(self) -> None:
