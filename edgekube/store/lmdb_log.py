@@ -494,18 +494,18 @@ class LmdbLog:
                     log.warning("the database at %s has room again (%.1f MiB): writes are taken", self._path,
                                 self._room / (1 << 20))
 
-    def _refuses(self, w: Write, prev_value: bytes | None) -> errors.StoreFullError | None:
+    def _refuses(self, w: Write, prev_value: bytes | None, *, size: int) -> errors.StoreFullError | None:
         """In low space: a write that would grow the database is refused. Deletes, updates of
         objects on their way out (deletionTimestamp set: finalizers removed, the status a
-        terminating pod reports) and updates that shrink an object are taken (the reserve is for
-        them), so a user can always free space through the API."""
+        terminating pod reports) and updates that shrink an object (to `size` encoded bytes)
+        are taken (the reserve is for them), so a user can always free space through the API."""
         if not self.low_space or w.op is records.Op.DELETE:
             return None
         if w.op is records.Op.UPDATE and w.obj is not None:
             meta = w.obj.get("metadata")
             if isinstance(meta, dict) and meta.get("deletionTimestamp"):
                 return None
-            if prev_value is not None and len(self._pack(w.obj)) <= len(prev_value):
+            if prev_value is not None and size <= len(prev_value):
                 return None
         limit = (f"its maximum size of {self._max_size // (1 << 20)} MiB (store.max-size-mb)" if self._map_bound
                  else "the disk")
@@ -541,7 +541,7 @@ class LmdbLog:
         raw_key = w.key.encode()
         raw_rev = rev_bytes(w.revision)
         if w.op is records.Op.CREATE and self.low_space:
-            refused = self._refuses(w, None)
+            refused = self._refuses(w, None, size=0)
             assert refused is not None  # a create always grows the database
             return refused
         if w.op is records.Op.CREATE:
@@ -563,8 +563,6 @@ class LmdbLog:
                 if w.op is not records.Op.DELETE:
                     return exc  # an outcome, never a raise: the rest of the group commits
                 prev_value = None
-        if self.low_space and (refused := self._refuses(w, prev_value)) is not None:
-            return refused
         if w.op is records.Op.DELETE:
             obj_or_error = deleted_state(w, prev_value, revision=cur)
             if isinstance(obj_or_error, errors.CorruptRecordError):
@@ -577,6 +575,8 @@ class LmdbLog:
             obj = w.obj
         _set_resource_version(obj, w.revision)
         value: bytes = self._pack(obj)
+        if self.low_space and (refused := self._refuses(w, prev_value, size=len(value))) is not None:
+            return refused  # before anything is written: the index and log stay as they were
         # The room estimate between measures: the record, its index entry, some page slack.
         self._room -= 2 * len(value) + 512
         stored = value
