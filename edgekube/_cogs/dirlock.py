@@ -39,10 +39,6 @@ class DirLock:
         self.data_dir = data_dir
         self._fd = -1
 
-    @property
-    def held(self) -> bool:
-        return self._fd >= 0
-
     def acquire(self) -> None:
         """Take the lock or raise `LockedError` at once (never wait for the holder)."""
         if self._fd >= 0:
