@@ -31,7 +31,7 @@ from typing import Any
 
 from edgekube._cogs import clock as clock_mod
 from edgekube.api import errors, quantity
-from edgekube.api.registry import quota, resources
+from edgekube.api.registry import quota, resources, validation
 from edgekube.store import errors as store_errors
 from edgekube.store import store as store_mod
 
@@ -206,6 +206,22 @@ def check(
         if not quota.equals(new_used, used):
             out[i] = new_used
     return out
+
+
+# The namespaces the cluster's own objects live in: made at every boot, never deleted.
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+def refuse_delete(info: resources.ResourceInfo, name: str) -> errors.APIError | None:
+    """Why `name` may never be deleted, or None: upstream's NamespaceLifecycle (which spares
+    kube-node-lease; here the node's leases live in it, so it is kept as well: creates into a
+    missing system namespace fail until the next boot) and its system PriorityClasses."""
+    if info.gk == "Namespace" and name in SYSTEM_NAMESPACES:
+        return errors.forbidden_object(info.plural, name, "this namespace may not be deleted")
+    if info.gk == "PriorityClass.scheduling.k8s.io" and name in validation.SYSTEM_PRIORITY_CLASSES:
+        return errors.forbidden_object(info.plural, name, "this is a system priority class and cannot be deleted",
+                                       group=info.group)
+    return None
 
 
 def _forbidden(info: resources.ResourceInfo, obj: JSON, why: str) -> errors.APIError:

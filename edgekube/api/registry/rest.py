@@ -63,7 +63,6 @@ _GENERATION_KINDS = frozenset(
     }
 )
 CRD_GK = "CustomResourceDefinition.apiextensions.k8s.io"
-PRIORITY_CLASS_GK = "PriorityClass.scheduling.k8s.io"
 # Kinds that upstream lets PUT create when missing.
 _CREATE_ON_UPDATE = frozenset(
     {
@@ -80,7 +79,6 @@ _CREATE_ON_UPDATE = frozenset(
 _STATUS_ON_CREATE = frozenset({"Node", "Event", "Lease.coordination.k8s.io"})
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _CONFLICT_RETRIES = 8
-_SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 _MAX_GRACE_SECONDS = (1 << 31) - 1
 
 
@@ -804,14 +802,8 @@ class Registry:
         options: DeleteOptions = DeleteOptions(),
     ) -> tuple[JSON, bool]:
         """Returns (object, deleted_now). Not deleted now: marked with deletionTimestamp."""
-        if info.gk == "Namespace" and name in _SYSTEM_NAMESPACES:
-            # Upstream's NamespaceLifecycle admission (which spares kube-node-lease; here the
-            # node's leases live in it too, so it is kept as well): the cluster's own objects
-            # live in these, and creates into a missing one fail until the next boot.
-            raise errors.forbidden_object(info.plural, name, "this namespace may not be deleted")
-        if info.gk == PRIORITY_CLASS_GK and name in validation.SYSTEM_PRIORITY_CLASSES:
-            raise errors.forbidden_object(info.plural, name, "this is a system priority class and cannot be deleted",
-                                          group=info.group)
+        if (refused := admission.refuse_delete(info, name)) is not None:
+            raise refused
         for _ in range(_CONFLICT_RETRIES):
             try:
                 item = self.store.get(info.key(name, namespace))
@@ -967,8 +959,8 @@ class Registry:
         out: builtins.list[JSON] = []
         for obj in listed.items:
             meta = obj["metadata"]
-            if info.gk == PRIORITY_CLASS_GK and meta["name"] in validation.SYSTEM_PRIORITY_CLASSES:
-                continue  # kept (upstream's deletecollection removes them until its next restart)
+            if admission.refuse_delete(info, meta["name"]) is not None:
+                continue  # kept (upstream's deletecollection removes system PriorityClasses until its next restart)
             try:
                 deleted, _ = await self.delete(info, namespace=meta.get("namespace"), name=meta["name"], options=options)
             except errors.APIError as exc:
@@ -1194,7 +1186,7 @@ class Registry:
 
     async def ensure_system_namespaces(self) -> None:
         info = self._info("", "v1", "namespaces")
-        for ns in _SYSTEM_NAMESPACES:
+        for ns in admission.SYSTEM_NAMESPACES:
             if self._missing(info.key(ns)):
                 try:
                     await self.create(info, {"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}}, namespace=None)
