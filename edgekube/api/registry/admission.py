@@ -1,4 +1,5 @@
-"""Admission plugins LimitRanger and ResourceQuota, run by the registry on every create and update.
+"""Admission plugins LimitRanger and ResourceQuota, run by the registry on every create and update;
+and on deletes, `refuse_delete` (NamespaceLifecycle's and the system PriorityClasses' rule).
 
 The registry calls `mutate` after defaulting (upstream's mutating admission: LimitRanger fills in
 container requests and limits), and `validate` after validation, just before the write (upstream's
