@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.netns import NetNS, namespaces
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -34,8 +36,10 @@ class Server:
     put the control-plane tests' pods there instead of on their test nodes)."""
 
     def __init__(self, data_dir: Path, *, port: int | None = None, extra: list[str] | None = None,
-                 command: list[str] | None = None, kubelet: bool = False, env: dict[str, str] | None = None) -> None:
+                 command: list[str] | None = None, kubelet: bool = False, env: dict[str, str] | None = None,
+                 netns: NetNS | None = None) -> None:
         self.data_dir = data_dir
+        self.netns = netns  # run inside this network namespace (tests/support/netns.py): network tests
         self.port = port or free_port()
         self.extra = (extra or []) + ([] if kubelet else ["--disable", "kubelet"])
         self.command = command or [sys.executable, "-m", "edgekube"]
@@ -64,8 +68,9 @@ class Server:
 
     def start(self, *, timeout: float = 30.0) -> None:
         log = open(self.log_path, "ab")
+        prefix = self.netns.argv([]) if self.netns is not None else []
         self.proc = subprocess.Popen(
-            [*self.command, "server", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
+            [*prefix, *self.command, "server", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
              "--https-port", str(self.port), *self.extra],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -83,6 +88,11 @@ class Server:
         raise RuntimeError(f"edgekube server not ready after {timeout}s:\n{self.log()}")
 
     def ready(self) -> bool:
+        if self.netns is not None:
+            return self.netns.call(self._ready)
+        return self._ready()
+
+    def _ready(self) -> bool:
         if not self.ca.exists():
             return False
         ctx = ssl.create_default_context(cafile=str(self.ca))
@@ -156,3 +166,10 @@ def test_node(server: Server) -> Iterator[Any]:
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture
+def netns() -> Iterator[NetNS]:
+    """A network namespace of the test's own, loopback only, deleted afterwards (even on failure)."""
+    with namespaces("node") as (ns,):
+        yield ns

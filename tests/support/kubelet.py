@@ -26,20 +26,23 @@ import yaml
 
 from edgekube.kubelet.runtime import bundle, cgroups, containers
 from tests.conftest import Server
+from tests.support.netns import NetNS
 
 
 class KubeletServer:
-    def __init__(self, root: Path, *, settings: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: Path, *, settings: dict[str, Any] | None = None, netns: NetNS | None = None,
+                 config: dict[str, Any] | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.parent = f"edgekube-e2e-{uuid.uuid4().hex[:8]}"
         self.log_dir = root / "pod-logs"
         self.data_dir = root / "data"
         self.kubelet_dir = self.data_dir / "kubelet"
-        cfg = {"kubelet": {"pod-log-dir": str(self.log_dir), "cgroup-parent": self.parent, **(settings or {})}}
+        cfg = {"kubelet": {"pod-log-dir": str(self.log_dir), "cgroup-parent": self.parent, **(settings or {})},
+               **(config or {})}
         self.config = root / "config.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
-        self.server = Server(self.data_dir, extra=["--config", str(self.config)], kubelet=True)
+        self.server = Server(self.data_dir, extra=["--config", str(self.config)], kubelet=True, netns=netns)
 
     @property
     def runc_root(self) -> Path:
