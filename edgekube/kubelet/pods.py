@@ -133,7 +133,7 @@ class PodState:
     containers: dict[str, containers_mod.ContainerStatus] = dataclasses.field(default_factory=dict)
     dirty: set[str] = dataclasses.field(default_factory=set)
     waiting: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
-    retry_at: dict[str, float] = dataclasses.field(default_factory=dict)  # container -> when to try again
+    retry_at: dict[str, float] = dataclasses.field(default_factory=dict)  # container -> when to try again (monotonic)
     pull_failed_at: dict[str, float] = dataclasses.field(default_factory=dict)  # image -> last pull failure
     messages: dict[str, str] = dataclasses.field(default_factory=dict)
     volumes: dict[str, volumes.Volume] = dataclasses.field(default_factory=dict)
@@ -485,7 +485,9 @@ class PodManager:
             st.schedule(limit)
             return False
         try:
-            left = clock_mod.parse_rfc3339(started).timestamp() + limit - self._now()
+            # At most `limit` ahead: a wall clock set back (by years, at a board's first NTP sync)
+            # must not put the deadline off by as much.
+            left = min(clock_mod.parse_rfc3339(started).timestamp() + limit - self._now(), float(limit))
         except ValueError:
             return False
         if left > 0:
@@ -637,8 +639,8 @@ class PodManager:
                 st.schedule(self.crash_backoff.remaining(key, t) + 0.05)
                 return False
         retry_at = st.retry_at.get(name)
-        if retry_at is not None and retry_at > now:
-            st.schedule(retry_at - now + 0.05)
+        if retry_at is not None and retry_at > self._clock.monotonic():
+            st.schedule(retry_at - self._clock.monotonic() + 0.05)
             return False
         info = await self._image(st, c)
         if info is None:
@@ -709,7 +711,7 @@ class PodManager:
             key = self._key(st, name)
             self.crash_backoff.next(key, now)
             delay = self.crash_backoff.remaining(key, now)
-        st.retry_at[name] = now + delay
+        st.retry_at[name] = self._clock.monotonic() + delay
         st.schedule(delay + 0.05)
 
     def _next_attempt(self, st: PodState, name: str, latest: containers_mod.ContainerStatus | None) -> int:

@@ -249,7 +249,10 @@ class Prober:
 
     async def _run(self, w: _Worker) -> None:
         loop = asyncio.get_running_loop()
-        delay = w.started_at + w.spec.initial_delay - self._clock.now().timestamp()
+        # The time since the start as the wall clock says it, bounded to [0, the initial delay]: a
+        # clock set back by a year must not hold the probe for a year, nor forward skip more.
+        since = min(max(self._clock.now().timestamp() - w.started_at, 0.0), float(w.spec.initial_delay))
+        delay = w.spec.initial_delay - since
         if delay > 0:
             await asyncio.sleep(delay)
         if w.spec.kind != STARTUP:

@@ -404,3 +404,36 @@ def test_pods_are_woken_by_the_config_objects_they_use() -> None:
                init=[{"name": "i", "envFrom": [{"configMapRef": {"name": "init-cm"}}]}])["spec"]
     assert pods._references(spec, "ConfigMap") == {"vol-cm", "proj-cm", "env-cm", "from-cm", "init-cm"}
     assert pods._references(spec, "Secret") == {"vol-s", "proj-s", "env-s", "from-s"}
+
+
+@pytest.mark.parametrize("jump", [-86400 * 365, -3600, 3600, 86400 * 365])
+def test_crash_loop_back_off_ignores_wall_clock_jumps(jump: int) -> None:
+    """A board's clock is set at any moment (NTP's first sync moves it by years): a crash-looping
+    container still waits its window, no more and no less, whichever way the clock jumps."""
+    clock = clock_mod.FakeClock()
+    b = backoff.Backoff(clock=clock, initial=10, maximum=300)
+    exited = clock.now().timestamp()
+    b.next("k", exited)
+    clock.advance(1)
+    exited = clock.now().timestamp()
+    assert b.in_backoff_since("k", exited) and b.window("k") == 10
+    clock.jump(jump)
+    clock.advance(5)
+    assert b.in_backoff_since("k", exited), "half the window passed: still backing off"
+    assert b.remaining("k", exited) == pytest.approx(5)
+    clock.advance(5.01)
+    assert not b.in_backoff_since("k", exited), "the window passed: restart"
+
+
+def test_an_exit_seen_after_a_clock_jump_waits_at_most_its_window() -> None:
+    """An exit stamped under a wall clock that later jumped back (or forward) by a year counts as
+    just now (or long ago): never a year of CrashLoopBackOff."""
+    clock = clock_mod.FakeClock()
+    b = backoff.Backoff(clock=clock, initial=10, maximum=300)
+    b.next("k", clock.now().timestamp())
+    clock.advance(1)
+    exited = clock.now().timestamp()
+    clock.jump(-86400 * 365)  # the exit now looks a year in the future
+    assert b.in_backoff_since("k", exited)
+    clock.advance(10.01)
+    assert not b.in_backoff_since("k", exited)

@@ -466,3 +466,21 @@ def test_readiness_gate_conditions() -> None:
     pod["status"]["conditions"].append({"type": "example.com/a", "status": "True"})
     assert podstatus.gates(pod) == {"example.com/a": "True"}
     assert podstatus.gates({"spec": {}, "status": pod["status"]}) == {}
+
+
+@pytest.mark.parametrize("jump", [-86400 * 365, 86400 * 365])
+async def test_initial_delay_survives_wall_clock_jumps(jump: int) -> None:
+    """A container started under a wall clock that then jumps (a board's first NTP sync) is
+    probed after its initialDelaySeconds at most: never held for the jump."""
+    runtime = ScriptedExec()
+    clock = clock_mod.FakeClock(datetime.datetime.now(datetime.UTC))
+    p = probes.Prober(pod="ns/p", runtime=runtime, pod_ip="127.0.0.1", netns=None, clock=clock,
+                      on_change=lambda: None, on_event=lambda *e: None)
+    try:
+        c = {"name": "main", "readinessProbe": _probe("ready", initialDelaySeconds=1)}
+        started = _running("a")
+        clock.jump(jump)
+        await p.sync([(c, started)])
+        await _until(lambda: runtime.calls, "probed after the initial delay", within=5)
+    finally:
+        await p.close()
