@@ -795,6 +795,18 @@ _INGRESS = Printer(
 )
 
 
+_NETWORKPOLICY = Printer(
+    (
+        _NAME,
+        Column("Pod-Selector", "string", "podSelector selects the pods to which this NetworkPolicy object applies. The "
+               "array of rules is applied to any pods selected by this field. An empty selector matches all pods in "
+               "this namespace."),
+        _AGE,
+    ),
+    lambda obj, now: [_name(obj), format_label_selector(_m(obj, "spec").get("podSelector")), _created(obj, now)],
+)
+
+
 def _service_row(obj: Mapping[str, Any], now: datetime) -> list[Any]:
     spec = _m(obj, "spec")
     cluster_ips = _l(spec.get("clusterIPs"))
@@ -1353,6 +1365,7 @@ PRINTERS: Mapping[str, Printer] = {
     "PriorityClass.scheduling.k8s.io": _PRIORITY_CLASS,
     "APIService.apiregistration.k8s.io": _APISERVICE,
     "Ingress.networking.k8s.io": _INGRESS,
+    "NetworkPolicy.networking.k8s.io": _NETWORKPOLICY,
     "RoleBinding.rbac.authorization.k8s.io": _binding_printer("roleBinding"),
     "ClusterRoleBinding.rbac.authorization.k8s.io": _binding_printer("clusterRoleBinding"),
 }

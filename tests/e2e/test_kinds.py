@@ -443,3 +443,59 @@ spec:
 """
     proc = k.run("apply", "-f", "-", input=no_type, check=False)
     assert "spec.rules[0].http.paths[0].pathType: Required value: pathType must be specified" in proc.stderr
+
+
+# --- NetworkPolicy ------------------------------------------------------------------------------
+
+NETPOL = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}, {ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]
+    ports: [{port: 8080}, {port: 9000, endPort: 9100}]
+  egress:
+  - ports: [{port: 53, protocol: UDP}]
+"""
+
+
+def test_network_policies_are_served_defaulted_and_shown_as_upstream(k: Kubectl) -> None:
+    k.run("apply", "-f", "-", input=NETPOL)
+    spec = k.json("get", "networkpolicy", "web")["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]  # defaulted from the rules, as upstream
+    assert spec["ingress"][0]["ports"] == [{"port": 8080, "protocol": "TCP"},
+                                           {"port": 9000, "endPort": 9100, "protocol": "TCP"}]
+    header, rows = _table(k.out("get", "netpol"))
+    assert header == ["NAME", "POD-SELECTOR", "AGE"] and rows["web"][1] == "app=web"
+    k.run("apply", "-f", "-", input="apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+                                    "metadata: {name: deny}\nspec: {podSelector: {}}\n")
+    assert k.json("get", "netpol", "deny")["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    assert _table(k.out("get", "netpol"))[1]["deny"][1] == "<none>"
+    described = k.out("describe", "netpol", "web")
+    assert "PodSelector:     app=web" in described and "To Port: 8080/TCP" in described
+    k.run("delete", "netpol", "web", "deny")
+    assert not k.out("get", "netpol", "-o", "name")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{podSelector: {}, policyTypes: [Ingress, Egress, Ingress]}", "may not specify more than two policyTypes"),
+    ("{podSelector: {}, policyTypes: [Sideways]}", 'spec.policyTypes[0]: Unsupported value: "Sideways"'),
+    ("{podSelector: {}, ingress: [{from: [{}]}]}", "spec.ingress[0].from[0]: Required value: must specify a peer"),
+    ("{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}",
+     "spec.ingress[0].from[0]: Forbidden: may not specify both ipBlock and another peer"),
+    ("{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]}",
+     "spec.ingress[0].from[0].ipBlock.except[0]: Invalid value: \"11.0.0.0/16\": must be a strict subset of `cidr`"),
+    ("{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: nonsense}}]}]}", "not a valid CIDR"),
+    ("{podSelector: {}, egress: [{ports: [{port: 80, endPort: 79}]}]}", "must be greater than or equal to `port`"),
+    ("{podSelector: {}, egress: [{ports: [{port: http, endPort: 90}]}]}", "may not be specified when `port` is non-numeric"),
+    ("{podSelector: {}, egress: [{ports: [{port: 70000}]}]}", "must be between 1 and 65535, inclusive"),
+    ("{podSelector: {}, egress: [{ports: [{port: 80, protocol: ICMP}]}]}", 'Unsupported value: "ICMP"'),
+    ("{podSelector: {matchExpressions: [{key: a, operator: In}]}}", "values set can't be empty"),
+])
+def test_network_policy_validation_is_upstreams(server: Server, bad: str, message: str) -> None:
+    kubectl = Kubectl("1.33", server, "default")
+    proc = kubectl.run("apply", "-f", "-", check=False, input="apiVersion: networking.k8s.io/v1\n"
+                       f"kind: NetworkPolicy\nmetadata: {{name: bad}}\nspec: {bad}\n")
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr

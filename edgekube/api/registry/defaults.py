@@ -500,6 +500,21 @@ def _hpa(obj: JSON) -> None:
         spec["metrics"] = [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]
 
 
+def _networkpolicy(obj: JSON) -> None:
+    """Upstream's SetDefaults_NetworkPolicy(Port): policy types from the rules (Ingress, plus
+    Egress when there are egress rules), TCP for a port's protocol; the podSelector is a
+    struct in Go, so an absent one reads back as `{}`."""
+    spec = _child(obj, "spec")
+    spec.setdefault("podSelector", {})
+    if not spec.get("policyTypes"):
+        spec["policyTypes"] = ["Ingress", "Egress"] if spec.get("egress") else ["Ingress"]
+    for direction in ("ingress", "egress"):
+        for rule in spec.get(direction) or []:
+            for port in (rule or {}).get("ports") or [] if isinstance(rule, dict) else []:
+                if isinstance(port, dict):
+                    port.setdefault("protocol", "TCP")
+
+
 def _pod_template_kind(obj: JSON) -> None:
     _pod_template(obj.get("template"))
 
@@ -527,6 +542,7 @@ _DEFAULTERS: dict[str, Callable[[JSON], None]] = {
     "PriorityClass.scheduling.k8s.io": _priorityclass,
     "CustomResourceDefinition.apiextensions.k8s.io": crds.defaults,
     "HorizontalPodAutoscaler.autoscaling": _hpa,
+    "NetworkPolicy.networking.k8s.io": _networkpolicy,
     "RoleBinding.rbac.authorization.k8s.io": _binding_subjects,
     "ClusterRoleBinding.rbac.authorization.k8s.io": _binding_subjects,
 }

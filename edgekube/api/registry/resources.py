@@ -199,6 +199,8 @@ BUILTIN: tuple[ResourceInfo, ...] = (
        categories=("api-extensions",)),
     # networking.k8s.io/v1: stored and shown; no ingress controller ships with edgekube (as upstream).
     _r("networking.k8s.io", "v1", "Ingress", "ingresses", short=("ing",), sub=("status",)),
+    # Enforced by the network component (edgekube/net/policy.py), in its nftables table.
+    _r("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", short=("netpol",)),
     # rbac.authorization.k8s.io/v1: stored now, enforced by the RBAC issue.
     _r("rbac.authorization.k8s.io", "v1", "Role", "roles"),
     _r("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),

@@ -1201,6 +1201,103 @@ def _ingress_host(e: _Errs, field: str, host: Any) -> None:
         e.invalid(field, text, detail)
 
 
+def _label_selector(e: _Errs, field: str, selector: Any) -> None:
+    """A LabelSelector as upstream's ValidateLabelSelector checks it (an empty one is valid)."""
+    if not isinstance(selector, dict):
+        e.invalid(field, "", "must be a label selector")
+        return
+    try:
+        labels_mod.from_label_selector(selector)
+    except labels_mod.SelectorError as exc:
+        e.invalid(field, "", str(exc))
+
+
+def _cidr(text: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """A CIDR as Go's net.ParseCIDR reads it (host bits allowed), or None."""
+    if not isinstance(text, str) or "/" not in text:
+        return None
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+def _netpol_port(e: _Errs, field: str, port: Any) -> None:
+    if not isinstance(port, dict):
+        e.invalid(field, "", "must be an object")
+        return
+    proto = port.get("protocol")
+    if proto is not None and proto not in ("TCP", "UDP", "SCTP"):
+        e.unsupported(f"{field}.protocol", proto, ("SCTP", "TCP", "UDP"))
+    number, end = port.get("port"), port.get("endPort")
+    if number is not None:
+        _port_num_or_name(e, f"{field}.port", number)
+    if end is None:
+        return
+    if number is None:
+        e.invalid(f"{field}.endPort", end, "may not be specified when `port` is not specified")
+    elif isinstance(number, str):
+        e.invalid(f"{field}.endPort", end, "may not be specified when `port` is non-numeric")
+    elif isinstance(end, int) and isinstance(number, int) and end < number:
+        e.invalid(f"{field}.endPort", end, "must be greater than or equal to `port`")
+    else:
+        _port_number(e, f"{field}.endPort", end)
+
+
+def _netpol_peer(e: _Errs, field: str, peer: Any) -> None:
+    if not isinstance(peer, dict):
+        e.invalid(field, "", "must be an object")
+        return
+    given = [k for k in ("podSelector", "namespaceSelector", "ipBlock") if peer.get(k) is not None]
+    for key in given[:2] if "ipBlock" not in given else ():
+        _label_selector(e, f"{field}.{key}", peer[key])
+    if not given:
+        e.required(field, "must specify a peer")
+    elif len(given) > 1 and "ipBlock" in given:
+        e.forbidden(field, "may not specify both ipBlock and another peer")
+    block = peer.get("ipBlock")
+    if "ipBlock" not in given or not isinstance(block, dict):
+        return
+    if not block.get("cidr"):
+        e.required(f"{field}.ipBlock.cidr")
+        return
+    cidr = _cidr(block.get("cidr"))
+    if cidr is None:
+        e.invalid(f"{field}.ipBlock.cidr", block.get("cidr"), "not a valid CIDR")
+        return
+    for i, text in enumerate(block.get("except") or []):
+        inner = _cidr(text)
+        where = f"{field}.ipBlock.except[{i}]"
+        if inner is None:
+            e.invalid(where, text, "not a valid CIDR")
+            return
+        if inner.version != cidr.version or inner.network_address not in cidr or inner.prefixlen <= cidr.prefixlen:
+            e.invalid(where, text, "must be a strict subset of `cidr`")
+
+
+def _networkpolicy(e: _Errs, obj: JSON, old: JSON | None) -> None:
+    """Upstream's ValidateNetworkPolicySpec: selectors, ports (endPort), peers, policy types."""
+    spec = obj.get("spec") or {}
+    _label_selector(e, "spec.podSelector", spec.get("podSelector") if "podSelector" in spec else {})
+    for direction, peers in (("ingress", "from"), ("egress", "to")):
+        for i, rule in enumerate(spec.get(direction) or []):
+            where = f"spec.{direction}[{i}]"
+            if not isinstance(rule, dict):
+                e.invalid(where, "", "must be an object")
+                continue
+            for j, port in enumerate(rule.get("ports") or []):
+                _netpol_port(e, f"{where}.ports[{j}]", port)
+            for j, peer in enumerate(rule.get(peers) or []):
+                _netpol_peer(e, f"{where}.{peers}[{j}]", peer)
+    types = spec.get("policyTypes") or []
+    if len(types) > 2:
+        e.invalid("spec.policyTypes", types, "may not specify more than two policyTypes")
+        return
+    for i, kind in enumerate(types):
+        if kind not in ("Ingress", "Egress"):
+            e.unsupported(f"spec.policyTypes[{i}]", kind, ("Ingress", "Egress"))
+
+
 def _ingress(e: _Errs, obj: JSON, old: JSON | None) -> None:
     """The structure upstream's ValidateIngressSpec requires of rules, paths and backends."""
     spec = obj.get("spec") or {}
@@ -1322,6 +1419,7 @@ _VALIDATORS: dict[str, Callable[[_Errs, JSON, JSON | None], None]] = {
     "CustomResourceDefinition.apiextensions.k8s.io": lambda e, o, old: e.causes.extend(crds.validate(o, old)),
     "APIService.apiregistration.k8s.io": _apiservice,
     "Ingress.networking.k8s.io": _ingress,
+    "NetworkPolicy.networking.k8s.io": _networkpolicy,
 }
 
 
