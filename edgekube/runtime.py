@@ -40,6 +40,7 @@ from edgekube.controllers import manager
 from edgekube.kubelet import images as images_mod
 from edgekube.kubelet import kubelet as kubelet_mod
 from edgekube.kubelet import logs as kubelet_logs
+from edgekube.net import policysync
 from edgekube.scheduler import scheduler as scheduler_mod
 from edgekube.store import encryption
 from edgekube.store import errors as store_errors
@@ -195,6 +196,7 @@ class Runtime:
         self.gates["api"] = True
         self.supervisor.start("certificates", self._watch_certificates(tls, sans=sans, url=url))
         self._start_control_plane(ca_pem=the_pki.ca_cert.read_text())
+        self._start_network()
         # Everything made at boot (modules, schemas, caches) lives as long as the process: move it
         # out of the collector's reach, so a full collection later scans only what came since
         # (unfrozen, a full pass over the boot heap stalled requests by tens of milliseconds).
@@ -334,6 +336,20 @@ class Runtime:
         for name, run in runners:
             self.supervisor.start(name, after_sync(run))
             self._control_plane.append(name)
+
+    def _start_network(self) -> None:
+        """The node's network part (DESIGN §6), over informers of its own: NetworkPolicy
+        enforcement in edgekube's nftables table."""
+        assert self.registry is not None
+        if not self.cfg.enabled("network"):
+            return
+        factory = informer.InformerFactory(local.LocalClient(self.registry, manager="edgekube-network"))
+        agent = policysync.PolicyAgent(factory, node_name=self.node_name, table=policysync.TABLE)
+        for name, inf in factory.unstarted():
+            self.supervisor.start(f"network/{name}", inf.run())
+            self._control_plane.append(f"network/{name}")
+        self.supervisor.start("network/policies", agent.run())
+        self._control_plane.append("network/policies")
 
     async def _ensure_kubernetes_service(self, *, service_ip: str, addresses: list[str]) -> None:
         """The `default/kubernetes` Service that in-cluster clients use to reach the API."""

@@ -31,6 +31,7 @@ def free_port() -> int:
 class Server:
     """A running `edgekube server`; `stop()`/`kill()`/`start()` for restart tests.
 
+    The network component is off unless the server runs in a namespace of its own (`netns`).
     The kubelet is off unless `kubelet=True`: a test server would otherwise register this
     machine as a node and run the pods of API tests as real containers (and the scheduler would
     put the control-plane tests' pods there instead of on their test nodes)."""
@@ -40,6 +41,10 @@ class Server:
                  netns: NetNS | None = None) -> None:
         self.data_dir = data_dir
         self.netns = netns  # run inside this network namespace (tests/support/netns.py): network tests
+        if netns is None:
+            # The network component writes links and nft rules: only ever inside a test's own
+            # namespace (the network rule), never in the host's.
+            self.extra += ["--disable", "network"]
         self.port = port or free_port()
         self.extra = (extra or []) + ([] if kubelet else ["--disable", "kubelet"])
         self.command = command or [sys.executable, "-m", "edgekube"]
