@@ -33,7 +33,8 @@ class Server:
 
     The kubelet is off unless `kubelet=True`: a test server would otherwise register this
     machine as a node and run the pods of API tests as real containers (and the scheduler would
-    put the control-plane tests' pods there instead of on their test nodes)."""
+    put the control-plane tests' pods there instead of on their test nodes). The cluster DNS is
+    off unless the server runs in a network namespace (`netns`)."""
 
     def __init__(self, data_dir: Path, *, port: int | None = None, extra: list[str] | None = None,
                  command: list[str] | None = None, kubelet: bool = False, env: dict[str, str] | None = None,
@@ -41,7 +42,10 @@ class Server:
         self.data_dir = data_dir
         self.netns = netns  # run inside this network namespace (tests/support/netns.py): network tests
         self.port = port or free_port()
-        self.extra = (extra or []) + ([] if kubelet else ["--disable", "kubelet"])
+        # Cluster DNS binds port 53 on a cluster address: only inside a namespace of the test's own
+        # (the network rule), never in the host's, where test servers would also share that port.
+        self.extra = (extra or []) + ([] if kubelet else ["--disable", "kubelet"]) + \
+            ([] if netns is not None else ["--disable", "dns"])
         self.command = command or [sys.executable, "-m", "edgekube"]
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
