@@ -31,7 +31,7 @@ import dns.rdatatype
 
 MAX_TTL = 30.0
 SERVFAIL_TTL = 5.0
-ENTRY_OVERHEAD = 240  # bytes per entry besides its wire: the key tuple, the entry, the dict slot
+ENTRY_OVERHEAD = 384  # bytes per entry besides its wire (measured, tracemalloc): key, name, entry, node, bytes header
 
 Key = tuple[str, int, int, bool, bool]  # name (lower case), type, class, DO, CD
 
@@ -57,7 +57,7 @@ def ttl_of(msg: dns.message.Message) -> float:
     return 0.0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Entry:
     wire: bytes
     stored: float

@@ -141,12 +141,19 @@ class Forwarder:
     def in_flight(self) -> int:
         return len(self._flights)
 
-    async def resolve(self, qname: dns.name.Name, qtype: RdataType, qclass: RdataClass, *, dnssec_ok: bool = False,
-                      checking_disabled: bool = False) -> dns.message.Message | None:
-        """The upstream's answer (from the cache when it is there, TTLs counted down), or None
-        when no upstream answered."""
+    def cached(self, qname: dns.name.Name, qtype: RdataType, qclass: RdataClass, *, dnssec_ok: bool = False,
+               checking_disabled: bool = False) -> dns.message.Message | None:
+        """The cached answer (TTLs counted down), or None: no task, no wait."""
         key = dnscache.key_of(qname.to_text(), qtype, qclass, dnssec_ok=dnssec_ok, checking_disabled=checking_disabled)
         cached = self.cache.get(key)
+        return dnscache.aged(*cached) if cached is not None else None
+
+    async def resolve(self, qname: dns.name.Name, qtype: RdataType, qclass: RdataClass, *, dnssec_ok: bool = False,
+                      checking_disabled: bool = False, cache_checked: bool = False) -> dns.message.Message | None:
+        """The upstream's answer (from the cache when it is there, TTLs counted down), or None
+        when no upstream answered. `cache_checked`: the caller just found it missing there."""
+        key = dnscache.key_of(qname.to_text(), qtype, qclass, dnssec_ok=dnssec_ok, checking_disabled=checking_disabled)
+        cached = None if cache_checked else self.cache.get(key)
         if cached is not None:
             return dnscache.aged(*cached)
         flight = self._flights.get(key)

@@ -66,6 +66,43 @@ _HEADER = struct.Struct("!6H")
 _QR, _OPCODE_SHIFT = 0x8000, 11
 
 
+class _Answered:
+    """The last cluster answers, as wire, by the exact bytes of their query after its ID (and
+    the transport, which sets the size limit): a pod asks the same few names again and again
+    (every lookup walks its search path), and the same bytes get the same answer until the zone
+    changes. A hit costs a dict lookup instead of parsing and rendering; the ID is the one field
+    that differs, and the answer's takes the query's. Bounded in bytes; emptied whenever the
+    zone's generation moves. Forwarded names are never kept here (their TTLs run)."""
+
+    MAX_BYTES = 1 << 20
+    MAX_ANSWER = 4096  # larger answers (wide headless Services over TCP) are rendered each time
+
+    def __init__(self) -> None:
+        self._entries: collections.OrderedDict[tuple[bool, bytes], tuple[bytes, str]] = collections.OrderedDict()
+        self._size = 0
+        self.generation = -1
+
+    def get(self, key: tuple[bool, bytes], generation: int) -> tuple[bytes, str] | None:
+        if generation != self.generation:
+            self._entries.clear()
+            self._size = 0
+            self.generation = generation
+            return None
+        hit = self._entries.get(key)
+        if hit is not None:
+            self._entries.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple[bool, bytes], wire: bytes, rcode: str, generation: int) -> None:
+        if generation != self.generation or len(wire) > self.MAX_ANSWER or key in self._entries:
+            return
+        self._entries[key] = (wire, rcode)
+        self._size += len(key[1]) + len(wire)
+        while self._size > self.MAX_BYTES:
+            (_, query), (old, _) = self._entries.popitem(last=False)
+            self._size -= len(query) + len(old)
+
+
 @dataclasses.dataclass
 class Metrics:
     requests: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # by proto
@@ -139,6 +176,7 @@ class DnsServer:
         self.max_tcp = max_tcp
         self._synced = synced
         self.metrics = Metrics()
+        self._answered = _Answered()
         self._pending = 0  # forwarded questions being answered
         self._tasks: set[asyncio.Task[None]] = set()
         self._udp: asyncio.DatagramTransport | None = None
@@ -212,6 +250,14 @@ class DnsServer:
         if len(data) < _HEADER.size:
             self.metrics.dropped["short"] += 1
             return None
+        if not self.zone.synced and self._synced():
+            self.zone.synced = True
+        key = (tcp, data[2:])
+        hit = self._answered.get(key, self.zone.generation)
+        if hit is not None:
+            wire, rcode = hit
+            self.metrics.responses[rcode] += 1
+            return data[:2] + wire[2:]
         qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
         if flags & _QR:
             self.metrics.dropped["response"] += 1
@@ -231,11 +277,18 @@ class DnsServer:
             response.set_rcode(dns.rcode.BADVERS)
             return self._wire(query, response, tcp=tcp)
         question = query.question[0]
-        if not self.zone.synced and self._synced():
-            self.zone.synced = True
         answer = self.zone.answer(question.name, question.rdtype, question.rdclass)
         if answer is not None and answer.chase is None:
-            return self._wire(query, self._zone_response(query, answer), tcp=tcp)
+            response = self._zone_response(query, answer)
+            wire = self._wire(query, response, tcp=tcp)
+            self._answered.put(key, wire, dns.rcode.to_text(response.rcode()), self.zone.generation)
+            return wire
+        if answer is None:  # a forwarded name already in the cache: answered here, no task
+            cached = self.forwarder.cached(question.name, question.rdtype, question.rdclass,
+                                           dnssec_ok=bool(query.ednsflags & dns.flags.DO),
+                                           checking_disabled=bool(query.flags & dns.flags.CD))
+            if cached is not None:
+                return self._wire(query, self._relay(query, cached), tcp=tcp)
         if self._pending >= self.max_concurrent:
             self.metrics.dropped["over max-concurrent"] += 1
             return self._wire(query, self._refused(query), tcp=tcp)
@@ -259,7 +312,7 @@ class DnsServer:
                         response.flags |= dns.flags.TC
                 return self._wire(query, response, tcp=tcp)
             upstream = await self.forwarder.resolve(question.name, question.rdtype, question.rdclass,
-                                                    dnssec_ok=do, checking_disabled=cd)
+                                                    dnssec_ok=do, checking_disabled=cd, cache_checked=True)
             return self._wire(query, self._relay(query, upstream), tcp=tcp)
         except Exception:
             log.exception("cluster DNS failed to forward %s", query.question[0] if query.question else "a query")

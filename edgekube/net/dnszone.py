@@ -282,7 +282,10 @@ class ClusterZone:
                           if ip is not None and not ipaddress.ip_address(ip).is_loopback]
         self._clock = clock
         self.serial = int(clock())
-        self.synced = False
+        # Bumped by every change that can change an answer (namespaces and the sync too, which the
+        # serial, as CoreDNS's, does not count): answers computed earlier are stale once it moves.
+        self.generation = 0
+        self._synced = False
         self._services: dict[str, Service] = {}
         self._slices: dict[str, Slice] = {}
         self._slices_by_service: dict[str, dict[str, Slice]] = {}
@@ -292,8 +295,19 @@ class ClusterZone:
 
     # --- feeding ---------------------------------------------------------------------------------
 
+    @property
+    def synced(self) -> bool:
+        return self._synced
+
+    @synced.setter
+    def synced(self, value: bool) -> None:
+        if value != self._synced:
+            self._synced = value
+            self.generation += 1
+
     def _changed(self) -> None:
         self.serial = int(self._clock())
+        self.generation += 1
 
     def set_service(self, obj: Mapping[str, Any]) -> None:
         svc = service_record(obj)
@@ -345,10 +359,16 @@ class ClusterZone:
             _discard(self._slices_by_ip, addr.ip, sl.key)
 
     def set_namespace(self, obj: Mapping[str, Any]) -> None:
-        self._namespaces.add(str((obj.get("metadata") or {}).get("name") or ""))
+        name = str((obj.get("metadata") or {}).get("name") or "")
+        if name not in self._namespaces:
+            self._namespaces.add(name)
+            self.generation += 1
 
     def delete_namespace(self, obj: Mapping[str, Any]) -> None:
-        self._namespaces.discard(str((obj.get("metadata") or {}).get("name") or ""))
+        name = str((obj.get("metadata") or {}).get("name") or "")
+        if name in self._namespaces:
+            self._namespaces.discard(name)
+            self.generation += 1
 
     # --- answering -------------------------------------------------------------------------------
 

@@ -1,18 +1,22 @@
-"""The cluster zone's records, as CoreDNS's kubernetes plugin answers them (net/dnszone.py), and
-the host resolver configuration the DNS forwarder and the kubelet share (_cogs/resolvconf.py)."""
+"""The cluster zone's records, as CoreDNS's kubernetes plugin answers them (net/dnszone.py), the
+host resolver configuration the DNS forwarder and the kubelet share (_cogs/resolvconf.py), and
+the forwarder's answer cache (net/dnscache.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import dns.flags
+import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 
 from edgekube._cogs import resolvconf
-from edgekube.net import dnszone
+from edgekube.net import dnscache, dnsforward, dnsserver, dnszone
 
 SOA = "cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 1700000000 7200 1800 86400 5"
 
@@ -306,3 +310,93 @@ def test_upstreams_leave_out_loopback() -> None:
     conf = resolvconf.parse("nameserver 127.0.0.53\nnameserver ::1\nnameserver 192.0.2.1\nnameserver bogus\n"
                             "nameserver 2001:DB8::0001\nnameserver 192.0.2.1\nnameserver 0.0.0.0\n")
     assert resolvconf.upstreams(conf) == ["192.0.2.1", "2001:db8::1"]
+
+
+# --- the answer cache -------------------------------------------------------------------------------
+
+
+def reply(rcode: int = dns.rcode.NOERROR, *, answers: tuple[tuple[str, int], ...] = (), soa: tuple[int, int] | None = None,
+          tc: bool = False) -> dns.message.Message:
+    msg = dns.message.make_response(dns.message.make_query("www.example.com.", "A"))
+    msg.set_rcode(rcode)
+    for ip, ttl in answers:
+        msg.answer.append(dns.rrset.from_text("www.example.com.", ttl, "IN", "A", ip))
+    if soa is not None:
+        msg.authority.append(dns.rrset.from_text("example.com.", soa[0], "IN", "SOA", f"ns. host. 1 2 3 4 {soa[1]}"))
+    if tc:
+        msg.flags |= dns.flags.TC
+    return msg
+
+
+def test_cache_lifetimes_follow_the_answer() -> None:
+    assert dnscache.ttl_of(reply(answers=(("192.0.2.1", 20), ("192.0.2.2", 10)))) == 10
+    assert dnscache.ttl_of(reply(answers=[("192.0.2.1", 3600)])) == 30  # at most 30 s, as k3s's `cache 30`
+    assert dnscache.ttl_of(reply(dns.rcode.NXDOMAIN, soa=(600, 15))) == 15  # RFC 2308: min(SOA TTL, minimum)
+    assert dnscache.ttl_of(reply(dns.rcode.NOERROR, soa=(8, 60))) == 8  # NODATA
+    assert dnscache.ttl_of(reply(dns.rcode.NXDOMAIN)) == 0  # no SOA: not cached
+    assert dnscache.ttl_of(reply(dns.rcode.SERVFAIL)) == 5
+    assert dnscache.ttl_of(reply(dns.rcode.REFUSED)) == 0
+    assert dnscache.ttl_of(reply(answers=[("192.0.2.1", 20)], tc=True)) == 0
+    assert dnscache.ttl_of(reply(answers=[("192.0.2.1", 0)])) == 0
+
+
+def test_cache_counts_ttls_down_and_forgets_expired_answers() -> None:
+    now = [100.0]
+    cache = dnscache.Cache(max_bytes=1 << 20, clock=lambda: now[0])
+    key = dnscache.key_of("WWW.example.com.", 1, 1, dnssec_ok=False, checking_disabled=False)
+    cache.put(key, reply(answers=[("192.0.2.1", 20)]).to_wire(), 20)
+    now[0] = 107.5
+    got = cache.get(dnscache.key_of("www.example.com.", 1, 1, dnssec_ok=False, checking_disabled=False))
+    assert got is not None
+    assert dnscache.aged(*got).answer[0].ttl == 13
+    assert cache.get(dnscache.key_of("www.example.com.", 1, 1, dnssec_ok=True, checking_disabled=False)) is None
+    now[0] = 120.0
+    assert cache.get(key) is None and len(cache) == 0 and cache.size == 0
+
+
+def test_cache_is_bounded_in_bytes_least_recently_used_first() -> None:
+    wire = reply(answers=[("192.0.2.1", 20)]).to_wire()
+    cost = len(wire) + dnscache.ENTRY_OVERHEAD
+    cache = dnscache.Cache(max_bytes=cost * 10)
+    keys = [dnscache.key_of(f"n{i}.example.", 1, 1, dnssec_ok=False, checking_disabled=False) for i in range(25)]
+    for i, key in enumerate(keys):
+        cache.put(key, wire, 20)
+        if i >= 1:
+            cache.get(keys[0])  # kept in use
+    assert len(cache) == 10 and cache.size <= cache.max_bytes and cache.evictions == 15
+    assert cache.get(keys[0]) is not None and cache.get(keys[1]) is None and cache.get(keys[24]) is not None
+
+
+# --- the server's handling of one message (no sockets) -------------------------------------------
+
+
+def test_repeated_queries_get_their_own_id_and_fresh_answers_after_a_change(zone: dnszone.ClusterZone,
+                                                                            tmp_path: Path) -> None:
+    forwarder = dnsforward.Forwarder(dnsforward.Upstreams(tmp_path / "none"), cache=dnscache.Cache(max_bytes=1 << 20))
+    informers_synced = [True]
+    server = dnsserver.DnsServer(zone, forwarder, address="127.0.0.1", synced=lambda: informers_synced[0])
+
+    def ask_server(qid: int) -> dns.message.Message:
+        q = dns.message.make_query("KUBERNETES.default.svc.cluster.local.", "A")
+        q.id = qid
+        out = server.handle(q.to_wire(), tcp=False)
+        assert isinstance(out, bytes)
+        return dns.message.from_wire(out)
+
+    first, second = ask_server(1), ask_server(2)
+    assert (first.id, second.id) == (1, 2)
+    assert rrsets_text(second) == rrsets_text(first) == ["KUBERNETES.default.svc.cluster.local. 5 IN A 10.43.0.1"]
+    zone.set_service(service("kubernetes", ip="10.43.0.2", ports=[{"name": "https", "port": 443, "protocol": "TCP"}]))
+    assert rrsets_text(ask_server(3)) == ["KUBERNETES.default.svc.cluster.local. 5 IN A 10.43.0.2"]
+    zone.delete_namespace(namespace("default"))
+    assert ask_server(4).rcode() == dns.rcode.NXDOMAIN
+    zone.set_namespace(namespace("default"))
+    zone.synced, informers_synced[0] = False, False
+    nx = dns.message.make_query("nope.default.svc.cluster.local.", "A")
+    assert dns.message.from_wire(server.handle(nx.to_wire(), tcp=False)).rcode() == dns.rcode.SERVFAIL  # type: ignore[arg-type]
+    informers_synced[0] = True  # the server notices on the next query, and answers anew
+    assert dns.message.from_wire(server.handle(nx.to_wire(), tcp=False)).rcode() == dns.rcode.NXDOMAIN  # type: ignore[arg-type]
+
+
+def rrsets_text(msg: dns.message.Message) -> list[str]:
+    return [line for rrset in msg.answer for line in rrset.to_text().splitlines()]
