@@ -86,8 +86,8 @@ class EdgekubeServer(Proc):
                  launcher: list[str] | None = None, env: dict[str, str] | None = None, network: bool = False) -> None:
         if not kubelet:
             extra = [*(extra or []), "--disable", "kubelet"]
-        if not network:  # links and nft rules: only in a benchmark's own network namespace
-            extra = [*(extra or []), "--disable", "network"]
+        if not network:  # links, nft rules and port 53: only in a benchmark's own network namespace
+            extra = [*(extra or []), "--disable", "network", "--disable", "dns"]
         self.data_dir = data_dir
         self.port = free_port()
         self.base = f"https://127.0.0.1:{self.port}"

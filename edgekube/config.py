@@ -82,6 +82,14 @@ DEFAULTS: dict[str, Any] = {
         "container-log-max-files": 5,
         "pod-manifest-check-seconds": 20,
     },
+    "dns": {
+        "listen-address": "",
+        "port": 53,
+        "metrics-port": 9153,
+        "resolv-conf": "",
+        "cache-size-mb": 4,
+        "max-concurrent": 1000,
+    },
     "log-level": "info",
 }
 
@@ -153,6 +161,16 @@ class KubeletSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class DnsSettings:
+    listen_address: str  # "": the node's pod gateway (the first address of its pod CIDR)
+    port: int
+    metrics_port: int  # 0: no metrics
+    resolv_conf: Path | None  # None: /etc/resolv.conf, or systemd-resolved's list behind its stub
+    cache_size_mb: int
+    max_concurrent: int  # forwarded questions at once; more are REFUSED
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: Path
     bind_address: str
@@ -170,6 +188,8 @@ class Config:
     kubelet: KubeletSettings
     log_level: str
     source: str  # where the file part came from, for messages
+    dns: DnsSettings = DnsSettings(listen_address="", port=53, metrics_port=9153, resolv_conf=None, cache_size_mb=4,
+                                   max_concurrent=1000)
 
     def enabled(self, component: str) -> bool:
         return component not in self.disable
@@ -287,6 +307,21 @@ def _kubelet(k: Mapping[str, Any], *, data_dir: Path, where: str) -> KubeletSett
     )
 
 
+def _dns(d: Mapping[str, Any], *, where: str) -> DnsSettings:
+    address = str(d["listen-address"] or "")
+    if address:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: 'listen-address' is not an IP address: {exc}") from None
+    resolv = str(d["resolv-conf"] or "")
+    return DnsSettings(listen_address=address, port=_int(d, "port", where, lo=0, hi=65535),
+                       metrics_port=_int(d, "metrics-port", where, lo=0, hi=65535),
+                       resolv_conf=Path(resolv) if resolv else None,
+                       cache_size_mb=_int(d, "cache-size-mb", where, lo=1, hi=1024),
+                       max_concurrent=_int(d, "max-concurrent", where, lo=1))
+
+
 def _build(data: Mapping[str, Any], *, source: str) -> Config:
     disable = data["disable"]
     if isinstance(disable, str):
@@ -366,4 +401,5 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
         kubelet=_kubelet(data["kubelet"], data_dir=data_dir, where=f"{source} (kubelet)"),
         log_level=level,
         source=source,
+        dns=_dns(data["dns"], where=f"{source} (dns)"),
     )

@@ -2,8 +2,8 @@
 
 Start order, each behind a named readiness gate: store (open LMDB, load the memory tier), api
 (system namespaces, the `kubernetes` Service, TLS, listen), then the controllers and scheduler,
-then the kubelet (its gate opens once its node is registered Ready). The network comes in a later
-issue; `--disable` accepts its names already.
+then the cluster DNS (its gate opens once it listens), then the kubelet (its gate opens once its
+node is registered Ready).
 `/readyz` answers ok once every enabled gate is open. Shutdown runs in reverse: stop listening,
 stop the kubelet (its containers go on running), the controllers and the scheduler, finish
 queued writes, save the memory tier, close the database.
@@ -30,7 +30,7 @@ from aiohttp import web
 
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
-from edgekube._cogs import dirlock, filemodes, memory, tasks, timefloor, tlsalert
+from edgekube._cogs import dirlock, filemodes, memory, resolvconf, tasks, timefloor, tlsalert
 from edgekube.api import errors, listener, pki, server
 from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import resources, rest
@@ -40,6 +40,7 @@ from edgekube.controllers import manager
 from edgekube.kubelet import images as images_mod
 from edgekube.kubelet import kubelet as kubelet_mod
 from edgekube.kubelet import logs as kubelet_logs
+from edgekube.net import dns as dns_mod
 from edgekube.net import policysync
 from edgekube.scheduler import scheduler as scheduler_mod
 from edgekube.store import encryption
@@ -102,6 +103,12 @@ class Runtime:
         self.last_seen = timefloor.LastSeen(cfg.data_dir)
         if cfg.enabled("kubelet"):
             self.gates["kubelet"] = False
+        self.dns: dns_mod.ClusterDns | None = None
+        self._dns_tasks: list[str] = []
+        if cfg.enabled("dns"):
+            self.gates["dns"] = False
+        # The host's resolver configuration for the DNS forwarder and pods' resolv.conf (k3s's choice).
+        self.resolv_conf = resolvconf.locate(cfg.dns.resolv_conf)
 
     def ready(self) -> bool:
         return all(self.gates.values())
@@ -204,6 +211,7 @@ class Runtime:
         gc.freeze()
         memory.release_free_memory()  # what boot used and freed
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
+        await self._start_dns()
         await self._start_kubelet()
 
     def _claim_data_dir(self) -> None:
@@ -288,7 +296,7 @@ class Runtime:
             cfg.kubelet,
             options=kubelet_mod.Options(node_name=self.node_name, data_dir=cfg.data_dir,
                                         cluster_dns=cfg.cluster_dns if cfg.enabled("dns") else "",
-                                        cluster_domain=cfg.cluster_domain),
+                                        cluster_domain=cfg.cluster_domain, resolv_conf=self.resolv_conf),
             client=client, events=recorder.for_component("kubelet", self.node_name), clock=self.clock,
             metrics=self.metrics)
         await self.kubelet.boot()
@@ -298,6 +306,24 @@ class Runtime:
             self.supervisor.start(name, run())
             self._kubelet_tasks.append(name)
         self.gates["kubelet"] = True
+
+    async def _start_dns(self) -> None:
+        """Cluster DNS (net/dns.py) on the node's pod gateway address, behind the kube-dns
+        Service. Its gate opens once it listens; a port it cannot bind stops the boot."""
+        assert self.registry is not None
+        cfg = self.cfg
+        client = local.LocalClient(self.registry, manager="edgekube-dns")
+        if not cfg.enabled("dns"):
+            await dns_mod.disabled(client)
+            return
+        self.dns = dns_mod.ClusterDns(client, cfg.dns, address=dns_mod.listen_address(cfg.dns, cluster_cidr=cfg.cluster_cidr),
+                                      cluster_ip=cfg.cluster_dns, domain=cfg.cluster_domain, node_name=self.node_name,
+                                      resolv_conf=self.resolv_conf)
+        await self.dns.start()
+        for name, run in self.dns.runners():
+            self.supervisor.start(name, run())
+            self._dns_tasks.append(name)
+        self.gates["dns"] = True
 
     def _start_control_plane(self, *, ca_pem: str) -> None:
         """The controllers and the scheduler (DESIGN §4), over shared informers."""
@@ -446,6 +472,11 @@ class Runtime:
         if self.kubelet is not None:
             await self.kubelet.close()
             self.kubelet = None
+        await self.supervisor.stop_some(self._dns_tasks)
+        self._dns_tasks.clear()
+        if self.dns is not None:
+            await self.dns.close()
+            self.dns = None
         await self.supervisor.stop_some(self._control_plane)
         self._control_plane.clear()
         if self.store is not None:

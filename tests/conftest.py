@@ -31,8 +31,8 @@ def free_port() -> int:
 class Server:
     """A running `edgekube server`; `stop()`/`kill()`/`start()` for restart tests.
 
-    The network component is off unless the server runs in a namespace of its own (`netns`).
-    The kubelet is off unless `kubelet=True`: a test server would otherwise register this
+    The network and DNS components are off unless the server runs in a network namespace of its
+    own (`netns`). The kubelet is off unless `kubelet=True`: a test server would otherwise register this
     machine as a node and run the pods of API tests as real containers (and the scheduler would
     put the control-plane tests' pods there instead of on their test nodes)."""
 
@@ -41,12 +41,12 @@ class Server:
                  netns: NetNS | None = None) -> None:
         self.data_dir = data_dir
         self.netns = netns  # run inside this network namespace (tests/support/netns.py): network tests
-        if netns is None:
-            # The network component writes links and nft rules: only ever inside a test's own
-            # namespace (the network rule), never in the host's.
-            self.extra += ["--disable", "network"]
         self.port = port or free_port()
-        self.extra = (extra or []) + ([] if kubelet else ["--disable", "kubelet"])
+        # The network component writes links and nft rules, and the cluster DNS binds port 53 on a
+        # cluster address: only ever inside a namespace of the test's own (the network rule),
+        # never in the host's, where test servers would also share that port.
+        self.extra = (extra or []) + ([] if kubelet else ["--disable", "kubelet"]) + \
+            ([] if netns is not None else ["--disable", "network", "--disable", "dns"])
         self.command = command or [sys.executable, "-m", "edgekube"]
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None

@@ -67,6 +67,7 @@ class Options:
     data_dir: Path
     cluster_dns: str  # "" when the dns component is off
     cluster_domain: str
+    resolv_conf: Path = Path("/etc/resolv.conf")  # the host's (_cogs/resolvconf.locate)
 
 
 class Kubelet:
@@ -132,7 +133,8 @@ class Kubelet:
             clock=self._clock,
             settings=pods_mod.Settings(node_name=self.options.node_name, pod_log_dir=s.pod_log_dir,
                                        cluster_dns=self.options.cluster_dns,
-                                       cluster_domain=self.options.cluster_domain),
+                                       cluster_domain=self.options.cluster_domain,
+                                       resolv_conf=self.options.resolv_conf),
             node=agent, metrics=self.metrics)
         runtime.on_exit = pods.on_exit
         self.runtime = runtime

@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgekube._cogs import clock as clock_mod
+from edgekube._cogs import resolvconf
 from edgekube.api import errors
 from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import rest
@@ -109,6 +110,7 @@ class Settings:
     pod_log_dir: Path
     cluster_dns: str  # "" when no cluster DNS is served
     cluster_domain: str
+    resolv_conf: Path = Path("/etc/resolv.conf")  # the host's, as _cogs/resolvconf.locate picked it
 
 
 class NodeFacts(Protocol):
@@ -340,7 +342,7 @@ class PodManager:
 
     async def _adopt_and_sweep(self) -> None:
         here = {uid for uid, st in self.pods.items()}
-        self._host_hosts, self._host_resolv = await asyncio.to_thread(_host_files)
+        self._host_hosts, self._host_resolv = await asyncio.to_thread(_host_files, self.settings.resolv_conf)
         for cs in self.adopted:
             st = self.pods.get(cs.pod_uid)
             if st is None:
@@ -510,7 +512,7 @@ class PodManager:
         if not st.start_time:
             st.start_time = str((st.pod.get("status") or {}).get("startTime") or clock_mod.rfc3339(self._clock.now()))
         hostname = self.node.hostname if host_network else bundle_mod.pod_hostname(st.pod)
-        resolv, warning = sandbox.resolv_conf(st.pod, cluster_dns=self.settings.cluster_dns,
+        resolv, dns_warnings = sandbox.resolv_conf(st.pod, cluster_dns=self.settings.cluster_dns,
                                               cluster_domain=self.settings.cluster_domain, host_resolv=self._host_resolv)
         hosts = sandbox.hosts_file(st.pod, pod_ip=self.pod_ip(st), hostname=hostname,
                                    cluster_domain=self.settings.cluster_domain, host_hosts=self._host_hosts)
@@ -540,8 +542,8 @@ class PodManager:
         # hostIPC: the host's IPC namespace and its /dev/shm too (containerd's behaviour).
         st.ipcns, st.shm = (str(ipcns_path), str(shm_path)) if private_ipc else (None, "/dev/shm")
         st.sandbox_ready = True
-        if first and warning:
-            self._events.warning(self._ref(st), "MissingClusterDNS", warning)
+        for reason, message in dns_warnings if first else []:
+            self._events.warning(self._ref(st), reason, message)
 
     def _remove_log_dirs(self, uids: set[str]) -> None:
         """The log directories (`<ns>_<pod>_<uid>`) of pods this kubelet ran that are gone."""
@@ -1240,14 +1242,12 @@ def _touch(path: Path) -> None:
     os.chmod(path, 0o666)
 
 
-def _host_files() -> tuple[str, str]:
-    out = []
-    for p in ("/etc/hosts", "/etc/resolv.conf"):
-        try:
-            out.append(Path(p).read_text())
-        except OSError:
-            out.append("")
-    return out[0], out[1]
+def _host_files(resolv_conf: Path) -> tuple[str, str]:
+    try:
+        hosts = Path("/etc/hosts").read_text()
+    except OSError:
+        hosts = ""
+    return hosts, resolvconf.read(resolv_conf)
 
 
 def _log_tail(path: Path) -> str:

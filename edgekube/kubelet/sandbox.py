@@ -27,11 +27,14 @@ the pod through sockets made in its namespace (`socket_in`, a thread of its own 
 **DNS** follows upstream's kubelet (pkg/kubelet/network/dns): dnsPolicy ClusterFirst (the
 default) gives the cluster DNS server with searches `<ns>.svc.<domain> svc.<domain> <domain>`
 plus the host's, and `options ndots:5`; ClusterFirst with hostNetwork, and Default, give the
-host's resolv.conf; ClusterFirstWithHostNet gives the cluster's even with hostNetwork; None gives
-only what `dnsConfig` says. `dnsConfig` nameservers and searches are appended (deduplicated),
-options merged by name (the pod's win). At most 3 nameservers and 32 searches, as upstream. With
-no cluster DNS configured (the dns component off), ClusterFirst falls back to Default with a
-`MissingClusterDNS` warning, as upstream does.
+host's resolv.conf; ClusterFirstWithHostNet gives the cluster's with or without hostNetwork; None
+gives only what `dnsConfig` says. `dnsConfig` nameservers and searches are appended
+(deduplicated), options merged by name (the pod's win). At most 3 nameservers, and searches cut to
+32 domains of at most 253 characters on a line of at most 2048, each cut announced by a
+`DNSConfigForming` warning, as upstream. The host's file is the one `_cogs/resolvconf` locates
+(systemd-resolved's real list rather than its 127.0.0.53 stub, as k3s hands its kubelet), parsed
+as the kubelet parses it. With no cluster DNS configured (the dns component off), ClusterFirst
+falls back to Default with a `MissingClusterDNS` warning, as upstream does.
 
 **/etc/hosts** is upstream's managed file: localhost lines, the pod's IP with its hostname (and
 `<hostname>.<subdomain>.<ns>.svc.<domain>` when `subdomain` is set), then `hostAliases`; for
@@ -55,6 +58,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgekube._cogs import resolvconf
 from edgekube.kubelet.runtime import bundle as bundle_mod
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,7 @@ IFF_UP = 0x1
 MAX_NAMESERVERS = 3
 MAX_SEARCHES = 32
 MAX_SEARCH_CHARS = 2048
+MAX_SEARCH_NAME = 253  # a search domain longer than a DNS name may be is left out
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -299,25 +304,6 @@ def hosts_file(pod: Mapping[str, Any], *, pod_ip: str, hostname: str, cluster_do
     return HOSTS_HEADER + LOCALHOST + own + _aliases(spec)
 
 
-def parse_resolv(text: str) -> tuple[list[str], list[str], list[str]]:
-    """(nameservers, searches, options) of a resolv.conf."""
-    servers: list[str] = []
-    searches: list[str] = []
-    options: list[str] = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].split(";", 1)[0].strip()
-        fields = line.split()
-        if not fields:
-            continue
-        if fields[0] == "nameserver" and len(fields) > 1:
-            servers.append(fields[1])
-        elif fields[0] in ("search", "domain"):
-            searches = fields[1:]  # the last search/domain line wins, as in the resolver
-        elif fields[0] == "options":
-            options.extend(fields[1:])
-    return servers, searches, options
-
-
 def _dedupe(items: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(i for i in items if i))
 
@@ -333,7 +319,7 @@ def _merge_options(base: Sequence[str], extra: Sequence[Mapping[str, Any]]) -> l
 
 
 def dns_policy(pod: Mapping[str, Any], *, cluster_dns: str) -> tuple[str, str]:
-    """("cluster" | "host" | "none", a warning message or "")."""
+    """("cluster" | "host" | "none", a MissingClusterDNS warning or "")."""
     spec = pod.get("spec") or {}
     policy = spec.get("dnsPolicy") or "ClusterFirst"
     if policy == "None":
@@ -341,38 +327,63 @@ def dns_policy(pod: Mapping[str, Any], *, cluster_dns: str) -> tuple[str, str]:
     if policy == "Default" or (policy == "ClusterFirst" and spec.get("hostNetwork")):
         return "host", ""
     if not cluster_dns:
-        name = (pod.get("metadata") or {}).get("name")
-        return "host", (f'pod: "{name}". kubelet does not have ClusterDNS IP configured and cannot create Pod '
-                        f'using "{policy}" policy. Falling back to "Default" policy.')
+        meta = pod.get("metadata") or {}
+        # upstream's words, format.Pod naming the pod, and "ClusterFirst" whichever cluster policy it was
+        return "host", (f'pod: "{meta.get("name")}_{meta.get("namespace")}({meta.get("uid")})". kubelet does not '
+                        'have ClusterDNS IP configured and cannot create Pod using "ClusterFirst" policy. '
+                        'Falling back to "Default" policy.')
     return "cluster", ""
 
 
-def resolv_conf(pod: Mapping[str, Any], *, cluster_dns: str, cluster_domain: str, host_resolv: str) -> tuple[str, str]:
-    """(the pod's resolv.conf, a warning for a MissingClusterDNS event or "")."""
-    kind, warning = dns_policy(pod, cluster_dns=cluster_dns)
-    h_servers, h_searches, h_options = parse_resolv(host_resolv)
+def _fit_searches(searches: list[str]) -> tuple[list[str], bool]:
+    """Upstream's formDNSSearchFitsLimits: the first 32 domains, without those longer than a
+    DNS name may be (glibc aborts on them), then domains cut from the end until the line fits."""
+    fitted = [s for s in searches[:MAX_SEARCHES] if len(s) <= MAX_SEARCH_NAME]
+    cut = len(fitted) != len(searches)
+    while fitted and len(" ".join(fitted)) > MAX_SEARCH_CHARS:
+        fitted.pop()
+        cut = True
+    return fitted, cut
+
+
+def resolv_conf(pod: Mapping[str, Any], *, cluster_dns: str, cluster_domain: str,
+                host_resolv: str) -> tuple[str, list[tuple[str, str]]]:
+    """(the pod's resolv.conf, warnings as (event reason, message) pairs), as upstream's
+    Configurer.GetPodDNS: `host_resolv` is the text of the host's resolv.conf (the file
+    `resolvconf.locate` picked, as k3s hands the kubelet)."""
+    kind, missing = dns_policy(pod, cluster_dns=cluster_dns)
+    warnings = [("MissingClusterDNS", missing)] if missing else []
+    host = resolvconf.parse(host_resolv)
     ns = (pod.get("metadata") or {}).get("namespace") or "default"
     if kind == "cluster":
         servers = [cluster_dns]
-        searches = [f"{ns}.svc.{cluster_domain}", f"svc.{cluster_domain}", cluster_domain, *h_searches]
+        searches = _dedupe([f"{ns}.svc.{cluster_domain}", f"svc.{cluster_domain}", cluster_domain, *host.searches]
+                           if cluster_domain else host.searches)
         options = ["ndots:5"]
     elif kind == "host":
-        servers, searches, options = h_servers, h_searches, h_options
+        servers, searches, options = list(host.nameservers), list(host.searches), list(host.options)
     else:
         servers, searches, options = [], [], []
-    cfg = (pod.get("spec") or {}).get("dnsConfig") or {}
-    servers = _dedupe([*servers, *(str(s) for s in cfg.get("nameservers") or [])])[:MAX_NAMESERVERS]
-    searches = _dedupe([*searches, *(str(s) for s in cfg.get("searches") or [])])[:MAX_SEARCHES]
-    while searches and len(" ".join(searches)) > MAX_SEARCH_CHARS:
-        searches.pop()
-    options = _merge_options(options, cfg.get("options") or [])
+    cfg = (pod.get("spec") or {}).get("dnsConfig")
+    if isinstance(cfg, Mapping):  # set at all, even empty: upstream's appendDNSConfig then dedupes
+        servers = _dedupe([*servers, *(str(s) for s in cfg.get("nameservers") or [])])
+        searches = _dedupe([*searches, *(str(s) for s in cfg.get("searches") or [])])
+        options = _merge_options(options, cfg.get("options") or [])
+    if len(servers) > MAX_NAMESERVERS:
+        servers = servers[:MAX_NAMESERVERS]
+        warnings.append(("DNSConfigForming", "Nameserver limits were exceeded, some nameservers have been omitted, "
+                                             f"the applied nameserver line is: {' '.join(servers)}"))
+    searches, cut = _fit_searches(searches)
+    if cut:
+        warnings.append(("DNSConfigForming", "Search Line limits were exceeded, some search paths have been omitted, "
+                                             f"the applied search line is: {' '.join(searches)}"))
     text = ""
     if searches:
         text += "search " + " ".join(searches) + "\n"
     text += "".join(f"nameserver {s}\n" for s in servers)
     if options:
         text += "options " + " ".join(options) + "\n"
-    return text, warning
+    return text, warnings
 
 
 def write_if_changed(path: Path, text: str, *, mode: int = 0o644) -> bool:

@@ -178,10 +178,10 @@ HOST_RESOLV = "nameserver 192.0.2.53\nsearch corp.example\noptions timeout:2\n"
 
 
 def test_cluster_first_resolv_conf() -> None:
-    text, warning = sandbox.resolv_conf(pod(), cluster_dns="10.43.0.10", cluster_domain="cluster.local",
-                                        host_resolv=HOST_RESOLV)
+    text, warnings = sandbox.resolv_conf(pod(), cluster_dns="10.43.0.10", cluster_domain="cluster.local",
+                                         host_resolv=HOST_RESOLV)
     assert text == ("search ns.svc.cluster.local svc.cluster.local cluster.local corp.example\n"
-                    "nameserver 10.43.0.10\noptions ndots:5\n") and warning == ""
+                    "nameserver 10.43.0.10\noptions ndots:5\n") and warnings == []
 
 
 def test_host_network_and_default_use_the_hosts_resolv_conf() -> None:
@@ -192,19 +192,61 @@ def test_host_network_and_default_use_the_hosts_resolv_conf() -> None:
     text, _ = sandbox.resolv_conf(pod(hostNetwork=True, dnsPolicy="ClusterFirstWithHostNet"), cluster_dns="10.43.0.10",
                                   cluster_domain="cluster.local", host_resolv=HOST_RESOLV)
     assert "nameserver 10.43.0.10" in text
+    text, _ = sandbox.resolv_conf(pod(dnsPolicy="ClusterFirstWithHostNet"), cluster_dns="10.43.0.10",
+                                  cluster_domain="cluster.local", host_resolv=HOST_RESOLV)
+    assert "nameserver 10.43.0.10" in text  # without hostNetwork it is ClusterFirst
+
+
+def test_the_host_file_is_read_as_the_kubelet_reads_it() -> None:
+    """Upstream's parseResolvConf: `domain` lines are not searches, the last `options` line wins
+    (not a union), searches lose a trailing dot, and only whole-line `#` comments are comments."""
+    host = ("# generated\ndomain lan.example\nnameserver 192.0.2.53\nsearch a.example. b.example\n"
+            "options rotate\noptions timeout:1 attempts:3\n")
+    text, _ = sandbox.resolv_conf(pod(dnsPolicy="Default"), cluster_dns="10.43.0.10", cluster_domain="cluster.local",
+                                  host_resolv=host)
+    assert text == "search a.example b.example\nnameserver 192.0.2.53\noptions timeout:1 attempts:3\n"
+    text, _ = sandbox.resolv_conf(pod(), cluster_dns="10.43.0.10", cluster_domain="cluster.local",
+                                  host_resolv="nameserver 192.0.2.53\ndomain lan.example\n")
+    assert text.startswith("search ns.svc.cluster.local svc.cluster.local cluster.local\n")
 
 
 def test_dns_config_is_merged_and_limited() -> None:
     p = pod(dnsPolicy="None", dnsConfig={"nameservers": ["1.1.1.1", "1.1.1.1", "8.8.8.8", "9.9.9.9", "4.4.4.4"],
                                          "searches": ["a.example"],
                                          "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]})
-    text, _ = sandbox.resolv_conf(p, cluster_dns="10.43.0.10", cluster_domain="cluster.local", host_resolv=HOST_RESOLV)
+    text, warnings = sandbox.resolv_conf(p, cluster_dns="10.43.0.10", cluster_domain="cluster.local",
+                                         host_resolv=HOST_RESOLV)
     assert text == "search a.example\nnameserver 1.1.1.1\nnameserver 8.8.8.8\nnameserver 9.9.9.9\noptions ndots:2 edns0\n"
+    assert warnings == [("DNSConfigForming", "Nameserver limits were exceeded, some nameservers have been omitted, "
+                                             "the applied nameserver line is: 1.1.1.1 8.8.8.8 9.9.9.9")]
+
+
+def test_dns_config_searches_over_the_limits_are_left_out_with_a_warning() -> None:
+    """Upstream's formDNSSearchFitsLimits: at most 32 domains, none longer than 253 characters,
+    and the line at most 2048 characters, cut from the end."""
+    long = "x" * 60 + "." + "y" * 60 + "." + "z" * 60 + "." + "w" * 80  # 263 characters
+    p = pod(dnsConfig={"searches": ["a.example", long, "b.example"]})
+    text, warnings = sandbox.resolv_conf(p, cluster_dns="10.43.0.10", cluster_domain="cluster.local", host_resolv="")
+    assert text.startswith("search ns.svc.cluster.local svc.cluster.local cluster.local a.example b.example\n")
+    assert warnings and warnings[0][0] == "DNSConfigForming" and "Search Line limits were exceeded" in warnings[0][1]
+    many = [f"d{i}.example" for i in range(40)]
+    text, warnings = sandbox.resolv_conf(pod(dnsPolicy="None", dnsConfig={"nameservers": ["1.1.1.1"], "searches": many}),
+                                         cluster_dns="10.43.0.10", cluster_domain="cluster.local", host_resolv="")
+    assert text.splitlines()[0] == "search " + " ".join(many[:32]) and len(warnings) == 1
+    wide = [f"{i:02d}" + "q" * 200 + ".example" for i in range(12)]  # 12 x 210 characters: past 2048
+    text, _ = sandbox.resolv_conf(pod(dnsPolicy="None", dnsConfig={"nameservers": ["1.1.1.1"], "searches": wide}),
+                                  cluster_dns="10.43.0.10", cluster_domain="cluster.local", host_resolv="")
+    assert text.splitlines()[0] == "search " + " ".join(wide[:9])
 
 
 def test_missing_cluster_dns_falls_back_with_a_warning() -> None:
-    text, warning = sandbox.resolv_conf(pod(), cluster_dns="", cluster_domain="cluster.local", host_resolv=HOST_RESOLV)
-    assert "192.0.2.53" in text and "Falling back to \"Default\" policy" in warning
+    for policy in ("ClusterFirst", "ClusterFirstWithHostNet"):
+        text, warnings = sandbox.resolv_conf(pod(dnsPolicy=policy), cluster_dns="", cluster_domain="cluster.local",
+                                             host_resolv=HOST_RESOLV)
+        assert "192.0.2.53" in text
+        assert warnings == [("MissingClusterDNS", 'pod: "p_ns(u)". kubelet does not have ClusterDNS IP configured and '
+                                                  'cannot create Pod using "ClusterFirst" policy. Falling back to '
+                                                  '"Default" policy.')]
 
 
 def test_hosts_file() -> None:
