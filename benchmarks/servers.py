@@ -83,9 +83,11 @@ class EdgekubeServer(Proc):
     `python -m edgekube` (the kubelet benchmark's `kubelet_server.py`), `env` the environment."""
 
     def __init__(self, data_dir: Path, *, extra: list[str] | None = None, kubelet: bool = False,
-                 launcher: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 launcher: list[str] | None = None, env: dict[str, str] | None = None, network: bool = False) -> None:
         if not kubelet:
             extra = [*(extra or []), "--disable", "kubelet"]
+        if not network:  # the service proxy writes nft rules: only in a network namespace of its own
+            extra = [*(extra or []), "--disable", "network"]
         self.data_dir = data_dir
         self.port = free_port()
         self.base = f"https://127.0.0.1:{self.port}"

@@ -2,8 +2,8 @@
 
 Start order, each behind a named readiness gate: store (open LMDB, load the memory tier), api
 (system namespaces, the `kubernetes` Service, TLS, listen), then the controllers and scheduler,
-then the kubelet (its gate opens once its node is registered Ready). The network comes in a later
-issue; `--disable` accepts its names already.
+then the network (the service proxy's nftables table written whole, net/proxy.py), then the
+kubelet (its gate opens once its node is registered Ready).
 `/readyz` answers ok once every enabled gate is open. Shutdown runs in reverse: stop listening,
 stop the kubelet (its containers go on running), the controllers and the scheduler, finish
 queued writes, save the memory tier, close the database.
@@ -36,10 +36,12 @@ from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import resources, rest
 from edgekube.client import events as events_mod
 from edgekube.client import informer, local
-from edgekube.controllers import manager
+from edgekube.controllers import manager, servicelb
 from edgekube.kubelet import images as images_mod
 from edgekube.kubelet import kubelet as kubelet_mod
 from edgekube.kubelet import logs as kubelet_logs
+from edgekube.net import nft, proxyrules
+from edgekube.net import proxy as proxy_mod
 from edgekube.scheduler import scheduler as scheduler_mod
 from edgekube.store import encryption
 from edgekube.store import errors as store_errors
@@ -97,8 +99,11 @@ class Runtime:
         self._control_plane: list[str] = []  # task names, stopped before the store closes
         self.kubelet: kubelet_mod.Kubelet | None = None
         self._kubelet_tasks: list[str] = []  # stopped first: the kubelet writes through the API
+        self._network_tasks: list[str] = []
         self._clock_noticed = float("-inf")
         self.last_seen = timefloor.LastSeen(cfg.data_dir)
+        if cfg.enabled("network"):
+            self.gates["network"] = False
         if cfg.enabled("kubelet"):
             self.gates["kubelet"] = False
 
@@ -202,6 +207,7 @@ class Runtime:
         gc.freeze()
         memory.release_free_memory()  # what boot used and freed
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
+        await self._start_network()
         await self._start_kubelet()
 
     def _claim_data_dir(self) -> None:
@@ -296,6 +302,31 @@ class Runtime:
             self.supervisor.start(name, run())
             self._kubelet_tasks.append(name)
         self.gates["kubelet"] = True
+
+    async def _start_network(self) -> None:
+        """The service proxy and the LoadBalancer status (DESIGN §6). A machine without nftables
+        stops the boot here with what it lacks (nft.Unavailable); the gate opens once the whole
+        table is in the kernel. Its rules outlive the process, as containers do."""
+        assert self.registry is not None
+        cfg = self.cfg
+        if not cfg.enabled("network"):
+            return
+        runner = nft.Nft()
+        await proxy_mod.check_kernel(runner)
+        client = local.LocalClient(self.registry, manager="edgekube-proxy")
+        factory = informer.InformerFactory(client)
+        proxy = proxy_mod.Proxy(factory, table=nft.Table(runner), node_name=self.node_name,
+                                settings=proxyrules.Settings(cluster_cidrs=(cfg.cluster_cidr,),
+                                                             service_cidrs=(cfg.service_cidr,)))
+        lb = servicelb.ServiceLBController(client, factory.get("v1", "Service"), factory.get("v1", "Node"))
+        for name, inf in factory.unstarted():
+            self.supervisor.start(f"network/{name}", inf.run())
+            self._network_tasks.append(f"network/{name}")
+        await proxy.boot()
+        for name, run in ((proxy.name, proxy.run), (lb.name, lb.run)):
+            self.supervisor.start(name, run())
+            self._network_tasks.append(name)
+        self.gates["network"] = True
 
     def _start_control_plane(self, *, ca_pem: str) -> None:
         """The controllers and the scheduler (DESIGN §4), over shared informers."""
@@ -407,7 +438,7 @@ class Runtime:
                 code = 1
             for f in (stop, failed):
                 f.cancel()
-        except kubelet_mod.KubeletError as exc:
+        except (kubelet_mod.KubeletError, nft.NftError) as exc:
             log.error("%s", exc)
             code = 1
         finally:
@@ -430,6 +461,8 @@ class Runtime:
         if self.kubelet is not None:
             await self.kubelet.close()
             self.kubelet = None
+        await self.supervisor.stop_some(self._network_tasks)  # the table stays in the kernel
+        self._network_tasks.clear()
         await self.supervisor.stop_some(self._control_plane)
         self._control_plane.clear()
         if self.store is not None:

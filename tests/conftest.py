@@ -42,6 +42,8 @@ class Server:
         self.netns = netns  # run inside this network namespace (tests/support/netns.py): network tests
         self.port = port or free_port()
         self.extra = (extra or []) + ([] if kubelet else ["--disable", "kubelet"])
+        if netns is None:  # the network rule: only a server inside a namespace of its own writes nft rules
+            self.extra += ["--disable", "network"]
         self.command = command or [sys.executable, "-m", "edgekube"]
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
