@@ -1,8 +1,8 @@
 """The composition root: build every component from one frozen config, start, stop.
 
 Start order, each behind a named readiness gate: store (open LMDB, load the memory tier), api
-(system namespaces, the `kubernetes` Service, TLS, listen), then the controllers and scheduler,
-then the network (the service proxy's nftables table written whole, net/proxy.py), then the
+(system namespaces, the `kubernetes` Service, TLS, listen), then the network (the service proxy's
+nftables table written whole, net/proxy.py), then the controllers and scheduler, then the
 kubelet (its gate opens once its node is registered Ready).
 `/readyz` answers ok once every enabled gate is open. Shutdown runs in reverse: stop listening,
 stop the kubelet (its containers go on running), the controllers and the scheduler, finish
@@ -199,6 +199,10 @@ class Runtime:
         )
         self.gates["api"] = True
         self.supervisor.start("certificates", self._watch_certificates(tls, sans=sans, url=url))
+        # The network before the controllers: its boot sync writes every Service's rules in one
+        # batch, which goes twice as fast without the controllers' first passes over the same
+        # objects competing for the loop (and the table is in place sooner after a restart).
+        await self._start_network()
         self._start_control_plane(ca_pem=the_pki.ca_cert.read_text())
         # Everything made at boot (modules, schemas, caches) lives as long as the process: move it
         # out of the collector's reach, so a full collection later scans only what came since
@@ -207,7 +211,6 @@ class Runtime:
         gc.freeze()
         memory.release_free_memory()  # what boot used and freed
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
-        await self._start_network()
         await self._start_kubelet()
 
     def _claim_data_dir(self) -> None:

@@ -160,11 +160,12 @@ class Transaction:
         self.table = table
         self._where = f"{family} {table}"
         self._phases: list[list[str]] = [[] for _ in range(_DELETE + 1)]
+        self._rules: dict[str, list[str]] = {}  # chain -> rules to add, in order
         self._adds: dict[str, list[str]] = {}  # set name -> elements to add (one statement per set)
         self._dels: dict[str, list[str]] = {}
 
     def __bool__(self) -> bool:
-        return any(self._phases) or bool(self._adds) or bool(self._dels)
+        return any(self._phases) or bool(self._rules) or bool(self._adds) or bool(self._dels)
 
     def add_table(self) -> None:
         self._phases[_DECLARE].insert(0, f"add table {self._where} {{ comment {_quote(_COMMENT)} ; }}")
@@ -179,7 +180,8 @@ class Transaction:
         self._phases[_PREPARE if prepare else _FLUSH].append(f"flush chain {self._where} {name}")
 
     def add_rules(self, chain: Chain) -> None:
-        self._phases[_RULES].extend(f"add rule {self._where} {chain.name} {rule}" for rule in chain.rules)
+        if chain.rules:
+            self._rules.setdefault(chain.name, []).extend(chain.rules)
 
     def delete_chain(self, name: str, *, prepare: bool = False) -> None:
         self._phases[_PREPARE if prepare else _DELETE].append(f"delete chain {self._where} {name}")
@@ -202,7 +204,17 @@ class Transaction:
     def text(self) -> str:
         lines: list[str] = []
         for phase, ops in enumerate(self._phases):
-            if phase == _ELEMENTS_OUT:
+            if phase == _RULES and self._rules:
+                # Rules in nft's block form: `chain NAME { rule ... }` inside the table adds them
+                # (to a chain declared above) without repeating `add rule <family> <table> <chain>`
+                # on every line, which halves what nft parses in a full sync.
+                lines.append(f"table {self._where} {{")
+                for name, rules in self._rules.items():
+                    lines.append(f"chain {name} {{")
+                    lines.extend(rules)
+                    lines.append("}")
+                lines.append("}")
+            elif phase == _ELEMENTS_OUT:
                 lines.extend(f"delete element {self._where} {name} {{ {', '.join(keys)} }}"
                              for name, keys in self._dels.items())
             elif phase == _ELEMENTS_IN:
@@ -278,7 +290,10 @@ class Table:
     async def apply(self, tx: Transaction, *, check: bool = False) -> None:
         """Run a batch (`check`: only ask the kernel whether it would take it)."""
         if tx:
-            await self.nft.run(["-c", "-f", "-"] if check else ["-f", "-"], script=tx.text())
+            await self.run(tx.text(), check=check)
+
+    async def run(self, script: str, *, check: bool = False) -> None:
+        await self.nft.run(["-c", "-f", "-"] if check else ["-f", "-"], script=script)
 
     async def existing(self) -> Existing:
         """The chains, sets and maps of this table (empty when the table does not exist)."""
@@ -324,10 +339,12 @@ class SyncStats:
     """What the last `Fragment.sync` did."""
 
     full: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole sync
+    listing: float = 0.0  # of which reading the table's names (full syncs)
+    batch: float = 0.0  # of which nft applying the batch
+    script_bytes: int = 0
     chains_written: int = 0
     elements_changed: int = 0
-    operations: int = 0
 
 
 class Fragment:
@@ -426,15 +443,22 @@ class Fragment:
             full = full or self.need_full
             if full:
                 existing = await self.table.existing()
+                listed = self._clock()
                 tx, commit, stats = self._plan_full(existing)
+                stats.listing = listed - start
             else:
                 tx, commit, stats = self._plan_changes()
+            script = tx.text() if tx else ""
+            stats.script_bytes = len(script)
+            applying = self._clock()
             try:
-                await self.table.apply(tx)
+                if script:
+                    await self.table.run(script)
             except NftError:
                 self.need_full = True
                 raise
             commit()
+            stats.batch = self._clock() - applying
             stats.seconds = self._clock() - start
             self.last = stats
             return stats

@@ -19,7 +19,8 @@ The layout follows upstream's nftables kube-proxy (pkg/proxy/nftables), in one `
   edgekube sets route_localnet, as upstream's iptables mode does for localhost NodePorts).
 - Per service port: `service-<hash>-<ns>/<name>/<proto>/<port>` holds the Cluster-policy
   endpoints, `local-...` the Local-policy ones, `external-...` what external traffic (NodePort,
-  LoadBalancer, externalIPs) goes through first. Load is spread by `numgen random mod N vmap`;
+  LoadBalancer, externalIPs) goes through first. Load is spread by `numgen random mod` rules (the
+  i-th of n endpoints taken with probability 1/(n-i); see `_spread`);
   ClientIP affinity keeps one set per endpoint (`affinity-...`, `update @set { ip saddr }` with
   the Service's timeout), checked before the spread.
 - Per endpoint: `endpoint-...__<ip>/<port>`: marks hairpin traffic (a pod reaching itself
@@ -298,8 +299,7 @@ def _service_port(b: _Builder, sp: ServicePort, cat: services.Categorized, *, se
             continue
         if sp.affinity_seconds:
             rules[chain] += [f"{f.ip} saddr @{affinity_set(e)} goto {endpoint_chain(e)}" for e in eps]
-        spread = ", ".join(f"{i} : goto {endpoint_chain(e)}" for i, e in enumerate(eps))
-        rules[chain].append(f"numgen random mod {len(eps)} vmap {{ {spread} }}")
+        rules[chain] += _spread([endpoint_chain(e) for e in eps])
     for chain, body in rules.items():
         b.chain(chain, body)
     for e in cat.reachable:
@@ -311,6 +311,17 @@ def _service_port(b: _Builder, sp: ServicePort, cat: services.Categorized, *, se
             body.append(f"update @{name} {{ {f.ip} saddr }}")
         body.append(f"meta l4proto {sp.protocol} dnat {f.ip} to {_target(f, e.ip, e.port)}")
         b.chain(endpoint_chain(e), body)
+
+
+def _spread(targets: list[str]) -> list[str]:
+    """Rules that send a new connection to one of `targets`, each as likely: the i-th of n is
+    taken with probability 1/(n-i) (as upstream's iptables mode does it). Not upstream nftables'
+    `numgen random mod n vmap { 0 : goto a, ... }`: each such inline map is an anonymous set, and
+    the kernel binds the sets of one batch in a walk over the whole batch, so a full sync of
+    1,000 Services spent most of its time there (quadratic); these rules cost nothing to load
+    and a few numgen per connection (only a connection's first packet goes through NAT)."""
+    n = len(targets)
+    return [f"numgen random mod {n - i} == 0 goto {t}" for i, t in enumerate(targets[:-1])] + [f"goto {targets[-1]}"]
 
 
 # --- host ports -------------------------------------------------------------------------------
@@ -374,7 +385,7 @@ PROBE = (
     ("conntrack matches (nft_ct)", "add rule @T p-filter ct state new ct status ! dnat accept"),
     ("fib lookups (nft_fib)", "add rule @T p-nat fib daddr type local meta l4proto . th dport vmap { tcp . 1 : goto p-chain }"),
     ("map lookups", "add rule @T p-nat ip daddr . meta l4proto . th dport vmap @p-map"),
-    ("random numbers (nft_numgen)", "add rule @T p-chain numgen random mod 2 vmap { 0 : accept, 1 : accept }"),
+    ("random numbers (nft_numgen)", "add rule @T p-chain numgen random mod 2 == 0 accept"),
     ("set updates from the packet path (nft_dynset)", "add rule @T p-chain update @p-aff { ip saddr }"),
     ("DNAT (nft_nat)", "add rule @T p-chain meta l4proto tcp dnat ip to 10.0.0.1:80"),
     ("reject (nft_reject)", "add rule @T p-filter reject"),
