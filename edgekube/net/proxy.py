@@ -15,6 +15,9 @@ what the previous edgekube left without a moment of missing rules, while establi
 connections keep their NAT in conntrack. Nothing is removed at shutdown: the rules stay in the
 kernel while edgekube restarts or is upgraded, and pods keep reaching Services meanwhile.
 
+After a batch that changed a UDP Service, conntrack entries of its flows that still lead to an
+endpoint it no longer has are deleted (net/conntrack.py), so UDP clients follow the change.
+
 Failures: a refused batch is logged and the next sync is a full one, retried with backoff; a
 full sync also runs every `resync_seconds` to repair anything else that edited the table.
 `check_kernel()` tells at boot, in words, when this machine cannot do any of it.
@@ -31,7 +34,7 @@ from typing import Any
 
 from edgekube.client import informer
 from edgekube.client.workqueue import WorkQueue
-from edgekube.net import nft, proxyrules, services
+from edgekube.net import conntrack, nft, proxyrules, services
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -61,6 +64,10 @@ class Proxy:
         self._slices = informers.get("discovery.k8s.io/v1", "EndpointSlice")
         self._pods = informers.get("v1", "Pod")
         self._slice_owner: dict[str, str] = {}  # slice key -> service key
+        self._udp_frontends: dict[str, dict[tuple[str, int], frozenset[tuple[str, int]]]] = {}  # by key
+        # UDP frontends changed since the last conntrack cleanup (all of them at boot: endpoints
+        # may have left while edgekube was down), with the endpoints they may reach now.
+        self._udp_changed: dict[tuple[str, int], frozenset[tuple[str, int]]] = {}
         self._service_slices: dict[str, set[str]] = {}
         self._services.add_handlers(informer.Handlers(
             on_add=self._service_changed, on_update=lambda old, new: self._service_changed(new),
@@ -109,13 +116,28 @@ class Proxy:
         pod = self._pods.get(name)
         return proxyrules.hostport_piece(pod, node=self.node_name) if pod is not None else None
 
+    def _udp(self, key: str) -> dict[tuple[str, int], frozenset[tuple[str, int]]]:
+        kind, _, name = key.partition(":")
+        svc = self._services.get(name) if kind == "svc" else None
+        if svc is None:
+            return {}
+        slices = [s for k in self._service_slices.get(name, ()) if (s := self._slices.get(k)) is not None]
+        return proxyrules.udp_frontends(svc, slices, node=self.node_name)
+
     def _put(self, key: str) -> None:
         try:
             piece = self._piece(key)
+            udp = self._udp(key)
         except Exception:  # a malformed object must not stop the others: keep its last rules
             log.exception("service proxy: cannot compute the rules of %s; keeping its previous ones", key)
             return
         self.fragment.put(key, piece)
+        before = self._udp_frontends.pop(key, {})
+        if udp:
+            self._udp_frontends[key] = udp
+        for frontend in before.keys() | udp.keys():
+            if before.get(frontend) != udp.get(frontend):
+                self._udp_changed[frontend] = udp.get(frontend, frozenset())
 
     # --- running --------------------------------------------------------------------------------
 
@@ -141,6 +163,7 @@ class Proxy:
                  stats.elements_changed, computed + stats.seconds, computed, stats.listing, stats.script_bytes,
                  stats.batch)
         self.queue.add_after(FULL, self.resync_seconds)
+        await self._clear_udp()
 
     async def run(self) -> None:
         """After `boot()`: write changes as they come, every key waiting at once in one batch."""
@@ -184,6 +207,20 @@ class Proxy:
         due = self.fragment.stale_due()
         if due is not None:
             self.queue.add_after(CLEANUP, due + 0.01)
+        await self._clear_udp()
+
+    async def _clear_udp(self) -> None:
+        """After the rules changed: UDP flows still bound to endpoints that left (net/conntrack.py)."""
+        if not self._udp_changed:
+            return
+        changed, self._udp_changed = self._udp_changed, {}
+        try:
+            deleted = await asyncio.wait_for(conntrack.clear_stale_udp(changed), 10.0)
+        except (OSError, TimeoutError) as exc:
+            log.warning("service proxy: clearing stale UDP conntrack entries failed (they idle out instead): %s", exc)
+            return
+        if deleted:
+            log.info("service proxy: cleared %d stale UDP conntrack entries", deleted)
 
     def close(self) -> None:
         """Stop taking work. The table stays in the kernel (see the module doc)."""

@@ -324,6 +324,25 @@ def _spread(targets: list[str]) -> list[str]:
     return [f"numgen random mod {n - i} == 0 goto {t}" for i, t in enumerate(targets[:-1])] + [f"goto {targets[-1]}"]
 
 
+def udp_frontends(svc: Mapping[str, Any], slices: Iterable[Mapping[str, Any]], *,
+                  node: str) -> dict[tuple[str, int], frozenset[tuple[str, int]]]:
+    """The addresses a Service answers UDP on (cluster, external and load-balancer IP and port;
+    (`*`, port) for a NodePort), each with the endpoints its traffic may reach: what the
+    conntrack cleanup checks flows against (net/conntrack.py)."""
+    slices = list(slices)
+    out: dict[tuple[str, int], frozenset[tuple[str, int]]] = {}
+    for port in services.service_ports(svc):
+        if port.protocol != "udp":
+            continue
+        cat = services.categorize(services.endpoints(port, slices), port, node=node)
+        valid = frozenset((e.ip, e.port) for e in cat.reachable)
+        for ip in (port.cluster_ip, *port.external_ips, *port.load_balancer_ips):
+            out[(ip, port.port)] = valid
+        if port.node_port:
+            out[("*", port.node_port)] = valid
+    return out
+
+
 # --- host ports -------------------------------------------------------------------------------
 
 

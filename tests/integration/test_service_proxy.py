@@ -162,6 +162,33 @@ def test_cluster_ip_spreads_over_ready_endpoints_tcp_and_udp(cluster: Cluster) -
     assert any(ip in json.dumps(k) and "tcp" in json.dumps(k) for k in keys), keys
 
 
+def test_a_udp_flow_follows_its_service_when_the_endpoint_leaves(cluster: Cluster) -> None:
+    ip = cluster.service("udp", ports=[{"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"}])["spec"]["clusterIP"]
+    ports = [{"name": "dns", "port": 5353, "protocol": "UDP"}]
+    cluster.endpoints("udp", [ep(A)], ports=ports)
+
+    def flow() -> Any:
+        # One client socket, one source port: one conntrack entry, as a resolver's.
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", 0))
+        s.settimeout(2)
+        return s
+
+    sock = cluster.client(flow)
+
+    def ask_on(s: socket.socket) -> str:
+        s.sendto(b"?", (ip, 53))
+        return s.recv(100).decode().split()[0]
+
+    try:
+        assert wait_for(lambda: ask_on(sock)) == "a"
+        cluster.endpoints("udp", [ep(B)], ports=ports)
+        # Without the cleanup the flow would stay on a (still up) until its entry idled out.
+        assert wait_for(lambda: ask_on(sock) == "b", timeout=5)
+    finally:
+        sock.close()
+
+
 def test_session_affinity_sticks_to_one_endpoint(cluster: Cluster) -> None:
     svc = cluster.service("sticky", sessionAffinity="ClientIP",
                           sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}})
