@@ -501,14 +501,17 @@ class Fragment:
                 tx.delete_chain(name, prepare=True)
             for name in redo_sets:
                 tx.delete_set(name, kind="map" if existing.sets[name][1] else "set", prepare=True)
+        # A flush only where the kernel holds the object already (the listing says so; the batch
+        # is atomic, so nothing can add it in between): a boot into an empty kernel sends none.
         for c in chains.values():
             tx.add_chain(c)
-            tx.flush_chain(c.name)
+            if c.name in existing.chains:
+                tx.flush_chain(c.name)
             tx.add_rules(c)
             stats.chains_written += 1
         for s in sets.values():
             tx.add_set(s)
-            if not s.dynamic:
+            if not s.dynamic and s.name in existing.sets:
                 tx.flush_set(s)
         elements: dict[tuple[str, str], str] = {}
         for ident in self._claims:

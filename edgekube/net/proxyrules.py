@@ -104,8 +104,9 @@ def owns(name: str) -> bool:
 
 def object_name(prefix: str, text: str, *, salt: str = "") -> str:
     """`prefix-HASH-text`, truncated to NAME_MAX (the hash keeps truncated names unique)."""
-    digest = hashlib.sha256((text + salt).encode()).digest()
-    name = f"{prefix}-{base64.b32encode(digest).decode()[:8]}-{text}"
+    # Base32 turns each 5 bytes into 8 characters: the first 5 bytes give the 8 we keep.
+    digest = hashlib.sha256((text + salt).encode()).digest()[:5]
+    name = f"{prefix}-{base64.b32encode(digest).decode()}-{text}"
     return name if len(name) <= NAME_MAX else name[:NAME_MAX - 3] + "..."
 
 
@@ -234,8 +235,10 @@ def _service_port(b: _Builder, sp: ServicePort, cat: services.Categorized, *, se
     def endpoint_text(e: services.Endpoint) -> str:
         return f"{base}__{e.ip.replace(':', '.')}/{e.port}"
 
+    endpoint_names = {e: object_name(f"endpoint{f.tag}", endpoint_text(e)) for e in cat.reachable}
+
     def endpoint_chain(e: services.Endpoint) -> str:
-        return object_name(f"endpoint{f.tag}", endpoint_text(e))
+        return endpoint_names[e]
 
     def affinity_set(e: services.Endpoint) -> str:
         # The timeout is part of the name: a set's timeout cannot change, a new set replaces it.

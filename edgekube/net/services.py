@@ -168,7 +168,7 @@ def endpoints(port: ServicePort, slices: Iterable[Mapping[str, Any]]) -> list[En
             e = Endpoint(ip=str(ep["addresses"][0]), port=number, ready=ready,
                          serving=_condition(cond, "serving", ready), terminating=_condition(cond, "terminating", False),
                          node=str(ep.get("nodeName") or ""))
-            if family_of(e.ip) != port.family:
+            if (IPV6 if ":" in e.ip else IPV4) != port.family:  # the API checked the address; only its family
                 continue
             key = (e.ip, e.port)
             seen = found.get(key)

@@ -177,3 +177,21 @@ def test_a_refused_batch_is_followed_by_a_full_sync_that_repairs(netns: netns_mo
         assert len(elements) == len(svc["spec"]["ports"]) and "reject-chain" in elements[0]
 
     asyncio.run(main())
+
+
+def test_the_boot_probe_says_what_is_missing(netns: netns_mod.NetNS) -> None:
+    def probe(argv: list[str], features: list[tuple[str, str]]) -> str:
+        try:
+            asyncio.run(nft.probe(nft.Nft(netns.argv(argv)), features))
+        except nft.Unavailable as exc:
+            return str(exc)
+        return ""
+
+    assert probe(["nft"], list(proxyrules.PROBE)) == ""  # this kernel has it all
+    # A statement the kernel refuses is named by its feature.
+    bogus = [*proxyrules.PROBE[:3], ("time travel (nft_tardis)", "add rule @T p-chain meta tardis 1 accept")]
+    said = probe(["nft"], bogus)
+    assert "time travel (nft_tardis)" in said and "--disable network" in said
+    # Without CAP_NET_ADMIN (not root) it says so.
+    said = probe(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "nft"], list(proxyrules.PROBE))
+    assert "CAP_NET_ADMIN" in said, said
