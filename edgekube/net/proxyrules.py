@@ -4,13 +4,14 @@ The layout follows upstream's nftables kube-proxy (pkg/proxy/nftables), in one `
 (both IP families; IPv6 objects carry a `-v6` or `6` in their names):
 
     base chains (hook, priority)           jumps to
+    filter-prerouting (filter, prerouting, -110)  firewall-check (new connections)
     nat-prerouting   (nat, prerouting, -100)  services
     nat-output       (nat, output, -100)      services
     nat-postrouting  (nat, postrouting, 100)  masquerading, pod-egress
     filter-input     (filter, input, -110)    service-endpoints-check (new connections);
                                               drop of remote packets to 127/8 that were not DNATed
     filter-forward   (filter, forward, -110)  service-endpoints-check, cluster-ips-check
-    filter-output    (filter, output, -110)   service-endpoints-check
+    filter-output    (filter, output, -110)   service-endpoints-check, firewall-check
     filter-output-post-dnat (filter, output, -90)  cluster-ips-check
 
 - `services` dispatches on verdict maps: `service-ips` (cluster, external and load-balancer IP .
@@ -33,6 +34,8 @@ The layout follows upstream's nftables kube-proxy (pkg/proxy/nftables), in one `
   (cluster IPs reached from outside the pod CIDR, external traffic under the Cluster policy,
   hairpin, host ports reached from the node itself). `pod-egress` masquerades pod traffic that
   leaves the cluster CIDR.
+- `loadBalancerSourceRanges`: `filter-prerouting` (before DNAT) looks the load-balancer IP and
+  port up in `firewall-ips`, whose `firewall-...` chain drops sources outside the ranges.
 - Host ports (k3s and the CNI portmap plugin do the same): per pod port a
   `hostport-<hash>-<ns>/<pod>/<proto>/<hostPort>` chain that DNATs to the pod.
 
@@ -55,7 +58,7 @@ from edgekube.net.services import ServicePort
 JSON = dict[str, Any]
 MASQ_MARK = "0x4000"
 NAME_MAX = 200  # nft allows 256; the rest is room for prefixes
-_PREFIXES = ("service", "local", "external", "endpoint", "affinity", "hostport")
+_PREFIXES = ("service", "local", "external", "endpoint", "affinity", "hostport", "firewall")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +89,11 @@ V6 = _Family(services.IPV6, "ip6", "ipv6_addr", "-v6", "6", "::1")
 FAMILIES = {f.name: f for f in (V4, V6)}
 
 STATIC_CHAINS = frozenset({
-    "filter-input", "filter-forward", "filter-output", "filter-output-post-dnat", "nat-prerouting", "nat-output",
+    "filter-prerouting", "firewall-check", "filter-input", "filter-forward", "filter-output", "filter-output-post-dnat", "nat-prerouting", "nat-output",
     "nat-postrouting", "services", "service-endpoints-check", "cluster-ips-check", "reject-chain",
     "mark-for-masquerade", "masquerading", "pod-egress"})
 _MAP_BASES = ("service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports", "cluster-ips",
-              "hostports", "hostip-ports")
+              "hostports", "hostip-ports", "firewall-ips")
 STATIC_SETS = frozenset(f.map(b) for f in FAMILIES.values() for b in _MAP_BASES)
 
 
@@ -116,6 +119,9 @@ def object_name(prefix: str, text: str, *, salt: str = "") -> str:
 def static_piece(settings: Settings) -> nft.Piece:
     ct_new = "ct state new"
     chains = [
+        # Before DNAT: loadBalancerSourceRanges are about the address the client asked for.
+        nft.Chain("filter-prerouting", hook=nft.Hook("filter", "prerouting", -110), rules=(
+            f"{ct_new} jump firewall-check",)),
         nft.Chain("filter-input", hook=nft.Hook("filter", "input", -110), rules=(
             f"{ct_new} jump service-endpoints-check",
             # route_localnet (for 127.0.0.1 NodePorts) would otherwise let other hosts reach
@@ -125,7 +131,7 @@ def static_piece(settings: Settings) -> nft.Piece:
         nft.Chain("filter-forward", hook=nft.Hook("filter", "forward", -110), rules=(
             f"{ct_new} jump service-endpoints-check", f"{ct_new} jump cluster-ips-check")),
         nft.Chain("filter-output", hook=nft.Hook("filter", "output", -110), rules=(
-            f"{ct_new} jump service-endpoints-check",)),
+            f"{ct_new} jump service-endpoints-check", f"{ct_new} jump firewall-check")),
         nft.Chain("filter-output-post-dnat", hook=nft.Hook("filter", "output", -90), rules=(
             f"{ct_new} jump cluster-ips-check",)),
         nft.Chain("nat-prerouting", hook=nft.Hook("nat", "prerouting", -100), rules=("jump services",)),
@@ -142,6 +148,7 @@ def static_piece(settings: Settings) -> nft.Piece:
     dispatch: list[str] = []
     checks: list[str] = []
     cluster_ips: list[str] = []
+    firewall: list[str] = []
     egress: list[str] = []
     sets: list[nft.NamedSet] = []
     for f in FAMILIES.values():
@@ -157,6 +164,7 @@ def static_piece(settings: Settings) -> nft.Piece:
             nft.NamedSet(f.map("no-endpoint-services"), triple, "verdict"),
             nft.NamedSet(f.map("no-endpoint-nodeports"), "inet_proto . inet_service", "verdict"),
             nft.NamedSet(f.map("cluster-ips"), f.addr, comment="every Service's cluster IP"),
+            nft.NamedSet(f.map("firewall-ips"), triple, "verdict", comment="load-balancer IPs with source ranges"),
         ]
         key = f"{f.ip} daddr . meta l4proto . th dport"
         dispatch += [
@@ -169,6 +177,7 @@ def static_piece(settings: Settings) -> nft.Piece:
             f"{key} vmap @{f.map('no-endpoint-services')}",
             f"{local} meta l4proto . th dport vmap @{f.map('no-endpoint-nodeports')}",
         ]
+        firewall.append(f"{key} vmap @{f.map('firewall-ips')}")
         cluster_ips.append(f"{f.ip} daddr @{f.map('cluster-ips')} reject")
         cluster_ips += [f"{f.ip} daddr {cidr} drop" for cidr in f.cidrs(settings.service_cidrs)]
         egress += [f"{f.ip} saddr {cidr} {f.ip} daddr != {cidr} {f.ip} daddr != "
@@ -178,6 +187,7 @@ def static_piece(settings: Settings) -> nft.Piece:
         nft.Chain("services", rules=tuple(dispatch)),
         nft.Chain("service-endpoints-check", rules=tuple(checks)),
         nft.Chain("cluster-ips-check", rules=tuple(cluster_ips)),
+        nft.Chain("firewall-check", rules=tuple(firewall)),
         nft.Chain("pod-egress", rules=tuple(egress), comment="pods reaching beyond the cluster CIDR"),
     ]
     return nft.Piece(chains=tuple(chains), sets=tuple(sets))
@@ -267,6 +277,14 @@ def _service_port(b: _Builder, sp: ServicePort, cat: services.Categorized, *, se
             b.element(f.map("service-ips"), f"{ip} . {key}", f"goto {external_chain}")
         if not has_external:
             b.element(f.map("no-endpoint-services"), f"{ip} . {key}", external_verdict)
+    if sp.source_ranges and sp.load_balancer_ips:
+        # As upstream: the ranges guard the load-balancer IPs (not NodePorts or external IPs).
+        # The node itself always passes (upstream lets it when a range holds its address).
+        firewall_chain = object_name(f"firewall{f.tag}", base)
+        b.chain(firewall_chain, ["fib saddr type local return",
+                                 f"{f.ip} saddr != {{ {', '.join(sp.source_ranges)} }} drop"])
+        for ip in sp.load_balancer_ips:
+            b.element(f.map("firewall-ips"), f"{ip} . {key}", f"goto {firewall_chain}")
     if sp.node_port:
         if uses_external_chain:
             b.element(f.map("service-nodeports"), f"{sp.protocol} . {sp.node_port}", f"goto {external_chain}")

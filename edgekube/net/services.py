@@ -6,7 +6,8 @@ upstream's pkg/proxy (ServicePort, EndpointSliceCache, CategorizeEndpoints):
 - `service_ports(svc)`: one `ServicePort` per port and IP family of a Service that has a cluster
   IP. Headless Services (`clusterIP: None`) and ExternalName Services have none: nothing of
   theirs goes in the table. The external addresses of a port are its `externalIPs` and its
-  `status.loadBalancer.ingress` IPs (those without `ipMode: Proxy`), of the port's family.
+  `status.loadBalancer.ingress` IPs (those without `ipMode: Proxy`), of the port's family, and
+  `loadBalancerSourceRanges` limit who may reach the latter.
 - `endpoints(port, slices)`: the port's endpoints from the Service's EndpointSlices (those
   labelled `kubernetes.io/service-name`), matched by port name and protocol; an address listed
   by two slices counts once (its readiest copy). Conditions read as upstream: `ready` unset is
@@ -42,6 +43,7 @@ class ServicePort:
     node_port: int = 0
     external_ips: tuple[str, ...] = ()
     load_balancer_ips: tuple[str, ...] = ()
+    source_ranges: tuple[str, ...] = ()  # loadBalancerSourceRanges of this family: who may reach the LB IPs
     affinity_seconds: int = 0  # ClientIP session affinity timeout; 0: no affinity
     internal_local: bool = False
     external_local: bool = False  # as written; see external_policy_local
@@ -112,6 +114,7 @@ def service_ports(svc: Mapping[str, Any]) -> list[ServicePort]:
     ingress = [i.get("ip") for i in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
                if isinstance(i, Mapping) and i.get("ip") and i.get("ipMode", "VIP") != "Proxy"]
     external = [ip for ip in spec.get("externalIPs") or [] if isinstance(ip, str)]
+    ranges = [r for r in spec.get("loadBalancerSourceRanges") or [] if isinstance(r, str)]
     out = []
     for cluster_ip in cluster_ips:
         family = family_of(cluster_ip)
@@ -131,6 +134,7 @@ def service_ports(svc: Mapping[str, Any]) -> list[ServicePort]:
                 node_port=int(p.get("nodePort") or 0) if spec.get("type") in ("NodePort", "LoadBalancer") else 0,
                 external_ips=tuple(ip for ip in external if family_of(ip) == family),
                 load_balancer_ips=tuple(ip for ip in ingress if isinstance(ip, str) and family_of(ip) == family),
+                source_ranges=tuple(r.strip() for r in ranges if family_of(r.split("/")[0].strip()) == family),
                 affinity_seconds=affinity,
                 internal_local=spec.get("internalTrafficPolicy") == "Local",
                 external_local=spec.get("externalTrafficPolicy") == "Local",

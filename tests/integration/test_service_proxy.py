@@ -361,6 +361,21 @@ def test_load_balancer_gets_the_node_address_and_answers_there(cluster: Cluster)
              .get("loadBalancer", {}).get("ingress"))
 
 
+def test_load_balancer_source_ranges(cluster: Cluster) -> None:
+    # (After the LoadBalancer test: the node is there with its address.)
+    cluster.service("lbfw", type="LoadBalancer", loadBalancerSourceRanges=["192.0.2.0/24"],
+                    ports=[{"name": "http", "port": 8444, "targetPort": 8080}])
+    cluster.endpoints("lbfw", [ep(A)])
+    wait_for(lambda: any("default/lbfw/" in json.dumps(e) for e in cluster.elements("firewall-ips")))
+    with pytest.raises(TimeoutError):  # dropped: the outside host is not in the ranges
+        cluster.outside.call(ask, NODE_IP, 8444, timeout=1)
+    assert cluster.node.call(ask, NODE_IP, 8444)[0] == "a"  # the node itself passes
+    current = cluster.api("GET", "/api/v1/namespaces/default/services/lbfw")
+    current["spec"]["loadBalancerSourceRanges"] = ["192.0.2.0/24", "198.18.0.0/24"]
+    cluster.api("PUT", "/api/v1/namespaces/default/services/lbfw", current)
+    assert wait_for(lambda: cluster.outside.call(ask, NODE_IP, 8444, timeout=1))[0] == "a"  # type: ignore[index]
+
+
 def _rule_handles(cluster: Cluster, marker: str) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for item in cluster.table():

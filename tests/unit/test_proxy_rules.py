@@ -176,6 +176,18 @@ def test_cluster_policy_external_traffic_is_masqueraded() -> None:
         "192.0.2.9 . tcp . 80": f"goto {external.name}", "192.0.2.1 . tcp . 80": f"goto {external.name}"}
 
 
+def test_load_balancer_source_ranges_guard_the_load_balancer_ips() -> None:
+    s = svc(type="LoadBalancer", externalIPs=["192.0.2.9"], loadBalancerSourceRanges=["198.51.100.0/24", "fd00::/8"])
+    s["spec"]["ports"][0]["nodePort"] = 30080
+    s["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}
+    piece = proxyrules.service_piece(s, [eps(ep("10.42.0.2"))], node=NODE, settings=SETTINGS)
+    firewall = chain(piece, "firewall")
+    assert elements(piece, "firewall-ips") == {"192.0.2.1 . tcp . 80": f"goto {firewall.name}"}
+    assert firewall.rules == ("fib saddr type local return", "ip saddr != { 198.51.100.0/24 } drop")
+    no_ranges = proxyrules.service_piece(svc(type="LoadBalancer"), [eps(ep("10.42.0.2"))], node=NODE, settings=SETTINGS)
+    assert elements(no_ranges, "firewall-ips") == {}
+
+
 def test_affinity_sets_carry_the_timeout_in_their_name() -> None:
     s = svc(sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}})
     piece = proxyrules.service_piece(s, [eps(ep("10.42.0.2"), ep("10.42.0.3"))], node=NODE, settings=SETTINGS)
