@@ -59,7 +59,6 @@ class Proxy:
         self.resync_seconds = resync_seconds
         self.fragment = nft.Fragment(table, owns=proxyrules.owns, name="service proxy")
         self.queue = WorkQueue(base_delay=0.5, max_delay=30.0)
-        self.syncs = 0  # batches written (for tests and benchmarks)
         self._services = informers.get("v1", "Service")
         self._slices = informers.get("discovery.k8s.io/v1", "EndpointSlice")
         self._pods = informers.get("v1", "Pod")
@@ -128,10 +127,10 @@ class Proxy:
         try:
             piece = self._piece(key)
             udp = self._udp(key)
+            self.fragment.put(key, piece)
         except Exception:  # a malformed object must not stop the others: keep its last rules
             log.exception("service proxy: cannot compute the rules of %s; keeping its previous ones", key)
             return
-        self.fragment.put(key, piece)
         before = self._udp_frontends.pop(key, {})
         if udp:
             self._udp_frontends[key] = udp
@@ -156,7 +155,6 @@ class Proxy:
                 self._put("pod:" + informer.object_key(pod))
         computed = time.monotonic() - started
         stats = await self.fragment.sync(full=True)
-        self.syncs += 1
         log.info("service proxy: wrote table %s %s (%d Services, %d chains, %d map elements) in %.3f s "
                  "(rules computed in %.3f s, table listed in %.3f s, batch of %d bytes applied in %.3f s)",
                  self.fragment.table.family, self.fragment.table.name, count, stats.chains_written,
@@ -191,11 +189,10 @@ class Proxy:
             return
         try:
             stats = await self.fragment.sync(full=full)
-        except nft.NftError as exc:
+        except (nft.NftError, OSError, ValueError) as exc:  # ValueError: a listing nft garbled
             delay = self.queue.add_rate_limited(FULL)
             log.error("service proxy: writing the table failed; a full sync follows in %.1f s: %s", delay, exc)
             return
-        self.syncs += 1
         self.queue.forget(FULL)
         if full:
             log.info("service proxy: full sync (%d chains, %d map elements) in %.3f s",
@@ -221,10 +218,6 @@ class Proxy:
             return
         if deleted:
             log.info("service proxy: cleared %d stale UDP conntrack entries", deleted)
-
-    def close(self) -> None:
-        """Stop taking work. The table stays in the kernel (see the module doc)."""
-        self.queue.shutdown()
 
 
 def _allow_localhost_node_ports() -> None:
