@@ -63,7 +63,7 @@ class Proxy:
         self._slices = informers.get("discovery.k8s.io/v1", "EndpointSlice")
         self._pods = informers.get("v1", "Pod")
         self._slice_owner: dict[str, str] = {}  # slice key -> service key
-        self._udp_frontends: dict[str, dict[tuple[str, int], frozenset[tuple[str, int]]]] = {}  # by key
+        self._udp_frontends: dict[str, proxyrules.Frontends] = {}  # by key
         # UDP frontends changed since the last conntrack cleanup (all of them at boot: endpoints
         # may have left while edgekube was down), with the endpoints they may reach now.
         self._udp_changed: dict[tuple[str, int], frozenset[tuple[str, int]]] = {}
@@ -104,29 +104,21 @@ class Proxy:
 
     # --- pieces -------------------------------------------------------------------------------
 
-    def _piece(self, key: str) -> nft.Piece | None:
+    def _rules(self, key: str) -> tuple[nft.Piece | None, proxyrules.Frontends]:
+        """The piece of the table of object `key`, and (a Service's) UDP frontends."""
         kind, _, name = key.partition(":")
         if kind == "svc":
             svc = self._services.get(name)
             if svc is None:
-                return None
+                return None, {}
             slices = [s for k in self._service_slices.get(name, ()) if (s := self._slices.get(k)) is not None]
-            return proxyrules.service_piece(svc, slices, node=self.node_name, settings=self.settings)
+            return proxyrules.service_rules(svc, slices, node=self.node_name, settings=self.settings)
         pod = self._pods.get(name)
-        return proxyrules.hostport_piece(pod, node=self.node_name) if pod is not None else None
-
-    def _udp(self, key: str) -> dict[tuple[str, int], frozenset[tuple[str, int]]]:
-        kind, _, name = key.partition(":")
-        svc = self._services.get(name) if kind == "svc" else None
-        if svc is None:
-            return {}
-        slices = [s for k in self._service_slices.get(name, ()) if (s := self._slices.get(k)) is not None]
-        return proxyrules.udp_frontends(svc, slices, node=self.node_name)
+        return (proxyrules.hostport_piece(pod, node=self.node_name) if pod is not None else None), {}
 
     def _put(self, key: str) -> None:
         try:
-            piece = self._piece(key)
-            udp = self._udp(key)
+            piece, udp = self._rules(key)
             self.fragment.put(key, piece)
         except Exception:  # a malformed object must not stop the others: keep its last rules
             log.exception("service proxy: cannot compute the rules of %s; keeping its previous ones", key)

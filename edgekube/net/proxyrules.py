@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
-import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -76,12 +76,16 @@ class _Family:
     tag: str  # in per-service chain prefixes
     loopback: str
 
-    def cidrs(self, cidrs: Iterable[str]) -> list[str]:
-        want = 6 if self.name == services.IPV6 else 4
-        return [c for c in cidrs if ipaddress.ip_network(c, strict=False).version == want]
+    def cidrs(self, cidrs: tuple[str, ...]) -> tuple[str, ...]:
+        return _of_family(self.name, cidrs)
 
     def map(self, base: str) -> str:
         return base + self.suffix
+
+
+@functools.lru_cache(maxsize=64)
+def _of_family(family: str, cidrs: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(c for c in cidrs if services.cidr_family(c) == family)
 
 
 V4 = _Family(services.IPV4, "ip", "ipv4_addr", "", "", "127.0.0.0/8")
@@ -224,15 +228,33 @@ class _Builder:
                          elements=tuple(self.elements), rank=rank)
 
 
+Frontends = dict[tuple[str, int], frozenset[tuple[str, int]]]
+
+
 def service_piece(svc: Mapping[str, Any], slices: Iterable[Mapping[str, Any]], *, node: str,
                   settings: Settings) -> nft.Piece | None:
     """Everything a Service puts in the table (None for headless and ExternalName Services)."""
+    return service_rules(svc, slices, node=node, settings=settings)[0]
+
+
+def service_rules(svc: Mapping[str, Any], slices: Iterable[Mapping[str, Any]], *, node: str,
+                  settings: Settings) -> tuple[nft.Piece | None, Frontends]:
+    """A Service's piece of the table, and the addresses it answers UDP on (cluster, external and
+    load-balancer IP and port; (`*`, port) for a NodePort), each with the endpoints its traffic
+    may reach: what the conntrack cleanup checks UDP flows against (net/conntrack.py)."""
     slices = list(slices)
     b = _Builder()
+    udp: Frontends = {}
     for port in services.service_ports(svc):
-        eps = services.endpoints(port, slices)
-        _service_port(b, port, services.categorize(eps, port, node=node), settings=settings)
-    return b.piece(rank(svc))
+        cat = services.categorize(services.endpoints(port, slices), port, node=node)
+        _service_port(b, port, cat, settings=settings)
+        if port.protocol == "udp":
+            valid = frozenset((e.ip, e.port) for e in cat.reachable)
+            for ip in (port.cluster_ip, *port.external_ips, *port.load_balancer_ips):
+                udp[(ip, port.port)] = valid
+            if port.node_port:
+                udp[("*", port.node_port)] = valid
+    return b.piece(rank(svc)), udp
 
 
 def _service_port(b: _Builder, sp: ServicePort, cat: services.Categorized, *, settings: Settings) -> None:
@@ -343,25 +365,6 @@ def _spread(targets: list[str]) -> list[str]:
     and a few numgen per connection (only a connection's first packet goes through NAT)."""
     n = len(targets)
     return [f"numgen random mod {n - i} == 0 goto {t}" for i, t in enumerate(targets[:-1])] + [f"goto {targets[-1]}"]
-
-
-def udp_frontends(svc: Mapping[str, Any], slices: Iterable[Mapping[str, Any]], *,
-                  node: str) -> dict[tuple[str, int], frozenset[tuple[str, int]]]:
-    """The addresses a Service answers UDP on (cluster, external and load-balancer IP and port;
-    (`*`, port) for a NodePort), each with the endpoints its traffic may reach: what the
-    conntrack cleanup checks flows against (net/conntrack.py)."""
-    slices = list(slices)
-    out: dict[tuple[str, int], frozenset[tuple[str, int]]] = {}
-    for port in services.service_ports(svc):
-        if port.protocol != "udp":
-            continue
-        cat = services.categorize(services.endpoints(port, slices), port, node=node)
-        valid = frozenset((e.ip, e.port) for e in cat.reachable)
-        for ip in (port.cluster_ip, *port.external_ips, *port.load_balancer_ips):
-            out[(ip, port.port)] = valid
-        if port.node_port:
-            out[("*", port.node_port)] = valid
-    return out
 
 
 # --- host ports -------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ upstream's pkg/proxy (ServicePort, EndpointSliceCache, CategorizeEndpoints):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -92,9 +93,19 @@ class Categorized:
     has_any: bool  # some endpoint can serve, on any node
 
 
+@functools.lru_cache(maxsize=65536)
 def family_of(address: str) -> str | None:
+    """IPv4 or IPv6, or None for anything that is not an address: every address goes through
+    here before it reaches a rule, since one bad value would make nft refuse the whole batch."""
     try:
         return IPV6 if ipaddress.ip_address(address).version == 6 else IPV4
+    except ValueError:
+        return None
+
+
+def cidr_family(cidr: str) -> str | None:
+    try:
+        return IPV6 if ipaddress.ip_network(cidr, strict=False).version == 6 else IPV4
     except ValueError:
         return None
 
@@ -112,7 +123,7 @@ def service_ports(svc: Mapping[str, Any]) -> list[ServicePort]:
         cfg = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {})
         affinity = int(cfg.get("timeoutSeconds") or DEFAULT_AFFINITY_SECONDS)
     ingress = [i.get("ip") for i in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-               if isinstance(i, Mapping) and i.get("ip") and i.get("ipMode", "VIP") != "Proxy"]
+               if isinstance(i, dict) and i.get("ip") and i.get("ipMode", "VIP") != "Proxy"]
     external = [ip for ip in spec.get("externalIPs") or [] if isinstance(ip, str)]
     ranges = [r for r in spec.get("loadBalancerSourceRanges") or [] if isinstance(r, str)]
     out = []
@@ -121,7 +132,7 @@ def service_ports(svc: Mapping[str, Any]) -> list[ServicePort]:
         if family is None:
             continue
         for p in spec.get("ports") or []:
-            if not isinstance(p, Mapping) or not p.get("port"):
+            if not isinstance(p, dict) or not p.get("port"):
                 continue
             out.append(ServicePort(
                 namespace=str(meta.get("namespace") or ""),
@@ -134,7 +145,7 @@ def service_ports(svc: Mapping[str, Any]) -> list[ServicePort]:
                 node_port=int(p.get("nodePort") or 0) if spec.get("type") in ("NodePort", "LoadBalancer") else 0,
                 external_ips=tuple(ip for ip in external if family_of(ip) == family),
                 load_balancer_ips=tuple(ip for ip in ingress if isinstance(ip, str) and family_of(ip) == family),
-                source_ranges=tuple(r.strip() for r in ranges if family_of(r.split("/")[0].strip()) == family),
+                source_ranges=tuple(r.strip() for r in ranges if cidr_family(r.strip()) == family),
                 affinity_seconds=affinity,
                 internal_local=spec.get("internalTrafficPolicy") == "Local",
                 external_local=spec.get("externalTrafficPolicy") == "Local",
@@ -160,19 +171,19 @@ def endpoints(port: ServicePort, slices: Iterable[Mapping[str, Any]]) -> list[En
         if s.get("addressType") != port.family:
             continue
         number = next((int(p["port"]) for p in s.get("ports") or []
-                       if isinstance(p, Mapping) and str(p.get("name") or "") == port.port_name
+                       if isinstance(p, dict) and str(p.get("name") or "") == port.port_name
                        and str(p.get("protocol") or "TCP").lower() == port.protocol and p.get("port")), None)
         if number is None:
             continue
         for ep in s.get("endpoints") or []:
-            if not isinstance(ep, Mapping) or not ep.get("addresses"):
+            if not isinstance(ep, dict) or not ep.get("addresses"):
                 continue
             cond = ep.get("conditions") or {}
             ready = _condition(cond, "ready", True)
             e = Endpoint(ip=str(ep["addresses"][0]), port=number, ready=ready,
                          serving=_condition(cond, "serving", ready), terminating=_condition(cond, "terminating", False),
                          node=str(ep.get("nodeName") or ""))
-            if (IPV6 if ":" in e.ip else IPV4) != port.family:  # the API checked the address; only its family
+            if family_of(e.ip) != port.family:
                 continue
             key = (e.ip, e.port)
             seen = found.get(key)

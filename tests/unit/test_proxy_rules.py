@@ -253,20 +253,24 @@ def test_static_piece_and_ownership() -> None:
 def test_transaction_orders_operations_whatever_order_they_were_added_in() -> None:
     tx = nft.Transaction()
     tx.add_element(nft.Element("m", "tcp . 80", "goto c"))
+    tx.add_element(nft.Element("ips", "10.43.0.1"))
     tx.delete_set("old", kind="set")
     tx.add_rules(nft.Chain("c", rules=("accept",)))
     tx.delete_element("m", "tcp . 81")
     tx.flush_chain("c")
-    tx.add_chain(nft.Chain("b", hook=nft.Hook("nat", "output", -100)))
+    tx.add_chain(nft.Chain("b", hook=nft.Hook("nat", "output", -100), comment="base"))
     tx.add_chain(nft.Chain("c"))
+    tx.add_set(nft.NamedSet("ips", "ipv4_addr"))
     tx.add_table()
     assert tx.text().splitlines() == [
-        f"add table inet edgekube {{ comment {nft._quote(nft._COMMENT)} ; }}",
-        "add chain inet edgekube b { type nat hook output priority -100 ; }",
-        "add chain inet edgekube c",
-        "flush chain inet edgekube c",
-        "table inet edgekube {", "chain c {", "accept", "}", "}",
         "delete element inet edgekube m { tcp . 81 }",
+        "flush chain inet edgekube c",
+        "table inet edgekube {",
+        f"comment {nft._quote(nft._COMMENT)}",
+        "set ips {", "type ipv4_addr ;", "elements = { 10.43.0.1 }", "}",
+        "chain c {", "accept", "}",
+        "chain b {", 'comment "base"', "type nat hook output priority -100 ;", "}",
+        "}",
         "add element inet edgekube m { tcp . 80 : goto c }",
         "delete set inet edgekube old",
     ]
