@@ -153,7 +153,7 @@ class Proxy:
                  stats.elements_changed, computed + stats.seconds, computed, stats.listing, stats.script_bytes,
                  stats.batch)
         self.queue.add_after(FULL, self.resync_seconds)
-        await self._clear_udp()
+        await self._after_sync()
 
     async def run(self) -> None:
         """After `boot()`: write changes as they come, every key waiting at once in one batch."""
@@ -193,13 +193,14 @@ class Proxy:
         else:
             log.debug("service proxy: %d keys -> %d chains, %d elements in %.3f s", len(keys),
                       stats.chains_written, stats.elements_changed, stats.seconds)
+        await self._after_sync()
+
+    async def _after_sync(self) -> None:
+        """Chains the batch flushed are deleted by a later one; UDP flows still bound to
+        endpoints that left are cleared (net/conntrack.py)."""
         due = self.fragment.stale_due()
         if due is not None:
             self.queue.add_after(CLEANUP, due + 0.01)
-        await self._clear_udp()
-
-    async def _clear_udp(self) -> None:
-        """After the rules changed: UDP flows still bound to endpoints that left (net/conntrack.py)."""
         if not self._udp_changed:
             return
         changed, self._udp_changed = self._udp_changed, {}
