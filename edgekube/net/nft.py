@@ -296,13 +296,13 @@ class Table:
     def transaction(self) -> Transaction:
         return Transaction(family=self.family, table=self.name)
 
-    async def apply(self, tx: Transaction, *, check: bool = False) -> None:
-        """Run a batch (`check`: only ask the kernel whether it would take it)."""
+    async def apply(self, tx: Transaction) -> None:
         if tx:
-            await self.run(tx.text(), check=check)
+            await self.run(tx.text())
 
-    async def run(self, script: str, *, check: bool = False) -> None:
-        await self.nft.run(["-c", "-f", "-"] if check else ["-f", "-"], script=script)
+    async def run(self, script: str) -> None:
+        """One batch: applied whole, or NftError and nothing changed."""
+        await self.nft.run(["-f", "-"], script=script)
 
     async def existing(self) -> Existing:
         """The chains, sets and maps of this table (empty when the table does not exist)."""
@@ -323,10 +323,6 @@ class Table:
                     elif kind in ("set", "map"):
                         sets[str(body["name"])] = (_type_text(body.get("type")), _type_text(body.get("map")))
         return Existing(chains=chains, sets=sets)
-
-    async def list_json(self) -> list[dict[str, Any]]:
-        """The whole table as nft's JSON objects (for tests and debugging)."""
-        return _items(await self.nft.run(["-j", "list", "table", self.family, self.name]))
 
 
 def _items(text: str) -> list[dict[str, Any]]:
