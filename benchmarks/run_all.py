@@ -11,9 +11,12 @@ nodes against the same pods created with their node set, (6) the kubelet (root, 
 startup latency against raw `runc run -d`, a Deployment scaled 0 -> 100 to Running, RSS idle and
 with 100 pods, boot to node Ready against a bare aiohttp server's start, (7) RSS holding 300 idle TLS connections
 and after they close, against a bare aiohttp TLS server, (8) cluster DNS queries/s and latency against a bare
-dnspython server, and its RSS under a flood of distinct names. Prints a table and writes
+dnspython server, and its RSS under a flood of distinct names, (9) the service proxy (root, nftables, in
+network namespaces of its own): a Service change to the kernel against a raw `nft -f` of the same
+shape, the boot sync of 1,000 Services against `nft -f` of the same table, ClusterIP throughput
+and connection rate against the endpoint's own address. Prints a table and writes
 it as Markdown to --out. `--only` runs some sections (store, api, idle, apply, controlplane,
-kubelet, conns, dns); such a partial run writes a file only when --out is given, so docs/performance.md
+kubelet, conns, dns, proxy); such a partial run writes a file only when --out is given, so docs/performance.md
 always holds a whole run.
 The exit status is 0 when the benchmark ran (missed targets included) and non-zero on errors.
 """
@@ -43,10 +46,11 @@ from benchmarks import (  # noqa: E402
     dns_bench,
     idle_bench,
     kubelet_bench,
+    proxy_bench,
     store_bench,
 )
 
-SECTIONS = ("store", "api", "idle", "apply", "controlplane", "kubelet", "conns", "dns")
+SECTIONS = ("store", "api", "idle", "apply", "controlplane", "kubelet", "conns", "dns", "proxy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,6 +437,7 @@ def summary_rows(
     ap: apply_bench.ApplyResult | None, cp: controlplane_bench.ControlPlaneResult | None = None,
     kl: kubelet_bench.KubeletResult | None = None, cn: conns_bench.ConnsResult | None = None,
     dn: dns_bench.DnsResult | None = None,
+    px: proxy_bench.ProxyResult | None = None,
 ) -> list[Row]:
     rows: list[Row] = []
     if st is not None:
@@ -451,7 +456,78 @@ def summary_rows(
         rows += _conns_rows(cn)
     if dn is not None:
         rows += _dns_rows(dn)
+    if px is not None:
+        rows += _proxy_rows(px)
     return rows
+
+
+def _proxy_rows(px: proxy_bench.ProxyResult) -> list[Row]:
+    p = common.percentile
+    raw50 = p(px.raw_sync_ms, 50)
+    sync50, sync99 = p(px.sync_answered_ms, 50), p(px.sync_answered_ms, 99)
+    full = px.med([f.seconds for f in px.full])
+    raw_full = px.med(px.raw_full_s)
+    mbps, mbps_direct = px.med(px.mbps_cluster), px.med(px.mbps_direct)
+    cps, cps_direct = px.med(px.cps_cluster), px.med(px.cps_direct)
+    return [
+        Row(f"Service proxy: one of {proxy_bench.SMALL} Services changed -> rule in the kernel, after the API "
+            "answer, p50 / p99", f"{sync50:.1f} / {sync99:.1f} ms", f"{raw50:.1f} ms (raw `nft -f` of such a change, p50)",
+            f"{sync50 / raw50:.1f}x", f"<= {proxy_bench.SYNC_TARGET_MS:.0f} ms", _verdict(sync99 <= proxy_bench.SYNC_TARGET_MS)),
+        Row("  ... from the PUT sent, p50 / p99; with 1,000 Services after the answer, p50 / p99",
+            f"{p(px.sync_sent_ms, 50):.1f} / {p(px.sync_sent_ms, 99):.1f} ms; "
+            f"{p(px.large_sync_answered_ms, 50):.1f} / {p(px.large_sync_answered_ms, 99):.1f} ms", "-", "-", "-", "info"),
+        Row(f"Service proxy: whole table of {proxy_bench.LARGE} Services (2 endpoints each) at boot, median",
+            f"{full:.3f} s", f"{raw_full:.3f} s (raw `nft -f` of the same table)", f"{full / raw_full:.1f}x",
+            f"<= {proxy_bench.FULL_TARGET_S:.0f} s", _verdict(full <= proxy_bench.FULL_TARGET_S)),
+        Row("  ... over the table the previous run left (a restart), median",
+            f"{px.med([f.seconds for f in px.restart]):.3f} s", "-", "-", "-", "info"),
+        Row("ClusterIP throughput, one TCP stream (Python sockets), median", f"{mbps:,.0f} MB/s",
+            f"{mbps_direct:,.0f} MB/s (the endpoint's address)", f"{100 * mbps / mbps_direct:.0f}%",
+            f">= {100 * proxy_bench.RATIO_TARGET:.0f}%", _verdict(mbps >= proxy_bench.RATIO_TARGET * mbps_direct)),
+        Row("ClusterIP connections/s, one client (Python sockets), median", f"{cps:,.0f}",
+            f"{cps_direct:,.0f} (the endpoint's address)", f"{100 * cps / cps_direct:.0f}%",
+            f">= {100 * proxy_bench.RATIO_TARGET:.0f}%", _verdict(cps >= proxy_bench.RATIO_TARGET * cps_direct)),
+    ]
+
+
+def proxy_detail(px: proxy_bench.ProxyResult) -> list[str]:
+    p = common.percentile
+
+    def dist(values: list[float]) -> list[str]:
+        return [f"{p(values, q):.1f}" for q in (50, 90, 99)] + [f"{max(values):.1f}", str(len(values))]
+
+    full_rows = [[f"{kind} #{i + 1}", f"{f.seconds:.3f}", f"{f.computed:.3f}", f"{f.listed:.3f}", f"{f.batch_bytes:,}",
+                  f"{f.batch:.3f}"]
+                 for kind, runs in (("empty kernel", px.full), ("restart", px.restart)) for i, f in enumerate(runs)]
+    full_rows += [[f"raw nft -f #{i + 1}", f"{t:.3f}", "-", "-", f"{px.table_bytes:,}", f"{t:.3f}"]
+                  for i, t in enumerate(px.raw_full_s)]
+    rates = [[f"round {i + 1}", f"{d:,.0f}", f"{c:,.0f}", f"{dc:,.0f}", f"{cc:,.0f}"]
+             for i, (d, c, dc, cc) in enumerate(zip(px.mbps_direct, px.mbps_cluster, px.cps_direct, px.cps_cluster,
+                                                    strict=True))]
+    return [
+        "",
+        "## Service proxy detail",
+        "",
+        "A Service change to the kernel, ms (the `nft monitor` line of the new DNAT rule):",
+        "",
+        _table(["Change", "p50", "p90", "p99", "max", "n"], [
+            [f"{proxy_bench.SMALL} Services, after the API answer", *dist(px.sync_answered_ms)],
+            [f"{proxy_bench.SMALL} Services, from the PUT sent", *dist(px.sync_sent_ms)],
+            ["raw `nft -f` of the same shape, from exec", *dist(px.raw_sync_ms)],
+            [f"{proxy_bench.LARGE} Services, after the API answer", *dist(px.large_sync_answered_ms)],
+        ], right={1, 2, 3, 4, 5}),
+        "",
+        f"The boot sync of {proxy_bench.LARGE} Services as the proxy logs it, seconds (rules computed, the "
+        "table's names listed, the one batch applied), against `nft -f` of the table it wrote:",
+        "",
+        _table(["Run", "Total s", "Computed s", "Listed s", "Batch bytes", "Batch s"], full_rows,
+               right={1, 2, 3, 4, 5}),
+        "",
+        "Throughput (MB/s) and connections/s by round, the endpoint's address against the ClusterIP:",
+        "",
+        _table(["Round", "Direct MB/s", "ClusterIP MB/s", "Direct conn/s", "ClusterIP conn/s"], rates,
+               right={1, 2, 3, 4}),
+    ]
 
 
 def api_detail(api: api_bench.ApiResult) -> list[list[str]]:
@@ -635,8 +711,9 @@ def render(
     kl: kubelet_bench.KubeletResult | None = None,
     cn: conns_bench.ConnsResult | None = None,
     dn: dns_bench.DnsResult | None = None,
+    px: proxy_bench.ProxyResult | None = None,
 ) -> str:
-    rows = summary_rows(st, api, idle, ap, cp, kl, cn, dn)
+    rows = summary_rows(st, api, idle, ap, cp, kl, cn, dn, px)
     summary = _table(
         ["Figure", "edgekube", "Baseline (same run)", "Ratio", "Target", "Result"],
         [[r.figure, r.value, r.baseline, r.ratio, r.target, r.result] for r in rows],
@@ -645,7 +722,7 @@ def render(
     passed = sum(r.result == "PASS" for r in rows)
     failed = sum(r.result == "FAIL" for r in rows)
     mode = "quick (short counts; figures are noisy)" if quick else "full"
-    ran = [name for name, res in zip(SECTIONS, (st, api, idle, ap, cp, kl, cn, dn), strict=True) if res is not None]
+    ran = [name for name, res in zip(SECTIONS, (st, api, idle, ap, cp, kl, cn, dn, px), strict=True) if res is not None]
     partial = f"; {', '.join(ran)} only" if len(ran) < len(SECTIONS) else ""
     errors = [
         f"{r.name} x{r.conns}: {r.error_samples}"
@@ -710,6 +787,8 @@ def render(
         ]
     if kl is not None:
         parts += _kubelet_detail(kl)
+    if px is not None:
+        parts += proxy_detail(px)
     parts += [
         "",
         "## Machine",
@@ -873,6 +952,24 @@ def render(
             "to the bare server and cached (4 MiB cache), twice over; VmRSS 2 s after each. At these rates the "
             "single-threaded Python load generator, not edgekube, limits the repeated-name figure."
         )
+    if px is not None:
+        parts.append(
+            "- **Service proxy**: `benchmarks/proxy_bench.py`, as root, everything in network namespaces made for "
+            "the run (no packet leaves them): edgekube (`--disable kubelet`, network on) in a node namespace holding "
+            "a bridge and stand-in pods (namespaces with a veth on the bridge, `tests/support/nspods.py`). "
+            f"{proxy_bench.SMALL} selector-less Services with an EndpointSlice of 2 endpoints each; "
+            f"{len(px.sync_answered_ms)} times one slice is replaced (HTTPS PUT from inside the namespace, one every "
+            "100 ms) with a new endpoint address, and `nft monitor rules` timestamps the new DNAT rule. Baseline: "
+            "`nft -f` of a batch of the same shape (an endpoint chain added, the service chain flushed and "
+            "rewritten) into a scratch table, exec to the same monitor line. The same change with "
+            f"{proxy_bench.LARGE} Services, 2 s after they were created. Boot sync: with {proxy_bench.LARGE} "
+            "Services in the store, the server restarted, alternately after deleting the table (as after a "
+            "reboot) and over the table the last run left; the figure is the proxy's own log line (from the "
+            "caches full to the batch applied); baseline: `nft -f` of the `nft list table` output into an empty "
+            "namespace. Throughput: 64 MiB per connection from the client pod to a sink in the server pod; "
+            "connection rate: connect, read one byte, close (SO_LINGER 0) for 2 s; each against the server "
+            "pod's address and the ClusterIP, in interleaved rounds with the order swapped every round."
+        )
     parts.append(
         "- The load generator and the server share the machine's CPUs, so req/s figures are a "
         "lower bound on what the server alone could do, and the same holds for the baseline."
@@ -921,7 +1018,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     total = len(SECTIONS)
-    st = api = idle = ap_res = cp = kl = cn = dn = None
+    st = api = idle = ap_res = cp = kl = cn = dn = px = None
     if "store" in only:
         _log(f"[1/{total}] store: durable creates/s vs raw LMDB ({d.store:.0f} s each)")
         st = store_bench.run(d.store, PACED_RATE, d.raw_paced)
@@ -967,6 +1064,10 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"[8/{total}] cluster DNS: queries/s and latency vs a bare dnspython server ({d.dns_seconds:.0f} s x"
              f"{d.dns_rounds}), RSS under {d.dns_flood:,} distinct names x2")
         dn = dns_bench.run(d.dns_seconds, d.dns_rounds, d.dns_flood, _log)
+    if "proxy" in only:
+        _log(f"[9/{total}] service proxy: rule sync with {proxy_bench.SMALL} and {proxy_bench.LARGE} Services, "
+             "boot sync, ClusterIP throughput and connection rate (network namespaces)")
+        px = proxy_bench.run(quick=args.quick, log=_log)
 
     text = render(
         quick=args.quick,
@@ -983,6 +1084,7 @@ def main(argv: list[str] | None = None) -> int:
         kl=kl,
         cn=cn,
         dn=dn,
+        px=px,
     )
     print()
     print(text)

@@ -25,18 +25,17 @@ cluster DNS answers on the node's pod gateway) passes the `input` hook instead, 
 egress side applies. The node's own traffic to pods (`output`) is never filtered.
 
 **Chains.** Two base chains, `policy-forward` and `policy-input`, accept established traffic,
-then dispatch by address through verdict maps to one chain per isolated pod and direction:
-`policy-out-<id>` (egress of the source pod) and `policy-in-<id>` (ingress of the destination
-pod). A pod chain `return`s for allowed traffic (so that the egress check of the source is
-followed by the ingress check of the destination) and ends with a reject, as kube-router does,
-so that a refused client fails at once instead of waiting out its timeout. Each render is a
-whole replacement of these chains within the caller's one nft transaction: the base chains and
-surviving pod chains are flushed and refilled, chains of pods that are gone are deleted.
+then dispatch by address through four verdict maps (`policy-in4`, `policy-in6`, `policy-out4`,
+`policy-out6`) to one chain per isolated pod and direction: `policy-out-<id>` (egress of the
+source pod) and `policy-in-<id>` (ingress of the destination pod). A pod chain `return`s for
+allowed traffic (so that the egress check of the source is followed by the ingress check of the
+destination) and ends with a reject, as kube-router does, so that a refused client fails at once
+instead of waiting out its timeout.
 
 **Who may be asked.** `compile_plan` is pure: it takes the pods, namespaces and policies as the
-informers hold them and gives a `Plan`; `render` turns a plan into nft commands for a table. The
-controller that feeds them and the transaction that applies them live with the service proxy's
-table writer.
+informers hold them and gives a `Plan`; `pieces` turns a plan into pieces of the table, one per
+isolated pod plus the skeleton, which `net/policysync.py` hands to its own `nft.Fragment` of the
+table the service proxy shares: only what changed is written, in atomic batches.
 """
 
 from __future__ import annotations
@@ -48,6 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from edgekube.api import labels
+from edgekube.net import nft
 
 JSON = dict[str, Any]
 INGRESS = "Ingress"
@@ -245,6 +245,16 @@ def _ports(raw_ports: Sequence[Any], *, owner: Pod | None) -> tuple[Ports, ...]:
 
 # --- nftables ------------------------------------------------------------------------------------
 
+SKELETON = ""  # the piece every plan has: base chains and verdict maps
+MAPS = {("in", "ip"): "policy-in4", ("in", "ip6"): "policy-in6", ("out", "ip"): "policy-out4", ("out", "ip6"): "policy-out6"}
+_ADDR_TYPES = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
+FILTER_PRIORITY = 0  # `filter`: after the service proxy's DNAT (dstnat, -100), before its SNAT
+
+
+def owns(name: str) -> bool:
+    """The names of the table that NetworkPolicy writes (the other owners never use them)."""
+    return name.startswith(CHAIN_PREFIX)
+
 
 def chain_id(pod: Pod) -> str:
     """A short stable name for a pod's chains (nft names are limited and must be plain)."""
@@ -300,48 +310,41 @@ def _rule_lines(rule: Rule, *, side: str) -> list[str]:
     return lines
 
 
-def chains(plan: Plan) -> dict[str, list[str]]:
-    """Each chain of the plan with its rules (nft rule text), the base chains first."""
-    out: dict[str, list[str]] = {}
-    forward = ["ct state established,related accept"]
-    input_ = ["ct state established,related accept"]
-    for direction, rules, side, dispatch in (("out", plan.egress, "daddr", "saddr"),
-                                             ("in", plan.ingress, "saddr", "daddr")):
-        maps: dict[str, list[str]] = {}
+def chain_rules(rules: tuple[Rule, ...], *, direction: str) -> tuple[str, ...]:
+    """A pod chain's rules: `return` for what is allowed, then the reject."""
+    side = "saddr" if direction == "in" else "daddr"
+    body = [f"{line} return".strip() for rule in rules for line in _rule_lines(rule, side=side)]
+    return (*body, "reject")
+
+
+def skeleton() -> nft.Piece:
+    """The base chains and the verdict maps that send an isolated pod's traffic to its chains."""
+    maps = tuple(nft.NamedSet(name, key=_ADDR_TYPES[fam], value="verdict",
+                              comment=f"isolated pods' {'ingress' if d == 'in' else 'egress'} chains")
+                 for (d, fam), name in MAPS.items())
+    dispatch_out = [f"{fam} saddr vmap @{MAPS[('out', fam)]}" for fam in ("ip", "ip6")]
+    dispatch_in = [f"{fam} daddr vmap @{MAPS[('in', fam)]}" for fam in ("ip", "ip6")]
+    established = "ct state established,related accept"
+    return nft.Piece(
+        chains=(nft.Chain(f"{CHAIN_PREFIX}forward", (established, *dispatch_out, *dispatch_in),
+                          hook=nft.Hook("filter", "forward", FILTER_PRIORITY)),
+                nft.Chain(f"{CHAIN_PREFIX}input", (established, *dispatch_out),
+                          hook=nft.Hook("filter", "input", FILTER_PRIORITY))),
+        sets=maps)
+
+
+def pieces(plan: Plan) -> dict[str, nft.Piece]:
+    """The plan as pieces of the table, by pod (`namespace/name`) plus the skeleton: a pod's
+    piece changes only when its own rules or addresses do, so a change is a small batch."""
+    chains: dict[str, list[nft.Chain]] = {}
+    elements: dict[str, list[nft.Element]] = {}
+    for direction, rules in (("in", plan.ingress), ("out", plan.egress)):
         for pr in rules:
             name = f"{CHAIN_PREFIX}{direction}-{chain_id(pr.pod)}"
-            body: list[str] = []
-            for rule in pr.rules:
-                body += [f"{line} return".strip() for line in _rule_lines(rule, side=side)]
-            body.append("reject")
-            out[name] = body
-            for ip in pr.pod.ips:
-                maps.setdefault(_family(ip), []).append(f"{ip} : jump {name}")
-        for fam, entries in sorted(maps.items()):
-            line = f"{fam} {dispatch} vmap {{ {', '.join(sorted(entries))} }}"
-            forward.append(line)
-            if direction == "out":
-                input_.append(line)
-    return {f"{CHAIN_PREFIX}forward": forward, f"{CHAIN_PREFIX}input": input_, **out}
-
-
-def render(plan: Plan, *, table: str, family: str = "inet", existing: Iterable[str] = ()) -> str:
-    """nft commands that make the table's policy chains exactly `plan`, to be applied in one
-    transaction (with the rest of the table). `existing`: the policy chains the table holds
-    now (those not in the plan are deleted, after the base chains stop jumping to them)."""
-    wanted = chains(plan)
-    t = f"{family} {table}"
-    hooks = {f"{CHAIN_PREFIX}forward": "forward", f"{CHAIN_PREFIX}input": "input"}
-    lines = []
-    for name in wanted:
-        if name in hooks:
-            lines.append(f"add chain {t} {name} {{ type filter hook {hooks[name]} priority filter ; policy accept ; }}")
-        else:
-            lines.append(f"add chain {t} {name}")
-        lines.append(f"flush chain {t} {name}")
-    for name, body in wanted.items():
-        lines += [f"add rule {t} {name} {rule}" for rule in body]
-    for name in sorted(set(existing) - set(wanted)):
-        if name.startswith(CHAIN_PREFIX):  # only a chain with no rules can be deleted
-            lines += [f"flush chain {t} {name}", f"delete chain {t} {name}"]
-    return "\n".join(lines) + "\n"
+            chains.setdefault(pr.pod.key, []).append(nft.Chain(name, chain_rules(pr.rules, direction=direction)))
+            elements.setdefault(pr.pod.key, []).extend(
+                nft.Element(MAPS[(direction, _family(ip))], ip, f"jump {name}") for ip in pr.pod.ips)
+    out = {SKELETON: skeleton()}
+    for key in chains:
+        out[key] = nft.Piece(chains=tuple(chains[key]), elements=tuple(elements[key]), rank=key)
+    return out

@@ -6,15 +6,17 @@ namespace (tests/support/netns.py); everything goes with the namespaces.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from edgekube.net import policy
+from edgekube.net import nft, policy
 from tests.support.netns import NetNS, namespaces
 
 GATEWAY = "10.42.0.1"
@@ -32,7 +34,9 @@ class Cluster:
         node.run(["ip", "addr", "add", f"{GATEWAY}/24", "dev", "ekt0"])
         node.run(["ip", "link", "set", "ekt0", "up"])
         node.run(["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1"])
-        node.run(["nft", "add", "table", "inet", TABLE])
+        self.loop = asyncio.new_event_loop()
+        table = nft.Table(nft.Nft(node.argv(["nft"])), name=TABLE)
+        self.fragment = nft.Fragment(table, owns=policy.owns, name="network policy")
 
     def add_pod(self, ns: NetNS, *, name: str, namespace: str, ip: str, labels: dict[str, str],
                 ports: list[dict[str, Any]] | None = None) -> None:
@@ -91,13 +95,23 @@ class Cluster:
 
         return ns.call(attempt)
 
-    def apply(self, policies: list[dict[str, Any]], namespaces_: dict[str, dict[str, str]]) -> str:
+    def apply(self, policies: list[dict[str, Any]], namespaces_: dict[str, dict[str, str]]) -> None:
+        """The plan written through the agent's own table writer (an nft.Fragment), in the node."""
         pods = [p for p in (policy.pod_info(pod) for _, _, pod in self.pods.values()) if p is not None]
-        plan = policy.compile_plan(pods=pods, namespaces=namespaces_, policies=policies)
-        existing = [c["chain"]["name"] for c in self._objects() if "chain" in c]
-        script = policy.render(plan, table=TABLE, existing=existing)
-        self.node.run(["nft", "-f", "-"], input=script)
-        return script
+        wanted = policy.pieces(policy.compile_plan(pods=pods, namespaces=namespaces_, policies=policies))
+        for key in self.fragment.keys():
+            if key not in wanted:
+                self.fragment.put(key, None)
+        for key, piece in wanted.items():
+            self.fragment.put(key, piece)
+        self.loop.run_until_complete(self.fragment.sync())
+
+    def settle(self) -> None:
+        """Let the fragment delete the chains it flushed (after nft.STALE_DELAY)."""
+        due = self.fragment.stale_due()
+        if due is not None:
+            time.sleep(due + 0.05)
+            self.loop.run_until_complete(self.fragment.sync())
 
     def _objects(self) -> list[dict[str, Any]]:
         import json
@@ -106,6 +120,7 @@ class Cluster:
     def close(self) -> None:
         for s in self.servers:
             s.close()
+        self.loop.close()
 
 
 @pytest.fixture
@@ -144,9 +159,9 @@ def test_open_until_a_policy_isolates_then_default_deny_ingress(cluster: Cluster
     # The node itself (the kubelet's probes) always reaches its pods.
     assert cluster.reaches("node", "10.42.0.12", 8080)
     # The policy goes: open again, and its chains are gone.
-    script = cluster.apply([], NAMESPACES)
-    assert "delete chain" in script
+    cluster.apply([], NAMESPACES)
     assert cluster.reaches("client", "10.42.0.12", 8080)
+    cluster.settle()
     assert [c["chain"]["name"] for c in cluster._objects() if "chain" in c] == ["policy-forward", "policy-input"]
 
 

@@ -45,9 +45,11 @@ def test_default_deny_is_a_pod_with_no_rules_and_others_stay_open() -> None:
     p = plan([pod("a", app="x"), pod("b", ip="10.42.0.6")], np({"podSelector": {"matchLabels": {"app": "x"}}}))
     assert [(r.pod.name, r.rules) for r in p.ingress] == [("a", ())]
     assert p.egress == ()
-    chains = policy.chains(p)
-    assert chains[f"policy-in-{policy.chain_id(p.ingress[0].pod)}"] == ["reject"]
-    assert "ip daddr vmap { 10.42.0.5 : jump policy-in-" in chains["policy-forward"][1]
+    pieces = policy.pieces(p)
+    name = f"policy-in-{policy.chain_id(p.ingress[0].pod)}"
+    assert [(c.name, c.rules) for c in pieces["default/a"].chains] == [(name, ("reject",))]
+    assert [(e.set, e.key, e.value) for e in pieces["default/a"].elements] == [("policy-in4", "10.42.0.5", f"jump {name}")]
+    assert set(pieces) == {policy.SKELETON, "default/a"}
 
 
 def test_an_empty_rule_allows_everything_and_rules_add_up() -> None:
@@ -56,8 +58,8 @@ def test_an_empty_rule_allows_everything_and_rules_add_up() -> None:
     rules = p.ingress[0].rules
     assert rules[0] == policy.Rule(policy.Peers(everyone=True))
     assert rules[1] == policy.Rule(policy.Peers(everyone=True), (policy.Ports("TCP", ((80, 80),)),))
-    body = policy.chains(p)[f"policy-in-{policy.chain_id(p.ingress[0].pod)}"]
-    assert body == ["return", "meta l4proto tcp th dport 80 return", "reject"]
+    body = policy.chain_rules(p.ingress[0].rules, direction="in")
+    assert body == ("return", "meta l4proto tcp th dport 80 return", "reject")
 
 
 def test_selectors_pick_peers_across_namespaces() -> None:
@@ -96,8 +98,8 @@ def test_ip_blocks_and_dual_stack_render() -> None:
     p = plan(pods, np({"podSelector": {}, "ingress": [{"from": [
         {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16", "10.2.0.0/16"]}},
         {"ipBlock": {"cidr": "fd00::/8"}}], "ports": [{"protocol": "SCTP"}]}]}))
-    body = policy.chains(p)[f"policy-in-{policy.chain_id(p.ingress[0].pod)}"]
-    assert body == ["ip saddr 10.0.0.0/8 ip saddr != { 10.1.0.0/16, 10.2.0.0/16 } meta l4proto sctp return",
-                    "ip6 saddr fd00::/8 meta l4proto sctp return", "reject"]
-    forward = policy.chains(p)["policy-forward"]
-    assert any(line.startswith("ip6 daddr vmap { fd00::5 : jump") for line in forward)
+    body = policy.chain_rules(p.ingress[0].rules, direction="in")
+    assert body == ("ip saddr 10.0.0.0/8 ip saddr != { 10.1.0.0/16, 10.2.0.0/16 } meta l4proto sctp return",
+                    "ip6 saddr fd00::/8 meta l4proto sctp return", "reject")
+    six = policy.pieces(p)["default/six"]
+    assert [(e.set, e.key) for e in six.elements] == [("policy-in6", "fd00::5")]
