@@ -82,6 +82,10 @@ DEFAULTS: dict[str, Any] = {
         "container-log-max-files": 5,
         "pod-manifest-check-seconds": 20,
     },
+    "pod-network": {
+        "bridge": "ek0",
+        "mtu": 0,
+    },
     "log-level": "info",
 }
 
@@ -153,6 +157,12 @@ class KubeletSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PodNetworkSettings:
+    bridge: str = "ek0"  # the node's bridge for its pods (the `network` component)
+    mtu: int = 0  # of the bridge and the pods' links; 0: the MTU of the node's uplink, else 1500
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: Path
     bind_address: str
@@ -170,6 +180,7 @@ class Config:
     kubelet: KubeletSettings
     log_level: str
     source: str  # where the file part came from, for messages
+    pod_network: PodNetworkSettings = dataclasses.field(default_factory=PodNetworkSettings)
 
     def enabled(self, component: str) -> bool:
         return component not in self.disable
@@ -287,6 +298,20 @@ def _kubelet(k: Mapping[str, Any], *, data_dir: Path, where: str) -> KubeletSett
     )
 
 
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def _pod_network(p: Mapping[str, Any], *, where: str) -> PodNetworkSettings:
+    bridge = str(p["bridge"])
+    if not _IFNAME.match(bridge) or bridge in (".", ".."):
+        raise ConfigError(f"{where}: 'bridge' must be an interface name of 1 to 15 letters, digits, '_', '.' or '-', "
+                          f"got {p['bridge']!r}")
+    mtu = _int(p, "mtu", where, lo=0, hi=65535)
+    if 0 < mtu < 576:
+        raise ConfigError(f"{where}: 'mtu' must be 0 (the uplink's) or at least 576, got {mtu}")
+    return PodNetworkSettings(bridge=bridge, mtu=mtu)
+
+
 def _build(data: Mapping[str, Any], *, source: str) -> Config:
     disable = data["disable"]
     if isinstance(disable, str):
@@ -366,4 +391,5 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
         kubelet=_kubelet(data["kubelet"], data_dir=data_dir, where=f"{source} (kubelet)"),
         log_level=level,
         source=source,
+        pod_network=_pod_network(data["pod-network"], where=f"{source} (pod-network)"),
     )

@@ -2,8 +2,9 @@
 
 Start order, each behind a named readiness gate: store (open LMDB, load the memory tier), api
 (system namespaces, the `kubernetes` Service, TLS, listen), then the controllers and scheduler,
-then the kubelet (its gate opens once its node is registered Ready). The network comes in a later
-issue; `--disable` accepts its names already.
+then the pod network (edgekube.net.podnet: the node's bridge, behind the `network` component;
+`--disable network` leaves pods on loopback), then the kubelet (its gate opens once its node is
+registered Ready).
 `/readyz` answers ok once every enabled gate is open. Shutdown runs in reverse: stop listening,
 stop the kubelet (its containers go on running), the controllers and the scheduler, finish
 queued writes, save the memory tier, close the database.
@@ -40,6 +41,8 @@ from edgekube.controllers import manager
 from edgekube.kubelet import images as images_mod
 from edgekube.kubelet import kubelet as kubelet_mod
 from edgekube.kubelet import logs as kubelet_logs
+from edgekube.kubelet import network as kubelet_network
+from edgekube.net import podnet
 from edgekube.scheduler import scheduler as scheduler_mod
 from edgekube.store import encryption
 from edgekube.store import errors as store_errors
@@ -100,6 +103,8 @@ class Runtime:
         self._clock_noticed = float("-inf")
         self.last_seen = timefloor.LastSeen(cfg.data_dir)
         if cfg.enabled("kubelet"):
+            if cfg.enabled("network"):
+                self.gates["pod-network"] = False
             self.gates["kubelet"] = False
 
     def ready(self) -> bool:
@@ -282,13 +287,16 @@ class Runtime:
         client = local.LocalClient(self.registry, manager="kubelet")
         recorder = events_mod.EventRecorder(client, clock=self.clock, ttl_seconds=cfg.controllers.event_ttl_seconds,
                                             limit=cfg.controllers.max_events)
+        network: kubelet_network.PodNetwork = kubelet_network.Loopback()
+        if cfg.enabled("network"):
+            network = await self._start_pod_network()
         self.kubelet = kubelet_mod.Kubelet(
             cfg.kubelet,
             options=kubelet_mod.Options(node_name=self.node_name, data_dir=cfg.data_dir,
                                         cluster_dns=cfg.cluster_dns if cfg.enabled("dns") else "",
                                         cluster_domain=cfg.cluster_domain),
             client=client, events=recorder.for_component("kubelet", self.node_name), clock=self.clock,
-            metrics=self.metrics)
+            metrics=self.metrics, network=network)
         await self.kubelet.boot()
         self.supervisor.start("kubelet/events", recorder.run())
         self._kubelet_tasks.append("kubelet/events")
@@ -296,6 +304,23 @@ class Runtime:
             self.supervisor.start(name, run())
             self._kubelet_tasks.append(name)
         self.gates["kubelet"] = True
+
+    async def _start_pod_network(self) -> podnet.BridgeNetwork:
+        """The pod network (edgekube.net.podnet): the node's bridge and pod CIDR, before the
+        kubelet, which puts its pods on it. Its gate opens once the bridge is up."""
+        assert self.registry is not None
+        cfg = self.cfg
+        try:
+            cidrs = podnet.parse_cidrs(cfg.cluster_cidr)
+        except ValueError as exc:
+            raise podnet.StartError(f"network: cluster-cidr: {exc}") from None
+        network = podnet.BridgeNetwork(
+            podnet.Settings(node_name=self.node_name, cluster_cidrs=cidrs, bridge=cfg.pod_network.bridge,
+                            mtu=cfg.pod_network.mtu, state_dir=cfg.data_dir / "network"),
+            client=local.LocalClient(self.registry, manager="edgekube-network"))
+        await network.start()
+        self.gates["pod-network"] = True
+        return network
 
     def _start_control_plane(self, *, ca_pem: str) -> None:
         """The controllers and the scheduler (DESIGN §4), over shared informers."""
@@ -407,7 +432,7 @@ class Runtime:
                 code = 1
             for f in (stop, failed):
                 f.cancel()
-        except kubelet_mod.KubeletError as exc:
+        except (kubelet_mod.KubeletError, podnet.StartError) as exc:
             log.error("%s", exc)
             code = 1
         finally:

@@ -44,6 +44,7 @@ from edgekube.client import informer as informer_mod
 from edgekube.client import local
 from edgekube.kubelet import images as images_mod
 from edgekube.kubelet import logrotate, sandbox, staticpods
+from edgekube.kubelet import network as network_mod
 from edgekube.kubelet import node as node_mod
 from edgekube.kubelet import pods as pods_mod
 from edgekube.kubelet.runtime import cgroups as cgroups_mod
@@ -71,8 +72,10 @@ class Options:
 
 class Kubelet:
     def __init__(self, settings: config_mod.KubeletSettings, *, options: Options, client: local.LocalClient,
-                 events: events_mod.Recorder, clock: clock_mod.Clock, metrics: metrics_mod.MetricsStore) -> None:
+                 events: events_mod.Recorder, clock: clock_mod.Clock, metrics: metrics_mod.MetricsStore,
+                 network: network_mod.PodNetwork | None = None) -> None:
         self.settings = settings
+        self.network: network_mod.PodNetwork = network if network is not None else network_mod.Loopback()
         self.options = options
         self._client = client
         self._events = events
@@ -121,7 +124,8 @@ class Kubelet:
         version = await _runc_version(s.runc)
         agent = node_mod.NodeAgent(self._client, name=self.options.node_name, clock=self._clock, root_dir=s.root_dir,
                                    reservations=reservations, arch=images_mod.host_platform().architecture,
-                                   runtime_version=f"runc://{version}", images=self._image_list)
+                                   runtime_version=f"runc://{version}", images=self._image_list,
+                                   pod_cidrs=self.network.pod_cidrs)
         self.node = agent
         runtime = containers_mod.Runtime(
             data_dir=s.root_dir, cgroups=cgroups, runc_binary=s.runc, seccomp_default=s.seccomp_default,
@@ -133,7 +137,7 @@ class Kubelet:
             settings=pods_mod.Settings(node_name=self.options.node_name, pod_log_dir=s.pod_log_dir,
                                        cluster_dns=self.options.cluster_dns,
                                        cluster_domain=self.options.cluster_domain),
-            node=agent, metrics=self.metrics)
+            node=agent, metrics=self.metrics, network=self.network)
         runtime.on_exit = pods.on_exit
         self.runtime = runtime
         self.pods = pods

@@ -55,6 +55,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgekube._cogs import netns as netns_mod
 from edgekube.kubelet.runtime import bundle as bundle_mod
 
 log = logging.getLogger(__name__)
@@ -238,22 +239,7 @@ async def socket_in(netns: Path | None, family: int) -> socket.socket:
 
 
 def _socket_in_thread(netns: Path, family: int) -> socket.socket:
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if _libc.setns(target, CLONE_NEWNET) != 0:
-                raise _errno_error(f"setns into the pod's network namespace {netns}")
-            try:
-                sock = socket.socket(family, socket.SOCK_STREAM)
-            finally:
-                if _libc.setns(own, CLONE_NEWNET) != 0:
-                    # This thread ends here; the socket, made in the pod's namespace, is good.
-                    log.warning("a netns-socket thread could not switch back: %s", os.strerror(ctypes.get_errno()))
-        finally:
-            os.close(target)
-    finally:
-        os.close(own)
+    sock = netns_mod.make_socket(netns, family, socket.SOCK_STREAM)
     sock.setblocking(False)
     return sock
 

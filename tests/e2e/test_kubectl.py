@@ -43,6 +43,8 @@ class Kubectl:
     def run(self, *args: str, input: str | None = None, check: bool = True, env: dict[str, str] | None = None,
             namespaced: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bin), *(["-n", self.ns] if namespaced else []), *args]
+        if self.server.netns is not None:  # the server listens inside a network namespace: so must kubectl
+            cmd = self.server.netns.argv(cmd)
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=60,
                               env={**self.env, **(env or {})})
         if check and proc.returncode != 0:
