@@ -79,6 +79,8 @@ STARTUP_P50_MS, STARTUP_P99_MS = 150.0, 400.0  # pod create -> Running, one afte
 KUBELET_SCALE_TARGET_S = 10.0  # a Deployment 0 -> 100 Running on the real kubelet
 IDLE_RSS_MIB, LOADED_RSS_MIB = kubelet_bench.IDLE_TARGET_MIB, 120.0
 BOOT_TARGET_S = 1.0  # exec -> node Ready
+# Issue 14, the pod network: its set-up of one pod (address, veth pair, eth0), one after another.
+NETWORK_TARGET_MS = 10.0
 # Issue 13, idle connections: each costs well under what asyncio's TLS protocol alone allocates,
 # and what they held is given back once they close.
 CONNS_HELD_RATIO, CONNS_LEFT_MIB = 0.5, 8.0
@@ -347,6 +349,7 @@ def _kubelet_rows(kl: kubelet_bench.KubeletResult) -> list[Row]:
             f"({g['runc']:.0f}) / {g['status back']:.0f}",
             f"{common.percentile(pr.raw_kubelet_ms, 50):.1f} ms (runc run -d, the kubelet's config.json)",
             "-", "-", "info"),
+        *_network_rows(pr),
         Row(f"Pod startup, {n} pods POSTed at once: p50 / p99", f"{common.percentile(burst, 50):.0f} / "
             f"{common.percentile(burst, 99):.0f} ms", f"{1000 * pr.raw_burst_s:.0f} ms ({n} runc run -d at once)",
             f"{max(burst) / (1000 * pr.raw_burst_s):.1f}x (last)", "-", "info"),
@@ -379,6 +382,23 @@ def _kubelet_rows(kl: kubelet_bench.KubeletResult) -> list[Row]:
                         f"{sp.imported_s:.3f} / {sp.serving_s - sp.imported_s:.3f} / {sp.node_s - sp.serving_s:.3f} / "
                         f"{sp.ready_s - sp.node_s:.3f} s", f"{boot.python_s:.3f} s (python -c pass)", "-", "-", "info"))
     return rows
+
+
+def _network_rows(pr: kubelet_bench.PodsResult) -> list[Row]:
+    """The pod network's stage of each pod (from its debug line), against the same links by `ip`."""
+    if not pr.network_seq_ms:
+        return []
+    n50, n99 = common.percentile(pr.network_seq_ms, 50), common.percentile(pr.network_seq_ms, 99)
+    raw50 = common.percentile(pr.raw_network_ms, 50) if pr.raw_network_ms else math.nan
+    burst = pr.network_burst_ms
+    return [
+        Row("  ... pod network set-up per pod (address written, veth pair, eth0), p50 / p99",
+            f"{n50:.1f} / {n99:.1f} ms", f"{raw50:.1f} ms (the same links by `ip`, p50)", f"{n50 / raw50:.2f}x",
+            f"p50 <= {NETWORK_TARGET_MS:.0f} ms", _verdict(n50 <= NETWORK_TARGET_MS)),
+        Row(f"  ... ... with {len(burst)} pods POSTed at once, p50 / p99",
+            f"{common.percentile(burst, 50):.1f} / {common.percentile(burst, 99):.1f} ms" if burst else "n/a",
+            "-", "-", "-", "info"),
+    ]
 
 
 def _conns_rows(cn: conns_bench.ConnsResult) -> list[Row]:

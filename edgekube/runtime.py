@@ -42,7 +42,6 @@ from edgekube.kubelet import images as images_mod
 from edgekube.kubelet import kubelet as kubelet_mod
 from edgekube.kubelet import logs as kubelet_logs
 from edgekube.kubelet import network as kubelet_network
-from edgekube.net import podnet
 from edgekube.scheduler import scheduler as scheduler_mod
 from edgekube.store import encryption
 from edgekube.store import errors as store_errors
@@ -305,20 +304,27 @@ class Runtime:
             self._kubelet_tasks.append(name)
         self.gates["kubelet"] = True
 
-    async def _start_pod_network(self) -> podnet.BridgeNetwork:
+    async def _start_pod_network(self) -> kubelet_network.PodNetwork:
         """The pod network (edgekube.net.podnet): the node's bridge and pod CIDR, before the
-        kubelet, which puts its pods on it. Its gate opens once the bridge is up."""
+        kubelet, which puts its pods on it. Its gate opens once the bridge is up; a node that
+        cannot have it stops at boot, as when the kubelet cannot start."""
+        # Imported here, not at the top: pyroute2 costs about 5 MiB of RSS and 50 ms of boot,
+        # which only a node that runs a pod network should pay.
+        from edgekube.net import podnet
+
         assert self.registry is not None
         cfg = self.cfg
         try:
-            cidrs = podnet.parse_cidrs(cfg.cluster_cidr)
+            network = podnet.BridgeNetwork(
+                podnet.Settings(node_name=self.node_name, cluster_cidrs=podnet.parse_cidrs(cfg.cluster_cidr),
+                                bridge=cfg.pod_network.bridge, mtu=cfg.pod_network.mtu,
+                                state_dir=cfg.data_dir / "network"),
+                client=local.LocalClient(self.registry, manager="edgekube-network"))
+            await network.start()
         except ValueError as exc:
-            raise podnet.StartError(f"network: cluster-cidr: {exc}") from None
-        network = podnet.BridgeNetwork(
-            podnet.Settings(node_name=self.node_name, cluster_cidrs=cidrs, bridge=cfg.pod_network.bridge,
-                            mtu=cfg.pod_network.mtu, state_dir=cfg.data_dir / "network"),
-            client=local.LocalClient(self.registry, manager="edgekube-network"))
-        await network.start()
+            raise kubelet_mod.KubeletError(f"network: cluster-cidr {cfg.cluster_cidr!r}: {exc}") from None
+        except podnet.StartError as exc:
+            raise kubelet_mod.KubeletError(str(exc)) from None
         self.gates["pod-network"] = True
         return network
 
@@ -432,7 +438,7 @@ class Runtime:
                 code = 1
             for f in (stop, failed):
                 f.cancel()
-        except (kubelet_mod.KubeletError, podnet.StartError) as exc:
+        except kubelet_mod.KubeletError as exc:
             log.error("%s", exc)
             code = 1
         finally:

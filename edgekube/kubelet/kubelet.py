@@ -20,6 +20,10 @@ of it waits on the network or on images.
     kubelet/watch/ConfigMap, kubelet/watch/Secret
                            changes of these wake the pods that use them (volumes refreshed at once)
 
+The pod network is handed in (`network.PodNetwork`: the node's bridge from runtime.py, or
+`Loopback` when the `network` component is off); its pod CIDRs go into the Node's spec at
+registration, and the pod workers put each pod on it.
+
 `close()` (after the tasks were cancelled) stops the log copiers and exit watches and closes the
 image store. The containers go on running: the next boot adopts them.
 """

@@ -15,9 +15,11 @@ The kubelet makes each pod's network namespace itself (`sandbox`, pinned by a bi
   tries the pod again later, as upstream does with a CNI error.
 - `teardown(uid)` when the pod's sandbox goes (terminal, deleted), before its namespace is
   unpinned: the address goes back to the pool and the host's end of the pod's link goes.
-- `restore(live)` once at boot, when the kubelet knows the pods bound to it (informer synced)
-  and before it sweeps the sandboxes of the others: what the network holds for any other pod
-  (a pod deleted while edgekube was down) is released.
+- `restore(live)` once at boot, when the kubelet knows the pods bound to it (informer synced),
+  before it sweeps the sandboxes of the others and before any pod is synced: `live` maps each
+  pod's UID to its namespace, name and network namespace path. What the network holds for any
+  other pod (a pod deleted while edgekube was down) is released, and what it does not know of a
+  live pod's (a lost state) is taken back from the pod's links before any address is handed out.
 - `pod_cidrs`: the node's pod CIDRs, one per family, that the kubelet writes into the Node's
   `spec.podCIDR`/`spec.podCIDRs` when it registers it (empty: left as it is).
 
@@ -30,11 +32,12 @@ only and its IP is 127.0.0.1 (it reaches nothing outside itself, and nothing rea
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 LOOPBACK_IP = "127.0.0.1"
+LivePod = tuple[str, str, Path]  # (namespace, name, its network namespace's path)
 
 
 class PodNetwork(Protocol):
@@ -47,7 +50,7 @@ class PodNetwork(Protocol):
 
     async def teardown(self, uid: str) -> None: ...
 
-    async def restore(self, live: Collection[str]) -> None: ...
+    async def restore(self, live: Mapping[str, LivePod]) -> None: ...
 
 
 class Loopback:
@@ -63,5 +66,5 @@ class Loopback:
     async def teardown(self, uid: str) -> None:
         return None
 
-    async def restore(self, live: Collection[str]) -> None:
+    async def restore(self, live: Mapping[str, LivePod]) -> None:
         return None

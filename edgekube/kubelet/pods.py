@@ -11,8 +11,10 @@ watch), back-off timers, and a resync every minute (configMap/secret updates, dr
 
 A worker's pass, level-triggered (it compares desired and observed each time):
 
-- **sync** (a live pod): the sandbox (pod directory, network namespace with loopback, or none
-  for hostNetwork; the pod cgroup; /etc/hosts, /etc/hostname, /etc/resolv.conf), volumes,
+- **sync** (a live pod): the sandbox (pod directory, network namespace, or none for hostNetwork,
+  put on the pod network once per process (`network.PodNetwork`: its addresses are the pod's
+  IPs; a failure is a FailedCreatePodSandBox event and a retry); the pod cgroup; /etc/hosts,
+  /etc/hostname, /etc/resolv.conf), volumes,
   then containers: init containers one at a time in order, each to completion (sidecars, init
   containers with `restartPolicy: Always`, only until they have started, past their startup
   probe), then every container in order. A container's postStart hook runs right after it
@@ -29,21 +31,23 @@ A worker's pass, level-triggered (it compares desired and observed each time):
   status is computed (see `podstatus`) and written through the status subresource when it
   differs from what was last written.
 - **terminal** (the pod reached Succeeded or Failed): nothing is restarted; its containers,
-  cgroup, network namespace and volumes are removed; its logs stay until the pod is deleted.
+  cgroup, network (address and link, its IPs stay in its status), network namespace and volumes
+  are removed; its logs stay until the pod is deleted.
 - **terminating** (`deletionTimestamp` set, or the pod vanished from the API): probing stops;
   every container runs its preStop hook, then gets SIGTERM, then SIGKILL, all within the grace
   period (`deletionGracePeriodSeconds`; what the hook leaves, at least 2 s, as upstream's
   killContainer), main containers before sidecars; the final status is written (Succeeded or
-  Failed from the exit codes); then **terminated**: containers, cgroup, network namespace,
-  volumes, pod directory and log directory are removed, and the pod object is deleted with
+  Failed from the exit codes); then **terminated**: containers, cgroup, the pod's network (its
+  address and link), network namespace, volumes, pod directory and log directory are removed, and the pod object is deleted with
   gracePeriodSeconds=0 and a uid precondition (so a new pod of the same name is never hit).
 
 Adoption. At boot the runtime lists the containers that outlived the last process; once the
 informer has synced they are matched to the node's pods by the pod UID in their annotations and
 handed to the pods' workers: running ones are left running (their restart count is their
 attempt number, kept in the bundle's annotations; their probes start over, so started and
-ready are probed again), exited ones count as exits (restarted per policy). Containers,
-cgroups, namespaces and directories of pods that no longer exist are swept.
+ready are probed again), exited ones count as exits (restarted per policy). The pod network
+is told which pods live (`restore`: it releases what deleted pods held); containers, cgroups,
+namespaces and directories of pods that no longer exist are swept.
 
 Container ids are random 64-hex strings, as containerd's; the log of attempt n of container c
 is `<pod-log-dir>/<ns>_<pod>_<uid>/<c>/<n>.log`.
@@ -356,7 +360,8 @@ class PodManager:
         known = {cs.id for cs in self.adopted if cs.pod_uid in here}
         # Before the sandboxes of deleted pods are swept: what the network holds for them goes.
         try:
-            await self.network.restore(here)
+            await self.network.restore({uid: (str(st.meta.get("namespace") or ""), str(st.meta.get("name") or ""),
+                                              self.layout.netns(uid)) for uid, st in self.pods.items()})
         except OSError as exc:
             log.warning("the pod network could not release what deleted pods held: %s", exc)
         # What cannot be swept now (a busy mount, a cgroup that will not go) is left for the

@@ -32,8 +32,10 @@ is adopted with the addresses its `eth0` holds. Set-up failures raise `SetupErro
 the kubelet reports it as FailedCreatePodSandBox and tries again later); an allocation is kept
 across failed attempts, so a retry gets the same address, and goes with the pod's `teardown`.
 
-**Restore** (`restore(live)`, at the kubelet's boot, before its sweep): the allocations and host
-links of pods that are not live (deleted while edgekube was down) are released and deleted.
+**Restore** (`restore(live)`, at the kubelet's boot, before its sweep and before any pod is set
+up): the allocations and host links of pods that are not live (deleted while edgekube was down)
+are released and deleted; a live pod with a host link and no allocation (the state file was lost
+or damaged) has the addresses its `eth0` holds recorded again, before any is handed out anew.
 
 All netlink and file work runs in worker threads (`asyncio.to_thread`, the loop's bounded
 executor); a debug line per pod gives the set-up's time and its parts (the kubelet benchmark reads
@@ -47,7 +49,7 @@ import dataclasses
 import ipaddress
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,20 +174,38 @@ class BridgeNetwork:
         gateways = [ipaddress.ip_interface(f"{g}/{c.prefixlen}") for g, c in zip(self.gateways, self.cidrs, strict=True)]
         self._bridge = links.ensure_bridge(s.bridge, addresses=gateways, mtu=self.mtu)
 
-    async def restore(self, live: Collection[str]) -> None:
-        """Release what pods not in `live` hold: their addresses and host links (one write)."""
-        released, deleted = await asyncio.to_thread(self._restore, frozenset(live))
+    async def restore(self, live: Mapping[str, tuple[str, str, Path]]) -> None:
+        """Release what pods not in `live` hold: their addresses and host links (one write); take
+        back what live pods hold that the state lost."""
+        released, deleted = await asyncio.to_thread(self._restore, dict(live))
         if released or deleted:
             log.info("pod network: released the addresses of pods deleted meanwhile (%s); deleted links %s",
                      ", ".join(f"{a.namespace}/{a.name} {'/'.join(a.ips)}" for a in released) or "none",
                      ", ".join(deleted) or "none")
 
-    def _restore(self, live: frozenset[str]) -> tuple[list[ipam_mod.Allocation], list[str]]:
+    def _restore(self, live: dict[str, tuple[str, str, Path]]) -> tuple[list[ipam_mod.Allocation], list[str]]:
         assert self._ipam is not None
         released = self._ipam.retain(live)
-        keep = {links.host_ifname(uid) for uid in live}
-        deleted = [name for name in links.host_links() if name not in keep and links.detach(name)]
+        present = set(links.host_links())
+        keep = {links.host_ifname(uid): uid for uid in live}
+        deleted = [name for name in sorted(present) if name not in keep and links.detach(name)]
+        for name in present & keep.keys():
+            uid = keep[name]
+            if self._ipam.get(uid) is None:
+                namespace, pod, netns = live[uid]
+                self._claim(uid, namespace=namespace, name=pod, netns=netns)
         return released, deleted
+
+    def _claim(self, uid: str, *, namespace: str, name: str, netns: Path) -> ipam_mod.Allocation | None:
+        """Record the addresses the pod's eth0 holds (the state lost them); None if it has none."""
+        assert self._ipam is not None
+        held = links.pod_addresses(netns)
+        if not held:
+            return None
+        alloc = self._ipam.claim(uid, namespace=namespace, name=name, ips=[str(a.ip) for a in held])
+        log.warning("pod %s/%s: its link holds %s, missing from the address state: recorded again", namespace, name,
+                    " ".join(alloc.ips))
+        return alloc
 
     # --- pods -------------------------------------------------------------------------------
 
@@ -214,11 +234,7 @@ class BridgeNetwork:
             lap("lookup")
             if link is not None:
                 if have is None:
-                    held = links.pod_addresses(netns)
-                    if held:
-                        have = self._ipam.claim(uid, namespace=namespace, name=name, ips=[str(a.ip) for a in held])
-                        log.warning("pod %s/%s: its link holds %s, missing from the address state: recorded again",
-                                    namespace, name, " ".join(have.ips))
+                    have = self._claim(uid, namespace=namespace, name=name, netns=netns)
                 if have is not None:
                     if link.master != self._bridge or not link.up:
                         links.enslave(ifname, bridge=self._bridge)

@@ -283,10 +283,18 @@ def test_kill_9_keeps_addresses_and_links_and_a_pod_deleted_meanwhile_is_release
     for name in ("server", "client"):
         assert _running(k, name)["status"]["podIP"] == before[name][0]
     assert "hello-from-server" in _http_get(ks, client, server["status"]["podIP"])
-    # A clean stop and start keeps them too.
+    # A clean stop and start keeps them too, even with the address state damaged meanwhile: the
+    # pods' links tell who holds what before a new pod gets an address.
     assert ks.server.stop() == 0
+    (ks.data_dir / "network" / "ipam.json").write_text("{garbage")
     ks.server.start()
-    assert _running(k, "server")["status"]["podIP"] == before["server"][0]
+    for name in ("server", "client"):
+        assert _running(k, name)["status"]["podIP"] == before[name][0]
+    held = _ipam_state(ks)
+    assert {server["metadata"]["uid"], client["metadata"]["uid"]} <= held.keys()
+    fresh = _run(k, "fresh", SLEEPER)
+    assert fresh["status"]["podIP"] not in (before["server"][0], before["client"][0])
+    assert "hello-from-server" in _http_get(ks, fresh, server["status"]["podIP"])
 
 
 # --- other configurations ---------------------------------------------------------------------

@@ -162,4 +162,4 @@ async def test_loopback_is_what_pods_get_without_a_network() -> None:
     assert await lo.setup("u", namespace="ns", name="p", netns=Path("/nonexistent")) == ("127.0.0.1",)
     assert lo.pod_cidrs == ()
     await lo.teardown("u")
-    await lo.restore(set())
+    await lo.restore({})
