@@ -1,5 +1,6 @@
-"""The pod network's netlink work, through pyroute2: the node's bridge, a veth pair per pod, the
-pod's `eth0` with its addresses and default route. No CNI binaries, no `ip` commands.
+"""The pod network's netlink work, through pyroute2 (its rtnetlink client, loaded by `netlink`):
+the node's bridge, a veth pair per pod, the pod's `eth0` with its addresses and default route.
+No CNI binaries, no `ip` commands.
 
 Every function blocks (netlink round trips) and is called from a worker thread. Each opens its
 own pyroute2 `IPRoute` and closes it before returning: a pyroute2 socket belongs to the thread
@@ -7,8 +8,8 @@ that made it, so none is kept between calls.
 
 Work inside a pod's network namespace goes through a netlink socket made in that namespace by a
 short-lived thread of its own (`_cogs.netns.socket_in`) and handed to pyroute2
-(`IPRoute(use_socket=...)`): no long-lived thread ever joins a pod's namespace, and no process is
-forked (pyroute2's own `netns=` would fork a child per socket).
+(`IPRoute(use_socket=...)`): no long-lived thread ever joins a pod's namespace, and no process
+is forked (pyroute2's own `netns=` would fork a child per socket).
 
 One pod's set-up (`attach`) is three host messages and four in the pod, about 4 ms:
 - the veth pair is made in one RTM_NEWLINK whose peer is created straight inside the pod's
@@ -41,10 +42,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from edgekube._cogs import netns as netns_mod
+from edgekube.net import netlink
 
 POD_IFNAME = "eth0"
 HOST_PREFIX = "ekv"
@@ -76,8 +75,8 @@ def host_ifname(uid: str) -> str:
     return HOST_PREFIX + hashlib.sha256(uid.encode()).hexdigest()[:10]
 
 
-def _fail(what: str, exc: NetlinkError | OSError) -> LinkError:
-    code = exc.code if isinstance(exc, NetlinkError) else (exc.errno or 0)
+def _fail(what: str, exc: netlink.NetlinkError | OSError) -> LinkError:
+    code = exc.code if isinstance(exc, netlink.NetlinkError) else (exc.errno or 0)
     return LinkError(f"{what}: {os.strerror(code) if code else exc}")
 
 
@@ -91,7 +90,7 @@ def _route(netns: Path | None = None) -> Iterator[Any]:
         except OSError as exc:
             raise LinkError(f"no netlink socket in the pod's network namespace {netns}: {exc}") from None
     try:
-        ipr = IPRoute(use_socket=sock) if sock is not None else IPRoute()
+        ipr = netlink.IPRoute(use_socket=sock) if sock is not None else netlink.IPRoute()
         try:
             yield ipr
         finally:
@@ -121,7 +120,7 @@ def uplink_mtu() -> int:
         for family in (socket.AF_INET, socket.AF_INET6):
             try:
                 routes = list(ipr.get_default_routes(family=family))
-            except NetlinkError:
+            except netlink.NetlinkError:
                 continue
             for r in routes:
                 oif = _attr(r, "RTA_OIF")
@@ -146,7 +145,7 @@ def ensure_bridge(name: str, *, addresses: Sequence[Interface], mtu: int) -> int
         if index is None:
             try:
                 ipr.link("add", ifname=name, kind="bridge", address=_random_mac(), mtu=mtu)
-            except NetlinkError as exc:
+            except netlink.NetlinkError as exc:
                 if exc.code != errno.EEXIST:
                     raise _fail(f"creating the bridge {name}", exc) from None
             index = _index(ipr, name)
@@ -170,7 +169,7 @@ def ensure_bridge(name: str, *, addresses: Sequence[Interface], mtu: int) -> int
                 if old not in addresses and not old.ip.is_link_local:
                     ipr.addr("del", index=index, address=str(old.ip), prefixlen=old.network.prefixlen)
             ipr.link("set", index=index, state="up")
-        except NetlinkError as exc:
+        except netlink.NetlinkError as exc:
             raise _fail(f"setting up the bridge {name} ({', '.join(map(str, addresses))}, mtu {mtu})", exc) from None
         return int(index)
 
@@ -191,7 +190,7 @@ def host_link(ifname: str) -> HostLink | None:
     with _route() as ipr:
         try:
             links = list(ipr.link("get", ifname=ifname))
-        except NetlinkError as exc:
+        except netlink.NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 return None
             raise _fail(f"reading the link {ifname}", exc) from None
@@ -218,7 +217,7 @@ def enslave(ifname: str, *, bridge: int) -> None:
                 raise LinkError(f"the link {ifname} is gone")
             ipr.link("set", index=index, master=bridge, state="up")
             ipr.brport("set", index=index, mode=BRPORT_MODE_HAIRPIN)
-        except NetlinkError as exc:
+        except netlink.NetlinkError as exc:
             raise _fail(f"attaching {ifname} to the bridge", exc) from None
 
 
@@ -227,7 +226,7 @@ def detach(ifname: str) -> bool:
     with _route() as ipr:
         try:
             ipr.link("del", ifname=ifname)
-        except NetlinkError as exc:
+        except netlink.NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 return False
             raise _fail(f"deleting the link {ifname}", exc) from None
@@ -250,23 +249,23 @@ def attach(netns: Path, *, ifname: str, bridge: int, addresses: Sequence[Interfa
         with _route() as ipr:
             try:
                 _add_pair(ipr, fd, ifname=ifname, bridge=bridge, mtu=mtu)
-            except NetlinkError as exc:
+            except netlink.NetlinkError as exc:
                 if exc.code != errno.EEXIST:
                     raise _fail(f"creating the veth pair {ifname}/{POD_IFNAME} for {netns}", exc) from None
                 # Left by an attempt that did not finish: start again from nothing.
-                with contextlib.suppress(NetlinkError):
+                with contextlib.suppress(netlink.NetlinkError):
                     ipr.link("del", ifname=ifname)
                 _remove_pod_link(netns)
                 try:
                     _add_pair(ipr, fd, ifname=ifname, bridge=bridge, mtu=mtu)
-                except NetlinkError as exc2:
+                except netlink.NetlinkError as exc2:
                     raise _fail(f"creating the veth pair {ifname}/{POD_IFNAME} for {netns}", exc2) from None
             try:
                 index = _index(ipr, ifname)
                 if index is None:
                     raise LinkError(f"the link {ifname} vanished right after it was made")
                 ipr.brport("set", index=index, mode=BRPORT_MODE_HAIRPIN)
-            except NetlinkError as exc:
+            except netlink.NetlinkError as exc:
                 raise _fail(f"hairpin mode on {ifname}", exc) from None
     finally:
         os.close(fd)
@@ -278,14 +277,14 @@ def attach(netns: Path, *, ifname: str, bridge: int, addresses: Sequence[Interfa
             for a in addresses:
                 try:
                     pr.addr("add", index=index, address=str(a.ip), prefixlen=a.network.prefixlen)
-                except NetlinkError as exc:
+                except netlink.NetlinkError as exc:
                     if exc.code != errno.EEXIST:
                         raise
             pr.link("set", index=index, state="up", mtu=mtu)
             for gw in gateways:
                 dst = "0.0.0.0/0" if gw.version == 4 else "::/0"
                 pr.route("replace", dst=dst, gateway=str(gw), oif=index)
-        except NetlinkError as exc:
+        except netlink.NetlinkError as exc:
             raise _fail(f"configuring {POD_IFNAME} in {netns} ({', '.join(map(str, addresses))})", exc) from None
 
 
@@ -295,7 +294,7 @@ def _add_pair(ipr: Any, fd: int, *, ifname: str, bridge: int, mtu: int) -> None:
 
 
 def _remove_pod_link(netns: Path) -> None:
-    with _route(netns) as pr, contextlib.suppress(NetlinkError):
+    with _route(netns) as pr, contextlib.suppress(netlink.NetlinkError):
         pr.link("del", ifname=POD_IFNAME)
 
 
@@ -308,6 +307,6 @@ def pod_addresses(netns: Path) -> list[Interface]:
         try:
             out = [ipaddress.ip_interface(f"{_attr(a, 'IFA_ADDRESS')}/{a['prefixlen']}")
                    for a in pr.get_addr(index=index)]
-        except NetlinkError as exc:
+        except netlink.NetlinkError as exc:
             raise _fail(f"reading the addresses of {POD_IFNAME} in {netns}", exc) from None
     return [a for a in out if not a.ip.is_link_local]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from edgekube import config as config_mod
 from edgekube.kubelet import network as kubelet_network
 from edgekube.net import ipam as ipam_mod
 from edgekube.net import links, podnet
+from tests.conftest import REPO
 
 V4 = ipaddress.ip_network("10.42.0.0/24")
 V6 = ipaddress.ip_network("fd42::/64")
@@ -163,3 +166,21 @@ async def test_loopback_is_what_pods_get_without_a_network() -> None:
     assert lo.pod_cidrs == ()
     await lo.teardown("u")
     await lo.restore({})
+
+
+def test_only_the_rtnetlink_part_of_pyroute2_is_loaded_and_the_rest_still_imports() -> None:
+    """edgekube.net.netlink skips pyroute2's __init__ (5 MiB of clients the pod network never
+    uses); any other user of pyroute2 in the process still gets the whole package."""
+    probe = (
+        "import sys; import edgekube.net.netlink as n\n"
+        "few = sorted(m for m in sys.modules if m.startswith('pyroute2'))\n"
+        "assert 'pyroute2.ndb.main' not in few and 'pyroute2.conntrack' not in few, few\n"
+        "from pyroute2 import NDB, IPRoute, NetlinkError\n"
+        "import pyroute2\n"
+        "assert IPRoute is n.IPRoute and NetlinkError is n.NetlinkError and pyroute2.__version__\n"
+        "print(len(few), len([m for m in sys.modules if m.startswith('pyroute2')]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr
+    few, full = map(int, done.stdout.split())
+    assert few < full
