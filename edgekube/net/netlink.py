@@ -16,13 +16,16 @@ network uses (link, address, route and bridge-port messages). On a device whose 
 
 When `pyroute2` was imported already (the whole of it), or its layout is not what this expects,
 the plain import is used. The modules imported are public ones (`pyroute2.iproute.linux`,
-`pyroute2.netlink.exceptions`); nothing of pyroute2 is patched.
+`pyroute2.netlink.exceptions`); nothing of pyroute2 is patched. Its logger is kept at INFO:
+pyroute2 logs every message it sends and receives at DEBUG, which at edgekube's `log-level:
+debug` would drown the server's own lines.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 import types
 from typing import Any
@@ -62,6 +65,7 @@ def _load() -> tuple[Any, Any]:
     return linux.IPRoute, exceptions.NetlinkError
 
 
+logging.getLogger("pyroute2").setLevel(logging.INFO)
 IPRoute: Any
 NetlinkError: Any  # an Exception class with `.code`, the errno the kernel answered
 IPRoute, NetlinkError = _load()

@@ -63,10 +63,18 @@ def _start(root: Path, tarball: Path, netns: NetNS | None, config: dict[str, Any
     return ks
 
 
+def _host_links() -> list[str]:
+    """The host's own links (read only)."""
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return sorted(line.split(":")[1].strip().split("@")[0] for line in out.splitlines())
+
+
 @pytest.fixture(scope="module")
 def nsnode() -> Iterator[NetNS]:
+    before = _host_links()
     with namespaces("podnet") as (ns,):
         yield ns
+    assert _host_links() == before  # nothing of the pod network ever reached the host's namespace
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +104,12 @@ def _running(k: Kubectl, name: str, timeout: float = 60) -> dict[str, Any]:
     return dict(until(check, timeout=timeout, what=f"pod {name} Running and Ready"))
 
 
-def _run(k: Kubectl, name: str, command: list[str], **spec: Any) -> dict[str, Any]:
+def _run(k: Kubectl, name: str, command: list[str], *, probe: dict[str, Any] | None = None,
+         **spec: Any) -> dict[str, Any]:
+    container = {"name": "main", "image": IMAGE, "imagePullPolicy": "IfNotPresent", "command": command,
+                 **({"readinessProbe": probe} if probe else {})}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
-           "spec": {"terminationGracePeriodSeconds": 2, **spec,
-                    "containers": [{"name": "main", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
-                                    "command": command}]}}
+           "spec": {"terminationGracePeriodSeconds": 2, **spec, "containers": [container]}}
     k.run("apply", "-f", "-", input=json.dumps(pod))
     return _running(k, name)
 
@@ -152,7 +161,8 @@ def test_two_pods_get_distinct_addresses_and_talk_over_tcp(node: KubeletServer, 
     internal = next(a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP")
     assert internal == "10.42.0.1"  # no uplink in the namespace: the bridge's address
 
-    server = _run(k, "server", HTTPD)
+    # Ready only once the kubelet's HTTP probe reached it at its pod IP.
+    server = _run(k, "server", HTTPD, probe={"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1})
     client = _run(k, "client", SLEEPER)
     ips = [p["status"]["podIP"] for p in (server, client)]
     assert ips[0] != ips[1]
