@@ -695,7 +695,7 @@ IMPORT_STEPS: list[tuple[str, list[str]]] = [
     ("edgekube.client, controllers, scheduler", ["edgekube.client.informer", "edgekube.controllers.manager",
                                                  "edgekube.scheduler.scheduler"]),
     ("edgekube.kubelet", ["edgekube.kubelet.kubelet"]),
-    ("pyroute2, edgekube.net (the pod network)", ["pyroute2", "edgekube.net.podnet"]),
+    ("edgekube.net (the pod network, pyroute2's rtnetlink part)", ["edgekube.net.podnet"]),
     ("edgekube.runtime, cli", ["edgekube.runtime", "edgekube.cli"]),
 ]
 

@@ -806,9 +806,11 @@ def render(
     if kl is not None:
         pr, boot = kl.pods, kl.boot
         parts.append(
-            f"- **Kubelet**: `edgekube server` with its kubelet on, as root with runc "
+            f"- **Kubelet**: `edgekube server` with its kubelet and its pod network on, as root with runc "
             f"({kubelet_bench.runc_version()}), a private data dir, kubelet root, pod log dir and cgroup parent, all "
-            "removed after the run with every container, mount, cgroup and namespace the server made. Image: busybox "
+            "removed after the run with every container, mount, cgroup and namespace the server made; the whole "
+            "section runs inside a network namespace of its own with no uplink (deleted afterwards, with every "
+            "link the pod network made). Image: busybox "
             "built with umoci from Debian's busybox-static, a docker-archive tarball in `DATA/images/` (imported at "
             "boot, no network), `imagePullPolicy: IfNotPresent`; pods run `sleep 3600` with no requests and a grace "
             "period of 1 s. Bytecode is cached in a private `PYTHONPYCACHEPREFIX`, as an installed edgekube has it. "
@@ -818,7 +820,10 @@ def render(
             f"{pr.scale.replicas} by one PATCH of its `scale` subresource, RSS after {pr.settle_s:.0f} s with the "
             "pods running; pods deleted (gracefully, until the kubelet removed them) between phases. The server "
             "runs through `benchmarks/kubelet_server.py`, which sets `edgekube.kubelet.runtime.containers` to "
-            "DEBUG: one line per container start with its phases, ending at the line's time. Baselines: "
+            "DEBUG: one line per container start with its phases, ending at the line's time; and "
+            "`edgekube.net.podnet`: one line per pod with its network stage (address written, veth pair made "
+            "into the pod's namespace, eth0 configured), whose baseline is the same links made by `ip` (one "
+            "`ip -batch` on the node, one inside the namespace) for as many fresh namespaces. Baselines: "
             "`runc run -d` of a `runc spec` bundle running `sleep 3600` on the same image unpacked with umoci, "
             "in a cgroup of its own (one after another, and as many at once as the burst and the Deployment); "
             "for information the kubelet's own config.json (its pod files and network namespace path taken "

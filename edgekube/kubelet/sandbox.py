@@ -14,9 +14,9 @@ namespace is pinned by a bind mount instead (as `ip netns add` does), so no proc
 needed and the namespace survives an edgekube restart. It is made in a short-lived thread of its
 own: unshare(CLONE_NEWNET) moves only the calling thread, its loopback is brought up, its
 /proc/thread-self/ns/net is bind-mounted onto `netns/<uid>`, and the thread ends (it also
-switches back, so even a failure leaves no thread in the wrong namespace). Until the network
-issue plugs in a bridge and veth, the namespace has loopback only, and the pod's IP is
-127.0.0.1. `hostNetwork: true` pods get no namespace and the node's IP.
+switches back, so even a failure leaves no thread in the wrong namespace). The pod network
+(`network.PodNetwork`) then adds the pod's eth0; without one the namespace keeps loopback only
+and the pod's IP is 127.0.0.1. `hostNetwork: true` pods get no namespace and the node's IP.
 
 **IPC.** The same way, a pod gets one IPC namespace pinned at `pods/<uid>/ipc` and one 64 MiB
 tmpfs at `pods/<uid>/shm`, which every container of the pod joins and mounts on /dev/shm, as

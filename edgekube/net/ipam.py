@@ -3,11 +3,18 @@ edgekube.
 
 The state is a JSON file (`<data-dir>/network/ipam.json`, 0600) holding, per pod UID, its
 namespace, name and addresses, and per range the address handed out last. It is written whole,
-atomically (`_cogs.files.write_atomic`: temporary file, fsync, rename, directory fsync), once per
-allocation and once per release, and never otherwise: an idle node, a restart, a pod that keeps
-running write nothing (SD cards wear with every write). A crash at any point leaves the old state
-or the new one; a pod whose allocation was written but whose link was not made yet gets the same
-address when it is set up again.
+atomically (`_cogs.files.write_atomic`: temporary file, rename), once per allocation and once per
+release, and never otherwise: an idle node, a restart, a pod that keeps running write nothing (SD
+cards wear with every write). A crash of edgekube at any point leaves the old state or the new
+one; a pod whose allocation was written but whose link was not made yet gets the same address
+when it is set up again.
+
+The writes are not flushed (`durable=False`): the state matters only while the pods it describes
+run, and a crash of edgekube (kill -9, OOM) keeps the page cache, while a power cut, which could
+lose the last writes, also ends every pod: after it each pod is set up anew, and an address
+forgotten by the state is held by no running pod. So a burst of pods costs the flash one
+writeback by the kernel instead of two flushes per pod, and a pod's set-up no fsync (milliseconds
+on an SD card). A state file a power cut left damaged or empty is moved aside at boot (`load`).
 
 Allocation walks each range round-robin from the address handed out last, as the host-local CNI
 plugin does, so an address just freed is the last to be reused (a peer's ARP or conntrack entry
@@ -145,7 +152,7 @@ class Ipam:
         }
         try:
             files.write_atomic(self.path, json.dumps(data, sort_keys=True, separators=(",", ":")).encode(),
-                               mode=0o600)
+                               mode=0o600, durable=False)
         except OSError as exc:
             raise IpamError(f"cannot write the pod address state {self.path}: {exc}") from None
 

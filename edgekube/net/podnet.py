@@ -27,8 +27,8 @@ that says so and how to run without (`--disable network`).
 A pod that already has its allocation and its host link was set up before, by this process or
 the one before it (edgekube restarted, kill -9 included, while the pod ran): its addresses are
 answered at once and nothing of the running pod is touched (a host link that lost its bridge, a
-bridge made again, is put back on it). A host link with no allocation (the state file was lost)
-is adopted with the addresses its `eth0` holds. Set-up failures raise `SetupError` (an OSError:
+bridge made again, is put back on it). A pod with no allocation is new: no lookup, its links are
+made (whatever an interrupted attempt left is replaced). Set-up failures raise `SetupError` (an OSError:
 the kubelet reports it as FailedCreatePodSandBox and tries again later); an allocation is kept
 across failed attempts, so a retry gets the same address, and goes with the pod's `teardown`.
 
@@ -230,18 +230,18 @@ class BridgeNetwork:
         ifname = links.host_ifname(uid)
         try:
             have = self._ipam.get(uid)
-            link = links.host_link(ifname)
-            lap("lookup")
-            if link is not None:
-                if have is None:
-                    have = self._claim(uid, namespace=namespace, name=name, netns=netns)
-                if have is not None:
+            if have is not None:
+                # Set up before (by the process before this one, or an attempt that failed
+                # half-way): a pod whose link is there keeps it, untouched.
+                link = links.host_link(ifname)
+                lap("lookup")
+                if link is not None and all(self._in_cidrs(ip) for ip in have.ips):
                     if link.master != self._bridge or not link.up:
                         links.enslave(ifname, bridge=self._bridge)
-                    lap("adopted")
+                        lap("enslaved")
                     return have.ips, parts
-            if have is not None and not all(self._in_cidrs(ip) for ip in have.ips):
-                self._ipam.release(uid)  # from an earlier pod CIDR, and the pod is set up anew
+                if not all(self._in_cidrs(ip) for ip in have.ips):
+                    self._ipam.release(uid)  # from an earlier pod CIDR, and the pod is set up anew
             alloc = self._ipam.allocate(uid, namespace=namespace, name=name)
             lap("address")
             addresses = [ipaddress.ip_interface(f"{ip}/{self._cidr_of(ip).prefixlen}") for ip in alloc.ips]
