@@ -27,7 +27,6 @@ import importlib
 import importlib.util
 import logging
 import sys
-import types
 from typing import Any
 
 
@@ -54,14 +53,16 @@ def _lazy_package(name: str) -> None:
 
 
 def _load() -> tuple[Any, Any]:
+    # Static imports (not importlib by name), so that the binary's compiler follows them.
     try:
         _lazy_package("pyroute2")
-        linux = importlib.import_module("pyroute2.iproute.linux")
-        exceptions = importlib.import_module("pyroute2.netlink.exceptions")
+        from pyroute2.iproute import linux
+        from pyroute2.netlink import exceptions
     except ImportError:
         sys.modules.pop("pyroute2", None)
-        plain: types.ModuleType = importlib.import_module("pyroute2")
-        return plain.IPRoute, plain.NetlinkError
+        import pyroute2
+
+        return pyroute2.IPRoute, pyroute2.NetlinkError
     return linux.IPRoute, exceptions.NetlinkError
 
 
