@@ -1,12 +1,15 @@
 """Section 6: the kubelet (issue 5), each figure against a baseline measured in the same run.
 
-Every server here is `edgekube server` with its kubelet on (root, real runc), on a private data
-dir, kubelet root, pod log dir and cgroup parent (`edgekube-bench-<label>-<random>`), all swept
-after the run whatever happened (`KubeletHost.cleanup`): the kubelet's containers outlive the
+Every server here is `edgekube server` with its kubelet and its pod network on (root, real runc,
+a bridge and a veth per pod), on a private data dir, kubelet root, pod log dir and cgroup parent
+(`edgekube-bench-<label>-<random>`), all swept after the run whatever happened (`KubeletHost.cleanup`): the kubelet's containers outlive the
 server on purpose, so the benchmark removes them, their mounts, cgroups and network namespaces
 itself. The image is busybox built with umoci from Debian's busybox-static (as the tests build
 it), handed to the server as a docker-archive tarball in `DATA/images/` (boot import, no network)
-and used with `imagePullPolicy: IfNotPresent`; pods run `sleep 3600` with no requests.
+and used with `imagePullPolicy: IfNotPresent`; pods run `sleep 3600` with no requests. The whole
+run happens inside a network namespace of its own with no uplink (tests/support/netns.py; the
+network rule holds for benchmarks too): the servers, their clients, the baselines; deleting it
+at the end takes every link the pod network made.
 
 - Pod startup: pods POSTed one after another, each waited for until the watch shows it Running
   (the headline: upstream's density test measures it so), then the same number POSTed at once.
@@ -16,7 +19,10 @@ and used with `imagePullPolicy: IfNotPresent`; pods run `sleep 3600` with no req
   through `kubelet_server.py` with `edgekube.kubelet.runtime.containers` at DEBUG, whose one line
   per container start gives the container's own phases (rootfs overlay mount, config.json and
   FIFOs, runc create, runc start), ending at the line's time; the rest is computed from the
-  watch. Baseline: `runc run -d` of a bundle from `runc spec` running the same `sleep 3600` on
+  watch. `edgekube.net.podnet` at DEBUG gives the network stage of each pod on its own (its
+  address written, the veth pair made into the pod's namespace, eth0 configured; part of the
+  sandbox stage), against the same links made by `ip` (one `ip -batch` on the node and one inside
+  the pod's namespace, on a bridge of its own) for each of as many fresh namespaces. Baseline: `runc run -d` of a bundle from `runc spec` running the same `sleep 3600` on
   the same image unpacked by umoci, in a cgroup of its own, one after another (and as many at
   once for the burst); for information, also of the kubelet's own config.json (with and without
   its seccomp profile), which tells runc's share from edgekube's.
@@ -68,12 +74,14 @@ from benchmarks import controlplane_bench as cp
 from edgekube.kubelet.runtime import cgroups
 from tests.support import images as test_images
 from tests.support import kubelet as test_kubelet
+from tests.support import netns as netns_mod
 
 JSON = dict[str, Any]
 NAMESPACE = "kubelet-bench"
 IMAGE = "bench.local/busybox:1.0"
 DEPLOYMENT = "bench"
 CONTAINERS_LOGGER = "edgekube.kubelet.runtime.containers"
+NETWORK_LOGGER = "edgekube.net.podnet"
 LAUNCHER = Path(__file__).with_name("kubelet_server.py")
 POLL_S = 0.01  # readiness polling interval of the boot measurement
 TIMEOUT = 180.0
@@ -84,6 +92,8 @@ _LOG_TIME = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 _START_LINE = re.compile(
     _LOG_TIME + r" DEBUG " + re.escape(CONTAINERS_LOGGER) + r": container \w+ \(pod ([^/]+)/([^,]+), [^)]+\) "
     r"started in ([\d.]+) ms: rootfs ([\d.]+) ms, config ([\d.]+) ms, runc create ([\d.]+) ms, runc start ([\d.]+) ms")
+_NETWORK_LINE = re.compile(
+    _LOG_TIME + r" DEBUG " + re.escape(NETWORK_LOGGER) + r": pod ([^/]+)/(\S+): network set up in ([\d.]+) ms")
 _IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 
@@ -136,7 +146,7 @@ STAGES: dict[str, str] = {
     "api": "POST -> the pod seen on the watch (admission, durable write, watch)",
     "scheduling": "-> seen with `spec.nodeName` (scheduler's informer and cycle, binding write)",
     "sandbox": "-> seen with the kubelet's first status (pod informer and worker, pod cgroup, network "
-               "namespace, hosts/hostname/resolv.conf, volumes, status write)",
+               "namespace, pod network, hosts/hostname/resolv.conf, volumes, status write)",
     "before container": "-> the container's set-up begins (image lookup, env, termination log) [log]",
     "rootfs": "bundle directories and overlay mount [log]",
     "config": "config.json built and written, log FIFOs, back on the loop [log]",
@@ -215,6 +225,9 @@ class PodsResult:
     loaded: Rss  # with the Deployment's pods running
     after: Rss  # once they are gone again
     settle_s: float
+    network_seq_ms: list[float] = dataclasses.field(default_factory=list)  # the network stage, one after another
+    network_burst_ms: list[float] = dataclasses.field(default_factory=list)  # ... POSTed at once
+    raw_network_ms: list[float] = dataclasses.field(default_factory=list)  # the same links made by `ip`
 
     def seq_ms(self) -> list[float]:
         return [p.running_ms for p in self.sequential]
@@ -508,6 +521,49 @@ def container_lines(log_text: str) -> dict[str, tuple[float, list[float]]]:
     return out
 
 
+def network_lines(log_text: str) -> dict[str, float]:
+    """Pod name -> ms of its network set-up, from the pod network's debug lines (the newest)."""
+    return {m.group(3): float(m.group(4)) for m in _NETWORK_LINE.finditer(log_text)}
+
+
+def raw_network(ns: netns_mod.NetNS, work: Path, count: int) -> list[float]:
+    """The baseline of the network stage: ms to put each of `count` fresh namespaces on a bridge
+    of its own with `ip`, as the pod network does with netlink (a veth pair made into the
+    namespace, hairpin, the address, eth0 up, the default route): one `ip -batch` on the node and
+    one inside the namespace. The namespaces are made (and removed) outside the clock."""
+    if os.stat("/proc/thread-self/ns/net").st_ino != os.stat(ns.path).st_ino:
+        raise RuntimeError(f"raw_network runs `ip` on the node: only inside {ns.path}, never on the host")
+    work.mkdir(parents=True)
+    bridge, gateway = "ekbench0", "10.99.0.1"
+
+    def ip(*args: str, text: str | None = None, check: bool = True) -> None:
+        subprocess.run(["ip", *args], check=check, text=True, input=text, capture_output=True)
+
+    ip("link", "add", bridge, "type", "bridge")
+    out = []
+    try:
+        ip("addr", "add", f"{gateway}/24", "dev", bridge)
+        ip("link", "set", bridge, "up")
+        for i in range(count):
+            pod = work / f"ns{i}"
+            pod.touch()
+            subprocess.run(["unshare", f"--net={pod}", "true"], check=True)
+            host = f"ekb{i:04d}"
+            t0 = time.perf_counter()
+            ip("-batch", "-", text=(
+                f"link add {host} mtu 1500 master {bridge} up type veth peer name eth0 netns {pod} mtu 1500\n"
+                f"link set {host} type bridge_slave hairpin on\n"))
+            subprocess.run(["nsenter", f"--net={pod}", "ip", "-batch", "-"], check=True, text=True, input=(
+                f"addr add 10.99.0.{i % 250 + 2}/24 dev eth0\nlink set eth0 up\nroute add default via {gateway}\n"))
+            out.append(1000 * (time.perf_counter() - t0))
+            ip("link", "del", host)
+            subprocess.run(["umount", str(pod)], check=True)
+    finally:
+        ip("link", "del", bridge, check=False)
+        test_kubelet.unmount_below(work)
+    return out
+
+
 def with_phases(starts: list[PodStart], lines: dict[str, tuple[float, list[float]]]) -> list[PodStart]:
     out = []
     for s in starts:
@@ -639,6 +695,7 @@ IMPORT_STEPS: list[tuple[str, list[str]]] = [
     ("edgekube.client, controllers, scheduler", ["edgekube.client.informer", "edgekube.controllers.manager",
                                                  "edgekube.scheduler.scheduler"]),
     ("edgekube.kubelet", ["edgekube.kubelet.kubelet"]),
+    ("edgekube.net (the pod network, pyroute2's rtnetlink part)", ["edgekube.net.podnet"]),
     ("edgekube.runtime, cli", ["edgekube.runtime", "edgekube.cli"]),
 ]
 
@@ -702,9 +759,10 @@ async def heap_by_owner(host: KubeletHost, tarball: Path, *, env: dict[str, str]
 # --- the run -------------------------------------------------------------------------------
 
 
-async def _pods_section(host: KubeletHost, raw: RawRunc, *, env: dict[str, str], pods: int, replicas: int,
+async def _pods_section(host: KubeletHost, raw: RawRunc, ns: netns_mod.NetNS, *, env: dict[str, str], pods: int, replicas: int,
                         settle: float, log: Callable[[str], None]) -> PodsResult:
-    server = host.server(env=env, launcher=[sys.executable, str(LAUNCHER), "--debug", CONTAINERS_LOGGER, "--"])
+    server = host.server(env=env, launcher=[sys.executable, str(LAUNCHER), "--debug", CONTAINERS_LOGGER,
+                                            "--debug", NETWORK_LOGGER, "--"])
     try:
         ready_s = await server.wait_ready()
         log(f"  edgekube server (kubelet on) ready in {ready_s:.1f}s (pid {server.pid}); settling {settle:.0f}s")
@@ -730,6 +788,7 @@ async def _pods_section(host: KubeletHost, raw: RawRunc, *, env: dict[str, str],
                     f"without its seccomp profile {_p50_p99(raw_nosec)} ms")
                 seq = await b.sequential("seq", pods)
                 await b.delete_all()
+                raw_net = await asyncio.to_thread(raw_network, ns, host.work / "raw-net", pods)
                 log(f"  {pods} pods one after another: create -> Running p50 "
                     f"{common.percentile([p.running_ms for p in seq], 50):.0f} ms, "
                     f"p99 {common.percentile([p.running_ms for p in seq], 99):.0f} ms")
@@ -767,14 +826,20 @@ async def _pods_section(host: KubeletHost, raw: RawRunc, *, env: dict[str, str],
         server.check_alive()
     finally:
         server.stop()
-    lines = container_lines(server.log_path.read_text(errors="replace"))
+    text = server.log_path.read_text(errors="replace")
+    lines = container_lines(text)
     missing = [p.name for p in [*seq, *burst] if p.name not in lines]
     if missing:
         log(f"  warning: no container start line for {len(missing)} pods (e.g. {missing[:3]})")
+    net = network_lines(text)
+    net_seq, net_burst = [net[p.name] for p in seq if p.name in net], [net[p.name] for p in burst if p.name in net]
+    log(f"  network stage per pod, p50 / p99: one after another {_p50_p99(net_seq)} ms, at once "
+        f"{_p50_p99(net_burst)} ms; the same links by `ip` {_p50_p99(raw_net)} ms")
     return PodsResult(pods=pods, sequential=with_phases(seq, lines), burst=with_phases(burst, lines),
                       raw_sequential_ms=raw_seq, raw_kubelet_ms=raw_kubelet, raw_kubelet_noseccomp_ms=raw_nosec,
                       raw_burst_s=raw_burst, scale=scale, raw_scale_s=raw_scale,
-                      idle=idle, loaded=loaded, after=after, settle_s=settle)
+                      idle=idle, loaded=loaded, after=after, settle_s=settle,
+                      network_seq_ms=net_seq, network_burst_ms=net_burst, raw_network_ms=raw_net)
 
 
 def _kubelet_config(host: KubeletHost) -> JSON:
@@ -840,6 +905,8 @@ def run(*, pods: int, replicas: int, boot_runs: int, settle: float,
     tmp = common.temp_dir("kubelet")
     hosts: list[KubeletHost] = []
     raw: RawRunc | None = None
+    netns_mod.sweep_stale()
+    ns = netns_mod.NetNS("kubelet-bench")
     try:
         env = _env(tmp / "pycache")
         tarball, rootfs = build_image(tmp / "image")
@@ -848,17 +915,19 @@ def run(*, pods: int, replicas: int, boot_runs: int, settle: float,
         (host.data_dir / "images").mkdir(parents=True)
         shutil.copy(tarball, host.data_dir / "images" / tarball.name)
         raw = RawRunc(tmp / "raw", rootfs)
-        pods_result = asyncio.run(_pods_section(host, raw, env=env, pods=pods, replicas=replicas, settle=settle,
-                                                log=log))
+        # Every server, client and baseline below runs in the namespace: `ns.call` runs the event
+        # loop in a thread that joined it, and the threads and processes it starts inherit it.
+        pods_result = ns.call(asyncio.run, _pods_section(host, raw, ns, env=env, pods=pods, replicas=replicas,
+                                                         settle=settle, log=log))
         host.cleanup()
         boot_host = KubeletHost(tmp, "boot")
         hosts.append(boot_host)
-        boot = asyncio.run(_boot_section(boot_host, env=env, runs=boot_runs, log=log))
+        boot = ns.call(asyncio.run, _boot_section(boot_host, env=env, runs=boot_runs, log=log))
         heap = None
         if pods_result.idle.mib > IDLE_TARGET_MIB:
             heap_host = KubeletHost(tmp, "heap")
             hosts.append(heap_host)
-            heap = asyncio.run(heap_by_owner(heap_host, tarball, env=env, settle=settle))
+            heap = ns.call(asyncio.run, heap_by_owner(heap_host, tarball, env=env, settle=settle))
             log(f"  idle RSS without the boot import of the image: {Rss(**heap['rss_without_import']).text()}; "
                 f"tracemalloc of an idle server: {heap['traced'] / 2**20:.1f} MiB traced, {heap['modules']} modules")
         return KubeletResult(pods=pods_result, boot=boot, import_rss=import_rss(env), heap=heap)
@@ -869,3 +938,4 @@ def run(*, pods: int, replicas: int, boot_runs: int, settle: float,
             raw.cleanup()
         test_kubelet.unmount_below(tmp)
         common.remove_dir(tmp)
+        ns.close()

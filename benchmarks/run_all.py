@@ -88,6 +88,8 @@ STARTUP_P50_MS, STARTUP_P99_MS = 150.0, 400.0  # pod create -> Running, one afte
 KUBELET_SCALE_TARGET_S = 10.0  # a Deployment 0 -> 100 Running on the real kubelet
 IDLE_RSS_MIB, LOADED_RSS_MIB = kubelet_bench.IDLE_TARGET_MIB, 120.0
 BOOT_TARGET_S = 1.0  # exec -> node Ready
+# Issue 14, the pod network: its set-up of one pod (address, veth pair, eth0), one after another.
+NETWORK_TARGET_MS = 10.0
 # Issue 13, idle connections: each costs well under what asyncio's TLS protocol alone allocates,
 # and what they held is given back once they close.
 CONNS_HELD_RATIO, CONNS_LEFT_MIB = 0.5, 8.0
@@ -360,6 +362,7 @@ def _kubelet_rows(kl: kubelet_bench.KubeletResult) -> list[Row]:
             f"({g['runc']:.0f}) / {g['status back']:.0f}",
             f"{common.percentile(pr.raw_kubelet_ms, 50):.1f} ms (runc run -d, the kubelet's config.json)",
             "-", "-", "info"),
+        *_network_rows(pr),
         Row(f"Pod startup, {n} pods POSTed at once: p50 / p99", f"{common.percentile(burst, 50):.0f} / "
             f"{common.percentile(burst, 99):.0f} ms", f"{1000 * pr.raw_burst_s:.0f} ms ({n} runc run -d at once)",
             f"{max(burst) / (1000 * pr.raw_burst_s):.1f}x (last)", "-", "info"),
@@ -392,6 +395,23 @@ def _kubelet_rows(kl: kubelet_bench.KubeletResult) -> list[Row]:
                         f"{sp.imported_s:.3f} / {sp.serving_s - sp.imported_s:.3f} / {sp.node_s - sp.serving_s:.3f} / "
                         f"{sp.ready_s - sp.node_s:.3f} s", f"{boot.python_s:.3f} s (python -c pass)", "-", "-", "info"))
     return rows
+
+
+def _network_rows(pr: kubelet_bench.PodsResult) -> list[Row]:
+    """The pod network's stage of each pod (from its debug line), against the same links by `ip`."""
+    if not pr.network_seq_ms:
+        return []
+    n50, n99 = common.percentile(pr.network_seq_ms, 50), common.percentile(pr.network_seq_ms, 99)
+    raw50 = common.percentile(pr.raw_network_ms, 50) if pr.raw_network_ms else math.nan
+    burst = pr.network_burst_ms
+    return [
+        Row("  ... pod network set-up per pod (address written, veth pair, eth0), p50 / p99",
+            f"{n50:.1f} / {n99:.1f} ms", f"{raw50:.1f} ms (the same links by `ip`, p50)", f"{n50 / raw50:.2f}x",
+            f"p50 <= {NETWORK_TARGET_MS:.0f} ms", _verdict(n50 <= NETWORK_TARGET_MS)),
+        Row(f"  ... ... with {len(burst)} pods POSTed at once, p50 / p99",
+            f"{common.percentile(burst, 50):.1f} / {common.percentile(burst, 99):.1f} ms" if burst else "n/a",
+            "-", "-", "-", "info"),
+    ]
 
 
 def _conns_rows(cn: conns_bench.ConnsResult) -> list[Row]:
@@ -903,9 +923,11 @@ def render(
     if kl is not None:
         pr, boot = kl.pods, kl.boot
         parts.append(
-            f"- **Kubelet**: `edgekube server` with its kubelet on, as root with runc "
+            f"- **Kubelet**: `edgekube server` with its kubelet and its pod network on, as root with runc "
             f"({kubelet_bench.runc_version()}), a private data dir, kubelet root, pod log dir and cgroup parent, all "
-            "removed after the run with every container, mount, cgroup and namespace the server made. Image: busybox "
+            "removed after the run with every container, mount, cgroup and namespace the server made; the whole "
+            "section runs inside a network namespace of its own with no uplink (deleted afterwards, with every "
+            "link the pod network made). Image: busybox "
             "built with umoci from Debian's busybox-static, a docker-archive tarball in `DATA/images/` (imported at "
             "boot, no network), `imagePullPolicy: IfNotPresent`; pods run `sleep 3600` with no requests and a grace "
             "period of 1 s. Bytecode is cached in a private `PYTHONPYCACHEPREFIX`, as an installed edgekube has it. "
@@ -915,7 +937,10 @@ def render(
             f"{pr.scale.replicas} by one PATCH of its `scale` subresource, RSS after {pr.settle_s:.0f} s with the "
             "pods running; pods deleted (gracefully, until the kubelet removed them) between phases. The server "
             "runs through `benchmarks/kubelet_server.py`, which sets `edgekube.kubelet.runtime.containers` to "
-            "DEBUG: one line per container start with its phases, ending at the line's time. Baselines: "
+            "DEBUG: one line per container start with its phases, ending at the line's time; and "
+            "`edgekube.net.podnet`: one line per pod with its network stage (address written, veth pair made "
+            "into the pod's namespace, eth0 configured), whose baseline is the same links made by `ip` (one "
+            "`ip -batch` on the node, one inside the namespace) for as many fresh namespaces. Baselines: "
             "`runc run -d` of a `runc spec` bundle running `sleep 3600` on the same image unpacked with umoci, "
             "in a cgroup of its own (one after another, and as many at once as the burst and the Deployment); "
             "for information the kubelet's own config.json (its pod files and network namespace path taken "

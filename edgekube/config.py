@@ -90,6 +90,10 @@ DEFAULTS: dict[str, Any] = {
         "cache-size-mb": 4,
         "max-concurrent": 1000,
     },
+    "pod-network": {
+        "bridge": "ek0",
+        "mtu": 0,
+    },
     "log-level": "info",
 }
 
@@ -171,6 +175,12 @@ class DnsSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PodNetworkSettings:
+    bridge: str = "ek0"  # the node's bridge for its pods (the `network` component)
+    mtu: int = 0  # of the bridge and the pods' links; 0: the MTU of the node's uplink, else 1500
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: Path
     bind_address: str
@@ -190,6 +200,7 @@ class Config:
     source: str  # where the file part came from, for messages
     dns: DnsSettings = DnsSettings(listen_address="", port=53, metrics_port=9153, resolv_conf=None, cache_size_mb=4,
                                    max_concurrent=1000)
+    pod_network: PodNetworkSettings = dataclasses.field(default_factory=PodNetworkSettings)
 
     def enabled(self, component: str) -> bool:
         return component not in self.disable
@@ -320,6 +331,18 @@ def _dns(d: Mapping[str, Any], *, where: str) -> DnsSettings:
                        resolv_conf=Path(resolv) if resolv else None,
                        cache_size_mb=_int(d, "cache-size-mb", where, lo=1, hi=1024),
                        max_concurrent=_int(d, "max-concurrent", where, lo=1))
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def _pod_network(p: Mapping[str, Any], *, where: str) -> PodNetworkSettings:
+    bridge = str(p["bridge"])
+    if not _IFNAME.match(bridge) or bridge in (".", ".."):
+        raise ConfigError(f"{where}: 'bridge' must be an interface name of 1 to 15 letters, digits, '_', '.' or '-', "
+                          f"got {p['bridge']!r}")
+    mtu = _int(p, "mtu", where, lo=0, hi=65535)
+    if 0 < mtu < 576:
+        raise ConfigError(f"{where}: 'mtu' must be 0 (the uplink's) or at least 576, got {mtu}")
+    return PodNetworkSettings(bridge=bridge, mtu=mtu)
 
 
 def _build(data: Mapping[str, Any], *, source: str) -> Config:
@@ -402,4 +425,5 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
         log_level=level,
         source=source,
         dns=_dns(data["dns"], where=f"{source} (dns)"),
+        pod_network=_pod_network(data["pod-network"], where=f"{source} (pod-network)"),
     )

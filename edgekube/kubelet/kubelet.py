@@ -20,6 +20,10 @@ of it waits on the network or on images.
     kubelet/watch/ConfigMap, kubelet/watch/Secret
                            changes of these wake the pods that use them (volumes refreshed at once)
 
+The pod network is handed in (`network.PodNetwork`: the node's bridge from runtime.py, or
+`Loopback` when the `network` component is off); its pod CIDRs go into the Node's spec at
+registration, and the pod workers put each pod on it.
+
 `close()` (after the tasks were cancelled) stops the log copiers and exit watches and closes the
 image store. The containers go on running: the next boot adopts them.
 """
@@ -44,6 +48,7 @@ from edgekube.client import informer as informer_mod
 from edgekube.client import local
 from edgekube.kubelet import images as images_mod
 from edgekube.kubelet import logrotate, sandbox, staticpods
+from edgekube.kubelet import network as network_mod
 from edgekube.kubelet import node as node_mod
 from edgekube.kubelet import pods as pods_mod
 from edgekube.kubelet.runtime import cgroups as cgroups_mod
@@ -72,8 +77,10 @@ class Options:
 
 class Kubelet:
     def __init__(self, settings: config_mod.KubeletSettings, *, options: Options, client: local.LocalClient,
-                 events: events_mod.Recorder, clock: clock_mod.Clock, metrics: metrics_mod.MetricsStore) -> None:
+                 events: events_mod.Recorder, clock: clock_mod.Clock, metrics: metrics_mod.MetricsStore,
+                 network: network_mod.PodNetwork | None = None) -> None:
         self.settings = settings
+        self.network: network_mod.PodNetwork = network if network is not None else network_mod.Loopback()
         self.options = options
         self._client = client
         self._events = events
@@ -122,7 +129,8 @@ class Kubelet:
         version = await _runc_version(s.runc)
         agent = node_mod.NodeAgent(self._client, name=self.options.node_name, clock=self._clock, root_dir=s.root_dir,
                                    reservations=reservations, arch=images_mod.host_platform().architecture,
-                                   runtime_version=f"runc://{version}", images=self._image_list)
+                                   runtime_version=f"runc://{version}", images=self._image_list,
+                                   pod_cidrs=self.network.pod_cidrs)
         self.node = agent
         runtime = containers_mod.Runtime(
             data_dir=s.root_dir, cgroups=cgroups, runc_binary=s.runc, seccomp_default=s.seccomp_default,
@@ -135,7 +143,7 @@ class Kubelet:
                                        cluster_dns=self.options.cluster_dns,
                                        cluster_domain=self.options.cluster_domain,
                                        resolv_conf=self.options.resolv_conf),
-            node=agent, metrics=self.metrics)
+            node=agent, metrics=self.metrics, network=self.network)
         runtime.on_exit = pods.on_exit
         self.runtime = runtime
         self.pods = pods

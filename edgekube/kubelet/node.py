@@ -4,7 +4,9 @@ Registration (at boot, before any pod is synced): the Node object is created, or
 (a restart), its kubelet-owned labels and its status are brought up to date. Its name is the
 config's `node-name` or the host name. Labels: `kubernetes.io/hostname`, `kubernetes.io/os`,
 `kubernetes.io/arch` and their `beta.` twins, and `node-role.kubernetes.io/control-plane` (this
-process is the control plane too, as k3s labels its server).
+process is the control plane too, as k3s labels its server). With a pod network, its
+`spec.podCIDR`/`spec.podCIDRs` are the network's (set at creation, or added to a Node that has
+none; upstream's node IPAM writes them, and never changes them once set).
 
 Status, as upstream's kubelet reports it:
 - capacity: `cpu` (CPUs this process may run on), `memory` (MemTotal, or the memory limit of
@@ -16,8 +18,9 @@ Status, as upstream's kubelet reports it:
 - conditions: MemoryPressure (MemAvailable below `eviction-hard-memory`), DiskPressure (the root
   dir's filesystem with less than `eviction-hard-nodefs-percent` free), PIDPressure (more than 90%
   of `pid_max` in use), Ready (the runtime answered at boot), with upstream's reasons and messages.
-- addresses (InternalIP of the interface holding the default route, else of the host name;
-  Hostname), nodeInfo (machine and boot IDs, kernel, OS image, runc's version as
+- addresses (InternalIP of the interface holding the default route, else an address of this
+  network namespace the host name resolves to, else the first address of any other interface,
+  such as the pods' bridge in a namespace with no uplink, else 127.0.0.1; Hostname), nodeInfo (machine and boot IDs, kernel, OS image, runc's version as
   `containerRuntimeVersion`, the Kubernetes version served as `kubeletVersion`), the images in
   the image store (the 50 largest, as upstream).
 
@@ -187,9 +190,22 @@ def _interface_ipv4(name: str) -> str | None:
     return socket.inet_ntoa(res[20:24])
 
 
+def _is_local(address: str) -> bool:
+    """Whether `address` is one of this network namespace's (a bind to it succeeds)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
 def internal_ip() -> str:
     """The node's InternalIP: the address of the interface with the default route, else a
-    non-loopback address the host name resolves to, else 127.0.0.1 (no traffic is sent)."""
+    non-loopback address the host name resolves to that this network namespace has, else the
+    first IPv4 address of another interface (in a namespace with no uplink: the pods' bridge),
+    else 127.0.0.1 (no traffic is sent)."""
     iface = _default_route_interface()
     if iface:
         ip = _interface_ipv4(iface)
@@ -197,8 +213,13 @@ def internal_ip() -> str:
             return ip
     _, addresses = pki.host_identities()
     for a in addresses:
-        if not a.startswith("127.") and a != "::1":
+        if not a.startswith("127.") and a != "::1" and _is_local(a):
             return a
+    for _, name in socket.if_nameindex():
+        if name != "lo":
+            ip = _interface_ipv4(name)
+            if ip and not ip.startswith("127."):
+                return ip
     return "127.0.0.1"
 
 
@@ -279,7 +300,7 @@ class NodeAgent:
 
     def __init__(self, client: local.LocalClient, *, name: str, clock: clock_mod.Clock, root_dir: Path,
                  reservations: Reservations, arch: str, runtime_version: str,
-                 images: Callable[[], list[JSON]] = list) -> None:
+                 images: Callable[[], list[JSON]] = list, pod_cidrs: Sequence[str] = ()) -> None:
         self._client = client
         self.name = name
         self._clock = clock
@@ -288,6 +309,7 @@ class NodeAgent:
         self._arch = arch
         self._runtime_version = runtime_version
         self._images = images
+        self._pod_cidrs = list(pod_cidrs)
         self.ready = True
         self.address = "127.0.0.1"
         self.hostname = socket.gethostname()
@@ -331,7 +353,8 @@ class NodeAgent:
         if current is None:
             status = await self.desired_status({})
             node = {"apiVersion": "v1", "kind": "Node",
-                    "metadata": {"name": self.name, "labels": wanted_labels}, "spec": {}, "status": status}
+                    "metadata": {"name": self.name, "labels": wanted_labels}, "spec": self._cidr_spec(),
+                    "status": status}
             try:
                 created = await self._client.create(node)
                 self._uid = str(created["metadata"]["uid"])
@@ -346,15 +369,22 @@ class NodeAgent:
                     raise
                 current = self._client.get("v1", "Node", name=self.name)
         have = (current.get("metadata") or {}).get("labels") or {}
-        if any(have.get(k) != v for k, v in wanted_labels.items()):
+        cidrs = self._cidr_spec() if not (current.get("spec") or {}).get("podCIDR") else {}
+        if any(have.get(k) != v for k, v in wanted_labels.items()) or cidrs:
             def relabel(obj: JSON) -> JSON:
                 obj["metadata"].setdefault("labels", {}).update(wanted_labels)
+                if not (obj.get("spec") or {}).get("podCIDR"):
+                    obj.setdefault("spec", {}).update(cidrs)
                 return obj
 
             current = await self._client.patch("v1", "Node", name=self.name, mutate=relabel)
         self._uid = str(current["metadata"]["uid"])
         await self._write_status(await self.desired_status(current.get("status") or {}))
         log.info("node %s registered again (it existed)", self.name)
+
+    def _cidr_spec(self) -> JSON:
+        """The Node's spec fields for the pod network's CIDRs (none without a pod network)."""
+        return {"podCIDR": self._pod_cidrs[0], "podCIDRs": list(self._pod_cidrs)} if self._pod_cidrs else {}
 
     async def _write_status(self, status: JSON) -> None:
         def put(obj: JSON) -> JSON:

@@ -11,8 +11,10 @@ watch), back-off timers, and a resync every minute (configMap/secret updates, dr
 
 A worker's pass, level-triggered (it compares desired and observed each time):
 
-- **sync** (a live pod): the sandbox (pod directory, network namespace with loopback, or none
-  for hostNetwork; the pod cgroup; /etc/hosts, /etc/hostname, /etc/resolv.conf), volumes,
+- **sync** (a live pod): the sandbox (pod directory, network namespace, or none for hostNetwork,
+  put on the pod network once per process (`network.PodNetwork`: its addresses are the pod's
+  IPs; a failure is a FailedCreatePodSandBox event and a retry); the pod cgroup; /etc/hosts,
+  /etc/hostname, /etc/resolv.conf), volumes,
   then containers: init containers one at a time in order, each to completion (sidecars, init
   containers with `restartPolicy: Always`, only until they have started, past their startup
   probe), then every container in order. A container's postStart hook runs right after it
@@ -29,21 +31,23 @@ A worker's pass, level-triggered (it compares desired and observed each time):
   status is computed (see `podstatus`) and written through the status subresource when it
   differs from what was last written.
 - **terminal** (the pod reached Succeeded or Failed): nothing is restarted; its containers,
-  cgroup, network namespace and volumes are removed; its logs stay until the pod is deleted.
+  cgroup, network (address and link, its IPs stay in its status), network namespace and volumes
+  are removed; its logs stay until the pod is deleted.
 - **terminating** (`deletionTimestamp` set, or the pod vanished from the API): probing stops;
   every container runs its preStop hook, then gets SIGTERM, then SIGKILL, all within the grace
   period (`deletionGracePeriodSeconds`; what the hook leaves, at least 2 s, as upstream's
   killContainer), main containers before sidecars; the final status is written (Succeeded or
-  Failed from the exit codes); then **terminated**: containers, cgroup, network namespace,
-  volumes, pod directory and log directory are removed, and the pod object is deleted with
+  Failed from the exit codes); then **terminated**: containers, cgroup, the pod's network (its
+  address and link), network namespace, volumes, pod directory and log directory are removed, and the pod object is deleted with
   gracePeriodSeconds=0 and a uid precondition (so a new pod of the same name is never hit).
 
 Adoption. At boot the runtime lists the containers that outlived the last process; once the
 informer has synced they are matched to the node's pods by the pod UID in their annotations and
 handed to the pods' workers: running ones are left running (their restart count is their
 attempt number, kept in the bundle's annotations; their probes start over, so started and
-ready are probed again), exited ones count as exits (restarted per policy). Containers,
-cgroups, namespaces and directories of pods that no longer exist are swept.
+ready are probed again), exited ones count as exits (restarted per policy). The pod network
+is told which pods live (`restore`: it releases what deleted pods held); containers, cgroups,
+namespaces and directories of pods that no longer exist are swept.
 
 Container ids are random 64-hex strings, as containerd's; the log of attempt n of container c
 is `<pod-log-dir>/<ns>_<pod>_<uid>/<c>/<n>.log`.
@@ -81,6 +85,7 @@ from edgekube.kubelet import (
 )
 from edgekube.kubelet import backoff as backoff_mod
 from edgekube.kubelet import images as images_mod
+from edgekube.kubelet import network as network_mod
 from edgekube.kubelet.runtime import bundle as bundle_mod
 from edgekube.kubelet.runtime import containers as containers_mod
 from edgekube.kubelet.runtime import runc as runc_mod
@@ -143,6 +148,7 @@ class PodState:
     sandbox_ready: bool = False
     torn_down: bool = False
     netns: str | None = None
+    ips: tuple[str, ...] = ()  # from the pod network, IPv4 first; () until it set the pod up
     ipcns: str | None = None
     shm: str | None = None
     pod_cgroup: str = ""
@@ -191,8 +197,10 @@ class _Gone(Exception):
 class PodManager:
     def __init__(self, *, client: local.LocalClient, events: events_mod.Recorder, runtime: containers_mod.Runtime,
                  images: images_mod.ImageStore, layout: sandbox.Layout, clock: clock_mod.Clock,
-                 settings: Settings, node: NodeFacts, metrics: metrics_mod.MetricsStore) -> None:
+                 settings: Settings, node: NodeFacts, metrics: metrics_mod.MetricsStore,
+                 network: network_mod.PodNetwork | None = None) -> None:
         self._client = client
+        self.network: network_mod.PodNetwork = network if network is not None else network_mod.Loopback()
         self._events = events
         self.runtime = runtime
         self.images = images
@@ -352,6 +360,12 @@ class PodManager:
             if cs.state == containers_mod.EXITED:
                 st.dirty.add(cs.id)
         known = {cs.id for cs in self.adopted if cs.pod_uid in here}
+        # Before the sandboxes of deleted pods are swept: what the network holds for them goes.
+        try:
+            await self.network.restore({uid: (str(st.meta.get("namespace") or ""), str(st.meta.get("name") or ""),
+                                              self.layout.netns(uid)) for uid, st in self.pods.items()})
+        except OSError as exc:
+            log.warning("the pod network could not release what deleted pods held: %s", exc)
         # What cannot be swept now (a busy mount, a cgroup that will not go) is left for the
         # next boot: it must not keep the pods that do exist from running.
         try:
@@ -423,8 +437,14 @@ class PodManager:
         return {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {k: m.get(k) for k in ("name", "namespace", "uid", "resourceVersion") if m.get(k)}}
 
+    def pod_ips(self, st: PodState) -> tuple[str, ...]:
+        """The pod's addresses, IPv4 first: the node's for hostNetwork pods, else the pod
+        network's (none before it set the pod up)."""
+        return (self.node.address,) if st.spec.get("hostNetwork") else st.ips
+
     def pod_ip(self, st: PodState) -> str:
-        return self.node.address if st.spec.get("hostNetwork") else "127.0.0.1"
+        ips = self.pod_ips(st)
+        return ips[0] if ips else network_mod.LOOPBACK_IP
 
     async def _refresh(self, st: PodState) -> None:
         for cid in list(st.dirty):
@@ -514,27 +534,41 @@ class PodManager:
         hostname = self.node.hostname if host_network else bundle_mod.pod_hostname(st.pod)
         resolv, dns_warnings = sandbox.resolv_conf(st.pod, cluster_dns=self.settings.cluster_dns,
                                               cluster_domain=self.settings.cluster_domain, host_resolv=self._host_resolv)
-        hosts = sandbox.hosts_file(st.pod, pod_ip=self.pod_ip(st), hostname=hostname,
-                                   cluster_domain=self.settings.cluster_domain, host_hosts=self._host_hosts)
         pod_dir = self.layout.pod_dir(st.uid)
         netns_path = None if host_network else self.layout.netns(st.uid)
         private_ipc = not st.spec.get("hostIPC")
         ipcns_path, shm_path = self.layout.ipcns(st.uid), self.layout.shm(st.uid)
 
-        def work() -> None:
+        def namespaces() -> bool:
+            """Returns whether the network namespace was made now."""
             pod_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            made = False
             if netns_path is not None and not sandbox.is_mounted(netns_path):
                 sandbox.create_netns(netns_path)
+                made = True
             if private_ipc:
                 sandbox.create_ipcns(ipcns_path)
                 sandbox.mount_shm(shm_path)
+            return made
+
+        def files(hosts: str) -> None:
             sandbox.write_if_changed(pod_dir / "etc-hosts", hosts)
             sandbox.write_if_changed(pod_dir / "etc-hostname", hostname + "\n")
             sandbox.write_if_changed(pod_dir / "resolv.conf", resolv)
 
         first = not st.sandbox_ready
         try:
-            await asyncio.to_thread(work)
+            if await asyncio.to_thread(namespaces):
+                st.ips = ()  # a new namespace (a first start, a node rebooted): nothing in it yet
+            # The pod on the network once per process (after a restart the network finds what it
+            # set up before and answers at once): its addresses go into /etc/hosts and its status.
+            if netns_path is not None and not st.ips:
+                meta = st.meta
+                st.ips = await self.network.setup(st.uid, namespace=str(meta.get("namespace") or ""),
+                                                  name=str(meta.get("name") or ""), netns=netns_path)
+            hosts = sandbox.hosts_file(st.pod, pod_ip=self.pod_ip(st), hostname=hostname,
+                                       cluster_domain=self.settings.cluster_domain, host_hosts=self._host_hosts)
+            await asyncio.to_thread(files, hosts)
         except OSError as exc:
             self._events.warning(self._ref(st), "FailedCreatePodSandBox", f"Failed to create pod sandbox: {exc}")
             raise
@@ -1008,15 +1042,20 @@ class PodManager:
         conds = podstatus.conditions(st.pod, init_map, main_map, pod_phase=phase,
                                      sandbox_ready=st.sandbox_ready and not st.torn_down and not terminal, now=now,
                                      previous=previous.get("conditions") or [])
-        ip = self.pod_ip(st)
+        ips = self.pod_ips(st) if st.sandbox_ready or st.ips else ()
         out: JSON = {
             "phase": phase, "hostIP": self.node.address, "hostIPs": [{"ip": self.node.address}],
             "startTime": st.start_time or str(api_status.get("startTime") or now),
             "containerStatuses": main_list,
         }
-        if st.sandbox_ready or api_status.get("podIP"):
-            out["podIP"] = ip
-            out["podIPs"] = [{"ip": ip}]
+        if ips:
+            out["podIP"] = ips[0]
+            out["podIPs"] = [{"ip": ip} for ip in ips]
+        elif api_status.get("podIP"):
+            # Not set up by this process (yet): what was reported stands (a pod deleted while
+            # edgekube was down keeps its last addresses in its final status, as upstream).
+            out["podIP"] = api_status.get("podIP")
+            out["podIPs"] = api_status.get("podIPs") or [{"ip": api_status.get("podIP")}]
         else:
             out["podIP"] = None
             out["podIPs"] = None
@@ -1092,6 +1131,7 @@ class PodManager:
         for cs in list(st.containers.values()):
             await self._remove_container(st, cs)
         await self.runtime.remove_pod(st.uid)
+        await self._network_teardown(st)
 
         def files() -> None:
             volumes.teardown(self.layout.volumes(st.uid))
@@ -1119,6 +1159,7 @@ class PodManager:
         for cs in list(st.containers.values()):
             await self._remove_container(st, cs)
         await self.runtime.remove_pod(st.uid)
+        await self._network_teardown(st)
         log_dir = self.log_dir(st)
 
         def files() -> None:
@@ -1138,6 +1179,11 @@ class PodManager:
                 if exc.code not in (404, 409):
                     raise
         st.finished = True
+
+    async def _network_teardown(self, st: PodState) -> None:
+        """The pod off the network (its address back to the pool), before its namespace goes."""
+        if not st.spec.get("hostNetwork"):
+            await self.network.teardown(st.uid)
 
     def log_dir(self, st: PodState) -> Path:
         return self.settings.pod_log_dir / f"{st.meta.get('namespace')}_{st.meta.get('name')}_{st.uid}"

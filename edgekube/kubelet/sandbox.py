@@ -14,9 +14,9 @@ namespace is pinned by a bind mount instead (as `ip netns add` does), so no proc
 needed and the namespace survives an edgekube restart. It is made in a short-lived thread of its
 own: unshare(CLONE_NEWNET) moves only the calling thread, its loopback is brought up, its
 /proc/thread-self/ns/net is bind-mounted onto `netns/<uid>`, and the thread ends (it also
-switches back, so even a failure leaves no thread in the wrong namespace). Until the network
-issue plugs in a bridge and veth, the namespace has loopback only, and the pod's IP is
-127.0.0.1. `hostNetwork: true` pods get no namespace and the node's IP.
+switches back, so even a failure leaves no thread in the wrong namespace). The pod network
+(`network.PodNetwork`) then adds the pod's eth0; without one the namespace keeps loopback only
+and the pod's IP is 127.0.0.1. `hostNetwork: true` pods get no namespace and the node's IP.
 
 **IPC.** The same way, a pod gets one IPC namespace pinned at `pods/<uid>/ipc` and one 64 MiB
 tmpfs at `pods/<uid>/shm`, which every container of the pod joins and mounts on /dev/shm, as
@@ -58,6 +58,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgekube._cogs import netns as netns_mod
 from edgekube._cogs import resolvconf
 from edgekube.kubelet.runtime import bundle as bundle_mod
 
@@ -243,22 +244,7 @@ async def socket_in(netns: Path | None, family: int) -> socket.socket:
 
 
 def _socket_in_thread(netns: Path, family: int) -> socket.socket:
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if _libc.setns(target, CLONE_NEWNET) != 0:
-                raise _errno_error(f"setns into the pod's network namespace {netns}")
-            try:
-                sock = socket.socket(family, socket.SOCK_STREAM)
-            finally:
-                if _libc.setns(own, CLONE_NEWNET) != 0:
-                    # This thread ends here; the socket, made in the pod's namespace, is good.
-                    log.warning("a netns-socket thread could not switch back: %s", os.strerror(ctypes.get_errno()))
-        finally:
-            os.close(target)
-    finally:
-        os.close(own)
+    sock = netns_mod.make_socket(netns, family, socket.SOCK_STREAM)
     sock.setblocking(False)
     return sock
 

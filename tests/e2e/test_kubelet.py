@@ -24,7 +24,7 @@ import pytest
 
 from tests.e2e.test_kubectl import Kubectl
 from tests.support import images as ti
-from tests.support.kubelet import KubeletServer
+from tests.support.kubelet import KubeletServer, running
 from tests.support.waiting import fresh_namespace, until
 
 pytestmark = [
@@ -53,14 +53,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _kubelet_server(root: Path, settings: dict[str, Any] | None = None) -> Iterator[KubeletServer]:
-    ks = KubeletServer(root, settings=settings)
-    try:
-        ks.start()
+    with running(KubeletServer(root, settings=settings)) as ks:
         yield ks
-    finally:
-        ks.cleanup()
-    left = ks.leftovers()
-    assert not left, f"left behind on the host: {left}"
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,10 @@ removes them itself.
 
 `KubeletServer` runs the server with a config of its own: the pod log dir and the kubelet's
 root dir under the test's temp dir, and a cgroup parent named for the test
-(`edgekube-e2e-<random>`), so nothing it makes is shared with the host or another test.
+(`edgekube-e2e-<random>`), so nothing it makes is shared with the host or another test. With a
+`netns` (tests/support/netns.py) the server runs inside it with its pod network (bridge, veths);
+without one the `network` component is off, so it makes no link in the host's namespace (pods
+on loopback).
 `cleanup()` deletes every runc container under its root (through the runtime's own sweep), then
 unmounts whatever is still mounted below its directory (overlay rootfs, network namespaces,
 tmpfs volumes) and removes its cgroup parent in every hierarchy, killing stragglers.
@@ -19,6 +22,7 @@ import json
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,9 @@ class KubeletServer:
         self.kubelet_dir = self.data_dir / "kubelet"
         cfg = {"kubelet": {"pod-log-dir": str(self.log_dir), "cgroup-parent": self.parent, **(settings or {})},
                **(config or {})}
+        if netns is None:
+            # The network rule: outside a namespace of the test's own, the server makes no links.
+            cfg["disable"] = sorted({*cfg.get("disable", []), "network"})
         self.config = root / "config.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
         self.server = Server(self.data_dir, extra=["--config", str(self.config)], kubelet=True, netns=netns)
@@ -77,6 +84,19 @@ class KubeletServer:
     def cleanup(self) -> None:
         self.server.close()
         sweep_host(kubelet_dir=self.kubelet_dir, parent=self.parent, below=self.root)
+
+
+@contextlib.contextmanager
+def running(ks: KubeletServer) -> Iterator[KubeletServer]:
+    """`ks` started; at the end stopped and everything it made swept (even when the test failed),
+    then checked gone."""
+    try:
+        ks.start()
+        yield ks
+    finally:
+        ks.cleanup()
+    left = ks.leftovers()
+    assert not left, f"left behind on the host: {left}"
 
 
 def runc_list(root: Path) -> dict[str, dict[str, Any]]:
