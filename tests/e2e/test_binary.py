@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,5 +78,29 @@ def test_binary_encrypts_secrets_at_rest(tmp_path: Path) -> None:
         for p in srv.data_dir.rglob("*"):
             if p.is_file():
                 assert b"binary-secret-51c3" not in p.read_bytes(), p
+    finally:
+        srv.close()
+
+
+def test_binary_runs_the_network_in_a_namespace_of_its_own(tmp_path: Path, netns: Any) -> None:
+    """The binary carries the network part (the service proxy's nftables table, the NetworkPolicy
+    chains, the cluster DNS on dnspython, whose record types load through importlib)."""
+    import dns.message
+    import dns.query
+
+    binary = require_binary()
+    srv = conftest.Server(tmp_path / "data", command=[str(binary)], netns=netns)
+    try:
+        srv.start(timeout=90)
+        netns.run(["ip", "addr", "add", "10.42.0.1/32", "dev", "lo"])  # the pod gateway, as the bridge would hold it
+        query = dns.message.make_query("kubernetes.default.svc.cluster.local", "A")
+        answer = netns.call(dns.query.udp, query, "10.42.0.1", timeout=5)
+        assert [str(rr) for rrset in answer.answer for rr in rrset] == ["10.43.0.1"]
+        srv_answer = netns.call(dns.query.tcp, dns.message.make_query("_https._tcp.kubernetes.default.svc.cluster.local",
+                                                                      "SRV"), "10.42.0.1", timeout=5)
+        assert srv_answer.answer, srv_answer
+        table = netns.run(["nft", "list", "table", "inet", "edgekube"]).stdout
+        assert "chain policy-forward" in table and "10.43.0.1" in table
+        assert srv.stop(timeout=30) == 0
     finally:
         srv.close()
