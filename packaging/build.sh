@@ -16,7 +16,8 @@
 #   --nofollow-import-to: they are in the build venv but must never reach a device, and
 #   following them would double the build time.
 # - --include-package=edgekube so that modules reached only through importlib (registry tables,
-#   plugins) are compiled too.
+#   plugins) are compiled too; likewise dns.rdtypes: dnspython loads each record type's module
+#   by name when it first meets the type (the cluster DNS, edgekube/net/dns*.py).
 # - Onefile unpacks into a fresh temp dir per start (Nuitka's default spec); the bootstrap
 #   forwards SIGTERM/SIGINT to the payload, so systemd's KillMode=process stop works.
 # - The build time goes into the binary (edgekube/_cogs/_built.py, removed again afterwards): the
@@ -71,6 +72,7 @@ PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m nuitka \
     --onefile \
     --follow-imports \
     --include-package=edgekube \
+    --include-package=dns.rdtypes \
     --nofollow-import-to=kubernetes \
     --nofollow-import-to=pytest \
     --nofollow-import-to=_pytest \
