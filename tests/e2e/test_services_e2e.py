@@ -223,6 +223,21 @@ spec:
   ingress: [{{from: [{{podSelector: {{matchLabels: {{role: client}}}}}}], ports: [{{port: http}}]}}]
 """)
         until(lambda: "hello-from-" in _get(ks, k, "web"), timeout=30, what="the client allowed again")
+        # A default-deny egress that allows DNS: names still resolve (the cluster DNS answers on
+        # the node, behind kube-dns's ClusterIP), connections do not go out.
+        k.run("apply", "-f", "-", input=f"""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: client-egress, namespace: {NS}}}
+spec:
+  podSelector: {{matchLabels: {{role: client}}}}
+  policyTypes: [Egress]
+  egress: [{{ports: [{{port: 53, protocol: UDP}}, {{port: 53, protocol: TCP}}]}}]
+""")
+        until(lambda: "hello-from-" not in _get(ks, k, "web"), timeout=30, what="the client's egress refused")
+        client = k.json("get", "pod", "client")
+        looked_up = _exec(ks, client, "sh", "-c", f"busybox nslookup web.{NS}.svc.cluster.local")
+        assert k.json("get", "svc", "web")["spec"]["clusterIP"] in looked_up.stdout, looked_up
     finally:
         k.run("delete", "netpol", "--all")
 
