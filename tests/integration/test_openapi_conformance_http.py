@@ -1,0 +1,103 @@
+"""What the server answers matches what its `/openapi/v3` documents say (issue 13).
+
+Found by the schemathesis run over `/openapi/v3` (tests/fuzz/test_fuzz_openapi.py):
+- the v3 documents described IntOrString and Quantity as strings, as the v2 ones do, while
+  upstream's v3 documents say `oneOf: [integer, string]` and `oneOf: [string, number]`: the
+  `kubernetes` Service (targetPort 6443, a number) did not match its own schema;
+- the reviews (SelfSubjectAccessReview, ...) echoed whatever the client sent, unknown fields and
+  values of the wrong types in metadata included, where upstream decodes the body into its type.
+
+Each is checked as a class: every object the server lists, of every kind, validates against its
+kind's schema in the served document, and every review answers only its type's fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema_rs
+import pytest
+
+from tests.conftest import Server
+from tests.support.apiclient import Api, connected
+
+ONE_OF = {
+    "io.k8s.apimachinery.pkg.util.intstr.IntOrString": [{"type": "integer"}, {"type": "string"}],
+    "io.k8s.apimachinery.pkg.api.resource.Quantity": [{"type": "string"}, {"type": "number"}],
+}
+
+
+@pytest.fixture(scope="module")
+def api(server: Server) -> Iterator[Api]:
+    with connected(server) as client:
+        yield client
+
+
+def _documents(api: Api) -> dict[str, dict[str, Any]]:
+    status, index = api.call("GET", "/openapi/v3")
+    assert status == 200, index
+    out = {}
+    for gv, entry in index["paths"].items():
+        status, doc = api.call("GET", entry["serverRelativeURL"])
+        assert status == 200, (gv, doc)
+        out[gv] = doc
+    return out
+
+
+def test_int_or_string_and_quantity_are_one_of_in_v3_and_strings_in_v2(api: Api) -> None:
+    seen = set()
+    for gv, doc in _documents(api).items():
+        for name, one_of in ONE_OF.items():
+            schema = doc["components"]["schemas"].get(name)
+            if schema is not None:
+                seen.add(name)
+                assert schema.get("oneOf") == one_of and "type" not in schema, (gv, name, schema)
+    assert seen == set(ONE_OF)
+    status, v2 = api.call("GET", "/openapi/v2", headers={"Accept": "application/json"})
+    assert status == 200
+    for name in ONE_OF:  # Swagger 2.0 has no oneOf
+        assert v2["definitions"][name]["type"] == "string" and "oneOf" not in v2["definitions"][name], name
+
+
+def test_every_listed_object_matches_its_served_schema(api: Api) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "conform"}, "spec": {"containers": [{
+        "name": "c", "image": "i", "ports": [{"containerPort": 80}],
+        "resources": {"requests": {"cpu": 0.5, "memory": 1024}}}]}}  # quantities sent as numbers
+    assert api.json("POST", "/api/v1/namespaces/default/pods", pod)[0] == 201
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "conform"},
+           "spec": {"ports": [{"name": "a", "port": 80, "targetPort": 8080}, {"name": "b", "port": 81, "targetPort": "web"}]}}
+    assert api.json("POST", "/api/v1/namespaces/default/services", svc)[0] == 201
+    checked = 0
+    for gv, doc in _documents(api).items():
+        base = "/" + gv
+        for path, item in doc["paths"].items():
+            get = item.get("get")
+            if (get is None or "{" in path or get.get("x-kubernetes-action") != "list"
+                    or not path.startswith(base)):
+                continue
+            ref = get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+            validator = jsonschema_rs.Draft4Validator({"$ref": ref, "components": doc["components"]},
+                                                      validate_formats=False)
+            status, body = api.call("GET", path)
+            assert status == 200, (path, body)
+            errors = [f"{e.instance_path}: {e.message}" for e in validator.iter_errors(body)]
+            assert not errors, (path, errors[:5])
+            checked += len(body["items"])
+    assert checked > 20  # the bootstrap objects, the pod and the service above
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+     {"spec": {"resourceAttributes": {"verb": "get", "resource": "pods", "junk": 1}}, "junk": {"a": 1}}),
+    ("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", {"spec": {"namespace": "default"}, "junk": 1}),
+    ("/apis/authentication.k8s.io/v1/selfsubjectreviews", {"junk": [1], "metadata": {"junk": True}}),
+])
+def test_reviews_answer_only_their_types_fields(api: Api, path: str, body: dict[str, Any]) -> None:
+    status, answer = api.json("POST", path, body)
+    assert status == 201, answer
+    assert "junk" not in answer and "junk" not in answer["metadata"], answer
+    assert "junk" not in (answer.get("spec") or {}).get("resourceAttributes", {}), answer
+    wrong = {**body, "metadata": {"labels": {"a": 5}}}
+    status, answer = api.json("POST", path, wrong)
+    assert status == 400 and answer["kind"] == "Status" and "metadata.labels.a" in answer["message"], answer
