@@ -30,6 +30,7 @@ def review(gk: str, body: JSON, *, user: JSON | None) -> JSON:
         out["status"] = {"allowed": user is not None, "reason": REASON if user is not None else "not authenticated"}
         return out
     if gk == "SelfSubjectRulesReview.authorization.k8s.io":
+        out.setdefault("spec", {})  # not omitempty in the Go type: always in the answer, as its schema requires
         out["status"] = {
             "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
             "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],

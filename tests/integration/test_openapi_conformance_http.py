@@ -5,7 +5,9 @@ Found by the schemathesis run over `/openapi/v3` (tests/fuzz/test_fuzz_openapi.p
   upstream's v3 documents say `oneOf: [integer, string]` and `oneOf: [string, number]`: the
   `kubernetes` Service (targetPort 6443, a number) did not match its own schema;
 - the reviews (SelfSubjectAccessReview, ...) echoed whatever the client sent, unknown fields and
-  values of the wrong types in metadata included, where upstream decodes the body into its type.
+  values of the wrong types in metadata included, where upstream decodes the body into its type;
+  and a SelfSubjectRulesReview sent without a spec was answered without one, which its schema
+  requires.
 
 Each is checked as a class: every object the server lists, of every kind, validates against its
 kind's schema in the served document, and every review answers only its type's fields.
@@ -101,3 +103,10 @@ def test_reviews_answer_only_their_types_fields(api: Api, path: str, body: dict[
     wrong = {**body, "metadata": {"labels": {"a": 5}}}
     status, answer = api.json("POST", path, wrong)
     assert status == 400 and answer["kind"] == "Status" and "metadata.labels.a" in answer["message"], answer
+
+
+def test_a_rules_review_without_a_spec_answers_one(api: Api) -> None:
+    """The Go type's spec is not omitempty: upstream always answers it, and the schema requires it."""
+    for body in ({}, {"spec": None}):
+        status, answer = api.json("POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", body)
+        assert status == 201 and answer["spec"] == {}, answer
