@@ -19,7 +19,9 @@ REASON = "edgekube does not enforce RBAC yet: every authenticated user may do ev
 
 def review(gk: str, body: JSON, *, user: JSON | None) -> JSON:
     out = copy.deepcopy(body)
-    out.setdefault("metadata", {})
+    meta = out.setdefault("metadata", {})
+    if isinstance(meta, dict):  # the server owns managedFields, and keeps none for what it never stores
+        meta.pop("managedFields", None)
     if gk in ("SelfSubjectAccessReview.authorization.k8s.io", "SubjectAccessReview.authorization.k8s.io",
               "LocalSubjectAccessReview.authorization.k8s.io"):
         spec = out.get("spec")

@@ -9,8 +9,12 @@ Found by the schemathesis run over `/openapi/v3` (tests/fuzz/test_fuzz_openapi.p
   and a SelfSubjectRulesReview sent without a spec was answered without one, which its schema
   requires.
 
-Each is checked as a class: every object the server lists, of every kind, validates against its
-kind's schema in the served document, and every review answers only its type's fields.
+- a ControllerRevision without data was stored (201), though its schema requires data and
+  upstream refuses it ("data is mandatory").
+
+Each is checked as a class: every object the server lists, and every minimal object it accepts,
+of every kind, validates against its kind's schema in the served document; every review answers
+only its type's fields.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import jsonschema_rs
 import pytest
 
+from edgekube.api.registry import resources
 from tests.conftest import Server
 from tests.support.apiclient import Api, connected
 
@@ -89,6 +94,39 @@ def test_every_listed_object_matches_its_served_schema(api: Api) -> None:
     assert checked > 20  # the bootstrap objects, the pod and the service above
 
 
+_CREATABLE = [i for i in resources.Catalog().all() if "create" in i.verbs and i.verbs != ("create",)]
+
+
+@pytest.mark.parametrize("info", _CREATABLE, ids=[f"{i.gk}/{i.version}" for i in _CREATABLE])
+def test_a_minimal_object_is_refused_or_matches_its_schema(api: Api, info: resources.ResourceInfo) -> None:
+    """A kind whose validation missed a field its schema requires stored objects that no client
+    can decode as the schema says (a ControllerRevision without data: upstream's 'data is
+    mandatory')."""
+    gv = f"apis/{info.group}/{info.version}" if info.group else f"api/{info.version}"
+    path = f"/{gv}/namespaces/default/{info.plural}" if info.namespaced else f"/{gv}/{info.plural}"
+    status, body = api.json("POST", path, {"metadata": {"name": "minimal"}})
+    if status != 201:
+        assert status == 422 and body["kind"] == "Status", body
+        return
+    doc = _documents(api)[gv]
+    template = path.replace("/namespaces/default/", "/namespaces/{namespace}/")
+    ref = doc["paths"][template]["post"]["responses"]["201"]["content"]["application/json"]["schema"]["$ref"]
+    validator = jsonschema_rs.Draft4Validator({"$ref": ref, "components": doc["components"]}, validate_formats=False)
+    errors = [f"{e.instance_path}: {e.message}" for e in validator.iter_errors(body)]
+    assert not errors, (info.gk, errors)
+
+
+def test_a_controller_revision_keeps_its_data(api: Api) -> None:
+    path = "/apis/apps/v1/namespaces/default/controllerrevisions"
+    status, body = api.json("POST", path, {"metadata": {"name": "rev"}, "data": {"a": 1}, "revision": -1})
+    assert status == 422 and "revision: Invalid value: -1: must be greater than or equal to 0" in body["message"], body
+    assert api.json("POST", path, {"metadata": {"name": "rev"}, "data": {"a": 1}, "revision": 1})[0] == 201
+    status, body = api.call("PATCH", f"{path}/rev", '{"data": {"a": 2}}', content_type="application/merge-patch+json")
+    assert status == 422 and "data: Invalid value" in body["message"] and "field is immutable" in body["message"], body
+    status, body = api.call("PATCH", f"{path}/rev", '{"revision": 2}', content_type="application/merge-patch+json")
+    assert status == 200 and body["revision"] == 2 and body["data"] == {"a": 1}, body
+
+
 @pytest.mark.parametrize(("path", "body"), [
     ("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
      {"spec": {"resourceAttributes": {"verb": "get", "resource": "pods", "junk": 1}}, "junk": {"a": 1}}),
@@ -103,6 +141,13 @@ def test_reviews_answer_only_their_types_fields(api: Api, path: str, body: dict[
     wrong = {**body, "metadata": {"labels": {"a": 5}}}
     status, answer = api.json("POST", path, wrong)
     assert status == 400 and answer["kind"] == "Status" and "metadata.labels.a" in answer["message"], answer
+
+
+def test_a_review_answers_no_managed_fields(api: Api) -> None:
+    """What a client claims about field managers is not echoed (FieldsV1 would take any JSON)."""
+    body = {"metadata": {"managedFields": [{"manager": "x", "operation": "Apply", "fieldsV1": 10299}]}}
+    status, answer = api.json("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body)
+    assert status == 201 and "managedFields" not in answer["metadata"], answer
 
 
 def test_a_rules_review_without_a_spec_answers_one(api: Api) -> None:
