@@ -31,7 +31,8 @@ STAMP_PIP  := $(VENV)/.stamp-pip
 help:
 	@echo "make run     set up (apt, .venv, pip) and start 'edgekube server --data-dir $(DATA_DIR)'"
 	@echo "make test    set up, fetch kubectl/helm into tools/bin, run the whole pytest suite"
-	@echo "make fuzz    the API fuzz suite, long (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) requests; make test runs 250)"
+	@echo "make fuzz    the API fuzz suites (generated bodies; schemathesis over /openapi/v3), long and random"
+	@echo "             (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) requests each; make test runs a bounded, seeded pass)"
 	@echo "make bench   run benchmarks/run_all.py"
 	@echo "make lint    ruff, mypy --strict, tools/check_layers.py"
 	@echo "make binary  Nuitka onefile build into dist/edgekube"

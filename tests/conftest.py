@@ -107,6 +107,15 @@ class Server:
         except (OSError, ssl.SSLError):
             return False
 
+    def rss_mib(self) -> float:
+        """The server process's resident memory (VmRSS), in MiB."""
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise AssertionError(f"no VmRSS for process {self.proc.pid}")
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-5000:]

@@ -145,6 +145,25 @@ def _collect_refs(value: Any, into: list[str]) -> None:
             _collect_refs(v, into)
 
 
+# The types whose OpenAPI 3 schema is a oneOf (their Go types' OpenAPIV3OneOfTypes), where the
+# v2 definitions say "string": a port or a quantity may be sent and served as a number.
+V3_ONE_OF: dict[str, tuple[str, ...]] = {
+    "io.k8s.apimachinery.pkg.util.intstr.IntOrString": ("integer", "string"),
+    "io.k8s.apimachinery.pkg.api.resource.Quantity": ("string", "number"),
+}
+
+
+def to_v3_definition(name: str, schema: JSON) -> JSON:
+    """Definition `name` in OpenAPI 3 form (`to_v3`), oneOf types as upstream's v3 documents
+    describe them."""
+    out: JSON = to_v3(schema)
+    types = V3_ONE_OF.get(name)
+    if types is not None:
+        out = {k: v for k, v in out.items() if k != "type"}
+        out["oneOf"] = [{"type": t} for t in types]
+    return out
+
+
 def to_v3(value: Any) -> Any:
     """A v2 definition in OpenAPI 3 form: `#/components/schemas/` references, and a `$ref` with
     siblings (description, default) wrapped in `allOf`, since v3 ignores a `$ref`'s siblings."""

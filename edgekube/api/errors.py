@@ -79,16 +79,24 @@ def bad_request(message: str) -> APIError:
     return APIError(400, "BadRequest", message)
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
 def int_query(query: Mapping[str, str], name: str) -> int | None:
-    """An integer query parameter (None when absent or empty); anything else is a BadRequest
-    with upstream's message."""
+    """An integer query parameter (None when absent or empty), read as upstream's parameter codec
+    reads it (Go's `strconv.ParseInt(s, 10, 64)`): an optional sign and ASCII digits, within
+    int64. Anything else is a BadRequest. (Python's `int()` would also take spaces, `_`,
+    non-ASCII digits and any size, and pass values on that no Go client could have sent.)"""
     raw = query.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise bad_request(f'invalid value for query parameter {name}: "{raw}" is not an integer') from None
+    digits = raw[1:] if raw[0] in "+-" else raw
+    if not (digits.isascii() and digits.isdigit()):
+        raise bad_request(f'invalid value for query parameter {name}: "{raw}" is not an integer')
+    value = int(raw)
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise bad_request(f'invalid value for query parameter {name}: "{raw}" is out of range for a 64-bit integer')
+    return value
 
 
 def unauthorized(message: str = "Unauthorized") -> APIError:

@@ -39,8 +39,8 @@ from edgekube.api.registry import decoding, fieldcheck, resources, rest
 USER_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("user", dict)
 JSON = dict[str, Any]
 
-_TRUE = ("true", "1", "True")
 _SCALE = "io.k8s.api.autoscaling.v1.Scale"
+_SUB_VERBS = {"GET": "get", "PUT": "update", "PATCH": "patch", "POST": "create"}  # method -> verb on a subresource
 
 
 def _typed(body: JSON, definition: str) -> JSON:
@@ -70,6 +70,21 @@ def json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | 
 
 def _q(request: web.Request, name: str, default: str = "") -> str:
     return request.query.get(name, default)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter as upstream's parameter codec reads it: false when absent,
+    "false" (any case) or "0"; true for any other value, the empty one included."""
+    value = request.query.get(name)
+    return value is not None and value != "0" and value.lower() != "false"
+
+
+def _list_options(request: web.Request) -> int | None:
+    """The integer parameters of ListOptions, decoded (a 400 when not integers) for every verb
+    that takes them, as upstream decodes the whole ListOptions before serving a list, a watch
+    or a deletecollection; the limit, which only a list uses."""
+    errors.int_query(request.query, "timeoutSeconds")
+    return errors.int_query(request.query, "limit")
 
 
 class Handlers:
@@ -138,7 +153,11 @@ class Handlers:
             legacy_watch = True
             parts = parts[1:]
         namespace: str | None = None
-        if len(parts) >= 3 and parts[0] == "namespaces":
+        if len(parts) == 3 and parts[0] == "namespaces" and self._catalog.lookup(group, version, parts[2]) is None:
+            # /api/v1/namespaces/<name>/<sub>: a subresource of the Namespace itself (status,
+            # finalize), as no resource is named like one of its subresources.
+            pass
+        elif len(parts) >= 3 and parts[0] == "namespaces":
             namespace, parts = parts[1], parts[2:]
         elif len(parts) == 2 and parts[0] == "namespaces":
             # /api/v1/namespaces/<name>: the namespace object itself.
@@ -165,25 +184,34 @@ class Handlers:
             if m != "POST" or t.name is not None:
                 raise errors.method_not_allowed(m, t.info.plural)
             body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
+            definition = apischema.kind_definition(t.info.group, t.info.version, t.info.kind)
+            if definition is not None:  # decoded into its type: nothing of the client's echoed but the type's fields
+                body = _typed(body, definition)
             out = reviews.review(t.info.gk, body, user=request.get(USER_KEY))
             out["apiVersion"], out["kind"] = t.info.api_version, t.info.kind
             return json_response(out, status=201)
         if t.name is None:
             if m == "GET":
-                if t.legacy_watch or _q(request, "watch") in _TRUE:
+                if t.legacy_watch or _flag(request, "watch"):
                     return await self._watch(request, t)
                 return self._list(request, t)
             if m == "POST":
                 if t.info.namespaced and t.namespace is None:
                     raise errors.method_not_allowed(m, t.info.plural)
                 return await self._create(request, t)
-            if m == "DELETE" and "deletecollection" in t.info.verbs:
+            if m == "DELETE" and "deletecollection" in t.info.verbs and not (t.info.namespaced and t.namespace is None):
+                # A namespaced kind's cluster-wide path (`/api/v1/pods`) lists and watches only,
+                # as upstream routes it: a DELETE there is a 405, never a sweep of every namespace.
                 return await self._delete_collection(request, t)
             raise errors.method_not_allowed(m, t.info.plural)
         if t.info.namespaced and t.namespace is None:
             raise errors.not_found_path()
         if t.legacy_watch:
             return await self._watch(request, t)
+        if t.subresource is not None and _SUB_VERBS.get(m) not in discovery.subresource_info(t.info, name=t.subresource).verbs:
+            # Each subresource serves the verbs discovery lists for it (namespaces/finalize is
+            # PUT only): anything else is a 405, as upstream routes them.
+            raise errors.method_not_allowed(m, f"{t.info.plural}/{t.subresource}")
         if t.subresource == "binding":
             if m != "POST":
                 raise errors.method_not_allowed(m, "pods/binding")
@@ -195,7 +223,7 @@ class Handlers:
             return await podlogs.serve(request, registry=self._registry, info=t.info, namespace=t.namespace,
                                        name=t.name, source=self._logs)
         if m == "GET":
-            if _q(request, "watch") in _TRUE:
+            if _flag(request, "watch"):
                 return await self._watch(request, t)
             return self._get(request, t)
         if m == "PUT":
@@ -264,7 +292,7 @@ class Handlers:
 
     def _list(self, request: web.Request, t: Target) -> web.Response:
         negotiation.check_acceptable(request.headers.get("Accept", ""))
-        limit = errors.int_query(request.query, "limit")
+        limit = _list_options(request)
         result = self._registry.list(
             t.info,
             namespace=t.namespace,
@@ -325,6 +353,7 @@ class Handlers:
     async def _patch(self, request: web.Request, t: Target) -> web.Response:
         assert t.name is not None
         content_type = negotiation.media_type(request.headers.get("Content-Type", ""))
+        _patch_type(content_type)
         body = await self._body(request)
         warnings = rest.Warnings()
         gk = t.info.gk
@@ -390,6 +419,7 @@ class Handlers:
         return self._render(request, t, obj)
 
     async def _delete_collection(self, request: web.Request, t: Target) -> web.Response:
+        _list_options(request)
         options = await self._delete_options(request, await self._body(request))
         items = await self._registry.delete_collection(
             t.info, namespace=t.namespace, label_selector=_q(request, "labelSelector"),
@@ -417,6 +447,7 @@ class Handlers:
                                                                 scale=_typed(body, _SCALE), options=self._options(request)))
         if m == "PATCH":
             content_type = negotiation.media_type(request.headers.get("Content-Type", ""))
+            _patch_type(content_type)
             raw = await self._body(request)
             current = self._registry.get(t.info, namespace=t.namespace, name=t.name)
             scale = self._registry.scale_of(t.info, current)
@@ -432,6 +463,7 @@ class Handlers:
             name_sel = f"metadata.name={t.name}"
             field_selector = f"{field_selector},{name_sel}" if field_selector else name_sel
         accept = self._registry.matcher(t.info, label_selector=_q(request, "labelSelector"), field_selector=field_selector)
+        _list_options(request)
         timeout = errors.int_query(request.query, "timeoutSeconds")
         spec = watchstream.WatchSpec(
             info=t.info,
@@ -439,13 +471,20 @@ class Handlers:
             resource_version=_q(request, "resourceVersion"),
             accept=accept,
             timeout=float(timeout) if timeout is not None and timeout > 0 else float(self._watch_timeout),
-            bookmarks=_q(request, "allowWatchBookmarks") in _TRUE,
+            bookmarks=_flag(request, "allowWatchBookmarks"),
             bookmark_interval=self._bookmark_interval,
-            send_initial_events=_q(request, "sendInitialEvents") in _TRUE,
+            send_initial_events=_flag(request, "sendInitialEvents"),
             table_version=negotiation.wants_table(request.headers.get("Accept", "")),
             include_object=_q(request, "includeObject") or "Metadata",
         )
         return await watchstream.serve(request, self._registry, spec)
+
+
+def _patch_type(content_type: str) -> None:
+    """A PATCH's media type is checked first, as upstream does: an unknown one is a 415 whether
+    or not the object exists (and before its body is read)."""
+    if content_type not in (*patch.SUPPORTED, patch.APPLY_PATCH):
+        raise errors.unsupported_media_type(content_type, [*patch.SUPPORTED, patch.APPLY_PATCH])
 
 
 def _warning_headers(warnings: rest.Warnings | None) -> dict[str, str]:

@@ -327,8 +327,8 @@ def builtin_schema(info: resources.ResourceInfo, name: str) -> KindSchema:
     Its patch metadata is upstream's, so kubectl may compute strategic merge patches from it.
     """
     defs = apischema.closure(name)
-    extra = {n: apischema.to_v3(s) for n, s in defs.items() if n != name}
-    schema = dict(apischema.to_v3(defs[name]))
+    extra = {n: apischema.to_v3_definition(n, s) for n, s in defs.items() if n != name}
+    schema = dict(apischema.to_v3_definition(name, defs[name]))
     schema[GVK_EXT] = [gvk(info.group, info.version, info.kind)]
     return KindSchema(schema=schema, extra=extra, patch_metadata_complete=True)
 
@@ -712,6 +712,8 @@ def v2_document(catalog: resources.Catalog) -> dict[str, Any]:
         if doc is None:
             continue
         for name, schema in doc["components"]["schemas"].items():
+            if name in apischema.V3_ONE_OF:  # Swagger 2.0 has no oneOf: upstream's v2 form
+                schema = apischema.definition(name)
             # A kind's own schema (with its GVK) wins over its copy in another group's
             # document (a PersistentVolumeClaim in apps/v1, as a StatefulSet's template).
             if name not in definitions or GVK_EXT in schema:

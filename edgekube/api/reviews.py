@@ -19,7 +19,9 @@ REASON = "edgekube does not enforce RBAC yet: every authenticated user may do ev
 
 def review(gk: str, body: JSON, *, user: JSON | None) -> JSON:
     out = copy.deepcopy(body)
-    out.setdefault("metadata", {})
+    meta = out.setdefault("metadata", {})
+    if isinstance(meta, dict):  # the server owns managedFields, and keeps none for what it never stores
+        meta.pop("managedFields", None)
     if gk in ("SelfSubjectAccessReview.authorization.k8s.io", "SubjectAccessReview.authorization.k8s.io",
               "LocalSubjectAccessReview.authorization.k8s.io"):
         spec = out.get("spec")
@@ -30,6 +32,7 @@ def review(gk: str, body: JSON, *, user: JSON | None) -> JSON:
         out["status"] = {"allowed": user is not None, "reason": REASON if user is not None else "not authenticated"}
         return out
     if gk == "SelfSubjectRulesReview.authorization.k8s.io":
+        out.setdefault("spec", {})  # not omitempty in the Go type: always in the answer, as its schema requires
         out["status"] = {
             "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
             "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],

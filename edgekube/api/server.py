@@ -142,10 +142,12 @@ class ApiServer:
         r.add_get("/openapi/v2", self._openapi_v2_handler)
         r.add_get("/openapi/v3", self._openapi_v3_index)
         r.add_get("/openapi/v3/{path:.+}", self._openapi_v3_doc)
+        # `[\s\S]`, not `.`: a path whose names hold a newline (%0A) is still the API's to answer
+        # (a 400 for its query, a 404 naming the object), not the router's bare 404.
         r.add_route("*", "/api", self._handlers.handle)
-        r.add_route("*", "/api/{tail:.*}", self._handlers.handle)
+        r.add_route("*", r"/api/{tail:[\s\S]*}", self._handlers.handle)
         r.add_route("*", "/apis", self._handlers.handle)
-        r.add_route("*", "/apis/{tail:.*}", self._handlers.handle)
+        r.add_route("*", r"/apis/{tail:[\s\S]*}", self._handlers.handle)
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok", content_type="text/plain")

@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 
 from edgekube.api import apischema
 from tests.conftest import Server
+from tests.support import fuzzkinds
 from tests.support.apiclient import Api, connected, creatable_kinds
 
 EXAMPLES = int(os.environ.get("EDGEKUBE_FUZZ_EXAMPLES", "250"))
@@ -52,44 +53,9 @@ def api(server: Server) -> Iterator[Api]:
         yield client
 
 
-# Custom kinds the fuzz suite adds before it looks at discovery: loose schemas (anything goes,
-# an int-or-string spec) with status and scale subresources, and a strict one with patterns,
-# formats, bounds and defaults.
-_CRD_SCHEMAS = {
-    "fuzzloose": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-    "fuzzscalar": {"type": "object", "properties": {"spec": {"x-kubernetes-int-or-string": True},
-                                                    "status": {"x-kubernetes-preserve-unknown-fields": True}}},
-    "fuzzstrict": {"type": "object", "properties": {"spec": {"type": "object", "required": ["size"], "properties": {
-        "size": {"type": "integer", "format": "int32", "minimum": 0, "maximum": 100, "default": 1},
-        "name": {"type": "string", "pattern": "^(a+)+$", "maxLength": 40},
-        "when": {"type": "string", "format": "date-time"},
-        "tags": {"type": "array", "maxItems": 3, "items": {"type": "string", "enum": ["a", "b"]}},
-        "extra": {"type": "object", "additionalProperties": {"type": "number"}}}}}},
-}
-
-
-def _add_crds(api: Api) -> None:
-    for plural, schema in _CRD_SCHEMAS.items():
-        crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-               "metadata": {"name": f"{plural}.fuzz.example.com"}, "spec": {
-                   "group": "fuzz.example.com", "scope": "Namespaced",
-                   "names": {"plural": plural, "kind": plural.capitalize()},
-                   "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema},
-                                 "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.size",
-                                                                          "statusReplicasPath": ".status.size"}},
-                                 "additionalPrinterColumns": [{"name": "Size", "type": "integer",
-                                                               "jsonPath": ".spec.size"}]}]}}
-        status, body = api.json("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
-        assert status in (201, 409), body
-    for _ in range(100):  # served once established
-        if all(api.call("GET", f"/apis/fuzz.example.com/v1/{p}")[0] == 200 for p in _CRD_SCHEMAS):
-            return
-    raise AssertionError("the fuzz suite's CRDs are not served")
-
-
 @pytest.fixture(scope="module")
 def kinds(api: Api) -> list[dict[str, Any]]:
-    _add_crds(api)
+    fuzzkinds.add_crds(api)
     found = creatable_kinds(api)
     for kind in found:
         group, _, version = kind["apiVersion"].rpartition("/")
@@ -297,15 +263,6 @@ def _request(draw: st.DrawFn, kinds: list[dict[str, Any]]) -> tuple[str, str, by
     return method, path, body, headers
 
 
-def _rss_mib(server: Server) -> float:
-    assert server.proc is not None
-    with open(f"/proc/{server.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def test_fuzz_requests_never_crash_hang_or_5xx(server: Server, api: Api, kinds: list[dict[str, Any]]) -> None:
     recent: collections.deque[str] = collections.deque(maxlen=5)
     answered: collections.Counter[int] = collections.Counter()
@@ -331,7 +288,7 @@ def test_fuzz_requests_never_crash_hang_or_5xx(server: Server, api: Api, kinds: 
 
     one()
     print(f"fuzz: {sum(answered.values())} requests answered {dict(sorted(answered.items()))}")  # shown with -s
-    assert _rss_mib(server) < RSS_CEILING_MIB
+    assert server.rss_mib() < RSS_CEILING_MIB
     # Whatever the run stored, every reader decodes it: the node boots again on it.
     assert server.stop() == 0
     server.start()

@@ -1060,6 +1060,15 @@ def _lease(e: _Errs, obj: JSON, old: JSON | None) -> None:
     _nonneg_int(e, "spec.leaseTransitions", spec.get("leaseTransitions"))
 
 
+def _controller_revision(e: _Errs, obj: JSON, old: JSON | None) -> None:
+    # Upstream's ValidateControllerRevision(Update): the data is mandatory, and never changes.
+    if obj.get("data") is None:
+        e.required("data", "data is mandatory")
+    _nonneg_int(e, "revision", obj.get("revision"))
+    if old is not None:
+        _immutable(e, "data", obj.get("data"), old.get("data"))
+
+
 def _event(e: _Errs, obj: JSON, old: JSON | None) -> None:
     inv = obj.get("involvedObject")
     if not isinstance(inv, dict):
@@ -1405,6 +1414,7 @@ _VALIDATORS: dict[str, Callable[[_Errs, JSON, JSON | None], None]] = {
     "ReplicationController": _replicationcontroller,
     "DaemonSet.apps": _daemonset,
     "StatefulSet.apps": _statefulset,
+    "ControllerRevision.apps": _controller_revision,
     "Job.batch": _job,
     "CronJob.batch": _cronjob,
     "Lease.coordination.k8s.io": _lease,
