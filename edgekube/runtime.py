@@ -22,6 +22,7 @@ import logging
 import signal
 import socket
 import ssl
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from aiohttp import web
 
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
-from edgekube._cogs import dirlock, filemodes, memory, tasks, timefloor, tlsalert
+from edgekube._cogs import dirlock, filemodes, memory, offload, tasks, timefloor, tlsalert
 from edgekube.api import errors, listener, pki, server
 from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import resources, rest
@@ -55,6 +56,10 @@ GATES = ("store", "api")
 _CERT_CHECK_SECONDS = 3600.0
 _CLOCK_NOTICE_SECONDS = 86400.0  # the CA's and the clock's warnings, once a day while they hold
 _CLOCK_STEP_SECONDS = 60.0  # the wall clock moved this much more or less than the monotonic: it was set
+# How long a thread computing in Python may keep the interpreter lock while the event loop waits
+# for it (Python's default is 5 ms): large requests compute on a worker thread (_cogs.offload),
+# and every time the loop wants the lock back it waits up to this long.
+_SWITCH_INTERVAL_S = 0.001
 
 
 def secure_data_dir(data_dir: Path) -> None:
@@ -94,6 +99,7 @@ class Runtime:
         self.identity: identity_mod.Identity | None = None
         self.node_name = cfg.node_name or socket.gethostname().lower()
         self.metrics = metrics_mod.MetricsStore()  # fed by the kubelet, read by the autoscaler
+        self.offload = offload.Offload()  # the worker thread of large requests' CPU work
         self._control_plane: list[str] = []  # task names, stopped before the store closes
         self.kubelet: kubelet_mod.Kubelet | None = None
         self._kubelet_tasks: list[str] = []  # stopped first: the kubelet writes through the API
@@ -110,6 +116,7 @@ class Runtime:
 
     async def start(self) -> None:
         cfg = self.cfg
+        sys.setswitchinterval(_SWITCH_INTERVAL_S)
         self._claim_data_dir()
         # Private to edgekube (secure_data_dir, below, once the certificates are there).
         filemodes.ensure_mode(cfg.data_dir, 0o700)
@@ -154,6 +161,7 @@ class Runtime:
             catalog=self.catalog,
             clock=self.clock,
             network=rest.ServiceNetwork(service_cidr=cfg.service_cidr, node_port_range=cfg.node_port_range),
+            offload=self.offload,
         )
         self.registry.rebuild_allocations()
         await self.registry.ensure_system_namespaces()
@@ -438,6 +446,7 @@ class Runtime:
             if self.identity is not None:
                 identity_mod.record(self.cfg.data_dir, cluster=self.identity.cluster, revision=self.store.revision)
             self.store = None
+        self.offload.close()
         self.last_seen.record(self.clock.now(), force=True)
         await self.supervisor.stop()
         self.lock.release()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,6 +69,46 @@ def json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | 
                         headers={"Content-Type": content_type, **(headers or {})})
 
 
+# Past this size an answer goes out in pieces of this size, each a yield to the event loop: TLS
+# encrypts what is written in one go, and 15 MB (a list of 5,000 pods) would take tens of ms.
+_SEND_PIECE = 256 * 1024
+
+
+async def send_json(request: web.Request, parts: list[bytes], *, status: int = 200) -> web.StreamResponse:
+    """A JSON answer made of `parts` (concatenated); a large one written in pieces."""
+    size = sum(len(p) for p in parts)
+    if size <= _SEND_PIECE:
+        return web.Response(body=b"".join(parts), status=status, content_type=None,
+                            headers={"Content-Type": "application/json"})
+    response = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+    response.content_length = size
+    await response.prepare(request)
+    batch: list[bytes] = []
+    batched = 0
+    for part in parts:
+        if len(part) > _SEND_PIECE:
+            for at in range(0, len(part), _SEND_PIECE):
+                batch.append(part[at:at + _SEND_PIECE])
+                await response.write(b"".join(batch))
+                batch, batched = [], 0
+            continue
+        batch.append(part)
+        batched += len(part)
+        if batched >= _SEND_PIECE:
+            await response.write(b"".join(batch))
+            batch, batched = [], 0
+    if batch:
+        await response.write(b"".join(batch))
+    await response.write_eof()
+    return response
+
+
+def _separated(items: list[bytes], separator: bytes) -> list[bytes]:
+    out = [separator] * (2 * len(items) - 1) if items else []
+    out[::2] = items
+    return out
+
+
 def _q(request: web.Request, name: str, default: str = "") -> str:
     return request.query.get(name, default)
 
@@ -83,6 +124,7 @@ class Handlers:
         self._bookmark_interval = bookmark_interval
         self._server_address = server_address
         self._logs = logs  # where pods/log reads container logs (the kubelet's files)
+        self._watch_lines = watchstream.SharedLines()  # large events, encoded once for all watches
 
     # --- routing -----------------------------------------------------------------------------
 
@@ -164,7 +206,7 @@ class Handlers:
         if t.info.verbs == ("create",):
             if m != "POST" or t.name is not None:
                 raise errors.method_not_allowed(m, t.info.plural)
-            body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
+            body = await self._decode(await self._body(request), request.headers.get("Content-Type", ""))
             out = reviews.review(t.info.gk, body, user=request.get(USER_KEY))
             out["apiVersion"], out["kind"] = t.info.api_version, t.info.kind
             return json_response(out, status=201)
@@ -172,7 +214,7 @@ class Handlers:
             if m == "GET":
                 if t.legacy_watch or _q(request, "watch") in _TRUE:
                     return await self._watch(request, t)
-                return self._list(request, t)
+                return await self._list(request, t)
             if m == "POST":
                 if t.info.namespaced and t.namespace is None:
                     raise errors.method_not_allowed(m, t.info.plural)
@@ -197,7 +239,7 @@ class Handlers:
         if m == "GET":
             if _q(request, "watch") in _TRUE:
                 return await self._watch(request, t)
-            return self._get(request, t)
+            return await self._get(request, t)
         if m == "PUT":
             return await self._update(request, t)
         if m == "PATCH":
@@ -226,7 +268,10 @@ class Handlers:
         # could leave its parser waiting; here it is a plain 400, and a bomb a 413.
         return negotiation.decode_content(body, request.headers.get("Content-Encoding", ""), limit=self._max_body)
 
-    def _options(self, request: web.Request) -> rest.Options:
+    async def _decode(self, body: bytes, content_type: str, *, kind: str = "") -> JSON:
+        return await negotiation.decode_body_async(body, content_type, kind=kind, offload=self._registry.offload)
+
+    def _options(self, request: web.Request, *, cost: int = 0) -> rest.Options:
         dry = request.query.getall("dryRun", [])
         for d in dry:
             if d != "All":
@@ -241,7 +286,7 @@ class Handlers:
         if manager is None and not applying:
             # As upstream: a write without fieldManager is recorded under its user agent's name.
             manager = request.headers.get("User-Agent", "").split("/", 1)[0][:128] or None
-        return rest.Options(dry_run=bool(dry), field_validation=fv, field_manager=manager)
+        return rest.Options(dry_run=bool(dry), field_validation=fv, field_manager=manager, cost=cost)
 
     def _render(self, request: web.Request, t: Target, obj: JSON, *, status: int = 200,
                 warnings: rest.Warnings | None = None) -> web.Response:
@@ -257,52 +302,73 @@ class Handlers:
 
     # --- verbs -------------------------------------------------------------------------------
 
-    def _get(self, request: web.Request, t: Target) -> web.Response:
+    async def _get(self, request: web.Request, t: Target) -> web.Response:
         assert t.name is not None
-        obj = self._registry.get(t.info, namespace=t.namespace, name=t.name)
+        obj, _ = await self._registry.read(t.info, namespace=t.namespace, name=t.name)
         return self._render(request, t, obj)
 
-    def _list(self, request: web.Request, t: Target) -> web.Response:
+    async def _list(self, request: web.Request, t: Target) -> web.StreamResponse:
         negotiation.check_acceptable(request.headers.get("Accept", ""))
         limit = errors.int_query(request.query, "limit")
-        result = self._registry.list(
+        version = negotiation.wants_table(request.headers.get("Accept", ""))
+        include = _q(request, "includeObject") or "Metadata"
+        printer = tables.printer_for_info(t.info) or tables.printer_for(t.info.gk)
+        when = datetime.datetime.now(datetime.UTC)
+
+        # Each object is rendered to its JSON bytes on the offload worker as it is read (see
+        # Registry.list_rendered), and the answer is those bytes between a head and a tail.
+        def render(obj: JSON) -> bytes:
+            if version is None:
+                return orjson.dumps(obj)
+            return orjson.dumps(tables.row(obj, printer=printer, when=when, include_object=include))
+
+        result = await self._registry.list_rendered(
             t.info,
             namespace=t.namespace,
             label_selector=_q(request, "labelSelector"),
             field_selector=_q(request, "fieldSelector"),
             limit=limit,
             continue_token=_q(request, "continue") or None,
+            render=render,
         )
         list_meta: JSON = {"resourceVersion": result.resource_version}
         if result.continue_token:
             list_meta["continue"] = result.continue_token
-        version = negotiation.wants_table(request.headers.get("Accept", ""))
         if version is not None:
-            table = tables.to_table(t.info.gk, result.items, include_object=_q(request, "includeObject") or "Metadata",
-                                    list_meta=list_meta, printer=tables.printer_for_info(t.info))
-            table["apiVersion"] = f"meta.k8s.io/{version}"
-            return json_response(table)
-        return json_response(
-            {"kind": t.info.list_kind, "apiVersion": t.info.api_version, "metadata": list_meta, "items": result.items}
-        )
+            tables.check_include_object(include)
+            head = tables.table_head([], printer=printer, list_meta=list_meta)
+            head["apiVersion"] = f"meta.k8s.io/{version}"
+            field = b"rows"
+        else:
+            head = {"kind": t.info.list_kind, "apiVersion": t.info.api_version, "metadata": list_meta}
+            field = b"items"
+        # orjson.dumps of the whole dict, with the list last, in pieces: `{...,"items":[a,b]}`.
+        opening = orjson.dumps(head)[:-1] + b',"' + field + b'":['
+        return await send_json(request, [opening, *_separated(result.items, b","), b"]}\n"])
 
     async def _create(self, request: web.Request, t: Target) -> web.Response:
-        body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""),
-                                                   kind=t.info.kind)
-        warnings = rest.Warnings()
-        obj = await self._registry.create(t.info, body, namespace=t.namespace, options=self._options(request), warnings=warnings)
-        return self._render(request, t, obj, status=201, warnings=warnings)
+        raw = await self._body(request)
+        with self._registry.offload.collector_paused(len(raw)):
+            body = await self._decode(raw, request.headers.get("Content-Type", ""), kind=t.info.kind)
+            warnings = rest.Warnings()
+            obj = await self._registry.create(t.info, body, namespace=t.namespace,
+                                              options=self._options(request, cost=len(raw)), warnings=warnings)
+            return self._render(request, t, obj, status=201, warnings=warnings)
 
     async def _update(self, request: web.Request, t: Target) -> web.Response:
+        raw = await self._body(request)
+        with self._registry.offload.collector_paused(len(raw)):
+            return await self._update_with(request, t, raw)
+
+    async def _update_with(self, request: web.Request, t: Target, raw: bytes) -> web.Response:
         assert t.name is not None
-        body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""),
-                                                   kind=t.info.kind)
+        body = await self._decode(raw, request.headers.get("Content-Type", ""), kind=t.info.kind)
         warnings = rest.Warnings()
         if t.subresource == "finalize":
             return await self._finalize(request, t, _typed(body, "io.k8s.api.core.v1.Namespace"))
         obj, created = await self._registry.update(
             t.info, body, namespace=t.namespace, name=t.name, subresource=t.subresource,
-            options=self._options(request), warnings=warnings,
+            options=self._options(request, cost=len(raw)), warnings=warnings,
         )
         return self._render(request, t, obj, status=201 if created else 200, warnings=warnings)
 
@@ -323,20 +389,24 @@ class Handlers:
         return self._render(request, t, obj)
 
     async def _patch(self, request: web.Request, t: Target) -> web.Response:
+        body = await self._body(request)
+        with self._registry.offload.collector_paused(len(body)):
+            return await self._patch_with(request, t, body)
+
+    async def _patch_with(self, request: web.Request, t: Target, body: bytes) -> web.Response:
         assert t.name is not None
         content_type = negotiation.media_type(request.headers.get("Content-Type", ""))
-        body = await self._body(request)
         warnings = rest.Warnings()
         gk = t.info.gk
 
         if content_type == patch.APPLY_PATCH:
-            config = await negotiation.decode_body_async(body, "application/yaml")
+            config = await self._decode(body, "application/yaml")
             force = _q(request, "force")
             if force not in ("", "true", "false"):
                 raise errors.bad_request(f'force: invalid value "{force}": must be true or false')
             obj, created = await self._registry.apply(
                 t.info, config, namespace=t.namespace, name=t.name, force=force == "true",
-                subresource=t.subresource, options=self._options(request), warnings=warnings,
+                subresource=t.subresource, options=self._options(request, cost=len(body)), warnings=warnings,
             )
             return self._render(request, t, obj, status=201 if created else 200, warnings=warnings)
 
@@ -351,14 +421,14 @@ class Handlers:
 
         obj = await self._registry.patch(
             t.info, namespace=t.namespace, name=t.name, apply=apply, subresource=t.subresource,
-            options=self._options(request), warnings=warnings, shown_as=shown_as,
+            options=self._options(request, cost=len(body)), warnings=warnings, shown_as=shown_as, pure=True,
         )
         return self._render(request, t, obj, warnings=warnings)
 
     async def _delete_options(self, request: web.Request, body: bytes) -> rest.DeleteOptions:
         opts: JSON = {}
         if body.strip():
-            opts = await negotiation.decode_body_async(body, request.headers.get("Content-Type", "application/json"))
+            opts = await self._decode(body, request.headers.get("Content-Type", "application/json"))
             _typed(opts, "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions")
         grace = errors.int_query(request.query, "gracePeriodSeconds")
         if grace is None and opts.get("gracePeriodSeconds") is not None:
@@ -400,7 +470,7 @@ class Handlers:
 
     async def _bind(self, request: web.Request, t: Target) -> web.Response:
         assert t.name is not None and t.namespace is not None
-        body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
+        body = await self._decode(await self._body(request), request.headers.get("Content-Type", ""))
         await self._registry.bind(namespace=t.namespace, name=t.name, binding=_typed(body, "io.k8s.api.core.v1.Binding"),
                                   options=self._options(request))
         return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, status=201)
@@ -412,7 +482,7 @@ class Handlers:
             obj = self._registry.get(t.info, namespace=t.namespace, name=t.name)
             return json_response(self._registry.scale_of(t.info, obj))
         if m == "PUT":
-            body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
+            body = await self._decode(await self._body(request), request.headers.get("Content-Type", ""))
             return json_response(await self._registry.set_scale(t.info, namespace=t.namespace, name=t.name,
                                                                 scale=_typed(body, _SCALE), options=self._options(request)))
         if m == "PATCH":
@@ -445,7 +515,7 @@ class Handlers:
             table_version=negotiation.wants_table(request.headers.get("Accept", "")),
             include_object=_q(request, "includeObject") or "Metadata",
         )
-        return await watchstream.serve(request, self._registry, spec)
+        return await watchstream.serve(request, self._registry, spec, shared=self._watch_lines)
 
 
 def _warning_headers(warnings: rest.Warnings | None) -> dict[str, str]:
