@@ -191,7 +191,9 @@ def _deployment(name: str, env: int, value: str = "a") -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": NS},
         "spec": {
-            "replicas": 0, "selector": {"matchLabels": {"app": name}},
+            # Paused: the Deployment controller makes no ReplicaSet of it (a copy of the 10,000
+            # entries), so the figure is the request's own.
+            "replicas": 0, "paused": True, "selector": {"matchLabels": {"app": name}},
             "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{
                 "name": "c", "image": "busybox",
                 "env": [{"name": f"VAR_{i:05d}", "value": f"{value}{i}"} for i in range(env)],

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -74,13 +74,14 @@ def json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | 
 _SEND_PIECE = 256 * 1024
 
 
-async def send_json(request: web.Request, parts: list[bytes], *, status: int = 200) -> web.StreamResponse:
+async def send_json(request: web.Request, parts: list[bytes], *, status: int = 200,
+                    headers: Mapping[str, str] | None = None) -> web.StreamResponse:
     """A JSON answer made of `parts` (concatenated); a large one written in pieces."""
     size = sum(len(p) for p in parts)
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
     if size <= _SEND_PIECE:
-        return web.Response(body=b"".join(parts), status=status, content_type=None,
-                            headers={"Content-Type": "application/json"})
-    response = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+        return web.Response(body=b"".join(parts), status=status, content_type=None, headers=all_headers)
+    response = web.StreamResponse(status=status, headers=all_headers)
     response.content_length = size
     await response.prepare(request)
     batch: list[bytes] = []
@@ -290,22 +291,32 @@ class Handlers:
 
     def _render(self, request: web.Request, t: Target, obj: JSON, *, status: int = 200,
                 warnings: rest.Warnings | None = None) -> web.Response:
-        headers = _warning_headers(warnings)
-        obj = rest.present(t.info, obj)
+        return web.Response(body=self._renderer(request, t)(obj), status=status, content_type=None,
+                            headers={"Content-Type": "application/json", **_warning_headers(warnings)})
+
+    def _renderer(self, request: web.Request, t: Target) -> Callable[[JSON], bytes]:
+        """How an object is answered to `request`: as itself or as a Table (pure: may run off
+        the event loop)."""
         version = negotiation.wants_table(request.headers.get("Accept", ""))
-        if version is not None:
-            table = tables.to_table(t.info.gk, [obj], include_object=_q(request, "includeObject") or "Metadata",
-                                    printer=tables.printer_for_info(t.info))
-            table["apiVersion"] = f"meta.k8s.io/{version}"
-            return json_response(table, status=status, headers=headers)
-        return json_response(obj, status=status, headers=headers)
+        include = _q(request, "includeObject") or "Metadata"
+
+        def render(obj: JSON) -> bytes:
+            obj = rest.present(t.info, obj)
+            if version is not None:
+                table = tables.to_table(t.info.gk, [obj], include_object=include, printer=tables.printer_for_info(t.info))
+                table["apiVersion"] = f"meta.k8s.io/{version}"
+                obj = table
+            # A newline ends the body, as upstream's encoder writes it (tools compare the bytes).
+            return orjson.dumps(obj) + b"\n"
+
+        return render
 
     # --- verbs -------------------------------------------------------------------------------
 
-    async def _get(self, request: web.Request, t: Target) -> web.Response:
+    async def _get(self, request: web.Request, t: Target) -> web.StreamResponse:
         assert t.name is not None
-        obj, _ = await self._registry.read(t.info, namespace=t.namespace, name=t.name)
-        return self._render(request, t, obj)
+        body = await self._registry.read(t.info, namespace=t.namespace, name=t.name, render=self._renderer(request, t))
+        return await send_json(request, [body])
 
     async def _list(self, request: web.Request, t: Target) -> web.StreamResponse:
         negotiation.check_acceptable(request.headers.get("Accept", ""))
@@ -346,31 +357,49 @@ class Handlers:
         opening = orjson.dumps(head)[:-1] + b',"' + field + b'":['
         return await send_json(request, [opening, *_separated(result.items, b","), b"]}\n"])
 
-    async def _create(self, request: web.Request, t: Target) -> web.Response:
+    # Writes: the request's objects live in the `_with` methods' frames, gone by the time the
+    # answer is made, except those `held` for it (the answer's object first, then the decoded
+    # body), which `_answer` lets go of on the offload worker when they are large: freeing a
+    # large object takes milliseconds too. The collector is paused meanwhile for a large body.
+
+    async def _create(self, request: web.Request, t: Target) -> web.StreamResponse:
         raw = await self._body(request)
         with self._registry.offload.collector_paused(len(raw)):
-            body = await self._decode(raw, request.headers.get("Content-Type", ""), kind=t.info.kind)
-            warnings = rest.Warnings()
-            obj = await self._registry.create(t.info, body, namespace=t.namespace,
-                                              options=self._options(request, cost=len(raw)), warnings=warnings)
-            return self._render(request, t, obj, status=201, warnings=warnings)
+            held, warnings = await self._create_with(request, t, raw)
+            return await self._answer(request, t, held, status=201, warnings=warnings)
 
-    async def _update(self, request: web.Request, t: Target) -> web.Response:
+    async def _create_with(self, request: web.Request, t: Target, raw: bytes) -> tuple[list[JSON], rest.Warnings]:
+        body = await self._decode(raw, request.headers.get("Content-Type", ""), kind=t.info.kind)
+        warnings = rest.Warnings()
+        obj = await self._registry.create(t.info, body, namespace=t.namespace,
+                                          options=self._options(request, cost=len(raw)), warnings=warnings)
+        return [obj, body], warnings
+
+    async def _update(self, request: web.Request, t: Target) -> web.StreamResponse:
         raw = await self._body(request)
         with self._registry.offload.collector_paused(len(raw)):
-            return await self._update_with(request, t, raw)
+            if t.subresource == "finalize":
+                body = await self._decode(raw, request.headers.get("Content-Type", ""), kind=t.info.kind)
+                return await self._finalize(request, t, _typed(body, "io.k8s.api.core.v1.Namespace"))
+            held, status, warnings = await self._update_with(request, t, raw)
+            return await self._answer(request, t, held, status=status, warnings=warnings)
 
-    async def _update_with(self, request: web.Request, t: Target, raw: bytes) -> web.Response:
+    async def _update_with(self, request: web.Request, t: Target, raw: bytes) -> tuple[list[JSON], int, rest.Warnings]:
         assert t.name is not None
         body = await self._decode(raw, request.headers.get("Content-Type", ""), kind=t.info.kind)
         warnings = rest.Warnings()
-        if t.subresource == "finalize":
-            return await self._finalize(request, t, _typed(body, "io.k8s.api.core.v1.Namespace"))
         obj, created = await self._registry.update(
             t.info, body, namespace=t.namespace, name=t.name, subresource=t.subresource,
             options=self._options(request, cost=len(raw)), warnings=warnings,
         )
-        return self._render(request, t, obj, status=201 if created else 200, warnings=warnings)
+        return [obj, body], 201 if created else 200, warnings
+
+    async def _answer(self, request: web.Request, t: Target, held: list[JSON], *, status: int,
+                      warnings: rest.Warnings) -> web.StreamResponse:
+        data = self._renderer(request, t)(held[0])
+        if self._registry.offload.heavy(len(data)):
+            await self._registry.offload.always(held.clear)
+        return await send_json(request, [data], status=status, headers=_warning_headers(warnings))
 
     async def _finalize(self, request: web.Request, t: Target, body: JSON) -> web.Response:
         assert t.name is not None
@@ -388,12 +417,13 @@ class Handlers:
             obj, _ = await self._registry.delete(t.info, namespace=None, name=t.name)
         return self._render(request, t, obj)
 
-    async def _patch(self, request: web.Request, t: Target) -> web.Response:
+    async def _patch(self, request: web.Request, t: Target) -> web.StreamResponse:
         body = await self._body(request)
         with self._registry.offload.collector_paused(len(body)):
-            return await self._patch_with(request, t, body)
+            held, status, warnings = await self._patch_with(request, t, body)
+            return await self._answer(request, t, held, status=status, warnings=warnings)
 
-    async def _patch_with(self, request: web.Request, t: Target, body: bytes) -> web.Response:
+    async def _patch_with(self, request: web.Request, t: Target, body: bytes) -> tuple[list[JSON], int, rest.Warnings]:
         assert t.name is not None
         content_type = negotiation.media_type(request.headers.get("Content-Type", ""))
         warnings = rest.Warnings()
@@ -408,7 +438,7 @@ class Handlers:
                 t.info, config, namespace=t.namespace, name=t.name, force=force == "true",
                 subresource=t.subresource, options=self._options(request, cost=len(body)), warnings=warnings,
             )
-            return self._render(request, t, obj, status=201 if created else 200, warnings=warnings)
+            return [obj, config], 201 if created else 200, warnings
 
         def apply(current: JSON) -> JSON:
             return patch.apply_patch(content_type, current, body, gk=gk)
@@ -423,7 +453,7 @@ class Handlers:
             t.info, namespace=t.namespace, name=t.name, apply=apply, subresource=t.subresource,
             options=self._options(request, cost=len(body)), warnings=warnings, shown_as=shown_as, pure=True,
         )
-        return self._render(request, t, obj, warnings=warnings)
+        return [obj], 200, warnings
 
     async def _delete_options(self, request: web.Request, body: bytes) -> rest.DeleteOptions:
         opts: JSON = {}

@@ -213,14 +213,20 @@ class Registry:
             raise errors.not_found(info.plural, name, group=info.group)
         return present(info, self._object(item))
 
-    async def read(self, info: resources.ResourceInfo, *, namespace: str | None, name: str) -> tuple[JSON, int]:
-        """`get` for a client's request: a large object is decoded off the loop. Returns the
-        object and its stored size (what encoding it again will cost)."""
+    async def read(self, info: resources.ResourceInfo, *, namespace: str | None, name: str,
+                   render: Callable[[JSON], T]) -> T:
+        """`get` for a client's request, the object as `render` (a pure function) makes it: for
+        a large object, decoded in pieces and rendered on the offload worker."""
         item = self.store.get(info.key(name, namespace))
         if item is None:
             raise errors.not_found(info.plural, name, group=info.group)
-        with self.offload.collector_paused(len(item.value)):
-            return present(info, await self._decode(item, cost=len(item.value))), len(item.value)
+        cost = len(item.value)
+        try:
+            with self.offload.collector_paused(cost):
+                return await self.offload.run(cost, _render_item, info, item, render, pieces=self.offload.heavy(cost))
+        except store_errors.CorruptRecordError as exc:
+            self.store.damage.note(exc, reader="a request")
+            raise damaged(exc) from None
 
     def list(
         self,
@@ -579,13 +585,22 @@ class Registry:
     ) -> JSON:
         cost = max(options.cost, len(item.value))
         with self.offload.collector_paused(cost):
-            return await self._write_update_with(info, item, new, namespace=namespace, subresource=subresource,
-                                                 options=options, cost=cost)
+            # The old object is let go of on the offload worker when it is large (freeing some
+            # hundred thousand objects takes milliseconds too): it is `held` here alone once the
+            # frame that used it is gone.
+            held: builtins.list[JSON] = []
+            out = await self._write_update_with(info, item, new, namespace=namespace, subresource=subresource,
+                                                options=options, cost=cost, held=held)
+            if self.offload.heavy(cost):
+                await self.offload.always(held.clear)
+            return out
 
     async def _write_update_with(self, info: resources.ResourceInfo, item: records.Item, new: JSON, *,
-                                 namespace: str | None, subresource: str | None, options: Options, cost: int) -> JSON:
+                                 namespace: str | None, subresource: str | None, options: Options, cost: int,
+                                 held: builtins.list[JSON]) -> JSON:
         run = self.offload.run
         old = await self._decode(item, cost=cost)
+        held.append(old)
         sent_managed = (new.get("metadata") or {}).get("managedFields")
         new = await self._merge_update(info, old, new, subresource=subresource, options=options, cost=cost)
         name = old["metadata"]["name"]
@@ -1541,6 +1556,11 @@ def _continue_expired() -> errors.APIError:
 
 def damaged(exc: store_errors.CorruptRecordError) -> errors.APIError:
     return errors.internal(f"{exc}. Run `edgekube store check`; deleting the object removes it")
+
+
+def _render_item(info: resources.ResourceInfo, item: records.Item, render: Callable[[JSON], T], *, pieces: bool) -> T:
+    obj = records.decode_in_pieces(item.value, key=item.key, revision=item.revision) if pieces else item.object()
+    return render(present(info, obj))
 
 
 def _encoded_size(obj: Any) -> int:
