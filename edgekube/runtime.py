@@ -22,7 +22,6 @@ import logging
 import signal
 import socket
 import ssl
-import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -56,10 +55,6 @@ GATES = ("store", "api")
 _CERT_CHECK_SECONDS = 3600.0
 _CLOCK_NOTICE_SECONDS = 86400.0  # the CA's and the clock's warnings, once a day while they hold
 _CLOCK_STEP_SECONDS = 60.0  # the wall clock moved this much more or less than the monotonic: it was set
-# How long a thread computing in Python may keep the interpreter lock while the event loop waits
-# for it (Python's default is 5 ms): large requests compute on a worker thread (_cogs.offload),
-# and every time the loop wants the lock back it waits up to this long.
-_SWITCH_INTERVAL_S = 0.001
 # The cyclic collector's thresholds: Python's defaults (700, 10) for the young generations, but a
 # full collection considered after 100 young-generation-1 passes rather than 10. A full pass
 # walks every object of the heap (informer caches of 5,000 pods: some 70 ms on a slow core, the
@@ -122,7 +117,6 @@ class Runtime:
 
     async def start(self) -> None:
         cfg = self.cfg
-        sys.setswitchinterval(_SWITCH_INTERVAL_S)
         gc.set_threshold(*_GC_THRESHOLDS)
         self._claim_data_dir()
         # Private to edgekube (secure_data_dir, below, once the certificates are there).

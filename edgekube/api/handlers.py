@@ -86,20 +86,25 @@ async def send_json(request: web.Request, parts: list[bytes], *, status: int = 2
     await response.prepare(request)
     batch: list[bytes] = []
     batched = 0
+
+    async def flush() -> None:
+        nonlocal batch, batched
+        await response.write(b"".join(batch))
+        batch, batched = [], 0
+        await asyncio.sleep(0)  # a write yields only when the socket's buffer is full
+
     for part in parts:
         if len(part) > _SEND_PIECE:
             for at in range(0, len(part), _SEND_PIECE):
                 batch.append(part[at:at + _SEND_PIECE])
-                await response.write(b"".join(batch))
-                batch, batched = [], 0
+                await flush()
             continue
         batch.append(part)
         batched += len(part)
         if batched >= _SEND_PIECE:
-            await response.write(b"".join(batch))
-            batch, batched = [], 0
+            await flush()
     if batch:
-        await response.write(b"".join(batch))
+        await flush()
     await response.write_eof()
     return response
 

@@ -59,7 +59,12 @@ class _Writer:
     async def line(self, line: bytes) -> None:
         if self._spec.table_version is not None:
             self.columns_sent = True
-        await self._response.write(line)
+        # A large line in pieces, each a pass through TLS and a yield: the watches of one
+        # large event are woken together, and a 1.8 MB line each would hold the loop meanwhile.
+        for at in range(0, len(line), _BATCH):
+            if at:
+                await asyncio.sleep(0)  # a write yields only when the socket's buffer is full
+            await self._response.write(line[at:at + _BATCH])
 
     async def bookmark(self, revision: int, *, initial_end: bool = False) -> None:
         meta: JSON = {"resourceVersion": str(revision)}
@@ -141,6 +146,7 @@ async def serve(request: web.Request, registry: rest.Registry, spec: WatchSpec, 
     try:
         for batch in _batches(initial):
             await writer.line(batch)
+            await asyncio.sleep(0)
         if spec.send_initial_events and spec.bookmarks:
             await writer.bookmark(since, initial_end=True)
         await _pump(watcher, writer, spec, store_revision=lambda: store.revision, damage=store.damage,
