@@ -51,6 +51,9 @@ DEFAULT_THRESHOLD = 16 * 1024
 DEFAULT_BUSY_SWITCH_S = 0.001
 
 
+_NOTHING = contextlib.nullcontext()
+
+
 class Offload:
     def __init__(self, *, threshold: int = DEFAULT_THRESHOLD, name: str = "cpu",
                  busy_switch_s: float = DEFAULT_BUSY_SWITCH_S) -> None:
@@ -96,13 +99,14 @@ class Offload:
         if self._in_flight == 0:
             sys.setswitchinterval(self._idle_switch)
 
-    @contextlib.contextmanager
-    def collector_paused(self, cost: int) -> Iterator[None]:
+    def collector_paused(self, cost: int) -> contextlib.AbstractContextManager[None]:
         """The cyclic garbage collector off while this block runs, when `cost` makes it a large
         job (see the module doc); blocks may nest and overlap (across tasks)."""
-        if cost < self.threshold:
-            yield
-            return
+        # A small job (every ordinary request) pays for no generator-based context manager.
+        return _NOTHING if cost < self.threshold else self._paused_collector()
+
+    @contextlib.contextmanager
+    def _paused_collector(self) -> Iterator[None]:
         if self._paused == 0:
             self._collector_was_on = gc.isenabled()
             gc.disable()
