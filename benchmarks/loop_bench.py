@@ -8,7 +8,7 @@ the registry) and times each. A request that holds the server's event loop for S
 probe waiting behind it by about S ms, so the worst probe latency seen while the heavy request
 was in flight is the longest stall it caused, plus the cost of one probe. The prober runs in a
 process of its own so that the benchmark's own work (encoding big bodies, reading big answers)
-cannot delay it.
+does not delay it; they still share the machine's CPUs, with the server's worker thread too.
 
 Heavy requests (each one alone, `repeats` times; the figure is the median over the repeats of
 the worst probe latency of each):
@@ -16,7 +16,8 @@ the worst probe latency of each):
   with one value changed, read back;
 - create-cr-yaml: the same object as YAML; create-crd: a 1 MB CustomResourceDefinition;
 - apply-cm: server-side apply (YAML) of a ConfigMap with 20,000 keys over one with 20,000 others;
-- smp-env: a strategic merge patch changing every item of a 10,000-entry env list;
+- smp-env: a strategic merge patch changing every item of a 10,000-entry env list (of a paused
+  Deployment, so that its controller makes no ReplicaSet of it: the figure is the request's);
 - json-patch: 10,000 JSON-patch operations on a ConfigMap;
 - list-pods / table-pods: a LIST of 5,000 pods as JSON and as a Table;
 - label-selector: a LIST of those pods with a 1,500-term label selector;
@@ -25,7 +26,8 @@ the worst probe latency of each):
   every watch has its event.
 
 Baseline, in the same run: the bare aiohttp server (`bare_server.py`) probed the same way, idle
-and while it stores a 1 MB POST body in LMDB: what the transport and the machine cost alone.
+and, right after each heavy request, while it stores a 1 MB POST body in LMDB: what the transport
+and the machine (at that moment) cost alone.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import shutil
 import ssl
 import statistics
 import subprocess
@@ -74,17 +75,22 @@ class Case:
     worst_ms: list[float]  # per repeat: the worst probe latency while the request was in flight
     took_ms: list[float]  # per repeat: the heavy request itself, send to answer
     probes: list[int]  # per repeat: probes answered meanwhile
+    bare_ms: list[float]  # per repeat, right after: the bare server's worst while storing a 1 MB POST
 
     @property
     def median_ms(self) -> float:
         return statistics.median(self.worst_ms)
+
+    @property
+    def bare_median_ms(self) -> float:
+        return statistics.median(self.bare_ms)
 
 
 @dataclasses.dataclass
 class LoopResult:
     cases: list[Case]
     bare_idle_ms: float  # bare server: worst probe latency while idle
-    bare_post_ms: float  # ... while it stores a 1 MB POST body
+    bare_post_ms: float  # ... while it stores a 1 MB POST body (median over all the cases' repeats)
     idle_ms: float  # edgekube: worst probe latency while idle
     probe_p50_ms: float  # edgekube: median probe latency while idle
     repeats: int
@@ -266,8 +272,6 @@ HeavyFn = Callable[[Client, int], Awaitable[None]]
 
 def _cases() -> list[tuple[str, str, HeavyFn, HeavyFn | None]]:
     """(name, what, heavy request, preparation before it (not measured))."""
-    cr_json = {i: orjson.dumps(_big_cr(f"blob-{i}")) for i in range(0)}
-    del cr_json
     blob_path = f"/apis/{CRD_GROUP}/v1/namespaces/{NS}/blobs"
     current: dict[str, Any] = {}
 
@@ -427,22 +431,32 @@ async def _idle(base: str, tls: Path, seconds: float) -> tuple[float, float]:
 
 
 async def _run(data_dir: Path, repeats: int, only: set[str], log: Callable[[str], None]) -> LoopResult:
-    launcher = [sys.executable, os.environ["LOOP_BENCH_LAUNCHER"]] if os.environ.get("LOOP_BENCH_LAUNCHER") else None
-    server = servers.EdgekubeServer(data_dir, extra=["--disable", "scheduler"], launcher=launcher)
+    server = servers.EdgekubeServer(data_dir, extra=["--disable", "scheduler"])
     bare: servers.BareServer | None = None
     cases: list[Case] = []
     try:
         ready_s = await server.wait_ready()
         log(f"  edgekube server ready in {ready_s:.1f}s on {server.base} (pid {server.pid})")
+        # The baseline, probed the same way right after each heavy request (so that both see the
+        # machine as it was): the bare server storing a 1 MB POST body.
+        body_file = data_dir.parent / f"{data_dir.name}-probe-body.json"
+        body_file.write_bytes(b'{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"loop-probe"},"data":{"a":"'
+                              + b"x" * 600 + b'"}}')
+        bare = servers.BareServer(server.tls, body_file, data_dir.parent / f"{data_dir.name}-bare.log",
+                                  db=data_dir.parent / f"{data_dir.name}-bare-db")
+        await bare.wait_ready()
         c = Client(server.base, server.ssl_context())
+        bc = Client(bare.base, server.ssl_context())
+        big = orjson.dumps(_big_cr("bare"))
         try:
             await _setup(c, log)
             idle_ms, p50_ms = await _idle(server.base, server.tls, 2.0)
-            log(f"  idle: probe p50 {p50_ms:.2f} ms, worst {idle_ms:.2f} ms")
+            bare_idle, _ = await _idle(bare.base, server.tls, 2.0)
+            log(f"  idle: probe p50 {p50_ms:.2f} ms, worst {idle_ms:.2f} ms (bare aiohttp: worst {bare_idle:.2f} ms)")
             for name, what, heavy, prep in _cases():
                 if only and name not in only:
                     continue
-                case = Case(name, what, [], [], [])
+                case = Case(name, what, [], [], [], [])
                 for i in range(repeats):
                     if prep is not None:
                         await prep(c, i)
@@ -451,35 +465,21 @@ async def _run(data_dir: Path, repeats: int, only: set[str], log: Callable[[str]
                     case.worst_ms.append(worst)
                     case.took_ms.append(took)
                     case.probes.append(count)
+                    bare_worst, _, _ = await _measure(bare.base, server.tls, lambda: bc.call("POST", "/big", big))  # type: ignore[arg-type,return-value]
+                    case.bare_ms.append(bare_worst)
                 log(f"  {name:15} worst probe {', '.join(f'{w:7.1f}' for w in case.worst_ms)} ms  "
-                    f"(request {', '.join(f'{t:.0f}' for t in case.took_ms)} ms; probes {case.probes})")
+                    f"(request {', '.join(f'{t:.0f}' for t in case.took_ms)} ms; probes {case.probes}; "
+                    f"bare aiohttp {', '.join(f'{w:.1f}' for w in case.bare_ms)} ms)")
                 cases.append(case)
         finally:
             await c.close()
-        server.stop()
-        # The baseline: the bare server probed the same way, idle and under a 1 MB POST.
-        body_file = data_dir.parent / f"{data_dir.name}-probe-body.json"
-        body_file.write_bytes(b'{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"loop-probe"},"data":{"a":"'
-                              + b"x" * 600 + b'"}}')
-        bare = servers.BareServer(server.tls, body_file, data_dir.parent / f"{data_dir.name}-bare.log",
-                                  db=data_dir.parent / f"{data_dir.name}-bare-db")
-        await bare.wait_ready()
-        bare_idle, _ = await _idle(bare.base, server.tls, 2.0)
-        bc = Client(bare.base, server.ssl_context())
-        big = orjson.dumps(_big_cr("bare"))
-        posts = []
-        try:
-            for _ in range(repeats):
-                worst, _, _ = await _measure(bare.base, server.tls, lambda: bc.call("POST", "/big", big))  # type: ignore[arg-type,return-value]
-                posts.append(worst)
-        finally:
             await bc.close()
-        log(f"  bare aiohttp: idle worst probe {bare_idle:.2f} ms; during a 1 MB POST {', '.join(f'{w:.1f}' for w in posts)} ms")
     finally:
         if bare is not None:
             bare.stop()
         server.stop()
-    return LoopResult(cases, bare_idle, statistics.median(posts), idle_ms, p50_ms, repeats)
+    return LoopResult(cases, bare_idle, statistics.median(w for case in cases for w in case.bare_ms), idle_ms,
+                      p50_ms, repeats)
 
 
 def run(repeats: int, log: Callable[[str], None] = print, only: set[str] | None = None) -> LoopResult:
@@ -487,8 +487,6 @@ def run(repeats: int, log: Callable[[str], None] = print, only: set[str] | None 
     try:
         return asyncio.run(_run(data_dir / "data", repeats, only or set(), log))
     finally:
-        if keep := os.environ.get("LOOP_BENCH_SERVER_LOG"):  # for a look at what the server logged
-            shutil.copyfile(data_dir / "data.log", keep)
         common.remove_dir(data_dir)
 
 
