@@ -768,7 +768,10 @@ class Registry:
                 with self.offload.collector_paused(cost):
                     current = await self._decode(item, cost=cost)  # decoded for this call alone
                     if pure:
-                        patched = await run(cost, _patch_with, apply, info, current)
+                        # Handed over, so that a large one is freed on the worker once patched.
+                        handed = [current]
+                        del current
+                        patched = await run(cost, _patch_with, apply, info, handed)
                     else:
                         patched = apply(present(info, current))
                     patched = await run(cost, self._patched, info, patched, revision=item.revision, name=name,
@@ -1573,8 +1576,8 @@ def _encoded_size(obj: Any) -> int:
         return 1 << 62
 
 
-def _patch_with(apply: Callable[[JSON], JSON], info: resources.ResourceInfo, current: JSON) -> JSON:
-    return apply(present(info, current))
+def _patch_with(apply: Callable[[JSON], JSON], info: resources.ResourceInfo, handed: builtins.list[JSON]) -> JSON:
+    return apply(present(info, handed.pop()))
 
 
 def _as_dict(value: Any) -> JSON:
