@@ -14,9 +14,11 @@ and after they close, against a bare aiohttp TLS server, (8) cluster DNS queries
 dnspython server, and its RSS under a flood of distinct names, (9) the service proxy (root, nftables, in
 network namespaces of its own): a Service change to the kernel against a raw `nft -f` of the same
 shape, the boot sync of 1,000 Services against `nft -f` of the same table, ClusterIP throughput
-and connection rate against the endpoint's own address. Prints a table and writes
+and connection rate against the endpoint's own address, (10) the longest stall of the event loop
+while one heavy request runs (large writes, patches, lists, a fanned-out event), against a bare
+aiohttp server storing a large POST. Prints a table and writes
 it as Markdown to --out. `--only` runs some sections (store, api, idle, apply, controlplane,
-kubelet, conns, dns, proxy); such a partial run writes a file only when --out is given, so docs/performance.md
+kubelet, conns, dns, proxy, loop); such a partial run writes a file only when --out is given, so docs/performance.md
 always holds a whole run.
 The exit status is 0 when the benchmark ran (missed targets included) and non-zero on errors.
 """
@@ -46,11 +48,12 @@ from benchmarks import (  # noqa: E402
     dns_bench,
     idle_bench,
     kubelet_bench,
+    loop_bench,
     proxy_bench,
     store_bench,
 )
 
-SECTIONS = ("store", "api", "idle", "apply", "controlplane", "kubelet", "conns", "dns", "proxy")
+SECTIONS = ("store", "api", "idle", "apply", "controlplane", "kubelet", "conns", "dns", "proxy", "loop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +78,14 @@ class Durations:
     dns_seconds: float = 5.0  # per closed-loop DNS run
     dns_rounds: int = 3  # edgekube and bare runs alternate this many times
     dns_flood: int = 50000  # distinct forwarded names, twice over, for the memory bound
+    loop_repeats: int = 3  # each heavy request class, probed this many times
 
 
 PACED_RATE = api_bench.PACED_RATE
 FULL = Durations(store=5.0, api=5.0, paced=20.0, settle=5.0, idle=60.0, raw_paced=5.0)
 QUICK = Durations(store=1.0, api=1.0, paced=3.0, settle=5.0, idle=10.0, raw_paced=2.0, apply_rounds=3, kubectl_runs=1,
                   scale_repeats=1, sched_pods=200, sched_repeats=1, kubelet_pods=10, boot_runs=2,
-                  conn_rounds=2, dns_seconds=1.0, dns_rounds=1, dns_flood=10000)
+                  conn_rounds=2, dns_seconds=1.0, dns_rounds=1, dns_flood=10000, loop_repeats=1)
 SCALE_TARGET_S = 2.0  # issue 4: 0 -> 100 pods bound and Running
 # Issue 5, the kubelet:
 STARTUP_P50_MS, STARTUP_P99_MS = 150.0, 400.0  # pod create -> Running, one after another
@@ -97,6 +101,8 @@ CONNS_HELD_RATIO, CONNS_LEFT_MIB = 0.5, 8.0
 # server answers a fixed record; distinct names (each answer computed) at least half as fast; a
 # second flood of distinct names adds next to nothing (the answer cache is bounded).
 DNS_REPEAT_RATIO, DNS_DISTINCT_RATIO, DNS_SECOND_FLOOD_MIB = 1.0, 0.5, 4.0
+# Issue 13, point 3: no request holds the event loop for more than a few ms.
+LOOP_STALL_MS = loop_bench.TARGET_MS
 
 
 @dataclasses.dataclass
@@ -452,12 +458,27 @@ def _dns_rows(dn: dns_bench.DnsResult) -> list[Row]:
     ]
 
 
+def _loop_rows(lp: loop_bench.LoopResult) -> list[Row]:
+    worst = lp.worst()
+    within = sum(c.median_ms <= LOOP_STALL_MS for c in lp.cases)
+    bare = f"{worst.bare_median_ms:.1f} ms (bare aiohttp storing a 1 MB POST, right after)"
+    return [
+        Row(f"Longest stall of the event loop during one heavy request, worst class ({worst.name})",
+            f"{worst.median_ms:.1f} ms", bare, f"{worst.median_ms / worst.bare_median_ms:.1f}x",
+            f"<= {LOOP_STALL_MS:.0f} ms", _verdict(worst.median_ms <= LOOP_STALL_MS)),
+        Row(f"  ... heavy request classes within {LOOP_STALL_MS:.0f} ms (of {len(lp.cases)}); idle server",
+            f"{within}; idle {lp.idle_ms:.1f} ms",
+            f"all: {lp.bare_post_ms:.1f} ms; idle {lp.bare_idle_ms:.1f} ms (bare aiohttp)", "-", "-", "info"),
+    ]
+
+
 def summary_rows(
     st: store_bench.StoreResult | None, api: api_bench.ApiResult | None, idle: idle_bench.IdleResult | None,
     ap: apply_bench.ApplyResult | None, cp: controlplane_bench.ControlPlaneResult | None = None,
     kl: kubelet_bench.KubeletResult | None = None, cn: conns_bench.ConnsResult | None = None,
     dn: dns_bench.DnsResult | None = None,
     px: proxy_bench.ProxyResult | None = None,
+    lp: loop_bench.LoopResult | None = None,
 ) -> list[Row]:
     rows: list[Row] = []
     if st is not None:
@@ -478,6 +499,8 @@ def summary_rows(
         rows += _dns_rows(dn)
     if px is not None:
         rows += _proxy_rows(px)
+    if lp is not None:
+        rows += _loop_rows(lp)
     return rows
 
 
@@ -548,6 +571,12 @@ def proxy_detail(px: proxy_bench.ProxyResult) -> list[str]:
         _table(["Round", "Direct MB/s", "ClusterIP MB/s", "Direct conn/s", "ClusterIP conn/s"], rates,
                right={1, 2, 3, 4}),
     ]
+
+
+def loop_detail(lp: loop_bench.LoopResult) -> list[list[str]]:
+    return [[c.name, c.what, ", ".join(f"{w:.1f}" for w in c.worst_ms), f"{c.median_ms:.1f}",
+             f"{c.bare_median_ms:.1f}", ", ".join(f"{t:,.0f}" for t in c.took_ms),
+             ", ".join(str(n) for n in c.probes), _verdict(c.median_ms <= LOOP_STALL_MS)] for c in lp.cases]
 
 
 def api_detail(api: api_bench.ApiResult) -> list[list[str]]:
@@ -732,8 +761,9 @@ def render(
     cn: conns_bench.ConnsResult | None = None,
     dn: dns_bench.DnsResult | None = None,
     px: proxy_bench.ProxyResult | None = None,
+    lp: loop_bench.LoopResult | None = None,
 ) -> str:
-    rows = summary_rows(st, api, idle, ap, cp, kl, cn, dn, px)
+    rows = summary_rows(st, api, idle, ap, cp, kl, cn, dn, px, lp)
     summary = _table(
         ["Figure", "edgekube", "Baseline (same run)", "Ratio", "Target", "Result"],
         [[r.figure, r.value, r.baseline, r.ratio, r.target, r.result] for r in rows],
@@ -742,7 +772,7 @@ def render(
     passed = sum(r.result == "PASS" for r in rows)
     failed = sum(r.result == "FAIL" for r in rows)
     mode = "quick (short counts; figures are noisy)" if quick else "full"
-    ran = [name for name, res in zip(SECTIONS, (st, api, idle, ap, cp, kl, cn, dn, px), strict=True) if res is not None]
+    ran = [name for name, res in zip(SECTIONS, (st, api, idle, ap, cp, kl, cn, dn, px, lp), strict=True) if res is not None]
     partial = f"; {', '.join(ran)} only" if len(ran) < len(SECTIONS) else ""
     errors = [
         f"{r.name} x{r.conns}: {r.error_samples}"
@@ -809,6 +839,20 @@ def render(
         parts += _kubelet_detail(kl)
     if px is not None:
         parts += proxy_detail(px)
+    if lp is not None:
+        parts += [
+            "",
+            "## Event loop detail",
+            "",
+            "The worst latency of a small GET probed back to back (in a process of its own) while each heavy "
+            f"request was in flight, ms, for each of {lp.repeats} repeat(s), and their median; the heavy request's "
+            "own time (send to answer), ms, and the probes answered meanwhile; the bare aiohttp server's median "
+            "worst, probed the same way right after each repeat while it stored a 1 MB POST. Idle server: probe "
+            f"p50 {lp.probe_p50_ms:.2f} ms, worst {lp.idle_ms:.2f} ms (bare aiohttp: worst {lp.bare_idle_ms:.2f} ms).",
+            "",
+            _table(["Class", "Request", "Worst probe ms", "Median", "Bare ms", "Request ms", "Probes", "Result"],
+                   loop_detail(lp), right={3, 4}),
+        ]
     parts += [
         "",
         "## Machine",
@@ -995,6 +1039,20 @@ def render(
             "connection rate: connect, read one byte, close (SO_LINGER 0) for 2 s; each against the server "
             "pod's address and the ClusterIP, in interleaved rounds with the order swapped every round."
         )
+    if lp is not None:
+        parts.append(
+            "- **Event loop**: `python -m edgekube server --disable scheduler` (its kubelet off, as every API "
+            f"benchmark), {loop_bench.PODS:,} pods in one namespace (Pending: no scheduler). For each heavy request "
+            "class, alone, a prober process sends GETs of one 860-byte ConfigMap back to back on one keep-alive HTTPS "
+            "connection (admin certificate) and times each; a request that holds the event loop for S ms delays "
+            "the probe behind it by about S ms, so the worst probe latency while the heavy request is in flight "
+            "(from its sending to its answer) is the longest stall it caused, plus one probe's own cost. The "
+            "classes: " + "; ".join(f"{c.name}, {c.what}" for c in lp.cases) + ". Baseline in the same run: "
+            "the bare aiohttp server probed the same way, idle and, right after each heavy request, while its "
+            "POST handler stores a 1 MB body with one fsync'd LMDB transaction on its loop. The prober, the benchmark's client and the server "
+            "(its loop and its worker thread) share the machine's CPUs: a probe also waits for a CPU and for the "
+            "interpreter lock, which the worker hands back every millisecond but not inside one C call."
+        )
     parts.append(
         "- The load generator and the server share the machine's CPUs, so req/s figures are a "
         "lower bound on what the server alone could do, and the same holds for the baseline."
@@ -1093,6 +1151,10 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"[9/{total}] service proxy: rule sync with {proxy_bench.SMALL} and {proxy_bench.LARGE} Services, "
              "boot sync, ClusterIP throughput and connection rate (network namespaces)")
         px = proxy_bench.run(quick=args.quick, log=_log)
+    lp = None
+    if "loop" in only:
+        _log(f"[10/{total}] event loop: stalls during heavy requests x{d.loop_repeats}, against a bare aiohttp server")
+        lp = loop_bench.run(d.loop_repeats, _log)
 
     text = render(
         quick=args.quick,
@@ -1110,6 +1172,7 @@ def main(argv: list[str] | None = None) -> int:
         cn=cn,
         dn=dn,
         px=px,
+        lp=lp,
     )
     print()
     print(text)

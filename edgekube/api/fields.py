@@ -9,6 +9,7 @@ backslash.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -96,7 +97,37 @@ class FieldSelector:
     terms: tuple[Term, ...]
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
-        return all(t.matches(obj) for t in self.terms)
+        # Per field, one read of the object and one test, however many terms name it (a query
+        # string may hold thousands): the value `=` requires, and the set `!=` refuses.
+        tests = self._by_field
+        if tests is None:
+            return False
+        for get, required, refused in tests:
+            have = get(obj)
+            if (required is not None and have != required) or have in refused:
+                return False
+        return True
+
+    @functools.cached_property
+    def _by_field(self) -> list[tuple[Getter, str | None, frozenset[str]]] | None:
+        """(getter, value required or None, values refused) per field; None when two `=` terms
+        on one field disagree, so that nothing can match."""
+        getters: dict[str, Getter] = {}
+        required: dict[str, str] = {}
+        refused: dict[str, set[str]] = {}
+        for t in self.terms:
+            getters.setdefault(t.field, t.get)
+            refused.setdefault(t.field, set())
+            if t.op == "!=":
+                refused[t.field].add(t.value)
+            elif required.setdefault(t.field, t.value) != t.value:
+                return None
+        return [(get, required.get(field), frozenset(refused[field])) for field, get in getters.items()]
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """The top-level fields of an object the selector reads."""
+        return frozenset(t.field.split(".", 1)[0] for t in self.terms)
 
     def value_of(self, field: str) -> str | None:
         """The value an `=` term requires of `field`, if any (to narrow a scan)."""

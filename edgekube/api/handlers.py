@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping
+import datetime
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -68,6 +69,52 @@ def json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | 
                         headers={"Content-Type": content_type, **(headers or {})})
 
 
+# Past this size an answer goes out in pieces of this size, each a yield to the event loop: TLS
+# encrypts what is written in one go, and 15 MB (a list of 5,000 pods) would take tens of ms.
+_SEND_PIECE = 256 * 1024
+
+
+async def send_json(request: web.Request, parts: list[bytes], *, status: int = 200,
+                    headers: Mapping[str, str] | None = None) -> web.StreamResponse:
+    """A JSON answer made of `parts` (concatenated); a large one written in pieces."""
+    size = sum(len(p) for p in parts)
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    if size <= _SEND_PIECE:
+        return web.Response(body=b"".join(parts), status=status, content_type=None, headers=all_headers)
+    response = web.StreamResponse(status=status, headers=all_headers)
+    response.content_length = size
+    await response.prepare(request)
+    batch: list[bytes] = []
+    batched = 0
+
+    async def flush() -> None:
+        nonlocal batch, batched
+        await response.write(b"".join(batch))
+        batch, batched = [], 0
+        await asyncio.sleep(0)  # a write yields only when the socket's buffer is full
+
+    for part in parts:
+        if len(part) > _SEND_PIECE:
+            for at in range(0, len(part), _SEND_PIECE):
+                batch.append(part[at:at + _SEND_PIECE])
+                await flush()
+            continue
+        batch.append(part)
+        batched += len(part)
+        if batched >= _SEND_PIECE:
+            await flush()
+    if batch:
+        await flush()
+    await response.write_eof()
+    return response
+
+
+def _separated(items: list[bytes], separator: bytes) -> list[bytes]:
+    out = [separator] * (2 * len(items) - 1) if items else []
+    out[::2] = items
+    return out
+
+
 def _q(request: web.Request, name: str, default: str = "") -> str:
     return request.query.get(name, default)
 
@@ -98,6 +145,7 @@ class Handlers:
         self._bookmark_interval = bookmark_interval
         self._server_address = server_address
         self._logs = logs  # where pods/log reads container logs (the kubelet's files)
+        self._watch_lines = watchstream.SharedLines()  # large events, encoded once for all watches
 
     # --- routing -----------------------------------------------------------------------------
 
@@ -183,7 +231,7 @@ class Handlers:
         if t.info.verbs == ("create",):
             if m != "POST" or t.name is not None:
                 raise errors.method_not_allowed(m, t.info.plural)
-            body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
+            body = await self._decode(await self._body(request), request.headers.get("Content-Type", ""))
             definition = apischema.kind_definition(t.info.group, t.info.version, t.info.kind)
             if definition is not None:  # decoded into its type: nothing of the client's echoed but the type's fields
                 body = _typed(body, definition)
@@ -194,7 +242,7 @@ class Handlers:
             if m == "GET":
                 if t.legacy_watch or _flag(request, "watch"):
                     return await self._watch(request, t)
-                return self._list(request, t)
+                return await self._list(request, t)
             if m == "POST":
                 if t.info.namespaced and t.namespace is None:
                     raise errors.method_not_allowed(m, t.info.plural)
@@ -225,7 +273,7 @@ class Handlers:
         if m == "GET":
             if _flag(request, "watch"):
                 return await self._watch(request, t)
-            return self._get(request, t)
+            return await self._get(request, t)
         if m == "PUT":
             return await self._update(request, t)
         if m == "PATCH":
@@ -254,7 +302,10 @@ class Handlers:
         # could leave its parser waiting; here it is a plain 400, and a bomb a 413.
         return negotiation.decode_content(body, request.headers.get("Content-Encoding", ""), limit=self._max_body)
 
-    def _options(self, request: web.Request) -> rest.Options:
+    async def _decode(self, body: bytes, content_type: str, *, kind: str = "") -> JSON:
+        return await negotiation.decode_body_async(body, content_type, kind=kind, offload=self._registry.offload)
+
+    def _options(self, request: web.Request, *, cost: int = 0) -> rest.Options:
         dry = request.query.getall("dryRun", [])
         for d in dry:
             if d != "All":
@@ -269,70 +320,119 @@ class Handlers:
         if manager is None and not applying:
             # As upstream: a write without fieldManager is recorded under its user agent's name.
             manager = request.headers.get("User-Agent", "").split("/", 1)[0][:128] or None
-        return rest.Options(dry_run=bool(dry), field_validation=fv, field_manager=manager)
+        return rest.Options(dry_run=bool(dry), field_validation=fv, field_manager=manager, cost=cost)
 
     def _render(self, request: web.Request, t: Target, obj: JSON, *, status: int = 200,
                 warnings: rest.Warnings | None = None) -> web.Response:
-        headers = _warning_headers(warnings)
-        obj = rest.present(t.info, obj)
+        return web.Response(body=self._renderer(request, t)(obj), status=status, content_type=None,
+                            headers={"Content-Type": "application/json", **_warning_headers(warnings)})
+
+    def _renderer(self, request: web.Request, t: Target) -> Callable[[JSON], bytes]:
+        """How an object is answered to `request`: as itself or as a Table (pure: may run off
+        the event loop)."""
         version = negotiation.wants_table(request.headers.get("Accept", ""))
-        if version is not None:
-            table = tables.to_table(t.info.gk, [obj], include_object=_q(request, "includeObject") or "Metadata",
-                                    printer=tables.printer_for_info(t.info))
-            table["apiVersion"] = f"meta.k8s.io/{version}"
-            return json_response(table, status=status, headers=headers)
-        return json_response(obj, status=status, headers=headers)
+        include = _q(request, "includeObject") or "Metadata"
+
+        def render(obj: JSON) -> bytes:
+            obj = rest.present(t.info, obj)
+            if version is not None:
+                table = tables.to_table(t.info.gk, [obj], include_object=include, printer=tables.printer_for_info(t.info))
+                table["apiVersion"] = f"meta.k8s.io/{version}"
+                obj = table
+            # A newline ends the body, as upstream's encoder writes it (tools compare the bytes).
+            return orjson.dumps(obj) + b"\n"
+
+        return render
 
     # --- verbs -------------------------------------------------------------------------------
 
-    def _get(self, request: web.Request, t: Target) -> web.Response:
+    async def _get(self, request: web.Request, t: Target) -> web.StreamResponse:
         assert t.name is not None
-        obj = self._registry.get(t.info, namespace=t.namespace, name=t.name)
-        return self._render(request, t, obj)
+        body = await self._registry.read(t.info, namespace=t.namespace, name=t.name, render=self._renderer(request, t))
+        return await send_json(request, [body])
 
-    def _list(self, request: web.Request, t: Target) -> web.Response:
+    async def _list(self, request: web.Request, t: Target) -> web.StreamResponse:
         negotiation.check_acceptable(request.headers.get("Accept", ""))
         limit = _list_options(request)
-        result = self._registry.list(
+        version = negotiation.wants_table(request.headers.get("Accept", ""))
+        include = _q(request, "includeObject") or "Metadata"
+        printer = tables.printer_for_info(t.info) or tables.printer_for(t.info.gk)
+        when = datetime.datetime.now(datetime.UTC)
+
+        # Each object is rendered to its JSON bytes on the offload worker as it is read (see
+        # Registry.list_rendered), and the answer is those bytes between a head and a tail.
+        def render(obj: JSON) -> bytes:
+            if version is None:
+                return orjson.dumps(obj)
+            return orjson.dumps(tables.row(obj, printer=printer, when=when, include_object=include))
+
+        result = await self._registry.list_rendered(
             t.info,
             namespace=t.namespace,
             label_selector=_q(request, "labelSelector"),
             field_selector=_q(request, "fieldSelector"),
             limit=limit,
             continue_token=_q(request, "continue") or None,
+            render=render,
         )
         list_meta: JSON = {"resourceVersion": result.resource_version}
         if result.continue_token:
             list_meta["continue"] = result.continue_token
-        version = negotiation.wants_table(request.headers.get("Accept", ""))
         if version is not None:
-            table = tables.to_table(t.info.gk, result.items, include_object=_q(request, "includeObject") or "Metadata",
-                                    list_meta=list_meta, printer=tables.printer_for_info(t.info))
-            table["apiVersion"] = f"meta.k8s.io/{version}"
-            return json_response(table)
-        return json_response(
-            {"kind": t.info.list_kind, "apiVersion": t.info.api_version, "metadata": list_meta, "items": result.items}
-        )
+            tables.check_include_object(include)
+            head = tables.table_head([], printer=printer, list_meta=list_meta)
+            head["apiVersion"] = f"meta.k8s.io/{version}"
+            field = b"rows"
+        else:
+            head = {"kind": t.info.list_kind, "apiVersion": t.info.api_version, "metadata": list_meta}
+            field = b"items"
+        # orjson.dumps of the whole dict, with the list last, in pieces: `{...,"items":[a,b]}`.
+        opening = orjson.dumps(head)[:-1] + b',"' + field + b'":['
+        return await send_json(request, [opening, *_separated(result.items, b","), b"]}\n"])
 
-    async def _create(self, request: web.Request, t: Target) -> web.Response:
-        body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""),
-                                                   kind=t.info.kind)
+    # Writes: the request's objects live in the `_with` methods' frames, gone by the time the
+    # answer is made, except those `held` for it (the answer's object first, then the decoded
+    # body), which `_answer` lets go of on the offload worker when they are large: freeing a
+    # large object takes milliseconds too. The collector is paused meanwhile for a large body.
+
+    async def _create(self, request: web.Request, t: Target) -> web.StreamResponse:
+        raw = await self._body(request)
+        with self._registry.offload.collector_paused(len(raw)):
+            held, warnings = await self._create_with(request, t, raw)
+            return await self._answer(request, t, held, status=201, warnings=warnings)
+
+    async def _create_with(self, request: web.Request, t: Target, raw: bytes) -> tuple[list[JSON], rest.Warnings]:
+        body = await self._decode(raw, request.headers.get("Content-Type", ""), kind=t.info.kind)
         warnings = rest.Warnings()
-        obj = await self._registry.create(t.info, body, namespace=t.namespace, options=self._options(request), warnings=warnings)
-        return self._render(request, t, obj, status=201, warnings=warnings)
+        obj = await self._registry.create(t.info, body, namespace=t.namespace,
+                                          options=self._options(request, cost=len(raw)), warnings=warnings)
+        return [obj, body], warnings
 
-    async def _update(self, request: web.Request, t: Target) -> web.Response:
+    async def _update(self, request: web.Request, t: Target) -> web.StreamResponse:
+        raw = await self._body(request)
+        with self._registry.offload.collector_paused(len(raw)):
+            if t.subresource == "finalize":
+                body = await self._decode(raw, request.headers.get("Content-Type", ""), kind=t.info.kind)
+                return await self._finalize(request, t, _typed(body, "io.k8s.api.core.v1.Namespace"))
+            held, status, warnings = await self._update_with(request, t, raw)
+            return await self._answer(request, t, held, status=status, warnings=warnings)
+
+    async def _update_with(self, request: web.Request, t: Target, raw: bytes) -> tuple[list[JSON], int, rest.Warnings]:
         assert t.name is not None
-        body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""),
-                                                   kind=t.info.kind)
+        body = await self._decode(raw, request.headers.get("Content-Type", ""), kind=t.info.kind)
         warnings = rest.Warnings()
-        if t.subresource == "finalize":
-            return await self._finalize(request, t, _typed(body, "io.k8s.api.core.v1.Namespace"))
         obj, created = await self._registry.update(
             t.info, body, namespace=t.namespace, name=t.name, subresource=t.subresource,
-            options=self._options(request), warnings=warnings,
+            options=self._options(request, cost=len(raw)), warnings=warnings,
         )
-        return self._render(request, t, obj, status=201 if created else 200, warnings=warnings)
+        return [obj, body], 201 if created else 200, warnings
+
+    async def _answer(self, request: web.Request, t: Target, held: list[JSON], *, status: int,
+                      warnings: rest.Warnings) -> web.StreamResponse:
+        data = self._renderer(request, t)(held[0])
+        if self._registry.offload.heavy(len(data)):
+            await self._registry.offload.always(held.clear)
+        return await send_json(request, [data], status=status, headers=_warning_headers(warnings))
 
     async def _finalize(self, request: web.Request, t: Target, body: JSON) -> web.Response:
         assert t.name is not None
@@ -350,24 +450,29 @@ class Handlers:
             obj, _ = await self._registry.delete(t.info, namespace=None, name=t.name)
         return self._render(request, t, obj)
 
-    async def _patch(self, request: web.Request, t: Target) -> web.Response:
+    async def _patch(self, request: web.Request, t: Target) -> web.StreamResponse:
+        body = await self._body(request)
+        with self._registry.offload.collector_paused(len(body)):
+            held, status, warnings = await self._patch_with(request, t, body)
+            return await self._answer(request, t, held, status=status, warnings=warnings)
+
+    async def _patch_with(self, request: web.Request, t: Target, body: bytes) -> tuple[list[JSON], int, rest.Warnings]:
         assert t.name is not None
         content_type = negotiation.media_type(request.headers.get("Content-Type", ""))
         _patch_type(content_type)
-        body = await self._body(request)
         warnings = rest.Warnings()
         gk = t.info.gk
 
         if content_type == patch.APPLY_PATCH:
-            config = await negotiation.decode_body_async(body, "application/yaml")
+            config = await self._decode(body, "application/yaml")
             force = _q(request, "force")
             if force not in ("", "true", "false"):
                 raise errors.bad_request(f'force: invalid value "{force}": must be true or false')
             obj, created = await self._registry.apply(
                 t.info, config, namespace=t.namespace, name=t.name, force=force == "true",
-                subresource=t.subresource, options=self._options(request), warnings=warnings,
+                subresource=t.subresource, options=self._options(request, cost=len(body)), warnings=warnings,
             )
-            return self._render(request, t, obj, status=201 if created else 200, warnings=warnings)
+            return [obj, config], 201 if created else 200, warnings
 
         def apply(current: JSON) -> JSON:
             return patch.apply_patch(content_type, current, body, gk=gk)
@@ -380,14 +485,14 @@ class Handlers:
 
         obj = await self._registry.patch(
             t.info, namespace=t.namespace, name=t.name, apply=apply, subresource=t.subresource,
-            options=self._options(request), warnings=warnings, shown_as=shown_as,
+            options=self._options(request, cost=len(body)), warnings=warnings, shown_as=shown_as, pure=True,
         )
-        return self._render(request, t, obj, warnings=warnings)
+        return [obj], 200, warnings
 
     async def _delete_options(self, request: web.Request, body: bytes) -> rest.DeleteOptions:
         opts: JSON = {}
         if body.strip():
-            opts = await negotiation.decode_body_async(body, request.headers.get("Content-Type", "application/json"))
+            opts = await self._decode(body, request.headers.get("Content-Type", "application/json"))
             _typed(opts, "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions")
         grace = errors.int_query(request.query, "gracePeriodSeconds")
         if grace is None and opts.get("gracePeriodSeconds") is not None:
@@ -430,7 +535,7 @@ class Handlers:
 
     async def _bind(self, request: web.Request, t: Target) -> web.Response:
         assert t.name is not None and t.namespace is not None
-        body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
+        body = await self._decode(await self._body(request), request.headers.get("Content-Type", ""))
         await self._registry.bind(namespace=t.namespace, name=t.name, binding=_typed(body, "io.k8s.api.core.v1.Binding"),
                                   options=self._options(request))
         return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, status=201)
@@ -442,7 +547,7 @@ class Handlers:
             obj = self._registry.get(t.info, namespace=t.namespace, name=t.name)
             return json_response(self._registry.scale_of(t.info, obj))
         if m == "PUT":
-            body = await negotiation.decode_body_async(await self._body(request), request.headers.get("Content-Type", ""))
+            body = await self._decode(await self._body(request), request.headers.get("Content-Type", ""))
             return json_response(await self._registry.set_scale(t.info, namespace=t.namespace, name=t.name,
                                                                 scale=_typed(body, _SCALE), options=self._options(request)))
         if m == "PATCH":
@@ -477,7 +582,7 @@ class Handlers:
             table_version=negotiation.wants_table(request.headers.get("Accept", "")),
             include_object=_q(request, "includeObject") or "Metadata",
         )
-        return await watchstream.serve(request, self._registry, spec)
+        return await watchstream.serve(request, self._registry, spec, shared=self._watch_lines)
 
 
 def _patch_type(content_type: str) -> None:

@@ -9,6 +9,7 @@ which is what Scale.status.selector and kubectl show.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -91,16 +92,84 @@ class Selector:
     nothing: bool = False  # matches no object (a LabelSelector that is null)
 
     def matches(self, labels: Mapping[str, str] | None) -> bool:
-        if self.nothing:
-            return False
-        have = labels or {}
-        return all(r.matches(have) for r in self.requirements)
+        return self._compiled.matches(labels or {})
+
+    @functools.cached_property
+    def _compiled(self) -> _Compiled:
+        return _Compiled(self)
 
     def empty(self) -> bool:
         return not self.requirements and not self.nothing
 
     def __str__(self) -> str:
         return ",".join(str(r) for r in sorted(self.requirements, key=lambda r: r.key))
+
+
+class _Compiled:
+    """A selector as a few sets and maps, matched in time proportional to an object's own labels
+    rather than to the selector's terms: a query string may hold thousands of terms, and a
+    list tries them on every object.
+
+    Every term but `!=`, `notin` and `!` needs its key present, so the required keys are tried
+    first, in order, stopping at the first one missing: each one found is a distinct label of the
+    object. Terms on one key combine into one test (the `in` sets intersect, the `notin` sets
+    unite, the `>` bounds take their highest, the `<` their lowest), which each of the object's
+    labels then meets in one lookup.
+    """
+
+    def __init__(self, selector: Selector) -> None:
+        self.nothing = selector.nothing
+        self.required: list[str] = []  # keys that must be there, in the selector's order
+        self.absent: frozenset[str] = frozenset(r.key for r in selector.requirements if r.op == "!")
+        allowed: dict[str, set[str]] = {}
+        forbidden: dict[str, set[str]] = {}
+        above: dict[str, int] = {}
+        below: dict[str, int] = {}
+        for r in selector.requirements:
+            if r.op in ("exists", "=", "in", "gt", "lt") and r.key not in self.required:
+                self.required.append(r.key)
+            if r.op in ("=", "in"):
+                allowed[r.key] = allowed[r.key] & set(r.values) if r.key in allowed else set(r.values)
+            elif r.op in ("!=", "notin"):
+                forbidden.setdefault(r.key, set()).update(r.values)
+            elif r.op == "gt":
+                above[r.key] = max(above.get(r.key, int(r.values[0])), int(r.values[0]))
+            elif r.op == "lt":
+                below[r.key] = min(below.get(r.key, int(r.values[0])), int(r.values[0]))
+        # Per key: (values allowed or None, values forbidden or None, exclusive bounds or None).
+        self.tests: dict[str, tuple[set[str] | None, set[str] | None, int | None, int | None]] = {
+            key: (allowed.get(key), forbidden.get(key), above.get(key), below.get(key))
+            for key in {*allowed, *forbidden, *above, *below}
+        }
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.nothing:
+            return False
+        for key in self.required:
+            if key not in labels:
+                return False
+        if self.absent and not self.absent.isdisjoint(labels):
+            return False
+        tests = self.tests
+        if not tests:
+            return True
+        for key, value in labels.items():
+            test = tests.get(key)
+            if test is None:
+                continue
+            allowed, forbidden, above, below = test
+            if allowed is not None and value not in allowed:
+                return False
+            if forbidden is not None and value in forbidden:
+                return False
+            if above is not None or below is not None:
+                try:
+                    have = int(value)
+                except ValueError:
+                    return False
+                if (above is not None and not have > above) or (below is not None and not have < below):
+                    return False
+        return True
 
 
 def _tokens(text: str) -> list[str]:

@@ -3,7 +3,7 @@
 Bodies: JSON and YAML for create/update (`application/json`, `application/yaml`), the three
 patch media types plus apply (handled by `patch.py`). Anything else is 415; a body that does not
 parse is 400 with the parser's own words; a body over the limit is 413. YAML is read as
-upstream reads it (`jsontree.load_yaml`), off the event loop when it is large, and whatever a
+upstream reads it (`jsontree.load_yaml`); any body is decoded off the event loop when it is large, and whatever a
 decoder produced passes the JSON gate (`jsontree.check`) before anything else sees it.
 
 Responses: JSON always; `as=Table` (meta.k8s.io v1 or v1beta1) when kubectl asks for a server-side
@@ -13,7 +13,6 @@ follow the media type after `;` and entries are separated by `,`.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import struct
 import zlib
@@ -22,6 +21,7 @@ from typing import Any
 import orjson
 import yaml
 
+from edgekube._cogs import offload as offload_mod
 from edgekube.api import errors, jsontree, protobuf
 
 JSON_TYPES = ("application/json",)
@@ -110,16 +110,11 @@ def decode_content(body: bytes, encoding: str, *, limit: int) -> bytes:
     raise AssertionError("unreachable")
 
 
-# Past this size a YAML or protobuf body is decoded on a worker thread: PyYAML reads about
-# 0.3 MB/s in Python, and a 3 MiB body would hold the event loop for seconds.
-_OFF_LOOP_BYTES = 16 * 1024
-
-
-async def decode_body_async(body: bytes, content_type: str, *, kind: str = "") -> dict[str, Any]:
-    """`decode_body`, off the event loop when the body is large and slow to decode."""
-    if len(body) > _OFF_LOOP_BYTES and media_type(content_type) not in (*JSON_TYPES, ""):
-        return await asyncio.to_thread(decode_body, body, content_type, kind=kind)
-    return decode_body(body, content_type, kind=kind)
+async def decode_body_async(body: bytes, content_type: str, *, offload: offload_mod.Offload,
+                            kind: str = "") -> dict[str, Any]:
+    """`decode_body`, on `offload`'s worker when the body is large: PyYAML reads about 0.3 MB/s
+    in Python, and the JSON gate walks every value in Python too."""
+    return await offload.run(len(body), decode_body, body, content_type, kind=kind)
 
 
 def unrecognized(kind: str, why: str, body: bytes) -> errors.APIError:

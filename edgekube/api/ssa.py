@@ -302,23 +302,25 @@ def to_fields_v1(paths: set[Path]) -> JSON:
 
 def from_fields_v1(fields: Any) -> set[Path]:
     out: set[Path] = set()
-
-    def walk(node: Any, path: Path) -> None:
-        if not isinstance(node, dict):
-            return
-        if not node and path:
-            out.add(path)
-            return
-        for key, child in node.items():
-            if key == ".":
-                out.add(path)
-                continue
-            kind, _, rest = key.partition(":")
-            pe: PathElement = (kind, int(rest)) if kind == "i" and rest.isdigit() else (kind, rest)
-            walk(child, (*path, pe))
-
-    walk(fields, ())
+    _walk_fields(fields, (), out)
     return out
+
+
+def _walk_fields(node: Any, path: Path, out: set[Path]) -> None:
+    # A module function, not a closure calling itself: that closure would be a reference cycle
+    # holding `out` (every path of a large object) until the cyclic collector came by.
+    if not isinstance(node, dict):
+        return
+    if not node and path:
+        out.add(path)
+        return
+    for key, child in node.items():
+        if key == ".":
+            out.add(path)
+            continue
+        kind, _, rest = key.partition(":")
+        pe: PathElement = (kind, int(rest)) if kind == "i" and rest.isdigit() else (kind, rest)
+        _walk_fields(child, (*path, pe), out)
 
 
 def render_path(path: Path) -> str:

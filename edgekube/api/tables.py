@@ -1456,29 +1456,44 @@ def to_table(
 
     Raises a 400 APIError when `include_object` is not one of None, Metadata, Object.
     """
+    check_include_object(include_object)
+    when = now if now is not None else datetime.now(UTC)
+    if printer is None:
+        printer = printer_for(gk)
+    return {
+        **table_head(objs, printer=printer, list_meta=list_meta, with_columns=with_columns),
+        "rows": [row(obj, printer=printer, when=when, include_object=include_object) for obj in objs],
+    }
+
+
+def check_include_object(include_object: str) -> None:
+    """A 400 APIError when `include_object` is not one of None, Metadata, Object."""
     if include_object not in INCLUDE_OBJECT_VALUES:
         raise errors.bad_request(
             f'includeObject: Unsupported value: "{include_object}": supported values: '
             '"Metadata", "None", "Object"'
         )
-    when = now if now is not None else datetime.now(UTC)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    if printer is None:
-        printer = printer_for(gk)
-    rows: list[JSON] = []
-    for obj in objs:
-        row: JSON = {"cells": printer.row(obj, when)}
-        if printer is _POD:
-            conditions = _pod_conditions(obj)
-            if conditions:
-                row["conditions"] = conditions
-        row["object"] = _row_object(obj, include_object)
-        rows.append(row)
+
+
+def table_head(objs: Sequence[Mapping[str, Any]], *, printer: Printer, list_meta: Mapping[str, Any] | None,
+               with_columns: bool = True) -> JSON:
+    """A Table without its `rows` (which come last in it): for a list encoded row by row."""
     return {
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": _table_metadata(objs, list_meta),
         "columnDefinitions": [c.definition() for c in printer.columns] if with_columns else None,
-        "rows": rows,
     }
+
+
+def row(obj: Mapping[str, Any], *, printer: Printer, when: datetime, include_object: str) -> JSON:
+    """One Table row of `obj` (pure: may run off the event loop)."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    out: JSON = {"cells": printer.row(obj, when)}
+    if printer is _POD:
+        conditions = _pod_conditions(obj)
+        if conditions:
+            out["conditions"] = conditions
+    out["object"] = _row_object(obj, include_object)
+    return out

@@ -18,14 +18,16 @@ fell too far behind, or at shutdown.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from edgekube._cogs import offload as offload_mod
 from edgekube.api import errors, tables
 from edgekube.api.registry import resources, rest
 from edgekube.store import errors as store_errors
@@ -52,17 +54,17 @@ class _Writer:
     def __init__(self, response: web.StreamResponse, spec: WatchSpec) -> None:
         self._response = response
         self._spec = spec
-        self._columns_sent = False
+        self.columns_sent = False
 
-    async def event(self, type_: str, obj: JSON) -> None:
-        obj = rest.present(self._spec.info, obj)
-        if self._spec.table_version is not None and type_ in ("ADDED", "MODIFIED", "DELETED"):
-            table = tables.to_table(self._spec.info.gk, [obj], include_object=self._spec.include_object,
-                                    with_columns=not self._columns_sent, printer=tables.printer_for_info(self._spec.info))
-            table["apiVersion"] = f"meta.k8s.io/{self._spec.table_version}"
-            self._columns_sent = True
-            obj = table
-        await self._response.write(orjson.dumps({"type": type_, "object": obj}) + b"\n")
+    async def line(self, line: bytes) -> None:
+        if self._spec.table_version is not None:
+            self.columns_sent = True
+        # A large line in pieces, each a pass through TLS and a yield: the watches of one
+        # large event are woken together, and a 1.8 MB line each would hold the loop meanwhile.
+        for at in range(0, len(line), _BATCH):
+            if at:
+                await asyncio.sleep(0)  # a write yields only when the socket's buffer is full
+            await self._response.write(line[at:at + _BATCH])
 
     async def bookmark(self, revision: int, *, initial_end: bool = False) -> None:
         meta: JSON = {"resourceVersion": str(revision)}
@@ -74,18 +76,58 @@ class _Writer:
         )
 
 
-async def serve(request: web.Request, registry: rest.Registry, spec: WatchSpec) -> web.StreamResponse:
+def _line(spec: WatchSpec, type_: str, obj: JSON, *, with_columns: bool) -> bytes:
+    """One event as its JSON line (pure: may run off the event loop)."""
+    obj = rest.present(spec.info, obj)
+    if spec.table_version is not None and type_ in ("ADDED", "MODIFIED", "DELETED"):
+        table = tables.to_table(spec.info.gk, [obj], include_object=spec.include_object,
+                                with_columns=with_columns, printer=tables.printer_for_info(spec.info))
+        table["apiVersion"] = f"meta.k8s.io/{spec.table_version}"
+        obj = table
+    return orjson.dumps({"type": type_, "object": obj}) + b"\n"
+
+
+class SharedLines:
+    """The lines of recent large events, made once for every watch that shows them the same way
+    (all of a resource's watches without selectors or tables): twenty watches of a 1.5 MiB
+    object would otherwise decode and encode it twenty times. Owned by the handlers, shared by
+    their watches; a few entries, as a large write reaches its watches at about the same time."""
+
+    def __init__(self, *, size: int = 8) -> None:
+        self._size = size
+        self._lines: collections.OrderedDict[tuple[int, str, str], asyncio.Future[bytes | None]] = collections.OrderedDict()
+
+    def get(self, key: tuple[int, str, str], start: Callable[[], asyncio.Future[bytes | None]]) -> asyncio.Future[bytes | None]:
+        """The line of `key` (revision, key, apiVersion), being made or made; `start` makes it."""
+        found = self._lines.get(key)
+        if found is None:
+            found = self._lines[key] = start()
+            found.add_done_callback(_retrieved)
+            while len(self._lines) > self._size:
+                self._lines.popitem(last=False)
+        return found
+
+
+def _retrieved(fut: asyncio.Future[bytes | None]) -> None:
+    # Each watch awaits the future itself; this only keeps asyncio from reporting a failure
+    # (a damaged record) as never retrieved when no watch is left to await it.
+    if not fut.cancelled():
+        fut.exception()
+
+
+async def serve(request: web.Request, registry: rest.Registry, spec: WatchSpec, *,
+                shared: SharedLines | None = None) -> web.StreamResponse:
     store = registry.store
     info = spec.info
     prefix = info.key_prefix(spec.namespace)
     rv = spec.resource_version
-    initial: list[JSON] = []
+    initial: list[bytes] = []
     if spec.send_initial_events or rv in ("", "0"):
-        page = store.scan(prefix)
+        # The objects there are now, read, filtered and encoded on the offload worker (there may
+        # be thousands).
+        page = await store.scan_off_loop(prefix, offload=registry.offload)
         since = int(page.revision)
-        for _, obj in store.objects(page.items, reader="a watch"):
-            if spec.accept is None or spec.accept(obj):
-                initial.append(obj)
+        initial = await registry.offload.always(_initial_lines, spec, page.items, damage=store.damage)
     else:
         try:
             since = int(rv)
@@ -102,11 +144,13 @@ async def serve(request: web.Request, registry: rest.Registry, spec: WatchSpec) 
         await response.write(orjson.dumps({"type": "ERROR", "object": status}) + b"\n")
         return response
     try:
-        for obj in initial:
-            await writer.event("ADDED", obj)
+        for batch in _batches(initial):
+            await writer.line(batch)
+            await asyncio.sleep(0)
         if spec.send_initial_events and spec.bookmarks:
             await writer.bookmark(since, initial_end=True)
-        await _pump(watcher, writer, spec, store_revision=lambda: store.revision, damage=store.damage)
+        await _pump(watcher, writer, spec, store_revision=lambda: store.revision, damage=store.damage,
+                    offload=registry.offload, shared=shared)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -114,8 +158,34 @@ async def serve(request: web.Request, registry: rest.Registry, spec: WatchSpec) 
     return response
 
 
+def _initial_lines(spec: WatchSpec, items: list[records.Item], *, damage: records.Damage) -> list[bytes]:
+    """The ADDED lines of the objects a watch starts with (pure: runs off the event loop)."""
+    out: list[bytes] = []
+    for _, obj in records.objects(items, damage=damage, reader="a watch"):
+        if spec.accept is None or spec.accept(obj):
+            out.append(_line(spec, "ADDED", obj, with_columns=not out))
+    return out
+
+
+# Lines are written in batches of about this size: each write is a pass through TLS and a yield.
+_BATCH = 256 * 1024
+
+
+def _batches(lines: list[bytes]) -> Iterator[bytes]:
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        batch.append(line)
+        size += len(line)
+        if size >= _BATCH:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
+
+
 async def _pump(watcher: Any, writer: _Writer, spec: WatchSpec, *, store_revision: Callable[[], int],
-                damage: records.Damage) -> None:
+                damage: records.Damage, offload: offload_mod.Offload, shared: SharedLines | None) -> None:
     deadline = time.monotonic() + spec.timeout
     next_bookmark = time.monotonic() + spec.bookmark_interval
     last_sent = 0
@@ -136,29 +206,60 @@ async def _pump(watcher: Any, writer: _Writer, spec: WatchSpec, *, store_revisio
                 next_bookmark = time.monotonic() + spec.bookmark_interval
             continue
         try:
-            out = _filter(ev, spec.accept)
+            if offload.heavy(len(ev.value)):
+                line = await _large_event(ev, spec, offload=offload, shared=shared,
+                                          with_columns=not writer.columns_sent)
+            else:
+                out = _filter(ev, spec.accept)
+                line = _line(spec, out[0], out[1], with_columns=not writer.columns_sent) if out is not None else None
         except store_errors.CorruptRecordError as exc:
             damage.note(exc, reader="a watch")
-            out = None
-        if out is not None:
-            await writer.event(out[0], out[1])
+            line = None
+        if line is not None:
+            await writer.line(line)
         last_sent = ev.revision
 
 
+async def _large_event(ev: records.Event, spec: WatchSpec, *, offload: offload_mod.Offload,
+                       shared: SharedLines | None, with_columns: bool) -> bytes | None:
+    """The line of a large event (None: filtered out), made on the offload worker from its
+    object decoded in pieces, and made once for all the plain watches of its resource."""
+
+    def make() -> bytes | None:
+        obj = records.decode_in_pieces(ev.value, key=ev.key, revision=ev.revision)
+
+        def prev() -> JSON | None:
+            if ev.prev_value is None:
+                return None
+            return records.decode_in_pieces(ev.prev_value, key=ev.key, revision=ev.revision)
+
+        out = _choose(ev.type, obj, prev, spec.accept)
+        return _line(spec, out[0], out[1], with_columns=with_columns) if out is not None else None
+
+    if shared is None or spec.accept is not None or spec.table_version is not None:
+        return await offload.always(make)
+    return await asyncio.shield(shared.get((ev.revision, ev.key, spec.info.api_version), lambda: offload.submit(make)))
+
+
 def _filter(ev: records.Event, accept: Callable[[Mapping[str, Any]], bool] | None) -> tuple[str, JSON] | None:
-    obj = ev.object()
+    return _choose(ev.type, ev.object(), ev.prev_object, accept)
+
+
+def _choose(type_: records.EventType, obj: JSON, prev_object: Callable[[], JSON | None],
+            accept: Callable[[Mapping[str, Any]], bool] | None) -> tuple[str, JSON] | None:
+    """The event a watch with `accept` sees of a change (its type and object), or None."""
     if accept is None:
-        return ev.type.value, obj
+        return type_.value, obj
     now_ok = accept(obj)
-    if ev.type is records.EventType.DELETED:
+    if type_ is records.EventType.DELETED:
         return ("DELETED", obj) if now_ok else None
-    prev = ev.prev_object()
-    if ev.type is records.EventType.ADDED or prev is None:
+    prev = prev_object()
+    if type_ is records.EventType.ADDED or prev is None:
         # Without the previous state a MODIFIED that no longer matches cannot be told from one
         # that never did; sending DELETED for a key the client never saw is harmless.
         if now_ok:
-            return ev.type.value, obj
-        return ("DELETED", obj) if ev.type is records.EventType.MODIFIED and prev is None else None
+            return type_.value, obj
+        return ("DELETED", obj) if type_ is records.EventType.MODIFIED and prev is None else None
     was_ok = accept(prev)
     if now_ok and was_ok:
         return "MODIFIED", obj

@@ -92,7 +92,13 @@ class Informer:
             on_synced=self.synced.set,
             damage=self._client.damage,
             reader=f"the {self.kind} informer",
+            load=self._load,
         )
+
+    async def _load(self, ev: records.Event) -> records.Event:
+        if self._name is not None and not ev.key.endswith("/" + self._name):
+            return ev  # dropped by `_apply` before it is decoded
+        return await self._client.load_event(ev)
 
     def _relist(self) -> int:
         try:
@@ -181,9 +187,11 @@ async def list_and_watch(
     on_synced: Callable[[], None],
     damage: records.Damage,
     reader: str,
+    load: Callable[[records.Event], Awaitable[records.Event]] | None = None,
 ) -> None:
     """List (`relist` returns the list's revision), then apply watch events from there; list again
-    whenever the watch ends (a dropped slow watcher) or its revision was compacted.
+    whenever the watch ends (a dropped slow watcher) or its revision was compacted. `load`, when
+    given, may decode an event's object ahead, off the event loop (`LocalClient.load_event`).
 
     An event whose object cannot be decoded is noted in `damage` and skipped: one damaged record
     must not stop a consumer (and with it the server, at every boot)."""
@@ -200,7 +208,7 @@ async def list_and_watch(
                 if ev is None:
                     break
                 try:
-                    apply(ev)
+                    apply(await load(ev) if load is not None else ev)
                 except store_errors.CorruptRecordError as exc:
                     damage.note(exc, reader=reader)
         finally:

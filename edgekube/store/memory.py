@@ -25,6 +25,22 @@ from edgekube.store import errors, lmdb_log, records
 log = logging.getLogger(__name__)
 
 
+def page(items: list[records.Item], *, limit: int | None, accept: Callable[[bytes], bool] | None,
+         revision: int) -> records.Page:
+    """A page of a `MemoryTier.snapshot`: the accepted items up to `limit` (pure: may run off
+    the event loop)."""
+    out: list[records.Item] = []
+    next_key: str | None = None
+    for item in items:
+        if limit is not None and len(out) >= limit:
+            next_key = out[-1].key
+            break
+        if accept is not None and not accept(item.value):
+            continue
+        out.append(item)
+    return records.Page(items=out, revision=records.Revision(revision), next_key=next_key)
+
+
 class MemoryTier:
     def __init__(self, *, max_per_resource: int) -> None:
         self._data: dict[str, tuple[int, bytes]] = {}
@@ -49,18 +65,14 @@ class MemoryTier:
         accept: Callable[[bytes], bool] | None,
         revision: int,
     ) -> records.Page:
+        return page(self.snapshot(prefix, start_after=start_after), limit=limit, accept=accept, revision=revision)
+
+    def snapshot(self, prefix: str, *, start_after: str | None) -> list[records.Item]:
+        """The items under `prefix` now, in key order: a list of its own, which `page` may filter
+        on another thread while this tier changes."""
         keys = sorted(k for k in self._data if k.startswith(prefix) and (start_after is None or k > start_after))
-        items: list[records.Item] = []
-        next_key: str | None = None
-        for k in keys:
-            if limit is not None and len(items) >= limit:
-                next_key = items[-1].key
-                break
-            rev, value = self._data[k]
-            if accept is not None and not accept(value):
-                continue
-            items.append(records.Item(key=k, revision=records.Revision(rev), value=value))
-        return records.Page(items=items, revision=records.Revision(revision), next_key=next_key)
+        data = self._data
+        return [records.Item(key=k, revision=records.Revision(data[k][0]), value=data[k][1]) for k in keys]
 
     def apply(self, w: lmdb_log.Write) -> lmdb_log.Outcome:
         cur = self._data.get(w.key)

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edgekube._cogs import offload as offload_mod
 from edgekube.store import encryption, errors, lmdb_log, memory, records, watch
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,32 @@ class Store:
         # The snapshot may include a commit whose events are not published yet; its revision is
         # then ahead of ours, which is right: a watch from it must not replay those events again.
         return dataclasses.replace(page, revision=records.Revision(max(page.revision, self._revision)))
+
+    async def scan_off_loop(
+        self,
+        prefix: str,
+        *,
+        offload: offload_mod.Offload,
+        start_after: str | None = None,
+        limit: int | None = None,
+        accept: Callable[[bytes], bool] | None = None,
+        revision: int | None = None,
+    ) -> records.Page:
+        """`scan`, with the reading and the `accept` filter (which must be pure) on `offload`'s
+        worker thread: a list of thousands of objects, a selector decoding each, takes far
+        longer than the event loop may be held. LMDB reads from any thread; the memory tier is
+        copied on the loop first (the loop changes it)."""
+        if self.is_memory(prefix):
+            items = self._memory.snapshot(prefix, start_after=start_after)
+            return await offload.always(memory.page, items, limit=limit, accept=accept, revision=self._revision)
+        if revision is not None and revision < self._revision:
+            return await offload.always(self._db.scan_at, prefix, revision=revision, start_after=start_after,
+                                        limit=limit, accept=accept)
+        # Taken before the snapshot: every event up to it is in the snapshot or of another prefix
+        # (a volatile one), and any later event of this prefix has a higher revision (see `scan`).
+        published = self._revision
+        page = await offload.always(self._db.scan, prefix, start_after=start_after, limit=limit, accept=accept)
+        return dataclasses.replace(page, revision=records.Revision(max(page.revision, published)))
 
     def objects(self, items: Iterable[records.Item], *, reader: str) -> Iterator[tuple[records.Item, dict[str, Any]]]:
         """Each item with its object, skipping (and noting) those that cannot be decoded."""

@@ -445,6 +445,7 @@ def test_strategic_merge_of_long_lists_is_linear_and_keeps_semantics() -> None:
 async def test_large_yaml_bodies_are_decoded_off_the_event_loop() -> None:
     import asyncio
 
+    from edgekube._cogs import offload
     from edgekube.api import negotiation
 
     doc = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: big}\ndata:\n" + "".join(
@@ -462,7 +463,7 @@ async def test_large_yaml_bodies_are_decoded_off_the_event_loop() -> None:
     task = asyncio.ensure_future(ticker())
     await asyncio.sleep(0)
     start = ticks
-    got = await negotiation.decode_body_async(doc.encode(), "application/yaml")
+    got = await negotiation.decode_body_async(doc.encode(), "application/yaml", offload=offload.Offload())
     during = ticks - start
     done = True
     await task

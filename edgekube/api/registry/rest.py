@@ -22,11 +22,12 @@ import logging
 import secrets
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
 from edgekube._cogs import clock as clock_mod
+from edgekube._cogs import offload as offload_mod
 from edgekube.api import errors, fields, jsontree, labels, quantity, ssa
 from edgekube.api.registry import (
     admission,
@@ -46,6 +47,7 @@ from edgekube.store import records
 from edgekube.store import store as store_mod
 
 JSON = dict[str, Any]
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # Kinds whose metadata.generation tracks spec changes.
@@ -90,6 +92,9 @@ class Options:
     field_manager: str | None = None
     # "Apply" when the object's managedFields were already worked out by server-side apply.
     operation: str = "Update"
+    # The size of the request's body in bytes (0 in process): a write whose body or stored
+    # object is large does its Python work off the event loop (see `Registry.offload`).
+    cost: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +109,15 @@ class DeleteOptions:
 @dataclasses.dataclass(frozen=True)
 class ListResult:
     items: list[JSON]
+    resource_version: str
+    continue_token: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedList(Generic[T]):
+    """A list whose objects are already rendered for the response (`Registry.list_rendered`)."""
+
+    items: list[T]
     resource_version: str
     continue_token: str | None
 
@@ -129,8 +143,12 @@ class Registry:
         catalog: resources.Catalog,
         clock: clock_mod.Clock,
         network: ServiceNetwork,
+        offload: offload_mod.Offload | None = None,
     ) -> None:
         self.store = store
+        # Where the pure work of large writes runs (input checks, defaults, validation,
+        # managedFields, patches): only values that belong to the request alone go there.
+        self.offload = offload or offload_mod.Offload()
         self.catalog = catalog
         self._clock = clock
         self._network = network
@@ -162,6 +180,17 @@ class Registry:
             self.store.damage.note(exc, reader="a request")
             raise damaged(exc) from None
 
+    async def _decode(self, item: records.Item, *, cost: int) -> JSON:
+        """`_object`, off the loop and in pieces for a large object (the damage is noted on the
+        loop)."""
+        try:
+            if not self.offload.heavy(cost):
+                return item.object()
+            return await self.offload.always(records.decode_in_pieces, item.value, key=item.key, revision=item.revision)
+        except store_errors.CorruptRecordError as exc:
+            self.store.damage.note(exc, reader="a request")
+            raise damaged(exc) from None
+
     def _missing(self, key: str) -> bool:
         """Whether nothing is stored at `key` (at boot: a damaged record there is left alone,
         noted, and not written over)."""
@@ -184,6 +213,21 @@ class Registry:
             raise errors.not_found(info.plural, name, group=info.group)
         return present(info, self._object(item))
 
+    async def read(self, info: resources.ResourceInfo, *, namespace: str | None, name: str,
+                   render: Callable[[JSON], T]) -> T:
+        """`get` for a client's request, the object as `render` (a pure function) makes it: for
+        a large object, decoded in pieces and rendered on the offload worker."""
+        item = self.store.get(info.key(name, namespace))
+        if item is None:
+            raise errors.not_found(info.plural, name, group=info.group)
+        cost = len(item.value)
+        try:
+            with self.offload.collector_paused(cost):
+                return await self.offload.run(cost, _render_item, info, item, render, pieces=self.offload.heavy(cost))
+        except store_errors.CorruptRecordError as exc:
+            self.store.damage.note(exc, reader="a request")
+            raise damaged(exc) from None
+
     def list(
         self,
         info: resources.ResourceInfo,
@@ -194,31 +238,75 @@ class Registry:
         limit: int | None = None,
         continue_token: str | None = None,
     ) -> ListResult:
-        accept = self.matcher(info, label_selector=label_selector, field_selector=field_selector)
-        start_after = None
-        revision = None
-        if continue_token:
-            start_after, revision = _decode_continue(continue_token, prefix=info.key_prefix(namespace))
+        accept, start_after, revision = self._list_query(info, namespace=namespace, label_selector=label_selector,
+                                                         field_selector=field_selector, continue_token=continue_token)
         try:
-            page = self.store.scan(
-                info.key_prefix(namespace),
-                start_after=start_after,
-                limit=limit if limit and limit > 0 else None,
-                accept=_value_filter(accept) if accept is not None else None,
-                revision=revision,
-            )
+            page = self.store.scan(info.key_prefix(namespace), start_after=start_after,
+                                   limit=limit if limit and limit > 0 else None, accept=accept, revision=revision)
         except store_errors.CompactedError:
-            raise errors.gone(
-                "The provided continue parameter is too old to display a consistent list result. "
-                "You can start a new list without the continue parameter."
-            ) from None
+            raise _continue_expired() from None
         token = _encode_continue(page.next_key, page.revision) if page.next_key else None
         items = [present(info, obj) for _, obj in self.store.objects(page.items, reader="a list")]
         return ListResult(items=items, resource_version=str(page.revision), continue_token=token)
 
-    def matcher(
+    async def list_rendered(
+        self,
+        info: resources.ResourceInfo,
+        *,
+        namespace: str | None,
+        label_selector: str = "",
+        field_selector: str = "",
+        limit: int | None = None,
+        continue_token: str | None = None,
+        render: Callable[[JSON], T],
+    ) -> RenderedList[T]:
+        """`list` for a client's request, each object as `render` (a pure function) makes it:
+        the scan, the selectors and the rendering of every object run on the offload worker, one
+        object at a time, so that neither the loop waits for thousands of them nor thousands of
+        decoded objects are alive at once."""
+        accept, start_after, revision = self._list_query(info, namespace=namespace, label_selector=label_selector,
+                                                         field_selector=field_selector, continue_token=continue_token)
+        try:
+            page = await self.store.scan_off_loop(info.key_prefix(namespace), offload=self.offload,
+                                                  start_after=start_after, limit=limit if limit and limit > 0 else None,
+                                                  accept=accept, revision=revision)
+        except store_errors.CompactedError:
+            raise _continue_expired() from None
+        token = _encode_continue(page.next_key, page.revision) if page.next_key else None
+        items = await self.offload.always(self._render_items, info, page.items, render)
+        return RenderedList(items=items, resource_version=str(page.revision), continue_token=token)
+
+    def _render_items(self, info: resources.ResourceInfo, items: builtins.list[records.Item],
+                      render: Callable[[JSON], T]) -> builtins.list[T]:
+        return [render(present(info, obj)) for _, obj in self.store.objects(items, reader="a list")]
+
+    def _list_query(
+        self, info: resources.ResourceInfo, *, namespace: str | None, label_selector: str, field_selector: str,
+        continue_token: str | None,
+    ) -> tuple[Callable[[bytes], bool] | None, str | None, int | None]:
+        """(filter on stored values, key to start after, revision to list at) of a list request."""
+        lsel, fsel = self._selectors(info, label_selector=label_selector, field_selector=field_selector)
+        start_after = None
+        revision = None
+        if continue_token:
+            start_after, revision = _decode_continue(continue_token, prefix=info.key_prefix(namespace))
+        if lsel is None and fsel is None:
+            return None, start_after, revision
+        # Only the top-level fields the selectors read are decoded (a label selector: metadata).
+        needed = frozenset({"metadata"}) | (fsel.fields if fsel is not None else frozenset())
+        accept = _acceptor(lsel, fsel)
+
+        def on_value(value: bytes) -> bool:
+            try:
+                return accept(records.decode_fields(value, needed))
+            except store_errors.CorruptRecordError:
+                return True  # noted and skipped with its key by the list itself
+
+        return on_value, start_after, revision
+
+    def _selectors(
         self, info: resources.ResourceInfo, *, label_selector: str, field_selector: str
-    ) -> Callable[[Mapping[str, Any]], bool] | None:
+    ) -> tuple[labels.Selector | None, fields.FieldSelector | None]:
         try:
             lsel = labels.parse(label_selector) if label_selector else None
             fsel = fields.parse(field_selector, gk=info.gk) if field_selector else None
@@ -226,16 +314,15 @@ class Registry:
             raise errors.bad_request(str(exc)) from None
         except fields.SelectorError as exc:
             raise errors.bad_request(str(exc)) from None
+        return lsel, fsel
+
+    def matcher(
+        self, info: resources.ResourceInfo, *, label_selector: str, field_selector: str
+    ) -> Callable[[Mapping[str, Any]], bool] | None:
+        lsel, fsel = self._selectors(info, label_selector=label_selector, field_selector=field_selector)
         if lsel is None and fsel is None:
             return None
-
-        def accept(obj: Mapping[str, Any]) -> bool:
-            meta = obj.get("metadata") or {}
-            if lsel is not None and not lsel.matches(meta.get("labels") or {}):
-                return False
-            return fsel is None or fsel.matches(obj)
-
-        return accept
+        return _acceptor(lsel, fsel)
 
     # --- create ------------------------------------------------------------------------------
 
@@ -248,8 +335,72 @@ class Registry:
         options: Options = Options(),
         warnings: Warnings | None = None,
     ) -> JSON:
-        _check_input(info, obj)
-        obj = copy.deepcopy(obj)
+        cost = options.cost or _encoded_size(obj)
+        with self.offload.collector_paused(cost):
+            return await self._create(info, obj, namespace=namespace, options=options, warnings=warnings, cost=cost)
+
+    async def _create(self, info: resources.ResourceInfo, obj: JSON, *, namespace: str | None, options: Options,
+                      warnings: Warnings | None, cost: int) -> JSON:
+        run = self.offload.run
+        obj = await run(cost, self._create_input, info, obj, namespace)
+        meta = obj["metadata"]
+        name = meta["name"]
+        if info.namespaced:
+            self._check_namespace_accepts(info, namespace or "", name)
+        now = clock_mod.rfc3339(self._clock.now())
+        await run(cost, self._create_prepare, info, obj, now=now, options=options, warnings=warnings)
+        if info.gk == CRD_GK:
+            obj["status"] = self._crd_status(obj, now=now)
+        if info.gk == apiservices.GK:
+            obj["status"] = apiservices.status(obj, old=None, now=now)
+        if info.gk == "Namespace":
+            # Set at creation only (upstream's PrepareForCreate): the namespace controller removes
+            # it once the namespace is empty, and an update must not bring it back.
+            spec = obj.setdefault("spec", {})
+            if isinstance(spec, dict) and "finalizers" not in spec:
+                spec["finalizers"] = ["kubernetes"]
+        if info.gk == "Job.batch":
+            defaults.job_selector(obj)
+        self._admission.mutate(info, obj)
+        if info.gk == "Pod":
+            self._admit_priority(obj)
+            obj.setdefault("status", {}).setdefault("phase", "Pending")
+            obj["status"].setdefault("qosClass", _qos_class(obj.get("spec") or {}))
+        await run(cost, self._validate, info, obj, old=None)
+        await self._admission.validate(info, obj, old=None, subresource=None, dry_run=options.dry_run)
+        if options.operation != "Apply":
+            meta["managedFields"] = await run(
+                cost, ssa.track_update, None, obj, manager=_manager(options), api_version=info.api_version,
+                schema=self.schema_for(info), now=now,
+            )
+        allocated = self._allocate_service(obj, old=None) if info.gk == "Service" else _Allocated()
+        try:
+            await run(cost, _check_storable, info, obj)
+        except errors.APIError:
+            allocated.release(self)
+            raise
+        if options.dry_run:
+            allocated.release(self)
+            return obj
+        try:
+            await self.store.create(info.key(name, namespace), obj)
+        except store_errors.KeyExistsError:
+            allocated.release(self)
+            raise errors.already_exists(info.plural, name, group=info.group) from None
+        except store_errors.StoreError as exc:
+            allocated.release(self)
+            raise _store_failure(exc) from None
+        if info.gk == CRD_GK:
+            self.sync_crds()
+        # What was stored, its resourceVersion set by the store, which keeps only its bytes:
+        # no need to decode them again.
+        return obj
+
+    def _create_input(self, info: resources.ResourceInfo, given: JSON, namespace: str | None) -> JSON:
+        """The request's own copy of an object to create, checked and named (pure: may run
+        off the loop)."""
+        _check_input(info, given)
+        obj = copy.deepcopy(given)
         self._check_type(info, obj)
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -268,10 +419,13 @@ class Registry:
                     group=info.group,
                 )
             meta["name"] = f"{prefix}{''.join(secrets.choice(_GENERATE_ALPHABET) for _ in range(5))}"
-        name = meta["name"]
-        if info.namespaced:
-            self._check_namespace_accepts(info, namespace or "", name)
-        now = clock_mod.rfc3339(self._clock.now())
+        return obj
+
+    def _create_prepare(self, info: resources.ResourceInfo, obj: JSON, *, now: str, options: Options,
+                        warnings: Warnings | None) -> None:
+        """Server-set metadata, the decoding checks and defaults of an object to create (pure:
+        may run off the loop)."""
+        meta = obj["metadata"]
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now
         for k in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
@@ -288,50 +442,6 @@ class Registry:
             self._prepare_custom(info, obj, options=options, warnings=warnings)
             meta["generation"] = 1
         defaults.apply(info.gk, obj)
-        if info.gk == CRD_GK:
-            obj["status"] = self._crd_status(obj, now=now)
-        if info.gk == apiservices.GK:
-            obj["status"] = apiservices.status(obj, old=None, now=now)
-        if info.gk == "Namespace":
-            # Set at creation only (upstream's PrepareForCreate): the namespace controller removes
-            # it once the namespace is empty, and an update must not bring it back.
-            spec = obj.setdefault("spec", {})
-            if isinstance(spec, dict) and "finalizers" not in spec:
-                spec["finalizers"] = ["kubernetes"]
-        if info.gk == "Job.batch":
-            defaults.job_selector(obj)
-        self._admission.mutate(info, obj)
-        if info.gk == "Pod":
-            self._admit_priority(obj)
-            obj.setdefault("status", {}).setdefault("phase", "Pending")
-            obj["status"].setdefault("qosClass", _qos_class(obj.get("spec") or {}))
-        self._validate(info, obj, old=None)
-        await self._admission.validate(info, obj, old=None, subresource=None, dry_run=options.dry_run)
-        if options.operation != "Apply":
-            meta["managedFields"] = ssa.track_update(
-                None, obj, manager=_manager(options), api_version=info.api_version,
-                schema=self.schema_for(info), now=now,
-            )
-        allocated = self._allocate_service(obj, old=None) if info.gk == "Service" else _Allocated()
-        try:
-            _check_storable(info, obj)
-        except errors.APIError:
-            allocated.release(self)
-            raise
-        if options.dry_run:
-            allocated.release(self)
-            return obj
-        try:
-            applied = await self.store.create(info.key(name, namespace), obj)
-        except store_errors.KeyExistsError:
-            allocated.release(self)
-            raise errors.already_exists(info.plural, name, group=info.group) from None
-        except store_errors.StoreError as exc:
-            allocated.release(self)
-            raise _store_failure(exc) from None
-        if info.gk == CRD_GK:
-            self.sync_crds()
-        return records.decode(applied.value)
 
     def _check_type(self, info: resources.ResourceInfo, obj: JSON) -> None:
         api_version = obj.get("apiVersion")
@@ -424,17 +534,8 @@ class Registry:
         warnings: Warnings | None = None,
     ) -> tuple[JSON, bool]:
         """PUT. Returns (object, created)."""
-        _check_input(info, obj)
-        obj = copy.deepcopy(obj)
-        self._check_type(info, obj)
-        meta = obj.setdefault("metadata", {})
-        if not isinstance(meta, dict):
-            raise errors.bad_request("metadata must be an object")
-        body_name = meta.get("name")
-        if body_name and body_name != name:
-            raise errors.bad_request(f"the name of the object ({body_name}) does not match the name on the URL ({name})")
-        meta["name"] = name
-        self._check_namespace(info, meta, namespace)
+        obj = await self.offload.run(options.cost, self._update_input, info, obj, namespace=namespace, name=name)
+        meta = obj["metadata"]
         item = self.store.get(info.key(name, namespace))
         if item is None:
             if info.gk in _CREATE_ON_UPDATE and subresource is None:
@@ -451,9 +552,26 @@ class Registry:
             )
         if expect is not None and expect != item.revision:
             raise errors.conflict(info.plural, name, group=info.group)
-        self._check_fields(info, obj, options=options, warnings=warnings)
+        await self.offload.run(max(options.cost, len(item.value)), self._check_fields, info, obj, options=options,
+                               warnings=warnings)
         out = await self._write_update(info, item, obj, namespace=namespace, subresource=subresource, options=options)
         return out, False
+
+    def _update_input(self, info: resources.ResourceInfo, given: JSON, *, namespace: str | None, name: str) -> JSON:
+        """The request's own copy of an object to update, checked and named (pure: may run off
+        the loop)."""
+        _check_input(info, given)
+        obj = copy.deepcopy(given)
+        self._check_type(info, obj)
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise errors.bad_request("metadata must be an object")
+        body_name = meta.get("name")
+        if body_name and body_name != name:
+            raise errors.bad_request(f"the name of the object ({body_name}) does not match the name on the URL ({name})")
+        meta["name"] = name
+        self._check_namespace(info, meta, namespace)
+        return obj
 
     async def _write_update(
         self,
@@ -465,9 +583,26 @@ class Registry:
         subresource: str | None,
         options: Options,
     ) -> JSON:
-        old = self._object(item)
+        cost = max(options.cost, len(item.value))
+        with self.offload.collector_paused(cost):
+            # The old object is let go of on the offload worker when it is large (freeing some
+            # hundred thousand objects takes milliseconds too): it is `held` here alone once the
+            # frame that used it is gone.
+            held: builtins.list[JSON] = []
+            out = await self._write_update_with(info, item, new, namespace=namespace, subresource=subresource,
+                                                options=options, cost=cost, held=held)
+            if self.offload.heavy(cost):
+                await self.offload.always(held.clear)
+            return out
+
+    async def _write_update_with(self, info: resources.ResourceInfo, item: records.Item, new: JSON, *,
+                                 namespace: str | None, subresource: str | None, options: Options, cost: int,
+                                 held: builtins.list[JSON]) -> JSON:
+        run = self.offload.run
+        old = await self._decode(item, cost=cost)
+        held.append(old)
         sent_managed = (new.get("metadata") or {}).get("managedFields")
-        new = self._merge_update(info, old, new, subresource=subresource, options=options)
+        new = await self._merge_update(info, old, new, subresource=subresource, options=options, cost=cost)
         name = old["metadata"]["name"]
         if options.operation != "Apply":
             base = old
@@ -476,17 +611,17 @@ class Registry:
                 # they decode (kubectl moving client-side apply's entry into its own); one empty
                 # entry, `[{}]`, resets them.
                 base = {**old, "metadata": {**old["metadata"], "managedFields": sent_managed}}
-            new["metadata"]["managedFields"] = ssa.track_update(
-                base, new, manager=_manager(options), api_version=info.api_version,
+            new["metadata"]["managedFields"] = await run(
+                cost, ssa.track_update, base, new, manager=_manager(options), api_version=info.api_version,
                 schema=self.schema_for(info), now=clock_mod.rfc3339(self._clock.now()), subresource=subresource,
             )
-        if _unchanged(old, new):
+        if await run(cost, _unchanged, old, new):
             return old
         await self._admission.validate(info, new, old=old, subresource=subresource, dry_run=options.dry_run)
         new_meta = new["metadata"]
         finishing = bool(new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and not _graceful_pod(info, old))
         if not finishing:  # an object on its way out is not stored again: it may always go
-            _check_storable(info, new)
+            await run(cost, _check_storable, info, new)
         allocated = self._allocate_service(new, old=old) if info.gk == "Service" else _Allocated()
         if options.dry_run:
             allocated.release(self)
@@ -500,12 +635,13 @@ class Registry:
             except store_errors.StoreError as exc:
                 allocated.release(self)
                 raise self._map_write_error(info, name, exc) from None
-            self._release_service(info, records.decode(applied.value))
+            gone = await run(cost, records.decode, applied.value)
+            self._release_service(info, gone)
             if info.gk == CRD_GK:
                 self.sync_crds()
-            return records.decode(applied.value)
+            return gone
         try:
-            applied = await self.store.update(info.key(name, namespace), new, expect_revision=item.revision)
+            await self.store.update(info.key(name, namespace), new, expect_revision=item.revision)
         except store_errors.StoreError as exc:
             allocated.release(self)
             raise self._map_write_error(info, name, exc) from None
@@ -513,27 +649,45 @@ class Registry:
             _release_dropped_ports(self, old, new)
         if info.gk == CRD_GK:
             self.sync_crds()
-        return records.decode(applied.value)
+        return new  # as stored, with its new resourceVersion (see `create`)
 
-    def _merge_update(
-        self, info: resources.ResourceInfo, old: JSON, new: JSON, *, subresource: str | None, options: Options = Options()
+    async def _merge_update(
+        self, info: resources.ResourceInfo, old: JSON, new: JSON, *, subresource: str | None, options: Options,
+        cost: int,
     ) -> JSON:
         """Build the object to store from the old one and the client's new one."""
-        old_meta = old["metadata"]
+        run = self.offload.run
         if subresource == "status":
-            merged = copy.deepcopy(old)
-            merged["status"] = new.get("status", {})
-            defaults.status(info.gk, merged)
-            if info.custom is not None:
-                self._prepare_custom(info, merged, options=options, warnings=None)
-            nmeta = new.get("metadata") or {}
-            for k in ("labels", "annotations", "finalizers", "ownerReferences"):
-                if k in nmeta:
-                    merged["metadata"][k] = nmeta[k]
-                else:
-                    merged["metadata"].pop(k, None)
-            self._validate(info, merged, old=old, status_only=True)
-            return merged
+            return await run(cost, self._merge_status, info, old, new, options=options)
+        await run(cost, self._merge_spec, info, old, new, options=options)
+        if info.gk == CRD_GK:
+            new["status"] = self._crd_status(new, now=clock_mod.rfc3339(self._clock.now()))
+        if info.gk == apiservices.GK:
+            new["status"] = apiservices.status(new, old=old, now=clock_mod.rfc3339(self._clock.now()))
+        await run(cost, self._merge_finish, info, old, new)
+        return new
+
+    def _merge_status(self, info: resources.ResourceInfo, old: JSON, new: JSON, *, options: Options) -> JSON:
+        """A status update: the old object with the new status and metadata (pure: may run off
+        the loop)."""
+        merged = copy.deepcopy(old)
+        merged["status"] = new.get("status", {})
+        defaults.status(info.gk, merged)
+        if info.custom is not None:
+            self._prepare_custom(info, merged, options=options, warnings=None)
+        nmeta = new.get("metadata") or {}
+        for k in ("labels", "annotations", "finalizers", "ownerReferences"):
+            if k in nmeta:
+                merged["metadata"][k] = nmeta[k]
+            else:
+                merged["metadata"].pop(k, None)
+        self._validate(info, merged, old=old, status_only=True)
+        return merged
+
+    def _merge_spec(self, info: resources.ResourceInfo, old: JSON, new: JSON, *, options: Options) -> None:
+        """An update's object with the metadata and status it may not change carried over from
+        the old one, and defaulted (pure: may run off the loop)."""
+        old_meta = old["metadata"]
         new_meta = new.setdefault("metadata", {})
         for k in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"):
             if k in old_meta:
@@ -564,17 +718,15 @@ class Registry:
             _keep_admitted_priority(old, new)
         defaults.apply(info.gk, new)
         defaults.status(info.gk, new)
-        if info.gk == CRD_GK:
-            new["status"] = self._crd_status(new, now=clock_mod.rfc3339(self._clock.now()))
-        if info.gk == apiservices.GK:
-            new["status"] = apiservices.status(new, old=old, now=clock_mod.rfc3339(self._clock.now()))
+
+    def _merge_finish(self, info: resources.ResourceInfo, old: JSON, new: JSON) -> None:
+        """The generation and validation of an update (pure: may run off the loop)."""
         if info.gk in _GENERATION_KINDS or info.custom is not None:
-            gen = int(old_meta.get("generation") or 1)
+            gen = int(old["metadata"].get("generation") or 1)
             if _spec_of(old) != _spec_of(new):
                 gen += 1
-            new_meta["generation"] = gen
+            new["metadata"]["generation"] = gen
         self._validate(info, new, old=old)
-        return new
 
     def _map_write_error(self, info: resources.ResourceInfo, name: str, exc: store_errors.StoreError) -> errors.APIError:
         if isinstance(exc, store_errors.ConflictError):
@@ -596,42 +748,37 @@ class Registry:
         options: Options = Options(),
         warnings: Warnings | None = None,
         shown_as: Callable[[JSON], str] | None = None,
+        pure: bool = False,
     ) -> JSON:
         """Read, patch with `apply`, and write with a revision precondition; retry on races.
 
         A resourceVersion inside the patch is the client's own precondition: a mismatch is a
         409, not a retry. A result that does not decode as the kind is upstream's 422 on the
-        field `patch`, whose value `shown_as` renders (see `decoding`).
+        field `patch`, whose value `shown_as` renders (see `decoding`). `pure`: `apply` and
+        `shown_as` depend on nothing but what they are given (a client's patch), so for a large
+        object they run off the loop too; an in-process caller's callback always runs on it.
         """
+        run = self.offload.run
         for _ in range(_CONFLICT_RETRIES):
             item = self.store.get(info.key(name, namespace))
             if item is None:
                 raise errors.not_found(info.plural, name, group=info.group)
-            current = self._object(item)
-            patched = apply(present(info, copy.deepcopy(current)))
-            if not isinstance(patched, dict):
-                raise errors.bad_request("the patch result is not an object")
-            _check_input(info, patched)
-            pmeta = patched.get("metadata")
-            if not isinstance(pmeta, dict):
-                raise errors.bad_request("metadata must be an object")
-            expect = _expected_revision(pmeta.get("resourceVersion"))
-            if expect is not None and expect != item.revision:
-                raise errors.conflict(info.plural, name, group=info.group)
-            if pmeta.get("name", name) != name:
-                raise errors.bad_request(f"the name of the object ({pmeta.get('name')}) does not match the name on the URL ({name})")
-            self._check_type(info, patched)
-            self._check_namespace(info, pmeta, namespace)
+            cost = max(options.cost, len(item.value))
             try:
-                self._check_fields(info, patched, options=options, warnings=warnings)
-            except errors.APIError as exc:
-                if exc.code != 400 or shown_as is None:
-                    raise
-                raise self._undecodable_patch(info, patched, exc, shown_as=shown_as) from None
-            try:
-                return await self._write_update(
-                    info, item, patched, namespace=namespace, subresource=subresource, options=options
-                )
+                with self.offload.collector_paused(cost):
+                    current = await self._decode(item, cost=cost)  # decoded for this call alone
+                    if pure:
+                        # Handed over, so that a large one is freed on the worker once patched.
+                        handed = [current]
+                        del current
+                        patched = await run(cost, _patch_with, apply, info, handed)
+                    else:
+                        patched = apply(present(info, current))
+                    patched = await run(cost, self._patched, info, patched, revision=item.revision, name=name,
+                                        namespace=namespace, options=options, warnings=warnings, shown_as=shown_as)
+                    return await self._write_update(
+                        info, item, patched, namespace=namespace, subresource=subresource, options=options
+                    )
             except errors.APIError as exc:
                 # Lost a race: read again. A resourceVersion the patch itself carries no longer
                 # matches the new read, and the check above answers 409.
@@ -639,6 +786,32 @@ class Registry:
                     continue
                 raise
         raise errors.conflict(info.plural, name, group=info.group, why="too many concurrent updates, try again")
+
+    def _patched(self, info: resources.ResourceInfo, patched: Any, *, revision: int, name: str,
+                 namespace: str | None, options: Options, warnings: Warnings | None,
+                 shown_as: Callable[[JSON], str] | None) -> JSON:
+        """A patch's result checked as the object to write (pure when `shown_as` is: may run off
+        the loop)."""
+        if not isinstance(patched, dict):
+            raise errors.bad_request("the patch result is not an object")
+        _check_input(info, patched)
+        pmeta = patched.get("metadata")
+        if not isinstance(pmeta, dict):
+            raise errors.bad_request("metadata must be an object")
+        expect = _expected_revision(pmeta.get("resourceVersion"))
+        if expect is not None and expect != revision:
+            raise errors.conflict(info.plural, name, group=info.group)
+        if pmeta.get("name", name) != name:
+            raise errors.bad_request(f"the name of the object ({pmeta.get('name')}) does not match the name on the URL ({name})")
+        self._check_type(info, patched)
+        self._check_namespace(info, pmeta, namespace)
+        try:
+            self._check_fields(info, patched, options=options, warnings=warnings)
+        except errors.APIError as exc:
+            if exc.code != 400 or shown_as is None:
+                raise
+            raise self._undecodable_patch(info, patched, exc, shown_as=shown_as) from None
+        return patched
 
     def _undecodable_patch(
         self, info: resources.ResourceInfo, patched: JSON, exc: errors.APIError, *, shown_as: Callable[[JSON], str]
@@ -752,30 +925,24 @@ class Registry:
                 "PatchOptions", "", [errors.Cause("fieldManager", "Required value: is required for apply patch", "FieldValueRequired")],
                 group="meta.k8s.io",
             )
-        _check_input(info, config)
-        config = copy.deepcopy(config)
-        self._check_type(info, config)
-        meta = config.get("metadata")
-        if not isinstance(meta, dict):
-            raise errors.bad_request("metadata must be an object")
-        if meta.get("name") not in (None, name):
-            raise errors.bad_request(f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})")
-        meta["name"] = name
-        self._check_namespace(info, meta, namespace)
-        self._check_fields(info, config, options=options, warnings=warnings, keep_nulls=True)
+        run = self.offload.run
+        config = await run(options.cost, self._apply_input, info, config, namespace=namespace, name=name,
+                           options=options, warnings=warnings)
         schema = self.schema_for(info)
         applying = dataclasses.replace(options, operation="Apply")
         for _ in range(_CONFLICT_RETRIES):
             now = clock_mod.rfc3339(self._clock.now())
             item = self.store.get(info.key(name, namespace))
-            live = self._object(item) if item is not None else None
-            try:
-                merged, managed = ssa.apply(
-                    live, config, manager=manager, api_version=info.api_version, schema=schema, force=force,
-                    now=now, subresource=subresource,
-                )
-            except ssa.ConflictError as exc:
-                raise _apply_conflict(exc) from None
+            cost = max(options.cost, len(item.value)) if item is not None else options.cost
+            with self.offload.collector_paused(cost):
+                live = await self._decode(item, cost=cost) if item is not None else None
+                try:
+                    merged, managed = await run(
+                        cost, ssa.apply, live, config, manager=manager, api_version=info.api_version, schema=schema,
+                        force=force, now=now, subresource=subresource,
+                    )
+                except ssa.ConflictError as exc:
+                    raise _apply_conflict(exc) from None
             merged.setdefault("metadata", {})["managedFields"] = managed
             if item is None:
                 if subresource is not None:
@@ -790,6 +957,23 @@ class Registry:
                     continue
                 raise
         raise errors.conflict(info.plural, name, group=info.group, why="too many concurrent updates, try again")
+
+    def _apply_input(self, info: resources.ResourceInfo, given: JSON, *, namespace: str | None, name: str,
+                     options: Options, warnings: Warnings | None) -> JSON:
+        """The request's own copy of an applied configuration, checked (pure: may run off the
+        loop)."""
+        _check_input(info, given)
+        config = copy.deepcopy(given)
+        self._check_type(info, config)
+        meta = config.get("metadata")
+        if not isinstance(meta, dict):
+            raise errors.bad_request("metadata must be an object")
+        if meta.get("name") not in (None, name):
+            raise errors.bad_request(f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})")
+        meta["name"] = name
+        self._check_namespace(info, meta, namespace)
+        self._check_fields(info, config, options=options, warnings=warnings, keep_nulls=True)
+        return config
 
     # --- delete ------------------------------------------------------------------------------
 
@@ -955,7 +1139,8 @@ class Registry:
         field_selector: str = "",
         options: DeleteOptions = DeleteOptions(),
     ) -> builtins.list[JSON]:
-        listed = self.list(info, namespace=namespace, label_selector=label_selector, field_selector=field_selector)
+        listed = await self.list_rendered(info, namespace=namespace, label_selector=label_selector,
+                                          field_selector=field_selector, render=_same)
         out: builtins.list[JSON] = []
         for obj in listed.items:
             meta = obj["metadata"]
@@ -1351,21 +1536,48 @@ def _decode_continue(token: str, *, prefix: str) -> tuple[str, int]:
     return start, revision
 
 
-def _value_filter(accept: Callable[[Mapping[str, Any]], bool]) -> Callable[[bytes], bool]:
-    """A selector on stored bytes; an undecodable value passes, to be noted and skipped with
-    its key by the list itself."""
+def _same(obj: JSON) -> JSON:
+    return obj
 
-    def on_value(value: bytes) -> bool:
-        try:
-            return accept(records.decode(value))
-        except store_errors.CorruptRecordError:
-            return True
 
-    return on_value
+def _acceptor(lsel: labels.Selector | None, fsel: fields.FieldSelector | None) -> Callable[[Mapping[str, Any]], bool]:
+    def accept(obj: Mapping[str, Any]) -> bool:
+        meta = obj.get("metadata") or {}
+        if lsel is not None and not lsel.matches(meta.get("labels") or {}):
+            return False
+        return fsel is None or fsel.matches(obj)
+
+    return accept
+
+
+def _continue_expired() -> errors.APIError:
+    return errors.gone(
+        "The provided continue parameter is too old to display a consistent list result. "
+        "You can start a new list without the continue parameter."
+    )
 
 
 def damaged(exc: store_errors.CorruptRecordError) -> errors.APIError:
     return errors.internal(f"{exc}. Run `edgekube store check`; deleting the object removes it")
+
+
+def _render_item(info: resources.ResourceInfo, item: records.Item, render: Callable[[JSON], T], *, pieces: bool) -> T:
+    obj = records.decode_in_pieces(item.value, key=item.key, revision=item.revision) if pieces else item.object()
+    return render(present(info, obj))
+
+
+def _encoded_size(obj: Any) -> int:
+    """What an in-process caller's object will cost to write, by its encoded size (msgpack, in C:
+    microseconds for an object of a few KB); anything that does not encode counts as large, for
+    the checks to refuse it off the loop."""
+    try:
+        return len(records.encode(obj))
+    except Exception:
+        return 1 << 62
+
+
+def _patch_with(apply: Callable[[JSON], JSON], info: resources.ResourceInfo, handed: builtins.list[JSON]) -> JSON:
+    return apply(present(info, handed.pop()))
 
 
 def _as_dict(value: Any) -> JSON:

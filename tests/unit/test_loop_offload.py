@@ -1,0 +1,295 @@
+"""Large requests leave the event loop free (issue 13, point 3): no timing in here.
+
+A `Ticker` task does nothing but yield, so it counts the turns the event loop takes. Work that
+holds the loop lets it turn only at its own awaits; work done on the offload worker lets it turn
+hundreds of times meanwhile. Each test drives one heavy request class through a real Registry
+and Store and asserts the loop kept turning. Writes are dry runs: the same work without the
+commit, whose wait for the disk would let the loop turn even while the rest held it. On the code
+before this change each of them computed on the loop and the ticker stood still (with the worker
+disabled, `Offload(threshold=...)` out of reach, they fail the same way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+from unittest import mock
+
+import msgpack
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgekube._cogs import clock as clock_mod
+from edgekube._cogs import offload
+from edgekube.api import patch
+from edgekube.api.registry import resources, rest
+from edgekube.store import records
+from edgekube.store import store as store_mod
+
+T = TypeVar("T")
+NS = "loop"
+# Turns of the loop a heavy request must leave: hundreds on the worker, a handful on the loop.
+TURNS = 200
+
+
+class Ticker:
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._stop = False
+
+    async def run(self) -> None:
+        while not self._stop:
+            self.ticks += 1
+            await asyncio.sleep(0)
+
+    async def during(self, work: Awaitable[T]) -> tuple[T, int]:
+        """`work`'s result and the turns the loop took while it ran."""
+        self._stop = False
+        task = asyncio.ensure_future(self.run())
+        await asyncio.sleep(0)
+        start = self.ticks
+        try:
+            out = await work
+        finally:
+            self._stop = True
+            await task
+        return out, self.ticks - start
+
+
+@pytest.fixture
+async def registry(tmp_path: Path) -> AsyncIterator[rest.Registry]:
+    catalog = resources.Catalog()
+    store = store_mod.Store(store_mod.StoreConfig(path=tmp_path, compaction_interval_seconds=0),
+                            memory_prefixes=[i.key_prefix() for i in catalog.all() if i.memory_tier])
+    await store.start()
+    reg = rest.Registry(store, catalog=catalog, clock=clock_mod.FakeClock(), network=rest.ServiceNetwork(),
+                        offload=offload.Offload())
+    await reg.ensure_system_namespaces()
+    await reg.create(_info(reg, "", "namespaces"), {"metadata": {"name": NS}}, namespace=None)
+    try:
+        yield reg
+    finally:
+        await store.close()
+        reg.offload.close()
+
+
+def _info(reg: rest.Registry, group: str, plural: str, version: str = "v1") -> resources.ResourceInfo:
+    info = reg.catalog.lookup(group, version, plural)
+    assert info is not None, plural
+    return info
+
+
+async def _blobs(reg: rest.Registry) -> resources.ResourceInfo:
+    """A CRD whose objects take any spec, and its resource."""
+    crd = {"metadata": {"name": "blobs.loop.example.com"},
+           "spec": {"group": "loop.example.com", "scope": "Namespaced",
+                    "names": {"plural": "blobs", "singular": "blob", "kind": "Blob", "listKind": "BlobList"},
+                    "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                        "type": "object", "properties": {"spec": {"type": "object",
+                                                                  "x-kubernetes-preserve-unknown-fields": True}}}}}]}}
+    await reg.create(_info(reg, "apiextensions.k8s.io", "customresourcedefinitions"), crd, namespace=None)
+    return _info(reg, "loop.example.com", "blobs")
+
+
+def _blob(name: str, keys: int = 30_000) -> dict[str, Any]:
+    return {"apiVersion": "loop.example.com/v1", "kind": "Blob", "metadata": {"name": name},
+            "spec": {f"key-{i:06d}": f"value-{i}" for i in range(keys)}}
+
+
+def _options(body: Any) -> rest.Options:
+    """What the HTTP handlers pass, the size of the request's body; a dry run."""
+    return rest.Options(field_manager="test", cost=len(orjson.dumps(body)), dry_run=True)
+
+
+async def test_a_large_create_and_update_leave_the_loop_turning(registry: rest.Registry) -> None:
+    blobs = await _blobs(registry)
+    ticker = Ticker()
+    body = _blob("big")
+    created, turns = await ticker.during(registry.create(blobs, body, namespace=NS, options=_options(body)))
+    assert turns > TURNS
+    assert created["spec"]["key-029999"] == "value-29999" and created["metadata"]["managedFields"]
+    created = await registry.create(blobs, body, namespace=NS, options=rest.Options(cost=len(orjson.dumps(body))))
+
+    update = {**_blob("big"), "metadata": {"name": "big", "resourceVersion": created["metadata"]["resourceVersion"]}}
+    update["spec"]["key-000001"] = "changed"
+    (updated, _), turns = await ticker.during(registry.update(blobs, update, namespace=NS, name="big",
+                                                              options=_options(update)))
+    assert turns > TURNS
+    assert updated["spec"]["key-000001"] == "changed"
+    assert registry.get(blobs, namespace=NS, name="big")["spec"]["key-000001"] == "value-1"  # a dry run
+
+
+async def test_an_in_process_create_of_a_large_object_works_off_the_loop_too(registry: rest.Registry) -> None:
+    """No body size from a controller: the object's encoded size decides."""
+    blobs = await _blobs(registry)
+    ticker = Ticker()
+    _, turns = await ticker.during(registry.create(blobs, _blob("inproc"), namespace=NS,
+                                                   options=rest.Options(field_manager="controller", dry_run=True)))
+    assert turns > TURNS
+
+
+async def test_a_large_server_side_apply_leaves_the_loop_turning(registry: rest.Registry) -> None:
+    cms = _info(registry, "", "configmaps")
+
+    def configmap(prefix: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"},
+                "data": {f"{prefix}{i:05d}": str(i) for i in range(15_000)}}
+
+    first = configmap("a")
+    await registry.apply(cms, first, namespace=NS, name="applied", force=True,
+                         options=rest.Options(field_manager="one", cost=len(orjson.dumps(first))))
+    second = configmap("b")
+    ticker = Ticker()
+    (out, created), turns = await ticker.during(registry.apply(
+        cms, second, namespace=NS, name="applied", force=True,
+        options=rest.Options(field_manager="two", cost=len(orjson.dumps(second)), dry_run=True)))
+    assert turns > TURNS
+    assert not created and len(out["data"]) == 30_000
+    assert {e["manager"] for e in out["metadata"]["managedFields"]} == {"one", "two"}
+
+
+async def test_a_large_strategic_merge_patch_leaves_the_loop_turning(registry: rest.Registry) -> None:
+    deployments = _info(registry, "apps", "deployments")
+    env = [{"name": f"VAR_{i:05d}", "value": "a"} for i in range(8_000)]
+    await registry.create(deployments, {
+        "metadata": {"name": "env"},
+        "spec": {"paused": True, "selector": {"matchLabels": {"app": "env"}}, "template": {
+            "metadata": {"labels": {"app": "env"}}, "spec": {"containers": [{"name": "c", "image": "busybox", "env": env}]}}},
+    }, namespace=NS)
+    body = orjson.dumps({"spec": {"template": {"spec": {"containers": [
+        {"name": "c", "env": [{"name": e["name"], "value": "b"} for e in env]}]}}}})
+    ticker = Ticker()
+    out, turns = await ticker.during(registry.patch(
+        deployments, namespace=NS, name="env", pure=True,
+        options=rest.Options(field_manager="test", cost=len(body), dry_run=True),
+        apply=lambda current: patch.apply_patch(patch.STRATEGIC_MERGE_PATCH, current, body, gk="Deployment.apps")))
+    assert turns > TURNS
+    assert {e["value"] for e in out["spec"]["template"]["spec"]["containers"][0]["env"]} == {"b"}
+
+
+async def test_a_large_get_is_decoded_and_rendered_off_the_loop(registry: rest.Registry) -> None:
+    blobs = await _blobs(registry)
+    await registry.create(blobs, _blob("read"), namespace=NS)
+    ticker = Ticker()
+    body, turns = await ticker.during(registry.read(blobs, namespace=NS, name="read", render=orjson.dumps))
+    assert turns > TURNS // 4  # a decode in pieces and one encode: shorter than a write
+    assert orjson.loads(body)["spec"]["key-000007"] == "value-7"
+
+
+async def test_a_list_is_read_filtered_and_rendered_off_the_loop(registry: rest.Registry) -> None:
+    cms = _info(registry, "", "configmaps")
+    for i in range(600):
+        await registry.create(cms, {"metadata": {"name": f"cm-{i:04d}", "labels": {"app": "x", "n": str(i % 3)}},
+                                    "data": {f"k{j}": "v" * 40 for j in range(40)}}, namespace=NS)
+    selector = ",".join([*(f"!x{i}" for i in range(700)), "app=x", "n in (0,1)"])
+    ticker = Ticker()
+    out, turns = await ticker.during(registry.list_rendered(cms, namespace=NS, label_selector=selector,
+                                                            render=orjson.dumps))
+    assert turns > TURNS
+    assert len(out.items) == 400
+    assert sorted(orjson.loads(b)["metadata"]["name"] for b in out.items)[:2] == ["cm-0000", "cm-0001"]
+
+
+# --- the pieces ---------------------------------------------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=20) | st.dictionaries(st.text(max_size=8), children, max_size=20),
+    max_leaves=80,
+)
+
+
+@given(st.dictionaries(st.text(max_size=8), _JSON, max_size=12), st.integers(8, 200))
+@settings(max_examples=150, deadline=None)
+def test_decoding_in_pieces_gives_the_same_object(obj: dict[str, Any], piece: int) -> None:
+    """Pieces of a few bytes, so that objects of any shape are cut everywhere."""
+    data = msgpack.packb(obj, use_bin_type=True)
+    with mock.patch.object(records, "PIECE_BYTES", piece):
+        assert records.decode_in_pieces(data) == records.decode(data)
+
+
+def test_a_large_value_is_decoded_in_calls_of_bounded_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    rnd = random.Random(7)
+    obj = {"metadata": {"name": "x", "managedFields": [{"fieldsV1": {f"f:k{i}": {} for i in range(20_000)}}]},
+           "spec": {"items": [{"a": i, "b": "x" * rnd.randint(0, 200), "c": [1, 2, {"d": None}]} for i in range(20_000)],
+                    "blob": "y" * 100_000}}
+    data = msgpack.packb(obj, use_bin_type=True)
+    sizes: list[int] = []
+    real = msgpack.unpackb
+
+    def counting(view: Any, **kwargs: Any) -> Any:
+        sizes.append(len(view))
+        return real(view, **kwargs)
+
+    monkeypatch.setattr(records.msgpack, "unpackb", counting)
+    got = records.decode_in_pieces(data)
+    pieces = list(sizes)
+    assert got == records.decode(data)
+    assert len(pieces) > 20
+    # Runs of entries up to a piece, plus the last entry that crossed it; one string as a whole.
+    assert max(s for s in pieces if s != 100_000 + 5) < 2 * records.PIECE_BYTES
+
+
+def test_damaged_values_are_damaged_in_pieces_too() -> None:
+    data = msgpack.packb({"spec": {f"k{i}": "v" * 10 for i in range(10_000)}}, use_bin_type=True)
+    for bad in (data[:-7], data[:40_000], b"\x93" + data[1:]):
+        with pytest.raises(records.errors.CorruptRecordError):
+            records.decode_in_pieces(bad, key="/k")
+
+
+def test_only_the_fields_asked_for_are_decoded_and_metadata_without_managed_fields() -> None:
+    obj = {"apiVersion": "v1", "kind": "X", "metadata": {"name": "a", "labels": {"x": "y"}, "managedFields": [{"m": 1}]},
+           "spec": {"big": list(range(1000))}, "status": {"phase": "Running"}}
+    data = msgpack.packb(obj, use_bin_type=True)
+    assert records.decode_fields(data, frozenset({"metadata"})) == {"metadata": {"name": "a", "labels": {"x": "y"}}}
+    assert records.decode_fields(data, frozenset({"metadata", "status"}))["status"] == {"phase": "Running"}
+    with pytest.raises(records.errors.CorruptRecordError):
+        records.decode_fields(msgpack.packb({1: "a"}, strict_types=False), frozenset({"metadata"}))
+
+
+async def test_the_collector_is_paused_while_large_jobs_run_and_back_after() -> None:
+    work = offload.Offload(threshold=100)
+    assert gc.isenabled()
+    with work.collector_paused(10):
+        assert gc.isenabled()  # small: nothing changes
+    with work.collector_paused(1000):
+        assert not gc.isenabled()
+        with work.collector_paused(1000):
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer job still runs
+    assert gc.isenabled()
+    work.close()
+
+
+async def test_small_jobs_stay_on_the_loop_and_large_ones_go_to_the_worker() -> None:
+    work = offload.Offload(threshold=100)
+    loop_thread = __import__("threading").get_ident()
+
+    def where() -> int:
+        return __import__("threading").get_ident()
+
+    assert await work.run(10, where) == loop_thread
+    assert await work.run(1000, where) != loop_thread
+    assert work.jobs == 1
+    work.close()
+
+
+async def test_the_switch_interval_is_short_while_jobs_run_and_back_after() -> None:
+    import sys
+    import threading
+
+    before = sys.getswitchinterval()
+    work = offload.Offload(threshold=1, busy_switch_s=0.0005)
+    release = threading.Event()
+    job = work.submit(release.wait)
+    assert sys.getswitchinterval() == 0.0005
+    release.set()
+    await job
+    assert sys.getswitchinterval() == before
+    work.close()
