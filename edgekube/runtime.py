@@ -32,7 +32,16 @@ from aiohttp import web
 
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
-from edgekube._cogs import dirlock, filemodes, memory, offload, resolvconf, tasks, timefloor, tlsalert
+from edgekube._cogs import (
+    dirlock,
+    filemodes,
+    memory,
+    offload,
+    resolvconf,
+    tasks,
+    timefloor,
+    tlsalert,
+)
 from edgekube.api import errors, listener, pki, server
 from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import resources, rest
