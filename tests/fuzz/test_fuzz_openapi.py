@@ -76,7 +76,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import hypothesis.errors
 import pytest
@@ -251,13 +251,12 @@ def _targets(run: Run, operation: Any) -> list[dict[str, str]]:
     return out
 
 
-def _is_watch(query: Any) -> bool:
-    """As upstream reads `watch`: present, and neither "false" nor "0" (the first value)."""
-    if not isinstance(query, dict) or "watch" not in query:
-        return False
-    value = query["watch"]
-    value = value[0] if isinstance(value, list) and value else value
-    return str(value).lower() not in ("false", "0")
+def _is_watch(url: str) -> bool:
+    """Whether the request asked for a watch, as upstream reads `watch`: present, and its first
+    value neither "false" (any case) nor "0". (From the URL sent: schemathesis may pass the
+    query on as a string.)"""
+    values = parse_qs(urlsplit(url).query, keep_blank_values=True).get("watch")
+    return bool(values) and values[0].lower() not in ("false", "0")
 
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -312,7 +311,7 @@ def _send(run: Run, label: str, prepared: dict[str, Any], curl: str) -> Sent | N
     try:
         response = run.session.request(**prepared, stream=True, timeout=(5, REQUEST_TIMEOUT))
         watching = (response.status_code == 200 and "Content-Length" not in response.headers
-                    and _is_watch(prepared.get("params")))
+                    and _is_watch(str(response.request.url)))
         if watching:
             response.close()  # a watch streams until its timeout: that it answered is what counts
             response._content = b""  # (and its events are not what the operation's schema describes)
