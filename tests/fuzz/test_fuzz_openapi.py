@@ -34,9 +34,9 @@ What must hold, for every answer:
   parameter codec decodes them before anything else;
 - a method the path does not declare is a 405, a body in a media type the operation does not
   declare a 415 (or 400 for a malformed one);
-and for the server: alive after every request, `/readyz` ok after every document, every
-request answered within REQUEST_TIMEOUT (a hang fails the run), and resident memory grown by
-at most RSS_GROWTH_MIB over the run.
+and for the server: alive after every request, `/readyz` ok and no ERROR or traceback in its log
+after every document, every request answered within REQUEST_TIMEOUT (a hang fails the run), and
+resident memory grown by at most RSS_GROWTH_MIB over the run.
 
 Checks left out, because schemathesis' reading of an OpenAPI document is not Kubernetes' (the
 served documents say what upstream's say, and upstream's server answers the same way):
@@ -76,7 +76,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import hypothesis.errors
 import pytest
@@ -144,6 +144,7 @@ class Run:
     answered: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)
     operations: set[str] = dataclasses.field(default_factory=set)
     names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    log_offset: int = 0  # how much of the server's log was looked at
 
     def found(self, operation: str, check: str, status: int | None, message: str, curl: str) -> None:
         self.findings.setdefault((operation, check, status), Finding(operation, check, status, message, curl))
@@ -164,6 +165,20 @@ class Run:
             with open(os.environ["EDGEKUBE_FUZZ_REPORT"], "w") as out:
                 out.write(text + "\n\n" + "\n".join(str(f) for f in self.findings.values()))
         return text
+
+    def logged_errors(self, after: str) -> None:
+        """What the server logged since the last look: an ERROR or a traceback is a fault no
+        client saw (a handler, a controller, the scheduler or an informer failing on what the
+        requests stored), a finding of its own."""
+        with open(self.server.log_path, "rb") as f:
+            f.seek(self.log_offset)
+            data = f.read()
+        self.log_offset += len(data)
+        lines = data.decode(errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            if " ERROR " in line or line.startswith("Traceback"):
+                self.found(f"the server's log (after {after})", "no error logged", None,
+                           "\n".join(lines[i:i + 30]), "")
 
     def alive(self, after: str) -> None:
         """The server still runs; a crash ends the run at once (what follows would only repeat it)."""
@@ -236,13 +251,12 @@ def _targets(run: Run, operation: Any) -> list[dict[str, str]]:
     return out
 
 
-def _is_watch(query: Any) -> bool:
-    """As upstream reads `watch`: present, and neither "false" nor "0" (the first value)."""
-    if not isinstance(query, dict) or "watch" not in query:
-        return False
-    value = query["watch"]
-    value = value[0] if isinstance(value, list) and value else value
-    return str(value).lower() not in ("false", "0")
+def _is_watch(url: str) -> bool:
+    """Whether the request asked for a watch, as upstream reads `watch`: present, and its first
+    value neither "false" (any case) nor "0". (From the URL sent: schemathesis may pass the
+    query on as a string.)"""
+    values = parse_qs(urlsplit(url).query, keep_blank_values=True).get("watch")
+    return bool(values) and values[0].lower() not in ("false", "0")
 
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -297,7 +311,7 @@ def _send(run: Run, label: str, prepared: dict[str, Any], curl: str) -> Sent | N
     try:
         response = run.session.request(**prepared, stream=True, timeout=(5, REQUEST_TIMEOUT))
         watching = (response.status_code == 200 and "Content-Length" not in response.headers
-                    and _is_watch(prepared.get("params")))
+                    and _is_watch(str(response.request.url)))
         if watching:
             response.close()  # a watch streams until its timeout: that it answered is what counts
             response._content = b""  # (and its events are not what the operation's schema describes)
@@ -561,6 +575,7 @@ def test_every_openapi_v3_operation_never_5xx_crash_hang_or_leak(server: Server,
     started = time.monotonic()
     assert server.proc is not None
     rss_before = server.rss_mib()
+    run.log_offset = server.log_path.stat().st_size
     for gv, schema in schemas.items():
         for operation in operations[gv]:
             run.operations.add(operation.label)
@@ -570,6 +585,7 @@ def test_every_openapi_v3_operation_never_5xx_crash_hang_or_leak(server: Server,
             _coverage(run, schema, operation, plan.coverage, plan.window, targets)
         _shape_probes(run, schema)
         _stateful(run, gv, documents[gv], plan.scenarios, plan.steps)
+        run.logged_errors(gv)
         ready = run.session.get(server.url + "/readyz", timeout=REQUEST_TIMEOUT)
         assert ready.status_code == 200 and ready.text == "ok", f"/readyz after {gv}: {ready.status_code} {ready.text}"
     rss_after = server.rss_mib()

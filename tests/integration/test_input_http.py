@@ -18,7 +18,7 @@ import pytest
 
 from edgekube.api.registry import resources
 from tests.conftest import Server
-from tests.support.apiclient import Api, connected, creatable_kinds
+from tests.support.apiclient import Api, collection_path, connected, creatable_kinds
 
 YAML = "application/yaml"
 APPLY = "application/apply-patch+yaml"
@@ -29,11 +29,6 @@ PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", "a
 def api(server: Server) -> Iterator[Api]:
     with connected(server) as client:
         yield client
-
-
-def _collection(info: resources.ResourceInfo) -> str:
-    base = f"/apis/{info.group}/{info.version}" if info.group else f"/api/{info.version}"
-    return f"{base}/namespaces/default/{info.plural}" if info.namespaced else f"{base}/{info.plural}"
 
 
 # Every creatable built-in kind, known at collection time, so each is a test case of its own.
@@ -79,7 +74,7 @@ _WRITES = [(info, verb) for info in CREATABLE for verb, needs in (("POST", "crea
 @pytest.mark.parametrize(("info", "verb"), _WRITES, ids=[f"{i.gk}/{i.version}-{v}" for i, v in _WRITES])
 def test_every_kind_refuses_bad_bodies_on_every_write_verb(api: Api, info: resources.ResourceInfo, verb: str) -> None:
     name = "bad-input"
-    path = _collection(info)
+    path = collection_path(info)
     for what, template in _BAD_YAML.items():
         doc = template.format(head=_head(info, name))
         if verb == "POST":
@@ -99,7 +94,7 @@ def test_every_kind_refuses_bad_bodies_on_every_write_verb(api: Api, info: resou
 
 @pytest.mark.parametrize("info", CREATABLE, ids=KIND_IDS)
 def test_null_top_level_fields_are_never_a_500(api: Api, info: resources.ResourceInfo) -> None:
-    path = _collection(info)
+    path = collection_path(info)
     for field in ("spec", "metadata", "status", "data", "rules", "subsets", "webhooks", "template", "roleRef"):
         name = f"null-{field}"
         body: dict[str, Any] = {"apiVersion": info.api_version, "kind": info.kind, "metadata": {"name": name}, field: None}

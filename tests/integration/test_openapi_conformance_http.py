@@ -27,7 +27,7 @@ import pytest
 
 from edgekube.api.registry import resources
 from tests.conftest import Server
-from tests.support.apiclient import Api, connected
+from tests.support.apiclient import Api, collection_path, connected
 
 ONE_OF = {
     "io.k8s.apimachinery.pkg.util.intstr.IntOrString": [{"type": "integer"}, {"type": "string"}],
@@ -103,7 +103,7 @@ def test_a_minimal_object_is_refused_or_matches_its_schema(api: Api, info: resou
     can decode as the schema says (a ControllerRevision without data: upstream's 'data is
     mandatory')."""
     gv = f"apis/{info.group}/{info.version}" if info.group else f"api/{info.version}"
-    path = f"/{gv}/namespaces/default/{info.plural}" if info.namespaced else f"/{gv}/{info.plural}"
+    path = collection_path(info)
     status, body = api.json("POST", path, {"metadata": {"name": "minimal"}})
     if status != 201:
         assert status == 422 and body["kind"] == "Status", body

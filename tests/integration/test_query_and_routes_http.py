@@ -31,7 +31,7 @@ import pytest
 
 from edgekube.api.registry import resources
 from tests.conftest import Server
-from tests.support.apiclient import Api, connected
+from tests.support.apiclient import Api, collection_path, connected
 
 NS = "routes"
 CATALOG = [i for i in resources.Catalog().all() if i.verbs != ("create",)]
@@ -49,7 +49,7 @@ def _base(info: resources.ResourceInfo) -> str:
 
 
 def _collection(info: resources.ResourceInfo) -> str:
-    return f"{_base(info)}/namespaces/{NS}/{info.plural}" if info.namespaced else f"{_base(info)}/{info.plural}"
+    return collection_path(info, namespace=NS)
 
 
 def _ids(infos: list[resources.ResourceInfo]) -> list[str]:

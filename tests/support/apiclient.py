@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Iterator
 from typing import Any
 
+from edgekube.api.registry import resources
 from tests.conftest import Server
 
 
@@ -61,6 +62,12 @@ class Api:
 
     def json(self, method: str, path: str, obj: Any, **kwargs: Any) -> tuple[int, Any]:
         return self.call(method, path, json.dumps(obj), **kwargs)
+
+
+def collection_path(info: resources.ResourceInfo, *, namespace: str = "default") -> str:
+    """The URL path of a kind's collection: in `namespace` when the kind is namespaced."""
+    base = f"/apis/{info.group}/{info.version}" if info.group else f"/api/{info.version}"
+    return f"{base}/namespaces/{namespace}/{info.plural}" if info.namespaced else f"{base}/{info.plural}"
 
 
 def creatable_kinds(api: Api) -> list[dict[str, Any]]:

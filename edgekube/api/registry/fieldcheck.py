@@ -14,10 +14,15 @@ Two more things Go's decoding does, and so this walk does too:
   range cannot be decoded, in upstream's words
   (`json: cannot unmarshal number 2147483648 into Go struct field DeploymentSpec.spec.replicas
   of type int32`).
+- a timestamp (metav1.Time, MicroTime) is decoded by time.Parse with RFC 3339: any other string
+  cannot be decoded (and stored, it would stop every Go client, and our own controllers, that
+  read the object).
 """
 
 from __future__ import annotations
 
+import datetime
+import re
 from typing import Any
 
 from edgekube.api import apischema
@@ -25,6 +30,9 @@ from edgekube.api.patch import json_type
 
 JSON = dict[str, Any]
 _QUANTITY = "io.k8s.apimachinery.pkg.api.resource.Quantity"
+_TIMES = frozenset({"io.k8s.apimachinery.pkg.apis.meta.v1.Time", "io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime"})
+# What Go's time.Parse(time.RFC3339, s) takes: upper-case T and Z, optional fractional seconds.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 _OPEN = frozenset({
     "io.k8s.apimachinery.pkg.runtime.RawExtension",
     "io.k8s.apimachinery.pkg.apis.meta.v1.FieldsV1",
@@ -161,8 +169,23 @@ def _value(schema: JSON, value: Any, path: str, unknown: list[str], wrong: list[
     if not ok:
         wrong.append(f"{path}: expected {'a ' + str(want) if want != 'integer' else 'an integer'}, got {json_type(value)}")
         return
+    if name in _TIMES and not _is_rfc3339(value):
+        wrong.append(f'{path}: parsing time "{value}" as "2006-01-02T15:04:05Z07:00": not an RFC 3339 time')
+        return
     bounds = _RANGES.get(str(target.get("format"))) if want == "integer" else None
     if bounds is not None and not bounds[0] <= value <= bounds[1]:
         wrong.append(f"json: cannot unmarshal number {value} into Go struct field {owner}.{_go_path(path)} "
                      f"of type {target['format']}")
 
+
+
+def _is_rfc3339(text: str) -> bool:
+    """Whether metav1.Time's decoder (time.Parse with RFC 3339) takes `text`: its shape, and a
+    date and time that exist (no month 13, no 25 o'clock)."""
+    if not _RFC3339.fullmatch(text):
+        return False
+    try:
+        datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
