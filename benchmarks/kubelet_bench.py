@@ -289,8 +289,9 @@ class KubeletHost:
         self.config.write_text(yaml.safe_dump({"kubelet": settings}))
 
     def server(self, *, env: dict[str, str], launcher: list[str] | None = None) -> servers.EdgekubeServer:
+        # network=True: this section runs inside a network namespace of its own (the network rule).
         return servers.EdgekubeServer(self.data_dir, extra=["--config", str(self.config)], kubelet=True,
-                                      launcher=launcher, env=env)
+                                      launcher=launcher, env=env, network=True)
 
     def cleanup(self) -> None:
         """Nothing of the server left on the host (after it stopped)."""

@@ -52,8 +52,7 @@ from edgekube.kubelet import images as images_mod
 from edgekube.kubelet import kubelet as kubelet_mod
 from edgekube.kubelet import logs as kubelet_logs
 from edgekube.kubelet import network as kubelet_network
-from edgekube.net import dns as dns_mod
-from edgekube.net import nft, policysync, proxyrules
+from edgekube.net import dnsservice, nft, policysync, proxyrules
 from edgekube.net import proxy as proxy_mod
 from edgekube.scheduler import scheduler as scheduler_mod
 from edgekube.store import encryption
@@ -128,7 +127,7 @@ class Runtime:
             if cfg.enabled("network"):
                 self.gates["pod-network"] = False
             self.gates["kubelet"] = False
-        self.dns: dns_mod.ClusterDns | None = None
+        self.dns: Any = None  # net.dns.ClusterDns, imported only when the dns component runs
         self._dns_tasks: list[str] = []
         if cfg.enabled("dns"):
             self.gates["dns"] = False
@@ -347,8 +346,12 @@ class Runtime:
         cfg = self.cfg
         client = local.LocalClient(self.registry, manager="edgekube-dns")
         if not cfg.enabled("dns"):
-            await dns_mod.disabled(client)
+            await dnsservice.disabled(client)
             return
+        # Imported here, not at the top: dnspython costs about 6 MiB of RSS, which a node
+        # without the cluster DNS should not pay.
+        from edgekube.net import dns as dns_mod
+
         self.dns = dns_mod.ClusterDns(client, cfg.dns, address=dns_mod.listen_address(cfg.dns, cluster_cidr=cfg.cluster_cidr),
                                       cluster_ip=cfg.cluster_dns, domain=cfg.cluster_domain, node_name=self.node_name,
                                       resolv_conf=self.resolv_conf)

@@ -12,15 +12,15 @@ its endpoints. The next packet of such a flow goes through the rules again.
 
 Netlink (pyroute2's asyncio conntrack socket, nf_conntrack_netlink in the kernel); a failure is
 logged by the caller and costs only the stale flows' idle time, as before the cleanup existed.
+pyroute2 is imported on the first cleanup, not with the proxy, and through `net.netlink`'s lazy
+package: a plain `import pyroute2` runs its `__init__`, which loads every pyroute2 client (about
+8 MiB of a device's idle budget, for a cleanup most nodes never need).
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
-
-from pyroute2.conntrack import AsyncConntrack
-from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
 Address = tuple[str, int]
 NODE_PORT = "*"  # a frontend (NODE_PORT, port): a NodePort, on any address of the node
@@ -31,6 +31,12 @@ async def clear_stale_udp(frontends: Mapping[Address, frozenset[Address]]) -> in
     endpoints (the mapping's value; empty: the frontend has none, or is gone). Returns how many."""
     if not frontends:
         return 0
+    from edgekube.net import netlink  # noqa: F401  (pyroute2 as a lazy package, before its submodules)
+
+    # isort: split
+    from pyroute2.conntrack import AsyncConntrack
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
     node_ports = {port: valid for (ip, port), valid in frontends.items() if ip == NODE_PORT}
     ct = AsyncConntrack()
     deleted = 0

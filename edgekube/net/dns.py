@@ -92,12 +92,3 @@ class ClusterDns:
 def _newest(put: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any], dict[str, Any]], None]:
     """An update handler that puts the new object (the zone compares it with what it holds)."""
     return lambda _old, new: put(new)
-
-
-async def disabled(client: local.LocalClient) -> None:
-    """The dns component is off: edgekube's own kube-dns objects go, so that another cluster
-    DNS can take the name and the cluster IP."""
-    try:
-        await dnsservice.remove(client)
-    except (errors.APIError, store_errors.StoreError) as exc:
-        log.error("could not remove edgekube's %s/%s Service: %s", dnsservice.NAMESPACE, dnsservice.NAME, exc)

@@ -24,6 +24,7 @@ from typing import Any
 
 from edgekube.api import errors
 from edgekube.client import local
+from edgekube.store import errors as store_errors
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -146,3 +147,12 @@ async def remove(client: local.LocalClient) -> None:
                 if exc.code != 404:
                     raise
             log.info("removed edgekube's %s %s/%s (the dns component is disabled)", kind, NAMESPACE, NAME)
+
+
+async def disabled(client: local.LocalClient) -> None:
+    """The dns component is off: edgekube's own kube-dns objects go, so that another cluster
+    DNS can take the name and the cluster IP."""
+    try:
+        await remove(client)
+    except (errors.APIError, store_errors.StoreError) as exc:
+        log.error("could not remove edgekube's %s/%s Service: %s", NAMESPACE, NAME, exc)
