@@ -18,10 +18,14 @@ REASON = "edgekube does not enforce RBAC yet: every authenticated user may do ev
 
 
 def review(gk: str, body: JSON, *, user: JSON | None) -> JSON:
+    """The answer to a review. The access reviews answer the object sent with its status filled
+    in, as upstream's do (minus what only a stored object has: nothing owns a review, and no
+    manager's fields are kept); the rules and self reviews answer a new object, as upstream's."""
     out = copy.deepcopy(body)
     meta = out.setdefault("metadata", {})
-    if isinstance(meta, dict):  # the server owns managedFields, and keeps none for what it never stores
+    if isinstance(meta, dict):
         meta.pop("managedFields", None)
+        meta.pop("ownerReferences", None)
     if gk in ("SelfSubjectAccessReview.authorization.k8s.io", "SubjectAccessReview.authorization.k8s.io",
               "LocalSubjectAccessReview.authorization.k8s.io"):
         spec = out.get("spec")
@@ -32,17 +36,18 @@ def review(gk: str, body: JSON, *, user: JSON | None) -> JSON:
         out["status"] = {"allowed": user is not None, "reason": REASON if user is not None else "not authenticated"}
         return out
     if gk == "SelfSubjectRulesReview.authorization.k8s.io":
-        out.setdefault("spec", {})  # not omitempty in the Go type: always in the answer, as its schema requires
-        out["status"] = {
+        spec = out.get("spec")
+        if not isinstance(spec, dict) or not spec.get("namespace"):
+            raise errors.bad_request("no namespace on request")
+        # The Go type's spec is not omitempty: the new object answers an empty one.
+        return {"metadata": {}, "spec": {}, "status": {
             "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
             "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
             "incomplete": False,
-        }
-        return out
+        }}
     if gk == "SelfSubjectReview.authentication.k8s.io":
         info: JSON = {"username": (user or {}).get("name", "")}
         if (user or {}).get("groups"):
             info["groups"] = [*user["groups"], "system:authenticated"] if user else []
-        out["status"] = {"userInfo": info}
-        return out
+        return {"metadata": {}, "status": {"userInfo": info}}
     raise errors.not_found_path()

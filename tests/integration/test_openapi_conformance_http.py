@@ -6,8 +6,9 @@ Found by the schemathesis run over `/openapi/v3` (tests/fuzz/test_fuzz_openapi.p
   `kubernetes` Service (targetPort 6443, a number) did not match its own schema;
 - the reviews (SelfSubjectAccessReview, ...) echoed whatever the client sent, unknown fields and
   values of the wrong types in metadata included, where upstream decodes the body into its type;
-  and a SelfSubjectRulesReview sent without a spec was answered without one, which its schema
-  requires.
+  a SelfSubjectRulesReview sent without a spec was answered without one, which its schema
+  requires (upstream: a 400 without a namespace, else a new object); owner references sent with
+  a review came back without the fields their schema requires.
 
 - a ControllerRevision without data was stored (201), though its schema requires data and
   upstream refuses it ("data is mandatory").
@@ -130,7 +131,7 @@ def test_a_controller_revision_keeps_its_data(api: Api) -> None:
 @pytest.mark.parametrize(("path", "body"), [
     ("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
      {"spec": {"resourceAttributes": {"verb": "get", "resource": "pods", "junk": 1}}, "junk": {"a": 1}}),
-    ("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", {"spec": {"namespace": "default"}, "junk": 1}),
+    ("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", {"spec": {"namespace": "default", "junk": 1}, "junk": 1}),
     ("/apis/authentication.k8s.io/v1/selfsubjectreviews", {"junk": [1], "metadata": {"junk": True}}),
 ])
 def test_reviews_answer_only_their_types_fields(api: Api, path: str, body: dict[str, Any]) -> None:
@@ -150,8 +151,21 @@ def test_a_review_answers_no_managed_fields(api: Api) -> None:
     assert status == 201 and "managedFields" not in answer["metadata"], answer
 
 
-def test_a_rules_review_without_a_spec_answers_one(api: Api) -> None:
-    """The Go type's spec is not omitempty: upstream always answers it, and the schema requires it."""
-    for body in ({}, {"spec": None}):
-        status, answer = api.json("POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", body)
-        assert status == 201 and answer["spec"] == {}, answer
+def test_a_rules_review_needs_a_namespace_and_answers_a_new_object(api: Api) -> None:
+    """As upstream's REST: no namespace is a 400; the answer is a new object whose (not
+    omitempty) spec is empty, as the schema requires one."""
+    path = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews"
+    for body in ({}, {"spec": None}, {"spec": {"namespace": ""}}):
+        status, answer = api.json("POST", path, body)
+        assert status == 400 and answer["message"] == "no namespace on request", answer
+    body = {"metadata": {"ownerReferences": [{"name": "x"}], "labels": {"a": "b"}}, "spec": {"namespace": "default"}}
+    status, answer = api.json("POST", path, body)
+    assert status == 201 and answer["spec"] == {} and answer["metadata"] == {}, answer
+    assert answer["status"]["resourceRules"], answer
+
+
+def test_an_access_review_answers_no_owner_references(api: Api) -> None:
+    body = {"metadata": {"ownerReferences": [{"name": "x"}], "labels": {"a": "b"}},
+            "spec": {"resourceAttributes": {"verb": "get", "resource": "pods"}}}
+    status, answer = api.json("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body)
+    assert status == 201 and answer["metadata"] == {"labels": {"a": "b"}}, answer
