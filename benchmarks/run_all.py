@@ -974,7 +974,7 @@ def render(
             "link the pod network made). Image: busybox "
             "built with umoci from Debian's busybox-static, a docker-archive tarball in `DATA/images/` (imported at "
             "boot, no network), `imagePullPolicy: IfNotPresent`; pods run `sleep 3600` with no requests and a grace "
-            "period of 1 s. Bytecode is cached in a private `PYTHONPYCACHEPREFIX`, as an installed edgekube has it. "
+            "period of 1 s. Bytecode is cached in a private `PYTHONPYCACHEPREFIX`, filled by one unmeasured boot before anything is measured, as an installed edgekube has it. "
             f"After ready and {pr.settle_s:.0f} s to settle, the idle RSS; then {kubelet_bench.WARM_UP_PODS} unmeasured "
             f"warm-up pods; {pr.pods} pods POSTed one after another, each waited for until Running on an HTTP "
             f"watch of the namespace (the startup headline); {pr.pods} POSTed at once; a Deployment scaled 0 -> "

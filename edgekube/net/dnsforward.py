@@ -27,17 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import dns.asyncquery
 import dns.exception
 import dns.flags
-import dns.inet
 import dns.message
 import dns.name
 import dns.rcode
@@ -95,6 +95,10 @@ class Upstreams:
                             "no such file" if stamp is None else
                             f"nameservers: {', '.join(conf.nameservers) or 'none'}; loopback ones are not used")
         self._servers = servers
+
+
+def _family(server: str) -> int:
+    return socket.AF_INET6 if ipaddress.ip_address(server).version == 6 else socket.AF_INET
 
 
 class _Exchange(asyncio.DatagramProtocol):
@@ -223,7 +227,7 @@ class Forwarder:
         done: asyncio.Future[dns.message.Message] = loop.create_future()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Exchange(query, done),
                                                            remote_addr=(server, self.port),
-                                                           family=dns.inet.af_for_address(server))
+                                                           family=_family(server))
         started = self._clock()
         try:
             transport.sendto(query.to_wire())
@@ -237,8 +241,27 @@ class Forwarder:
                     done.exception()  # retrieved: an error after the answer is nobody's concern
         if reply.flags & dns.flags.TC:
             left = max(0.1, seconds - (self._clock() - started))
-            reply = await dns.asyncquery.tcp(query, server, timeout=left, port=self.port)
+            reply = await asyncio.wait_for(self._exchange_tcp(server, query), left)
         return reply
+
+    async def _exchange_tcp(self, server: str, query: dns.message.Message) -> dns.message.Message:
+        """The same question over TCP (RFC 7766: a two-byte length before each message), for an
+        answer too large for UDP. Not dnspython's `asyncquery`: importing it loads its DNS over
+        HTTPS stack (httpx and importlib.metadata where installed), megabytes an idle node keeps."""
+        reader, writer = await asyncio.open_connection(server, self.port, family=_family(server))
+        try:
+            wire = query.to_wire()
+            writer.write(len(wire).to_bytes(2, "big") + wire)
+            await writer.drain()
+            while True:
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                reply = dns.message.from_wire(await reader.readexactly(size), ignore_trailing=True)
+                if query.is_response(reply):
+                    return reply
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
     async def close(self) -> None:
         flights = list(self._flights.values())
