@@ -34,10 +34,11 @@ from edgekube.api import (
     tables,
     watchstream,
 )
+from edgekube.api.auth import user as user_mod
 from edgekube.api.registry import decoding, fieldcheck, resources, rest
 
 # The authenticated user of a request ({"name", "groups"}), set by the auth middleware.
-USER_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("user", dict)
+USER_KEY: web.RequestKey[user_mod.UserInfo] = web.RequestKey("user", user_mod.UserInfo)
 JSON = dict[str, Any]
 
 _SCALE = "io.k8s.api.autoscaling.v1.Scale"
@@ -320,7 +321,8 @@ class Handlers:
         if manager is None and not applying:
             # As upstream: a write without fieldManager is recorded under its user agent's name.
             manager = request.headers.get("User-Agent", "").split("/", 1)[0][:128] or None
-        return rest.Options(dry_run=bool(dry), field_validation=fv, field_manager=manager, cost=cost)
+        return rest.Options(dry_run=bool(dry), field_validation=fv, field_manager=manager, cost=cost,
+                            user=request.get(USER_KEY))
 
     def _render(self, request: web.Request, t: Target, obj: JSON, *, status: int = 200,
                 warnings: rest.Warnings | None = None) -> web.Response:
@@ -509,6 +511,7 @@ class Handlers:
             precondition_uid=pre.get("uid"),
             precondition_resource_version=pre.get("resourceVersion"),
             dry_run=bool(dry),
+            user=request.get(USER_KEY),
         )
 
     async def _delete(self, request: web.Request, t: Target) -> web.Response:

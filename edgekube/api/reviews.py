@@ -12,12 +12,13 @@ import copy
 from typing import Any
 
 from edgekube.api import errors
+from edgekube.api.auth import user as user_mod
 
 JSON = dict[str, Any]
 REASON = "edgekube does not enforce RBAC yet: every authenticated user may do everything"
 
 
-def review(gk: str, body: JSON, *, user: JSON | None) -> JSON:
+def review(gk: str, body: JSON, *, user: user_mod.UserInfo | None) -> JSON:
     """The answer to a review. The access reviews answer the object sent with its status filled
     in, as upstream's do (minus what only a stored object has: nothing owns a review, and no
     manager's fields are kept); the rules and self reviews answer a new object, as upstream's."""
@@ -46,8 +47,5 @@ def review(gk: str, body: JSON, *, user: JSON | None) -> JSON:
             "incomplete": False,
         }}
     if gk == "SelfSubjectReview.authentication.k8s.io":
-        info: JSON = {"username": (user or {}).get("name", "")}
-        if (user or {}).get("groups"):
-            info["groups"] = [*user["groups"], "system:authenticated"] if user else []
-        return {"metadata": {}, "status": {"userInfo": info}}
+        return {"metadata": {}, "status": {"userInfo": (user or user_mod.anonymous()).to_json()}}
     raise errors.not_found_path()

@@ -25,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from edgekube.api import discovery, errors, handlers, listener, openapi, openapi_pb, pki, podlogs
+from edgekube.api.auth import user as user_mod
 from edgekube.api.registry import rest
 from edgekube.store import errors as store_errors
 
@@ -80,16 +81,16 @@ def auth_middleware(tokens: Mapping[str, tuple[str, list[str]]]) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in _PUBLIC or request.path.startswith(("/healthz/", "/livez/", "/readyz/")):
             return await handler(request)
-        user = None
+        found = None
         transport = request.transport
         if transport is not None:
-            user = pki.client_identity(transport.get_extra_info("peercert"))
+            found = pki.client_identity(transport.get_extra_info("peercert"))
         auth = request.headers.get("Authorization", "")
-        if user is None and auth.startswith("Bearer "):
-            user = tokens.get(auth[7:].strip())
-        if user is None:
+        if found is None and auth.startswith("Bearer "):
+            found = tokens.get(auth[7:].strip())
+        if found is None:
             raise errors.unauthorized()
-        request[USER_KEY] = {"name": user[0], "groups": user[1]}
+        request[USER_KEY] = user_mod.authenticated(found[0], groups=found[1])
         return await handler(request)
 
     return middleware

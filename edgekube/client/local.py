@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgekube.api import errors
+from edgekube.api.auth import user as user_mod
 from edgekube.api.registry import resources, rest
 from edgekube.store import records, watch
 
@@ -18,9 +19,12 @@ JSON = dict[str, Any]
 
 
 class LocalClient:
-    def __init__(self, registry: rest.Registry, *, manager: str = "edgekube") -> None:
+    def __init__(self, registry: rest.Registry, *, manager: str = "edgekube",
+                 user: user_mod.UserInfo | None = None) -> None:
         self._registry = registry
         self.manager = manager
+        # Who this component is to admission (and, with RBAC, to the authorizer).
+        self.user = user
 
     @property
     def catalog(self) -> resources.Catalog:
@@ -36,12 +40,12 @@ class LocalClient:
 
     async def delete_info(self, info: resources.ResourceInfo, *, name: str, namespace: str | None,
                           options: rest.DeleteOptions | None = None) -> tuple[JSON, bool]:
-        return await self._registry.delete(info, namespace=namespace, name=name, options=options or rest.DeleteOptions())
+        return await self._registry.delete(info, namespace=namespace, name=name, options=options or rest.DeleteOptions(user=self.user))
 
     async def patch_info(self, info: resources.ResourceInfo, *, name: str, namespace: str | None,
                          mutate: Callable[[JSON], JSON]) -> JSON:
         return await self._registry.patch(info, namespace=namespace, name=name, apply=mutate,
-                                          options=rest.Options(field_manager=self.manager))
+                                          options=rest.Options(field_manager=self.manager, user=self.user))
 
     async def load_event(self, ev: records.Event) -> records.Event:
         """`ev`, its object decoded ahead off the event loop when it is large (a 1.5 MiB object
@@ -77,14 +81,14 @@ class LocalClient:
     async def create(self, obj: JSON) -> JSON:
         info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
         ns = (obj.get("metadata") or {}).get("namespace") if info.namespaced else None
-        return await self._registry.create(info, obj, namespace=ns, options=rest.Options(field_manager=self.manager))
+        return await self._registry.create(info, obj, namespace=ns, options=rest.Options(field_manager=self.manager, user=self.user))
 
     async def update(self, obj: JSON, *, subresource: str | None = None) -> JSON:
         info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
         meta = obj.get("metadata") or {}
         out, _ = await self._registry.update(info, obj, namespace=meta.get("namespace") if info.namespaced else None,
                                              name=meta.get("name", ""), subresource=subresource,
-                                             options=rest.Options(field_manager=self.manager))
+                                             options=rest.Options(field_manager=self.manager, user=self.user))
         return out
 
     async def patch(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
@@ -92,12 +96,12 @@ class LocalClient:
         """Read-modify-write with a revision precondition, retried on conflicts."""
         return await self._registry.patch(self.resource(api_version, kind), namespace=namespace, name=name,
                                           apply=mutate, subresource=subresource,
-                                          options=rest.Options(field_manager=self.manager))
+                                          options=rest.Options(field_manager=self.manager, user=self.user))
 
     async def delete(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
                      options: rest.DeleteOptions | None = None) -> JSON:
         out, _ = await self._registry.delete(self.resource(api_version, kind), namespace=namespace, name=name,
-                                             options=options or rest.DeleteOptions())
+                                             options=options or rest.DeleteOptions(user=self.user))
         return out
 
     def revision(self) -> int:
@@ -114,7 +118,7 @@ class LocalClient:
                                                                        **({"uid": uid} if uid else {})},
                    "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         await self._registry.bind(namespace=namespace, name=name, binding=binding,
-                                  options=rest.Options(field_manager=self.manager))
+                                  options=rest.Options(field_manager=self.manager, user=self.user))
 
     def get_scale(self, api_version: str, kind: str, *, name: str, namespace: str | None) -> JSON:
         """The scale subresource of an object (autoscaling/v1 Scale)."""
@@ -127,4 +131,4 @@ class LocalClient:
         info = self.resource(api_version, kind)
         return await self._registry.set_scale(info, namespace=namespace, name=name,
                                               scale={"spec": {"replicas": replicas}},
-                                              options=rest.Options(field_manager=self.manager))
+                                              options=rest.Options(field_manager=self.manager, user=self.user))

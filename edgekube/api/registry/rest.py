@@ -29,6 +29,7 @@ import orjson
 from edgekube._cogs import clock as clock_mod
 from edgekube._cogs import offload as offload_mod
 from edgekube.api import errors, fields, jsontree, labels, quantity, ssa
+from edgekube.api.auth import user as user_mod
 from edgekube.api.registry import (
     admission,
     allocators,
@@ -95,6 +96,8 @@ class Options:
     # The size of the request's body in bytes (0 in process): a write whose body or stored
     # object is large does its Python work off the event loop (see `Registry.offload`).
     cost: int = 0
+    # Who asks (admission and the access reviews read it); None: the registry's own internal work.
+    user: user_mod.UserInfo | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +107,7 @@ class DeleteOptions:
     precondition_uid: str | None = None
     precondition_resource_version: str | None = None
     dry_run: bool = False
+    user: user_mod.UserInfo | None = None  # as `Options.user`
 
 
 @dataclasses.dataclass(frozen=True)
