@@ -212,7 +212,7 @@ class Runtime:
             max_body=cfg.api.max_request_bytes,
             watch_timeout=cfg.api.default_watch_timeout_seconds,
             bookmark_interval=cfg.api.bookmark_interval_seconds,
-            tokens={},
+            authenticators=[],
             server_address=f"{_url_host(host)}:{cfg.https_port}",
             ready=self.ready,
             logs=kubelet_logs.FileLogs(cfg.kubelet.pod_log_dir),  # pods/log reads the node's CRI log files

@@ -10,6 +10,7 @@ Nothing listens without TLS: `serve` takes an SSL context and refuses to start w
 Connections are accepted by `listener` (a cap; handshake, request-head and send deadlines) and
 idle ones closed by aiohttp's keep-alive timer; the listener's middleware comes first so that it
 sees every request being served.
+Authentication lives in `auth.authn` (certificates, then each token authenticator in turn).
 Authorization (RBAC) is stored now and enforced by a later issue; every authenticated user is
 allowed, which matches a single-admin edge install today.
 """
@@ -18,14 +19,14 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from edgekube.api import discovery, errors, handlers, listener, openapi, openapi_pb, pki, podlogs
-from edgekube.api.auth import user as user_mod
+from edgekube.api import discovery, errors, handlers, listener, openapi, openapi_pb, podlogs
+from edgekube.api.auth import authn
 from edgekube.api.registry import rest
 from edgekube.store import errors as store_errors
 
@@ -76,7 +77,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _status_response(errors.internal(f"{type(exc).__name__}: {exc}"))
 
 
-def auth_middleware(tokens: Mapping[str, tuple[str, list[str]]]) -> Any:
+def auth_middleware(authenticators: Sequence[authn.TokenAuthenticator]) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in _PUBLIC or request.path.startswith(("/healthz/", "/livez/", "/readyz/")):
@@ -84,13 +85,13 @@ def auth_middleware(tokens: Mapping[str, tuple[str, list[str]]]) -> Any:
         found = None
         transport = request.transport
         if transport is not None:
-            found = pki.client_identity(transport.get_extra_info("peercert"))
+            found = authn.from_certificate(transport.get_extra_info("peercert"))
         auth = request.headers.get("Authorization", "")
         if found is None and auth.startswith("Bearer "):
-            found = tokens.get(auth[7:].strip())
+            found = authn.from_token(auth[7:].strip(), authenticators=authenticators)
         if found is None:
             raise errors.unauthorized()
-        request[USER_KEY] = user_mod.authenticated(found[0], groups=found[1])
+        request[USER_KEY] = found
         return await handler(request)
 
     return middleware
@@ -104,7 +105,7 @@ class ApiServer:
         max_body: int,
         watch_timeout: int,
         bookmark_interval: float,
-        tokens: Mapping[str, tuple[str, list[str]]],
+        authenticators: Sequence[authn.TokenAuthenticator],
         server_address: str,
         ready: Callable[[], bool],
         limits: listener.Limits,
@@ -129,7 +130,7 @@ class ApiServer:
         self._openapi_v3: dict[str, tuple[bytes, str]] = {}
         # aiohttp enforces the size of bodies it reads; one byte over our limit lets us tell.
         self.app = web.Application(
-            middlewares=[self.connections.middleware, error_middleware, auth_middleware(tokens)],
+            middlewares=[self.connections.middleware, error_middleware, auth_middleware(authenticators)],
             client_max_size=max_body + 1,
             # Request bodies are inflated by the handlers (negotiation.decode_content), not by
             # aiohttp's parser, which could hang a connection on a body that is not its encoding.
