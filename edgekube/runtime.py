@@ -433,7 +433,8 @@ class Runtime:
         if cfg.enabled("controllers"):
             ctx = manager.Context(client=client, informers=factory, events=recorder, clock=self.clock,
                                   settings=cfg.controllers, ca_pem=ca_pem,
-                                  local_node=self.node_name if cfg.enabled("kubelet") else "", metrics=self.metrics)
+                                  local_node=self.node_name if cfg.enabled("kubelet") else "", metrics=self.metrics,
+                                  sign_legacy_token=self._legacy_signer())
             controllers, gc = manager.build(ctx)
             runners.append(("garbage-collector/graph", gc.watch))
             runners.extend((ctl.name, ctl.run) for ctl in controllers)
@@ -489,6 +490,12 @@ class Runtime:
 
         self.registry.subresource_creators["serviceaccounts/token"] = token_request
         return tokens
+
+    def _legacy_signer(self) -> Callable[[dict[str, Any], dict[str, Any]], str] | None:
+        tokens = self.tokens
+        if tokens is None:
+            return None
+        return lambda account, secret: tokens.legacy_token(account, secret=secret)
 
     async def _ensure_kubernetes_service(self, *, service_ip: str, address: str) -> None:
         """The `default/kubernetes` Service that in-cluster clients use to reach the API, its

@@ -196,7 +196,7 @@ class ServiceAccountTokens:
     def issue(self, claims: Mapping[str, Any]) -> str:
         return self._sign(claims)
 
-    def legacy_token(self, sa: Mapping[str, Any], secret: Mapping[str, Any]) -> str:
+    def legacy_token(self, sa: Mapping[str, Any], *, secret: Mapping[str, Any]) -> str:
         """The token a `kubernetes.io/service-account-token` Secret holds (upstream's LegacyClaims)."""
         sm, am = secret.get("metadata") or {}, sa.get("metadata") or {}
         ns = str(am.get("namespace"))
