@@ -45,7 +45,7 @@ from edgekube._cogs import (
 from edgekube.api import errors, listener, pki, server
 from edgekube.api import metrics as metrics_mod
 from edgekube.api.auth import bootstraptokens, satokens
-from edgekube.api.registry import resources, rest
+from edgekube.api.registry import resources, rest, saadmission
 from edgekube.client import events as events_mod
 from edgekube.client import informer, local
 from edgekube.controllers import manager, servicelb
@@ -489,6 +489,7 @@ class Runtime:
             return await tokens.token_request(namespace=namespace, name=name, body=body)
 
         self.registry.subresource_creators["serviceaccounts/token"] = token_request
+        self.registry.pod_admission.append(saadmission.ServiceAccountAdmission(self.store, catalog=self.catalog).admit)
         return tokens
 
     def _legacy_signer(self) -> Callable[[dict[str, Any], dict[str, Any]], str] | None:

@@ -274,3 +274,58 @@ def test_bootstrap_token(server: Server, api: k8s_client.ApiClient) -> None:
     core.delete_namespaced_secret("bootstrap-token-abcdef", "kube-system")
     assert whoami(server, "abcdef.0123456789abcdef")[0] == 401
 
+
+
+def test_service_account_admission(server: Server, api: k8s_client.ApiClient) -> None:
+    core = k8s_client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": "admit"}})
+    until(lambda: any(s.metadata.name == "default" for s in core.list_namespaced_service_account("admit").items),
+          timeout=30, what="the default ServiceAccount")
+    c = {"name": "c", "image": "busybox"}
+    pod = api.sanitize_for_serialization(core.create_namespaced_pod("admit", {
+        "metadata": {"name": "plain"}, "spec": {"initContainers": [{**c, "name": "init"}], "containers": [c]}}))
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == "default"
+    [vol] = spec["volumes"]
+    assert vol["name"].startswith("kube-api-access-") and len(vol["name"]) == len("kube-api-access-") + 5
+    assert vol["projected"] == {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1",
+                                                                     "fieldPath": "metadata.namespace"}}]}}]}
+    mount = {"name": vol["name"], "readOnly": True, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}
+    assert spec["containers"][0]["volumeMounts"] == [mount]
+    assert spec["initContainers"][0]["volumeMounts"] == [mount]
+
+    core.create_namespaced_service_account("admit", {"metadata": {"name": "quiet"}, "automountServiceAccountToken": False,
+                                                     "imagePullSecrets": [{"name": "regcred"}]})
+    quiet = core.create_namespaced_pod("admit", {"metadata": {"name": "quiet"},
+                                                 "spec": {"serviceAccountName": "quiet", "containers": [c]}})
+    assert not quiet.spec.volumes and not quiet.spec.containers[0].volume_mounts
+    assert [s.name for s in quiet.spec.image_pull_secrets] == ["regcred"]
+    loud = core.create_namespaced_pod("admit", {"metadata": {"name": "loud"}, "spec": {
+        "serviceAccountName": "quiet", "automountServiceAccountToken": True, "containers": [c]}})
+    assert loud.spec.volumes[0].name.startswith("kube-api-access-")
+    off = core.create_namespaced_pod("admit", {"metadata": {"name": "off"}, "spec": {
+        "automountServiceAccountToken": False, "containers": [c]}})
+    assert not off.spec.volumes
+    own = core.create_namespaced_pod("admit", {"metadata": {"name": "own"}, "spec": {
+        "volumes": [{"name": "mine", "emptyDir": {}}],
+        "containers": [{**c, "volumeMounts": [{"name": "mine",
+                                               "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}]}})
+    assert [v.name for v in own.spec.volumes] == ["mine"]  # nobody else needs the token volume
+
+    with pytest.raises(k8s_client.ApiException) as refused:
+        core.create_namespaced_pod("admit", {"metadata": {"name": "ghostly"},
+                                             "spec": {"serviceAccountName": "ghost", "containers": [c]}})
+    assert refused.value.status == 403
+    assert json.loads(refused.value.body)["message"] == (
+        'pods "ghostly" is forbidden: error looking up service account admit/ghost: serviceaccount "ghost" not found')
+
+
+def test_root_ca_configmap_in_every_namespace(server: Server, api: k8s_client.ApiClient) -> None:
+    core = k8s_client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": "rootca"}})
+    cm = until(lambda: next((m for m in core.list_namespaced_config_map("rootca").items
+                             if m.metadata.name == "kube-root-ca.crt"), None), timeout=30, what="kube-root-ca.crt")
+    assert cm.data == {"ca.crt": server.ca.read_text()}
