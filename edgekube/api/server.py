@@ -89,9 +89,11 @@ def auth_middleware(authenticators: Sequence[authn.TokenAuthenticator]) -> Any:
         transport = request.transport
         if transport is not None:
             found = authn.from_certificate(transport.get_extra_info("peercert"))
-        auth = request.headers.get("Authorization", "")
-        if found is None and auth.startswith("Bearer "):
-            found = authn.from_token(auth[7:].strip(), authenticators=authenticators)
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        # The scheme in any case, as upstream's bearertoken authenticator reads it (the Python
+        # client's in-cluster config sends "bearer <token>").
+        if found is None and scheme.lower() == "bearer" and credentials.strip():
+            found = authn.from_token(credentials.strip(), authenticators=authenticators)
         if found is None:
             raise errors.unauthorized()
         request[USER_KEY] = found

@@ -293,6 +293,8 @@ class ServiceAccountTokens:
         try:
             found = self.review(token, ())
         except Refused as exc:
+            # As upstream's "Unable to authenticate the request": the reason is in the log only.
+            log.info("unable to authenticate a service account token: %s", exc)
             raise errors.unauthorized() from exc
         return None if found is None else found.user
 
