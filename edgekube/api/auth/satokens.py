@@ -155,6 +155,12 @@ class ServiceAccountTokens:
         self.settings = settings
         self._clock = clock
         self._header = _b64(orjson.dumps({"alg": "RS256", "kid": self.kid}))
+        # Per-request costs, kept small for a Pi: claims of tokens whose signature was checked
+        # (a pod presents the same token for an hour), and the uid and deletionTimestamp of the
+        # accounts and bound objects, valid while their stored revision is unchanged. Both are
+        # bounded (oldest dropped first); neither ever skips the checks of time and existence.
+        self._verified: dict[str, JSON] = {}
+        self._metadata_seen: dict[str, tuple[int, JSON]] = {}
 
     # --- reading objects ------------------------------------------------------------------
 
@@ -166,6 +172,27 @@ class ServiceAccountTokens:
             return None if item is None else item.object()
         except store_errors.CorruptRecordError:
             return None
+
+    def _metadata(self, plural: str, namespace: str | None, name: str) -> JSON | None:
+        """The uid and deletionTimestamp of an object (None: absent), decoded only when its
+        stored revision changed since last asked."""
+        info = self._catalog.lookup("", "v1", plural)
+        assert info is not None, plural
+        key = info.key(name, namespace)
+        try:
+            item = self._store.get(key)
+            if item is None:
+                self._metadata_seen.pop(key, None)
+                return None
+            held = self._metadata_seen.get(key)
+            if held is not None and held[0] == item.revision:
+                return {"metadata": held[1]}
+            meta = item.fields(_METADATA).get("metadata") or {}
+        except store_errors.CorruptRecordError:
+            return None
+        small = {"uid": meta.get("uid"), "deletionTimestamp": meta.get("deletionTimestamp")}
+        _remember(self._metadata_seen, key, (item.revision, small), limit=_METADATA_CACHE)
+        return {"metadata": small}
 
     # --- issuing --------------------------------------------------------------------------
 
@@ -301,15 +328,18 @@ class ServiceAccountTokens:
     def review(self, token: str, audiences: Iterable[str]) -> Verified | None:
         """The user of one of our tokens (None: not ours) for `audiences` (empty: the API's);
         `Refused` with upstream's reason when it is ours and does not authenticate."""
-        parsed = _parse(token)
-        if parsed is None:
-            return None
-        header, claims, signing_input, signature = parsed
+        claims = self._verified.get(token)
+        if claims is None:
+            parsed = _parse(token)
+            if parsed is None:
+                return None
+            header, claims, signing_input, signature = parsed
+            if claims.get("iss") not in (self.settings.issuer, LEGACY_ISSUER):
+                return None
+            if header.get("alg") != "RS256" or not self._public.verify(signature, signing_input):
+                raise Refused("invalid signature")
+            _remember(self._verified, token, claims, limit=_VERIFIED_CACHE)
         issuer = claims.get("iss")
-        if issuer not in (self.settings.issuer, LEGACY_ISSUER):
-            return None
-        if header.get("alg") != "RS256" or not self._public.verify(signature, signing_input):
-            raise Refused("invalid signature")
         wanted = tuple(audiences) or self.settings.audiences
         if issuer == LEGACY_ISSUER:
             return Verified(self._legacy_user(token, claims), tuple(a for a in wanted if a in self.settings.audiences))
@@ -338,12 +368,12 @@ class ServiceAccountTokens:
         than the leeway ago."""
         if not isinstance(ref, dict) or not ref.get("name"):
             raise Refused("service account token has been invalidated")
-        obj = self._get(plural, namespace, str(ref["name"]))
+        obj = self._metadata(plural, namespace, str(ref["name"]))
         if obj is None or _deleted_before(obj, self._now() - LEEWAY_SECONDS):
             raise Refused("service account token has been invalidated")
         uid = (obj.get("metadata") or {}).get("uid")
         if uid != ref.get("uid"):
-            raise Refused(f"{what} UID ({uid}) does not match service account {what.lower()} ref claim ({ref.get('uid')})")
+            raise Refused(f"{what} UID ({uid}) does not match service account {what} ref claim ({ref.get('uid')})")
         return obj
 
     def _bound_user(self, claims: Mapping[str, Any]) -> user_mod.UserInfo:
@@ -355,7 +385,7 @@ class ServiceAccountTokens:
         saref = private.get("serviceaccount") or {}
         if not isinstance(saref, dict):
             raise Refused("service account token claims could not be validated due to unexpected private claim")
-        sa = self._get("serviceaccounts", namespace, str(saref.get("name") or ""))
+        sa = self._metadata("serviceaccounts", namespace, str(saref.get("name") or ""))
         if sa is None:
             raise Refused(f'serviceaccounts "{saref.get("name")}" not found')
         if _deleted_before(sa, self._now() - LEEWAY_SECONDS):
@@ -365,15 +395,15 @@ class ServiceAccountTokens:
             raise Refused(f"service account UID ({sa_uid}) does not match claim ({saref.get('uid')})")
         extra: dict[str, list[str]] = {}
         if private.get("secret") is not None:
-            self._alive("secrets", namespace, private["secret"], what="Secret")
+            self._alive("secrets", namespace, private["secret"], what="secret")
         podref, noderef = private.get("pod"), private.get("node")
         if podref is not None:
-            self._alive("pods", namespace, podref, what="Pod")
+            self._alive("pods", namespace, podref, what="pod")
             extra[POD_NAME_KEY] = [str(podref["name"])]
             extra[POD_UID_KEY] = [str(podref["uid"])]
         if isinstance(noderef, dict) and noderef.get("name"):
             if podref is None:  # bound to the node itself: it must live on
-                self._alive("nodes", None, noderef, what="Node")
+                self._alive("nodes", None, noderef, what="node")
             extra[NODE_NAME_KEY] = [str(noderef["name"])]
             if noderef.get("uid"):
                 extra[NODE_UID_KEY] = [str(noderef["uid"])]
@@ -420,6 +450,18 @@ class ServiceAccountTokens:
         return {"keys": [{"use": "sig", "kty": "RSA", "kid": self.kid, "alg": "RS256",
                           "n": _b64(self._n.to_bytes((self._n.bit_length() + 7) // 8, "big")),
                           "e": _b64(self._e.to_bytes((self._e.bit_length() + 7) // 8, "big"))}]}
+
+
+_METADATA = frozenset({"metadata"})
+_METADATA_CACHE = 1024
+_VERIFIED_CACHE = 128
+
+
+def _remember(cache: dict[str, Any], key: str, value: Any, *, limit: int) -> None:
+    cache.pop(key, None)
+    cache[key] = value
+    while len(cache) > limit:
+        del cache[next(iter(cache))]
 
 
 def _go_list(values: Iterable[str]) -> str:
