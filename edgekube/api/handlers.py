@@ -296,7 +296,7 @@ class Handlers:
         body = await self._decode(await self._body(request), request.headers.get("Content-Type", ""))
         body = _typed(body, "io.k8s.api.authentication.v1.TokenRequest")
         out = await self._registry.create_subresource(t.info, namespace=t.namespace, name=t.name,
-                                                      subresource="token", body=body)
+                                                      subresource="token", body=body, options=self._options(request))
         return json_response(out, status=201)
 
     # --- helpers -----------------------------------------------------------------------------

@@ -127,7 +127,8 @@ class LocalClient:
         if subresource not in info.subresources:
             raise errors.not_found(f"{info.plural}/{subresource}", name, group=info.group)
         return await self._registry.create_subresource(info, namespace=namespace, name=name, subresource=subresource,
-                                                       body=body)
+                                                       body=body, options=rest.Options(field_manager=self.manager,
+                                                                                       user=self.user))
 
     def get_scale(self, api_version: str, kind: str, *, name: str, namespace: str | None) -> JSON:
         """The scale subresource of an object (autoscaling/v1 Scale)."""

@@ -1170,8 +1170,9 @@ class Registry:
     # --- subresources ------------------------------------------------------------------------
 
     async def create_subresource(self, info: resources.ResourceInfo, *, namespace: str, name: str, subresource: str,
-                                 body: JSON) -> JSON:
-        """POST to a create-only subresource served by a hook (`subresource_creators`)."""
+                                 body: JSON, options: Options = Options()) -> JSON:
+        """POST to a create-only subresource served by a hook (`subresource_creators`);
+        `options.user` is who asks (for the authorizer: `create` on `<plural>/<subresource>`)."""
         creator = self.subresource_creators.get(f"{info.plural}/{subresource}")
         if creator is None:
             raise errors.not_found_path()
