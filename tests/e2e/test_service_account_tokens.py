@@ -329,3 +329,19 @@ def test_root_ca_configmap_in_every_namespace(server: Server, api: k8s_client.Ap
     cm = until(lambda: next((m for m in core.list_namespaced_config_map("rootca").items
                              if m.metadata.name == "kube-root-ca.crt"), None), timeout=30, what="kube-root-ca.crt")
     assert cm.data == {"ca.crt": server.ca.read_text()}
+
+
+def test_token_bound_to_a_node(server: Server, api: k8s_client.ApiClient) -> None:
+    """kubectl 1.33+ binds tokens to Nodes too (upstream 1.32's ServiceAccountTokenNodeBinding)."""
+    k = Kubectl("1.36", server, "default")
+    k.run("create", "serviceaccount", "agent")
+    core = k8s_client.CoreV1Api(api)
+    node = core.create_node({"metadata": {"name": "edge-7"}})
+    token = k.out("create", "token", "agent", "--bound-object-kind", "Node", "--bound-object-name", "edge-7").strip()
+    assert _claims(token)["kubernetes.io"]["node"] == {"name": "edge-7", "uid": node.metadata.uid}
+    code, user = whoami(server, token)
+    assert code == 201, user
+    assert user["extra"]["authentication.kubernetes.io/node-name"] == ["edge-7"]
+    assert user["extra"]["authentication.kubernetes.io/node-uid"] == [node.metadata.uid]
+    core.delete_node("edge-7")
+    assert whoami(server, token)[0] == 401
