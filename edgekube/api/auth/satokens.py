@@ -157,10 +157,11 @@ class ServiceAccountTokens:
         self._header = _b64(orjson.dumps({"alg": "RS256", "kid": self.kid}))
         # Per-request costs, kept small for a Pi: claims of tokens whose signature was checked
         # (a pod presents the same token for an hour), and the uid and deletionTimestamp of the
-        # accounts and bound objects, valid while their stored revision is unchanged. Both are
+        # accounts and bound objects, valid while the store's revision is unchanged. Both are
         # bounded (oldest dropped first); neither ever skips the checks of time and existence.
         self._verified: dict[str, JSON] = {}
-        self._metadata_seen: dict[str, tuple[int, JSON]] = {}
+        self._users: dict[str, user_mod.UserInfo] = {}  # the user of each of those, once it passed
+        self._metadata_seen: dict[str, tuple[int, int, JSON]] = {}
 
     # --- reading objects ------------------------------------------------------------------
 
@@ -174,24 +175,30 @@ class ServiceAccountTokens:
             return None
 
     def _metadata(self, plural: str, namespace: str | None, name: str) -> JSON | None:
-        """The uid and deletionTimestamp of an object (None: absent), decoded only when its
-        stored revision changed since last asked."""
+        """{"metadata": {uid, deletionTimestamp}} of an object (None: absent). Not read again
+        while the store published no write since (its revision is read before the object, so a
+        write landing meanwhile bumps it), and not decoded again while the object's own
+        revision is unchanged."""
         info = self._catalog.lookup("", "v1", plural)
         assert info is not None, plural
         key = info.key(name, namespace)
+        published = self._store.revision
+        held = self._metadata_seen.get(key)
+        if held is not None and held[0] == published:
+            return {"metadata": held[2]}
         try:
             item = self._store.get(key)
             if item is None:
                 self._metadata_seen.pop(key, None)
                 return None
-            held = self._metadata_seen.get(key)
-            if held is not None and held[0] == item.revision:
-                return {"metadata": held[1]}
-            meta = item.fields(_METADATA).get("metadata") or {}
+            if held is not None and held[1] == item.revision:
+                small = held[2]
+            else:
+                meta = item.fields(_METADATA).get("metadata") or {}
+                small = {"uid": meta.get("uid"), "deletionTimestamp": meta.get("deletionTimestamp")}
         except store_errors.CorruptRecordError:
             return None
-        small = {"uid": meta.get("uid"), "deletionTimestamp": meta.get("deletionTimestamp")}
-        _remember(self._metadata_seen, key, (item.revision, small), limit=_METADATA_CACHE)
+        _remember(self._metadata_seen, key, (published, item.revision, small), limit=_METADATA_CACHE)
         return {"metadata": small}
 
     # --- issuing --------------------------------------------------------------------------
@@ -351,7 +358,9 @@ class ServiceAccountTokens:
         met = tuple(a for a in token_auds if a in wanted)
         if not met:
             raise Refused(f"token audiences {_go_list(token_auds)} is invalid for the target audiences {_go_list(wanted)}")
-        return Verified(self._bound_user(claims), met)
+        user = self._bound_user(claims, known=self._users.get(token))
+        _remember(self._users, token, user, limit=_VERIFIED_CACHE)
+        return Verified(user, met)
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
         now = self._now()
@@ -376,7 +385,8 @@ class ServiceAccountTokens:
             raise Refused(f"{what} UID ({uid}) does not match service account {what} ref claim ({ref.get('uid')})")
         return obj
 
-    def _bound_user(self, claims: Mapping[str, Any]) -> user_mod.UserInfo:
+    def _bound_user(self, claims: Mapping[str, Any], *, known: user_mod.UserInfo | None) -> user_mod.UserInfo:
+        """The token's user once every check passed (`known`: as built for it before)."""
         self._check_times(claims)
         private = claims.get("kubernetes.io")
         if not isinstance(private, dict):
@@ -393,17 +403,23 @@ class ServiceAccountTokens:
         sa_uid = (sa.get("metadata") or {}).get("uid")
         if sa_uid != saref.get("uid"):
             raise Refused(f"service account UID ({sa_uid}) does not match claim ({saref.get('uid')})")
-        extra: dict[str, list[str]] = {}
         if private.get("secret") is not None:
             self._alive("secrets", namespace, private["secret"], what="secret")
-        podref, noderef = private.get("pod"), private.get("node")
+        podref = private.get("pod")
+        found_node = private.get("node")
+        noderef: JSON = found_node if isinstance(found_node, dict) else {}
         if podref is not None:
             self._alive("pods", namespace, podref, what="pod")
+        node_bound = bool(noderef.get("name"))
+        if node_bound and podref is None:  # bound to the node itself: it must live on
+            self._alive("nodes", None, noderef, what="node")
+        if known is not None:
+            return known
+        extra: dict[str, list[str]] = {}
+        if podref is not None:
             extra[POD_NAME_KEY] = [str(podref["name"])]
             extra[POD_UID_KEY] = [str(podref["uid"])]
-        if isinstance(noderef, dict) and noderef.get("name"):
-            if podref is None:  # bound to the node itself: it must live on
-                self._alive("nodes", None, noderef, what="node")
+        if node_bound:
             extra[NODE_NAME_KEY] = [str(noderef["name"])]
             if noderef.get("uid"):
                 extra[NODE_UID_KEY] = [str(noderef["uid"])]
