@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--data-dir", type=Path, help="where the database, TLS material and kubeconfig live")
     srv.add_argument("--bind-address", help="address the API listens on (default 0.0.0.0)")
     srv.add_argument("--https-port", type=int, help="API port (default 6443)")
+    srv.add_argument("--token-auth-file", type=Path,
+                     help='a CSV of static bearer tokens: token,user,uid,"group1,group2" (as kube-apiserver)')
     srv.add_argument(
         "--disable",
         action="append",
@@ -272,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bind-address": args.bind_address,
         "https-port": args.https_port,
         "disable": args.disable,
+        "token-auth-file": str(args.token_auth_file) if args.token_auth_file else None,
     }
     try:
         cfg = config_mod.load(config_file=args.config, overrides=overrides)

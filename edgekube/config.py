@@ -33,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "cluster-dns": "10.43.0.10",
     "cluster-domain": "cluster.local",
     "service-node-port-range": "30000-32767",
+    # A CSV of static bearer tokens (upstream's --token-auth-file): token,user,uid,"group1,group2".
+    "token-auth-file": "",
     "store": {
         "map-size-mb": 1024,
         "max-size-mb": 8192,
@@ -201,6 +203,7 @@ class Config:
     dns: DnsSettings = DnsSettings(listen_address="", port=53, metrics_port=9153, resolv_conf=None, cache_size_mb=4,
                                    max_concurrent=1000)
     pod_network: PodNetworkSettings = dataclasses.field(default_factory=PodNetworkSettings)
+    token_auth_file: Path | None = None
 
     def enabled(self, component: str) -> bool:
         return component not in self.disable
@@ -426,4 +429,5 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
         source=source,
         dns=_dns(data["dns"], where=f"{source} (dns)"),
         pod_network=_pod_network(data["pod-network"], where=f"{source} (pod-network)"),
+        token_auth_file=Path(str(data["token-auth-file"])) if data["token-auth-file"] else None,
     )

@@ -236,7 +236,8 @@ class Handlers:
             definition = apischema.kind_definition(t.info.group, t.info.version, t.info.kind)
             if definition is not None:  # decoded into its type: nothing of the client's echoed but the type's fields
                 body = _typed(body, definition)
-            out = reviews.review(t.info.gk, body, user=request.get(USER_KEY))
+            out = reviews.review(t.info.gk, body, user=request.get(USER_KEY), gate=self._registry.gate,
+                                 namespace=t.namespace)
             out["apiVersion"], out["kind"] = t.info.api_version, t.info.kind
             return json_response(out, status=201)
         if t.name is None:
