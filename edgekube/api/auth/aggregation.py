@@ -24,6 +24,7 @@ from edgekube.api.registry import rest
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
 MANAGER = "clusterrole-aggregation-controller"
+_MAX_PASSES = 4
 
 
 def aggregated_rules(role: JSON, roles: dict[str, JSON]) -> list[JSON] | None:
@@ -64,25 +65,32 @@ class Aggregator:
             self._wake.set()
 
     async def sync(self) -> None:
-        """One pass: write every aggregated role whose rules are not what it aggregates."""
+        """Write every aggregated role whose rules are not what it aggregates. Aggregated roles
+        may aggregate each other (admin takes edit, which takes view): passes repeat over the
+        roles as just written until nothing changes (bounded: a cycle of selectors settles too)."""
         info = self._registry.catalog.lookup(rbac.GROUP, "v1", "clusterroles")
         assert info is not None
         roles = dict(self._policy.index.cluster_role_objects)
-        for name, role in roles.items():
-            wanted = aggregated_rules(role, roles)
-            if wanted is None or (role.get("rules") or []) == wanted:
-                continue
+        for _ in range(_MAX_PASSES):
+            changed = False
+            for name, role in sorted(roles.items()):
+                wanted = aggregated_rules(role, roles)
+                if wanted is None or (role.get("rules") or []) == wanted:
+                    continue
 
-            def put(obj: JSON, rules: list[JSON] = wanted) -> JSON:
-                obj["rules"] = rules
-                return obj
+                def put(obj: JSON, rules: list[JSON] = wanted) -> JSON:
+                    obj["rules"] = rules
+                    return obj
 
-            try:
-                await self._registry.patch(info, namespace=None, name=name, apply=put,
-                                           options=rest.Options(field_manager=MANAGER))
-            except errors.APIError as exc:
-                if exc.code != 404:  # deleted meanwhile: nothing to aggregate into
-                    log.warning("aggregating the rules of ClusterRole %s: %s", name, exc.message)
+                try:
+                    roles[name] = await self._registry.patch(info, namespace=None, name=name, apply=put,
+                                                             options=rest.Options(field_manager=MANAGER))
+                    changed = True
+                except errors.APIError as exc:
+                    if exc.code != 404:  # deleted meanwhile: nothing to aggregate into
+                        log.warning("aggregating the rules of ClusterRole %s: %s", name, exc.message)
+            if not changed:
+                return
 
     async def run(self) -> None:
         while True:
