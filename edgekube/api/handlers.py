@@ -39,6 +39,9 @@ from edgekube.api.registry import decoding, fieldcheck, resources, rest
 
 # The authenticated user of a request ({"name", "groups"}), set by the auth middleware.
 USER_KEY: web.RequestKey[user_mod.UserInfo] = web.RequestKey("user", user_mod.UserInfo)
+# The authenticated user of an impersonating request (USER_KEY then holds the one it acts as):
+# audit's `user` beside its `impersonatedUser`.
+IMPERSONATOR_KEY: web.RequestKey[user_mod.UserInfo] = web.RequestKey("impersonator", user_mod.UserInfo)
 JSON = dict[str, Any]
 
 _SCALE = "io.k8s.api.autoscaling.v1.Scale"

@@ -107,6 +107,7 @@ def authz_middleware(gate: authz.Gate) -> Any:
             return await handler(request)
         acting = impersonation.impersonate(found, request.headers, gate=gate)
         if acting is not found:
+            request[handlers.IMPERSONATOR_KEY] = found
             request[USER_KEY] = acting
         gate.check(attributes.from_http(acting, method=request.method, path=request.path, query=request.query))
         return await handler(request)

@@ -103,6 +103,13 @@ def cluster_roles() -> list[JSON]:
         _role("system:basic-user", [
             _rule(["authorization.k8s.io"], ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], ["create"]),
             _rule(["authentication.k8s.io"], ["selfsubjectreviews"], ["create"])]),
+        _role("system:service-account-issuer-discovery", [_urls(
+            ["/.well-known/openid-configuration", "/.well-known/openid-configuration/", "/openid/v1/jwks",
+             "/openid/v1/jwks/"], ["get"])]),
+        _role("system:monitoring", [_urls(["/healthz", "/healthz/*", "/livez", "/livez/*", "/readyz", "/readyz/*",
+                                           "/metrics", "/metrics/slis"], ["get"])]),
+        _role("system:auth-delegator", [_rule(["authentication.k8s.io"], ["tokenreviews"], ["create"]),
+                                        _rule(["authorization.k8s.io"], ["subjectaccessreviews"], ["create"])]),
         _role("admin", [], aggregate="admin"),
         _role("edit", [], labels=agg, aggregate="edit"),
         _role("view", [], labels={AGGREGATE_TO + "edit": "true"}, aggregate="view"),
@@ -207,6 +214,9 @@ def cluster_role_bindings() -> list[JSON]:
         _binding("system:basic-user", "system:basic-user", [("Group", user_mod.AUTHENTICATED)]),
         _binding("system:public-info-viewer", "system:public-info-viewer",
                  [("Group", user_mod.AUTHENTICATED), ("Group", user_mod.UNAUTHENTICATED)]),
+        _binding("system:service-account-issuer-discovery", "system:service-account-issuer-discovery",
+                 [("Group", user_mod.SERVICE_ACCOUNTS_GROUP)]),
+        _binding("system:monitoring", "system:monitoring", [("Group", "system:monitoring")]),
         _binding(CONTROLLER_MANAGER, CONTROLLER_MANAGER, [("User", CONTROLLER_MANAGER)]),
         _binding(SCHEDULER, SCHEDULER, [("User", SCHEDULER)]),
         _binding("system:node", "system:node", [("Group", NODES_GROUP)]),
