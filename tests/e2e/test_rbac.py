@@ -328,3 +328,62 @@ def _names(api: k8s.CoreV1Api) -> list[str]:
         return [c.metadata.name for c in api.list_namespaced_config_map("py-team").items]
     except ApiException:
         return []
+
+
+def test_components_run_with_their_own_roles_only(users: Users, tmp_path: Path) -> None:
+    """The in-process components' users are bound by the bootstrap policy, and to no more."""
+    admin = Kubectl("1.36", users.admin, tmp_path)
+
+    def can(*args: str) -> str:
+        return admin.run("auth", "can-i", *args, check=False).stdout.strip()
+
+    kcm = "--as=system:kube-controller-manager"
+    assert can("create", "replicasets", "-n", "default", kcm) == "yes"
+    assert can("delete", "pods", "-n", "default", kcm) == "yes"
+    assert can("create", "clusterrolebindings", kcm) == "no"
+    assert can("impersonate", "users", kcm) == "no"
+    node = ("--as=system:node:edge-1", "--as-group=system:nodes")
+    assert can("patch", "nodes", "--subresource=status", *node) == "yes"
+    assert can("create", "serviceaccounts", "--subresource=token", "-n", "default", *node) == "yes"
+    assert can("delete", "namespaces", *node) == "no"
+    assert can("create", "pods", "--subresource=binding", "-n", "default", *node) == "no"
+    assert can("create", "secrets", "-n", "default", *node) == "no"
+    assert can("create", "pods", "--subresource=binding", "-n", "default", "--as=system:kube-scheduler") == "yes"
+    assert can("list", "secrets", "-n", "default", "--as=system:kube-scheduler") == "no"
+    assert can("watch", "endpointslices.discovery.k8s.io", "--as=system:kube-proxy") == "yes"
+    assert can("create", "pods", "-n", "default", "--as=system:kube-proxy") == "no"
+    assert can("list", "services", "--as=system:kube-dns") == "yes"
+    assert can("list", "secrets", "--as=system:kube-dns") == "no"
+    # The bootstrap roles are marked as such, and reconciled at boot.
+    role = json.loads(admin.out("get", "clusterrole", "system:kube-controller-manager", "-o", "json"))
+    assert role["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"] == "true"
+    assert role["metadata"]["labels"]["kubernetes.io/bootstrapping"] == "rbac-defaults"
+
+
+def test_subject_access_review_with_the_python_client(users: Users, tmp_path: Path) -> None:
+    admin = Kubectl("1.36", users.admin, tmp_path)
+    admin.run("create", "namespace", "sar-team")
+    admin.run("-n", "sar-team", "create", "role", "reader", "--verb=get", "--resource=configmaps")
+    admin.run("-n", "sar-team", "create", "rolebinding", "reader", "--role=reader", "--group=devs")
+    api = k8s.AuthorizationV1Api(k8s_config.new_client_from_config(str(users.admin)))
+
+    def review(user: str, groups: list[str], verb: str) -> Any:
+        body = k8s.V1SubjectAccessReview(spec=k8s.V1SubjectAccessReviewSpec(
+            user=user, groups=groups, resource_attributes=k8s.V1ResourceAttributes(
+                namespace="sar-team", verb=verb, resource="configmaps")))
+        return api.create_subject_access_review(body).status
+
+    status = _eventually(lambda: review("bob", ["devs"], "get"), until=lambda s: s.allowed)
+    assert status.allowed and status.reason == 'RBAC: allowed by RoleBinding "reader/sar-team" of Role "reader" to Group "devs"'
+    assert not review("bob", [], "get").allowed  # a SubjectAccessReview's groups are as given
+    assert not review("bob", ["devs"], "delete").allowed
+    # bob may not ask about others (SubjectAccessReview is cluster-admin's), only about himself.
+    bob = k8s.AuthorizationV1Api(k8s_config.new_client_from_config(str(users.bob)))
+    with pytest.raises(ApiException) as err:
+        bob.create_subject_access_review(k8s.V1SubjectAccessReview(spec=k8s.V1SubjectAccessReviewSpec(
+            user="carol", resource_attributes=k8s.V1ResourceAttributes(verb="get", resource="secrets"))))
+    assert err.value.status == 403
+    mine = bob.create_self_subject_access_review(k8s.V1SelfSubjectAccessReview(spec=k8s.V1SelfSubjectAccessReviewSpec(
+        resource_attributes=k8s.V1ResourceAttributes(namespace="sar-team", verb="get", resource="configmaps"))))
+    assert mine.status.allowed
+    admin.run("delete", "namespace", "sar-team", "--wait=false")
