@@ -34,6 +34,7 @@ from edgekube.api import errors
 from edgekube.api.auth import escalation, rbac
 from edgekube.api.auth import user as user_mod
 from edgekube.api.registry import resources, rest
+from edgekube.store import errors as store_errors
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -283,10 +284,15 @@ async def reconcile(registry: rest.Registry) -> None:
     roles_info = catalog.lookup(rbac.GROUP, "v1", "clusterroles")
     bindings_info = catalog.lookup(rbac.GROUP, "v1", "clusterrolebindings")
     assert roles_info is not None and bindings_info is not None
-    for expected in cluster_roles():
-        await _reconcile_one(registry, roles_info, expected, reconcile_role)
-    for expected in cluster_role_bindings():
-        await _reconcile_one(registry, bindings_info, expected, reconcile_binding)
+    work = [(roles_info, r, reconcile_role) for r in cluster_roles()]
+    work += [(bindings_info, b, reconcile_binding) for b in cluster_role_bindings()]
+    for info, expected, merge in work:
+        try:
+            await _reconcile_one(registry, info, expected, merge)
+        except (errors.APIError, store_errors.StoreError) as exc:
+            # Serving beats not serving (a damaged record, a full disk): the rest of the policy
+            # still holds, and the next boot tries again.
+            log.error("could not reconcile the bootstrap %s %s: %s", info.kind, expected["metadata"]["name"], exc)
 
 
 async def _reconcile_one(registry: rest.Registry, info: resources.ResourceInfo, expected: JSON,
