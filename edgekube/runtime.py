@@ -146,6 +146,8 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.cfg
         gc.set_threshold(*_GC_THRESHOLDS)
+        # Read before anything else: a bad token file stops the boot before it touched the data dir.
+        authenticators = [tokenfile.TokenFile(cfg.token_auth_file)] if cfg.token_auth_file else []
         self._claim_data_dir()
         # Private to edgekube (secure_data_dir, below, once the certificates are there).
         filemodes.ensure_mode(cfg.data_dir, 0o700)
@@ -220,7 +222,7 @@ class Runtime:
             max_body=cfg.api.max_request_bytes,
             watch_timeout=cfg.api.default_watch_timeout_seconds,
             bookmark_interval=cfg.api.bookmark_interval_seconds,
-            authenticators=[tokenfile.TokenFile(cfg.token_auth_file)] if cfg.token_auth_file else [],
+            authenticators=authenticators,
             server_address=f"{_url_host(host)}:{cfg.https_port}",
             ready=self.ready,
             logs=kubelet_logs.FileLogs(cfg.kubelet.pod_log_dir),  # pods/log reads the node's CRI log files

@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
-from tests.conftest import REPO, Server
+from tests.conftest import REPO, Server, free_port
 
 pytestmark = pytest.mark.e2e
 VERSIONS = ("1.27", "1.33", "1.36")
@@ -387,3 +388,16 @@ def test_subject_access_review_with_the_python_client(users: Users, tmp_path: Pa
         resource_attributes=k8s.V1ResourceAttributes(namespace="sar-team", verb="get", resource="configmaps"))))
     assert mine.status.allowed
     admin.run("delete", "namespace", "sar-team", "--wait=false")
+
+
+def test_a_bad_token_file_stops_the_boot_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "tokens.csv"
+    bad.write_text("only-a-token,and-a-user\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekube", "server", "--data-dir", str(tmp_path / "data"), "--bind-address", "127.0.0.1",
+         "--https-port", str(free_port()), "--disable", "kubelet", "--disable", "network", "--disable", "dns",
+         "--token-auth-file", str(bad)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().endswith(f"edgekube: token file '{bad}' must have at least 3 columns (token, user name, "
+                                        "user uid), found 2 on line 1")
+    assert not (tmp_path / "data" / "db").exists()  # refused before the data dir was touched
