@@ -16,9 +16,10 @@ network namespaces of its own): a Service change to the kernel against a raw `nf
 shape, the boot sync of 1,000 Services against `nft -f` of the same table, ClusterIP throughput
 and connection rate against the endpoint's own address, (10) the longest stall of the event loop
 while one heavy request runs (large writes, patches, lists, a fanned-out event), against a bare
-aiohttp server storing a large POST. Prints a table and writes
+aiohttp server storing a large POST, (11) RBAC: GET and CREATE as a user allowed by a RoleBinding against the
+admin certificate, and the cost of one decision. Prints a table and writes
 it as Markdown to --out. `--only` runs some sections (store, api, idle, apply, controlplane,
-kubelet, conns, dns, proxy, loop); such a partial run writes a file only when --out is given, so docs/performance.md
+kubelet, conns, dns, proxy, loop, rbac); such a partial run writes a file only when --out is given, so docs/performance.md
 always holds a whole run.
 The exit status is 0 when the benchmark ran (missed targets included) and non-zero on errors.
 """
@@ -50,10 +51,11 @@ from benchmarks import (  # noqa: E402
     kubelet_bench,
     loop_bench,
     proxy_bench,
+    rbac_bench,
     store_bench,
 )
 
-SECTIONS = ("store", "api", "idle", "apply", "controlplane", "kubelet", "conns", "dns", "proxy", "loop")
+SECTIONS = ("store", "api", "idle", "apply", "controlplane", "kubelet", "conns", "dns", "proxy", "loop", "rbac")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,13 +81,15 @@ class Durations:
     dns_rounds: int = 3  # edgekube and bare runs alternate this many times
     dns_flood: int = 50000  # distinct forwarded names, twice over, for the memory bound
     loop_repeats: int = 3  # each heavy request class, probed this many times
+    rbac_requests: int = 2000  # RBAC: GETs and CREATEs as each of admin and a bound user, alternating
 
 
 PACED_RATE = api_bench.PACED_RATE
 FULL = Durations(store=5.0, api=5.0, paced=20.0, settle=5.0, idle=60.0, raw_paced=5.0)
 QUICK = Durations(store=1.0, api=1.0, paced=3.0, settle=5.0, idle=10.0, raw_paced=2.0, apply_rounds=3, kubectl_runs=1,
                   scale_repeats=1, sched_pods=200, sched_repeats=1, kubelet_pods=10, boot_runs=2,
-                  conn_rounds=2, dns_seconds=1.0, dns_rounds=1, dns_flood=10000, loop_repeats=1)
+                  conn_rounds=2, dns_seconds=1.0, dns_rounds=1, dns_flood=10000, loop_repeats=1,
+                  rbac_requests=300)
 SCALE_TARGET_S = 2.0  # issue 4: 0 -> 100 pods bound and Running
 # Issue 5, the kubelet:
 STARTUP_P50_MS, STARTUP_P99_MS = 150.0, 400.0  # pod create -> Running, one after another
@@ -103,6 +107,8 @@ CONNS_HELD_RATIO, CONNS_LEFT_MIB = 0.5, 8.0
 DNS_REPEAT_RATIO, DNS_DISTINCT_RATIO, DNS_SECOND_FLOOD_MIB = 1.0, 0.5, 4.0
 # Issue 13, point 3: no request holds the event loop for more than a few ms.
 LOOP_STALL_MS = loop_bench.TARGET_MS
+# Issue 15: a user allowed by a RoleBinding is served at least this fast as the admin certificate.
+RBAC_RATIO = 0.9
 
 
 @dataclasses.dataclass
@@ -472,6 +478,19 @@ def _loop_rows(lp: loop_bench.LoopResult) -> list[Row]:
     ]
 
 
+def _rbac_rows(rb: rbac_bench.RbacResult) -> list[Row]:
+    rows = [Row(f"{name} x1 as a user allowed by a RoleBinding (RBAC walked), median latency",
+                f"{rb.median_ms('user', name):.2f} ms", f"{rb.median_ms('admin', name):.2f} ms (admin certificate, "
+                "alternating)", f"{rb.ratio(name):.2f}x rate", f">= {RBAC_RATIO}x", _verdict(rb.ratio(name) >= RBAC_RATIO))
+            for name in ("GET", "CREATE")]
+    get_us = rb.get_latency_us()
+    rows.append(Row("  ... one decision: memoised / RBAC walk / URL parsed to attributes",
+                    f"{rb.cached_us:.1f} / {rb.uncached_us:.1f} / {rb.parse_us:.1f} us",
+                    f"{get_us:.0f} us (one GET)", f"{100 * (rb.cached_us + rb.parse_us) / get_us:.1f}% of a GET",
+                    "-", "info"))
+    return rows
+
+
 def summary_rows(
     st: store_bench.StoreResult | None, api: api_bench.ApiResult | None, idle: idle_bench.IdleResult | None,
     ap: apply_bench.ApplyResult | None, cp: controlplane_bench.ControlPlaneResult | None = None,
@@ -479,6 +498,7 @@ def summary_rows(
     dn: dns_bench.DnsResult | None = None,
     px: proxy_bench.ProxyResult | None = None,
     lp: loop_bench.LoopResult | None = None,
+    rb: rbac_bench.RbacResult | None = None,
 ) -> list[Row]:
     rows: list[Row] = []
     if st is not None:
@@ -501,6 +521,8 @@ def summary_rows(
         rows += _proxy_rows(px)
     if lp is not None:
         rows += _loop_rows(lp)
+    if rb is not None:
+        rows += _rbac_rows(rb)
     return rows
 
 
@@ -762,8 +784,9 @@ def render(
     dn: dns_bench.DnsResult | None = None,
     px: proxy_bench.ProxyResult | None = None,
     lp: loop_bench.LoopResult | None = None,
+    rb: rbac_bench.RbacResult | None = None,
 ) -> str:
-    rows = summary_rows(st, api, idle, ap, cp, kl, cn, dn, px, lp)
+    rows = summary_rows(st, api, idle, ap, cp, kl, cn, dn, px, lp, rb)
     summary = _table(
         ["Figure", "edgekube", "Baseline (same run)", "Ratio", "Target", "Result"],
         [[r.figure, r.value, r.baseline, r.ratio, r.target, r.result] for r in rows],
@@ -772,7 +795,7 @@ def render(
     passed = sum(r.result == "PASS" for r in rows)
     failed = sum(r.result == "FAIL" for r in rows)
     mode = "quick (short counts; figures are noisy)" if quick else "full"
-    ran = [name for name, res in zip(SECTIONS, (st, api, idle, ap, cp, kl, cn, dn, px, lp), strict=True) if res is not None]
+    ran = [name for name, res in zip(SECTIONS, (st, api, idle, ap, cp, kl, cn, dn, px, lp, rb), strict=True) if res is not None]
     partial = f"; {', '.join(ran)} only" if len(ran) < len(SECTIONS) else ""
     errors = [
         f"{r.name} x{r.conns}: {r.error_samples}"
@@ -1155,6 +1178,11 @@ def main(argv: list[str] | None = None) -> int:
     if "loop" in only:
         _log(f"[10/{total}] event loop: stalls during heavy requests x{d.loop_repeats}, against a bare aiohttp server")
         lp = loop_bench.run(d.loop_repeats, _log)
+    rb = None
+    if "rbac" in only:
+        _log(f"[11/{total}] RBAC: GET and CREATE as a user allowed by a RoleBinding vs the admin certificate "
+             f"(x{d.rbac_requests} each, alternating), and the cost of one decision")
+        rb = rbac_bench.run(d.rbac_requests, _log)
 
     text = render(
         quick=args.quick,
@@ -1173,6 +1201,7 @@ def main(argv: list[str] | None = None) -> int:
         dn=dn,
         px=px,
         lp=lp,
+        rb=rb,
     )
     print()
     print(text)

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--advertise-address",
                      help="address pods reach the API on (default: the bind address if specific, else the node's)")
     srv.add_argument("--https-port", type=int, help="API port (default 6443)")
+    srv.add_argument("--token-auth-file", type=Path,
+                     help='a CSV of static bearer tokens: token,user,uid,"group1,group2" (as kube-apiserver)')
     srv.add_argument(
         "--disable",
         action="append",
@@ -275,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "advertise-address": args.advertise_address,
         "https-port": args.https_port,
         "disable": args.disable,
+        "token-auth-file": str(args.token_auth_file) if args.token_auth_file else None,
     }
     try:
         cfg = config_mod.load(config_file=args.config, overrides=overrides)

@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "cluster-dns": "10.43.0.10",
     "cluster-domain": "cluster.local",
     "service-node-port-range": "30000-32767",
+    # A CSV of static bearer tokens (upstream's --token-auth-file): token,user,uid,"group1,group2".
+    "token-auth-file": "",
     "store": {
         "map-size-mb": 1024,
         "max-size-mb": 8192,
@@ -214,6 +216,7 @@ class Config:
     # The address pods reach the API on (the `kubernetes` Service's endpoint); "": the bind
     # address when it is a specific one, else the node's InternalIP.
     advertise_address: str = ""
+    token_auth_file: Path | None = None
 
     def enabled(self, component: str) -> bool:
         return component not in self.disable
@@ -442,6 +445,7 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
         dns=_dns(data["dns"], where=f"{source} (dns)"),
         pod_network=_pod_network(data["pod-network"], where=f"{source} (pod-network)"),
         advertise_address=_address(data, "advertise-address", source),
+        token_auth_file=Path(str(data["token-auth-file"])) if data["token-auth-file"] else None,
     )
 
 

@@ -44,7 +44,9 @@ from edgekube._cogs import (
 )
 from edgekube.api import errors, listener, pki, server
 from edgekube.api import metrics as metrics_mod
-from edgekube.api.auth import bootstraptokens, satokens
+from edgekube.api.auth import bootstrap as rbac_bootstrap
+from edgekube.api.auth import bootstraptokens, satokens, tokenfile
+from edgekube.api.auth import policy as policy_mod
 from edgekube.api.registry import resources, rest, saadmission
 from edgekube.client import events as events_mod
 from edgekube.client import informer, local
@@ -146,6 +148,8 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.cfg
         gc.set_threshold(*_GC_THRESHOLDS)
+        # Read before anything else: a bad token file stops the boot before it touched the data dir.
+        authenticators = [tokenfile.TokenFile(cfg.token_auth_file)] if cfg.token_auth_file else []
         self._claim_data_dir()
         # Private to edgekube (secure_data_dir, below, once the certificates are there).
         filemodes.ensure_mode(cfg.data_dir, 0o700)
@@ -185,12 +189,15 @@ class Runtime:
             self.supervisor.watch(task.get_name(), task)
         self.gates["store"] = True
 
+        # Who may do what (api/auth/policy.py): its gate is the registry's, for HTTP and in process.
+        policy = policy_mod.Policy(self.store, catalog=self.catalog)
         self.registry = rest.Registry(
             self.store,
             catalog=self.catalog,
             clock=self.clock,
             network=rest.ServiceNetwork(service_cidr=cfg.service_cidr, node_port_range=cfg.node_port_range),
             offload=self.offload,
+            gate=policy.gate,
         )
         self.registry.rebuild_allocations()
         advertise = await asyncio.to_thread(self._advertise_address)
@@ -199,6 +206,8 @@ class Runtime:
         await self.registry.ensure_system_priority_classes()
         self.registry.sync_crds()
         await self.registry.resume_crd_deletions()
+        for name, run in await policy.start(self.registry):
+            self.supervisor.start(name, run)
 
         try:
             await self._ensure_kubernetes_service(service_ip=service_ip, address=advertise)
@@ -217,8 +226,8 @@ class Runtime:
             max_body=cfg.api.max_request_bytes,
             watch_timeout=cfg.api.default_watch_timeout_seconds,
             bookmark_interval=cfg.api.bookmark_interval_seconds,
-            authenticators=[self.tokens, bootstraptokens.BootstrapTokens(self.store, catalog=self.catalog,
-                                                                          clock=self.clock)],
+            authenticators=[*authenticators, self.tokens,
+                            bootstraptokens.BootstrapTokens(self.store, catalog=self.catalog, clock=self.clock)],
             service_accounts=self.tokens,
             server_address=f"{_url_host(host)}:{cfg.https_port}",
             ready=self.ready,
@@ -325,7 +334,7 @@ class Runtime:
         cfg = self.cfg
         if not cfg.enabled("kubelet"):
             return
-        client = local.LocalClient(self.registry, manager="kubelet")
+        client = local.LocalClient(self.registry, manager="kubelet", user=rbac_bootstrap.node_user(self.node_name))
         recorder = events_mod.EventRecorder(client, clock=self.clock, ttl_seconds=cfg.controllers.event_ttl_seconds,
                                             limit=cfg.controllers.max_events)
         network: kubelet_network.PodNetwork = kubelet_network.Loopback()
@@ -351,7 +360,8 @@ class Runtime:
         Service. Its gate opens once it listens; a port it cannot bind stops the boot."""
         assert self.registry is not None
         cfg = self.cfg
-        client = local.LocalClient(self.registry, manager="edgekube-dns")
+        client = local.LocalClient(self.registry, manager="edgekube-dns",
+                                   user=rbac_bootstrap.component_user(rbac_bootstrap.DNS))
         if not cfg.enabled("dns"):
             await dnsservice.disabled(client)
             return
@@ -378,13 +388,16 @@ class Runtime:
             return
         runner = nft.Nft()
         await proxy_mod.check_kernel(runner)
-        client = local.LocalClient(self.registry, manager="edgekube-proxy")
+        client = local.LocalClient(self.registry, manager="edgekube-proxy",
+                                   user=rbac_bootstrap.component_user(rbac_bootstrap.PROXY))
         factory = informer.InformerFactory(client)
         table = nft.Table(runner)  # one table, one lock: the proxy's and the policies' batches never interleave
         proxy = proxy_mod.Proxy(factory, table=table, node_name=self.node_name,
                                 settings=proxyrules.Settings(cluster_cidrs=(cfg.cluster_cidr,),
                                                              service_cidrs=(cfg.service_cidr,)))
-        lb = servicelb.ServiceLBController(client, factory.get("v1", "Service"), factory.get("v1", "Node"))
+        lb_client = local.LocalClient(self.registry, manager="edgekube-servicelb",
+                                      user=rbac_bootstrap.component_user(rbac_bootstrap.SERVICELB))
+        lb = servicelb.ServiceLBController(lb_client, factory.get("v1", "Service"), factory.get("v1", "Node"))
         policies = policysync.PolicyAgent(factory, table=table, node_name=self.node_name)
         for name, inf in factory.unstarted():
             self.supervisor.start(f"network/{name}", inf.run())
@@ -410,7 +423,8 @@ class Runtime:
                 podnet.Settings(node_name=self.node_name, cluster_cidrs=podnet.parse_cidrs(cfg.cluster_cidr),
                                 bridge=cfg.pod_network.bridge, mtu=cfg.pod_network.mtu,
                                 state_dir=cfg.data_dir / "network"),
-                client=local.LocalClient(self.registry, manager="edgekube-network"))
+                client=local.LocalClient(self.registry, manager="edgekube-network",
+                                         user=rbac_bootstrap.component_user(rbac_bootstrap.POD_NETWORK)))
             await network.start()
         except ValueError as exc:
             raise kubelet_mod.KubeletError(f"network: cluster-cidr {cfg.cluster_cidr!r}: {exc}") from None
@@ -425,7 +439,8 @@ class Runtime:
         cfg = self.cfg
         if not (cfg.enabled("controllers") or cfg.enabled("scheduler")):
             return
-        client = local.LocalClient(self.registry, manager="edgekube-controller-manager")
+        client = local.LocalClient(self.registry, manager="edgekube-controller-manager",
+                                   user=rbac_bootstrap.component_user(rbac_bootstrap.CONTROLLER_MANAGER))
         factory = informer.InformerFactory(client)
         recorder = events_mod.EventRecorder(client, clock=self.clock, ttl_seconds=cfg.controllers.event_ttl_seconds,
                                             limit=cfg.controllers.max_events)
@@ -439,7 +454,9 @@ class Runtime:
             runners.append(("garbage-collector/graph", gc.watch))
             runners.extend((ctl.name, ctl.run) for ctl in controllers)
         if cfg.enabled("scheduler"):
-            sched = scheduler_mod.Scheduler(local.LocalClient(self.registry, manager="edgekube-scheduler"), factory,
+            scheduler_client = local.LocalClient(self.registry, manager="edgekube-scheduler",
+                                                 user=rbac_bootstrap.component_user(rbac_bootstrap.SCHEDULER))
+            sched = scheduler_mod.Scheduler(scheduler_client, factory,
                                             recorder.for_component("default-scheduler"), clock=self.clock)
             runners.append(("scheduler", sched.run))
         for name, inf in factory.unstarted():

@@ -39,6 +39,9 @@ from edgekube.api.registry import decoding, fieldcheck, resources, rest
 
 # The authenticated user of a request ({"name", "groups"}), set by the auth middleware.
 USER_KEY: web.RequestKey[user_mod.UserInfo] = web.RequestKey("user", user_mod.UserInfo)
+# The authenticated user of an impersonating request (USER_KEY then holds the one it acts as):
+# audit's `user` beside its `impersonatedUser`.
+IMPERSONATOR_KEY: web.RequestKey[user_mod.UserInfo] = web.RequestKey("impersonator", user_mod.UserInfo)
 JSON = dict[str, Any]
 
 _SCALE = "io.k8s.api.autoscaling.v1.Scale"
@@ -241,7 +244,8 @@ class Handlers:
             if t.info.gk == "TokenReview.authentication.k8s.io" and self._token_review is not None:
                 out = self._token_review(body)
             else:
-                out = reviews.review(t.info.gk, body, user=request.get(USER_KEY))
+                out = reviews.review(t.info.gk, body, user=request.get(USER_KEY), gate=self._registry.gate,
+                                     namespace=t.namespace)
             out["apiVersion"], out["kind"] = t.info.api_version, t.info.kind
             return json_response(out, status=201)
         if t.name is None:

@@ -4,15 +4,17 @@ Middleware order matters and is deliberate:
 1. errors: every failure, ours or aiohttp's, leaves as a Kubernetes `Status` with the right code
    (a client never sees an HTML error page or a bare 500);
 2. authentication: a client certificate signed by the cluster CA, or a bearer token from the
-   token table; health and version endpoints stay open as upstream's public-info role allows.
+   token table; health and version endpoints stay open as upstream's public-info role allows;
+3. impersonation (`auth.impersonation`), then authorization: the request's attributes parsed
+   from its URL (`auth.attributes.from_http`, before any routing, as upstream) and put to the
+   registry's gate (`auth.authz.Gate`), the same one the in-process client asks.
 
 Nothing listens without TLS: `serve` takes an SSL context and refuses to start without one.
 Connections are accepted by `listener` (a cap; handshake, request-head and send deadlines) and
 idle ones closed by aiohttp's keep-alive timer; the listener's middleware comes first so that it
 sees every request being served.
-Authentication lives in `auth.authn` (certificates, then each token authenticator in turn).
-Authorization (RBAC) is stored now and enforced by a later issue; every authenticated user is
-allowed, which matches a single-admin edge install today.
+Authentication lives in `auth.authn` (certificates, then each token authenticator in turn),
+authorization in `auth.authz` and `auth.rbac`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import orjson
 from aiohttp import web
 
 from edgekube.api import discovery, errors, handlers, listener, openapi, openapi_pb, podlogs
-from edgekube.api.auth import authn, satokens, tokenreview
+from edgekube.api.auth import attributes, authn, authz, impersonation, satokens, tokenreview
 from edgekube.api.registry import rest
 from edgekube.store import errors as store_errors
 
@@ -102,6 +104,22 @@ def auth_middleware(authenticators: Sequence[authn.TokenAuthenticator]) -> Any:
     return middleware
 
 
+def authz_middleware(gate: authz.Gate) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        found = request.get(USER_KEY)
+        if found is None:  # the public paths
+            return await handler(request)
+        acting = impersonation.impersonate(found, request.headers, gate=gate)
+        if acting is not found:
+            request[handlers.IMPERSONATOR_KEY] = found
+            request[USER_KEY] = acting
+        gate.check(attributes.from_http(acting, method=request.method, path=request.path, query=request.query))
+        return await handler(request)
+
+    return middleware
+
+
 class ApiServer:
     def __init__(
         self,
@@ -143,7 +161,8 @@ class ApiServer:
         self._openapi_v3: dict[str, tuple[bytes, str]] = {}
         # aiohttp enforces the size of bodies it reads; one byte over our limit lets us tell.
         self.app = web.Application(
-            middlewares=[self.connections.middleware, error_middleware, auth_middleware(authenticators)],
+            middlewares=[self.connections.middleware, error_middleware, auth_middleware(authenticators),
+                         authz_middleware(registry.gate)],
             client_max_size=max_body + 1,
             # Request bodies are inflated by the handlers (negotiation.decode_content), not by
             # aiohttp's parser, which could hang a connection on a body that is not its encoding.

@@ -3,6 +3,13 @@
 Calls go through `registry.rest.Registry`, the same code the HTTP handlers use, so defaults,
 validation and admission apply to a controller's writes exactly as to kubectl's. Objects are
 addressed by apiVersion and kind, as in manifests.
+
+A client made with a `user` is who it says: each call is first put to the registry's gate
+(`authz.Gate`, the one the HTTP server asks) with the verb, resource, namespace and name an HTTP
+request for it would carry, so an in-process component may do exactly what its role allows. The
+whole-store reads of the garbage collector and the quota controller (`scan_all`, `watch_all`)
+are a list and a watch of every resource in every group (`*`). A client without a user is the
+registry's own work and is not asked about.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgekube.api import errors
+from edgekube.api.auth import attributes
 from edgekube.api.auth import user as user_mod
 from edgekube.api.registry import resources, rest
 from edgekube.store import records, watch
@@ -26,6 +34,15 @@ class LocalClient:
         # Who this component is to admission (and, with RBAC, to the authorizer).
         self.user = user
 
+    def _allow(self, verb: str, info: resources.ResourceInfo | None, *, namespace: str | None = None,
+               name: str | None = None, subresource: str | None = None) -> None:
+        if self.user is None:
+            return
+        group, resource = (info.group, info.plural) if info is not None else ("*", "*")
+        self._registry.gate.check(attributes.for_resource(
+            self.user, verb, group=group, resource=resource, namespace=namespace if info is None or info.namespaced else None,
+            name=name, subresource=subresource))
+
     @property
     def catalog(self) -> resources.Catalog:
         return self._registry.catalog
@@ -36,14 +53,17 @@ class LocalClient:
         return self._registry.store.damage
 
     def list_info(self, info: resources.ResourceInfo, *, namespace: str | None = None) -> rest.ListResult:
+        self._allow("list", info, namespace=namespace)
         return self._registry.list(info, namespace=namespace)
 
     async def delete_info(self, info: resources.ResourceInfo, *, name: str, namespace: str | None,
                           options: rest.DeleteOptions | None = None) -> tuple[JSON, bool]:
+        self._allow("delete", info, namespace=namespace, name=name)
         return await self._registry.delete(info, namespace=namespace, name=name, options=options or rest.DeleteOptions(user=self.user))
 
     async def patch_info(self, info: resources.ResourceInfo, *, name: str, namespace: str | None,
                          mutate: Callable[[JSON], JSON]) -> JSON:
+        self._allow("patch", info, namespace=namespace, name=name)
         return await self._registry.patch(info, namespace=namespace, name=name, apply=mutate,
                                           options=rest.Options(field_manager=self.manager, user=self.user))
 
@@ -58,10 +78,12 @@ class LocalClient:
 
     def scan_all(self) -> records.Page:
         """Every durable object (the garbage collector's initial list)."""
+        self._allow("list", None)
         return self._registry.store.scan("/")
 
     async def watch_all(self, *, since: int) -> watch.Watcher:
         """Every change to every object (in-process consumers only)."""
+        self._allow("watch", None)
         return await self._registry.store.watch("/", since=since)
 
     def resource(self, api_version: str, kind: str) -> resources.ResourceInfo:
@@ -71,21 +93,27 @@ class LocalClient:
         return info
 
     def get(self, api_version: str, kind: str, *, name: str, namespace: str | None = None) -> JSON:
-        return self._registry.get(self.resource(api_version, kind), namespace=namespace, name=name)
+        info = self.resource(api_version, kind)
+        self._allow("get", info, namespace=namespace, name=name)
+        return self._registry.get(info, namespace=namespace, name=name)
 
     def list(self, api_version: str, kind: str, *, namespace: str | None = None, label_selector: str = "",
              field_selector: str = "") -> rest.ListResult:
-        return self._registry.list(self.resource(api_version, kind), namespace=namespace,
+        info = self.resource(api_version, kind)
+        self._allow("list", info, namespace=namespace)
+        return self._registry.list(info, namespace=namespace,
                                    label_selector=label_selector, field_selector=field_selector)
 
     async def create(self, obj: JSON) -> JSON:
         info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
         ns = (obj.get("metadata") or {}).get("namespace") if info.namespaced else None
+        self._allow("create", info, namespace=ns)
         return await self._registry.create(info, obj, namespace=ns, options=rest.Options(field_manager=self.manager, user=self.user))
 
     async def update(self, obj: JSON, *, subresource: str | None = None) -> JSON:
         info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
         meta = obj.get("metadata") or {}
+        self._allow("update", info, namespace=meta.get("namespace"), name=meta.get("name"), subresource=subresource)
         out, _ = await self._registry.update(info, obj, namespace=meta.get("namespace") if info.namespaced else None,
                                              name=meta.get("name", ""), subresource=subresource,
                                              options=rest.Options(field_manager=self.manager, user=self.user))
@@ -94,13 +122,17 @@ class LocalClient:
     async def patch(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
                     mutate: Callable[[JSON], JSON], subresource: str | None = None) -> JSON:
         """Read-modify-write with a revision precondition, retried on conflicts."""
-        return await self._registry.patch(self.resource(api_version, kind), namespace=namespace, name=name,
+        info = self.resource(api_version, kind)
+        self._allow("patch", info, namespace=namespace, name=name, subresource=subresource)
+        return await self._registry.patch(info, namespace=namespace, name=name,
                                           apply=mutate, subresource=subresource,
                                           options=rest.Options(field_manager=self.manager, user=self.user))
 
     async def delete(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
                      options: rest.DeleteOptions | None = None) -> JSON:
-        out, _ = await self._registry.delete(self.resource(api_version, kind), namespace=namespace, name=name,
+        info = self.resource(api_version, kind)
+        self._allow("delete", info, namespace=namespace, name=name)
+        out, _ = await self._registry.delete(info, namespace=namespace, name=name,
                                              options=options or rest.DeleteOptions(user=self.user))
         return out
 
@@ -110,6 +142,7 @@ class LocalClient:
 
     async def watch(self, api_version: str, kind: str, *, namespace: str | None = None, since: int) -> watch.Watcher:
         info = self.resource(api_version, kind)
+        self._allow("watch", info, namespace=namespace)
         return await self._registry.store.watch(info.key_prefix(namespace), since=since)
 
     async def bind(self, *, namespace: str, name: str, node: str, uid: str | None = None) -> None:
@@ -117,6 +150,7 @@ class LocalClient:
         binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": namespace,
                                                                        **({"uid": uid} if uid else {})},
                    "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        self._allow("create", self.resource("v1", "Pod"), namespace=namespace, name=name, subresource="binding")
         await self._registry.bind(namespace=namespace, name=name, binding=binding,
                                   options=rest.Options(field_manager=self.manager, user=self.user))
 
@@ -135,10 +169,12 @@ class LocalClient:
         info = self.resource(api_version, kind)
         if "scale" not in info.subresources:
             raise errors.not_found(f"{info.plural}/scale", name, group=info.group)
+        self._allow("get", info, namespace=namespace, name=name, subresource="scale")
         return self._registry.scale_of(info, self._registry.get(info, namespace=namespace, name=name))
 
     async def set_scale(self, api_version: str, kind: str, *, name: str, namespace: str | None, replicas: int) -> JSON:
         info = self.resource(api_version, kind)
+        self._allow("update", info, namespace=namespace, name=name, subresource="scale")
         return await self._registry.set_scale(info, namespace=namespace, name=name,
                                               scale={"spec": {"replicas": replicas}},
                                               options=rest.Options(field_manager=self.manager, user=self.user))

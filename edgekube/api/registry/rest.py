@@ -29,6 +29,7 @@ import orjson
 from edgekube._cogs import clock as clock_mod
 from edgekube._cogs import offload as offload_mod
 from edgekube.api import errors, fields, jsontree, labels, quantity, ssa
+from edgekube.api.auth import authz
 from edgekube.api.auth import user as user_mod
 from edgekube.api.registry import (
     admission,
@@ -148,8 +149,12 @@ class Registry:
         clock: clock_mod.Clock,
         network: ServiceNetwork,
         offload: offload_mod.Offload | None = None,
+        gate: authz.Gate | None = None,
     ) -> None:
         self.store = store
+        # Where every request with a user is allowed or refused (HTTP and in process alike), and
+        # the escalation checks of RBAC writes; without a policy, everything is allowed.
+        self.gate = gate or authz.Gate(authz.AllowAll())
         # Where the pure work of large writes runs (input checks, defaults, validation,
         # managedFields, patches): only values that belong to the request alone go there.
         self.offload = offload or offload_mod.Offload()
@@ -379,6 +384,7 @@ class Registry:
             obj.setdefault("status", {}).setdefault("phase", "Pending")
             obj["status"].setdefault("qosClass", _qos_class(obj.get("spec") or {}))
         await run(cost, self._validate, info, obj, old=None)
+        self.gate.check_write(options.user, info.gk, obj, None)
         await self._admission.validate(info, obj, old=None, subresource=None, dry_run=options.dry_run)
         if options.operation != "Apply":
             meta["managedFields"] = await run(
@@ -629,6 +635,7 @@ class Registry:
             )
         if await run(cost, _unchanged, old, new):
             return old
+        self.gate.check_write(options.user, info.gk, new, old)
         await self._admission.validate(info, new, old=old, subresource=subresource, dry_run=options.dry_run)
         new_meta = new["metadata"]
         finishing = bool(new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and not _graceful_pod(info, old))
