@@ -99,6 +99,11 @@ def k(cluster: tuple[KubeletServer, NetNS]) -> Kubectl:
     until(lambda: kubectl.run("get", "serviceaccount", "default", check=False).returncode == 0, timeout=30,
           what="the default ServiceAccount")
     kubectl.run("create", "serviceaccount", "reader")
+    # RBAC as on any cluster: the account may read pods in its namespace, nothing more.
+    kubectl.run("create", "role", "pod-reader", "--verb=get,list,watch", "--resource=pods")
+    kubectl.run("create", "rolebinding", "reader-reads-pods", "--role=pod-reader", f"--serviceaccount={NS}:reader")
+    until(lambda: kubectl.run("auth", "can-i", "list", "pods", f"--as=system:serviceaccount:{NS}:reader",
+                              check=False).stdout.strip() == "yes", timeout=10, what="the reader's binding taking effect")
     return kubectl
 
 
@@ -190,6 +195,13 @@ def test_projected_files_and_a_deleted_pods_token(cluster: tuple[KubeletServer, 
 
 
 def _admin_token(k: Kubectl) -> str:
-    """A token for a reviewer (any authenticated user may review until RBAC lands)."""
-    k.run("create", "serviceaccount", "reviewer", check=False)
+    """A token for a reviewer: an account bound to `system:auth-delegator`, as upstream's
+    components that review tokens are."""
+    if k.run("create", "serviceaccount", "reviewer", check=False).returncode == 0:
+        k.run("create", "clusterrolebinding", f"{NS}-reviewer", "--clusterrole=system:auth-delegator",
+              f"--serviceaccount={NS}:reviewer", namespaced=False)
+        # The authorizer follows bindings through a watch: soon, not at once.
+        until(lambda: k.run("auth", "can-i", "create", "tokenreviews.authentication.k8s.io",
+                            f"--as=system:serviceaccount:{NS}:reviewer", check=False).stdout.strip() == "yes",
+              timeout=10, what="the reviewer's binding taking effect")
     return k.out("create", "token", "reviewer").strip()

@@ -99,10 +99,19 @@ def test_create_token_authenticates_as_the_service_account(kubectl: Kubectl) -> 
     assert user == {"username": f"system:serviceaccount:{kubectl.ns}:robot", "uid": uid,
                     "groups": ["system:serviceaccounts", f"system:serviceaccounts:{kubectl.ns}", "system:authenticated"],
                     "extra": {"authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"]}}
-    # kubectl itself, with nothing but the token (no client certificate).
-    out = kubectl.run("--kubeconfig", "/dev/null", "--server", kubectl.server.url,
-                      "--certificate-authority", str(kubectl.server.ca), "--token", token,
-                      "get", "serviceaccounts", "-o", "name")
+    # kubectl itself, with nothing but the token (no client certificate): refused until RBAC
+    # lets the account read its namespace (the `view` role), then answered.
+    as_robot = ("--kubeconfig", "/dev/null", "--server", kubectl.server.url,
+                "--certificate-authority", str(kubectl.server.ca), "--token", token,
+                "get", "serviceaccounts", "-o", "name")
+    refused = kubectl.run(*as_robot, check=False)
+    assert refused.returncode != 0
+    assert (f'serviceaccounts is forbidden: User "system:serviceaccount:{kubectl.ns}:robot" cannot list resource '
+            f'"serviceaccounts" in API group "" in the namespace "{kubectl.ns}"') in refused.stderr
+    kubectl.run("create", "rolebinding", "robot-views", "--clusterrole=view", f"--serviceaccount={kubectl.ns}:robot")
+    # The authorizer follows bindings through a watch, as upstream's informers do: soon, not at once.
+    out = until(lambda: (r := kubectl.run(*as_robot, check=False)).returncode == 0 and r, timeout=10,
+                what="the RoleBinding taking effect")
     assert "serviceaccount/robot" in out.stdout
 
 
