@@ -376,6 +376,13 @@ class Registry:
                 spec["finalizers"] = ["kubernetes"]
         if info.gk == "Job.batch":
             defaults.job_selector(obj)
+        # Who owns what is settled before mutating admission, as upstream's create handler does:
+        # what admission adds (a service account's token volume, LimitRanger's resources) is
+        # nobody's, so a later apply that leaves it out does not remove it.
+        managed = None if options.operation == "Apply" else await run(
+            cost, ssa.track_update, None, obj, manager=_manager(options), api_version=info.api_version,
+            schema=self.schema_for(info), now=now,
+        )
         self._admission.mutate(info, obj)
         if info.gk == "Pod":
             for admit in self.pod_admission:
@@ -386,11 +393,8 @@ class Registry:
         await run(cost, self._validate, info, obj, old=None)
         self.gate.check_write(options.user, info.gk, obj, None)
         await self._admission.validate(info, obj, old=None, subresource=None, dry_run=options.dry_run)
-        if options.operation != "Apply":
-            meta["managedFields"] = await run(
-                cost, ssa.track_update, None, obj, manager=_manager(options), api_version=info.api_version,
-                schema=self.schema_for(info), now=now,
-            )
+        if managed is not None:
+            meta["managedFields"] = managed
         allocated = self._allocate_service(obj, old=None) if info.gk == "Service" else _Allocated()
         try:
             await run(cost, _check_storable, info, obj)
