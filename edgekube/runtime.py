@@ -42,7 +42,7 @@ from edgekube._cogs import (
     timefloor,
     tlsalert,
 )
-from edgekube.api import errors, listener, pki, server
+from edgekube.api import audit, errors, fairness, listener, pki, server
 from edgekube.api import metrics as metrics_mod
 from edgekube.api.registry import resources, rest
 from edgekube.client import events as events_mod
@@ -129,6 +129,7 @@ class Runtime:
             self.gates["kubelet"] = False
         self.dns: Any = None  # net.dns.ClusterDns, imported only when the dns component runs
         self._dns_tasks: list[str] = []
+        self.auditor: audit.Auditor | None = None  # its queued events are written at stop
         if cfg.enabled("dns"):
             self.gates["dns"] = False
         # The host's resolver configuration for the DNS forwarder and pods' resolv.conf (k3s's choice).
@@ -207,6 +208,7 @@ class Runtime:
         pki.write_kubeconfig(self.kubeconfig, server_url=url, pki=the_pki)
         tlsalert.install()
         tls = pki.ServingContext(the_pki)
+        auditor = self._auditor()
         api = server.ApiServer(
             self.registry,
             max_body=cfg.api.max_request_bytes,
@@ -221,7 +223,14 @@ class Runtime:
                                    request_header_timeout=cfg.api.request_header_timeout_seconds,
                                    send_stall_timeout=cfg.api.send_stall_timeout_seconds),
             body_timeout=cfg.api.request_body_timeout_seconds,
+            auditor=auditor,
+            flowcontrol=fairness.Fairness(fairness.Settings(
+                max_requests_inflight=cfg.flowcontrol.max_requests_inflight,
+                queue_length_per_flow=cfg.flowcontrol.queue_length_per_flow,
+                max_queued=cfg.flowcontrol.max_queued, queue_wait_seconds=cfg.flowcontrol.queue_wait_seconds)),
         )
+        if auditor.enabled:
+            self.supervisor.start("audit-writer", auditor.run())
         self._runner = await server.serve(
             api, host=cfg.bind_address, port=cfg.https_port, ssl_context=tls.context,
             idle_timeout=cfg.api.idle_timeout_seconds,
@@ -242,6 +251,20 @@ class Runtime:
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
         await self._start_dns()
         await self._start_kubelet()
+
+    def _auditor(self) -> audit.Auditor:
+        """The audit log (api/audit.py), when a policy is configured: its file opened now, so a
+        policy or a log file it cannot have stops the boot with what is wrong."""
+        a = self.cfg.audit
+        if a.policy_file is None:
+            return audit.Auditor(None, settings=None)
+        path = None if a.log_path == "-" else Path(a.log_path) if a.log_path else self.cfg.data_dir / "logs" / "audit.log"
+        auditor = audit.Auditor(audit.load_policy(a.policy_file), settings=audit.LogSettings(
+            path=path, max_size_mb=a.log_maxsize, max_backups=a.log_maxbackup, max_age_days=a.log_maxage,
+            buffer_size=a.log_buffer_size))
+        auditor.open()
+        self.auditor = auditor
+        return auditor
 
     def _claim_data_dir(self) -> None:
         """Before anything in the data dir is read or written: one process per data dir, and a
@@ -522,7 +545,7 @@ class Runtime:
                 code = 1
             for f in (stop, failed):
                 f.cancel()
-        except (kubelet_mod.KubeletError, nft.NftError) as exc:
+        except (kubelet_mod.KubeletError, nft.NftError, audit.AuditError, audit.PolicyError) as exc:
             log.error("%s", exc)
             code = 1
         finally:
@@ -538,6 +561,10 @@ class Runtime:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.auditor is not None:
+            await self.supervisor.stop_some(["audit-writer"])
+            await self.auditor.close()  # what the last requests queued
+            self.auditor = None
         # The kubelet, then controllers and the scheduler go before the store they write to.
         # (The kubelet's containers go on running: the next start adopts them.)
         await self.supervisor.stop_some(self._kubelet_tasks)
