@@ -104,8 +104,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "flowcontrol": {
         "max-requests-inflight": 40,
-        "queue-length-per-flow": 64,
-        "max-queued": 256,
+        "queue-length-per-flow": 128,
+        "max-queued": 512,
         "queue-wait-seconds": 15,
     },
     "log-level": "info",
@@ -211,8 +211,8 @@ class FlowControlSettings:
     """API priority and fairness (api/fairness.py), sized for a device."""
 
     max_requests_inflight: int = 40  # seats shared out among the priority levels; 0: no cap
-    queue_length_per_flow: int = 64  # requests of one user waiting in one priority level
-    max_queued: int = 256  # requests waiting in one priority level, all users
+    queue_length_per_flow: int = 128  # requests of one user waiting in one priority level
+    max_queued: int = 512  # requests waiting in one priority level, all users
     queue_wait_seconds: int = 15  # a request waits this long for a seat, then is refused (429)
 
 

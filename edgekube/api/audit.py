@@ -298,7 +298,7 @@ class _Request:
     decision: Decision = _NOT_AUDITED
     user: user_mod.UserInfo | None = None
     annotations: dict[str, str] | None = None
-    started: bool = False  # ResponseStarted was recorded
+    code: int = 0  # of the answer, once its headers are sent
 
 
 _KEY: web.RequestKey[_Request] = web.RequestKey("audit", _Request)
@@ -350,9 +350,13 @@ def _drop_managed_fields(obj: Any) -> None:
             _drop_managed_fields(item)
 
 
-def _decoded(body: bytes, content_type: str) -> JSON | None:
+def _decoded(body: bytes, content_type: str) -> Any:
+    """The request's body as the handler read it: an object, or a patch (a JSON patch is a list)."""
+    media = negotiation.media_type(content_type)
     try:
-        return negotiation.decode_body(body, content_type)
+        if media.endswith("+json"):  # the patch types
+            return orjson.loads(body)
+        return negotiation.decode_body(body, "application/yaml" if media.endswith("+yaml") else content_type)
     except (errors.APIError, ValueError):
         return None  # a body the handler refused too: the event says what was answered
 
@@ -370,7 +374,7 @@ def event(r: Record) -> JSON:
     a = r.attrs
     if a is not None and a.resource_request:
         ref: JSON = {"resource": a.resource}
-        meta = (request_obj.get("metadata") if request_obj is not None and a.verb in _OBJECT_VERBS else None) or {}
+        meta = (request_obj.get("metadata") if isinstance(request_obj, dict) and a.verb in _OBJECT_VERBS else None) or {}
         namespace = a.namespace or meta.get("namespace")
         name = a.name or meta.get("name")
         if namespace:
@@ -471,6 +475,8 @@ class LogFile:
         if path is None:
             self._fd = sys.stdout.fileno()
             return
+        if path.parent.exists() and not path.parent.is_dir():
+            raise AuditError(f"audit log {path}: cannot be opened for writing: {path.parent} is not a directory")
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -512,10 +518,14 @@ class LogFile:
     def _rotate(self) -> None:
         path = self.settings.path
         assert path is not None
-        stamp = datetime.datetime.now(datetime.UTC).strftime(_BACKUP_TIME)[:-3]
+        at = datetime.datetime.now(datetime.UTC)
+        backup = path.with_name(f"{path.stem}-{at.strftime(_BACKUP_TIME)[:-3]}{path.suffix}")
+        while backup.exists():  # two rotations within a millisecond: the next one, names still in order
+            at += datetime.timedelta(milliseconds=1)
+            backup = path.with_name(f"{path.stem}-{at.strftime(_BACKUP_TIME)[:-3]}{path.suffix}")
         os.close(self._fd)
         self._fd = -1
-        os.rename(path, path.with_name(f"{path.stem}-{stamp}{path.suffix}"))
+        os.rename(path, backup)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._size = 0
         self._prune()
@@ -620,14 +630,18 @@ class Auditor:
         try:
             response = await handler(request)
         except errors.APIError as err:
-            self._complete(request, ctx, status=_failure(err))
+            failure = _failure(err)
+            self._complete(request, ctx, status=failure, response_body=orjson.dumps(err.status())
+                           if decision.level >= REQUEST_RESPONSE else None)
             raise
         except web.HTTPException as exc:
             self._complete(request, ctx, status={"metadata": {}, "code": exc.status_code})
             raise
         except (asyncio.CancelledError, ConnectionError):
-            if ctx.started:  # a stream whose client went away: it was answered, as upstream records it
-                self._complete(request, ctx, status={"metadata": {}, "code": 200})
+            # Its answer had begun (a stream, a large body sent in pieces) when the client went
+            # away or the server stopped: recorded with the code sent, as upstream records it.
+            if ctx.code:
+                self._complete(request, ctx, status={"metadata": {}, "code": ctx.code})
             raise
         except Exception as exc:
             if "Panic" not in decision.omit_stages:
@@ -646,8 +660,10 @@ class Auditor:
         if ctx is None:
             return
         response.headers["Audit-Id"] = ctx.audit_id
-        if ctx.decision.level > NONE and not ctx.started and reqattrs.of(request).long_running:
-            ctx.started = True
+        if ctx.decision.level == NONE:
+            return
+        ctx.code = response.status
+        if reqattrs.of(request).long_running:
             if "ResponseStarted" not in ctx.decision.omit_stages:
                 self._emit(request, ctx, "ResponseStarted", status={"metadata": {}, "code": response.status})
 

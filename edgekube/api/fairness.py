@@ -18,7 +18,7 @@ queues are one per flow rather than shuffle-shard hands of a fixed number.
   name holds its namespace, as upstream's flow distinguisher by user). When a seat frees, the
   next request comes from the waiting flow with the fewest requests executing, ties taken in
   turn: a flow holding many seats with slow requests (large lists) waits while others, holding
-  none, are served first. This approximates upstream's fair queuing by seats in use rather than
+  none, are served first, and among flows holding as many, the one served longest ago. This approximates upstream's fair queuing by seats in use rather than
   by virtual time.
 - **Bounds.** A flow may have `queue-length-per-flow` requests waiting in a level and a level
   `max-queued` in all; a request past either, or still waiting after `queue-wait-seconds`, is
@@ -75,8 +75,12 @@ class Level:
         self._max_queued = max_queued
         self.executing = 0
         self.queued = 0
-        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}  # in turn order
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
         self._running: dict[str, int] = {}  # requests executing per flow
+        # When each flow with anything running or waiting last got a seat: ties go to the
+        # flow served longest ago (a flow new to the level first).
+        self._served_at: dict[str, int] = {}
+        self._turn = 0
         self.dispatched = 0
         self.rejected = {"queue-full": 0, "time-out": 0}
 
@@ -84,6 +88,8 @@ class Level:
         self.executing += 1
         self._running[flow] = self._running.get(flow, 0) + 1
         self.dispatched += 1
+        self._turn += 1
+        self._served_at[flow] = self._turn
 
     async def acquire(self, flow: str, *, wait: float) -> None:
         """A seat for one request of `flow`, at once or after a wait; a 429 when there is none."""
@@ -118,6 +124,8 @@ class Level:
         self.queued -= 1
         if not queue and self._waiting.get(flow) is queue:
             del self._waiting[flow]
+            if flow not in self._running:
+                self._served_at.pop(flow, None)
 
     def release(self, flow: str) -> None:
         self.executing -= 1
@@ -126,23 +134,20 @@ class Level:
             self._running[flow] = left
         else:
             del self._running[flow]
+            if flow not in self._waiting:
+                self._served_at.pop(flow, None)
         while self.executing < self.seats and self.queued:
             self._dispatch()
 
     def _dispatch(self) -> None:
-        """The next request: from the waiting flow with the fewest executing, ties in turn."""
-        best, fewest = "", -1
-        for flow in self._waiting:
-            running = self._running.get(flow, 0)
-            if fewest < 0 or running < fewest:
-                best, fewest = flow, running
-                if not running:
-                    break
-        queue = self._waiting.pop(best)
+        """The next request: from the waiting flow with the fewest executing, ties to the one
+        served longest ago."""
+        best = min(self._waiting, key=lambda f: (self._running.get(f, 0), self._served_at.get(f, 0)))
+        queue = self._waiting[best]
         seat = queue.popleft()
         self.queued -= 1
-        if queue:
-            self._waiting[best] = queue  # to the end of the turn
+        if not queue:
+            del self._waiting[best]
         self._start(best)
         seat.set_result(None)
 
