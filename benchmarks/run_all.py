@@ -16,9 +16,10 @@ network namespaces of its own): a Service change to the kernel against a raw `nf
 shape, the boot sync of 1,000 Services against `nft -f` of the same table, ClusterIP throughput
 and connection rate against the endpoint's own address, (10) the longest stall of the event loop
 while one heavy request runs (large writes, patches, lists, a fanned-out event), against a bare
-aiohttp server storing a large POST. Prints a table and writes
+aiohttp server storing a large POST, (audit) the audit log's cost on a CREATE (Metadata,
+RequestResponse) and fairness's on a GET, against the same server without them. Prints a table and writes
 it as Markdown to --out. `--only` runs some sections (store, api, idle, apply, controlplane,
-kubelet, conns, dns, proxy, loop); such a partial run writes a file only when --out is given, so docs/performance.md
+kubelet, conns, dns, proxy, loop, audit); such a partial run writes a file only when --out is given, so docs/performance.md
 always holds a whole run.
 The exit status is 0 when the benchmark ran (missed targets included) and non-zero on errors.
 """
@@ -42,6 +43,7 @@ if str(_REPO) not in sys.path:
 from benchmarks import (  # noqa: E402
     api_bench,
     apply_bench,
+    audit_bench,
     common,
     conns_bench,
     controlplane_bench,
@@ -1078,7 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         action="append",
-        choices=SECTIONS,
+        choices=(*SECTIONS, "audit"),
         metavar="SECTION",
         help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
     )
@@ -1155,6 +1157,10 @@ def main(argv: list[str] | None = None) -> int:
     if "loop" in only:
         _log(f"[10/{total}] event loop: stalls during heavy requests x{d.loop_repeats}, against a bare aiohttp server")
         lp = loop_bench.run(d.loop_repeats, _log)
+    au = None
+    if args.only is None or "audit" in args.only:
+        _log(f"[audit] audit log on CREATE, fairness on GET, against the same server without ({d.api:.0f} s per run)")
+        au = audit_bench.run(d.api, 1 if args.quick else 3, _log)
 
     text = render(
         quick=args.quick,
@@ -1174,6 +1180,8 @@ def main(argv: list[str] | None = None) -> int:
         px=px,
         lp=lp,
     )
+    if au is not None:
+        text += audit_bench.markdown(au)
     print()
     print(text)
     if out is None:

@@ -222,3 +222,14 @@ def test_a_request_that_waits_too_long_is_refused_and_leaves_the_queue() -> None
 
     lv = asyncio.run(scenario())
     assert (lv.queued, lv.executing, lv.rejected) == (0, 0, {"queue-full": 0, "time-out": 1})
+
+
+def test_the_example_policy_loads() -> None:
+    p = audit.load_policy(Path(__file__).resolve().parents[2] / "configs" / "audit-policy.yaml")
+    assert level(p, attrs("GET", "/readyz")) == "None"
+    assert level(p, attrs("PUT", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n")) == "None"
+    assert level(p, attrs("POST", "/api/v1/namespaces/ns/secrets")) == "Metadata"
+    assert level(p, attrs("GET", "/apis/apps/v1/deployments")) == "Metadata"
+    created = p.decide(attrs("POST", "/apis/apps/v1/namespaces/ns/deployments"), ALICE)
+    assert audit.LEVELS[created.level] == "Request" and created.omit_managed_fields
+    assert created.omit_stages == {"RequestReceived"}
