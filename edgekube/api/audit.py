@@ -727,7 +727,9 @@ class Auditor:
         limit = self.settings.batch_size if self.settings is not None else 1000
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
-            await loop.run_in_executor(self._pool, self._write, batch)
+            # Shielded: the writer stopped meanwhile must not cancel a batch not yet begun (it
+            # would be lost); `close` waits for it behind it in the same thread.
+            await asyncio.shield(loop.run_in_executor(self._pool, self._write, batch))
 
     def _write(self, batch: list[Record]) -> None:
         """In the writer's thread: the batch's lines, appended in one write."""

@@ -233,3 +233,62 @@ def test_the_example_policy_loads() -> None:
     created = p.decide(attrs("POST", "/apis/apps/v1/namespaces/ns/deployments"), ALICE)
     assert audit.LEVELS[created.level] == "Request" and created.omit_managed_fields
     assert created.omit_stages == {"RequestReceived"}
+
+
+def test_impersonation_and_annotations_from_inner_steps(tmp_path: Path) -> None:
+    """The hooks the authorization step uses: the user that authentication set is the event's
+    `user`; a different user on the request when it is answered (impersonation replaced it) is
+    its `impersonatedUser`; `annotate` adds annotations. A plain-HTTP app with stand-ins for
+    authentication and impersonation, the real audit middlewares around them."""
+    from aiohttp import test_utils, web
+
+    from edgekube.api import handlers, server
+
+    log = tmp_path / "audit.log"
+    auditor = audit.Auditor(policy({"level": "Metadata"}), settings=_settings(log))
+    auditor.open()
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.headers.get("Authorization") != "Bearer alice":
+            raise errors.unauthorized()
+        request[handlers.USER_KEY] = ALICE
+        return await handler(request)
+
+    @web.middleware
+    async def impersonate(request: web.Request, handler: Any) -> web.StreamResponse:
+        if "Impersonate-User" in request.headers:
+            request[handlers.USER_KEY] = user_mod.authenticated(request.headers["Impersonate-User"])
+        audit.annotate(request, "authorization.k8s.io/decision", "allow")
+        return await handler(request)
+
+    async def get_pod(request: web.Request) -> web.Response:
+        return web.json_response({"kind": "Pod"})
+
+    async def scenario() -> list[int]:
+        app = web.Application(middlewares=[server.error_middleware, auditor.init_middleware, authenticate, auditor.middleware, impersonate])
+        app.on_response_prepare.append(auditor.on_response_prepare)
+        app.router.add_get("/api/v1/namespaces/ns/pods/p", get_pod)
+        writer = asyncio.create_task(auditor.run(), name="audit-writer")
+        codes = []
+        async with test_utils.TestClient(test_utils.TestServer(app)) as client:
+            for headers in ({"Authorization": "Bearer alice", "Impersonate-User": "bob"}, {}):
+                r = await client.get("/api/v1/namespaces/ns/pods/p", headers=headers)
+                assert r.headers["Audit-Id"]
+                codes.append(r.status)
+        writer.cancel()
+        await auditor.close()
+        return codes
+
+    assert asyncio.run(scenario()) == [200, 401]
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    complete, received, unauthenticated = (
+        next(e for e in events if e["stage"] == "ResponseComplete"),
+        next(e for e in events if e["stage"] == "RequestReceived"),
+        next(e for e in events if e.get("responseStatus", {}).get("code") == 401))
+    assert complete["user"]["username"] == "alice" and complete["impersonatedUser"] == {
+        "username": "bob", "groups": ["system:authenticated"]}
+    assert complete["annotations"] == {"authorization.k8s.io/decision": "allow"}
+    assert "impersonatedUser" not in received and "annotations" not in received  # before impersonation ran
+    assert unauthenticated["user"] == {} and unauthenticated["stage"] == "ResponseStarted"
+    assert complete["objectRef"] == {"resource": "pods", "namespace": "ns", "name": "p", "apiVersion": "v1"}
