@@ -341,7 +341,7 @@ class Runtime:
         cfg = self.cfg
         if not cfg.enabled("kubelet"):
             return
-        client = local.LocalClient(self.registry, manager="kubelet")
+        client = local.LocalClient(self.registry, manager="kubelet", audit=self.auditor)
         recorder = events_mod.EventRecorder(client, clock=self.clock, ttl_seconds=cfg.controllers.event_ttl_seconds,
                                             limit=cfg.controllers.max_events)
         network: kubelet_network.PodNetwork = kubelet_network.Loopback()
@@ -367,7 +367,7 @@ class Runtime:
         Service. Its gate opens once it listens; a port it cannot bind stops the boot."""
         assert self.registry is not None
         cfg = self.cfg
-        client = local.LocalClient(self.registry, manager="edgekube-dns")
+        client = local.LocalClient(self.registry, manager="edgekube-dns", audit=self.auditor)
         if not cfg.enabled("dns"):
             await dnsservice.disabled(client)
             return
@@ -394,7 +394,7 @@ class Runtime:
             return
         runner = nft.Nft()
         await proxy_mod.check_kernel(runner)
-        client = local.LocalClient(self.registry, manager="edgekube-proxy")
+        client = local.LocalClient(self.registry, manager="edgekube-proxy", audit=self.auditor)
         factory = informer.InformerFactory(client)
         table = nft.Table(runner)  # one table, one lock: the proxy's and the policies' batches never interleave
         proxy = proxy_mod.Proxy(factory, table=table, node_name=self.node_name,
@@ -426,7 +426,7 @@ class Runtime:
                 podnet.Settings(node_name=self.node_name, cluster_cidrs=podnet.parse_cidrs(cfg.cluster_cidr),
                                 bridge=cfg.pod_network.bridge, mtu=cfg.pod_network.mtu,
                                 state_dir=cfg.data_dir / "network"),
-                client=local.LocalClient(self.registry, manager="edgekube-network"))
+                client=local.LocalClient(self.registry, manager="edgekube-network", audit=self.auditor))
             await network.start()
         except ValueError as exc:
             raise kubelet_mod.KubeletError(f"network: cluster-cidr {cfg.cluster_cidr!r}: {exc}") from None
@@ -441,7 +441,7 @@ class Runtime:
         cfg = self.cfg
         if not (cfg.enabled("controllers") or cfg.enabled("scheduler")):
             return
-        client = local.LocalClient(self.registry, manager="edgekube-controller-manager")
+        client = local.LocalClient(self.registry, manager="edgekube-controller-manager", audit=self.auditor)
         factory = informer.InformerFactory(client)
         recorder = events_mod.EventRecorder(client, clock=self.clock, ttl_seconds=cfg.controllers.event_ttl_seconds,
                                             limit=cfg.controllers.max_events)
@@ -454,7 +454,7 @@ class Runtime:
             runners.append(("garbage-collector/graph", gc.watch))
             runners.extend((ctl.name, ctl.run) for ctl in controllers)
         if cfg.enabled("scheduler"):
-            sched = scheduler_mod.Scheduler(local.LocalClient(self.registry, manager="edgekube-scheduler"), factory,
+            sched = scheduler_mod.Scheduler(local.LocalClient(self.registry, manager="edgekube-scheduler", audit=self.auditor), factory,
                                             recorder.for_component("default-scheduler"), clock=self.clock)
             runners.append(("scheduler", sched.run))
         for name, inf in factory.unstarted():
@@ -561,10 +561,6 @@ class Runtime:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self.auditor is not None:
-            await self.supervisor.stop_some(["audit-writer"])
-            await self.auditor.close()  # what the last requests queued
-            self.auditor = None
         # The kubelet, then controllers and the scheduler go before the store they write to.
         # (The kubelet's containers go on running: the next start adopts them.)
         await self.supervisor.stop_some(self._kubelet_tasks)
@@ -581,6 +577,10 @@ class Runtime:
         self._network_tasks.clear()
         await self.supervisor.stop_some(self._control_plane)
         self._control_plane.clear()
+        if self.auditor is not None:  # after every writer, in process or not, has stopped
+            await self.supervisor.stop_some(["audit-writer"])
+            await self.auditor.close()  # what the last requests and components queued
+            self.auditor = None
         if self.store is not None:
             # Queued writes finish and the memory tier is saved before the database closes.
             await self.store.close()

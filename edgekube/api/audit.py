@@ -299,6 +299,8 @@ class _Request:
     user: user_mod.UserInfo | None = None
     annotations: dict[str, str] | None = None
     code: int = 0  # of the answer, once its headers are sent
+    user_json: JSON | None = None  # made once for the request's events
+    source_ips: tuple[str, ...] | None = None
 
 
 _KEY: web.RequestKey[_Request] = web.RequestKey("audit", _Request)
@@ -313,9 +315,11 @@ def annotate(request: web.Request, key: str, value: str) -> None:
         ctx.annotations[key] = value
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class Record:
-    """One event as queued: plain values only, turned into JSON by the writer's thread."""
+    """One event as queued: plain values only, turned into JSON by the writer's thread. Not
+    changed once queued (not frozen only because a frozen dataclass is slower to make, and one
+    is made per event on the request path)."""
 
     level: int
     audit_id: str
@@ -337,8 +341,20 @@ class Record:
     omit_managed_fields: bool
 
 
-def _micro_time(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+class MicroTimes:
+    """Upstream's MicroTime, `2006-01-02T15:04:05.000000Z`, each second formatted once (a
+    strftime per event is most of an event's cost). One per writer thread."""
+
+    def __init__(self) -> None:
+        self._whole = -1
+        self._text = ""
+
+    def format(self, t: float) -> str:
+        whole = int(t)
+        if whole != self._whole:
+            self._text = datetime.datetime.fromtimestamp(whole, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._whole = whole
+        return f"{self._text}.{int((t - whole) * 1e6):06d}Z"
 
 
 def _drop_managed_fields(obj: Any) -> None:
@@ -354,20 +370,21 @@ def _decoded(body: bytes, content_type: str) -> Any:
     """The request's body as the handler read it: an object, or a patch (a JSON patch is a list)."""
     media = negotiation.media_type(content_type)
     try:
-        if media.endswith("+json"):  # the patch types
+        if media in ("application/json", "") or media.endswith("+json"):  # JSON, and the patch types
             return orjson.loads(body)
         return negotiation.decode_body(body, "application/yaml" if media.endswith("+yaml") else content_type)
     except (errors.APIError, ValueError):
         return None  # a body the handler refused too: the event says what was answered
 
 
-def event(r: Record) -> JSON:
+def event(r: Record, *, times: MicroTimes) -> JSON:
     """The audit.k8s.io/v1 Event of a record, in upstream's field order."""
     ev: JSON = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": LEVELS[r.level], "auditID": r.audit_id,
                 "stage": r.stage, "requestURI": r.uri, "verb": r.verb, "user": r.user}
     if r.impersonated is not None:
         ev["impersonatedUser"] = r.impersonated
-    ev["sourceIPs"] = list(r.source_ips)
+    if r.source_ips:  # none for an in-process write
+        ev["sourceIPs"] = list(r.source_ips)
     if r.user_agent:
         ev["userAgent"] = r.user_agent
     request_obj = _decoded(r.request_body, r.content_type) if r.request_body else None
@@ -406,8 +423,8 @@ def event(r: Record) -> JSON:
             if r.omit_managed_fields:
                 _drop_managed_fields(response_obj)
             ev["responseObject"] = response_obj
-    ev["requestReceivedTimestamp"] = _micro_time(r.received)
-    ev["stageTimestamp"] = _micro_time(r.at)
+    ev["requestReceivedTimestamp"] = times.format(r.received)
+    ev["stageTimestamp"] = times.format(r.at)
     if r.annotations:
         ev["annotations"] = dict(r.annotations)
     return ev
@@ -445,6 +462,47 @@ def _failure(err: errors.APIError) -> JSON:
     status = err.status()
     del status["kind"], status["apiVersion"]
     return status
+
+
+# --- in-process writes -------------------------------------------------------------------------
+
+# Upstream's identity of the API server's own loopback writes: an in-process write made without
+# a component's own user (edgekube's boot reconciles) is recorded as it.
+APISERVER = user_mod.authenticated("system:apiserver", groups=[user_mod.SYSTEM_MASTERS])
+
+
+@dataclasses.dataclass(slots=True)
+class LocalWrite:
+    """One audited write of an in-process component (`LocalClient`): begun before the registry
+    is called, recorded when it answered (`done`) or refused (`failed`)."""
+
+    auditor: Auditor
+    decision: Decision
+    attrs: reqattrs.Attributes
+    user: JSON
+    agent: str
+    audit_id: str
+    received: float
+    request_body: bytes | None
+
+    def done(self, response: Any, *, code: int) -> None:
+        body = orjson.dumps(response) if self.decision.level >= REQUEST_RESPONSE and response is not None else None
+        self._record("ResponseComplete", status={"metadata": {}, "code": code}, response_body=body)
+
+    def failed(self, err: errors.APIError) -> None:
+        body = orjson.dumps(err.status()) if self.decision.level >= REQUEST_RESPONSE else None
+        self._record("ResponseComplete", status=_failure(err), response_body=body)
+
+    def _record(self, stage: str, *, status: JSON | None, response_body: bytes | None = None) -> None:
+        if stage in self.decision.omit_stages:
+            return
+        self.auditor._queue_record(Record(
+            level=self.decision.level, audit_id=self.audit_id, stage=stage, uri=self.attrs.path, verb=self.attrs.verb,
+            user=self.user, impersonated=None, source_ips=(), user_agent=self.agent, attrs=self.attrs, status=status,
+            request_body=self.request_body if stage != "RequestReceived" else None, content_type="application/json",
+            response_body=response_body,
+            received=self.received, at=time.time(), annotations=None,
+            omit_managed_fields=self.decision.omit_managed_fields))
 
 
 # --- the log file ------------------------------------------------------------------------------
@@ -571,6 +629,7 @@ class Auditor:
         self._capacity = settings.buffer_size if settings is not None else 0
         self._wakeup = asyncio.Event()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._times = MicroTimes()  # the writer's thread only
         self.events = 0  # written
         self.dropped = 0  # the queue was full
         self.failed = 0  # their write failed
@@ -688,6 +747,41 @@ class Auditor:
                 return None
         return body
 
+    def local(self, user: user_mod.UserInfo | None, *, agent: str, verb: str, group: str, version: str,
+              resource: str, namespace: str | None, name: str | None, subresource: str | None = None,
+              body: Any = None) -> LocalWrite | None:
+        """A write of an in-process component, as the policy sees it: None when it is not
+        audited. Its requestURI is the path the same write would take over HTTP, its userAgent
+        the component's field manager, and it has no source IP."""
+        if self._file is None:
+            return None
+        assert self.policy is not None
+        who = user or APISERVER
+        prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
+        path = "/".join(p for p in (prefix, f"namespaces/{namespace}" if namespace else "", resource, name or "",
+                                    subresource or "") if p)
+        attrs = reqattrs.Attributes(verb=verb, path=path, resource_request=True, api_group=group, api_version=version,
+                                    resource=resource, subresource=subresource or "", namespace=namespace or "",
+                                    name=name or "")
+        decision = self.policy.decide(attrs, who)
+        if decision.level == NONE:
+            return None
+        # The body as sent, before the registry defaults it in place (objects only; a patch
+        # in process is a function, not a document).
+        sent = orjson.dumps(body) if body is not None and (decision.level >= REQUEST or verb in _OBJECT_VERBS) else None
+        write = LocalWrite(auditor=self, decision=decision, attrs=attrs, user=who.to_json(), agent=agent,
+                           audit_id=str(uuid.uuid4()), received=time.time(), request_body=sent)
+        write._record("RequestReceived", status=None)
+        return write
+
+    def _queue_record(self, record: Record) -> None:
+        if len(self._queue) >= self._capacity:
+            self.dropped += 1
+            return
+        self._queue.append(record)
+        self.levels[record.level] += 1
+        self._wakeup.set()
+
     def _emit(self, request: web.Request, ctx: _Request, stage: str, *, user: JSON | None = None,
               status: JSON | None = None, response_body: bytes | None = None) -> None:
         if len(self._queue) >= self._capacity:
@@ -700,18 +794,19 @@ class Auditor:
             else None
         body = self._request_body(request) if stage != "RequestReceived" and (
             level >= REQUEST or attrs.verb in _OBJECT_VERBS) else None
-        self._queue.append(Record(
+        if ctx.user_json is None:
+            ctx.user_json = ctx.user.to_json() if ctx.user is not None else {}
+            ctx.source_ips = _source_ips(request)
+        self._queue_record(Record(
             level=level, audit_id=ctx.audit_id, stage=stage, uri=request.raw_path, verb=attrs.verb,
-            user=user if user is not None else (ctx.user.to_json() if ctx.user is not None else {}),
-            impersonated=impersonated, source_ips=_source_ips(request),
+            user=user if user is not None else ctx.user_json, impersonated=impersonated,
+            source_ips=ctx.source_ips or (),
             user_agent=request.headers.get("User-Agent", ""), attrs=attrs, status=status, request_body=body,
             content_type=request.headers.get("Content-Type", ""), response_body=response_body,
             received=ctx.received, at=time.time(),
             annotations=dict(ctx.annotations) if ctx.annotations else None,
             omit_managed_fields=ctx.decision.omit_managed_fields,
         ))
-        self.levels[level] += 1
-        self._wakeup.set()
 
     # --- the writer ---
 
@@ -737,7 +832,7 @@ class Auditor:
         lines = []
         for record in batch:
             try:
-                lines.append(orjson.dumps(event(record)) + b"\n")
+                lines.append(orjson.dumps(event(record, times=self._times)) + b"\n")
             except (TypeError, ValueError) as exc:  # never expected: counted, not fatal
                 self.failed += 1
                 log.error("audit: event %s could not be encoded: %s", record.audit_id, exc)
