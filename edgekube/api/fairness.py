@@ -159,7 +159,7 @@ class Fairness:
         self.levels = {name: Level(name, seats=max(1, total * share // 100), schema=schema,
                                    per_flow=settings.queue_length_per_flow, max_queued=settings.max_queued)
                        for name, share, schema in _SHARES}
-        self.exempt = 0  # dispatched without a seat (probes)
+        self.exempt = 0  # probes, dispatched without a seat (long-running requests are not counted)
 
     @property
     def enabled(self) -> bool:
@@ -179,7 +179,9 @@ class Fairness:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self.enabled or request.path.startswith(_PROBES) or reqattrs.of(request).long_running:
+        if not self.enabled or reqattrs.of(request).long_running:
+            return await handler(request)
+        if request.path.startswith(_PROBES):
             self.exempt += 1
             return await handler(request)
         user = request.get(handlers.USER_KEY)
