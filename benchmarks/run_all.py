@@ -1162,7 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"[audit] audit log on CREATE, fairness on GET, against the same server without ({d.api:.0f} s per run)")
         au = audit_bench.run(d.api, 1 if args.quick else 3, _log)
 
-    text = render(
+    text = "# Performance\n" if not only & set(SECTIONS) else render(  # `--only audit`: its section alone
         quick=args.quick,
         command=_command(),
         started=started,
