@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
     srv.add_argument("--data-dir", type=Path, help="where the database, TLS material and kubeconfig live")
     srv.add_argument("--bind-address", help="address the API listens on (default 0.0.0.0)")
+    srv.add_argument("--advertise-address",
+                     help="address pods reach the API on (default: the bind address if specific, else the node's)")
     srv.add_argument("--https-port", type=int, help="API port (default 6443)")
     srv.add_argument(
         "--disable",
@@ -270,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {
         "data-dir": str(args.data_dir) if args.data_dir else None,
         "bind-address": args.bind_address,
+        "advertise-address": args.advertise_address,
         "https-port": args.https_port,
         "disable": args.disable,
     }

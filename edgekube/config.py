@@ -25,6 +25,7 @@ DEFAULT_CONFIG_FILE = Path("/etc/edgekube/config.yaml")
 DEFAULTS: dict[str, Any] = {
     "data-dir": "/var/lib/edgekube",
     "bind-address": "0.0.0.0",
+    "advertise-address": "",
     "https-port": 6443,
     "disable": [],
     "node-name": "",
@@ -56,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
         "idle-timeout-seconds": 90,
         "send-stall-timeout-seconds": 60,
         "certificate-poll-seconds": 60,
+        "service-account-issuer": "",
+        "service-account-max-token-expiration-seconds": 0,
+        "service-account-extend-token-expiration": True,
     },
     "controllers": {
         "node-monitor-grace-period-seconds": 40,
@@ -147,6 +151,12 @@ class ApiSettings:
     # How often the running server looks at its certificate files (renewed, rotated) and at the
     # wall clock (a step makes it check the certificates' dates at once).
     certificate_poll_seconds: int = 60
+    # Service account tokens (api/auth/satokens.py): the issuer ("": https://kubernetes.default.svc.
+    # <cluster-domain>, also the API's audience), a cap on requested lifetimes (0: none), and
+    # upstream's year-long extension of the kubelet's 3607 s tokens.
+    service_account_issuer: str = ""
+    service_account_max_token_expiration_seconds: int = 0
+    service_account_extend_token_expiration: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +249,9 @@ class Config:
     pod_network: PodNetworkSettings = dataclasses.field(default_factory=PodNetworkSettings)
     audit: AuditSettings = dataclasses.field(default_factory=AuditSettings)
     flowcontrol: FlowControlSettings = dataclasses.field(default_factory=FlowControlSettings)
+    # The address pods reach the API on (the `kubernetes` Service's endpoint); "": the bind
+    # address when it is a specific one, else the node's InternalIP.
+    advertise_address: str = ""
 
     def enabled(self, component: str) -> bool:
         return component not in self.disable
@@ -330,8 +343,6 @@ def _kubelet(k: Mapping[str, Any], *, data_dir: Path, where: str) -> KubeletSett
     parent = str(k["cgroup-parent"]).strip("/")
     if not parent or ".." in parent.split("/"):
         raise ConfigError(f"{where}: 'cgroup-parent' must be a cgroup path such as kubepods, got {k['cgroup-parent']!r}")
-    if not isinstance(k["seccomp-default"], bool):
-        raise ConfigError(f"{where}: 'seccomp-default' must be true or false, got {k['seccomp-default']!r}")
     root = str(k["root-dir"] or "")
     manifests = str(k["pod-manifest-path"] or "")
     return KubeletSettings(
@@ -348,7 +359,7 @@ def _kubelet(k: Mapping[str, Any], *, data_dir: Path, where: str) -> KubeletSett
         image_gc_low_percent=low,
         cgroup_parent=parent,
         pod_pids_limit=_int(k, "pod-pids-limit", where, lo=0),
-        seccomp_default=k["seccomp-default"],
+        seccomp_default=_bool(k, "seccomp-default", where),
         runc=str(k["runc"]),
         container_log_max_size=_size(k, "container-log-max-size", where),
         container_log_max_files=_int(k, "container-log-max-files", where, lo=2),
@@ -467,6 +478,10 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
             idle_timeout_seconds=_int(a, "idle-timeout-seconds", where_a, lo=1),
             send_stall_timeout_seconds=_int(a, "send-stall-timeout-seconds", where_a, lo=1),
             certificate_poll_seconds=_int(a, "certificate-poll-seconds", where_a, lo=1, hi=3600),
+            service_account_issuer=str(a["service-account-issuer"] or ""),
+            service_account_max_token_expiration_seconds=_int(a, "service-account-max-token-expiration-seconds",
+                                                              where_a, lo=0),
+            service_account_extend_token_expiration=_bool(a, "service-account-extend-token-expiration", where_a),
         ),
         controllers=ControllerSettings(
             node_monitor_grace_period_seconds=_int(c, "node-monitor-grace-period-seconds", where_c, lo=1),
@@ -480,4 +495,22 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
         pod_network=_pod_network(data["pod-network"], where=f"{source} (pod-network)"),
         audit=_audit(data["audit"], where=f"{source} (audit)"),
         flowcontrol=_flowcontrol(data["flowcontrol"], where=f"{source} (flowcontrol)"),
+        advertise_address=_address(data, "advertise-address", source),
     )
+
+
+def _bool(data: Mapping[str, Any], key: str, where: str) -> bool:
+    value = data[key]
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _address(data: Mapping[str, Any], key: str, where: str) -> str:
+    value = str(data[key] or "")
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ConfigError(f"{where}: '{key}' must be an IP address, got {value!r}") from None
+    return value

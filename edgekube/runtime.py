@@ -44,7 +44,8 @@ from edgekube._cogs import (
 )
 from edgekube.api import audit, errors, fairness, listener, pki, server
 from edgekube.api import metrics as metrics_mod
-from edgekube.api.registry import resources, rest
+from edgekube.api.auth import bootstraptokens, satokens
+from edgekube.api.registry import resources, rest, saadmission
 from edgekube.client import events as events_mod
 from edgekube.client import informer, local
 from edgekube.controllers import manager, servicelb
@@ -52,6 +53,7 @@ from edgekube.kubelet import images as images_mod
 from edgekube.kubelet import kubelet as kubelet_mod
 from edgekube.kubelet import logs as kubelet_logs
 from edgekube.kubelet import network as kubelet_network
+from edgekube.kubelet import node as kubelet_node
 from edgekube.net import dnsservice, nft, policysync, proxyrules
 from edgekube.net import proxy as proxy_mod
 from edgekube.scheduler import scheduler as scheduler_mod
@@ -107,6 +109,7 @@ class Runtime:
         self.gates: dict[str, bool] = dict.fromkeys(GATES, False)
         self.store: store_mod.Store | None = None
         self.registry: rest.Registry | None = None
+        self.tokens: satokens.ServiceAccountTokens | None = None
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self.kubeconfig = cfg.data_dir / "kubeconfig.yaml"
@@ -191,13 +194,15 @@ class Runtime:
             offload=self.offload,
         )
         self.registry.rebuild_allocations()
+        advertise = await asyncio.to_thread(self._advertise_address)
+        self.tokens = self._service_account_tokens(advertise=advertise)
         await self.registry.ensure_system_namespaces()
         await self.registry.ensure_system_priority_classes()
         self.registry.sync_crds()
         await self.registry.resume_crd_deletions()
 
         try:
-            await self._ensure_kubernetes_service(service_ip=service_ip, addresses=addresses)
+            await self._ensure_kubernetes_service(service_ip=service_ip, address=advertise)
         except (errors.APIError, store_errors.StoreError) as exc:
             # Serving without it beats not serving at all (a damaged record, a full disk).
             log.error("could not write the default/kubernetes Service and its endpoints: %s", exc)
@@ -214,7 +219,9 @@ class Runtime:
             max_body=cfg.api.max_request_bytes,
             watch_timeout=cfg.api.default_watch_timeout_seconds,
             bookmark_interval=cfg.api.bookmark_interval_seconds,
-            authenticators=[],
+            authenticators=[self.tokens, bootstraptokens.BootstrapTokens(self.store, catalog=self.catalog,
+                                                                          clock=self.clock)],
+            service_accounts=self.tokens,
             server_address=f"{_url_host(host)}:{cfg.https_port}",
             ready=self.ready,
             logs=kubelet_logs.FileLogs(cfg.kubelet.pod_log_dir),  # pods/log reads the node's CRI log files
@@ -449,7 +456,8 @@ class Runtime:
         if cfg.enabled("controllers"):
             ctx = manager.Context(client=client, informers=factory, events=recorder, clock=self.clock,
                                   settings=cfg.controllers, ca_pem=ca_pem,
-                                  local_node=self.node_name if cfg.enabled("kubelet") else "", metrics=self.metrics)
+                                  local_node=self.node_name if cfg.enabled("kubelet") else "", metrics=self.metrics,
+                                  sign_legacy_token=self._legacy_signer())
             controllers, gc = manager.build(ctx)
             runners.append(("garbage-collector/graph", gc.watch))
             runners.extend((ctl.name, ctl.run) for ctl in controllers)
@@ -473,8 +481,49 @@ class Runtime:
             self.supervisor.start(name, after_sync(run))
             self._control_plane.append(name)
 
-    async def _ensure_kubernetes_service(self, *, service_ip: str, addresses: list[str]) -> None:
-        """The `default/kubernetes` Service that in-cluster clients use to reach the API."""
+    def _advertise_address(self) -> str:
+        """Where pods reach the API (the `kubernetes` Service's endpoint): the configured
+        advertise address, else the bind address when it is a specific, non-loopback one, else
+        the node's InternalIP (as the kubelet reports it), which a 0.0.0.0 listener serves."""
+        cfg = self.cfg
+        if cfg.advertise_address:
+            return cfg.advertise_address
+        bind = cfg.bind_address
+        if bind not in ("0.0.0.0", "::", "") and not ipaddress.ip_address(bind).is_loopback:
+            return bind
+        return kubelet_node.internal_ip()
+
+    def _service_account_tokens(self, *, advertise: str) -> satokens.ServiceAccountTokens:
+        """The service account token issuer and authenticator (api/auth/satokens.py), its key
+        made at first boot; TokenRequest (`serviceaccounts/token`) served through the registry."""
+        assert self.store is not None and self.registry is not None
+        cfg = self.cfg
+        issuer = cfg.api.service_account_issuer or satokens.default_issuer(cfg.cluster_domain)
+        settings = satokens.Settings(
+            issuer=issuer, audiences=(issuer,),
+            max_expiration_seconds=cfg.api.service_account_max_token_expiration_seconds,
+            extend_expiration=cfg.api.service_account_extend_token_expiration,
+            jwks_uri=f"https://{_url_host(advertise)}:{cfg.https_port}{satokens.JWKS_PATH}")
+        tokens = satokens.ServiceAccountTokens(self.store, catalog=self.catalog,
+                                               key=satokens.ensure_key(cfg.data_dir / "tls"), settings=settings,
+                                               clock=self.clock)
+
+        async def token_request(namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+            return await tokens.token_request(namespace=namespace, name=name, body=body)
+
+        self.registry.subresource_creators["serviceaccounts/token"] = token_request
+        self.registry.pod_admission.append(saadmission.ServiceAccountAdmission(self.store, catalog=self.catalog).admit)
+        return tokens
+
+    def _legacy_signer(self) -> Callable[[dict[str, Any], dict[str, Any]], str] | None:
+        tokens = self.tokens
+        if tokens is None:
+            return None
+        return lambda account, secret: tokens.legacy_token(account, secret=secret)
+
+    async def _ensure_kubernetes_service(self, *, service_ip: str, address: str) -> None:
+        """The `default/kubernetes` Service that in-cluster clients use to reach the API, its
+        endpoint the advertise address (`_advertise_address`)."""
         assert self.registry is not None
         svc_info = self.catalog.lookup("", "v1", "services")
         ep_info = self.catalog.lookup("", "v1", "endpoints")
@@ -492,7 +541,6 @@ class Runtime:
         assert self.store is not None
         if self.store.get(svc_info.key("kubernetes", "default")) is None:
             await self.registry.create(svc_info, svc, namespace="default")
-        address = addresses[0] if addresses else "127.0.0.1"
         eps = {
             "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
             "subsets": [{"addresses": [{"ip": address}],

@@ -16,8 +16,9 @@ context, so any thread may call (ctypes releases the GIL during the calls).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
+
+from edgekube._cogs import libcrypto
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
@@ -41,26 +42,12 @@ _lib: ctypes.CDLL | None = None
 _lib_lock = threading.Lock()
 
 
-def _libcrypto_path() -> str | None:
-    import _ssl  # noqa: F401  (maps libcrypto, when Python links it dynamically)
-
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                path = line.rstrip("\n").split(None, 5)[-1] if line.count(" ") >= 5 else ""
-                if "/libcrypto" in path and ".so" in path:
-                    return path
-    except OSError:
-        pass
-    return ctypes.util.find_library("crypto")
-
-
 def _load() -> ctypes.CDLL:
     global _lib
     with _lib_lock:
         if _lib is not None:
             return _lib
-        path = _libcrypto_path()
+        path = libcrypto.path()
         if path is None:
             raise AesGcmError("OpenSSL's libcrypto is not loaded and cannot be found; AES-GCM needs it")
         try:

@@ -137,7 +137,8 @@ def _list_options(request: web.Request) -> int | None:
 
 class Handlers:
     def __init__(self, registry: rest.Registry, *, max_body: int, watch_timeout: int, bookmark_interval: float,
-                 server_address: str, body_timeout: float = 60.0, logs: podlogs.LogSource | None = None) -> None:
+                 server_address: str, body_timeout: float = 60.0, logs: podlogs.LogSource | None = None,
+                 token_review: Callable[[JSON], JSON] | None = None) -> None:
         self._registry = registry
         self._catalog = registry.catalog
         self._max_body = max_body
@@ -146,6 +147,7 @@ class Handlers:
         self._bookmark_interval = bookmark_interval
         self._server_address = server_address
         self._logs = logs  # where pods/log reads container logs (the kubelet's files)
+        self._token_review = token_review  # TokenReview, through the server's authenticators
         self._watch_lines = watchstream.SharedLines()  # large events, encoded once for all watches
 
     # --- routing -----------------------------------------------------------------------------
@@ -236,7 +238,10 @@ class Handlers:
             definition = apischema.kind_definition(t.info.group, t.info.version, t.info.kind)
             if definition is not None:  # decoded into its type: nothing of the client's echoed but the type's fields
                 body = _typed(body, definition)
-            out = reviews.review(t.info.gk, body, user=request.get(USER_KEY))
+            if t.info.gk == "TokenReview.authentication.k8s.io" and self._token_review is not None:
+                out = self._token_review(body)
+            else:
+                out = reviews.review(t.info.gk, body, user=request.get(USER_KEY))
             out["apiVersion"], out["kind"] = t.info.api_version, t.info.kind
             return json_response(out, status=201)
         if t.name is None:
@@ -267,6 +272,8 @@ class Handlers:
             return await self._bind(request, t)
         if t.subresource == "scale":
             return await self._scale(request, t)
+        if t.subresource == "token":
+            return await self._token(request, t)
         if t.subresource == "log":
             assert t.namespace is not None and t.name is not None
             return await podlogs.serve(request, registry=self._registry, info=t.info, namespace=t.namespace,
@@ -282,6 +289,15 @@ class Handlers:
         if m == "DELETE" and t.subresource is None:
             return await self._delete(request, t)
         raise errors.method_not_allowed(m, f"{t.info.plural}/{t.subresource or ''}")
+
+    async def _token(self, request: web.Request, t: Target) -> web.Response:
+        """serviceaccounts/<name>/token (POST only): a TokenRequest, answered by the token issuer."""
+        assert t.namespace is not None and t.name is not None
+        body = await self._decode(await self._body(request), request.headers.get("Content-Type", ""))
+        body = _typed(body, "io.k8s.api.authentication.v1.TokenRequest")
+        out = await self._registry.create_subresource(t.info, namespace=t.namespace, name=t.name,
+                                                      subresource="token", body=body, options=self._options(request))
+        return json_response(out, status=201)
 
     # --- helpers -----------------------------------------------------------------------------
 

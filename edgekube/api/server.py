@@ -42,7 +42,7 @@ from edgekube.api import (
     openapi_pb,
     podlogs,
 )
-from edgekube.api.auth import authn
+from edgekube.api.auth import authn, satokens, tokenreview
 from edgekube.api.registry import rest
 from edgekube.store import errors as store_errors
 
@@ -50,7 +50,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_PUBLIC = frozenset({"/healthz", "/livez", "/readyz", "/version", "/version/"})
+_PUBLIC = frozenset({"/healthz", "/livez", "/readyz", "/version", "/version/",
+                     # Service account issuer discovery: readable by anyone, so that relying
+                     # parties can check tokens (upstream's system:service-account-issuer-discovery).
+                     satokens.OIDC_CONFIG_PATH, satokens.JWKS_PATH})
 USER_KEY = handlers.USER_KEY
 
 
@@ -102,9 +105,11 @@ def auth_middleware(authenticators: Sequence[authn.TokenAuthenticator]) -> Any:
         transport = request.transport
         if transport is not None:
             found = authn.from_certificate(transport.get_extra_info("peercert"))
-        auth = request.headers.get("Authorization", "")
-        if found is None and auth.startswith("Bearer "):
-            found = authn.from_token(auth[7:].strip(), authenticators=authenticators)
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        # The scheme in any case, as upstream's bearertoken authenticator reads it (the Python
+        # client's in-cluster config sends "bearer <token>").
+        if found is None and scheme.lower() == "bearer" and credentials.strip():
+            found = authn.from_token(credentials.strip(), authenticators=authenticators)
         if found is None:
             raise errors.unauthorized()
         request[USER_KEY] = found
@@ -127,12 +132,19 @@ class ApiServer:
         limits: listener.Limits,
         body_timeout: float,
         logs: podlogs.LogSource | None = None,
+        service_accounts: satokens.ServiceAccountTokens | None = None,
         auditor: audit.Auditor | None = None,
         flowcontrol: fairness.Fairness | None = None,
     ) -> None:
         self._registry = registry
+        self._service_accounts = service_accounts
         self.auditor = auditor or audit.Auditor(None, settings=None)
         self.fairness = flowcontrol or fairness.Fairness(fairness.Settings(0, 0, 0, 1.0))
+        api_audiences = service_accounts.settings.audiences if service_accounts is not None else ()
+
+        def token_review(body: dict[str, Any]) -> dict[str, Any]:
+            return tokenreview.review(body, authenticators=authenticators, api_audiences=api_audiences)
+
         self.connections = listener.Connections(limits)
         self._handlers = handlers.Handlers(
             registry,
@@ -142,6 +154,7 @@ class ApiServer:
             bookmark_interval=bookmark_interval,
             server_address=server_address,
             logs=logs,
+            token_review=token_review,
         )
         self._ready = ready
         self._openapi_v2: bytes | None = None
@@ -166,6 +179,8 @@ class ApiServer:
         r.add_get("/livez", self._health)
         r.add_get("/readyz", self._readyz)
         r.add_get("/version", self._version)
+        r.add_get(satokens.OIDC_CONFIG_PATH, self._openid_configuration)
+        r.add_get(satokens.JWKS_PATH, self._jwks)
         r.add_get("/openapi/v2", self._openapi_v2_handler)
         r.add_get("/openapi/v3", self._openapi_v3_index)
         r.add_get("/openapi/v3/{path:.+}", self._openapi_v3_doc)
@@ -192,6 +207,18 @@ class ApiServer:
 
     async def _version(self, request: web.Request) -> web.Response:
         return handlers.json_response(discovery.version_info())
+
+    async def _openid_configuration(self, request: web.Request) -> web.Response:
+        if self._service_accounts is None:
+            raise errors.not_found_path()
+        return handlers.json_response(self._service_accounts.openid_configuration(),
+                                      headers={"Cache-Control": "public, max-age=3600"})
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        if self._service_accounts is None:
+            raise errors.not_found_path()
+        return handlers.json_response(self._service_accounts.jwks(), content_type="application/jwk-set+json",
+                                      headers={"Cache-Control": "public, max-age=3600"})
 
     def _openapi_fresh(self) -> None:
         """Drop cached OpenAPI documents once the served resources changed (a CRD came or went)."""

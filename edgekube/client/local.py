@@ -155,6 +155,17 @@ class LocalClient:
                           self.resource("v1", "Pod"), verb="create", namespace=namespace, name=name,
                           subresource="binding", body=binding, code=201)
 
+    async def create_subresource(self, api_version: str, kind: str, *, name: str, namespace: str, subresource: str,
+                                 body: JSON) -> JSON:
+        """POST to a create-only subresource (serviceaccounts/token: a TokenRequest), as over HTTPS."""
+        info = self.resource(api_version, kind)
+        if subresource not in info.subresources:
+            raise errors.not_found(f"{info.plural}/{subresource}", name, group=info.group)
+        return await self._write(
+            self._registry.create_subresource(info, namespace=namespace, name=name, subresource=subresource, body=body,
+                                              options=rest.Options(field_manager=self.manager, user=self.user)),
+            info, verb="create", namespace=namespace, name=name, subresource=subresource, body=body, code=201)
+
     def get_scale(self, api_version: str, kind: str, *, name: str, namespace: str | None) -> JSON:
         """The scale subresource of an object (autoscaling/v1 Scale)."""
         info = self.resource(api_version, kind)

@@ -31,6 +31,7 @@ from edgekube.controllers import (
     resourcequota,
     serviceaccounts,
     statefulset,
+    tokens,
     ttlafterfinished,
 )
 from edgekube.controllers.base import Controller
@@ -46,6 +47,8 @@ class Context:
     ca_pem: str
     local_node: str = ""  # the node this process's own kubelet runs (never evicted by node lifecycle)
     metrics: metrics_mod.MetricsStore = dataclasses.field(default_factory=metrics_mod.MetricsStore)
+    # The legacy service account token signer (api/auth/satokens.py); None: no token controller.
+    sign_legacy_token: tokens.Sign | None = None
 
 
 def build(ctx: Context) -> tuple[list[Controller], garbage_collector.GarbageCollector]:
@@ -89,4 +92,7 @@ def build(ctx: Context) -> tuple[list[Controller], garbage_collector.GarbageColl
             ctx.client, inf.get("autoscaling/v2", "HorizontalPodAutoscaler"), inf.get("v1", "Pod"), ctx.metrics,
             ctx.events.for_component("horizontal-pod-autoscaler"), clock=ctx.clock),
     ]
+    if ctx.sign_legacy_token is not None:
+        controllers.append(tokens.TokensController(ctx.client, inf.get("v1", "ServiceAccount"), inf.get("v1", "Secret"),
+                                                   ca_pem=ctx.ca_pem, sign=ctx.sign_legacy_token))
     return controllers, gc

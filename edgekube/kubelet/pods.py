@@ -86,6 +86,7 @@ from edgekube.kubelet import (
 from edgekube.kubelet import backoff as backoff_mod
 from edgekube.kubelet import images as images_mod
 from edgekube.kubelet import network as network_mod
+from edgekube.kubelet import tokens as tokens_mod
 from edgekube.kubelet.runtime import bundle as bundle_mod
 from edgekube.kubelet.runtime import containers as containers_mod
 from edgekube.kubelet.runtime import runc as runc_mod
@@ -209,6 +210,7 @@ class PodManager:
         self.settings = settings
         self.node = node
         self.metrics = metrics
+        self.tokens = tokens_mod.TokenManager(client, clock=clock)  # projected service account tokens
         self.crash_backoff = backoff_mod.Backoff(clock=clock, initial=10.0, maximum=300.0)
         self.image_backoff = backoff_mod.Backoff(clock=clock, initial=10.0, maximum=300.0)
         self.pods: dict[str, PodState] = {}
@@ -423,6 +425,7 @@ class PodManager:
                 async with asyncio.timeout(max(0.0, timeout)):
                     await st.wake.wait()
         self.pods.pop(st.uid, None)
+        self.tokens.forget(st.uid)
         self._finished[st.uid] = None
         while len(self._finished) > FINISHED_REMEMBERED:
             del self._finished[next(iter(self._finished))]
@@ -472,9 +475,10 @@ class PodManager:
         await self.images_ready.wait()
         await self._ensure_sandbox(st)
         try:
+            pod_tokens = await self._tokens_for(st)
             st.volumes = await asyncio.to_thread(
                 volumes.setup, st.pod, volumes_dir=self.layout.volumes(st.uid), get_configmap=self._get_configmap,
-                get_secret=self._get_secret, allocatable=self.node.allocatable, known=st.volumes)
+                get_secret=self._get_secret, allocatable=self.node.allocatable, known=st.volumes, tokens=pod_tokens)
             st.volume_error = ""
         except (volumes.VolumeError, OSError) as exc:
             if str(exc) != st.volume_error:
@@ -495,6 +499,20 @@ class PodManager:
         status = await self._write_status(st)
         if status is not None and status.get("phase") in TERMINAL:
             await self._tear_down_terminal(st)
+
+    async def _tokens_for(self, st: PodState) -> dict[tuple[str, int], str]:
+        """The service account tokens of the pod's projected volumes (kubelet/tokens.py), and a
+        wake-up when the next is due for rotation."""
+        out: dict[tuple[str, int], str] = {}
+        for audience, seconds in tokens_mod.sources(st.pod):
+            try:
+                out[(audience, seconds)] = await self.tokens.get(st.pod, audience=audience, expiration_seconds=seconds)
+            except errors.APIError as exc:
+                raise volumes.VolumeError(f"failed to fetch token: {exc.message}") from None
+        due = self.tokens.refresh_in(st.uid)
+        if due is not None:
+            st.schedule(due)
+        return out
 
     def _past_deadline(self, st: PodState) -> bool:
         """Whether the pod ran past its activeDeadlineSeconds (counted from its startTime, as

@@ -1,5 +1,5 @@
-"""Pod volumes: emptyDir, hostPath, configMap, secret, downwardAPI and projected (without
-service account tokens), and the bind mounts of a container's volumeMounts.
+"""Pod volumes: emptyDir, hostPath, configMap, secret, downwardAPI and projected (with service
+account tokens), and the bind mounts of a container's volumeMounts.
 
 Each volume is a directory under `pods/<uid>/volumes/<plugin>/<name>` (upstream's layout, with
 `kubernetes.io~empty-dir` and so on), bind-mounted into the containers that mount it. Semantics
@@ -18,7 +18,10 @@ kept from upstream:
   whenever the kubelet syncs the pod. `items` pick keys and their paths, `defaultMode` and item
   `mode` set permissions (0644 by default), a missing object or key fails unless `optional`.
   Secret and projected volumes are on a tmpfs (upstream's memory medium for both), so Secrets
-  are never written to flash.
+  are never written to flash. A projected `serviceAccountToken` source is the token the caller
+  fetched for it (`tokens`, keyed by audience and lifetime: kubelet/tokens.py asks the
+  TokenRequest API and rotates it), written as the file `path` with the volume's defaultMode;
+  a rotated token reaches the pod through the same atomic swap.
 - **volumeMounts**: `mountPath`, `readOnly`, `subPath` (a path inside the volume, made when
   missing, never leaving it), `subPathExpr` (expanded from the container's env),
   `mountPropagation`.
@@ -32,7 +35,7 @@ kept from upstream:
   hostPath volumes are the host's and never changed (upstream too).
 
 Not handled (the pod gets a FailedMount event and stays ContainerCreating): persistentVolumeClaim
-and the other network and cloud volume types, projected serviceAccountToken. Everything here is
+and the other network and cloud volume types, projected clusterTrustBundle. Everything here is
 blocking file work, run in a thread by the caller.
 """
 
@@ -57,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekube.api import quantity
+from edgekube.kubelet import tokens as tokens_mod
 from edgekube.kubelet.runtime import bundle as bundle_mod
 
 JSON = dict[str, Any]
@@ -390,7 +394,8 @@ def _host_path(spec: Mapping[str, Any], where: str) -> Path:
 
 
 def setup(pod: Mapping[str, Any], *, volumes_dir: Path, get_configmap: Getter, get_secret: Getter,
-          allocatable: Mapping[str, str], known: Mapping[str, Volume]) -> dict[str, Volume]:
+          allocatable: Mapping[str, str], known: Mapping[str, Volume],
+          tokens: Mapping[tuple[str, int], str] | None = None) -> dict[str, Volume]:
     """Set up (or refresh) every volume of the pod. `known` is what the last call returned (its
     payload digests spare rewriting unchanged files)."""
     meta = pod.get("metadata") or {}
@@ -426,7 +431,7 @@ def setup(pod: Mapping[str, Any], *, volumes_dir: Path, get_configmap: Getter, g
         if kind in ("secret", "projected"):  # as upstream's: projected volumes carry Secrets and tokens
             _mount_tmpfs(target, size=None, mode=0o755)
         payload = _payload(kind, src, pod=pod, ns=ns, where=where, get_configmap=get_configmap,
-                           get_secret=get_secret, allocatable=allocatable)
+                           get_secret=get_secret, allocatable=allocatable, tokens=tokens or {})
         digest = _digest(payload)
         prev = known.get(name)
         if prev is None or prev.digest != digest or not (target / DATA_DIR).exists():
@@ -450,7 +455,8 @@ def _digest(payload: Mapping[str, tuple[bytes, int]]) -> str:
 
 
 def _payload(kind: str, src: Mapping[str, Any], *, pod: Mapping[str, Any], ns: str, where: str,
-             get_configmap: Getter, get_secret: Getter, allocatable: Mapping[str, str]) -> dict[str, tuple[bytes, int]]:
+             get_configmap: Getter, get_secret: Getter, allocatable: Mapping[str, str],
+             tokens: Mapping[tuple[str, int], str]) -> dict[str, tuple[bytes, int]]:
     default_mode = _mode(src.get("defaultMode"), DEFAULT_MODE)
     if kind == "configMap":
         return _object_payload("configmap", str(src.get("name") or ""), src, ns=ns, where=where,
@@ -474,6 +480,12 @@ def _payload(kind: str, src: Mapping[str, Any], *, pod: Mapping[str, Any], ns: s
         elif source.get("downwardAPI"):
             out.update(downward_payload(pod, source["downwardAPI"].get("items") or [], default_mode=default_mode,
                                         where=where, allocatable=allocatable))
+        elif source.get("serviceAccountToken"):
+            s = source["serviceAccountToken"]
+            key = tokens_mod.token_key(s)
+            if key not in tokens:
+                raise VolumeError(f"MountVolume.SetUp failed for {where} : no service account token fetched for it")
+            out[_check_rel(str(s.get("path") or ""), where)] = (tokens[key].encode(), default_mode)
         else:
             other = next(iter(source), "?")
             raise VolumeError(f"{where}: projected {other} sources are not supported by this kubelet")

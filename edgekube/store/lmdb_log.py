@@ -50,6 +50,7 @@ import logging
 import os
 import re
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -178,6 +179,70 @@ def preallocation_helps(path: Path) -> bool:
     return file_system_type(path) in _IN_PLACE_FILE_SYSTEMS
 
 
+class _MapGate:
+    """Transactions share the map; growing it (`set_mapsize`) is exclusive.
+
+    LMDB remaps the file on `mdb_env_set_mapsize` and requires that no transaction of the
+    process is open meanwhile. py-lmdb invalidates the open ones of other threads and fails the
+    operations that start during the remap (an `lmdb.Error` that would read as a damaged
+    database), and a write transaction's abort waits until no operation of any thread is in
+    flight, which busy readers can put off for ever. So every transaction enters `shared()`;
+    the writer `hold()`s the gate as soon as its transaction finds the map full (new
+    transactions wait, so the abort that follows waits only for those in flight), and grows the
+    map inside `exclusive()`, which waits for the open ones to end and always reopens the gate.
+    A thread already inside may nest: it is never the one waited for.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active = 0  # threads inside `shared()`
+        self._holder: int | None = None  # the thread that holds new transactions back
+        self._depth = threading.local()
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        depth: int = getattr(self._depth, "n", 0)
+        if depth == 0:
+            me = threading.get_ident()
+            with self._cond:
+                while self._holder is not None and self._holder != me:
+                    self._cond.wait()
+                self._active += 1
+        self._depth.n = depth + 1
+        try:
+            yield
+        finally:
+            self._depth.n = depth
+            if depth == 0:
+                with self._cond:
+                    self._active -= 1
+                    if self._active == 0:
+                        self._cond.notify_all()
+
+    def hold(self) -> None:
+        """New transactions (of other threads) wait until this thread's `exclusive()` ends."""
+        me = threading.get_ident()
+        with self._cond:
+            while self._holder is not None and self._holder != me:
+                self._cond.wait()
+            self._holder = me
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        if getattr(self._depth, "n", 0):
+            raise RuntimeError("the LMDB map cannot grow while this thread has a transaction open")
+        self.hold()
+        try:
+            with self._cond:
+                while self._active:
+                    self._cond.wait()
+            yield
+        finally:
+            with self._cond:
+                self._holder = None
+                self._cond.notify_all()
+
+
 class LmdbLog:
     def __init__(self, path: Path, *, map_size: int, max_size: int, preallocate: int = 0,
                  damage: records.Damage | None = None, reserve: int = 0,
@@ -187,6 +252,7 @@ class LmdbLog:
         # Where scans and replays note the records they had to skip.
         self.damage = damage if damage is not None else records.Damage()
         self._max_size = max(max_size, map_size)
+        self._gate = _MapGate()
         self._env = lmdb.open(
             str(path),
             map_size=map_size,
@@ -232,6 +298,13 @@ class LmdbLog:
         self._room_measured = 0.0
         self.low_space = False
 
+    @contextlib.contextmanager
+    def _begin(self, *, write: bool = False, buffers: bool = False) -> Iterator[Any]:
+        """A transaction, never open while the writer grows the map (`_MapGate`)."""
+        with self._gate.shared(), (self._env.begin(write=write, buffers=True) if buffers
+                                   else self._env.begin(write=write)) as txn:
+            yield txn
+
     def _unpack_plain(self, rev: int, data: bytes, *, key: str = "") -> LogRecord:
         """A record with its value as it was before the transformer (CorruptRecordError when
         it cannot be turned back)."""
@@ -251,7 +324,7 @@ class LmdbLog:
 
     def state(self) -> tuple[int, int, int]:
         """(highest revision written, highest reserved for the memory tier, compacted revision)."""
-        with self._reading(), self._env.begin() as txn:
+        with self._reading(), self._begin() as txn:
             return (
                 self._meta_int(txn, _META_REV),
                 self._meta_int(txn, _META_RESERVED),
@@ -269,19 +342,19 @@ class LmdbLog:
 
     def cluster_id(self) -> str | None:
         """The cluster this database belongs to (store identity); None before it was set."""
-        with self._env.begin() as txn:
+        with self._begin() as txn:
             raw = txn.get(_META_CLUSTER, db=self._meta)
         return bytes(raw).decode() if raw is not None else None
 
     def set_cluster_id(self, cluster: str) -> None:
-        with self._env.begin(write=True) as txn:
+        with self._begin(write=True) as txn:
             txn.put(_META_CLUSTER, cluster.encode(), db=self._meta)
 
     def raise_floor(self, revision: int) -> None:
         """Revisions go on above `revision`, and nothing older is served (410 for watches and
         lists from before): after a store was recovered, adopted or reset, so that clients never
         see a resourceVersion go backwards."""
-        with self._env.begin(write=True) as txn:
+        with self._begin(write=True) as txn:
             for name in (_META_REV, _META_RESERVED, _META_COMPACTED):
                 if self._meta_int(txn, name) < revision:
                     txn.put(name, rev_bytes(revision), db=self._meta)
@@ -289,7 +362,7 @@ class LmdbLog:
     def load(self, entries: list[tuple[str, int, bytes]]) -> None:
         """Write live objects `(key, revision, encoded value)` in revision order into an empty
         database, in one transaction (`edgekube store recover`)."""
-        with self._env.begin(write=True) as txn:
+        with self._begin(write=True) as txn:
             for key, rev, value in entries:
                 raw_rev = rev_bytes(rev)
                 txn.put(raw_rev, self._pack([key, int(records.Op.CREATE), 0, value]), db=self._log, append=True)
@@ -300,7 +373,7 @@ class LmdbLog:
         page it reads, so structural damage raises here (`lmdb.Error`) rather than later, in
         the middle of serving. Returns the number of entries."""
         n = 0
-        with self._env.begin(buffers=True) as txn:
+        with self._begin(buffers=True) as txn:
             for db in (self._meta, self._index, self._log):
                 # Getting a value reads its overflow pages' header too (big objects).
                 for _ in txn.cursor(db=db).iternext(keys=True, values=True):
@@ -314,7 +387,7 @@ class LmdbLog:
     # --- reads -------------------------------------------------------------------------------
 
     def get(self, key: str) -> records.Item | None:
-        with self._reading(), self._env.begin(buffers=False) as txn:
+        with self._reading(), self._begin(buffers=False) as txn:
             raw_rev = txn.get(key.encode(), db=self._index)
             if raw_rev is None:
                 return None
@@ -338,7 +411,7 @@ class LmdbLog:
         items: list[records.Item] = []
         next_key: str | None = None
         pfx = prefix.encode()
-        with self._reading(), self._env.begin(buffers=False) as txn:
+        with self._reading(), self._begin(buffers=False) as txn:
             snapshot_rev = self._meta_int(txn, _META_REV)
             cursor = txn.cursor(db=self._index)
             start = (start_after.encode() + b"\x00") if start_after else pfx
@@ -368,7 +441,7 @@ class LmdbLog:
     def read_log(self, after: int, *, prefix: str, limit: int) -> list[LogRecord]:
         """Records with revision > `after` whose key starts with `prefix`, oldest first."""
         out: list[LogRecord] = []
-        with self._reading(), self._env.begin(buffers=False) as txn:
+        with self._reading(), self._begin(buffers=False) as txn:
             cursor = txn.cursor(db=self._log)
             if not cursor.set_range(rev_bytes(after + 1)):
                 return out
@@ -386,7 +459,7 @@ class LmdbLog:
 
     def iter_records(self) -> Iterator[LogRecord]:
         """Every record in revision order (for tests and tools; takes a snapshot)."""
-        with self._env.begin(buffers=False) as txn:
+        with self._begin(buffers=False) as txn:
             for raw_rev, data in txn.cursor(db=self._log):
                 yield self._unpack(rev_int(raw_rev), data)
 
@@ -398,11 +471,12 @@ class LmdbLog:
         A write that fails its precondition gets its error and changes nothing; the others
         still commit. If the transaction itself fails (disk full, I/O error), every write fails.
         """
-        for attempt in range(2):
+        while True:
             try:
                 return self._commit_once(writes, meta_rev=meta_rev, reserved=reserved)
             except lmdb.MapFullError:
-                if attempt == 0 and self._grow():
+                # Doubled until the batch fits: one batch may need more than twice the map.
+                if self._grow():
                     continue
                 raise errors.StoreFullError(
                     f"the database at {self._path} reached its maximum size of "
@@ -412,7 +486,6 @@ class LmdbLog:
                 if _is_enospc(exc) or (_is_eio(exc) and self._out_of_space()):
                     raise errors.StoreFullError(f"no space left on the device holding {self._path}") from exc
                 raise errors.StoreError(f"database write failed at {self._path}: {exc}") from exc
-        raise AssertionError("unreachable")
 
     def _keep_room_ahead(self) -> None:
         """Zero-fill the next chunk of the file when less than half a chunk is left after the
@@ -515,26 +588,35 @@ class LmdbLog:
             "writes that free space are accepted until space is freed (delete objects, or free disk space)")
 
     def _grow(self) -> bool:
-        current = self._env.info()["map_size"]
-        if current >= self._max_size:
-            return False
-        self._env.set_mapsize(min(self._max_size, current * 2))
-        return True
+        """Double the map (up to its maximum); False when it is at its maximum already. Ends
+        the hold the writer took when its transaction found the map full."""
+        with self._gate.exclusive():
+            current = self._env.info()["map_size"]
+            if current >= self._max_size:
+                return False
+            self._env.set_mapsize(min(self._max_size, current * 2))
+            return True
 
     def _commit_once(self, writes: list[Write], *, meta_rev: int, reserved: int | None) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        with self._env.begin(write=True, buffers=False) as txn:
+        with self._begin(write=True, buffers=False) as txn:
             if self._data_fd >= 0:
                 # Inside the write transaction: LMDB's writer lock is held, and none of this
                 # transaction's pages are written yet (they go out at commit).
                 self._keep_room_ahead()
             self._update_low_space(txn)
-            for w in writes:
-                outcomes.append(self._apply(txn, w))
-            if meta_rev > self._meta_int(txn, _META_REV):
-                txn.put(_META_REV, rev_bytes(meta_rev), db=self._meta)
-            if reserved is not None:
-                txn.put(_META_RESERVED, rev_bytes(reserved), db=self._meta)
+            try:
+                for w in writes:
+                    outcomes.append(self._apply(txn, w))
+                if meta_rev > self._meta_int(txn, _META_REV):
+                    txn.put(_META_REV, rev_bytes(meta_rev), db=self._meta)
+                if reserved is not None:
+                    txn.put(_META_RESERVED, rev_bytes(reserved), db=self._meta)
+            except lmdb.MapFullError:
+                # Before the abort: it waits for every operation in flight, and new ones must
+                # not keep it waiting. `commit` grows the map next, which reopens the gate.
+                self._gate.hold()
+                raise
         return outcomes
 
     def _apply(self, txn: Any, w: Write) -> Outcome:
@@ -599,7 +681,7 @@ class LmdbLog:
         list pages, `scan_at`), and watches from there replay every change. Returns the new
         compacted revision and whether it reached `upto`.
         """
-        with self._env.begin(write=True, buffers=False) as txn:
+        with self._begin(write=True, buffers=False) as txn:
             start = self._meta_int(txn, _META_COMPACTED)
             if start >= upto:
                 return start, True
@@ -656,7 +738,7 @@ class LmdbLog:
         since are found through their delete records.
         """
         pfx = prefix.encode()
-        with self._reading(), self._env.begin(buffers=False) as txn:
+        with self._reading(), self._begin(buffers=False) as txn:
             compacted = self._meta_int(txn, _META_COMPACTED)
             if revision < compacted:
                 raise errors.CompactedError(revision, oldest=compacted)
@@ -734,7 +816,7 @@ class LmdbLog:
         Records that cannot be decoded are left as they are (the readers report them)."""
         pfx = prefix.encode()
         last = after
-        with self._reading(), self._env.begin(write=True, buffers=False) as txn:
+        with self._reading(), self._begin(write=True, buffers=False) as txn:
             cursor = txn.cursor(db=self._log)
             if not cursor.set_range(rev_bytes(after + 1)):
                 return last, True
@@ -756,12 +838,12 @@ class LmdbLog:
         return last, False
 
     def get_meta(self, name: bytes) -> bytes | None:
-        with self._reading(), self._env.begin(buffers=False) as txn:
+        with self._reading(), self._begin(buffers=False) as txn:
             out: bytes | None = txn.get(name, db=self._meta)
             return out
 
     def set_meta(self, name: bytes, value: bytes) -> None:
-        with self._env.begin(write=True) as txn:
+        with self._begin(write=True) as txn:
             txn.put(name, value, db=self._meta)
 
     def disk_usage(self) -> int:

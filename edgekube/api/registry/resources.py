@@ -151,7 +151,7 @@ BUILTIN: tuple[ResourceInfo, ...] = (
     _r("", "v1", "Endpoints", "endpoints", short=("ep",)),
     _r("", "v1", "ConfigMap", "configmaps", short=("cm",)),
     _r("", "v1", "Secret", "secrets"),
-    _r("", "v1", "ServiceAccount", "serviceaccounts", short=("sa",)),
+    _r("", "v1", "ServiceAccount", "serviceaccounts", short=("sa",), sub=("token",)),
     _r("", "v1", "Node", "nodes", namespaced=False, short=("no",), sub=("status",)),
     _r("", "v1", "Event", "events", short=("ev",), memory_tier=True),
     _r("", "v1", "PersistentVolume", "persistentvolumes", namespaced=False, short=("pv",), sub=("status",)),
@@ -190,6 +190,7 @@ BUILTIN: tuple[ResourceInfo, ...] = (
        verbs=("create",)),
     _r("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", namespaced=False,
        verbs=("create",)),
+    _r("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", namespaced=False, verbs=("create",)),
     # apiextensions.k8s.io/v1
     _r("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False,
        short=("crd", "crds"), sub=("status",), categories=("api-extensions",)),

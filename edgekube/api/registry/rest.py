@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import secrets
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -161,6 +161,12 @@ class Registry:
         self._ips = allocators.IPAllocator(network.service_cidr)
         self._ports = allocators.PortAllocator(*network.node_port_range)
         self._admission = admission.Admission(store, catalog=catalog, clock=clock)
+        # Hooks other modules install (runtime.py wires them; a bare registry has none, as an
+        # API server without those plugins): create-only subresources ("serviceaccounts/token":
+        # (namespace, name, body) -> the answer), and mutating admission of a pod being created
+        # (the ServiceAccount plugin, api/registry/saadmission.py).
+        self.subresource_creators: dict[str, Callable[[str, str, JSON], Awaitable[JSON]]] = {}
+        self.pod_admission: list[Callable[[JSON, Options], Awaitable[None]]] = []
 
     def rebuild_allocations(self) -> None:
         """Mark the cluster IPs and node ports of stored Services as used (at boot)."""
@@ -367,6 +373,8 @@ class Registry:
             defaults.job_selector(obj)
         self._admission.mutate(info, obj)
         if info.gk == "Pod":
+            for admit in self.pod_admission:
+                await admit(obj, options)
             self._admit_priority(obj)
             obj.setdefault("status", {}).setdefault("phase", "Pending")
             obj["status"].setdefault("qosClass", _qos_class(obj.get("spec") or {}))
@@ -1160,6 +1168,15 @@ class Registry:
         return out
 
     # --- subresources ------------------------------------------------------------------------
+
+    async def create_subresource(self, info: resources.ResourceInfo, *, namespace: str, name: str, subresource: str,
+                                 body: JSON, options: Options = Options()) -> JSON:
+        """POST to a create-only subresource served by a hook (`subresource_creators`);
+        `options.user` is who asks (for the authorizer: `create` on `<plural>/<subresource>`)."""
+        creator = self.subresource_creators.get(f"{info.plural}/{subresource}")
+        if creator is None:
+            raise errors.not_found_path()
+        return await creator(namespace, name, body)
 
     async def bind(self, *, namespace: str, name: str, binding: JSON, options: Options = Options()) -> None:
         """pods/binding: assign a pod to a node, once."""
