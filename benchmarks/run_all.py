@@ -17,9 +17,10 @@ shape, the boot sync of 1,000 Services against `nft -f` of the same table, Clust
 and connection rate against the endpoint's own address, (10) the longest stall of the event loop
 while one heavy request runs (large writes, patches, lists, a fanned-out event), against a bare
 aiohttp server storing a large POST, (11) RBAC: GET and CREATE as a user allowed by a RoleBinding against the
-admin certificate, and the cost of one decision. Prints a table and writes
+admin certificate, and the cost of one decision, (audit) the audit log's cost on a CREATE (Metadata,
+RequestResponse) and fairness's on a GET, against the same server without them. Prints a table and writes
 it as Markdown to --out. `--only` runs some sections (store, api, idle, apply, controlplane,
-kubelet, conns, dns, proxy, loop, rbac); such a partial run writes a file only when --out is given, so docs/performance.md
+kubelet, conns, dns, proxy, loop, rbac, audit); such a partial run writes a file only when --out is given, so docs/performance.md
 always holds a whole run.
 The exit status is 0 when the benchmark ran (missed targets included) and non-zero on errors.
 """
@@ -43,6 +44,7 @@ if str(_REPO) not in sys.path:
 from benchmarks import (  # noqa: E402
     api_bench,
     apply_bench,
+    audit_bench,
     common,
     conns_bench,
     controlplane_bench,
@@ -1101,7 +1103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         action="append",
-        choices=SECTIONS,
+        choices=(*SECTIONS, "audit"),
         metavar="SECTION",
         help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
     )
@@ -1183,8 +1185,12 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"[11/{total}] RBAC: GET and CREATE as a user allowed by a RoleBinding vs the admin certificate "
              f"(x{d.rbac_requests} each, alternating), and the cost of one decision")
         rb = rbac_bench.run(d.rbac_requests, _log)
+    au = None
+    if args.only is None or "audit" in args.only:
+        _log(f"[audit] audit log on CREATE, fairness on GET, against the same server without ({d.api:.0f} s per run)")
+        au = audit_bench.run(d.api, 1 if args.quick else 3, _log)
 
-    text = render(
+    text = "# Performance\n" if not only & set(SECTIONS) else render(  # `--only audit`: its section alone
         quick=args.quick,
         command=_command(),
         started=started,
@@ -1203,6 +1209,8 @@ def main(argv: list[str] | None = None) -> int:
         lp=lp,
         rb=rb,
     )
+    if au is not None:
+        text += audit_bench.markdown(au)
     print()
     print(text)
     if out is None:

@@ -100,6 +100,20 @@ DEFAULTS: dict[str, Any] = {
         "bridge": "ek0",
         "mtu": 0,
     },
+    "audit": {
+        "policy-file": "",
+        "log-path": "",
+        "log-maxsize": 10,
+        "log-maxbackup": 5,
+        "log-maxage": 0,
+        "log-buffer-size": 10000,
+    },
+    "flowcontrol": {
+        "max-requests-inflight": 40,
+        "queue-length-per-flow": 128,
+        "max-queued": 512,
+        "queue-wait-seconds": 15,
+    },
     "log-level": "info",
 }
 
@@ -193,6 +207,28 @@ class PodNetworkSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuditSettings:
+    """The audit log (api/audit.py), upstream's --audit-* flags."""
+
+    policy_file: Path | None = None  # None: no audit log
+    log_path: str = ""  # "": <data-dir>/logs/audit.log; "-": stdout
+    log_maxsize: int = 10  # megabytes before the file is rotated; 0: never
+    log_maxbackup: int = 5  # rotated files kept; 0: all
+    log_maxage: int = 0  # days a rotated file is kept; 0: any age
+    log_buffer_size: int = 10000  # events waiting for the writer; more are dropped and counted
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowControlSettings:
+    """API priority and fairness (api/fairness.py), sized for a device."""
+
+    max_requests_inflight: int = 40  # seats shared out among the priority levels; 0: no cap
+    queue_length_per_flow: int = 128  # requests of one user waiting in one priority level
+    max_queued: int = 512  # requests waiting in one priority level, all users
+    queue_wait_seconds: int = 15  # a request waits this long for a seat, then is refused (429)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: Path
     bind_address: str
@@ -213,6 +249,8 @@ class Config:
     dns: DnsSettings = DnsSettings(listen_address="", port=53, metrics_port=9153, resolv_conf=None, cache_size_mb=4,
                                    max_concurrent=1000)
     pod_network: PodNetworkSettings = dataclasses.field(default_factory=PodNetworkSettings)
+    audit: AuditSettings = dataclasses.field(default_factory=AuditSettings)
+    flowcontrol: FlowControlSettings = dataclasses.field(default_factory=FlowControlSettings)
     # The address pods reach the API on (the `kubernetes` Service's endpoint); "": the bind
     # address when it is a specific one, else the node's InternalIP.
     advertise_address: str = ""
@@ -359,6 +397,20 @@ def _pod_network(p: Mapping[str, Any], *, where: str) -> PodNetworkSettings:
     return PodNetworkSettings(bridge=bridge, mtu=mtu)
 
 
+def _audit(a: Mapping[str, Any], *, where: str) -> AuditSettings:
+    policy = str(a["policy-file"] or "")
+    return AuditSettings(policy_file=Path(policy) if policy else None, log_path=str(a["log-path"] or ""),
+                         log_maxsize=_int(a, "log-maxsize", where), log_maxbackup=_int(a, "log-maxbackup", where),
+                         log_maxage=_int(a, "log-maxage", where), log_buffer_size=_int(a, "log-buffer-size", where, lo=1))
+
+
+def _flowcontrol(f: Mapping[str, Any], *, where: str) -> FlowControlSettings:
+    return FlowControlSettings(max_requests_inflight=_int(f, "max-requests-inflight", where),
+                               queue_length_per_flow=_int(f, "queue-length-per-flow", where),
+                               max_queued=_int(f, "max-queued", where),
+                               queue_wait_seconds=_int(f, "queue-wait-seconds", where, lo=1))
+
+
 def _build(data: Mapping[str, Any], *, source: str) -> Config:
     disable = data["disable"]
     if isinstance(disable, str):
@@ -444,6 +496,8 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
         source=source,
         dns=_dns(data["dns"], where=f"{source} (dns)"),
         pod_network=_pod_network(data["pod-network"], where=f"{source} (pod-network)"),
+        audit=_audit(data["audit"], where=f"{source} (audit)"),
+        flowcontrol=_flowcontrol(data["flowcontrol"], where=f"{source} (flowcontrol)"),
         advertise_address=_address(data, "advertise-address", source),
         token_auth_file=Path(str(data["token-auth-file"])) if data["token-auth-file"] else None,
     )

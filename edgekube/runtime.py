@@ -42,7 +42,7 @@ from edgekube._cogs import (
     timefloor,
     tlsalert,
 )
-from edgekube.api import errors, listener, pki, server
+from edgekube.api import audit, errors, fairness, listener, pki, server
 from edgekube.api import metrics as metrics_mod
 from edgekube.api.auth import bootstrap as rbac_bootstrap
 from edgekube.api.auth import bootstraptokens, satokens, tokenfile
@@ -134,6 +134,7 @@ class Runtime:
             self.gates["kubelet"] = False
         self.dns: Any = None  # net.dns.ClusterDns, imported only when the dns component runs
         self._dns_tasks: list[str] = []
+        self.auditor: audit.Auditor | None = None  # its queued events are written at stop
         if cfg.enabled("dns"):
             self.gates["dns"] = False
         # The host's resolver configuration for the DNS forwarder and pods' resolv.conf (k3s's choice).
@@ -221,6 +222,7 @@ class Runtime:
         pki.write_kubeconfig(self.kubeconfig, server_url=url, pki=the_pki)
         tlsalert.install()
         tls = pki.ServingContext(the_pki)
+        auditor = self._auditor()
         api = server.ApiServer(
             self.registry,
             max_body=cfg.api.max_request_bytes,
@@ -237,7 +239,14 @@ class Runtime:
                                    request_header_timeout=cfg.api.request_header_timeout_seconds,
                                    send_stall_timeout=cfg.api.send_stall_timeout_seconds),
             body_timeout=cfg.api.request_body_timeout_seconds,
+            auditor=auditor,
+            flowcontrol=fairness.Fairness(fairness.Settings(
+                max_requests_inflight=cfg.flowcontrol.max_requests_inflight,
+                queue_length_per_flow=cfg.flowcontrol.queue_length_per_flow,
+                max_queued=cfg.flowcontrol.max_queued, queue_wait_seconds=cfg.flowcontrol.queue_wait_seconds)),
         )
+        if auditor.enabled:
+            self.supervisor.start("audit-writer", auditor.run())
         self._runner = await server.serve(
             api, host=cfg.bind_address, port=cfg.https_port, ssl_context=tls.context,
             idle_timeout=cfg.api.idle_timeout_seconds,
@@ -258,6 +267,20 @@ class Runtime:
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
         await self._start_dns()
         await self._start_kubelet()
+
+    def _auditor(self) -> audit.Auditor:
+        """The audit log (api/audit.py), when a policy is configured: its file opened now, so a
+        policy or a log file it cannot have stops the boot with what is wrong."""
+        a = self.cfg.audit
+        if a.policy_file is None:
+            return audit.Auditor(None, settings=None)
+        path = None if a.log_path == "-" else Path(a.log_path) if a.log_path else self.cfg.data_dir / "logs" / "audit.log"
+        auditor = audit.Auditor(audit.load_policy(a.policy_file), settings=audit.LogSettings(
+            path=path, max_size_mb=a.log_maxsize, max_backups=a.log_maxbackup, max_age_days=a.log_maxage,
+            buffer_size=a.log_buffer_size))
+        auditor.open()
+        self.auditor = auditor
+        return auditor
 
     def _claim_data_dir(self) -> None:
         """Before anything in the data dir is read or written: one process per data dir, and a
@@ -334,7 +357,7 @@ class Runtime:
         cfg = self.cfg
         if not cfg.enabled("kubelet"):
             return
-        client = local.LocalClient(self.registry, manager="kubelet", user=rbac_bootstrap.node_user(self.node_name))
+        client = local.LocalClient(self.registry, manager="kubelet", user=rbac_bootstrap.node_user(self.node_name), audit=self.auditor)
         recorder = events_mod.EventRecorder(client, clock=self.clock, ttl_seconds=cfg.controllers.event_ttl_seconds,
                                             limit=cfg.controllers.max_events)
         network: kubelet_network.PodNetwork = kubelet_network.Loopback()
@@ -361,7 +384,7 @@ class Runtime:
         assert self.registry is not None
         cfg = self.cfg
         client = local.LocalClient(self.registry, manager="edgekube-dns",
-                                   user=rbac_bootstrap.component_user(rbac_bootstrap.DNS))
+                                   user=rbac_bootstrap.component_user(rbac_bootstrap.DNS), audit=self.auditor)
         if not cfg.enabled("dns"):
             await dnsservice.disabled(client)
             return
@@ -389,14 +412,14 @@ class Runtime:
         runner = nft.Nft()
         await proxy_mod.check_kernel(runner)
         client = local.LocalClient(self.registry, manager="edgekube-proxy",
-                                   user=rbac_bootstrap.component_user(rbac_bootstrap.PROXY))
+                                   user=rbac_bootstrap.component_user(rbac_bootstrap.PROXY), audit=self.auditor)
         factory = informer.InformerFactory(client)
         table = nft.Table(runner)  # one table, one lock: the proxy's and the policies' batches never interleave
         proxy = proxy_mod.Proxy(factory, table=table, node_name=self.node_name,
                                 settings=proxyrules.Settings(cluster_cidrs=(cfg.cluster_cidr,),
                                                              service_cidrs=(cfg.service_cidr,)))
         lb_client = local.LocalClient(self.registry, manager="edgekube-servicelb",
-                                      user=rbac_bootstrap.component_user(rbac_bootstrap.SERVICELB))
+                                      user=rbac_bootstrap.component_user(rbac_bootstrap.SERVICELB), audit=self.auditor)
         lb = servicelb.ServiceLBController(lb_client, factory.get("v1", "Service"), factory.get("v1", "Node"))
         policies = policysync.PolicyAgent(factory, table=table, node_name=self.node_name)
         for name, inf in factory.unstarted():
@@ -424,7 +447,7 @@ class Runtime:
                                 bridge=cfg.pod_network.bridge, mtu=cfg.pod_network.mtu,
                                 state_dir=cfg.data_dir / "network"),
                 client=local.LocalClient(self.registry, manager="edgekube-network",
-                                         user=rbac_bootstrap.component_user(rbac_bootstrap.POD_NETWORK)))
+                                         user=rbac_bootstrap.component_user(rbac_bootstrap.POD_NETWORK), audit=self.auditor))
             await network.start()
         except ValueError as exc:
             raise kubelet_mod.KubeletError(f"network: cluster-cidr {cfg.cluster_cidr!r}: {exc}") from None
@@ -440,7 +463,7 @@ class Runtime:
         if not (cfg.enabled("controllers") or cfg.enabled("scheduler")):
             return
         client = local.LocalClient(self.registry, manager="edgekube-controller-manager",
-                                   user=rbac_bootstrap.component_user(rbac_bootstrap.CONTROLLER_MANAGER))
+                                   user=rbac_bootstrap.component_user(rbac_bootstrap.CONTROLLER_MANAGER), audit=self.auditor)
         factory = informer.InformerFactory(client)
         recorder = events_mod.EventRecorder(client, clock=self.clock, ttl_seconds=cfg.controllers.event_ttl_seconds,
                                             limit=cfg.controllers.max_events)
@@ -455,7 +478,7 @@ class Runtime:
             runners.extend((ctl.name, ctl.run) for ctl in controllers)
         if cfg.enabled("scheduler"):
             scheduler_client = local.LocalClient(self.registry, manager="edgekube-scheduler",
-                                                 user=rbac_bootstrap.component_user(rbac_bootstrap.SCHEDULER))
+                                                 user=rbac_bootstrap.component_user(rbac_bootstrap.SCHEDULER), audit=self.auditor)
             sched = scheduler_mod.Scheduler(scheduler_client, factory,
                                             recorder.for_component("default-scheduler"), clock=self.clock)
             runners.append(("scheduler", sched.run))
@@ -587,7 +610,7 @@ class Runtime:
                 code = 1
             for f in (stop, failed):
                 f.cancel()
-        except (kubelet_mod.KubeletError, nft.NftError) as exc:
+        except (kubelet_mod.KubeletError, nft.NftError, audit.AuditError, audit.PolicyError) as exc:
             log.error("%s", exc)
             code = 1
         finally:
@@ -619,6 +642,10 @@ class Runtime:
         self._network_tasks.clear()
         await self.supervisor.stop_some(self._control_plane)
         self._control_plane.clear()
+        if self.auditor is not None:  # after every writer, in process or not, has stopped
+            await self.supervisor.stop_some(["audit-writer"])
+            await self.auditor.close()  # what the last requests and components queued
+            self.auditor = None
         if self.store is not None:
             # Queued writes finish and the memory tier is saved before the database closes.
             await self.store.close()

@@ -3,11 +3,18 @@
 Middleware order matters and is deliberate:
 1. errors: every failure, ours or aiohttp's, leaves as a Kubernetes `Status` with the right code
    (a client never sees an HTML error page or a bare 500);
-2. authentication: a client certificate signed by the cluster CA, or a bearer token from the
+2. audit's init (api/audit.py): the audit ID (`Audit-Id` on every answer), the time received,
+   and the audit of a request that fails authentication;
+3. authentication: a client certificate signed by the cluster CA, or a bearer token from the
    token table; health and version endpoints stay open as upstream's public-info role allows;
-3. impersonation (`auth.impersonation`), then authorization: the request's attributes parsed
-   from its URL (`auth.attributes.from_http`, before any routing, as upstream) and put to the
-   registry's gate (`auth.authz.Gate`), the same one the in-process client asks.
+4. audit: the policy decision and the request's events, around everything below, so that
+   refusals further in (403, 429) are audited;
+5. impersonation (`auth.impersonation`): the user the request acts as, when its impersonation is
+   allowed (audit records both);
+6. fairness (api/fairness.py): a seat in the request's priority level, queued fairly per user;
+7. authorization: the request's attributes parsed from its URL (`auth.attributes.from_http`,
+   before any routing, as upstream) and put to the registry's gate (`auth.authz.Gate`), the
+   same one the in-process client asks.
 
 Nothing listens without TLS: `serve` takes an SSL context and refuses to start without one.
 Connections are accepted by `listener` (a cap; handshake, request-head and send deadlines) and
@@ -27,7 +34,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from edgekube.api import discovery, errors, handlers, listener, openapi, openapi_pb, podlogs
+from edgekube.api import (
+    audit,
+    discovery,
+    errors,
+    fairness,
+    handlers,
+    listener,
+    openapi,
+    openapi_pb,
+    podlogs,
+)
 from edgekube.api.auth import attributes, authn, authz, impersonation, satokens, tokenreview
 from edgekube.api.registry import rest
 from edgekube.store import errors as store_errors
@@ -104,16 +121,26 @@ def auth_middleware(authenticators: Sequence[authn.TokenAuthenticator]) -> Any:
     return middleware
 
 
-def authz_middleware(gate: authz.Gate) -> Any:
+def impersonation_middleware(gate: authz.Gate) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         found = request.get(USER_KEY)
-        if found is None:  # the public paths
+        if found is not None:  # None: the public paths
+            acting = impersonation.impersonate(found, request.headers, gate=gate)
+            if acting is not found:
+                request[handlers.IMPERSONATOR_KEY] = found
+                request[USER_KEY] = acting
+        return await handler(request)
+
+    return middleware
+
+
+def authz_middleware(gate: authz.Gate) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        acting = request.get(USER_KEY)
+        if acting is None:  # the public paths
             return await handler(request)
-        acting = impersonation.impersonate(found, request.headers, gate=gate)
-        if acting is not found:
-            request[handlers.IMPERSONATOR_KEY] = found
-            request[USER_KEY] = acting
         gate.check(attributes.from_http(acting, method=request.method, path=request.path, query=request.query))
         return await handler(request)
 
@@ -135,9 +162,13 @@ class ApiServer:
         body_timeout: float,
         logs: podlogs.LogSource | None = None,
         service_accounts: satokens.ServiceAccountTokens | None = None,
+        auditor: audit.Auditor | None = None,
+        flowcontrol: fairness.Fairness | None = None,
     ) -> None:
         self._registry = registry
         self._service_accounts = service_accounts
+        self.auditor = auditor or audit.Auditor(None, settings=None)
+        self.fairness = flowcontrol or fairness.Fairness(fairness.Settings(0, 0, 0, 1.0))
         api_audiences = service_accounts.settings.audiences if service_accounts is not None else ()
 
         def token_review(body: dict[str, Any]) -> dict[str, Any]:
@@ -161,14 +192,20 @@ class ApiServer:
         self._openapi_v3: dict[str, tuple[bytes, str]] = {}
         # aiohttp enforces the size of bodies it reads; one byte over our limit lets us tell.
         self.app = web.Application(
-            middlewares=[self.connections.middleware, error_middleware, auth_middleware(authenticators),
+            # Upstream's filter chain: authentication, audit, impersonation, priority and
+            # fairness, authorization (api/audit.py: its init part goes before authentication).
+            middlewares=[self.connections.middleware, error_middleware, self.auditor.init_middleware,
+                         auth_middleware(authenticators), self.auditor.middleware,
+                         impersonation_middleware(registry.gate), self.fairness.middleware,
                          authz_middleware(registry.gate)],
             client_max_size=max_body + 1,
             # Request bodies are inflated by the handlers (negotiation.decode_content), not by
             # aiohttp's parser, which could hang a connection on a body that is not its encoding.
             handler_args={"max_field_size": 16384, "auto_decompress": False},
         )
+        self.app.on_response_prepare.append(self.auditor.on_response_prepare)
         r = self.app.router
+        r.add_get("/metrics", self._metrics)
         r.add_get("/healthz", self._health)
         r.add_get("/livez", self._health)
         r.add_get("/readyz", self._readyz)
@@ -187,6 +224,12 @@ class ApiServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok", content_type="text/plain")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text: the audit log's and fairness's counters, upstream's names."""
+        lines = [*self.auditor.metrics(), *self.fairness.metrics()]
+        return web.Response(body=("\n".join(lines) + "\n").encode(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
         if not self._ready():

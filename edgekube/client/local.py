@@ -10,13 +10,18 @@ request for it would carry, so an in-process component may do exactly what its r
 whole-store reads of the garbage collector and the quota controller (`scan_all`, `watch_all`)
 are a list and a watch of every resource in every group (`*`). A client without a user is the
 registry's own work and is not asked about.
+
+Writes are audited as HTTP ones are when the
+client is given the audit log (`audit`): the policy sees the component's user and the verb and
+resource the same write would have over HTTP.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+from edgekube.api import audit as audit_mod
 from edgekube.api import errors
 from edgekube.api.auth import attributes
 from edgekube.api.auth import user as user_mod
@@ -24,15 +29,34 @@ from edgekube.api.registry import resources, rest
 from edgekube.store import records, watch
 
 JSON = dict[str, Any]
+T = TypeVar("T")
 
 
 class LocalClient:
     def __init__(self, registry: rest.Registry, *, manager: str = "edgekube",
-                 user: user_mod.UserInfo | None = None) -> None:
+                 user: user_mod.UserInfo | None = None, audit: audit_mod.Auditor | None = None) -> None:
         self._registry = registry
         self.manager = manager
         # Who this component is to admission (and, with RBAC, to the authorizer).
         self.user = user
+        self._audit = audit
+
+    async def _write(self, call: Awaitable[T], info: resources.ResourceInfo, *, verb: str, namespace: str | None,
+                     name: str | None, subresource: str | None = None, body: JSON | None = None,
+                     code: int = 200) -> T:
+        """`call`, a registry write, audited when the audit log's policy says so."""
+        write = None if self._audit is None else self._audit.local(
+            self.user, agent=self.manager, verb=verb, group=info.group, version=info.version, resource=info.plural,
+            namespace=namespace, name=name, subresource=subresource, body=body)
+        if write is None:
+            return await call
+        try:
+            out = await call
+        except errors.APIError as err:
+            write.failed(err)
+            raise
+        write.done(out[0] if isinstance(out, tuple) else out, code=code)
+        return out
 
     def _allow(self, verb: str, info: resources.ResourceInfo | None, *, namespace: str | None = None,
                name: str | None = None, subresource: str | None = None) -> None:
@@ -59,13 +83,16 @@ class LocalClient:
     async def delete_info(self, info: resources.ResourceInfo, *, name: str, namespace: str | None,
                           options: rest.DeleteOptions | None = None) -> tuple[JSON, bool]:
         self._allow("delete", info, namespace=namespace, name=name)
-        return await self._registry.delete(info, namespace=namespace, name=name, options=options or rest.DeleteOptions(user=self.user))
+        return await self._write(
+            self._registry.delete(info, namespace=namespace, name=name, options=options or rest.DeleteOptions(user=self.user)),
+            info, verb="delete", namespace=namespace, name=name)
 
     async def patch_info(self, info: resources.ResourceInfo, *, name: str, namespace: str | None,
                          mutate: Callable[[JSON], JSON]) -> JSON:
         self._allow("patch", info, namespace=namespace, name=name)
-        return await self._registry.patch(info, namespace=namespace, name=name, apply=mutate,
-                                          options=rest.Options(field_manager=self.manager, user=self.user))
+        return await self._write(self._registry.patch(info, namespace=namespace, name=name, apply=mutate,
+                                                      options=rest.Options(field_manager=self.manager, user=self.user)),
+                                 info, verb="patch", namespace=namespace, name=name)
 
     async def load_event(self, ev: records.Event) -> records.Event:
         """`ev`, its object decoded ahead off the event loop when it is large (a 1.5 MiB object
@@ -108,15 +135,19 @@ class LocalClient:
         info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
         ns = (obj.get("metadata") or {}).get("namespace") if info.namespaced else None
         self._allow("create", info, namespace=ns)
-        return await self._registry.create(info, obj, namespace=ns, options=rest.Options(field_manager=self.manager, user=self.user))
+        return await self._write(
+            self._registry.create(info, obj, namespace=ns, options=rest.Options(field_manager=self.manager, user=self.user)),
+            info, verb="create", namespace=ns, name=None, body=obj, code=201)
 
     async def update(self, obj: JSON, *, subresource: str | None = None) -> JSON:
         info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
         meta = obj.get("metadata") or {}
         self._allow("update", info, namespace=meta.get("namespace"), name=meta.get("name"), subresource=subresource)
-        out, _ = await self._registry.update(info, obj, namespace=meta.get("namespace") if info.namespaced else None,
-                                             name=meta.get("name", ""), subresource=subresource,
-                                             options=rest.Options(field_manager=self.manager, user=self.user))
+        ns = meta.get("namespace") if info.namespaced else None
+        out, _ = await self._write(
+            self._registry.update(info, obj, namespace=ns, name=meta.get("name", ""), subresource=subresource,
+                                  options=rest.Options(field_manager=self.manager, user=self.user)),
+            info, verb="update", namespace=ns, name=meta.get("name", ""), subresource=subresource, body=obj)
         return out
 
     async def patch(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
@@ -124,16 +155,18 @@ class LocalClient:
         """Read-modify-write with a revision precondition, retried on conflicts."""
         info = self.resource(api_version, kind)
         self._allow("patch", info, namespace=namespace, name=name, subresource=subresource)
-        return await self._registry.patch(info, namespace=namespace, name=name,
-                                          apply=mutate, subresource=subresource,
-                                          options=rest.Options(field_manager=self.manager, user=self.user))
+        return await self._write(self._registry.patch(info, namespace=namespace, name=name, apply=mutate,
+                                                      subresource=subresource,
+                                                      options=rest.Options(field_manager=self.manager, user=self.user)),
+                                 info, verb="patch", namespace=namespace, name=name, subresource=subresource)
 
     async def delete(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
                      options: rest.DeleteOptions | None = None) -> JSON:
         info = self.resource(api_version, kind)
         self._allow("delete", info, namespace=namespace, name=name)
-        out, _ = await self._registry.delete(info, namespace=namespace, name=name,
-                                             options=options or rest.DeleteOptions(user=self.user))
+        out, _ = await self._write(self._registry.delete(info, namespace=namespace, name=name,
+                                                         options=options or rest.DeleteOptions(user=self.user)),
+                                   info, verb="delete", namespace=namespace, name=name)
         return out
 
     def revision(self) -> int:
@@ -151,8 +184,10 @@ class LocalClient:
                                                                        **({"uid": uid} if uid else {})},
                    "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         self._allow("create", self.resource("v1", "Pod"), namespace=namespace, name=name, subresource="binding")
-        await self._registry.bind(namespace=namespace, name=name, binding=binding,
-                                  options=rest.Options(field_manager=self.manager, user=self.user))
+        await self._write(self._registry.bind(namespace=namespace, name=name, binding=binding,
+                                              options=rest.Options(field_manager=self.manager, user=self.user)),
+                          self.resource("v1", "Pod"), verb="create", namespace=namespace, name=name,
+                          subresource="binding", body=binding, code=201)
 
     async def create_subresource(self, api_version: str, kind: str, *, name: str, namespace: str, subresource: str,
                                  body: JSON) -> JSON:
@@ -160,9 +195,10 @@ class LocalClient:
         info = self.resource(api_version, kind)
         if subresource not in info.subresources:
             raise errors.not_found(f"{info.plural}/{subresource}", name, group=info.group)
-        return await self._registry.create_subresource(info, namespace=namespace, name=name, subresource=subresource,
-                                                       body=body, options=rest.Options(field_manager=self.manager,
-                                                                                       user=self.user))
+        return await self._write(
+            self._registry.create_subresource(info, namespace=namespace, name=name, subresource=subresource, body=body,
+                                              options=rest.Options(field_manager=self.manager, user=self.user)),
+            info, verb="create", namespace=namespace, name=name, subresource=subresource, body=body, code=201)
 
     def get_scale(self, api_version: str, kind: str, *, name: str, namespace: str | None) -> JSON:
         """The scale subresource of an object (autoscaling/v1 Scale)."""
@@ -175,6 +211,7 @@ class LocalClient:
     async def set_scale(self, api_version: str, kind: str, *, name: str, namespace: str | None, replicas: int) -> JSON:
         info = self.resource(api_version, kind)
         self._allow("update", info, namespace=namespace, name=name, subresource="scale")
-        return await self._registry.set_scale(info, namespace=namespace, name=name,
-                                              scale={"spec": {"replicas": replicas}},
-                                              options=rest.Options(field_manager=self.manager, user=self.user))
+        return await self._write(self._registry.set_scale(info, namespace=namespace, name=name,
+                                                          scale={"spec": {"replicas": replicas}},
+                                                          options=rest.Options(field_manager=self.manager, user=self.user)),
+                                 info, verb="update", namespace=namespace, name=name, subresource="scale")
