@@ -191,7 +191,7 @@ def test_writes_at_metadata(audited: Server, version: str) -> None:
 def test_in_process_writes_are_audited(audited: Server) -> None:
     """A Deployment made with kubectl: the controllers, in process, make its ReplicaSet and its
     pods, and those writes are in the log as writes over HTTP would be (no source IP, the
-    component as user agent, the API server's own identity until components have their own)."""
+    component as user agent and as user: each component is a user of its own, as upstream's)."""
     k = Kubectl("1.36", audited, "inproc")
     k.run("create", "namespace", "inproc", namespaced=False)
     k.run("create", "deployment", "web", "--image=busybox", "--replicas=2")
@@ -199,7 +199,7 @@ def test_in_process_writes_are_audited(audited: Server) -> None:
                       and _ref(e).get("namespace") == "inproc" and e["stage"] == "ResponseComplete",
                       what="the ReplicaSet's create")[-1]
     assert rs["userAgent"] == "edgekube-controller-manager" and "sourceIPs" not in rs
-    assert rs["user"] == {"username": "system:apiserver", "groups": ["system:masters", "system:authenticated"]}
+    assert rs["user"] == {"username": "system:kube-controller-manager", "groups": ["system:authenticated"]}
     assert rs["requestURI"] == "/apis/apps/v1/namespaces/inproc/replicasets"
     assert _ref(rs)["name"].startswith("web-") and rs["responseStatus"]["code"] == 201
     pods = _wait_events(audited, lambda e: e["verb"] == "create" and _ref(e).get("resource") == "pods"
@@ -238,7 +238,9 @@ def test_audit_id_header_unauthenticated_and_watch(audited: Server, tmp_path: Pa
     assert event["verb"] == "list" and _ref(event)["resource"] == "pods"
 
     # Another user, matched by a `users` rule of level None: nothing written for it.
-    quiet = usercert.issue(audited, "quiet", into=tmp_path)
+    quiet = usercert.issue(audited, "quiet", groups=("audit-testers",), into=tmp_path)
+    usercert.grant(audited, group="audit-testers", cluster_role="view",
+                   probe={"verb": "list", "resource": "configmaps", "namespace": "default"})
     req = urllib.request.Request(f"{audited.url}/api/v1/namespaces/default/configmaps", headers={"Audit-ID": "q-1"})
     with urllib.request.urlopen(req, context=quiet.context(), timeout=10) as r:
         assert r.status == 200 and r.headers["Audit-Id"] == "q-1"

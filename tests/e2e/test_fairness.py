@@ -89,10 +89,21 @@ def _python_client(srv: Server, user: usercert.UserCert, *, retries: Any = None)
     return k8s_client.CoreV1Api(k8s_client.ApiClient(conf))
 
 
+# The test users' group: RBAC lets it edit and read /metrics, as an administrator would.
+TESTERS = "fairness-testers"
+
+
+def _grant_testers(srv: Server) -> None:
+    usercert.grant(srv, group=TESTERS, cluster_role="edit",
+                   probe={"verb": "create", "resource": "configmaps", "namespace": "default"})
+    usercert.grant(srv, group=TESTERS, cluster_role="system:monitoring", probe={"verb": "get", "path": "/metrics"})
+
+
 def test_a_noisy_client_cannot_starve_others_and_is_told_to_retry(capped: Server, tmp_path: Path) -> None:
-    noisy = usercert.issue(capped, "noisy", into=tmp_path)
-    alice = usercert.issue(capped, "alice", into=tmp_path)
-    node = usercert.issue(capped, "system:node:edge-1", groups=("system:nodes",), into=tmp_path)
+    noisy = usercert.issue(capped, "noisy", groups=(TESTERS,), into=tmp_path)
+    alice = usercert.issue(capped, "alice", groups=(TESTERS,), into=tmp_path)
+    node = usercert.issue(capped, "system:node:edge-1", groups=("system:nodes", TESTERS), into=tmp_path)
+    _grant_testers(capped)
     watcher = node.context()  # /metrics read as the node: its own priority level, never queued here
 
     def reading(name: str) -> float:
@@ -179,7 +190,8 @@ def test_a_noisy_client_cannot_starve_others_and_is_told_to_retry(capped: Server
 
 
 def test_watches_and_probes_take_no_seat(capped: Server, tmp_path: Path) -> None:
-    noisy = usercert.issue(capped, "noisy-watcher", into=tmp_path)
+    noisy = usercert.issue(capped, "noisy-watcher", groups=(TESTERS,), into=tmp_path)
+    _grant_testers(capped)
     watches = []
     try:
         for _ in range(12):  # more than the level's seats and queue together
