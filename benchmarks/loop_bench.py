@@ -510,6 +510,7 @@ def trace_report(res: LoopResult, trace: Path) -> str:
 
         handles = sorted((r for r in recs if r["kind"] == "handle" and inside(r)), key=lambda r: -r["wall_ms"])
         gils = sorted((r for r in recs if r["kind"] == "gil" and inside(r)), key=lambda r: -r["late_ms"])
+        gcs = sorted((r for r in recs if r["kind"] == "gc" and inside(r)), key=lambda r: -r["wall_ms"])
         worst_cpu = max((r["cpu_ms"] for r in handles), default=0.0)
         out.append(f"== {case.name}: probe {case.median_ms:.1f} ms; longest handle "
                    f"{handles[0]['wall_ms'] if handles else 0:.1f} ms wall, most CPU in one handle {worst_cpu:.1f} ms; "
@@ -519,6 +520,9 @@ def trace_report(res: LoopResult, trace: Path) -> str:
             out.append(f"   handle {r['wall_ms']:.1f} wall {r['cpu_ms']:.1f} cpu  {r['what']}")
             for st, n in top:
                 out.append(f"      {n}x {st[:600]}")
+        for r in gcs[:3]:
+            out.append(f"   gc gen {r['generation']} {r['wall_ms']:.1f} ms on {r['thread']}: "
+                       f"{r['stack'][:300]}")
         for r in gils[:3]:
             out.append(f"   lock {r['late_ms']:.1f} ms")
             for name, st in r["threads"].items():

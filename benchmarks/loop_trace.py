@@ -11,6 +11,9 @@ loop's own handles, and names its cause:
   for the interpreter lock held by another thread (the offload worker inside one long C call).
   Handles of `threshold_ms` or more are written to TRACE_FILE (one JSON object a line), with the
   stacks a sampler thread took of the loop thread while the handle ran (every `SAMPLE_S`);
+- every collection of the cyclic garbage collector of `threshold_ms` or more is written, with
+  its generation, the objects it walked, its thread and the stack that triggered it (a pass is
+  one C call: it holds the lock, and on the loop thread the loop, for all of its length);
 - the sampler also times its own sleeps: a wake-up late by `threshold_ms` or more means the
   interpreter lock was not handed over for that long (a long C call in some thread); it writes
   that, with every thread's stack as it finds them (just after the call: the line that made it).
@@ -23,6 +26,7 @@ edgekube itself.
 from __future__ import annotations
 
 import asyncio.events
+import gc
 import json
 import os
 import sys
@@ -92,7 +96,20 @@ class Tracer:
                                   "what": _describe(self), "stacks": samples})
 
         asyncio.events.Handle._run = _run  # type: ignore[method-assign]
+        gc.callbacks.append(self._on_gc)
         threading.Thread(target=self._sample, name="loop-trace", daemon=True).start()
+
+    _gc_start = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = time.monotonic()
+            return
+        took = time.monotonic() - self._gc_start
+        if took * 1000 >= THRESHOLD_MS:
+            self.write({"kind": "gc", "t0": self._gc_start, "wall_ms": 1000 * took, "generation": info["generation"],
+                        "collected": info["collected"],
+                        "thread": threading.current_thread().name, "stack": _stack(sys._getframe(1))})
 
     def _sample(self) -> None:
         threshold = THRESHOLD_MS / 1000.0

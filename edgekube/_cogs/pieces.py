@@ -11,6 +11,10 @@ although the work runs on the offload worker. These do the same work in calls of
   merge in steps of at most `PIECE` items from either run (found by bisection), each step one
   `sorted()` of two sorted runs, which Timsort merges in linear time. About twice the CPU of
   one `sorted()`, so only for large inputs.
+- `larger_than(value, items)`: whether a JSON tree holds more than `items` values, found by a
+  walk that stops there, so it costs a small tree its size and a large one `items` steps: how
+  a caller with no byte size at hand (an object built in memory) decides to send work on it to
+  the worker.
 """
 
 from __future__ import annotations
@@ -56,3 +60,17 @@ def _merge(a: list[Any], b: list[Any]) -> list[Any]:
         i, j = i2, j2
     out += a[i:] if i < len(a) else b[j:]
     return out
+
+
+def larger_than(value: Any, items: int) -> bool:
+    """Whether `value` (dicts, lists and scalars) holds more than `items` values in all."""
+    stack = [value]
+    seen = 0
+    while stack:
+        node = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        seen += len(children)
+        if seen > items:
+            return True
+        stack.extend(v for v in children if isinstance(v, dict | list))
+    return False

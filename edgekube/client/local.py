@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from edgekube._cogs import offload as offload_mod
 from edgekube.api import errors
 from edgekube.api.auth import user as user_mod
 from edgekube.api.registry import resources, rest
@@ -29,6 +30,11 @@ class LocalClient:
     @property
     def catalog(self) -> resources.Catalog:
         return self._registry.catalog
+
+    @property
+    def offload(self) -> offload_mod.Offload:
+        """The worker for large jobs' CPU work (see `_cogs.offload`), for components' own."""
+        return self._registry.offload
 
     @property
     def damage(self) -> records.Damage:
@@ -81,7 +87,8 @@ class LocalClient:
     async def create(self, obj: JSON) -> JSON:
         info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
         ns = (obj.get("metadata") or {}).get("namespace") if info.namespaced else None
-        return await self._registry.create(info, obj, namespace=ns, options=rest.Options(field_manager=self.manager, user=self.user))
+        return self._handed(await self._registry.create(info, obj, namespace=ns, options=rest.Options(
+            field_manager=self.manager, user=self.user)))
 
     async def update(self, obj: JSON, *, subresource: str | None = None) -> JSON:
         info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
@@ -89,14 +96,21 @@ class LocalClient:
         out, _ = await self._registry.update(info, obj, namespace=meta.get("namespace") if info.namespaced else None,
                                              name=meta.get("name", ""), subresource=subresource,
                                              options=rest.Options(field_manager=self.manager, user=self.user))
-        return out
+        return self._handed(out)
 
     async def patch(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
                     mutate: Callable[[JSON], JSON], subresource: str | None = None) -> JSON:
         """Read-modify-write with a revision precondition, retried on conflicts."""
-        return await self._registry.patch(self.resource(api_version, kind), namespace=namespace, name=name,
-                                          apply=mutate, subresource=subresource,
-                                          options=rest.Options(field_manager=self.manager, user=self.user))
+        return self._handed(await self._registry.patch(self.resource(api_version, kind), namespace=namespace,
+                                                       name=name, apply=mutate, subresource=subresource,
+                                                       options=rest.Options(field_manager=self.manager, user=self.user)))
+
+    def _handed(self, obj: JSON) -> JSON:
+        """A write's answer, for a caller that mostly drops it at once: when large, freed on the
+        worker once the caller is done with it (`Offload.let_go`), not on the loop."""
+        if self._registry.offload.heavy_value(obj):
+            self._registry.offload.let_go(obj)
+        return obj
 
     async def delete(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
                      options: rest.DeleteOptions | None = None) -> JSON:
