@@ -154,6 +154,11 @@ class Registry:
         # managedFields, patches): only values that belong to the request alone go there.
         self.offload = offload or offload_mod.Offload()
         self.catalog = catalog
+        # What each stored CRD declares, by key, at the revision it was read: serving is synced
+        # after every CRD write, and decoding every CRD again each time (a 1 MB one: some 10 ms
+        # on the loop) is for changed ones only. Replaced whole, never changed in place: the
+        # worker reads it too (name conflicts, as a CRD is written).
+        self._crds: dict[str, _StoredCRD] = {}
         self._clock = clock
         self._network = network
         net = ipaddress.ip_network(network.service_cidr)
@@ -395,7 +400,7 @@ class Registry:
             allocated.release(self)
             raise _store_failure(exc) from None
         if info.gk == CRD_GK:
-            self.sync_crds()
+            await self._sync_written_crd(obj, cost=cost)
         # What was stored, its resourceVersion set by the store, which keeps only its bytes:
         # no need to decode them again.
         return obj
@@ -652,7 +657,7 @@ class Registry:
         if info.gk == "Service":
             _release_dropped_ports(self, old, new)
         if info.gk == CRD_GK:
-            self.sync_crds()
+            await self._sync_written_crd(new, cost=cost)
         return new  # as stored, with its new resourceVersion (see `create`)
 
     async def _merge_update(
@@ -854,25 +859,45 @@ class Registry:
         if self.catalog.builtin(group, names.get("plural", "")):
             conflict = f'"{names.get("plural")}" is already in use'
         else:
-            info = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-            for _, other in self.store.objects(self.store.scan(info.key_prefix()).items, reader="CRD names"):
-                if other["metadata"]["name"] == crd["metadata"]["name"]:
+            for other in self._stored_crds(reader="CRD names"):
+                if other.name == crd["metadata"]["name"]:
                     continue
-                ospec = other.get("spec") or {}
-                if ospec.get("group") == group and (ospec.get("names") or {}).get("kind") == names.get("kind"):
+                if other.group == group and other.kind == names.get("kind"):
                     conflict = f'"{names.get("kind")}" is already in use'
         return crds.status(crd, now=now, accepted=not conflict, conflict=conflict)
 
+    async def _sync_written_crd(self, crd: JSON, *, cost: int) -> None:
+        """`sync_crds` after a write of `crd` (as stored): what it declares read from a copy of
+        it, off the loop when large, rather than decoded again from the store on the loop."""
+        meta = crd.get("metadata") or {}
+        key = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions").key(meta.get("name", ""), None)
+        stored = await self.offload.run(cost, _StoredCRD.of_copy, crd, revision=int(meta.get("resourceVersion") or 0))
+        self._crds = {**self._crds, key: stored}
+        self.sync_crds()
+
     def sync_crds(self) -> None:
         """Serve exactly what the stored, accepted CRDs declare (at boot and after CRD writes)."""
-        info = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions")
         wanted: builtins.list[resources.ResourceInfo] = []
-        for _, crd in self.store.objects(self.store.scan(info.key_prefix()).items, reader="CRD serving"):
-            conditions = {c.get("type"): c.get("status") for c in (crd.get("status") or {}).get("conditions") or []}
-            if conditions.get("Established") != "True":
-                continue
-            wanted.extend(resources.custom_info(cr) for cr in crds.served(crd))
+        for stored in self._stored_crds(reader="CRD serving"):
+            wanted.extend(stored.served)
         self.catalog.set_custom(wanted)
+
+    def _stored_crds(self, *, reader: str) -> builtins.list[_StoredCRD]:
+        """Every stored CRD's declarations, decoding only those changed since last read."""
+        info = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        known = self._crds
+        fresh: dict[str, _StoredCRD] = {}
+        for item in self.store.scan(info.key_prefix()).items:
+            seen = known.get(item.key)
+            if seen is not None and seen.revision == item.revision:
+                fresh[item.key] = seen
+                continue
+            try:
+                fresh[item.key] = _StoredCRD.of(item.object(), revision=item.revision)
+            except store_errors.CorruptRecordError as exc:
+                self.store.damage.note(exc, reader=reader)
+        self._crds = fresh
+        return builtins.list(fresh.values())
 
     async def finish_crd_deletion(self, crd: JSON) -> tuple[JSON, bool]:
         """Delete every object of a CRD being deleted, then let the CRD go."""
@@ -1631,3 +1656,30 @@ def present(info: resources.ResourceInfo, obj: JSON) -> JSON:
         obj["apiVersion"] = info.api_version
         return obj
     return conversions.from_storage(info.gk, info.version, defaults.with_status(info.gk, obj))
+
+
+@dataclasses.dataclass(frozen=True)
+class _StoredCRD:
+    """What the registry needs of a stored CRD: its names, and the resources it serves (none
+    unless Established)."""
+
+    revision: int
+    name: str
+    group: str
+    kind: str
+    served: tuple[resources.ResourceInfo, ...]
+
+    @classmethod
+    def of_copy(cls, crd: JSON, *, revision: int) -> _StoredCRD:
+        """`of` a copy of `crd` (whose owner may change it later; what is served keeps parts)."""
+        return cls.of(copy.deepcopy(crd), revision=revision)
+
+    @classmethod
+    def of(cls, crd: JSON, *, revision: int) -> _StoredCRD:
+        spec = crd.get("spec") or {}
+        conditions = {c.get("type"): c.get("status") for c in (crd.get("status") or {}).get("conditions") or []}
+        served = tuple(resources.custom_info(cr) for cr in crds.served(crd)) \
+            if conditions.get("Established") == "True" else ()
+        return cls(revision=revision, name=str((crd.get("metadata") or {}).get("name", "")),
+                   group=str(spec.get("group", "")), kind=str((spec.get("names") or {}).get("kind", "")),
+                   served=served)
