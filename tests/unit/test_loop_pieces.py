@@ -10,15 +10,17 @@ piece size, whatever the object's.
 from __future__ import annotations
 
 import builtins
+import json
 import random
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgekube._cogs import pieces
-from edgekube.api import ssa
+from edgekube.api import negotiation, ssa
 
 
 class Counting:
@@ -27,6 +29,11 @@ class Counting:
     def __init__(self, real: Any) -> None:
         self.real = real
         self.sizes: list[int] = []
+
+    def record(self, data: bytes) -> Any:
+        """For a function of one bytes argument: its length."""
+        self.sizes.append(len(data))
+        return self.real(data)
 
     def __call__(self, arg: Any, *args: Any, **kwargs: Any) -> Any:
         if not isinstance(arg, list):
@@ -60,3 +67,53 @@ def test_the_fields_of_a_large_object_are_sorted_in_bounded_calls(monkeypatch: p
     assert ssa.from_fields_v1(tree) == paths
     # Before: one sorted() of all 45,002 paths (some 60 ms holding the lock on this machine).
     assert counting.sizes and max(counting.sizes) <= 2 * pieces.PIECE
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.sampled_from('ab,:{}[]"\\ \n\u00e9'), max_size=12),
+    lambda children: st.lists(children, max_size=12) | st.dictionaries(st.text(max_size=6), children, max_size=12),
+    max_leaves=60,
+)
+
+
+@given(_JSON, st.integers(0, 2), st.integers(8, 300))
+@settings(max_examples=300, deadline=None)
+def test_json_in_pieces_gives_orjsons_object(value: Any, indent: int, piece: int) -> None:
+    """Pieces of a few bytes, so that documents of any shape (brackets and commas in strings
+    included) are cut everywhere; compact and indented text."""
+    data = json.dumps(value, indent=indent or None).encode()
+    old = (pieces.JSON_PIECE, pieces._JSON_MIN_RUN)
+    pieces.JSON_PIECE, pieces._JSON_MIN_RUN = piece, 4
+    try:
+        assert pieces.json_loads(data) == orjson.loads(data)
+    finally:
+        pieces.JSON_PIECE, pieces._JSON_MIN_RUN = old
+
+
+def test_bad_json_in_pieces_fails_as_orjson_does() -> None:
+    data = orjson.dumps({"spec": {f"k{i:06d}": [i, {"v": "x"}] for i in range(20_000)}})
+    for bad in (data[:-1], data[:300_000], data.replace(b'"k010000"', b'"k010000', 1), data + b"x",
+                data.replace(b"[10000,", b"[10000,,", 1), b" " + data.replace(b"}}", b"]}", 1)):
+        with pytest.raises(orjson.JSONDecodeError) as got:
+            pieces.json_loads(bad)
+        with pytest.raises(orjson.JSONDecodeError) as want:
+            orjson.loads(bad)
+        assert str(got.value) == str(want.value)
+
+
+@pytest.mark.parametrize("body", [
+    {"apiVersion": "loop.example.com/v1", "kind": "Blob", "metadata": {"name": "x"},
+     "spec": {f"key-{i:06d}": f"value-{i}" for i in range(45_000)}},
+    {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}, "spec": {"template": {"spec": {
+        "containers": [{"name": "c", "env": [{"name": f"VAR_{i:05d}", "value": f"v{i}"} for i in range(10_000)]}]}}}},
+], ids=["flat", "deep"])
+def test_a_large_json_body_is_decoded_in_bounded_calls(monkeypatch: pytest.MonkeyPatch, body: Any) -> None:
+    data = json.dumps(body, indent=1).encode()
+    counting = Counting(orjson.loads)
+    monkeypatch.setattr(orjson, "loads", counting.record)
+    got = negotiation.decode_body(data, "application/json", kind=body["kind"])
+    monkeypatch.undo()
+    assert got == body
+    # Before: one call of the whole body (1.3 MB; 10 ms and more holding the lock).
+    assert max(counting.sizes) <= 2 * pieces.JSON_PIECE and sum(counting.sizes) < 1.2 * len(data)
