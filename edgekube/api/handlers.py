@@ -580,7 +580,10 @@ class Handlers:
         if t.name is not None:
             name_sel = f"metadata.name={t.name}"
             field_selector = f"{field_selector},{name_sel}" if field_selector else name_sel
-        accept = self._registry.matcher(t.info, label_selector=_q(request, "labelSelector"), field_selector=field_selector)
+        label_selector = _q(request, "labelSelector")
+        accept = await self._registry.offload.run(rest.selector_cost(label_selector, field_selector),
+                                                  self._registry.matcher, t.info, label_selector=label_selector,
+                                                  field_selector=field_selector)
         _list_options(request)
         timeout = errors.int_query(request.query, "timeoutSeconds")
         spec = watchstream.WatchSpec(
