@@ -127,6 +127,8 @@ class Offload:
         """Free `obj` on the worker once the caller drops it (see the module doc)."""
         if not self._let_go:
             asyncio.get_running_loop().call_soon(self._free_let_go)
+        elif any(held is obj for held, _ in self._let_go):
+            return  # once is enough (twice, each would count the other as a holder)
         self._let_go.append((obj, LET_GO_CHECKS))
 
     def _free_let_go(self) -> None:

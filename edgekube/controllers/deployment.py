@@ -226,6 +226,8 @@ class DeploymentController(Controller):
             "spec": {"replicas": start, "minReadySeconds": int(spec.get("minReadySeconds") or 0),
                      "selector": selector, "template": template},
         }
+        if self._client.offload.heavy_value(template):
+            self._client.offload.let_go(rs)  # its template freed on the worker once written
         try:
             created = await self._client.create(rs)
         except errors.APIError as exc:

@@ -15,13 +15,15 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 
 class LoopMeter:
-    def __init__(self) -> None:
+    def __init__(self, *, record: Callable[[float, float, str, str], None] | None = None) -> None:
+        """`record(start, cpu_ms, what, where)`, if given, is called for every handle."""
+        self._record = record
         self.worst_ms = 0.0
         self.worst_what = ""
         self.handles = 0
@@ -29,17 +31,23 @@ class LoopMeter:
         self._current: list[str] | None = None
 
     @contextmanager
-    def on(self) -> Iterator[LoopMeter]:
+    def on(self, *, any_thread: bool = False) -> Iterator[LoopMeter]:
+        """Metered while this block runs: the loop of this thread (`any_thread`: the first loop
+        to run a handle, for a process that starts its loop inside the block)."""
         original = asyncio.events.Handle._run
         meter = self
-        loop_thread = threading.get_ident()
+        loop_thread = None if any_thread else threading.get_ident()
 
         def _run(handle: asyncio.events.Handle) -> None:
+            nonlocal loop_thread
+            if loop_thread is None:
+                loop_thread = threading.get_ident()
             if threading.get_ident() != loop_thread:
                 original(handle)
                 return
             samples: list[str] = []
             meter._current = samples
+            t0 = time.monotonic()
             c0 = time.thread_time()
             try:
                 original(handle)
@@ -47,6 +55,8 @@ class LoopMeter:
                 took = 1000 * (time.thread_time() - c0)
                 meter._current = None
                 meter.handles += 1
+                if meter._record is not None:
+                    meter._record(t0, took, _describe(handle), "\n".join(samples[:3]))
                 if took > meter.worst_ms:
                     meter.worst_ms = took
                     meter.worst_what = _describe(handle)
@@ -57,7 +67,7 @@ class LoopMeter:
         def sample() -> None:  # the loop thread's stack, every few ms of a long handle
             while not stop.wait(0.003):
                 samples = meter._current
-                frame = sys._current_frames().get(loop_thread)
+                frame = sys._current_frames().get(loop_thread) if loop_thread is not None else None
                 if samples is not None and frame is not None and len(samples) < 3:
                     samples.append(" < ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}"
                                               for f in traceback.extract_stack(frame, limit=8)[::-1]))

@@ -784,6 +784,9 @@ class Registry:
                         patched = await run(cost, _patch_with, apply, info, handed)
                     else:
                         patched = apply(present(info, current))
+                        if self.offload.heavy(cost):
+                            self.offload.let_go(current)  # freed on the worker once written
+                        del current
                     patched = await run(cost, self._patched, info, patched, revision=item.revision, name=name,
                                         namespace=namespace, options=options, warnings=warnings, shown_as=shown_as)
                     return await self._write_update(
