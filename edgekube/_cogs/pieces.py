@@ -21,6 +21,7 @@ although the work runs on the offload worker. These do the same work in calls of
   are a valid container, so the result is orjson's; anything unexpected, or work past a few
   times the document's size, falls back to one `orjson.loads` of the whole (its answer, or its
   error, as before).
+- `count_upto(value, items)`: the values `value` holds, counted up to a little past `items`.
 - `larger_than(value, items)`: whether a JSON tree holds more than `items` values, found by a
   walk that stops there, so it costs a small tree its size and a large one `items` steps: how
   a caller with no byte size at hand (an object built in memory) decides to send work on it to
@@ -235,3 +236,17 @@ class _JSONPieces:
         else:
             out[key] = value
         return _WS.match(data, i).end()  # type: ignore[union-attr]
+
+
+def count_upto(value: Any, items: int) -> int:
+    """How many values `value` holds (itself included), counted up to a little past `items`."""
+    seen = 1
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        seen += len(children)
+        if seen > items:
+            return seen
+        stack.extend(v for v in children if isinstance(v, dict | list))
+    return seen

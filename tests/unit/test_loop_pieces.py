@@ -14,13 +14,15 @@ import json
 import random
 from typing import Any
 
+import msgpack
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgekube._cogs import pieces
-from edgekube.api import negotiation, ssa
+from edgekube.api import jsontree, negotiation, ssa
+from edgekube.store import records
 
 
 class Counting:
@@ -117,3 +119,42 @@ def test_a_large_json_body_is_decoded_in_bounded_calls(monkeypatch: pytest.Monke
     assert got == body
     # Before: one call of the whole body (1.3 MB; 10 ms and more holding the lock).
     assert max(counting.sizes) <= 2 * pieces.JSON_PIECE and sum(counting.sizes) < 1.2 * len(data)
+
+
+_MSGPACK = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=12)
+    | st.binary(max_size=8),
+    lambda children: st.lists(children, max_size=20) | st.dictionaries(st.text(max_size=6), children, max_size=20),
+    max_leaves=120,
+)
+
+
+@given(_MSGPACK, st.integers(1, 30))
+@settings(max_examples=300, deadline=None)
+def test_encoding_in_pieces_gives_the_same_bytes(value: Any, piece: int) -> None:
+    old = records.PIECE_VALUES
+    records.PIECE_VALUES = piece
+    try:
+        assert records.encode_in_pieces(value) == msgpack.packb(value, use_bin_type=True)
+    finally:
+        records.PIECE_VALUES = old
+
+
+def test_the_size_check_of_a_large_object_packs_in_bounded_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"},
+           "data": {f"k{i:06d}": f"v{i}" for i in range(45_000)},
+           "env": [{"name": f"VAR_{i:05d}", "value": f"v{i}"} for i in range(10_000)]}
+    sizes: list[int] = []
+    real = msgpack.packb
+
+    def counting(value: Any, **kwargs: Any) -> bytes:
+        out: bytes = real(value, **kwargs)
+        sizes.append(len(out))
+        return out
+
+    monkeypatch.setattr(msgpack, "packb", counting)
+    jsontree.check_size(obj, plural="configmaps", name="x")
+    monkeypatch.undo()
+    # Before: one call of the whole object (1.3 MB: 3-10 ms holding the lock).
+    assert sizes and max(sizes) < 200_000
+    assert sum(sizes) < 1.1 * len(real(obj, use_bin_type=True))
