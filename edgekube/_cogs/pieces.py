@@ -78,16 +78,7 @@ def _merge(a: list[Any], b: list[Any]) -> list[Any]:
 
 def larger_than(value: Any, items: int) -> bool:
     """Whether `value` (dicts, lists and scalars) holds more than `items` values in all."""
-    stack = [value]
-    seen = 0
-    while stack:
-        node = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        seen += len(children)
-        if seen > items:
-            return True
-        stack.extend(v for v in children if isinstance(v, dict | list))
-    return False
+    return count_upto(value, items + 1) > items + 1  # `count_upto` counts `value` itself too
 
 
 # Bytes of JSON per call: orjson parses 32 KiB of a typical object in some 0.2 ms.

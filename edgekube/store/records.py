@@ -250,8 +250,8 @@ def _encode_pieces(value: Any, out: list[bytes]) -> None:
         out.append(msgpack.packb(value, use_bin_type=True))
         return
     is_map = isinstance(value, dict)
-    entries = list(value.items()) if is_map else value
-    children = list(value.values()) if is_map else value
+    entries: list[Any] = list(value.items()) if isinstance(value, dict) else value
+    children: list[Any] = list(value.values()) if isinstance(value, dict) else value
     out.append(_header(len(entries), is_map))
     # A run's weight: its entries and their containers' own entries (not deeper: a tree as
     # wide at each level as the object is large is no API object's shape, and at worst a run

@@ -158,3 +158,13 @@ def test_the_size_check_of_a_large_object_packs_in_bounded_calls(monkeypatch: py
     # Before: one call of the whole object (1.3 MB: 3-10 ms holding the lock).
     assert sizes and max(sizes) < 200_000
     assert sum(sizes) < 1.1 * len(real(obj, use_bin_type=True))
+
+
+@given(_JSON, st.integers(0, 80))
+@settings(max_examples=200, deadline=None)
+def test_larger_than_counts_every_value(value: Any, items: int) -> None:
+    def count(v: Any) -> int:
+        children = list(v.values()) if isinstance(v, dict) else v if isinstance(v, list) else []
+        return len(children) + sum(count(c) for c in children)
+
+    assert pieces.larger_than(value, items) == (count(value) > items)
