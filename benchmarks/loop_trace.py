@@ -69,6 +69,7 @@ class Tracer:
         self._lock = threading.Lock()
         self.loop_tid: int | None = None
         self.current: tuple[float, dict[str, int]] | None = None  # (start, stack samples)
+        self._gc_records: list[dict[str, Any]] = []
 
     def write(self, rec: dict[str, Any]) -> None:
         with self._lock:
@@ -107,9 +108,12 @@ class Tracer:
             return
         took = time.monotonic() - self._gc_start
         if took * 1000 >= THRESHOLD_MS:
-            self.write({"kind": "gc", "t0": self._gc_start, "wall_ms": 1000 * took, "generation": info["generation"],
-                        "collected": info["collected"],
-                        "thread": threading.current_thread().name, "stack": _stack(sys._getframe(1))})
+            # Kept for the sampler thread to write: a collection may start inside `write` (its
+            # lock held, in this very thread), so no lock and no I/O here.
+            self._gc_records.append({
+                "kind": "gc", "t0": self._gc_start, "wall_ms": 1000 * took, "generation": info["generation"],
+                "collected": info["collected"], "thread": threading.current_thread().name,
+                "stack": _stack(sys._getframe(1))})
 
     def _sample(self) -> None:
         threshold = THRESHOLD_MS / 1000.0
@@ -118,6 +122,8 @@ class Tracer:
             time.sleep(SAMPLE_S)
             now = time.monotonic()
             frames = sys._current_frames()
+            while self._gc_records:
+                self.write(self._gc_records.pop(0))
             late = now - before - SAMPLE_S
             if late >= threshold:
                 names = {t.ident: t.name for t in threading.enumerate()}
