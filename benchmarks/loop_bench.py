@@ -76,6 +76,7 @@ class Case:
     took_ms: list[float]  # per repeat: the heavy request itself, send to answer
     probes: list[int]  # per repeat: probes answered meanwhile
     bare_ms: list[float]  # per repeat, right after: the bare server's worst while storing a 1 MB POST
+    windows: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # per repeat: monotonic start, end
 
     @property
     def median_ms(self) -> float:
@@ -406,14 +407,18 @@ async def _until_event(resp: aiohttp.ClientResponse, name: str) -> None:
                 head = b""
 
 
-async def _measure(probe_base: str, tls: Path, action: Callable[[], Awaitable[None]]) -> tuple[float, float, int]:
-    """(worst probe latency during `action` in ms, its duration in ms, probes during it)."""
+async def _measure(probe_base: str, tls: Path, action: Callable[[], Awaitable[None]],
+                   windows: list[tuple[float, float]] | None = None) -> tuple[float, float, int]:
+    """(worst probe latency during `action` in ms, its duration in ms, probes during it); its
+    window (monotonic start and end) appended to `windows`."""
     prober = await asyncio.to_thread(Prober, probe_base, tls)
     try:
         await asyncio.sleep(SETTLE_S)
         start = time.monotonic()
         await action()
         end = time.monotonic()
+        if windows is not None:
+            windows.append((start, end))
         await asyncio.sleep(SETTLE_S)
     finally:
         probes = await asyncio.to_thread(prober.finish)
@@ -430,8 +435,10 @@ async def _idle(base: str, tls: Path, seconds: float) -> tuple[float, float]:
     return max(lat), statistics.median(lat)
 
 
-async def _run(data_dir: Path, repeats: int, only: set[str], log: Callable[[str], None]) -> LoopResult:
-    server = servers.EdgekubeServer(data_dir, extra=["--disable", "scheduler"])
+async def _run(data_dir: Path, repeats: int, only: set[str], log: Callable[[str], None],
+               trace: Path | None = None) -> LoopResult:
+    launcher = None if trace is None else [sys.executable, str(Path(__file__).with_name("loop_trace.py")), str(trace)]
+    server = servers.EdgekubeServer(data_dir, extra=["--disable", "scheduler"], launcher=launcher)
     bare: servers.BareServer | None = None
     cases: list[Case] = []
     try:
@@ -460,7 +467,8 @@ async def _run(data_dir: Path, repeats: int, only: set[str], log: Callable[[str]
                 for i in range(repeats):
                     if prep is not None:
                         await prep(c, i)
-                    worst, took, count = await _measure(server.base, server.tls, lambda h=heavy, i=i: h(c, i))  # type: ignore[misc]
+                    worst, took, count = await _measure(server.base, server.tls, lambda h=heavy, i=i: h(c, i),  # type: ignore[misc]
+                                                         case.windows)
                     server.check_alive()
                     case.worst_ms.append(worst)
                     case.took_ms.append(took)
@@ -482,12 +490,45 @@ async def _run(data_dir: Path, repeats: int, only: set[str], log: Callable[[str]
                       p50_ms, repeats)
 
 
-def run(repeats: int, log: Callable[[str], None] = print, only: set[str] | None = None) -> LoopResult:
+def run(repeats: int, log: Callable[[str], None] = print, only: set[str] | None = None,
+        trace: Path | None = None) -> LoopResult:
     data_dir = common.temp_dir("loop")
     try:
-        return asyncio.run(_run(data_dir / "data", repeats, only or set(), log))
+        return asyncio.run(_run(data_dir / "data", repeats, only or set(), log, trace))
     finally:
         common.remove_dir(data_dir)
+
+
+def trace_report(res: LoopResult, trace: Path) -> str:
+    """Per class: the longest handles of the loop (wall and CPU ms, what, the most sampled stack)
+    and the longest interpreter-lock holds, among the trace's records inside its windows."""
+    recs = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+    out = []
+    for case in res.cases:
+        def inside(r: dict[str, Any], case: Case = case) -> bool:
+            return any(a - 0.05 <= r["t0"] <= b for a, b in case.windows)
+
+        handles = sorted((r for r in recs if r["kind"] == "handle" and inside(r)), key=lambda r: -r["wall_ms"])
+        gils = sorted((r for r in recs if r["kind"] == "gil" and inside(r)), key=lambda r: -r["late_ms"])
+        gcs = sorted((r for r in recs if r["kind"] == "gc" and inside(r)), key=lambda r: -r["wall_ms"])
+        worst_cpu = max((r["cpu_ms"] for r in handles), default=0.0)
+        out.append(f"== {case.name}: probe {case.median_ms:.1f} ms; longest handle "
+                   f"{handles[0]['wall_ms'] if handles else 0:.1f} ms wall, most CPU in one handle {worst_cpu:.1f} ms; "
+                   f"longest lock hold {gils[0]['late_ms'] if gils else 0:.1f} ms")
+        for r in handles[:4]:
+            top = sorted(r["stacks"].items(), key=lambda kv: -kv[1])[:2]
+            out.append(f"   handle {r['wall_ms']:.1f} wall {r['cpu_ms']:.1f} cpu  {r['what']}")
+            for st, n in top:
+                out.append(f"      {n}x {st[:600]}")
+        for r in gcs[:3]:
+            out.append(f"   gc gen {r['generation']} {r['wall_ms']:.1f} ms on {r['thread']}: "
+                       f"{r['stack'][:300]}")
+        for r in gils[:3]:
+            out.append(f"   lock {r['late_ms']:.1f} ms")
+            for name, st in r["threads"].items():
+                if "loop-trace" not in name:
+                    out.append(f"      {name}: {st[:400]}")
+    return "\n".join(out)
 
 
 def main() -> int:
@@ -497,8 +538,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--case", action="append", default=[], help="run only this case (repeatable)")
+    p.add_argument("--trace", type=Path, help="run the server under loop_trace.py, writing its records here, "
+                   "and print, per class, the longest loop handles and lock holds seen in its windows")
     args = p.parse_args()
-    res = run(args.repeats, only=set(args.case))
+    if args.trace is not None:
+        args.trace.unlink(missing_ok=True)
+    res = run(args.repeats, only=set(args.case), trace=args.trace)
+    if args.trace is not None:
+        print(trace_report(res, args.trace))
     print(json.dumps({c.name: {"median_ms": round(c.median_ms, 1), "worst_ms": [round(w, 1) for w in c.worst_ms]}
                       for c in res.cases}, indent=1))
     return 0

@@ -78,6 +78,13 @@ def json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | 
 _SEND_PIECE = 256 * 1024
 
 
+def _render_and_let_go(render: Callable[[JSON], bytes], held: list[JSON]) -> bytes:
+    try:
+        return render(held[0])
+    finally:
+        held.clear()
+
+
 async def send_json(request: web.Request, parts: list[bytes], *, status: int = 200,
                     headers: Mapping[str, str] | None = None) -> web.StreamResponse:
     """A JSON answer made of `parts` (concatenated); a large one written in pieces."""
@@ -451,9 +458,12 @@ class Handlers:
 
     async def _answer(self, request: web.Request, t: Target, held: list[JSON], *, status: int,
                       warnings: rest.Warnings) -> web.StreamResponse:
-        data = self._renderer(request, t)(held[0])
-        if self._registry.offload.heavy(len(data)):
-            await self._registry.offload.always(held.clear)
+        offload = self._registry.offload
+        render = self._renderer(request, t)
+        if not offload.heavy_value(held[0]):
+            data = render(held[0])
+        else:  # rendered there (some 8 ms of a large object's answer on the loop before), and freed
+            data = await offload.always(_render_and_let_go, render, held)
         return await send_json(request, [data], status=status, headers=_warning_headers(warnings))
 
     async def _finalize(self, request: web.Request, t: Target, body: JSON) -> web.Response:
@@ -590,7 +600,10 @@ class Handlers:
         if t.name is not None:
             name_sel = f"metadata.name={t.name}"
             field_selector = f"{field_selector},{name_sel}" if field_selector else name_sel
-        accept = self._registry.matcher(t.info, label_selector=_q(request, "labelSelector"), field_selector=field_selector)
+        label_selector = _q(request, "labelSelector")
+        accept = await self._registry.offload.run(rest.selector_cost(label_selector, field_selector),
+                                                  self._registry.matcher, t.info, label_selector=label_selector,
+                                                  field_selector=field_selector)
         _list_options(request)
         timeout = errors.int_query(request.query, "timeoutSeconds")
         spec = watchstream.WatchSpec(

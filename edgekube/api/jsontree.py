@@ -36,10 +36,10 @@ import math
 import re
 from typing import Any
 
-import msgpack
 import yaml
 
 from edgekube.api import errors
+from edgekube.store import records
 
 MAX_DEPTH = 128
 # Values (scalars and containers) in one object. Every write walks, copies and validates its
@@ -142,7 +142,7 @@ def _place(place: Any) -> str:
 
 def check_size(obj: Any, *, plural: str, name: str) -> None:
     """Refuse an object whose stored encoding is over `MAX_OBJECT_BYTES` (413)."""
-    size = len(msgpack.packb(obj, use_bin_type=True))
+    size = len(records.encode_in_pieces(obj))  # a large one in pieces (see `records`)
     if size > MAX_OBJECT_BYTES:
         raise errors.APIError(
             413, "RequestEntityTooLarge",

@@ -22,6 +22,7 @@ import orjson
 import yaml
 
 from edgekube._cogs import offload as offload_mod
+from edgekube._cogs import pieces
 from edgekube.api import errors, jsontree, protobuf
 
 JSON_TYPES = ("application/json",)
@@ -162,7 +163,7 @@ def decode_body(body: bytes, content_type: str, *, kind: str = "") -> dict[str, 
     mt = media_type(content_type)
     if mt in JSON_TYPES or mt == "":
         try:
-            obj = orjson.loads(body)
+            obj = pieces.json_loads(body)  # a large body in calls of some 32 KiB (see `pieces`)
         except orjson.JSONDecodeError as exc:
             if kind:
                 raise unrecognized(kind, f"couldn't get version/kind; json parse error: {_go_json_error(exc, body)}",

@@ -31,6 +31,7 @@ from typing import Any
 import jsonpatch
 import orjson
 
+from edgekube._cogs import pieces
 from edgekube.api import errors, jsontree
 from edgekube.api.registry import patchmeta
 
@@ -64,7 +65,7 @@ def apply_patch(content_type: str, original: dict[str, Any], body: bytes, *, gk:
     if media not in SUPPORTED:
         raise errors.unsupported_media_type(content_type, list(SUPPORTED))
     try:
-        patch = orjson.loads(body)
+        patch = pieces.json_loads(body)  # a large one in calls of some 32 KiB (see `pieces`)
     except orjson.JSONDecodeError as exc:
         raise errors.bad_request(f"error decoding patch: {exc}") from None
     jsontree.check(patch, where="error decoding patch")

@@ -125,14 +125,21 @@ class Informer:
         obj = ev.object()
         key = object_key(obj)
         if ev.type is records.EventType.DELETED:
+            cached = self._cache.get(key)
             self._drop(key)
             self._emit_delete(obj)
+            if self._client.offload.heavy(len(ev.value)):
+                self._client.offload.let_go(obj)
+                self._client.offload.let_go(cached)
             return
         previous = self._put(key, obj)
         if previous is None:
             self._emit_add(obj)
         else:
             self._emit_update(previous, obj)
+            # A large object replaced is freed on the worker (milliseconds on the loop).
+            if self._client.offload.heavy(max(len(ev.value), len(ev.prev_value or b""))):
+                self._client.offload.let_go(previous)
 
     def _emit_add(self, obj: JSON) -> None:
         for h in self._handlers:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from edgekube._cogs import offload as offload_mod
 from edgekube.api import audit as audit_mod
 from edgekube.api import errors
 from edgekube.api.auth import attributes
@@ -70,6 +71,11 @@ class LocalClient:
     @property
     def catalog(self) -> resources.Catalog:
         return self._registry.catalog
+
+    @property
+    def offload(self) -> offload_mod.Offload:
+        """The worker for large jobs' CPU work (see `_cogs.offload`), for components' own."""
+        return self._registry.offload
 
     @property
     def damage(self) -> records.Damage:
@@ -135,9 +141,9 @@ class LocalClient:
         info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
         ns = (obj.get("metadata") or {}).get("namespace") if info.namespaced else None
         self._allow("create", info, namespace=ns)
-        return await self._write(
+        return self._handed(await self._write(
             self._registry.create(info, obj, namespace=ns, options=rest.Options(field_manager=self.manager, user=self.user)),
-            info, verb="create", namespace=ns, name=None, body=obj, code=201)
+            info, verb="create", namespace=ns, name=None, body=obj, code=201))
 
     async def update(self, obj: JSON, *, subresource: str | None = None) -> JSON:
         info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
@@ -148,17 +154,24 @@ class LocalClient:
             self._registry.update(info, obj, namespace=ns, name=meta.get("name", ""), subresource=subresource,
                                   options=rest.Options(field_manager=self.manager, user=self.user)),
             info, verb="update", namespace=ns, name=meta.get("name", ""), subresource=subresource, body=obj)
-        return out
+        return self._handed(out)
 
     async def patch(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
                     mutate: Callable[[JSON], JSON], subresource: str | None = None) -> JSON:
         """Read-modify-write with a revision precondition, retried on conflicts."""
         info = self.resource(api_version, kind)
         self._allow("patch", info, namespace=namespace, name=name, subresource=subresource)
-        return await self._write(self._registry.patch(info, namespace=namespace, name=name, apply=mutate,
-                                                      subresource=subresource,
-                                                      options=rest.Options(field_manager=self.manager, user=self.user)),
-                                 info, verb="patch", namespace=namespace, name=name, subresource=subresource)
+        return self._handed(await self._write(
+            self._registry.patch(info, namespace=namespace, name=name, apply=mutate, subresource=subresource,
+                                 options=rest.Options(field_manager=self.manager, user=self.user)),
+            info, verb="patch", namespace=namespace, name=name, subresource=subresource))
+
+    def _handed(self, obj: JSON) -> JSON:
+        """A write's answer, for a caller that mostly drops it at once: when large, freed on the
+        worker once the caller is done with it (`Offload.let_go`), not on the loop."""
+        if self._registry.offload.heavy_value(obj):
+            self._registry.offload.let_go(obj)
+        return obj
 
     async def delete(self, api_version: str, kind: str, *, name: str, namespace: str | None = None,
                      options: rest.DeleteOptions | None = None) -> JSON:

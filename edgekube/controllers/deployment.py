@@ -64,6 +64,8 @@ class DeploymentController(Controller):
         self._pods = pods
         self._events = events
         self._clock = clock
+        # Templates compared by digest, once per object revision, off the loop when large.
+        self._templates = revisions.Digests(client.offload, _template_sans_hash)
         deployments.add_handlers(Handlers(on_add=self._enqueue, on_update=lambda _o, n: self._enqueue(n),
                                           on_delete=self._enqueue))
         sets.add_handlers(Handlers(on_add=self._set_changed, on_update=lambda _o, n: self._set_changed(n),
@@ -104,7 +106,7 @@ class DeploymentController(Controller):
             await self._sync_status(d, sets, None)
             return
         spec = d.get("spec") or {}
-        new = self._find_new(d, sets)
+        new = await self._find_new(d, sets)
         old = [rs for rs in sets if new is None or objects.meta(rs)["uid"] != objects.meta(new)["uid"]]
         if spec.get("paused") or self._scaling_event(d, sets):
             new = await self._sync_revision(d, new, old, create=False)
@@ -129,9 +131,9 @@ class DeploymentController(Controller):
         return await ownership.claim(self._client, d, self._sets.list(objects.meta(d).get("namespace")),
                                      match=lambda rs: objects.matches(selector, rs))
 
-    def _find_new(self, d: JSON, sets: list[JSON]) -> JSON | None:
-        want = _strip_hash((d.get("spec") or {}).get("template") or {})
-        matches = [rs for rs in sets if _strip_hash((rs.get("spec") or {}).get("template") or {}) == want]
+    async def _find_new(self, d: JSON, sets: list[JSON]) -> JSON | None:
+        want = await self._templates.of(d)
+        matches = [rs for rs in sets if await self._templates.of(rs) == want]
         if not matches:
             return None
         # Several equal templates: the oldest wins, as upstream.
@@ -198,8 +200,11 @@ class DeploymentController(Controller):
         meta = objects.meta(d)
         spec = d.get("spec") or {}
         collisions = int((d.get("status") or {}).get("collisionCount") or 0)
-        template = copy.deepcopy(spec.get("template") or {})
-        h = template_hash(template, collisions)
+        source = spec.get("template") or {}
+        if self._client.offload.heavy_value(source):
+            template, h = await self._client.offload.always(_copy_and_hash, source, collisions)
+        else:
+            template, h = _copy_and_hash(source, collisions)
         tmeta = template.setdefault("metadata", {})
         tmeta.setdefault("labels", {})[HASH_LABEL] = h
         selector = copy.deepcopy(spec.get("selector") or {})
@@ -221,6 +226,8 @@ class DeploymentController(Controller):
             "spec": {"replicas": start, "minReadySeconds": int(spec.get("minReadySeconds") or 0),
                      "selector": selector, "template": template},
         }
+        if self._client.offload.heavy_value(template):
+            self._client.offload.let_go(rs)  # its template freed on the worker once written
         try:
             created = await self._client.create(rs)
         except errors.APIError as exc:
@@ -229,7 +236,7 @@ class DeploymentController(Controller):
             existing = self._sets.get(f"{meta.get('namespace')}/{rs['metadata']['name']}")
             if existing is not None and objects.controller_of(existing) and \
                     (objects.controller_of(existing) or {}).get("uid") == meta.get("uid") and \
-                    _strip_hash((existing.get("spec") or {}).get("template") or {}) == _strip_hash(template):
+                    await self._templates.of(existing) == await self._templates.of_value(_without_hash(template)):
                 return existing
             # A hash collision with a set that is not ours: bump collisionCount and try again.
             await self._patch_deployment_status(d, lambda st: st.__setitem__("collisionCount", collisions + 1))
@@ -531,6 +538,28 @@ def template_hash(template: JSON, collisions: int = 0) -> str:
         n, r = divmod(n, len(_SAFE))
         out.append(_SAFE[r])
     return "".join(out)
+
+
+def _copy_and_hash(template: JSON, collisions: int) -> tuple[JSON, str]:
+    """A copy of `template` to give a new ReplicaSet, and its hash (pure: may run off the loop)."""
+    return copy.deepcopy(template), template_hash(template, collisions)
+
+
+def _template_sans_hash(owner: JSON) -> JSON:
+    return _without_hash((owner.get("spec") or {}).get("template") or {})
+
+
+def _without_hash(template: JSON) -> JSON:
+    """`template` without its pod-template-hash label (a shallow copy where it had one), as
+    `_strip_hash` but before the normal form (which `revisions.digest` makes)."""
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    if HASH_LABEL not in labels:
+        return template
+    meta = dict(template["metadata"])
+    meta["labels"] = {k: v for k, v in labels.items() if k != HASH_LABEL}
+    if not meta["labels"]:
+        del meta["labels"]
+    return {**template, "metadata": meta}
 
 
 def _strip_hash(template: JSON) -> JSON:

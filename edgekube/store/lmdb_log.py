@@ -656,7 +656,7 @@ class LmdbLog:
             assert w.obj is not None
             obj = w.obj
         _set_resource_version(obj, w.revision)
-        value: bytes = self._pack(obj)
+        value: bytes = records.encode_in_pieces(obj, small=self._pack)  # a large one in pieces
         if self.low_space and (refused := self._refuses(w, prev_value, size=len(value))) is not None:
             return refused  # before anything is written: the index and log stay as they were
         # The room estimate between measures: the record, its index entry, some page slack.

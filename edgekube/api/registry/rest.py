@@ -159,6 +159,11 @@ class Registry:
         # managedFields, patches): only values that belong to the request alone go there.
         self.offload = offload or offload_mod.Offload()
         self.catalog = catalog
+        # What each stored CRD declares, by key, at the revision it was read: serving is synced
+        # after every CRD write, and decoding every CRD again each time (a 1 MB one: some 10 ms
+        # on the loop) is for changed ones only. Replaced whole, never changed in place: the
+        # worker reads it too (name conflicts, as a CRD is written).
+        self._crds: dict[str, _StoredCRD] = {}
         self._clock = clock
         self._network = network
         net = ipaddress.ip_network(network.service_cidr)
@@ -279,8 +284,9 @@ class Registry:
         the scan, the selectors and the rendering of every object run on the offload worker, one
         object at a time, so that neither the loop waits for thousands of them nor thousands of
         decoded objects are alive at once."""
-        accept, start_after, revision = self._list_query(info, namespace=namespace, label_selector=label_selector,
-                                                         field_selector=field_selector, continue_token=continue_token)
+        accept, start_after, revision = await self.offload.run(
+            selector_cost(label_selector, field_selector), self._list_query, info, namespace=namespace,
+            label_selector=label_selector, field_selector=field_selector, continue_token=continue_token)
         try:
             page = await self.store.scan_off_loop(info.key_prefix(namespace), offload=self.offload,
                                                   start_after=start_after, limit=limit if limit and limit > 0 else None,
@@ -413,7 +419,7 @@ class Registry:
             allocated.release(self)
             raise _store_failure(exc) from None
         if info.gk == CRD_GK:
-            self.sync_crds()
+            await self._sync_written_crd(obj, cost=cost)
         # What was stored, its resourceVersion set by the store, which keeps only its bytes:
         # no need to decode them again.
         return obj
@@ -671,7 +677,7 @@ class Registry:
         if info.gk == "Service":
             _release_dropped_ports(self, old, new)
         if info.gk == CRD_GK:
-            self.sync_crds()
+            await self._sync_written_crd(new, cost=cost)
         return new  # as stored, with its new resourceVersion (see `create`)
 
     async def _merge_update(
@@ -797,6 +803,9 @@ class Registry:
                         patched = await run(cost, _patch_with, apply, info, handed)
                     else:
                         patched = apply(present(info, current))
+                        if self.offload.heavy(cost):
+                            self.offload.let_go(current)  # freed on the worker once written
+                        del current
                     patched = await run(cost, self._patched, info, patched, revision=item.revision, name=name,
                                         namespace=namespace, options=options, warnings=warnings, shown_as=shown_as)
                     return await self._write_update(
@@ -873,25 +882,45 @@ class Registry:
         if self.catalog.builtin(group, names.get("plural", "")):
             conflict = f'"{names.get("plural")}" is already in use'
         else:
-            info = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-            for _, other in self.store.objects(self.store.scan(info.key_prefix()).items, reader="CRD names"):
-                if other["metadata"]["name"] == crd["metadata"]["name"]:
+            for other in self._stored_crds(reader="CRD names"):
+                if other.name == crd["metadata"]["name"]:
                     continue
-                ospec = other.get("spec") or {}
-                if ospec.get("group") == group and (ospec.get("names") or {}).get("kind") == names.get("kind"):
+                if other.group == group and other.kind == names.get("kind"):
                     conflict = f'"{names.get("kind")}" is already in use'
         return crds.status(crd, now=now, accepted=not conflict, conflict=conflict)
 
+    async def _sync_written_crd(self, crd: JSON, *, cost: int) -> None:
+        """`sync_crds` after a write of `crd` (as stored): what it declares read from a copy of
+        it, off the loop when large, rather than decoded again from the store on the loop."""
+        meta = crd.get("metadata") or {}
+        key = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions").key(meta.get("name", ""), None)
+        stored = await self.offload.run(cost, _StoredCRD.of_copy, crd, revision=int(meta.get("resourceVersion") or 0))
+        self._crds = {**self._crds, key: stored}
+        self.sync_crds()
+
     def sync_crds(self) -> None:
         """Serve exactly what the stored, accepted CRDs declare (at boot and after CRD writes)."""
-        info = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions")
         wanted: builtins.list[resources.ResourceInfo] = []
-        for _, crd in self.store.objects(self.store.scan(info.key_prefix()).items, reader="CRD serving"):
-            conditions = {c.get("type"): c.get("status") for c in (crd.get("status") or {}).get("conditions") or []}
-            if conditions.get("Established") != "True":
-                continue
-            wanted.extend(resources.custom_info(cr) for cr in crds.served(crd))
+        for stored in self._stored_crds(reader="CRD serving"):
+            wanted.extend(stored.served)
         self.catalog.set_custom(wanted)
+
+    def _stored_crds(self, *, reader: str) -> builtins.list[_StoredCRD]:
+        """Every stored CRD's declarations, decoding only those changed since last read."""
+        info = self._info("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        known = self._crds
+        fresh: dict[str, _StoredCRD] = {}
+        for item in self.store.scan(info.key_prefix()).items:
+            seen = known.get(item.key)
+            if seen is not None and seen.revision == item.revision:
+                fresh[item.key] = seen
+                continue
+            try:
+                fresh[item.key] = _StoredCRD.of(item.object(), revision=item.revision)
+            except store_errors.CorruptRecordError as exc:
+                self.store.damage.note(exc, reader=reader)
+        self._crds = fresh
+        return builtins.list(fresh.values())
 
     async def finish_crd_deletion(self, crd: JSON) -> tuple[JSON, bool]:
         """Delete every object of a CRD being deleted, then let the CRD go."""
@@ -1651,6 +1680,13 @@ def _apply_conflict(exc: ssa.ConflictError) -> errors.APIError:
     return errors.APIError(409, "Conflict", str(exc), details={"causes": [c.to_dict() for c in causes]})
 
 
+def selector_cost(label_selector: str, field_selector: str) -> int:
+    """What parsing and compiling these selectors costs, in the offload's units (bytes of an
+    object a write walks): a character of a selector costs about as much as 16 such bytes (a
+    1,500-term label selector: some 8 ms of CPU), so a long one is parsed on the worker."""
+    return 16 * (len(label_selector) + len(field_selector))
+
+
 def present(info: resources.ResourceInfo, obj: JSON) -> JSON:
     """An object as served through `info`: custom objects take the requested version's
     apiVersion (all versions of a CRD share storage; conversion is `None`); built-in views
@@ -1659,3 +1695,30 @@ def present(info: resources.ResourceInfo, obj: JSON) -> JSON:
         obj["apiVersion"] = info.api_version
         return obj
     return conversions.from_storage(info.gk, info.version, defaults.with_status(info.gk, obj))
+
+
+@dataclasses.dataclass(frozen=True)
+class _StoredCRD:
+    """What the registry needs of a stored CRD: its names, and the resources it serves (none
+    unless Established)."""
+
+    revision: int
+    name: str
+    group: str
+    kind: str
+    served: tuple[resources.ResourceInfo, ...]
+
+    @classmethod
+    def of_copy(cls, crd: JSON, *, revision: int) -> _StoredCRD:
+        """`of` a copy of `crd` (whose owner may change it later; what is served keeps parts)."""
+        return cls.of(copy.deepcopy(crd), revision=revision)
+
+    @classmethod
+    def of(cls, crd: JSON, *, revision: int) -> _StoredCRD:
+        spec = crd.get("spec") or {}
+        conditions = {c.get("type"): c.get("status") for c in (crd.get("status") or {}).get("conditions") or []}
+        served = tuple(resources.custom_info(cr) for cr in crds.served(crd)) \
+            if conditions.get("Established") == "True" else ()
+        return cls(revision=revision, name=str((crd.get("metadata") or {}).get("name", "")),
+                   group=str(spec.get("group", "")), kind=str((spec.get("names") or {}).get("kind", "")),
+                   served=served)
