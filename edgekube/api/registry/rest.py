@@ -34,6 +34,7 @@ from edgekube.api.registry import (
     admission,
     allocators,
     apiservices,
+    chain,
     conversions,
     crds,
     decoding,
@@ -128,9 +129,15 @@ class RenderedList(Generic[T]):
 
 @dataclasses.dataclass
 class Warnings:
-    """Warnings for the `Warning` response header (fieldValidation=Warn, deprecations)."""
+    """Warnings for the `Warning` response header (fieldValidation=Warn, deprecations,
+    admission), and the audit annotations admission adds (for the audit log)."""
 
     messages: list[str] = dataclasses.field(default_factory=list)
+    audit_annotations: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def report(self) -> chain.Report:
+        """The admission chain's view of these: it adds to the same list and dict."""
+        return chain.Report(warnings=self.messages, audit_annotations=self.audit_annotations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +155,7 @@ class Registry:
         clock: clock_mod.Clock,
         network: ServiceNetwork,
         offload: offload_mod.Offload | None = None,
+        policy: chain.Chain | None = None,
     ) -> None:
         self.store = store
         # Where the pure work of large writes runs (input checks, defaults, validation,
@@ -161,6 +169,8 @@ class Registry:
         self._ips = allocators.IPAllocator(network.service_cidr)
         self._ports = allocators.PortAllocator(*network.node_port_range)
         self._admission = admission.Admission(store, catalog=catalog, clock=clock)
+        # PodSecurity, webhooks, admission policies (see `chain`).
+        self.policy = policy or chain.Chain(store, catalog=catalog)
 
     def rebuild_allocations(self) -> None:
         """Mark the cluster IPs and node ports of stored Services as used (at boot)."""
@@ -370,7 +380,11 @@ class Registry:
             self._admit_priority(obj)
             obj.setdefault("status", {}).setdefault("phase", "Pending")
             obj["status"].setdefault("qosClass", _qos_class(obj.get("spec") or {}))
+        request = _admission_request(info, obj, "CREATE", options=options)
+        report = (warnings or Warnings()).report()
+        await self.policy.mutate(request, obj, report)
         await run(cost, self._validate, info, obj, old=None)
+        await self.policy.validate(request, obj, report)
         await self._admission.validate(info, obj, old=None, subresource=None, dry_run=options.dry_run)
         if options.operation != "Apply":
             meta["managedFields"] = await run(
@@ -558,7 +572,8 @@ class Registry:
             raise errors.conflict(info.plural, name, group=info.group)
         await self.offload.run(max(options.cost, len(item.value)), self._check_fields, info, obj, options=options,
                                warnings=warnings)
-        out = await self._write_update(info, item, obj, namespace=namespace, subresource=subresource, options=options)
+        out = await self._write_update(info, item, obj, namespace=namespace, subresource=subresource, options=options,
+                                       warnings=warnings)
         return out, False
 
     def _update_input(self, info: resources.ResourceInfo, given: JSON, *, namespace: str | None, name: str) -> JSON:
@@ -586,6 +601,7 @@ class Registry:
         namespace: str | None,
         subresource: str | None,
         options: Options,
+        warnings: Warnings | None = None,
     ) -> JSON:
         cost = max(options.cost, len(item.value))
         with self.offload.collector_paused(cost):
@@ -594,19 +610,22 @@ class Registry:
             # frame that used it is gone.
             held: builtins.list[JSON] = []
             out = await self._write_update_with(info, item, new, namespace=namespace, subresource=subresource,
-                                                options=options, cost=cost, held=held)
+                                                options=options, cost=cost, held=held,
+                                                report=(warnings or Warnings()).report())
             if self.offload.heavy(cost):
                 await self.offload.always(held.clear)
             return out
 
     async def _write_update_with(self, info: resources.ResourceInfo, item: records.Item, new: JSON, *,
                                  namespace: str | None, subresource: str | None, options: Options, cost: int,
-                                 held: builtins.list[JSON]) -> JSON:
+                                 held: builtins.list[JSON], report: chain.Report) -> JSON:
         run = self.offload.run
         old = await self._decode(item, cost=cost)
         held.append(old)
         sent_managed = (new.get("metadata") or {}).get("managedFields")
-        new = await self._merge_update(info, old, new, subresource=subresource, options=options, cost=cost)
+        request = _admission_request(info, new, "UPDATE", options=options, subresource=subresource, old=old)
+        new = await self._merge_update(info, old, new, subresource=subresource, options=options, cost=cost,
+                                       request=request, report=report)
         name = old["metadata"]["name"]
         if options.operation != "Apply":
             base = old
@@ -621,6 +640,7 @@ class Registry:
             )
         if await run(cost, _unchanged, old, new):
             return old
+        await self.policy.validate(request, new, report)
         await self._admission.validate(info, new, old=old, subresource=subresource, dry_run=options.dry_run)
         new_meta = new["metadata"]
         finishing = bool(new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and not _graceful_pod(info, old))
@@ -657,7 +677,7 @@ class Registry:
 
     async def _merge_update(
         self, info: resources.ResourceInfo, old: JSON, new: JSON, *, subresource: str | None, options: Options,
-        cost: int,
+        cost: int, request: chain.Request, report: chain.Report,
     ) -> JSON:
         """Build the object to store from the old one and the client's new one."""
         run = self.offload.run
@@ -668,6 +688,7 @@ class Registry:
             new["status"] = self._crd_status(new, now=clock_mod.rfc3339(self._clock.now()))
         if info.gk == apiservices.GK:
             new["status"] = apiservices.status(new, old=old, now=clock_mod.rfc3339(self._clock.now()))
+        await self.policy.mutate(request, new, report)
         await run(cost, self._merge_finish, info, old, new)
         return new
 
@@ -781,7 +802,8 @@ class Registry:
                     patched = await run(cost, self._patched, info, patched, revision=item.revision, name=name,
                                         namespace=namespace, options=options, warnings=warnings, shown_as=shown_as)
                     return await self._write_update(
-                        info, item, patched, namespace=namespace, subresource=subresource, options=options
+                        info, item, patched, namespace=namespace, subresource=subresource, options=options,
+                        warnings=warnings,
                     )
             except errors.APIError as exc:
                 # Lost a race: read again. A resourceVersion the patch itself carries no longer
@@ -954,7 +976,8 @@ class Registry:
                 return await self.create(info, merged, namespace=namespace, options=applying, warnings=warnings), True
             try:
                 return await self._write_update(
-                    info, item, merged, namespace=namespace, subresource=subresource, options=applying
+                    info, item, merged, namespace=namespace, subresource=subresource, options=applying,
+                    warnings=warnings,
                 ), False
             except errors.APIError as exc:
                 if exc.reason == "Conflict":
@@ -1425,6 +1448,14 @@ def _keep_allocated_values(old: JSON, new: JSON) -> None:
                 np = by_port.get((p.get("port"), p.get("protocol", "TCP")))
                 if np:
                     p["nodePort"] = np
+
+
+def _admission_request(info: resources.ResourceInfo, obj: JSON, operation: str, *, options: Options,
+                       subresource: str | None = None, old: JSON | None = None) -> chain.Request:
+    meta = obj.get("metadata") or {}
+    return chain.Request(info=info, operation=operation, name=str(meta.get("name") or ""),
+                         namespace=str(meta.get("namespace") or "") if info.namespaced else "",
+                         subresource=subresource, user=options.user, dry_run=options.dry_run, old=old)
 
 
 def _decode_prefix(info: resources.ResourceInfo) -> str:
