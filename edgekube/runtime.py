@@ -554,6 +554,8 @@ class Runtime:
         self._network_tasks.clear()
         await self.supervisor.stop_some(self._control_plane)
         self._control_plane.clear()
+        if self.registry is not None:
+            await self.registry.policy.close()  # the admission webhooks' client connections
         if self.store is not None:
             # Queued writes finish and the memory tier is saved before the database closes.
             await self.store.close()

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from edgekube.api.auth import user as user_mod
-from edgekube.api.registry import podsecurity, resources
+from edgekube.api.registry import podsecurity, resources, webhooks
 from edgekube.store import store as store_mod
 
 JSON = dict[str, Any]
@@ -63,6 +63,7 @@ class Chain:
                  pod_security: podsecurity.Settings | None = None) -> None:
         self._store = store
         self._catalog = catalog
+        self.webhooks = webhooks.Webhooks(store, catalog=catalog, namespace_labels=self._namespace_labels)
         self.pod_security = podsecurity.PodSecurity(
             pod_security or podsecurity.Settings(), namespace_labels=self._namespace_labels, pods=self._pods)
 
@@ -81,12 +82,17 @@ class Chain:
         for _, pod in self._store.objects(self._store.scan(info.key_prefix(namespace)).items, reader="PodSecurity"):
             yield pod
 
+    async def close(self) -> None:
+        await self.webhooks.close()
+
     async def mutate(self, req: Request, obj: JSON, report: Report) -> None:
         """The mutating plugins, in place on `obj` (after the registry's defaults)."""
+        await self.webhooks.mutate(_call(req), obj, warnings=report.warnings, audit=report.audit_annotations)
 
-    async def validate(self, req: Request, obj: JSON, report: Report) -> None:
-        """The validating plugins (after the registry's validation); raises to refuse."""
-        if req.operation in ("CREATE", "UPDATE") and podsecurity.handles(req.info.group, req.info.plural):
+    async def validate(self, req: Request, obj: JSON | None, report: Report) -> None:
+        """The validating plugins (after the registry's validation); raises to refuse. `obj` is
+        None for a delete (the object is `req.old`)."""
+        if obj is not None and req.operation in ("CREATE", "UPDATE") and podsecurity.handles(req.info.group, req.info.plural):
             out = self.pod_security.admit(
                 group=req.info.group, plural=req.info.plural, obj=obj, old=req.old, namespace=req.namespace,
                 name=req.name, subresource=req.subresource, username=req.username)
@@ -94,3 +100,10 @@ class Chain:
             if out.refused is not None:
                 raise out.refused
             report.warnings.extend(out.warnings)
+        await self.webhooks.validate(_call(req), obj, warnings=report.warnings, audit=report.audit_annotations)
+
+
+def _call(req: Request) -> webhooks.Call:
+    return webhooks.Call(info=req.info, operation=req.operation, name=req.name, namespace=req.namespace,
+                         subresource=req.subresource, user=req.user, dry_run=req.dry_run, old=req.old,
+                         options=req.options)

@@ -1039,6 +1039,9 @@ class Registry:
                     why=f"Precondition failed: ResourceVersion in precondition: {options.precondition_resource_version}, "
                     f"ResourceVersion in object meta: {meta.get('resourceVersion')}",
                 )
+            await self.policy.validate(chain.Request(
+                info=info, operation="DELETE", name=name, namespace=namespace or "", user=options.user,
+                dry_run=options.dry_run, old=obj), None, chain.Report())
             try:
                 out, deleted = await self._delete_once(info, item, obj, namespace=namespace, options=options)
                 if info.gk == CRD_GK and not options.dry_run:

@@ -1,0 +1,72 @@
+"""A real admission webhook server for tests: HTTPS (aiohttp) on 127.0.0.1 with a certificate from
+a CA of its own (edgekube's own PKI code, in a temporary dir), answering AdmissionReviews with
+what the test's `decide` says and recording every review it got."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from edgekube.api import pki
+
+JSON = dict[str, Any]
+Decide = Callable[[JSON], JSON]  # the AdmissionReview's request -> the response's fields (uid added)
+
+
+class WebhookServer:
+    def __init__(self, tls_dir: Path, *, decide: Decide, hostnames: tuple[str, ...] = ("hook.hooks.svc",),
+                 delay: float = 0.0) -> None:
+        self.pki = pki.ensure_pki(tls_dir, hostnames=list(hostnames), addresses=["127.0.0.1"],
+                                  now=datetime.datetime.now(datetime.UTC))
+        self.decide = decide
+        self.delay = delay
+        self.reviews: list[JSON] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def ca_bundle(self) -> str:
+        return base64.b64encode(self.pki.ca_cert.read_bytes()).decode()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"https://127.0.0.1:{self.port}{path}"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        review = orjson.loads(await request.read())
+        self.reviews.append(review)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        answer = {"uid": review["request"]["uid"], **self.decide(review["request"])}
+        return web.Response(body=orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                               "response": answer}), content_type="application/json")
+
+    async def start(self) -> WebhookServer:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.pki.server_cert, self.pki.server_key)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def patch_response(ops: list[JSON]) -> JSON:
+    return {"allowed": True, "patchType": "JSONPatch", "patch": base64.b64encode(orjson.dumps(ops)).decode()}
