@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from edgekube._cogs import clock as clock_mod
 from edgekube.api import errors
 from edgekube.api.auth import user as user_mod
 from edgekube.api.registry import chain, podsecurity, resources, rest
 from edgekube.store import store as store_mod
+from tests.support import registry as registry_support
 
 JSON = dict[str, Any]
 
@@ -144,26 +144,16 @@ def test_namespace_labels_resolve_to_a_policy() -> None:
 
 @pytest.fixture
 async def registry(tmp_path: Path) -> AsyncIterator[rest.Registry]:
-    catalog = resources.Catalog()
-    store = store_mod.Store(
-        store_mod.StoreConfig(path=tmp_path, map_size_mb=32, max_size_mb=64, compaction_interval_seconds=0),
-        memory_prefixes=[i.key_prefix() for i in catalog.all() if i.memory_tier],
-    )
-    await store.start()
-    policy = chain.Chain(store, catalog=catalog, pod_security=podsecurity.Settings(
-        exempt_usernames=frozenset({"system:admin-exempt"}), exempt_runtime_classes=frozenset({"kata"})))
-    reg = rest.Registry(store, catalog=catalog, clock=clock_mod.FakeClock(), network=rest.ServiceNetwork(), policy=policy)
-    await reg.ensure_system_namespaces()
-    try:
+    def policy(store: store_mod.Store, catalog: resources.Catalog) -> chain.Chain:
+        return chain.Chain(store, catalog=catalog, pod_security=podsecurity.Settings(
+            exempt_usernames=frozenset({"system:admin-exempt"}), exempt_runtime_classes=frozenset({"kata"})))
+
+    async with registry_support.opened(tmp_path, policy=policy) as reg:
         yield reg
-    finally:
-        await store.close()
 
 
 def _info(reg: rest.Registry, group: str, version: str, plural: str) -> resources.ResourceInfo:
-    info = reg.catalog.lookup(group, version, plural)
-    assert info is not None
-    return info
+    return registry_support.info(reg, group, plural, version)
 
 
 async def _namespace(reg: rest.Registry, name: str, **labels: str) -> JSON:

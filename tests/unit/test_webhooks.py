@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from edgekube._cogs import clock as clock_mod
 from edgekube.api import errors
 from edgekube.api.auth import user as user_mod
-from edgekube.api.registry import resources, rest
-from edgekube.store import store as store_mod
+from edgekube.api.registry import rest
+from tests.support import registry as registry_support
 from tests.support import webhook as webhook_support
 
 JSON = dict[str, Any]
@@ -25,25 +24,11 @@ GROUP = "admissionregistration.k8s.io"
 
 @pytest.fixture
 async def registry(tmp_path: Path) -> AsyncIterator[rest.Registry]:
-    catalog = resources.Catalog()
-    store = store_mod.Store(
-        store_mod.StoreConfig(path=tmp_path / "db", map_size_mb=32, max_size_mb=64, compaction_interval_seconds=0),
-        memory_prefixes=[i.key_prefix() for i in catalog.all() if i.memory_tier],
-    )
-    await store.start()
-    reg = rest.Registry(store, catalog=catalog, clock=clock_mod.FakeClock(), network=rest.ServiceNetwork())
-    await reg.ensure_system_namespaces()
-    try:
+    async with registry_support.opened(tmp_path / "db") as reg:
         yield reg
-    finally:
-        await reg.policy.close()
-        await store.close()
 
 
-def _info(reg: rest.Registry, group: str, plural: str, version: str = "v1") -> resources.ResourceInfo:
-    info = reg.catalog.lookup(group, version, plural)
-    assert info is not None
-    return info
+_info = registry_support.info
 
 
 def _hook(name: str, client: JSON, **extra: Any) -> JSON:

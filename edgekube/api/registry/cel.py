@@ -138,15 +138,22 @@ class Program:
     text: str
     ast: lark.Tree[Any]
     runner: celpy.Runner
+    names: frozenset[str]  # the context variables it reads
 
     def evaluate(self, values: Mapping[str, Any], *, budget: int = DEFAULT_BUDGET,
                  seconds: float = DEFAULT_SECONDS) -> Any:
         """The expression's value for `values` (JSON-like, converted to CEL); raises EvalError
         or CostExceeded."""
+        return self.run(values, budget=budget, seconds=seconds)[0]
+
+    def run(self, values: Mapping[str, Any], *, budget: int = DEFAULT_BUDGET,
+            seconds: float = DEFAULT_SECONDS) -> tuple[Any, int]:
+        """`evaluate`, with the steps it took."""
         activation = self.runner.new_activation()
-        evaluator = _Budgeted(self.ast, activation, _Budget(budget, seconds))
+        spent = _Budget(budget, seconds)
+        evaluator = _Budgeted(self.ast, activation, spent)
         try:
-            return evaluator.evaluate({k: _json(v) for k, v in values.items()})
+            return evaluator.evaluate({k: _json(v) for k, v in values.items()}), budget - spent.left
         except CostExceeded:
             raise
         except evaluation.CELEvalError as exc:
@@ -183,10 +190,11 @@ def compile(text: str, *, variables: frozenset[str]) -> Program:
         ast = _ENV.compile(text)
     except celparser.CELParseError as exc:
         raise ValueError(f"Syntax error: {str(exc).splitlines()[0] if str(exc) else 'invalid expression'}") from None
-    unknown = sorted(_free_names(ast) - variables - _BUILTINS - set(FUNCTIONS))
+    names = _free_names(ast) - _BUILTINS - set(FUNCTIONS)
+    unknown = sorted(names - variables)
     if unknown:
         raise ValueError(f"undeclared reference to '{unknown[0]}'")
-    return Program(text, ast, _ENV.program(ast, functions=cast(Any, FUNCTIONS)))
+    return Program(text, ast, _ENV.program(ast, functions=cast(Any, FUNCTIONS)), frozenset(names))
 
 
 def compile_error(text: str, *, variables: frozenset[str]) -> str | None:

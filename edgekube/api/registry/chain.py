@@ -5,7 +5,9 @@ Upstream's order, which this keeps:
 - mutating: after the registry's defaults and the built-in mutating plugins, the
   MutatingWebhookConfigurations (`webhooks`), each webhook once, then again when
   reinvocationPolicy IfNeeded asks and a later one changed the object;
-- validating: after the registry's own validation, PodSecurity (`podsecurity`), then the
+- validating: after the registry's own validation, a custom object's CRD validation rules
+  (`crdrules`, upstream's part of the strategy's validation, here beside it so that CEL runs on
+  the offload worker), PodSecurity (`podsecurity`), then the
   ValidatingAdmissionPolicies (`vap`), then the ValidatingWebhookConfigurations; the
   ResourceQuota charge comes after all of them (a refused object is never charged).
 
@@ -24,8 +26,10 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from edgekube._cogs import offload as offload_mod
+from edgekube.api import errors
 from edgekube.api.auth import user as user_mod
-from edgekube.api.registry import podsecurity, resources, webhooks
+from edgekube.api.registry import crdrules, podsecurity, resources, vap, webhooks
 from edgekube.store import store as store_mod
 
 JSON = dict[str, Any]
@@ -60,20 +64,27 @@ class Report:
 
 class Chain:
     def __init__(self, store: store_mod.Store, *, catalog: resources.Catalog,
-                 pod_security: podsecurity.Settings | None = None) -> None:
+                 pod_security: podsecurity.Settings | None = None, offload: offload_mod.Offload | None = None) -> None:
         self._store = store
         self._catalog = catalog
+        # Where CEL runs: never on the loop.
+        self.offload = offload or offload_mod.Offload()
         self.webhooks = webhooks.Webhooks(store, catalog=catalog, namespace_labels=self._namespace_labels)
+        self.policies = vap.Policies(store, catalog=catalog, namespace_object=self._namespace_object)
         self.pod_security = podsecurity.PodSecurity(
             pod_security or podsecurity.Settings(), namespace_labels=self._namespace_labels, pods=self._pods)
 
-    def _namespace_labels(self, name: str) -> Mapping[str, str] | None:
+    def _namespace_object(self, name: str) -> JSON | None:
         info = self._catalog.lookup("", "v1", "namespaces")
         assert info is not None
         item = self._store.get(info.key(name))
-        if item is None:
+        return item.object() if item is not None else None
+
+    def _namespace_labels(self, name: str) -> Mapping[str, str] | None:
+        ns = self._namespace_object(name)
+        if ns is None:
             return None
-        labels = (item.object().get("metadata") or {}).get("labels")
+        labels = (ns.get("metadata") or {}).get("labels")
         return labels if isinstance(labels, dict) else {}
 
     def _pods(self, namespace: str) -> Iterator[JSON]:
@@ -92,6 +103,11 @@ class Chain:
     async def validate(self, req: Request, obj: JSON | None, report: Report) -> None:
         """The validating plugins (after the registry's validation); raises to refuse. `obj` is
         None for a delete (the object is `req.old`)."""
+        custom = req.info.custom
+        if obj is not None and custom is not None and crdrules.has_rules(custom.schema):
+            causes = await self.offload.always(crdrules.check, custom.schema, obj, req.old)
+            if causes:
+                raise errors.invalid(req.info.kind, req.name, causes, group=req.info.group)
         if obj is not None and req.operation in ("CREATE", "UPDATE") and podsecurity.handles(req.info.group, req.info.plural):
             out = self.pod_security.admit(
                 group=req.info.group, plural=req.info.plural, obj=obj, old=req.old, namespace=req.namespace,
@@ -100,7 +116,14 @@ class Chain:
             if out.refused is not None:
                 raise out.refused
             report.warnings.extend(out.warnings)
-        await self.webhooks.validate(_call(req), obj, warnings=report.warnings, audit=report.audit_annotations)
+        call = _call(req)
+        work, refused = self.policies.work(call, obj)
+        if refused is not None:
+            raise refused
+        if work:
+            decision = await self.offload.always(vap.evaluate, work, call, obj)
+            vap.apply(decision, warnings=report.warnings, audit=report.audit_annotations)
+        await self.webhooks.validate(call, obj, warnings=report.warnings, audit=report.audit_annotations)
 
 
 def _call(req: Request) -> webhooks.Call:

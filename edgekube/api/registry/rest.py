@@ -170,7 +170,7 @@ class Registry:
         self._ports = allocators.PortAllocator(*network.node_port_range)
         self._admission = admission.Admission(store, catalog=catalog, clock=clock)
         # PodSecurity, webhooks, admission policies (see `chain`).
-        self.policy = policy or chain.Chain(store, catalog=catalog)
+        self.policy = policy or chain.Chain(store, catalog=catalog, offload=self.offload)
 
     def rebuild_allocations(self) -> None:
         """Mark the cluster IPs and node ports of stored Services as used (at boot)."""
