@@ -8,6 +8,7 @@ import asyncio
 import base64
 import datetime
 import ssl
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,24 @@ class WebhookServer:
 
 def patch_response(ops: list[JSON]) -> JSON:
     return {"allowed": True, "patchType": "JSONPatch", "patch": base64.b64encode(orjson.dumps(ops)).decode()}
+
+
+class Threaded:
+    """A `WebhookServer` on an event loop of its own in a thread: for tests that drive kubectl
+    synchronously while the API server (another process) calls the webhook."""
+
+    def __init__(self, server: WebhookServer) -> None:
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="webhook-server", daemon=True)
+
+    def __enter__(self) -> WebhookServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(10)
+        return self.server
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()

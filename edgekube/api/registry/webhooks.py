@@ -351,7 +351,7 @@ class Webhooks:
             except TimeoutError:
                 raise _call_failed(hook, f'failed to call webhook: Post "{target}": context deadline exceeded') from None
             except (aiohttp.ClientError, OSError) as exc:
-                raise _call_failed(hook, f'failed to call webhook: Post "{target}": {exc}') from None
+                raise _call_failed(hook, f'failed to call webhook: Post "{target}": {_dial_error(exc)}') from None
         try:
             answer = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -428,6 +428,19 @@ class Webhooks:
         warnings.extend(str(w) for w in response.get("warnings") or [] if w)
         for key, value in (response.get("auditAnnotations") or {}).items():
             audit[f"{hook.name}/{key}"] = str(value)
+
+
+def _dial_error(exc: BaseException) -> str:
+    """A failed connection as Go's net/http words it (what users search for), with Python's
+    detail where Go's words do not fit."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"tls: failed to verify certificate: x509: {exc.certificate_error.__class__.__name__}: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        where = f"{exc.host}:{exc.port}"
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return f"dial tcp {where}: connect: connection refused"
+        return f"dial tcp {where}: {exc.os_error.strerror or exc.os_error}"
+    return str(exc) or type(exc).__name__
 
 
 def _options(operation: str) -> JSON:
