@@ -94,6 +94,17 @@ DEFAULTS: dict[str, Any] = {
         "bridge": "ek0",
         "mtu": 0,
     },
+    "pod-security": {
+        "enforce": "privileged",
+        "enforce-version": "latest",
+        "audit": "privileged",
+        "audit-version": "latest",
+        "warn": "privileged",
+        "warn-version": "latest",
+        "exempt-usernames": [],
+        "exempt-runtime-classes": [],
+        "exempt-namespaces": ["kube-system"],
+    },
     "log-level": "info",
 }
 
@@ -181,6 +192,19 @@ class PodNetworkSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PodSecuritySettings:
+    """PodSecurity admission's defaults (for namespaces without labels) and exemptions, as
+    upstream's PodSecurityConfiguration; the level of each mode is (level, version)."""
+
+    enforce: tuple[str, str] = ("privileged", "latest")
+    audit: tuple[str, str] = ("privileged", "latest")
+    warn: tuple[str, str] = ("privileged", "latest")
+    exempt_usernames: tuple[str, ...] = ()
+    exempt_runtime_classes: tuple[str, ...] = ()
+    exempt_namespaces: tuple[str, ...] = ("kube-system",)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: Path
     bind_address: str
@@ -201,6 +225,7 @@ class Config:
     dns: DnsSettings = DnsSettings(listen_address="", port=53, metrics_port=9153, resolv_conf=None, cache_size_mb=4,
                                    max_concurrent=1000)
     pod_network: PodNetworkSettings = dataclasses.field(default_factory=PodNetworkSettings)
+    pod_security: PodSecuritySettings = dataclasses.field(default_factory=PodSecuritySettings)
 
     def enabled(self, component: str) -> bool:
         return component not in self.disable
@@ -426,4 +451,26 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
         source=source,
         dns=_dns(data["dns"], where=f"{source} (dns)"),
         pod_network=_pod_network(data["pod-network"], where=f"{source} (pod-network)"),
+        pod_security=_pod_security(data["pod-security"], where=f"{source} (pod-security)"),
     )
+
+
+_PSA_VERSION = re.compile(r"^(latest|v1\.(0|[1-9][0-9]*))$")
+
+
+def _pod_security(p: Mapping[str, Any], *, where: str) -> PodSecuritySettings:
+    modes = {}
+    for mode in ("enforce", "audit", "warn"):
+        level, version = str(p[mode]), str(p[f"{mode}-version"])
+        if level not in ("privileged", "baseline", "restricted"):
+            raise ConfigError(f"{where}: '{mode}' must be privileged, baseline or restricted, got {p[mode]!r}")
+        if not _PSA_VERSION.match(version):
+            raise ConfigError(f"{where}: '{mode}-version' must be latest or v1.x, got {p[f'{mode}-version']!r}")
+        modes[mode] = (level, version)
+    lists = {}
+    for key in ("exempt-usernames", "exempt-runtime-classes", "exempt-namespaces"):
+        value = p[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where}: '{key}' must be a list of names, got {value!r}")
+        lists[key.replace("-", "_")] = tuple(value)
+    return PodSecuritySettings(**modes, **lists)

@@ -44,7 +44,7 @@ from edgekube._cogs import (
 )
 from edgekube.api import errors, listener, pki, server
 from edgekube.api import metrics as metrics_mod
-from edgekube.api.registry import resources, rest
+from edgekube.api.registry import chain, podsecurity, resources, rest
 from edgekube.client import events as events_mod
 from edgekube.client import informer, local
 from edgekube.controllers import manager, servicelb
@@ -182,12 +182,16 @@ class Runtime:
             self.supervisor.watch(task.get_name(), task)
         self.gates["store"] = True
 
+        psa = cfg.pod_security
         self.registry = rest.Registry(
             self.store,
             catalog=self.catalog,
             clock=self.clock,
             network=rest.ServiceNetwork(service_cidr=cfg.service_cidr, node_port_range=cfg.node_port_range),
             offload=self.offload,
+            policy=chain.Chain(self.store, catalog=self.catalog, offload=self.offload, pod_security=podsecurity.settings(
+                enforce=psa.enforce, audit=psa.audit, warn=psa.warn, exempt_usernames=psa.exempt_usernames,
+                exempt_runtime_classes=psa.exempt_runtime_classes, exempt_namespaces=psa.exempt_namespaces)),
         )
         self.registry.rebuild_allocations()
         await self.registry.ensure_system_namespaces()

@@ -204,3 +204,27 @@ def test_crd_validation_rules_refuse_and_transition_rules_hold(k: Kubectl) -> No
         k.run("patch", "gadget", "g", "--type=merge", "-p", '{"spec":{"replicas":2}}')
     finally:
         k.run("delete", "crd", f"gadgets.{group}", "--ignore-not-found", "--wait=false", namespaced=False, check=False)
+
+
+def test_pod_security_defaults_and_exemptions_come_from_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("pod-security:\n  enforce: baseline\n  exempt-namespaces: [kube-system, relaxed]\n")
+    srv = Server(tmp_path / "data", extra=["--config", str(config)])
+    srv.start()
+    try:
+        k = Kubectl("1.36", srv, "default")
+        pod = _pod("hostnet")
+        pod["spec"]["hostNetwork"] = True
+        proc = _apply(k, pod, check=False)
+        assert proc.returncode != 0
+        assert 'pods "hostnet" is forbidden: violates PodSecurity "baseline:latest": host namespaces (hostNetwork=true)' in proc.stderr
+        k.run("create", "namespace", "relaxed", namespaced=False)
+        k.ns = "relaxed"
+        _apply(k, pod)
+        # A namespace's own label still wins over the default.
+        k.run("create", "namespace", "open", namespaced=False)
+        k.run("label", "namespace", "open", "pod-security.kubernetes.io/enforce=privileged", namespaced=False)
+        k.ns = "open"
+        _apply(k, pod)
+    finally:
+        srv.close()

@@ -109,6 +109,21 @@ class Settings:
     exempt_namespaces: frozenset[str] = frozenset({"kube-system"})
 
 
+def settings(*, enforce: tuple[str, str], audit: tuple[str, str], warn: tuple[str, str],
+             exempt_usernames: Iterable[str] = (), exempt_runtime_classes: Iterable[str] = (),
+             exempt_namespaces: Iterable[str] = ("kube-system",)) -> Settings:
+    """Settings from the configuration's (level, version) pairs (checked there)."""
+    def lv(pair: tuple[str, str]) -> LevelVersion:
+        version, why = _parse_version(pair[1])
+        if why is not None:
+            raise ValueError(f"PodSecurity version {pair[1]!r}: {why}")
+        return LevelVersion(pair[0], version)
+
+    return Settings(defaults=Policy(enforce=lv(enforce), audit=lv(audit), warn=lv(warn)),
+                    exempt_usernames=frozenset(exempt_usernames), exempt_runtime_classes=frozenset(exempt_runtime_classes),
+                    exempt_namespaces=frozenset(exempt_namespaces))
+
+
 def compare_levels(a: str, b: str) -> int:
     return (LEVELS.index(a) > LEVELS.index(b)) - (LEVELS.index(a) < LEVELS.index(b))
 
