@@ -17,6 +17,9 @@ Kubernetes's CEL libraries are partly here: the standard functions of cel-python
 string extensions rules most use (`lowerAscii`, `upperAscii`, `trim`, `split`, `join`,
 `replace`, `indexOf`, `lastIndexOf`, `substring`) and the list functions `isSorted`, `sum`,
 `min`, `max`; others are reported as undeclared when the rule is written.
+
+cel-python (with lark and pendulum) costs some 6 MiB once imported: it is imported on the first
+expression compiled, so a node that never uses CEL never pays for it.
 """
 
 from __future__ import annotations
@@ -27,10 +30,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
-
-import celpy
-import lark
-from celpy import adapter, celparser, celtypes, evaluation
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,8 @@ _BUILTINS = frozenset({
     "int", "uint", "double", "string", "bytes", "bool", "list", "map", "type", "null_type", "dyn", "duration",
     "timestamp", "size", "has", "matches", "true", "false", "null",
 })
+_EXTENSIONS = frozenset({"lowerAscii", "upperAscii", "trim", "split", "join", "replace", "indexOf", "lastIndexOf",
+                         "substring", "isSorted", "sum", "min", "max"})
 
 
 class CostExceeded(Exception):
@@ -54,55 +55,6 @@ class CostExceeded(Exception):
 
 class EvalError(Exception):
     pass
-
-
-def _str_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapped(*args: Any) -> Any:
-        return _to_cel(fn(*args))
-    return wrapped
-
-
-def _to_cel(value: Any) -> Any:
-    if isinstance(value, bool):
-        return celtypes.BoolType(value)
-    if isinstance(value, int):
-        return celtypes.IntType(value)
-    if isinstance(value, str):
-        return celtypes.StringType(value)
-    if isinstance(value, list):
-        return celtypes.ListType([_to_cel(v) for v in value])
-    return value
-
-
-def _sum(items: Any) -> Any:
-    total: Any = celtypes.IntType(0)
-    for i, item in enumerate(items):
-        total = item if i == 0 else total + item
-    return total
-
-
-def _substring(s: str, start: int, end: int | None = None) -> str:
-    if start < 0 or start > len(s) or (end is not None and (end < start or end > len(s))):
-        raise ValueError("index out of range")
-    return s[start:end]
-
-
-FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "lowerAscii": _str_fn(lambda s: str(s).lower()),
-    "upperAscii": _str_fn(lambda s: str(s).upper()),
-    "trim": _str_fn(lambda s: str(s).strip()),
-    "split": _str_fn(lambda s, sep, *n: str(s).split(str(sep), int(n[0]) - 1 if n and int(n[0]) > 0 else -1)),
-    "join": _str_fn(lambda items, sep="": str(sep).join(str(i) for i in items)),
-    "replace": _str_fn(lambda s, a, b, *n: str(s).replace(str(a), str(b), int(n[0]) if n else -1)),
-    "indexOf": _str_fn(lambda s, x: s.index(x) if x in s else -1),
-    "lastIndexOf": _str_fn(lambda s, x: s.rindex(x) if x in s else -1),
-    "substring": _str_fn(lambda s, a, b=None: _substring(str(s), int(a), None if b is None else int(b))),
-    "isSorted": _str_fn(lambda items: all(a <= b for a, b in zip(items, list(items)[1:], strict=False))),
-    "sum": _sum,
-    "min": lambda items: min(items),
-    "max": lambda items: max(items),
-}
 
 
 class _Budget:
@@ -118,26 +70,92 @@ class _Budget:
             raise CostExceeded("operation cancelled: actual cost limit exceeded")
 
 
-class _Budgeted(evaluation.Evaluator):
-    """The tree interpreter, counting every node it visits against a shared budget."""
+@dataclasses.dataclass(frozen=True)
+class _Engine:
+    """cel-python, imported on first use, and what edgekube adds to it."""
 
-    def __init__(self, ast: lark.Tree[Any], activation: evaluation.Activation, budget: _Budget) -> None:
-        super().__init__(ast, activation)
-        self.budget = budget
+    environment: Any
+    budgeted: Callable[..., Any]  # the budgeted evaluator class: (ast, activation, budget)
+    to_cel: Callable[[Any], Any]
+    parse_error: type[Exception]
+    eval_error: type[Exception]
+    bool_type: type
+    string_type: type
+    functions: dict[str, Callable[..., Any]]
 
-    def _visit_tree(self, tree: lark.Tree[Any]) -> Any:
-        self.budget.spend()
-        return super()._visit_tree(tree)
 
-    def sub_evaluator(self, ast: lark.Tree[Any]) -> evaluation.Evaluator:
-        return _Budgeted(ast, self.activation, self.budget)
+@functools.cache
+def _engine() -> _Engine:
+    import celpy  # see the module's docstring: loaded only once CEL is used
+    from celpy import adapter, celparser, celtypes, evaluation
+
+    class Budgeted(evaluation.Evaluator):
+        """The tree interpreter, counting every node it enters against a shared budget."""
+
+        def __init__(self, ast: Any, activation: Any, budget: _Budget) -> None:
+            super().__init__(ast, activation)
+            self.budget = budget
+
+        def _visit_tree(self, tree: Any) -> Any:
+            self.budget.spend()
+            return super()._visit_tree(tree)
+
+        def sub_evaluator(self, ast: Any) -> Any:
+            return Budgeted(ast, self.activation, self.budget)
+
+    def to_cel(value: Any) -> Any:
+        if isinstance(value, bool):
+            return celtypes.BoolType(value)
+        if isinstance(value, int):
+            return celtypes.IntType(value)
+        if isinstance(value, str):
+            return celtypes.StringType(value)
+        if isinstance(value, list):
+            return celtypes.ListType([to_cel(v) for v in value])
+        return value
+
+    def typed(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return lambda *args: to_cel(fn(*args))
+
+    functions: dict[str, Callable[..., Any]] = {
+        "lowerAscii": typed(lambda s: str(s).lower()),
+        "upperAscii": typed(lambda s: str(s).upper()),
+        "trim": typed(lambda s: str(s).strip()),
+        "split": typed(lambda s, sep, *n: str(s).split(str(sep), int(n[0]) - 1 if n and int(n[0]) > 0 else -1)),
+        "join": typed(lambda items, sep="": str(sep).join(str(i) for i in items)),
+        "replace": typed(lambda s, a, b, *n: str(s).replace(str(a), str(b), int(n[0]) if n else -1)),
+        "indexOf": typed(lambda s, x: s.index(x) if x in s else -1),
+        "lastIndexOf": typed(lambda s, x: s.rindex(x) if x in s else -1),
+        "substring": typed(lambda s, a, b=None: _substring(str(s), int(a), None if b is None else int(b))),
+        "isSorted": typed(lambda items: all(a <= b for a, b in zip(items, list(items)[1:], strict=False))),
+        "sum": _sum,
+        "min": lambda items: min(items),
+        "max": lambda items: max(items),
+    }
+    assert set(functions) == _EXTENSIONS
+    return _Engine(environment=celpy.Environment(), budgeted=Budgeted, to_cel=adapter.json_to_cel,
+                   parse_error=celparser.CELParseError, eval_error=evaluation.CELEvalError,
+                   bool_type=celtypes.BoolType, string_type=celtypes.StringType, functions=functions)
+
+
+def _sum(items: Any) -> Any:
+    total: Any = 0
+    for i, item in enumerate(items):
+        total = item if i == 0 else total + item
+    return _engine().to_cel(total) if isinstance(total, int) else total
+
+
+def _substring(s: str, start: int, end: int | None = None) -> str:
+    if start < 0 or start > len(s) or (end is not None and (end < start or end > len(s))):
+        raise ValueError("index out of range")
+    return s[start:end]
 
 
 @dataclasses.dataclass(frozen=True)
 class Program:
     text: str
-    ast: lark.Tree[Any]
-    runner: celpy.Runner
+    ast: Any  # cel-python's parse tree
+    runner: Any  # cel-python's Runner
     names: frozenset[str]  # the context variables it reads
 
     def evaluate(self, values: Mapping[str, Any], *, budget: int = DEFAULT_BUDGET,
@@ -149,28 +167,22 @@ class Program:
     def run(self, values: Mapping[str, Any], *, budget: int = DEFAULT_BUDGET,
             seconds: float = DEFAULT_SECONDS) -> tuple[Any, int]:
         """`evaluate`, with the steps it took."""
-        activation = self.runner.new_activation()
+        engine = _engine()
         spent = _Budget(budget, seconds)
-        evaluator = _Budgeted(self.ast, activation, spent)
+        evaluator = engine.budgeted(self.ast, self.runner.new_activation(), spent)
         try:
-            return evaluator.evaluate({k: _json(v) for k, v in values.items()}), budget - spent.left
+            return evaluator.evaluate({k: engine.to_cel(v) for k, v in values.items()}), budget - spent.left
         except CostExceeded:
             raise
-        except evaluation.CELEvalError as exc:
-            raise EvalError(_eval_message(exc)) from None
         except RecursionError:
             raise CostExceeded("operation cancelled: actual cost limit exceeded") from None
         except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError) as exc:
             raise EvalError(str(exc) or type(exc).__name__) from None
+        except engine.eval_error as exc:
+            raise EvalError(_eval_message(exc)) from None
 
 
-def _json(value: Any) -> Any:
-    if isinstance(value, Program | celtypes.MapType | celtypes.ListType):
-        return value
-    return adapter.json_to_cel(value)
-
-
-def _eval_message(exc: evaluation.CELEvalError) -> str:
+def _eval_message(exc: Exception) -> str:
     args = exc.args
     message = str(args[0]) if args else "evaluation error"
     if message.startswith(("no such member", "no such key")):
@@ -179,22 +191,20 @@ def _eval_message(exc: evaluation.CELEvalError) -> str:
     return message
 
 
-_ENV = celpy.Environment()
-
-
 @functools.lru_cache(maxsize=1024)
 def compile(text: str, *, variables: frozenset[str]) -> Program:
     """Parse `text`; raises ValueError with upstream-like messages (syntax errors, undeclared
     references)."""
+    engine = _engine()
     try:
-        ast = _ENV.compile(text)
-    except celparser.CELParseError as exc:
+        ast = engine.environment.compile(text)
+    except engine.parse_error as exc:
         raise ValueError(f"Syntax error: {str(exc).splitlines()[0] if str(exc) else 'invalid expression'}") from None
-    names = _free_names(ast) - _BUILTINS - set(FUNCTIONS)
+    names = _free_names(ast) - _BUILTINS - _EXTENSIONS
     unknown = sorted(names - variables)
     if unknown:
         raise ValueError(f"undeclared reference to '{unknown[0]}'")
-    return Program(text, ast, _ENV.program(ast, functions=cast(Any, FUNCTIONS)), frozenset(names))
+    return Program(text, ast, engine.environment.program(ast, functions=cast(Any, engine.functions)), frozenset(names))
 
 
 def compile_error(text: str, *, variables: frozenset[str]) -> str | None:
@@ -205,7 +215,11 @@ def compile_error(text: str, *, variables: frozenset[str]) -> str | None:
     return None
 
 
-def _free_names(tree: lark.Tree[Any]) -> set[str]:
+def _is_tree(node: Any) -> bool:
+    return hasattr(node, "data") and hasattr(node, "children")
+
+
+def _free_names(tree: Any) -> set[str]:
     """The identifiers an expression reads from its context (not bound by a macro)."""
     found: set[str] = set()
     _walk(tree, frozenset(), found)
@@ -213,11 +227,11 @@ def _free_names(tree: lark.Tree[Any]) -> set[str]:
 
 
 def _walk(node: Any, bound: frozenset[str], found: set[str]) -> None:
-    if not isinstance(node, lark.Tree):
+    if not _is_tree(node):
         return
     if node.data == "member_dot_arg" and len(node.children) >= 3:
         target, method, args = node.children[0], node.children[1], node.children[2]
-        if str(method) in _MACROS and isinstance(args, lark.Tree) and len(args.children) >= 2:
+        if str(method) in _MACROS and _is_tree(args) and len(args.children) >= 2:
             _walk(target, bound, found)
             var = next((str(t) for t in _tokens(args.children[0])), "")
             for child in args.children[1:]:
@@ -236,20 +250,20 @@ def _walk(node: Any, bound: frozenset[str], found: set[str]) -> None:
         _walk(child, bound, found)
 
 
-def _tokens(node: Any) -> Iterable[lark.Token]:
-    if isinstance(node, lark.Token):
-        yield node
-    elif isinstance(node, lark.Tree):
+def _tokens(node: Any) -> Iterable[Any]:
+    if _is_tree(node):
         for child in node.children:
             yield from _tokens(child)
+    else:
+        yield node
 
 
 def truthy(value: Any) -> bool | None:
     """A validation's result: True, False, or None when it is not a bool."""
-    if isinstance(value, celtypes.BoolType | bool):
+    if isinstance(value, bool | _engine().bool_type):
         return bool(value)
     return None
 
 
 def as_text(value: Any) -> str | None:
-    return str(value) if isinstance(value, celtypes.StringType | str) else None
+    return str(value) if isinstance(value, str | _engine().string_type) else None
