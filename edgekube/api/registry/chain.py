@@ -33,6 +33,8 @@ from edgekube.api.registry import crdrules, podsecurity, resources, vap, webhook
 from edgekube.store import store as store_mod
 
 JSON = dict[str, Any]
+_MAX_CACHED_NAMESPACES = 4096
+_NONE: list[JSON] = []  # shared, never changed: no configurations of a kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +71,33 @@ class Chain:
         self._catalog = catalog
         # Where CEL runs: never on the loop.
         self.offload = offload or offload_mod.Offload()
-        self.webhooks = webhooks.Webhooks(store, catalog=catalog, namespace_labels=self._namespace_labels)
-        self.policies = vap.Policies(store, catalog=catalog, namespace_object=self._namespace_object)
+        self._stamp: tuple[tuple[str, int], ...] = ()
+        self._scanned_at = -1
+        self._labels: dict[str, tuple[int, Mapping[str, str]]] = {}
+        self._configurations: dict[str, list[JSON]] = {}
+        self.webhooks = webhooks.Webhooks(store, catalog=catalog, objects=self._admission_objects,
+                                          namespace_labels=self._namespace_labels)
+        self.policies = vap.Policies(store, catalog=catalog, objects=self._admission_objects,
+                                     namespace_object=self._namespace_object)
         self.pod_security = podsecurity.PodSecurity(
             pod_security or podsecurity.Settings(), namespace_labels=self._namespace_labels, pods=self._pods)
+
+    def _admission_objects(self, plural: str) -> list[JSON]:
+        """The stored admissionregistration objects of `plural`, by name. One scan of the group's
+        keys when the store's revision moved since the last (all four kinds at once); decoded
+        again only when one of their revisions moved, and then a new list, so that callers may
+        cache what they derive by its identity."""
+        if self._store.revision == self._scanned_at:
+            return self._configurations.get(plural, _NONE)
+        self._scanned_at = self._store.revision
+        items = self._store.scan(f"/{webhooks.GROUP}/").items
+        stamp = tuple((i.key, i.revision) for i in items)
+        if stamp != self._stamp:
+            grouped: dict[str, list[JSON]] = {}
+            for item, obj in self._store.objects(items, reader="admission configuration"):
+                grouped.setdefault(item.key.split("/")[2], []).append(obj)
+            self._stamp, self._configurations = stamp, grouped
+        return self._configurations.get(plural, _NONE)
 
     def _namespace_object(self, name: str) -> JSON | None:
         info = self._catalog.lookup("", "v1", "namespaces")
@@ -81,11 +106,23 @@ class Chain:
         return item.object() if item is not None else None
 
     def _namespace_labels(self, name: str) -> Mapping[str, str] | None:
-        ns = self._namespace_object(name)
-        if ns is None:
+        """A namespace's labels (None: no such namespace), decoded again only when it changed:
+        every pod write asks."""
+        info = self._catalog.lookup("", "v1", "namespaces")
+        assert info is not None
+        item = self._store.get(info.key(name))
+        if item is None:
+            self._labels.pop(name, None)
             return None
-        labels = (ns.get("metadata") or {}).get("labels")
-        return labels if isinstance(labels, dict) else {}
+        cached = self._labels.get(name)
+        if cached is not None and cached[0] == item.revision:
+            return cached[1]
+        labels = (item.object().get("metadata") or {}).get("labels")
+        found = labels if isinstance(labels, dict) else {}
+        if len(self._labels) >= _MAX_CACHED_NAMESPACES:
+            self._labels.clear()
+        self._labels[name] = (item.revision, found)
+        return found
 
     def _pods(self, namespace: str) -> Iterator[JSON]:
         info = self._catalog.lookup("", "v1", "pods")

@@ -58,23 +58,12 @@ class Work:
 
 
 class Policies:
-    def __init__(self, store: store_mod.Store, *, catalog: resources.Catalog,
+    def __init__(self, store: store_mod.Store, *, catalog: resources.Catalog, objects: Callable[[str], list[JSON]],
                  namespace_object: Callable[[str], JSON | None]) -> None:
         self._store = store
         self._catalog = catalog
         self._namespace_object = namespace_object
-        self._cache: dict[str, tuple[tuple[tuple[str, int], ...], list[JSON]]] = {}
-
-    def _objects(self, plural: str) -> list[JSON]:
-        info = self._catalog.lookup(GROUP, "v1", plural)
-        assert info is not None
-        items = self._store.scan(info.key_prefix()).items
-        stamp = tuple((i.key, i.revision) for i in items)
-        cached = self._cache.get(plural)
-        if cached is None or cached[0] != stamp:
-            cached = (stamp, [o for _, o in self._store.objects(items, reader="admission policies")])
-            self._cache[plural] = cached
-        return cached[1]
+        self._objects = objects
 
     def work(self, call: webhooks.Call, obj: JSON | None) -> tuple[list[Work], errors.APIError | None]:
         """The bindings that match the request, with their policies and parameters (on the loop:

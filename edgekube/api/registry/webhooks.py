@@ -30,8 +30,7 @@ sideEffects are None or NoneOnDryRun (any other is refused, 400, as upstream). W
 response's `Warning` headers; audit annotations are kept as `<webhook name>/<key>`.
 
 Nothing blocks the loop: calls are aiohttp requests on one pooled session, at most
-`max_in_flight` at once; the configurations are read from the store only when their keys'
-revisions moved.
+`max_in_flight` at once; the configurations are decoded only when they changed (`chain`).
 """
 
 from __future__ import annotations
@@ -130,12 +129,13 @@ def _selector_matches(selector: Any, label_sets: Sequence[Mapping[str, str] | No
 # --- the dispatcher -------------------------------------------------------------------------
 
 class Webhooks:
-    def __init__(self, store: store_mod.Store, *, catalog: resources.Catalog,
+    def __init__(self, store: store_mod.Store, *, catalog: resources.Catalog, objects: Callable[[str], list[JSON]],
                  namespace_labels: Callable[[str], Mapping[str, str] | None], max_in_flight: int = 32) -> None:
         self._store = store
         self._namespace_labels = namespace_labels
         self._catalog = catalog
-        self._cache: dict[str, tuple[tuple[tuple[str, int], ...], list[Hook]]] = {}
+        self._objects = objects
+        self._cache: dict[str, tuple[list[JSON], list[Hook]]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._contexts: dict[bytes, ssl.SSLContext] = {}
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -146,24 +146,21 @@ class Webhooks:
             self._session = None
 
     def hooks(self, plural: str) -> list[Hook]:
-        """The webhooks of every stored configuration of `plural`, in name order (cached by the
-        configurations' revisions)."""
-        info = self._catalog.lookup(GROUP, "v1", plural)
-        assert info is not None
-        items = self._store.scan(info.key_prefix()).items
-        stamp = tuple((i.key, i.revision) for i in items)
+        """The webhooks of every stored configuration of `plural`, in name order (worked out
+        again only when the configurations changed: `objects` answers the same list until then)."""
+        configs = self._objects(plural)
         cached = self._cache.get(plural)
-        if cached is not None and cached[0] == stamp:
+        if cached is not None and cached[0] is configs:
             return cached[1]
         mutating = plural == "mutatingwebhookconfigurations"
         found: list[Hook] = []
-        for _, cfg in self._store.objects(items, reader="admission webhooks"):
+        for cfg in configs:
             for spec in cfg.get("webhooks") or []:
                 if isinstance(spec, dict):
                     spec = copy.deepcopy(spec)
                     admissionconfig.default_webhook(spec, mutating=mutating)
                     found.append(Hook(str(cfg["metadata"]["name"]), spec, mutating))
-        self._cache[plural] = (stamp, found)
+        self._cache[plural] = (configs, found)
         return found
 
     def _matching_version(self, hook: Hook, call: Call) -> resources.ResourceInfo | None:
