@@ -92,3 +92,39 @@ class Threaded:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+def _main() -> None:
+    """`python -m tests.support.webhook --tls DIR --port N`: a webhook server as a process of its
+    own (started inside a network namespace by the tests that need one), refusing objects named
+    `bad` and allowing the rest."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tls", type=Path, required=True)
+    ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--port", type=int, required=True)
+    args = ap.parse_args()
+
+    def decide(req: JSON) -> JSON:
+        if (req.get("object") or {}).get("metadata", {}).get("name") == "bad":
+            return {"allowed": False, "status": {"code": 403, "reason": "Forbidden", "message": "refused from the outside"}}
+        return {"allowed": True}
+
+    async def serve() -> None:
+        server = WebhookServer(args.tls, decide=decide)
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", server._handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(server.pki.server_cert, server.pki.server_key)
+        await web.TCPSite(runner, args.host, args.port, ssl_context=context).start()
+        print("serving", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    _main()
