@@ -267,3 +267,34 @@ async def test_configurations_are_validated_as_upstream(registry: rest.Registry)
     assert 'Invalid value: "short": should be a domain with at least three segments separated by dots' in messages
     assert "Invalid value: 31: the timeout value must be between 1 and 30 seconds" in messages
     assert """Invalid value: "http://x/": 'https' is the only allowed URL scheme""" in messages
+
+
+async def test_match_conditions_choose_the_requests_a_webhook_sees(registry: rest.Registry, tmp_path: Path) -> None:
+    server = await _server(tmp_path, lambda req: {"allowed": False, "status": {"message": "conditions matched"}})
+    try:
+        conditions = [{"name": "not-system", "expression": "!request.userInfo.username.startsWith('system:')"},
+                      {"name": "flagged", "expression": "has(object.metadata.labels) && 'check' in object.metadata.labels"}]
+        await _configure(registry, "ValidatingWebhookConfiguration",
+                         _hook("cond.example.com", {"url": server.url(), "caBundle": server.ca_bundle},
+                               matchConditions=conditions))
+        cms = _info(registry, "", "configmaps")
+        bob = rest.Options(user=user_mod.authenticated("bob"))
+        await registry.create(cms, _cm("plain"), namespace="default", options=bob)
+        await registry.create(cms, _cm("system", check="yes"), namespace="default",
+                              options=rest.Options(user=user_mod.authenticated("system:kube-scheduler")))
+        assert server.reviews == []
+        with pytest.raises(errors.APIError) as caught:
+            await registry.create(cms, _cm("flagged", check="yes"), namespace="default", options=bob)
+        assert caught.value.message.endswith("denied the request: conditions matched")
+        # An expression that fails at run time fails closed (failurePolicy Fail).
+        await registry.delete(_info(registry, GROUP, "validatingwebhookconfigurations"), namespace=None, name="cfg")
+        await _configure(registry, "ValidatingWebhookConfiguration",
+                         _hook("broken.example.com", {"url": server.url(), "caBundle": server.ca_bundle},
+                               matchConditions=[{"name": "x", "expression": "object.data.missing == 'y'"}]))
+        with pytest.raises(errors.APIError) as caught:
+            await registry.create(cms, _cm("any"), namespace="default", options=bob)
+        assert caught.value.code == 403
+        assert caught.value.message == ('configmaps "any" is forbidden: failed calling webhook "broken.example.com": '
+                                        "no such key: missing")
+    finally:
+        await server.stop()

@@ -76,7 +76,7 @@ class Chain:
         self._labels: dict[str, tuple[int, Mapping[str, str]]] = {}
         self._configurations: dict[str, list[JSON]] = {}
         self.webhooks = webhooks.Webhooks(store, catalog=catalog, objects=self._admission_objects,
-                                          namespace_labels=self._namespace_labels)
+                                          namespace_labels=self._namespace_labels, offload=self.offload)
         self.policies = vap.Policies(store, catalog=catalog, objects=self._admission_objects,
                                      namespace_object=self._namespace_object)
         self.pod_security = podsecurity.PodSecurity(

@@ -155,24 +155,10 @@ class Policies:
         return [], _denial(call, policy, binding, message, "Invalid")
 
 
-def _request(call: webhooks.Call) -> JSON:
-    info = call.info
-    return {
-        "kind": {"group": info.group, "version": info.version, "kind": info.kind},
-        "resource": {"group": info.group, "version": info.version, "resource": info.plural},
-        "subResource": call.subresource or "",
-        "requestKind": {"group": info.group, "version": info.version, "kind": info.kind},
-        "requestResource": {"group": info.group, "version": info.version, "resource": info.plural},
-        "name": call.name, "namespace": call.namespace, "operation": call.operation,
-        "userInfo": call.user.to_json() if call.user is not None else {"username": ""},
-        "dryRun": call.dry_run, "options": call.options or {},
-    }
-
-
 def evaluate(work: list[Work], call: webhooks.Call, obj: JSON | None) -> Decision:
     """Every binding's validations (pure: runs on the offload worker)."""
     decision = Decision()
-    base = {"object": obj, "oldObject": call.old, "request": _request(call)}
+    base = {"object": obj, "oldObject": call.old, "request": webhooks.request_variable(call)}
     for item in work:
         for params in item.params:
             _one(item, params, base, call, decision)

@@ -7,7 +7,8 @@ request (upstream's generic webhook matcher):
   and scope; with matchPolicy Equivalent (the default) a rule naming another served version of
   the same group and resource matches too (`autoscaling/v1` and `v2` HorizontalPodAutoscalers);
 - `namespaceSelector` on the labels of the object's namespace (of the namespace itself for a
-  Namespace), `objectSelector` on the labels of the object or the old object;
+  Namespace), `objectSelector` on the labels of the object or the old object, `matchConditions`
+  in CEL (on the offload worker, see `cel`);
 - the admission configuration kinds themselves are never sent to webhooks (upstream's rule: a
   broken webhook could otherwise never be removed).
 
@@ -49,9 +50,10 @@ import aiohttp
 import jsonpatch
 import orjson
 
+from edgekube._cogs import offload as offload_mod
 from edgekube.api import errors, labels
 from edgekube.api.auth import user as user_mod
-from edgekube.api.registry import admissionconfig, conversions, defaults, resources
+from edgekube.api.registry import admissionconfig, cel, conversions, defaults, resources
 from edgekube.store import store as store_mod
 
 JSON = dict[str, Any]
@@ -130,8 +132,10 @@ def _selector_matches(selector: Any, label_sets: Sequence[Mapping[str, str] | No
 
 class Webhooks:
     def __init__(self, store: store_mod.Store, *, catalog: resources.Catalog, objects: Callable[[str], list[JSON]],
-                 namespace_labels: Callable[[str], Mapping[str, str] | None], max_in_flight: int = 32) -> None:
+                 namespace_labels: Callable[[str], Mapping[str, str] | None], offload: offload_mod.Offload,
+                 max_in_flight: int = 32) -> None:
         self._store = store
+        self._offload = offload
         self._namespace_labels = namespace_labels
         self._catalog = catalog
         self._objects = objects
@@ -197,6 +201,20 @@ class Webhooks:
             return None
         return matched
 
+    async def _conditions(self, hook: Hook, call: Call, obj: JSON | None) -> bool:
+        """The webhook's matchConditions (CEL, off the loop); an error fails closed under
+        failurePolicy Fail (upstream's 403 naming the webhook) and skips it under Ignore."""
+        conditions = [c for c in hook.spec.get("matchConditions") or [] if isinstance(c, dict)]
+        if not conditions:
+            return True
+        try:
+            return await self._offload.always(conditions_hold, conditions, call, obj)
+        except (cel.EvalError, cel.CostExceeded, ValueError) as exc:
+            if hook.spec.get("failurePolicy") == "Ignore":
+                return False
+            raise errors.forbidden_object(call.info.plural, call.name, f'failed calling webhook "{hook.name}": {exc}',
+                                          group=call.info.group) from None
+
     def relevant(self, call: Call) -> bool:
         return call.info.group != GROUP
 
@@ -212,7 +230,7 @@ class Webhooks:
         last_changed_by = -1
         for index, hook in enumerate(hooks):
             matched = self._matches(hook, call, obj)
-            if matched is None:
+            if matched is None or not await self._conditions(hook, call, obj):
                 continue
             called.append((index, hook, matched))
             if await self._mutate_once(hook, matched, call, obj, warnings=warnings, audit=audit, round_=0, index=index):
@@ -262,7 +280,7 @@ class Webhooks:
         if not self.relevant(call):
             return
         matched = [(h, m) for h in self.hooks("validatingwebhookconfigurations")
-                   if (m := self._matches(h, call, obj)) is not None]
+                   if (m := self._matches(h, call, obj)) is not None and await self._conditions(h, call, obj)]
         if not matched:
             return
         results = await asyncio.gather(*(self._call(h, m, call, obj) for h, m in matched), return_exceptions=True)
@@ -438,6 +456,32 @@ def _dial_error(exc: BaseException) -> str:
             return f"dial tcp {where}: connect: connection refused"
         return f"dial tcp {where}: {exc.os_error.strerror or exc.os_error}"
     return str(exc) or type(exc).__name__
+
+
+def request_variable(call: Call) -> JSON:
+    """`request` as CEL expressions see it (upstream's admission request)."""
+    info = call.info
+    return {
+        "kind": {"group": info.group, "version": info.version, "kind": info.kind},
+        "resource": {"group": info.group, "version": info.version, "resource": info.plural},
+        "subResource": call.subresource or "",
+        "requestKind": {"group": info.group, "version": info.version, "kind": info.kind},
+        "requestResource": {"group": info.group, "version": info.version, "resource": info.plural},
+        "name": call.name, "namespace": call.namespace, "operation": call.operation,
+        "userInfo": call.user.to_json() if call.user is not None else {"username": ""},
+        "dryRun": call.dry_run, "options": call.options or {},
+    }
+
+
+def conditions_hold(conditions: list[JSON], call: Call, obj: JSON | None) -> bool:
+    """A webhook's matchConditions, all true (pure: runs on the offload worker); raises
+    cel.EvalError, cel.CostExceeded or ValueError."""
+    values = {"object": obj, "oldObject": call.old, "request": request_variable(call)}
+    for cond in conditions:
+        program = cel.compile(str(cond.get("expression") or ""), variables=cel.ADMISSION_VARIABLES)
+        if cel.truthy(program.evaluate(values)) is not True:
+            return False
+    return True
 
 
 def _options(operation: str) -> JSON:
