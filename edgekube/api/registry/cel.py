@@ -19,7 +19,8 @@ string extensions rules most use (`lowerAscii`, `upperAscii`, `trim`, `split`, `
 `min`, `max`; others are reported as undeclared when the rule is written.
 
 cel-python (with lark and pendulum) costs some 6 MiB once imported: it is imported on the first
-expression compiled, so a node that never uses CEL never pays for it.
+expression compiled, so a node that never uses CEL never pays for it. Where it is not installed
+(armv7: its google-re2 has no wheel there) every expression is refused when written, naming why.
 """
 
 from __future__ import annotations
@@ -84,8 +85,15 @@ class _Engine:
     functions: dict[str, Callable[..., Any]]
 
 
-@functools.cache
 def _engine() -> _Engine:
+    try:
+        return _load_engine()
+    except ImportError as exc:  # armv7 builds: cel-python needs google-re2, which has no wheel there
+        raise ValueError(f"CEL is not available in this build of edgekube ({exc})") from None
+
+
+@functools.cache
+def _load_engine() -> _Engine:
     import celpy  # see the module's docstring: loaded only once CEL is used
     from celpy import adapter, celparser, celtypes, evaluation
 
