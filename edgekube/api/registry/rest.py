@@ -378,11 +378,12 @@ class Registry:
         self._admission.mutate(info, obj)
         if info.gk == "Pod":
             self._admit_priority(obj)
-            obj.setdefault("status", {}).setdefault("phase", "Pending")
-            obj["status"].setdefault("qosClass", _qos_class(obj.get("spec") or {}))
         request = _admission_request(info, obj, "CREATE", options=options)
         report = (warnings or Warnings()).report()
         await self.policy.mutate(request, obj, report)
+        if info.gk == "Pod":  # after the webhooks, which may change what decides the QoS class
+            obj.setdefault("status", {}).setdefault("phase", "Pending")
+            obj["status"].setdefault("qosClass", _qos_class(obj.get("spec") or {}))
         await run(cost, self._validate, info, obj, old=None)
         await self.policy.validate(request, obj, report)
         await self._admission.validate(info, obj, old=None, subresource=None, dry_run=options.dry_run)
