@@ -104,7 +104,9 @@ class Policies:
             return not required
         label_sets = [(o.get("metadata") or {}).get("labels") or {} for o in (obj, call.old) if o is not None]
         ns_sel = match.get("namespaceSelector")
-        if ns_sel and call.info.namespaced and ns_object is not None:
+        # Namespaced objects by their namespace's labels, a Namespace by its own; other
+        # cluster-scoped objects are not filtered by it (upstream's matcher).
+        if ns_sel and (call.info.namespaced or call.info.gk == "Namespace") and ns_object is not None:
             if not labels.from_label_selector(ns_sel).matches((ns_object.get("metadata") or {}).get("labels") or {}):
                 return False
         obj_sel = match.get("objectSelector")

@@ -253,7 +253,9 @@ class Webhooks:
         patch = response.get("patch")
         if not patch:
             return False
-        if response.get("patchType") not in (None, "JSONPatch"):
+        if response.get("patchType") is None:
+            raise _call_failed(hook, "webhook returned response.patch but not response.patchType")
+        if response.get("patchType") != "JSONPatch":
             raise _call_failed(hook, f'unsupported patch type "{response.get("patchType")}"')
         try:
             operations = orjson.loads(base64.b64decode(patch))
