@@ -298,3 +298,16 @@ async def test_match_conditions_choose_the_requests_a_webhook_sees(registry: res
                                         "no such key: missing")
     finally:
         await server.stop()
+
+
+async def test_an_oversized_answer_is_a_failed_call(registry: rest.Registry, tmp_path: Path) -> None:
+    big = "x" * (9 * 1024 * 1024)
+    server = await _server(tmp_path, lambda req: {"allowed": True, "warnings": [big]})
+    try:
+        await _configure(registry, "ValidatingWebhookConfiguration",
+                         _hook("big.example.com", {"url": server.url(), "caBundle": server.ca_bundle}))
+        with pytest.raises(errors.APIError) as caught:
+            await registry.create(_info(registry, "", "configmaps"), _cm(), namespace="default")
+        assert caught.value.code == 500 and "the response is larger than 8388608 bytes" in caught.value.message
+    finally:
+        await server.stop()

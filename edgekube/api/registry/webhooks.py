@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 GROUP = "admissionregistration.k8s.io"
 DEFAULT_TIMEOUT = admissionconfig.DEFAULT_TIMEOUT
 MAX_TIMEOUT = 30
+# A webhook's answer is read up to this size (a patched object is at most a request's size):
+# a broken webhook must not fill the memory.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 _NO_SIDE_EFFECTS_ON_DRY_RUN = frozenset({"None", "NoneOnDryRun"})
 
 
@@ -362,7 +365,7 @@ class Webhooks:
                 async with session.post(target, data=orjson.dumps(review), ssl=context, server_hostname=server_name,
                                         headers={"Content-Type": "application/json", "Accept": "application/json"},
                                         timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                    body = await resp.read()
+                    body = await _read_bounded(hook, resp)
                     if resp.status != 200:
                         raise _call_failed(hook, f"failed to call webhook: the server responded with the status code {resp.status}: {body[:512]!r}")
             except TimeoutError:
@@ -445,6 +448,17 @@ class Webhooks:
         warnings.extend(str(w) for w in response.get("warnings") or [] if w)
         for key, value in (response.get("auditAnnotations") or {}).items():
             audit[f"{hook.name}/{key}"] = str(value)
+
+
+async def _read_bounded(hook: Hook, resp: aiohttp.ClientResponse) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.read(64 * 1024):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise _call_failed(hook, f"failed to call webhook: the response is larger than {MAX_RESPONSE_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _dial_error(exc: BaseException) -> str:
