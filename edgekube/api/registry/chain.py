@@ -70,6 +70,7 @@ class Chain:
         self._store = store
         self._catalog = catalog
         # Where CEL runs: never on the loop.
+        self._own_offload = offload is None  # closed with the chain only when made here
         self.offload = offload or offload_mod.Offload()
         self._stamp: tuple[tuple[str, int], ...] = ()
         self._scanned_at = -1
@@ -132,6 +133,8 @@ class Chain:
 
     async def close(self) -> None:
         await self.webhooks.close()
+        if self._own_offload:
+            self.offload.close()
 
     async def mutate(self, req: Request, obj: JSON, report: Report) -> None:
         """The mutating plugins, in place on `obj` (after the registry's defaults)."""
