@@ -114,6 +114,17 @@ DEFAULTS: dict[str, Any] = {
         "max-queued": 512,
         "queue-wait-seconds": 15,
     },
+    "pod-security": {
+        "enforce": "privileged",
+        "enforce-version": "latest",
+        "audit": "privileged",
+        "audit-version": "latest",
+        "warn": "privileged",
+        "warn-version": "latest",
+        "exempt-usernames": [],
+        "exempt-runtime-classes": [],
+        "exempt-namespaces": ["kube-system"],
+    },
     "log-level": "info",
 }
 
@@ -229,6 +240,19 @@ class FlowControlSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PodSecuritySettings:
+    """PodSecurity admission's defaults (for namespaces without labels) and exemptions, as
+    upstream's PodSecurityConfiguration; the level of each mode is (level, version)."""
+
+    enforce: tuple[str, str] = ("privileged", "latest")
+    audit: tuple[str, str] = ("privileged", "latest")
+    warn: tuple[str, str] = ("privileged", "latest")
+    exempt_usernames: tuple[str, ...] = ()
+    exempt_runtime_classes: tuple[str, ...] = ()
+    exempt_namespaces: tuple[str, ...] = ("kube-system",)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: Path
     bind_address: str
@@ -255,6 +279,7 @@ class Config:
     # address when it is a specific one, else the node's InternalIP.
     advertise_address: str = ""
     token_auth_file: Path | None = None
+    pod_security: PodSecuritySettings = dataclasses.field(default_factory=PodSecuritySettings)
 
     def enabled(self, component: str) -> bool:
         return component not in self.disable
@@ -500,6 +525,7 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
         flowcontrol=_flowcontrol(data["flowcontrol"], where=f"{source} (flowcontrol)"),
         advertise_address=_address(data, "advertise-address", source),
         token_auth_file=Path(str(data["token-auth-file"])) if data["token-auth-file"] else None,
+        pod_security=_pod_security(data["pod-security"], where=f"{source} (pod-security)"),
     )
 
 
@@ -518,3 +544,25 @@ def _address(data: Mapping[str, Any], key: str, where: str) -> str:
         except ValueError:
             raise ConfigError(f"{where}: '{key}' must be an IP address, got {value!r}") from None
     return value
+
+
+
+_PSA_VERSION = re.compile(r"^(latest|v1\.(0|[1-9][0-9]*))$")
+
+
+def _pod_security(p: Mapping[str, Any], *, where: str) -> PodSecuritySettings:
+    modes = {}
+    for mode in ("enforce", "audit", "warn"):
+        level, version = str(p[mode]), str(p[f"{mode}-version"])
+        if level not in ("privileged", "baseline", "restricted"):
+            raise ConfigError(f"{where}: '{mode}' must be privileged, baseline or restricted, got {p[mode]!r}")
+        if not _PSA_VERSION.match(version):
+            raise ConfigError(f"{where}: '{mode}-version' must be latest or v1.x, got {p[f'{mode}-version']!r}")
+        modes[mode] = (level, version)
+    lists = {}
+    for key in ("exempt-usernames", "exempt-runtime-classes", "exempt-namespaces"):
+        value = p[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where}: '{key}' must be a list of names, got {value!r}")
+        lists[key.replace("-", "_")] = tuple(value)
+    return PodSecuritySettings(**modes, **lists)

@@ -47,7 +47,7 @@ from edgekube.api import metrics as metrics_mod
 from edgekube.api.auth import bootstrap as rbac_bootstrap
 from edgekube.api.auth import bootstraptokens, satokens, tokenfile
 from edgekube.api.auth import policy as policy_mod
-from edgekube.api.registry import resources, rest, saadmission
+from edgekube.api.registry import chain, podsecurity, resources, rest, saadmission
 from edgekube.client import events as events_mod
 from edgekube.client import informer, local
 from edgekube.controllers import manager, servicelb
@@ -192,6 +192,7 @@ class Runtime:
 
         # Who may do what (api/auth/policy.py): its gate is the registry's, for HTTP and in process.
         policy = policy_mod.Policy(self.store, catalog=self.catalog)
+        psa = cfg.pod_security
         self.registry = rest.Registry(
             self.store,
             catalog=self.catalog,
@@ -199,6 +200,9 @@ class Runtime:
             network=rest.ServiceNetwork(service_cidr=cfg.service_cidr, node_port_range=cfg.node_port_range),
             offload=self.offload,
             gate=policy.gate,
+            policy=chain.Chain(self.store, catalog=self.catalog, offload=self.offload, pod_security=podsecurity.settings(
+                enforce=psa.enforce, audit=psa.audit, warn=psa.warn, exempt_usernames=psa.exempt_usernames,
+                exempt_runtime_classes=psa.exempt_runtime_classes, exempt_namespaces=psa.exempt_namespaces)),
         )
         self.registry.rebuild_allocations()
         advertise = await asyncio.to_thread(self._advertise_address)
@@ -646,6 +650,8 @@ class Runtime:
             await self.supervisor.stop_some(["audit-writer"])
             await self.auditor.close()  # what the last requests and components queued
             self.auditor = None
+        if self.registry is not None:
+            await self.registry.policy.close()  # the admission webhooks' client connections
         if self.store is not None:
             # Queued writes finish and the memory tier is saved before the database closes.
             await self.store.close()

@@ -18,6 +18,8 @@
 # - --include-package=edgekube so that modules reached only through importlib (registry tables,
 #   plugins) are compiled too; likewise dns.rdtypes: dnspython loads each record type's module
 #   by name when it first meets the type (the cluster DNS, edgekube/net/dns*.py).
+# - --include-package-data=celpy: cel-python reads its grammar (cel.lark) from its package dir
+#   when the first CEL expression is compiled (edgekube/api/registry/cel.py).
 # - Onefile unpacks into a fresh temp dir per start (Nuitka's default spec); the bootstrap
 #   forwards SIGTERM/SIGINT to the payload, so systemd's KillMode=process stop works.
 # - The build time goes into the binary (edgekube/_cogs/_built.py, removed again afterwards): the
@@ -73,6 +75,7 @@ PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m nuitka \
     --follow-imports \
     --include-package=edgekube \
     --include-package=dns.rdtypes \
+    --include-package-data=celpy \
     --nofollow-import-to=kubernetes \
     --nofollow-import-to=pytest \
     --nofollow-import-to=_pytest \

@@ -30,7 +30,7 @@ import upstream_src
 API_PACKAGES = [
     "core/v1", "apps/v1", "batch/v1", "rbac/v1", "coordination/v1", "discovery/v1", "storage/v1",
     "autoscaling/v1", "autoscaling/v2", "policy/v1", "networking/v1", "authentication/v1",
-    "authorization/v1", "scheduling/v1",
+    "authorization/v1", "scheduling/v1", "admissionregistration/v1",
 ]
 MACHINERY_PACKAGES = ["pkg/apis/meta/v1", "pkg/runtime", "pkg/util/intstr", "pkg/api/resource", "pkg/version"]
 EXTENSIONS_PACKAGES = ["pkg/apis/apiextensions/v1"]
@@ -125,12 +125,12 @@ def _parse_file(pkg: Package, text: str) -> None:
                 fl = lines[i].strip()
                 if fl.startswith("}") and depth == 1:
                     break
-                depth += fl.count("{") - fl.count("}")
                 if fl.startswith(("/*", "*")):
                     pass
-                elif fl.startswith("//"):
+                elif fl.startswith("//"):  # braces in comments (CEL examples) do not nest
                     field_comment.append(fl[2:].removeprefix(" "))
                 elif fl:
+                    depth += fl.count("{") - fl.count("}")
                     if depth == 1:
                         fields.append((field_comment, fl))
                     field_comment = []

@@ -631,6 +631,7 @@ def _patch_type(content_type: str) -> None:
 def _warning_headers(warnings: rest.Warnings | None) -> dict[str, str]:
     if warnings is None or not warnings.messages:
         return {}
-    # One header may carry several comma-separated warnings (RFC 7234 warn-values).
-    text = ", ".join('299 - "' + m.replace('"', '\\"') + '"' for m in warnings.messages)
+    # One header may carry several comma-separated warnings (RFC 7234 warn-values); the same text
+    # once (upstream's recorder drops repeats: a write retried after a conflict admits it again).
+    text = ", ".join('299 - "' + m.replace('"', '\\"') + '"' for m in dict.fromkeys(warnings.messages))
     return {"Warning": text}

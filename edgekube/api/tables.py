@@ -1334,6 +1334,44 @@ _APISERVICE = Printer(
 )
 
 
+# --- admissionregistration ------------------------------------------------------------------
+
+_WEBHOOKS = Printer(
+    (_NAME, Column("Webhooks", "integer", "Webhooks indicates the number of webhooks registered in this configuration"),
+     _AGE),
+    lambda obj, now: [_name(obj), len(_l(obj.get("webhooks"))), _created(obj, now)],
+)
+
+
+def _param_kind(obj: Mapping[str, Any], now: datetime) -> list[Any]:
+    spec = _m(obj, "spec")
+    kind = spec.get("paramKind")
+    shown = f"{_s(kind.get('apiVersion'))}/{_s(kind.get('kind'))}" if isinstance(kind, Mapping) else "<unset>"
+    return [_name(obj), len(_l(spec.get("validations"))), shown, _created(obj, now)]
+
+
+def _param_ref(obj: Mapping[str, Any], now: datetime) -> list[Any]:
+    spec = _m(obj, "spec")
+    ref = spec.get("paramRef")
+    shown = "<unset>"
+    if isinstance(ref, Mapping):
+        where = _s(ref.get("name")) or "*"
+        shown = f"{_s(ref.get('namespace'))}/{where}" if ref.get("namespace") else where
+    return [_name(obj), _s(spec.get("policyName")), shown, _created(obj, now)]
+
+
+_ADMISSION_POLICY = Printer(
+    (_NAME, Column("Validations", "integer", "Validations indicates the number of validation rules defined in this configuration"),
+     Column("ParamKind", "string", "ParamKind specifies the kind of resources used to parameterize this policy"), _AGE),
+    _param_kind,
+)
+_ADMISSION_POLICY_BINDING = Printer(
+    (_NAME, Column("PolicyName", "string", "PolicyName indicates the policy definition which the policy binding binded to"),
+     Column("ParamRef", "string", "ParamRef indicates the param resource which sets the configration param"), _AGE),
+    _param_ref,
+)
+
+
 # --- registry of printers -------------------------------------------------------------------
 
 PRINTERS: Mapping[str, Printer] = {
@@ -1364,6 +1402,10 @@ PRINTERS: Mapping[str, Printer] = {
     "StorageClass.storage.k8s.io": _STORAGE_CLASS,
     "PriorityClass.scheduling.k8s.io": _PRIORITY_CLASS,
     "APIService.apiregistration.k8s.io": _APISERVICE,
+    "ValidatingWebhookConfiguration.admissionregistration.k8s.io": _WEBHOOKS,
+    "MutatingWebhookConfiguration.admissionregistration.k8s.io": _WEBHOOKS,
+    "ValidatingAdmissionPolicy.admissionregistration.k8s.io": _ADMISSION_POLICY,
+    "ValidatingAdmissionPolicyBinding.admissionregistration.k8s.io": _ADMISSION_POLICY_BINDING,
     "Ingress.networking.k8s.io": _INGRESS,
     "NetworkPolicy.networking.k8s.io": _NETWORKPOLICY,
     "RoleBinding.rbac.authorization.k8s.io": _binding_printer("roleBinding"),

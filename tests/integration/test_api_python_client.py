@@ -461,3 +461,37 @@ def test_unknown_and_mistyped_fields_at_any_depth(server: Server, ns: str) -> No
     ok["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"cpu": 1, "memory": "64Mi"}}
     code, out = _raw(server, "POST", path, json.dumps(ok).encode())
     assert code == 201, out
+
+
+def test_admission_configurations_through_the_typed_client(api: client.ApiClient) -> None:
+    """The admissionregistration/v1 kinds decode into the client's models, upstream's defaults in."""
+    adm = client.AdmissionregistrationV1Api(api)
+    hook = client.V1ValidatingWebhook(
+        name="typed.example.com", side_effects="None", admission_review_versions=["v1"],
+        client_config=client.AdmissionregistrationV1WebhookClientConfig(url="https://127.0.0.1:1/x"),
+        object_selector=client.V1LabelSelector(match_labels={"never": "matches"}),
+        rules=[client.V1RuleWithOperations(operations=["CREATE"], api_groups=[""], api_versions=["v1"], resources=["configmaps"])])
+    made = adm.create_validating_webhook_configuration(client.V1ValidatingWebhookConfiguration(
+        metadata=client.V1ObjectMeta(name="typed-client"), webhooks=[hook]))
+    try:
+        got = made.webhooks[0]
+        assert (got.failure_policy, got.match_policy, got.timeout_seconds) == ("Fail", "Equivalent", 10)
+        assert got.rules[0].scope == "*"
+        assert [c.metadata.name for c in adm.list_validating_webhook_configuration().items] == ["typed-client"]
+        policy = adm.create_validating_admission_policy(client.V1ValidatingAdmissionPolicy(
+            metadata=client.V1ObjectMeta(name="typed-client"),
+            spec=client.V1ValidatingAdmissionPolicySpec(
+                match_constraints=client.V1MatchResources(resource_rules=[client.V1NamedRuleWithOperations(
+                    operations=["CREATE"], api_groups=["apps"], api_versions=["v1"], resources=["deployments"])]),
+                validations=[client.V1Validation(expression="object.spec.replicas < 100")])))
+        assert policy.spec.failure_policy == "Fail"
+        with pytest.raises(ApiException) as caught:
+            adm.create_validating_admission_policy(client.V1ValidatingAdmissionPolicy(
+                metadata=client.V1ObjectMeta(name="typed-broken"),
+                spec=client.V1ValidatingAdmissionPolicySpec(
+                    match_constraints=policy.spec.match_constraints,
+                    validations=[client.V1Validation(expression="object.spec.replicas <")])))
+        assert caught.value.status == 422
+        adm.delete_validating_admission_policy("typed-client")
+    finally:
+        adm.delete_validating_webhook_configuration("typed-client")

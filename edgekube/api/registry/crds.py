@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - platforms without a google-re2 wheel
     re2 = None
 
 from edgekube.api.errors import Cause
+from edgekube.api.registry import crdrules
 
 JSON = dict[str, Any]
 
@@ -231,6 +232,7 @@ def validate(crd: JSON, old: JSON | None) -> list[Cause]:
         elif schema.get("type") != "object":
             out.append(Cause(f"spec.versions[{i}].schema.openAPIV3Schema.type", 'Required value: must be "object" at the root', "FieldValueRequired"))
         out.extend(_pattern_causes(schema, f"spec.versions[{i}].schema.openAPIV3Schema"))
+        out.extend(crdrules.compile_causes(schema, f"spec.versions[{i}].schema.openAPIV3Schema"))
         for j, col in enumerate(v.get("additionalPrinterColumns") or []):
             if not isinstance(col, dict) or not col.get("name") or not col.get("jsonPath"):
                 out.append(Cause(f"spec.versions[{i}].additionalPrinterColumns[{j}]", "Required value: name and jsonPath are required", "FieldValueRequired"))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgekube.api import apischema
-from edgekube.api.registry import crds
+from edgekube.api.registry import admissionconfig, crds
 
 JSON = dict[str, Any]
 
@@ -545,4 +545,5 @@ _DEFAULTERS: dict[str, Callable[[JSON], None]] = {
     "NetworkPolicy.networking.k8s.io": _networkpolicy,
     "RoleBinding.rbac.authorization.k8s.io": _binding_subjects,
     "ClusterRoleBinding.rbac.authorization.k8s.io": _binding_subjects,
+    **admissionconfig.DEFAULTERS,
 }

@@ -35,6 +35,7 @@ from edgekube.api.registry import (
     admission,
     allocators,
     apiservices,
+    chain,
     conversions,
     crds,
     decoding,
@@ -129,9 +130,15 @@ class RenderedList(Generic[T]):
 
 @dataclasses.dataclass
 class Warnings:
-    """Warnings for the `Warning` response header (fieldValidation=Warn, deprecations)."""
+    """Warnings for the `Warning` response header (fieldValidation=Warn, deprecations,
+    admission), and the audit annotations admission adds (for the audit log)."""
 
     messages: list[str] = dataclasses.field(default_factory=list)
+    audit_annotations: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def report(self) -> chain.Report:
+        """The admission chain's view of these: it adds to the same list and dict."""
+        return chain.Report(warnings=self.messages, audit_annotations=self.audit_annotations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +157,7 @@ class Registry:
         network: ServiceNetwork,
         offload: offload_mod.Offload | None = None,
         gate: authz.Gate | None = None,
+        policy: chain.Chain | None = None,
     ) -> None:
         self.store = store
         # Where every request with a user is allowed or refused (HTTP and in process alike), and
@@ -177,6 +185,8 @@ class Registry:
         # (the ServiceAccount plugin, api/registry/saadmission.py).
         self.subresource_creators: dict[str, Callable[[str, str, JSON], Awaitable[JSON]]] = {}
         self.pod_admission: list[Callable[[JSON, Options], Awaitable[None]]] = []
+        # PodSecurity, webhooks, admission policies (see `chain`).
+        self.policy = policy or chain.Chain(store, catalog=catalog, offload=self.offload)
 
     def rebuild_allocations(self) -> None:
         """Mark the cluster IPs and node ports of stored Services as used (at boot)."""
@@ -394,10 +404,15 @@ class Registry:
             for admit in self.pod_admission:
                 await admit(obj, options)
             self._admit_priority(obj)
+        request = _admission_request(info, obj, "CREATE", options=options)
+        report = (warnings or Warnings()).report()
+        await self.policy.mutate(request, obj, report)
+        if info.gk == "Pod":  # after the webhooks, which may change what decides the QoS class
             obj.setdefault("status", {}).setdefault("phase", "Pending")
             obj["status"].setdefault("qosClass", _qos_class(obj.get("spec") or {}))
         await run(cost, self._validate, info, obj, old=None)
         self.gate.check_write(options.user, info.gk, obj, None)
+        await self.policy.validate(request, obj, report)
         await self._admission.validate(info, obj, old=None, subresource=None, dry_run=options.dry_run)
         if managed is not None:
             meta["managedFields"] = managed
@@ -582,7 +597,8 @@ class Registry:
             raise errors.conflict(info.plural, name, group=info.group)
         await self.offload.run(max(options.cost, len(item.value)), self._check_fields, info, obj, options=options,
                                warnings=warnings)
-        out = await self._write_update(info, item, obj, namespace=namespace, subresource=subresource, options=options)
+        out = await self._write_update(info, item, obj, namespace=namespace, subresource=subresource, options=options,
+                                       warnings=warnings)
         return out, False
 
     def _update_input(self, info: resources.ResourceInfo, given: JSON, *, namespace: str | None, name: str) -> JSON:
@@ -610,6 +626,7 @@ class Registry:
         namespace: str | None,
         subresource: str | None,
         options: Options,
+        warnings: Warnings | None = None,
     ) -> JSON:
         cost = max(options.cost, len(item.value))
         with self.offload.collector_paused(cost):
@@ -618,19 +635,22 @@ class Registry:
             # frame that used it is gone.
             held: builtins.list[JSON] = []
             out = await self._write_update_with(info, item, new, namespace=namespace, subresource=subresource,
-                                                options=options, cost=cost, held=held)
+                                                options=options, cost=cost, held=held,
+                                                report=(warnings or Warnings()).report())
             if self.offload.heavy(cost):
                 await self.offload.always(held.clear)
             return out
 
     async def _write_update_with(self, info: resources.ResourceInfo, item: records.Item, new: JSON, *,
                                  namespace: str | None, subresource: str | None, options: Options, cost: int,
-                                 held: builtins.list[JSON]) -> JSON:
+                                 held: builtins.list[JSON], report: chain.Report) -> JSON:
         run = self.offload.run
         old = await self._decode(item, cost=cost)
         held.append(old)
         sent_managed = (new.get("metadata") or {}).get("managedFields")
-        new = await self._merge_update(info, old, new, subresource=subresource, options=options, cost=cost)
+        request = _admission_request(info, new, "UPDATE", options=options, subresource=subresource, old=old)
+        new = await self._merge_update(info, old, new, subresource=subresource, options=options, cost=cost,
+                                       request=request, report=report)
         name = old["metadata"]["name"]
         if options.operation != "Apply":
             base = old
@@ -646,6 +666,7 @@ class Registry:
         if await run(cost, _unchanged, old, new):
             return old
         self.gate.check_write(options.user, info.gk, new, old)
+        await self.policy.validate(request, new, report)
         await self._admission.validate(info, new, old=old, subresource=subresource, dry_run=options.dry_run)
         new_meta = new["metadata"]
         finishing = bool(new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and not _graceful_pod(info, old))
@@ -682,7 +703,7 @@ class Registry:
 
     async def _merge_update(
         self, info: resources.ResourceInfo, old: JSON, new: JSON, *, subresource: str | None, options: Options,
-        cost: int,
+        cost: int, request: chain.Request, report: chain.Report,
     ) -> JSON:
         """Build the object to store from the old one and the client's new one."""
         run = self.offload.run
@@ -693,6 +714,7 @@ class Registry:
             new["status"] = self._crd_status(new, now=clock_mod.rfc3339(self._clock.now()))
         if info.gk == apiservices.GK:
             new["status"] = apiservices.status(new, old=old, now=clock_mod.rfc3339(self._clock.now()))
+        await self.policy.mutate(request, new, report)
         await run(cost, self._merge_finish, info, old, new)
         return new
 
@@ -809,7 +831,8 @@ class Registry:
                     patched = await run(cost, self._patched, info, patched, revision=item.revision, name=name,
                                         namespace=namespace, options=options, warnings=warnings, shown_as=shown_as)
                     return await self._write_update(
-                        info, item, patched, namespace=namespace, subresource=subresource, options=options
+                        info, item, patched, namespace=namespace, subresource=subresource, options=options,
+                        warnings=warnings,
                     )
             except errors.APIError as exc:
                 # Lost a race: read again. A resourceVersion the patch itself carries no longer
@@ -1002,7 +1025,8 @@ class Registry:
                 return await self.create(info, merged, namespace=namespace, options=applying, warnings=warnings), True
             try:
                 return await self._write_update(
-                    info, item, merged, namespace=namespace, subresource=subresource, options=applying
+                    info, item, merged, namespace=namespace, subresource=subresource, options=applying,
+                    warnings=warnings,
                 ), False
             except errors.APIError as exc:
                 if exc.reason == "Conflict":
@@ -1064,6 +1088,9 @@ class Registry:
                     why=f"Precondition failed: ResourceVersion in precondition: {options.precondition_resource_version}, "
                     f"ResourceVersion in object meta: {meta.get('resourceVersion')}",
                 )
+            await self.policy.validate(chain.Request(
+                info=info, operation="DELETE", name=name, namespace=namespace or "", user=options.user,
+                dry_run=options.dry_run, old=obj), None, chain.Report())
             try:
                 out, deleted = await self._delete_once(info, item, obj, namespace=namespace, options=options)
                 if info.gk == CRD_GK and not options.dry_run:
@@ -1482,6 +1509,14 @@ def _keep_allocated_values(old: JSON, new: JSON) -> None:
                 np = by_port.get((p.get("port"), p.get("protocol", "TCP")))
                 if np:
                     p["nodePort"] = np
+
+
+def _admission_request(info: resources.ResourceInfo, obj: JSON, operation: str, *, options: Options,
+                       subresource: str | None = None, old: JSON | None = None) -> chain.Request:
+    meta = obj.get("metadata") or {}
+    return chain.Request(info=info, operation=operation, name=str(meta.get("name") or ""),
+                         namespace=str(meta.get("namespace") or "") if info.namespaced else "",
+                         subresource=subresource, user=options.user, dry_run=options.dry_run, old=old)
 
 
 def _decode_prefix(info: resources.ResourceInfo) -> str:

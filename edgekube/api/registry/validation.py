@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import re
 import zoneinfo
@@ -19,7 +20,7 @@ from typing import Any
 from edgekube.api import labels as labels_mod
 from edgekube.api import quantity
 from edgekube.api.errors import Cause
-from edgekube.api.registry import crds, defaults
+from edgekube.api.registry import admissionconfig, crds, defaults
 
 JSON = dict[str, Any]
 
@@ -1396,6 +1397,10 @@ def _binding(e: _Errs, obj: JSON, old: JSON | None, *, cluster: bool) -> None:
         e.invalid("roleRef", "", "cannot change roleRef")
 
 
+def _causes_of(check: Callable[[JSON, JSON | None], list[Cause]], e: _Errs, obj: JSON, old: JSON | None) -> None:
+    e.causes.extend(check(obj, old))
+
+
 _VALIDATORS: dict[str, Callable[[_Errs, JSON, JSON | None], None]] = {
     "Pod": _pod,
     "Service": _service,
@@ -1430,6 +1435,7 @@ _VALIDATORS: dict[str, Callable[[_Errs, JSON, JSON | None], None]] = {
     "APIService.apiregistration.k8s.io": _apiservice,
     "Ingress.networking.k8s.io": _ingress,
     "NetworkPolicy.networking.k8s.io": _networkpolicy,
+    **{gk: functools.partial(_causes_of, check) for gk, check in admissionconfig.VALIDATORS.items()},
 }
 
 
