@@ -562,6 +562,21 @@ class LogFile:
                     self._size - keep)
         self._size = keep
 
+    def write_lines(self, lines: list[bytes]) -> None:
+        """`lines` appended in as few writes as the size limit allows: the file is rotated
+        between lines, so it passes `log-maxsize` by one line at most (a batch may hold many)."""
+        max_size = self.settings.max_size_mb * 1024 * 1024 if self.settings.path is not None else 0
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and max_size and self._size + size + len(line) > max_size:
+                self.write(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self.write(b"".join(chunk))
+
     def write(self, data: bytes) -> None:
         max_size = self.settings.max_size_mb * 1024 * 1024
         if self.settings.path is not None and max_size and self._size and self._size + len(data) > max_size:
@@ -843,7 +858,7 @@ class Auditor:
                 self.failed += 1
                 log.error("audit: event %s could not be encoded: %s", record.audit_id, exc)
         try:
-            self._file.write(b"".join(lines))
+            self._file.write_lines(lines)
             self.events += len(lines)
         except OSError as exc:
             self.failed += len(lines)

@@ -319,6 +319,9 @@ def test_rotation_keeps_at_most_maxbackup_files(tmp_path: Path) -> None:
     lines = [e for p in [*backups, log] for e in _events(p)]  # whole JSON lines in every file
     names = {_ref(e)["name"] for e in lines if e["verb"] == "create" and e["stage"] == "ResponseComplete"}
     assert "big-23" in names and "big-0" not in names  # the newest kept, the oldest rotated away
+    # Rotated between lines, even inside one batch of the writer: no file passes the size limit
+    # by more than one event (about 400 KB here).
+    assert all(p.stat().st_size <= (1 << 20) + 500_000 for p in [*backups, log]), [p.stat().st_size for p in backups]
 
 
 def test_an_unwritable_log_or_a_bad_policy_stops_the_boot(tmp_path: Path) -> None:
