@@ -318,6 +318,15 @@ def annotate(request: web.Request, key: str, value: str) -> None:
         ctx.annotations[key] = value
 
 
+def _annotations(ctx: _Request, request: web.Request) -> dict[str, str] | None:
+    """The event's annotations: what inner steps added (`annotate`) and what admission added
+    to the write (PodSecurity, webhooks, policies; `handlers.ADMISSION_AUDIT_KEY`)."""
+    admission = request.get(handlers.ADMISSION_AUDIT_KEY)
+    if not ctx.annotations and not admission:
+        return None
+    return {**(ctx.annotations or {}), **(admission or {})}
+
+
 @dataclasses.dataclass(slots=True)
 class Record:
     """One event as queued: plain values only, turned into JSON by the writer's thread. Not
@@ -822,7 +831,7 @@ class Auditor:
             user_agent=request.headers.get("User-Agent", ""), attrs=attrs, status=status, request_body=body,
             content_type=request.headers.get("Content-Type", ""), response_body=response_body,
             received=ctx.received, at=time.time(),
-            annotations=dict(ctx.annotations) if ctx.annotations else None,
+            annotations=_annotations(ctx, request),
             omit_managed_fields=ctx.decision.omit_managed_fields,
         ))
 

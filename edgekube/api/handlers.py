@@ -41,6 +41,9 @@ from edgekube.api.registry import decoding, fieldcheck, resources, rest
 USER_KEY: web.RequestKey[user_mod.UserInfo] = web.RequestKey("user", user_mod.UserInfo)
 # The authenticated user of an impersonating request (USER_KEY then holds the one it acts as):
 # audit's `user` beside its `impersonatedUser`.
+# The audit annotations admission adds to a write (filled in as it runs, refusals included),
+# for the audit log's events of the request.
+ADMISSION_AUDIT_KEY: web.RequestKey[dict[str, str]] = web.RequestKey("admission-audit", dict)
 IMPERSONATOR_KEY: web.RequestKey[user_mod.UserInfo] = web.RequestKey("impersonator", user_mod.UserInfo)
 JSON = dict[str, Any]
 
@@ -432,7 +435,7 @@ class Handlers:
 
     async def _create_with(self, request: web.Request, t: Target, raw: bytes) -> tuple[list[JSON], rest.Warnings]:
         body = await self._decode(raw, request.headers.get("Content-Type", ""), kind=t.info.kind)
-        warnings = rest.Warnings()
+        warnings = _warnings(request)
         obj = await self._registry.create(t.info, body, namespace=t.namespace,
                                           options=self._options(request, cost=len(raw)), warnings=warnings)
         return [obj, body], warnings
@@ -449,7 +452,7 @@ class Handlers:
     async def _update_with(self, request: web.Request, t: Target, raw: bytes) -> tuple[list[JSON], int, rest.Warnings]:
         assert t.name is not None
         body = await self._decode(raw, request.headers.get("Content-Type", ""), kind=t.info.kind)
-        warnings = rest.Warnings()
+        warnings = _warnings(request)
         obj, created = await self._registry.update(
             t.info, body, namespace=t.namespace, name=t.name, subresource=t.subresource,
             options=self._options(request, cost=len(raw)), warnings=warnings,
@@ -492,7 +495,7 @@ class Handlers:
         assert t.name is not None
         content_type = negotiation.media_type(request.headers.get("Content-Type", ""))
         _patch_type(content_type)
-        warnings = rest.Warnings()
+        warnings = _warnings(request)
         gk = t.info.gk
 
         if content_type == patch.APPLY_PATCH:
@@ -626,6 +629,13 @@ def _patch_type(content_type: str) -> None:
     or not the object exists (and before its body is read)."""
     if content_type not in (*patch.SUPPORTED, patch.APPLY_PATCH):
         raise errors.unsupported_media_type(content_type, [*patch.SUPPORTED, patch.APPLY_PATCH])
+
+
+def _warnings(request: web.Request) -> rest.Warnings:
+    """A write's warnings; its audit annotations are the request's (see ADMISSION_AUDIT_KEY)."""
+    warnings = rest.Warnings()
+    request[ADMISSION_AUDIT_KEY] = warnings.audit_annotations
+    return warnings
 
 
 def _warning_headers(warnings: rest.Warnings | None) -> dict[str, str]:

@@ -354,3 +354,25 @@ def test_a_log_that_fails_at_run_time_is_logged_and_counted_never_blocking(tmp_p
     finally:
         srv.close()
     assert "audit log /dev/full: cannot write (No space left on device)" in srv.log()
+
+
+def test_admission_annotations_reach_the_audit_log(audited: Server) -> None:
+    """PodSecurity's `audit` mode is an annotation on the write's audit event, as upstream's
+    (`pod-security.kubernetes.io/audit-violations`), for a pod it lets in and one enforce refuses."""
+    k = Kubectl("1.36", audited, "psa-audit")
+    k.run("create", "namespace", "psa-audit", namespaced=False)
+    k.run("label", "namespace", "psa-audit", "pod-security.kubernetes.io/audit=restricted", namespaced=False)
+    k.run("run", "loose", "--image=busybox", "--restart=Never")
+    (created,) = _wait_events(audited, lambda e: e["verb"] == "create" and _ref(e).get("name") == "loose"
+                              and _ref(e).get("namespace") == "psa-audit" and e["stage"] == "ResponseComplete",
+                              what="the pod's create")
+    violations = created["annotations"]["pod-security.kubernetes.io/audit-violations"]
+    assert violations.startswith('would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false')
+    k.run("label", "namespace", "psa-audit", "pod-security.kubernetes.io/enforce=baseline", namespaced=False)
+    refused = k.run("run", "priv", "--image=busybox", "--restart=Never", "--privileged", check=False)
+    assert refused.returncode != 0 and 'violates PodSecurity "baseline:latest": privileged' in refused.stderr
+    (denied,) = _wait_events(audited, lambda e: e["verb"] == "create" and _ref(e).get("name") == "priv"
+                             and _ref(e).get("namespace") == "psa-audit" and e["stage"] == "ResponseComplete",
+                             what="the refused pod's create")
+    assert denied["responseStatus"]["code"] == 403
+    assert "privileged" in denied["annotations"]["pod-security.kubernetes.io/audit-violations"]
