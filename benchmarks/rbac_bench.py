@@ -9,6 +9,11 @@ whatever else the machine does meanwhile (other jobs share its CPUs) falls on bo
 figure is the ratio of the median latencies, admin/user, which is the ratio of the rates
 user/admin of one connection each (target >= 0.9).
 
+GET as a service account's token (from TokenRequest; a signed JWT checked on every request:
+signature, claims, the account still there) against the admin certificate, alternating the same
+way: what token authentication costs over a client certificate, both through RBAC or
+`system:masters` as above.
+
 In process: the cost of one decision, in microseconds, with a realistic policy loaded (the
 bootstrap roles plus 100 namespaces with a Role and two RoleBindings each): the gate's memoised
 answer (what a request pays once the same attributes were seen), an RBAC walk without the memo
@@ -45,6 +50,8 @@ JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 class RbacResult:
     admin: dict[str, list[float]]  # "GET"/"CREATE" -> latencies (s), alternating with `user`
     user: dict[str, list[float]]
+    token_admin: list[float]  # GET latencies (s) as admin, alternating with `token`
+    token: list[float]  # GET latencies (s) with a service account's bearer token
     cached_us: float
     uncached_us: float
     parse_us: float
@@ -55,6 +62,10 @@ class RbacResult:
     def ratio(self, name: str) -> float:
         """user's rate / admin's rate on one connection each (= admin's median / user's)."""
         return self.median_ms("admin", name) / self.median_ms("user", name)
+
+    def token_ratio(self) -> float:
+        """The token's GET rate / the admin certificate's, on one connection each."""
+        return common.percentile(self.token_admin, 50) / common.percentile(self.token, 50)
 
     def get_latency_us(self) -> float:
         return 1000.0 * self.median_ms("admin", "GET")
@@ -140,10 +151,33 @@ def _decision_costs(repeats: int = 20000) -> tuple[float, float, float]:
     return cached, uncached, parse
 
 
+async def _token(base: str, ctx: ssl.SSLContext) -> str:
+    """A token of `bench-sa` in default (made, and bound to the bench Role)."""
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bench-sa", "namespace": "default"}}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "bench-sa", "namespace": "default"},
+               "roleRef": {"apiGroup": rbac.GROUP, "kind": "Role", "name": "bench"},
+               "subjects": [{"kind": "ServiceAccount", "name": "bench-sa", "namespace": "default"}]}
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
+        for path, obj in (("/api/v1/namespaces/default/serviceaccounts", account),
+                          ("/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings", binding)):
+            async with session.post(base + path, data=orjson.dumps(obj), headers=JSON) as r:
+                if r.status not in (201, 409):
+                    raise RuntimeError(f"setup POST {path} -> {r.status}: {(await r.text())[:300]}")
+        async with session.post(base + "/api/v1/namespaces/default/serviceaccounts/bench-sa/token",
+                                data=orjson.dumps(request), headers=JSON) as r:
+            if r.status != 201:
+                raise RuntimeError(f"TokenRequest -> {r.status}: {(await r.text())[:300]}")
+            token: str = (await r.json())["status"]["token"]
+    return token
+
+
 async def _alternate(base: str, admin_ctx: ssl.SSLContext, user_ctx: ssl.SSLContext, *, name: str, path: str,
-                     expect: int, count: int) -> tuple[list[float], list[float]]:
+                     expect: int, count: int, user_headers: dict[str, str] | None = None) -> tuple[list[float], list[float]]:
     """`count` requests as each, one at a time, taking turns; the latencies of each side."""
-    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, ssl=ctx)) for ctx in (admin_ctx, user_ctx)]
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, ssl=ctx), headers=headers)
+                for ctx, headers in ((admin_ctx, None), (user_ctx, user_headers))]
     out: tuple[list[float], list[float]] = ([], [])
     try:
         for i in range(-20, count):  # the first 20 warm the connections, unmeasured
@@ -179,6 +213,18 @@ async def _run(data_dir: Path, requests: int, log: Callable[[str], None]) -> Rba
             lat[("admin", name)], lat[("user", name)] = admin, user
             log(f"  {name:6} x1, {len(admin)} each: admin p50 {1000 * common.percentile(admin, 50):.2f} ms, "
                 f"user p50 {1000 * common.percentile(user, 50):.2f} ms")
+        bearer = {"Authorization": f"Bearer {await _token(server.base, admin_ctx)}"}
+        plain_ctx = ssl.create_default_context(cafile=str(server.tls / "ca.crt"))
+        for _ in range(100):  # the binding reaches the authorizer through a watch
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=plain_ctx), headers=bearer) as s, \
+                    s.get(server.base + api_bench.GET_PATH, headers=JSON) as r:
+                if r.status == 200:
+                    break
+            await asyncio.sleep(0.05)
+        token_admin, token = await _alternate(server.base, admin_ctx, plain_ctx, name="GET", path=api_bench.GET_PATH,
+                                              expect=200, count=requests, user_headers=bearer)
+        log(f"  GET    x1, {len(token)} each: admin p50 {1000 * common.percentile(token_admin, 50):.2f} ms, "
+            f"service account token p50 {1000 * common.percentile(token, 50):.2f} ms")
         server.check_alive()
     finally:
         server.stop()
@@ -186,7 +232,7 @@ async def _run(data_dir: Path, requests: int, log: Callable[[str], None]) -> Rba
     log(f"  one decision: memoised {cached:.2f} us, RBAC walk {uncached:.2f} us, attributes parsed {parse:.2f} us")
     return RbacResult(admin={n: lat[("admin", n)] for n in ("GET", "CREATE")},
                       user={n: lat[("user", n)] for n in ("GET", "CREATE")},
-                      cached_us=cached, uncached_us=uncached, parse_us=parse)
+                      token_admin=token_admin, token=token, cached_us=cached, uncached_us=uncached, parse_us=parse)
 
 
 def run(requests: int, log: Callable[[str], None] = print) -> RbacResult:
@@ -201,5 +247,6 @@ if __name__ == "__main__":
     res = run(2000)
     for n in ("GET", "CREATE"):
         print(f"{n}: user/admin {res.ratio(n):.3f}")
+    print(f"GET with a service account token / admin certificate {res.token_ratio():.3f}")
     share = (res.cached_us + res.parse_us) / res.get_latency_us()
     print(f"decision (memoised + parse) {res.cached_us + res.parse_us:.2f} us = {100 * share:.2f}% of a GET")
