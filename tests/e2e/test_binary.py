@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests import conftest
+from tests.support.waiting import until
 
 pytestmark = [pytest.mark.binary, pytest.mark.e2e]
 
@@ -78,6 +79,34 @@ def test_binary_encrypts_secrets_at_rest(tmp_path: Path) -> None:
         for p in srv.data_dir.rglob("*"):
             if p.is_file():
                 assert b"binary-secret-51c3" not in p.read_bytes(), p
+    finally:
+        srv.close()
+
+
+def test_binary_signs_and_checks_service_account_tokens_under_rbac(tmp_path: Path) -> None:
+    """The binary carries the RS256 path (OpenSSL's EVP through ctypes, on the libcrypto it
+    ships) and RBAC: a token from `kubectl create token` is refused a list until a RoleBinding
+    lets its account read, then answered."""
+    binary = require_binary()
+    srv = conftest.Server(tmp_path / "data", command=[str(binary)])
+    kubectl = str(conftest.REPO / "tools" / "bin" / "kubectl-1.33")
+    try:
+        srv.start(timeout=90)
+        admin = [kubectl, "--kubeconfig", str(srv.kubeconfig), "-n", "default"]
+
+        def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=60)
+
+        run(*admin, "create", "serviceaccount", "robot")
+        token = run(*admin, "create", "token", "robot").stdout.strip()
+        as_robot = [kubectl, "--kubeconfig", "/dev/null", "--server", srv.url, "--certificate-authority", str(srv.ca),
+                    "--token", token, "-n", "default", "get", "configmaps", "-o", "name"]
+        refused = run(*as_robot, check=False)
+        assert refused.returncode != 0
+        assert 'User "system:serviceaccount:default:robot" cannot list resource "configmaps"' in refused.stderr
+        run(*admin, "create", "rolebinding", "robot-views", "--clusterrole=view", "--serviceaccount=default:robot")
+        until(lambda: run(*as_robot, check=False).returncode == 0, timeout=10, what="the binding taking effect")
+        assert srv.stop(timeout=30) == 0
     finally:
         srv.close()
 
