@@ -16,7 +16,6 @@ context, so any thread may call (ctypes releases the GIL during the calls).
 from __future__ import annotations
 
 import ctypes
-import threading
 
 from edgekube._cogs import libcrypto
 
@@ -38,46 +37,33 @@ class AuthenticationError(AesGcmError):
     """The tag does not match: wrong key, or the data, nonce or associated data changed."""
 
 
-_lib: ctypes.CDLL | None = None
-_lib_lock = threading.Lock()
+def _declare(lib: ctypes.CDLL) -> None:
+    vp, ip, cp = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
+    pint = ctypes.POINTER(ctypes.c_int)
+    lib.EVP_CIPHER_CTX_new.restype = vp
+    lib.EVP_CIPHER_CTX_new.argtypes = []
+    lib.EVP_CIPHER_CTX_free.restype = None
+    lib.EVP_CIPHER_CTX_free.argtypes = [vp]
+    lib.EVP_aes_256_gcm.restype = vp
+    lib.EVP_aes_256_gcm.argtypes = []
+    lib.EVP_CIPHER_CTX_ctrl.restype = ip
+    lib.EVP_CIPHER_CTX_ctrl.argtypes = [vp, ip, ip, vp]
+    for name in ("EVP_EncryptInit_ex", "EVP_DecryptInit_ex"):
+        fn = getattr(lib, name)
+        fn.restype = ip
+        fn.argtypes = [vp, vp, vp, cp, cp]
+    for name in ("EVP_EncryptUpdate", "EVP_DecryptUpdate"):
+        fn = getattr(lib, name)
+        fn.restype = ip
+        fn.argtypes = [vp, vp, pint, cp, ip]
+    for name in ("EVP_EncryptFinal_ex", "EVP_DecryptFinal_ex"):
+        fn = getattr(lib, name)
+        fn.restype = ip
+        fn.argtypes = [vp, vp, pint]
 
 
-def _load() -> ctypes.CDLL:
-    global _lib
-    with _lib_lock:
-        if _lib is not None:
-            return _lib
-        path = libcrypto.path()
-        if path is None:
-            raise AesGcmError("OpenSSL's libcrypto is not loaded and cannot be found; AES-GCM needs it")
-        try:
-            lib = ctypes.CDLL(path)
-            vp, ip, cp = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
-            pint = ctypes.POINTER(ctypes.c_int)
-            lib.EVP_CIPHER_CTX_new.restype = vp
-            lib.EVP_CIPHER_CTX_new.argtypes = []
-            lib.EVP_CIPHER_CTX_free.restype = None
-            lib.EVP_CIPHER_CTX_free.argtypes = [vp]
-            lib.EVP_aes_256_gcm.restype = vp
-            lib.EVP_aes_256_gcm.argtypes = []
-            lib.EVP_CIPHER_CTX_ctrl.restype = ip
-            lib.EVP_CIPHER_CTX_ctrl.argtypes = [vp, ip, ip, vp]
-            for name in ("EVP_EncryptInit_ex", "EVP_DecryptInit_ex"):
-                fn = getattr(lib, name)
-                fn.restype = ip
-                fn.argtypes = [vp, vp, vp, cp, cp]
-            for name in ("EVP_EncryptUpdate", "EVP_DecryptUpdate"):
-                fn = getattr(lib, name)
-                fn.restype = ip
-                fn.argtypes = [vp, vp, pint, cp, ip]
-            for name in ("EVP_EncryptFinal_ex", "EVP_DecryptFinal_ex"):
-                fn = getattr(lib, name)
-                fn.restype = ip
-                fn.argtypes = [vp, vp, pint]
-        except (OSError, AttributeError) as exc:
-            raise AesGcmError(f"cannot use AES-GCM from {path}: {exc}") from None
-        _lib = lib
-        return lib
+_binding = libcrypto.Binding(_declare, error=AesGcmError, need="AES-GCM")
+_load = _binding.get
 
 
 def library() -> str:

@@ -8,7 +8,10 @@ system with two OpenSSL versions never mixes them; `ctypes.util.find_library` is
 
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
+import threading
+from collections.abc import Callable
 
 
 def path() -> str | None:
@@ -23,3 +26,36 @@ def path() -> str | None:
     except OSError:
         pass
     return ctypes.util.find_library("crypto")
+
+
+class Binding:
+    """libcrypto with one module's functions declared (`declare` sets their restype and
+    argtypes), opened on first use, once, whichever thread asks first. `error` is the module's
+    own exception, raised with `need` (what the module does) when the library cannot be used."""
+
+    def __init__(self, declare: Callable[[ctypes.CDLL], None], *, error: type[Exception], need: str) -> None:
+        self._declare = declare
+        self._error = error
+        self._need = need
+        self._lib: ctypes.CDLL | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> ctypes.CDLL | None:
+        """The library if it was opened already (a finaliser must not open it)."""
+        return self._lib
+
+    def get(self) -> ctypes.CDLL:
+        with self._lock:
+            if self._lib is not None:
+                return self._lib
+            found = path()
+            if found is None:
+                raise self._error(f"OpenSSL's libcrypto is not loaded and cannot be found; {self._need} needs it")
+            try:
+                lib = ctypes.CDLL(found)
+                self._declare(lib)
+            except (OSError, AttributeError) as exc:
+                raise self._error(f"cannot use {self._need} from {found}: {exc}") from None
+            self._lib = lib
+            return lib

@@ -18,7 +18,6 @@ once loaded, so any thread may sign or verify with it (each call makes its own d
 from __future__ import annotations
 
 import ctypes
-import threading
 from typing import Any
 
 from edgekube._cogs import libcrypto
@@ -31,8 +30,6 @@ class RsaError(Exception):
     """OpenSSL could not be used, or a key could not be read or made."""
 
 
-_lib: ctypes.CDLL | None = None
-_lib_lock = threading.Lock()
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -67,21 +64,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.argtypes = argtypes
 
 
-def _load() -> ctypes.CDLL:
-    global _lib
-    with _lib_lock:
-        if _lib is not None:
-            return _lib
-        path = libcrypto.path()
-        if path is None:
-            raise RsaError("OpenSSL's libcrypto is not loaded and cannot be found; RSA signatures need it")
-        try:
-            lib = ctypes.CDLL(path)
-            _declare(lib)
-        except (OSError, AttributeError) as exc:
-            raise RsaError(f"cannot use RSA signatures from {path}: {exc}") from None
-        _lib = lib
-        return lib
+_binding = libcrypto.Binding(_declare, error=RsaError, need="RSA signatures")
+_load = _binding.get
 
 
 class _Key:
@@ -106,8 +90,9 @@ class _Key:
         return buf.raw[:n]
 
     def __del__(self) -> None:
-        if self._handle is not None and _lib is not None:
-            _lib.EVP_PKEY_free(self._handle)
+        lib = _binding.loaded
+        if self._handle is not None and lib is not None:
+            lib.EVP_PKEY_free(self._handle)
             self._handle = None
 
 
