@@ -40,8 +40,8 @@ if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from benchmarks import api_bench, common, servers  # noqa: E402
-from edgekube.api import audit, fairness, handlers  # noqa: E402
-from edgekube.api.auth import user as user_mod  # noqa: E402
+from edgekube.api import audit, fairness, filters  # noqa: E402
+from edgekube.api.auth import authz  # noqa: E402
 
 # Every request at one level, recorded once when answered (RequestReceived omitted, as the
 # example policy in configs/ and upstream's recommended policies do).
@@ -162,8 +162,13 @@ class _Transport:
     what is measured."""
 
     def get_extra_info(self, name: str, default: object = None) -> object:
+        if name == "peercert":
+            return _ADMIN_CERT
         return ("127.0.0.1", 40000) if name == "peername" else default
-_ADMIN = user_mod.authenticated("kubernetes-admin", groups=["system:masters"])
+
+
+# What the ssl module gives for the admin's client certificate.
+_ADMIN_CERT = {"subject": ((("organizationName", "system:masters"),), (("commonName", "kubernetes-admin"),))}
 
 
 async def _micro(root: Path, variant: str, requests: int) -> float:
@@ -185,9 +190,7 @@ async def _micro(root: Path, variant: str, requests: int) -> float:
     async def handler(request: web.Request) -> web.StreamResponse:
         return web.Response(body=answer, status=201, content_type="application/json")
 
-    async def authenticated(request: web.Request) -> web.StreamResponse:
-        request[handlers.USER_KEY] = _ADMIN
-        return await auditor.middleware(request, lambda r: cap.middleware(r, handler))
+    chain = filters.Filters(authenticators=[], auditor=auditor, flowcontrol=cap, gate=authz.Gate(authz.AllowAll()))
 
     writer = asyncio.create_task(auditor.run(), name="audit-writer") if auditor.enabled else None
     loop = asyncio.get_running_loop()
@@ -203,7 +206,7 @@ async def _micro(root: Path, variant: str, requests: int) -> float:
     for i in range(requests):
         request = template.clone()
         request._read_bytes = body  # as the handler's read leaves it
-        await auditor.init_middleware(request, authenticated)
+        await chain.middleware(request, handler)
         if i % 256 == 0:
             await asyncio.sleep(0)  # the writer's turn, as between requests
     if writer is not None:

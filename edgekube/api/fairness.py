@@ -27,9 +27,9 @@ queues are one per flow rather than shuffle-shard hands of a fixed number.
   upstream's long-running check) are neither capped nor queued, and in-process clients
   (`LocalClient`) do not go through HTTP at all.
 
-It runs after authentication and impersonation (the flow is the user a request acts as) and
-inside the audit middleware, so a refused request is audited, as upstream's filter chain orders
-them. `/metrics` exposes upstream's `apiserver_flowcontrol_*` counters.
+The server's filter chain (api/filters.py) asks for the seat after authentication and
+impersonation (the flow is the user a request acts as) and inside audit, so a refused request is
+audited, as upstream's filter chain orders them. `/metrics` exposes upstream's `apiserver_flowcontrol_*` counters.
 """
 
 from __future__ import annotations
@@ -37,14 +37,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
-from aiohttp import web
-
-from edgekube.api import errors, handlers, reqattrs
+from edgekube.api import errors, reqattrs
 from edgekube.api.auth import user as user_mod
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _PROBES = ("/healthz", "/livez", "/readyz")
 _NODES = "system:nodes"
@@ -177,21 +173,21 @@ class Fairness:
                 return self.levels["system"]
         return self.levels["global-default"]
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self.enabled or reqattrs.of(request).long_running:
-            return await handler(request)
-        if request.path.startswith(_PROBES):
+    def level_for(self, path: str, user: user_mod.UserInfo | None, info: reqattrs.RequestInfo) -> Level | None:
+        """The level in which the request must take a seat; None when it takes none (no cap, a
+        long-running request, a health probe)."""
+        if not self.enabled or info.long_running:
+            return None
+        if path.startswith(_PROBES):
             self.exempt += 1
-            return await handler(request)
-        user = request.get(handlers.USER_KEY)
-        level = self.classify(user)
+            return None
+        return self.classify(user)
+
+    async def acquire(self, level: Level, user: user_mod.UserInfo | None) -> str:
+        """A seat in `level` for the user's flow (given back with `level.release(flow)`)."""
         flow = user.name if user is not None else user_mod.ANONYMOUS
         await level.acquire(flow, wait=self.settings.queue_wait_seconds)
-        try:
-            return await handler(request)
-        finally:
-            level.release(flow)
+        return flow
 
     def metrics(self) -> Iterable[str]:
         """Prometheus text lines, upstream's apiserver_flowcontrol_* names."""

@@ -190,13 +190,18 @@ class _Refused(asyncio.Protocol):
 class _Conn(asyncio.Protocol):
     """Forwards a TLS connection to aiohttp's request handler and runs the head deadline: armed
     when the handshake completes and when the first byte after a served request arrives,
-    cleared when a request starts being served, and closing the connection if it fires first."""
+    cleared when a request starts being served, and closing the connection if it fires first.
+
+    The deadline's timer is not cancelled when a request starts: the next head re-arms the
+    deadline in place, and a timer that fires early sets itself again for the time left. A
+    kept-alive connection then makes a timer per `request-header-timeout`, not per request."""
 
     def __init__(self, handler: web_protocol.RequestHandler, *, owner: Connections) -> None:
         self._handler = handler
         self._owner = owner
         self._loop = asyncio.get_running_loop()
         self._deadline: asyncio.TimerHandle | None = None
+        self._head_since: float | None = None  # when the head being awaited began; None: none is
         self._serving = 0  # requests of this connection being served (the middleware counts)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -205,7 +210,7 @@ class _Conn(asyncio.Protocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
-        if not self._serving and self._deadline is None:
+        if not self._serving and self._head_since is None:
             self._arm()  # the first bytes of a head
         self._handler.data_received(data)
 
@@ -213,7 +218,8 @@ class _Conn(asyncio.Protocol):
         self._handler.eof_received()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm()
+        _cancel(self._deadline)
+        self._deadline = self._head_since = None
         self._owner.forget(self._handler)
         self._handler.connection_lost(exc)
 
@@ -225,24 +231,28 @@ class _Conn(asyncio.Protocol):
 
     def serving(self) -> None:
         self._serving += 1
-        self._disarm()
+        self._head_since = None
 
     def served(self) -> None:
         self._serving -= 1
 
     def _arm(self) -> None:
-        self._deadline = self._loop.call_later(self._owner.limits.request_header_timeout, self._expired)
-
-    def _disarm(self) -> None:
-        _cancel(self._deadline)
-        self._deadline = None
+        self._head_since = self._loop.time()
+        if self._deadline is None:
+            self._deadline = self._loop.call_later(self._owner.limits.request_header_timeout, self._expired)
 
     def _expired(self) -> None:
         self._deadline = None
-        if not self._serving:
-            log.debug("closing a connection whose request head did not arrive within %ss",
-                      self._owner.limits.request_header_timeout)
-            self._handler.force_close()
+        since = self._head_since
+        if since is None or self._serving:
+            return
+        left = since + self._owner.limits.request_header_timeout - self._loop.time()
+        if left > 0:  # a later head than the one this timer was set for
+            self._deadline = self._loop.call_later(left, self._expired)
+            return
+        log.debug("closing a connection whose request head did not arrive within %ss",
+                  self._owner.limits.request_header_timeout)
+        self._handler.force_close()
 
 
 def allowed_connections(wanted: int, *, fd_limit: int) -> int:

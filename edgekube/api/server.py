@@ -1,25 +1,16 @@
 """The API server: one aiohttp application over TLS.
 
 Middleware order matters and is deliberate:
-1. errors: every failure, ours or aiohttp's, leaves as a Kubernetes `Status` with the right code
+1. the listener's (api/listener.py): it sees every request being served (a connection with a
+   request in flight is not idle);
+2. errors: every failure, ours or aiohttp's, leaves as a Kubernetes `Status` with the right code
    (a client never sees an HTML error page or a bare 500);
-2. audit's init (api/audit.py): the audit ID (`Audit-Id` on every answer), the time received,
-   and the audit of a request that fails authentication;
-3. authentication: a client certificate signed by the cluster CA, or a bearer token from the
-   token table; health and version endpoints stay open as upstream's public-info role allows;
-4. audit: the policy decision and the request's events, around everything below, so that
-   refusals further in (403, 429) are audited;
-5. impersonation (`auth.impersonation`): the user the request acts as, when its impersonation is
-   allowed (audit records both);
-6. fairness (api/fairness.py): a seat in the request's priority level, queued fairly per user;
-7. authorization: the request's attributes parsed from its URL (`auth.attributes.from_http`,
-   before any routing, as upstream) and put to the registry's gate (`auth.authz.Gate`), the
-   same one the in-process client asks.
+3. the filter chain (api/filters.py): the request's info, audit, authentication, impersonation,
+   fairness and authorization, in upstream's order, as one middleware.
 
 Nothing listens without TLS: `serve` takes an SSL context and refuses to start without one.
 Connections are accepted by `listener` (a cap; handshake, request-head and send deadlines) and
-idle ones closed by aiohttp's keep-alive timer; the listener's middleware comes first so that it
-sees every request being served.
+idle ones closed by aiohttp's keep-alive timer.
 Authentication lives in `auth.authn` (certificates, then each token authenticator in turn),
 authorization in `auth.authz` and `auth.rbac`.
 """
@@ -39,13 +30,14 @@ from edgekube.api import (
     discovery,
     errors,
     fairness,
+    filters,
     handlers,
     listener,
     openapi,
     openapi_pb,
     podlogs,
 )
-from edgekube.api.auth import attributes, authn, authz, impersonation, satokens, tokenreview
+from edgekube.api.auth import authn, satokens, tokenreview
 from edgekube.api.registry import rest
 from edgekube.store import errors as store_errors
 
@@ -53,10 +45,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_PUBLIC = frozenset({"/healthz", "/livez", "/readyz", "/version", "/version/",
-                     # Service account issuer discovery: readable by anyone, so that relying
-                     # parties can check tokens (upstream's system:service-account-issuer-discovery).
-                     satokens.OIDC_CONFIG_PATH, satokens.JWKS_PATH})
 USER_KEY = handlers.USER_KEY
 
 
@@ -97,54 +85,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as exc:
         log.exception("internal error serving %s %s", request.method, request.path)
         return _status_response(errors.internal(f"{type(exc).__name__}: {exc}"))
-
-
-def auth_middleware(authenticators: Sequence[authn.TokenAuthenticator]) -> Any:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in _PUBLIC or request.path.startswith(("/healthz/", "/livez/", "/readyz/")):
-            return await handler(request)
-        found = None
-        transport = request.transport
-        if transport is not None:
-            found = authn.from_certificate(transport.get_extra_info("peercert"))
-        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-        # The scheme in any case, as upstream's bearertoken authenticator reads it (the Python
-        # client's in-cluster config sends "bearer <token>").
-        if found is None and scheme.lower() == "bearer" and credentials.strip():
-            found = authn.from_token(credentials.strip(), authenticators=authenticators)
-        if found is None:
-            raise errors.unauthorized()
-        request[USER_KEY] = found
-        return await handler(request)
-
-    return middleware
-
-
-def impersonation_middleware(gate: authz.Gate) -> Any:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        found = request.get(USER_KEY)
-        if found is not None:  # None: the public paths
-            acting = impersonation.impersonate(found, request.headers, gate=gate)
-            if acting is not found:
-                request[handlers.IMPERSONATOR_KEY] = found
-                request[USER_KEY] = acting
-        return await handler(request)
-
-    return middleware
-
-
-def authz_middleware(gate: authz.Gate) -> Any:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        acting = request.get(USER_KEY)
-        if acting is None:  # the public paths
-            return await handler(request)
-        gate.check(attributes.from_http(acting, method=request.method, path=request.path, query=request.query))
-        return await handler(request)
-
-    return middleware
 
 
 class ApiServer:
@@ -192,12 +132,9 @@ class ApiServer:
         self._openapi_v3: dict[str, tuple[bytes, str]] = {}
         # aiohttp enforces the size of bodies it reads; one byte over our limit lets us tell.
         self.app = web.Application(
-            # Upstream's filter chain: authentication, audit, impersonation, priority and
-            # fairness, authorization (api/audit.py: its init part goes before authentication).
-            middlewares=[self.connections.middleware, error_middleware, self.auditor.init_middleware,
-                         auth_middleware(authenticators), self.auditor.middleware,
-                         impersonation_middleware(registry.gate), self.fairness.middleware,
-                         authz_middleware(registry.gate)],
+            middlewares=[self.connections.middleware, error_middleware, filters.Filters(
+                authenticators=authenticators, auditor=self.auditor, flowcontrol=self.fairness,
+                gate=registry.gate).middleware],
             client_max_size=max_body + 1,
             # Request bodies are inflated by the handlers (negotiation.decode_content), not by
             # aiohttp's parser, which could hang a connection on a body that is not its encoding.

@@ -14,7 +14,7 @@ from edgekube.api import audit, errors, fairness, reqattrs
 from edgekube.api.auth import user as user_mod
 
 
-def attrs(method: str, path: str, **query: str) -> reqattrs.Attributes:
+def attrs(method: str, path: str, **query: str) -> reqattrs.RequestInfo:
     return reqattrs.parse(method, path, query)
 
 
@@ -59,7 +59,7 @@ ALICE = user_mod.authenticated("alice", groups=["devs"])
 BOB = user_mod.authenticated("bob")
 
 
-def level(p: audit.Policy, a: reqattrs.Attributes, user: user_mod.UserInfo | None = ALICE) -> str:
+def level(p: audit.Policy, a: reqattrs.RequestInfo, user: user_mod.UserInfo | None = ALICE) -> str:
     return audit.LEVELS[p.decide(a, user).level]
 
 
@@ -238,35 +238,26 @@ def test_the_example_policy_loads() -> None:
 def test_impersonation_and_annotations_from_inner_steps(tmp_path: Path) -> None:
     """The hooks the authorization step uses: the user that authentication set is the event's
     `user`; a different user on the request when it is answered (impersonation replaced it) is
-    its `impersonatedUser`; `annotate` adds annotations. A plain-HTTP app with stand-ins for
-    authentication and impersonation, the real audit middlewares around them."""
+    its `impersonatedUser`; `annotate` adds annotations. A plain-HTTP app with the server's real
+    filter chain (a static token, a gate that allows everything, impersonation included)."""
     from aiohttp import test_utils, web
 
-    from edgekube.api import handlers, server
+    from edgekube.api import filters, server
+    from edgekube.api.auth import authn, authz
 
     log = tmp_path / "audit.log"
     auditor = audit.Auditor(policy({"level": "Metadata"}), settings=_settings(log))
     auditor.open()
 
-    @web.middleware
-    async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.headers.get("Authorization") != "Bearer alice":
-            raise errors.unauthorized()
-        request[handlers.USER_KEY] = ALICE
-        return await handler(request)
-
-    @web.middleware
-    async def impersonate(request: web.Request, handler: Any) -> web.StreamResponse:
-        if "Impersonate-User" in request.headers:
-            request[handlers.USER_KEY] = user_mod.authenticated(request.headers["Impersonate-User"])
-        audit.annotate(request, "authorization.k8s.io/decision", "allow")
-        return await handler(request)
-
     async def get_pod(request: web.Request) -> web.Response:
+        audit.annotate(request, "authorization.k8s.io/decision", "allow")
         return web.json_response({"kind": "Pod"})
 
     async def scenario() -> list[int]:
-        app = web.Application(middlewares=[server.error_middleware, auditor.init_middleware, authenticate, auditor.middleware, impersonate])
+        chain = filters.Filters(authenticators=[authn.StaticTokens({"alice": ("alice", ["devs"])})],
+                                auditor=auditor, flowcontrol=fairness.Fairness(fairness.Settings(0, 0, 0, 1.0)),
+                                gate=authz.Gate(authz.AllowAll()))
+        app = web.Application(middlewares=[server.error_middleware, chain.middleware])
         app.on_response_prepare.append(auditor.on_response_prepare)
         app.router.add_get("/api/v1/namespaces/ns/pods/p", get_pod)
         writer = asyncio.create_task(auditor.run(), name="audit-writer")
@@ -286,9 +277,38 @@ def test_impersonation_and_annotations_from_inner_steps(tmp_path: Path) -> None:
         next(e for e in events if e["stage"] == "ResponseComplete"),
         next(e for e in events if e["stage"] == "RequestReceived"),
         next(e for e in events if e.get("responseStatus", {}).get("code") == 401))
-    assert complete["user"]["username"] == "alice" and complete["impersonatedUser"] == {
-        "username": "bob", "groups": ["system:authenticated"]}
+    assert complete["user"] == {"username": "alice", "groups": ["devs", "system:authenticated"]}
+    assert complete["impersonatedUser"] == {"username": "bob", "groups": ["system:authenticated"]}
     assert complete["annotations"] == {"authorization.k8s.io/decision": "allow"}
     assert "impersonatedUser" not in received and "annotations" not in received  # before impersonation ran
     assert unauthenticated["user"] == {} and unauthenticated["stage"] == "ResponseStarted"
     assert complete["objectRef"] == {"resource": "pods", "namespace": "ns", "name": "p", "apiVersion": "v1"}
+
+
+def test_audit_ids_are_distinct_version_4_uuids() -> None:
+    import uuid
+
+    ids, other = audit.AuditIds(), audit.AuditIds()
+    made = [ids.next() for _ in range(2000)] + [other.next() for _ in range(2000)]
+    assert len(set(made)) == len(made)
+    for text in made[:3] + made[-3:]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_one_parse_serves_authorization_audit_and_fairness() -> None:
+    """The request info is upstream's: a `/watch` naming nothing is a 400; `!=` and names that
+    cannot be a path segment select no object; an unknown method's verb is the method."""
+    with pytest.raises(errors.APIError) as refused:
+        reqattrs.parse("GET", "/api/v1/watch", {})
+    assert refused.value.code == 400
+    assert attrs("GET", "/api/v1/namespaces/n/pods", fieldSelector="metadata.name!=p").name == ""
+    assert attrs("GET", "/api/v1/namespaces/n/pods", fieldSelector="metadata.name=..").name == ""
+    assert attrs("OPTIONS", "/api/v1/namespaces/n/pods").verb == "options"
+    parser = reqattrs.Parser()
+    from aiohttp import test_utils
+
+    first = test_utils.make_mocked_request("GET", "/api/v1/namespaces/n/pods?watch=1")
+    again = test_utils.make_mocked_request("GET", "/api/v1/namespaces/n/pods?watch=1")
+    assert parser.of(first) is parser.of(again) is reqattrs.of(again)
+    assert parser.of(first).verb == "watch" and parser.of(first).long_running

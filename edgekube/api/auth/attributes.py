@@ -1,22 +1,11 @@
-"""What a request asks to do, in the terms an authorizer decides on (upstream's RequestInfo and
-authorizer.Attributes).
+"""What a request asks to do, in the terms an authorizer decides on (upstream's
+authorizer.Attributes): the user, and the request's RequestInfo (`api.reqattrs`).
 
-Two builders give the same record: `from_http` parses a URL and method exactly as upstream's
-RequestInfoFactory does (from the path alone, before any routing, so that a refused user learns
-nothing about which resources exist), and `for_resource` names an in-process call
-(`LocalClient`). Everything downstream (the authorizer, the 403 message, the access reviews)
-reads only this record, so HTTP and in-process requests are judged alike.
-
-Parsing rules kept from upstream:
-- paths with fewer than three parts under `/api` (two plus the group under `/apis`) are
-  non-resource requests (`/api`, `/apis/apps/v1`, `/openapi/v2`, `/version`): the verb is the
-  lower-cased method and the path is what a rule's `nonResourceURLs` match;
-- `/namespaces/<ns>/...` sets the namespace, also for the Namespace object itself
-  (`/api/v1/namespaces/foo` is resource `namespaces`, name `foo`, in namespace `foo`) and its
-  `status` and `finalize` subresources;
-- GET (and HEAD) on a collection is `list`, or `watch` with `?watch=1`/`/watch/` prefix; a
-  `fieldSelector` of `metadata.name=<n>` names the object; DELETE on a collection is
-  `deletecollection`.
+Two builders give the same record: `from_info` adds the user to what `reqattrs` parsed from a
+URL and method (upstream's RequestInfoFactory, from the path alone, before any routing, so
+that a refused user learns nothing about which resources exist), and `for_resource` names an
+in-process call (`LocalClient`). Everything downstream (the authorizer, the 403 message, the
+access reviews) reads only this record, so HTTP and in-process requests are judged alike.
 """
 
 from __future__ import annotations
@@ -24,19 +13,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from edgekube.api import errors
+from edgekube.api import errors, reqattrs
 from edgekube.api.auth import user as user_mod
-
-_METHOD_VERBS = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
-_SPECIAL_VERBS = frozenset({"proxy", "watch"})
-_NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
-# The characters upstream's path.IsValidPathSegmentName refuses in a name taken from a selector.
-_BAD_NAMES = frozenset({".", ".."})
 
 
 class Attributes(NamedTuple):
     """A tuple, not a dataclass: made and hashed for every request (the gate's memo key), where
-    a tuple's C construction and hash cost a fraction of a frozen dataclass's."""
+    a tuple's C construction and hash cost a fraction of a frozen dataclass's. The fields after
+    `user` are `reqattrs.RequestInfo`'s, in its order."""
 
     user: user_mod.UserInfo
     verb: str
@@ -47,7 +31,7 @@ class Attributes(NamedTuple):
     subresource: str = ""
     namespace: str = ""
     name: str = ""
-    path: str = ""  # a non-resource request's URL path
+    path: str = ""  # the URL path (what a non-resource rule matches)
 
     def with_user(self, user: user_mod.UserInfo) -> Attributes:
         return self._replace(user=user)
@@ -63,55 +47,13 @@ def non_resource(user: user_mod.UserInfo, verb: str, path: str) -> Attributes:
     return Attributes(user=user, verb=verb, resource_request=False, path=path)
 
 
+def from_info(user: user_mod.UserInfo, info: reqattrs.RequestInfo) -> Attributes:
+    return Attributes(user, *info)
+
+
 def from_http(user: user_mod.UserInfo, *, method: str, path: str, query: Mapping[str, str]) -> Attributes:
-    """Upstream's RequestInfoFactory.NewRequestInfo over (method, path, query)."""
-    parts = [p for p in path.split("/") if p]
-    if len(parts) < 3 or parts[0] not in ("api", "apis") or (parts[0] == "apis" and len(parts) < 4):
-        return non_resource(user, method.lower(), path)
-    group = ""
-    rest = parts[1:]
-    if parts[0] == "apis":
-        group, rest = rest[0], rest[1:]
-    version, rest = rest[0], rest[1:]
-    if rest[0] in _SPECIAL_VERBS:
-        if len(rest) < 2:
-            raise errors.bad_request(f"unable to determine kind and namespace from url, {path}")
-        verb, rest = rest[0], rest[1:]
-    else:
-        verb = _METHOD_VERBS.get(method, "")
-    namespace = ""
-    if rest[0] == "namespaces":
-        if len(rest) > 1:
-            namespace = rest[1]
-            if len(rest) > 2 and rest[2] not in _NAMESPACE_SUBRESOURCES:
-                rest = rest[2:]
-    resource = rest[0]
-    name = rest[1] if len(rest) >= 2 else ""
-    subresource = rest[2] if len(rest) >= 3 and verb != "proxy" else ""
-    if not name and verb == "get":
-        verb = "watch" if _watch_flag(query) else "list"
-        selected = _selected_name(query.get("fieldSelector", ""))
-        if selected and selected not in _BAD_NAMES and "/" not in selected and "%" not in selected:
-            name = selected
-    if not name and verb == "delete":
-        verb = "deletecollection"
-    return Attributes(user=user, verb=verb, api_group=group, api_version=version, resource=resource,
-                      subresource=subresource, namespace=namespace, name=name)
-
-
-def _watch_flag(query: Mapping[str, str]) -> bool:
-    value = query.get("watch")
-    return value is not None and value.lower() not in ("false", "0")
-
-
-def _selected_name(selector: str) -> str:
-    """The name a field selector requires exactly (`metadata.name=x` or `==`), else ""."""
-    found = ""
-    for term in selector.split(","):
-        key, eq, value = term.partition("==") if "==" in term else term.partition("=")
-        if eq and not key.endswith("!") and key.strip() == "metadata.name":
-            found = value.strip()
-    return found
+    """Upstream's RequestInfoFactory.NewRequestInfo over (method, path, query), with the user."""
+    return Attributes(user, *reqattrs.parse(method, path, query))
 
 
 def describe(attrs: Attributes) -> str:

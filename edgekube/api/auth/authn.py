@@ -40,6 +40,33 @@ def from_certificate(peercert: Any) -> user_mod.UserInfo | None:
     return None if found is None else user_mod.authenticated(found[0], groups=found[1])
 
 
+_REMEMBERED = 256  # distinct certificate subjects
+
+
+class Certificates:
+    """`from_certificate`, remembered by the certificate's subject (the only part it reads):
+    a client sends the same certificate on every request. The certificate itself was verified
+    by TLS at the handshake; this only spares reading its subject again."""
+
+    def __init__(self) -> None:
+        self._known: dict[Any, user_mod.UserInfo | None] = {}
+
+    def user(self, peercert: Any) -> user_mod.UserInfo | None:
+        if not peercert or not isinstance(peercert, dict):
+            return None
+        subject = peercert.get("subject")
+        try:
+            return self._known[subject]
+        except KeyError:
+            pass
+        except TypeError:  # not hashable: not what the ssl module gives
+            return from_certificate(peercert)
+        found = self._known[subject] = from_certificate(peercert)
+        if len(self._known) > _REMEMBERED:
+            self._known.clear()
+        return found
+
+
 def from_token(token: str, *, authenticators: Sequence[TokenAuthenticator]) -> user_mod.UserInfo:
     for authenticator in authenticators:
         found = authenticator.authenticate_token(token)
