@@ -7,6 +7,7 @@
     edgekube store check [--json] | recover | adopt | reset --yes   [--config FILE] [--data-dir DIR]
     edgekube certs check | rotate [--ca]               [--config FILE] [--data-dir DIR]
     edgekube secrets-encrypt status | rotate-keys | reencrypt   [--config FILE] [--data-dir DIR]
+    edgekube service-account-key rotate [--algorithm RS256|ES256]   [--config FILE] [--data-dir DIR]
 
 Scripts and docs depend on this exact contract. Exit codes: 0 clean stop, 1 a component failed,
 2 bad usage or configuration (with a message that names the setting), 3 the data dir needs an
@@ -29,8 +30,9 @@ from pathlib import Path
 from edgekube import KUBE_VERSION, __version__, runtime, secrets_cli
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
-from edgekube._cogs import dirlock, memory, timefloor
+from edgekube._cogs import dirlock, jwsig, memory, timefloor
 from edgekube.api import pki
+from edgekube.api.auth import satokens
 from edgekube.kubelet import images as images_mod
 from edgekube.store import errors as store_errors
 from edgekube.store import identity as identity_mod
@@ -99,7 +101,33 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--ca", action="store_true",
                              help="a new CA too: every kubeconfig handed out must then be replaced")
     secrets_cli.add_parser(sub)
+    sakey = sub.add_parser("service-account-key", help="rotate the key service account tokens are signed with")
+    sakey_sub = sakey.add_subparsers(dest="sakey_command", required=True)
+    cmd = sakey_sub.add_parser("rotate", help="a new signing key; the old public key kept for verification")
+    cmd.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
+    cmd.add_argument("--data-dir", type=Path, help="the data dir whose key to rotate")
+    cmd.add_argument("--algorithm", choices=(jwsig.RS256, jwsig.ES256), default=jwsig.RS256,
+                     help="RS256: an RSA-2048 key (the default); ES256: an EC P-256 key")
     return p
+
+
+def _service_account_key(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    """`edgekube service-account-key rotate`: the data dir's files only; the server picks the new
+    key up when it restarts, and keeps accepting the old one while the config lists it."""
+    tls = cfg.data_dir / "tls"
+    if not (tls / satokens.KEY_FILE).exists():
+        print(f"edgekube: no {tls / satokens.KEY_FILE}: `edgekube server` makes it at its first start", file=sys.stderr)
+        return 1
+    kept, kid = satokens.rotate_key(tls, algorithm=args.algorithm, now=datetime.datetime.now(datetime.UTC))
+    print(f"new {args.algorithm} signing key {tls / satokens.KEY_FILE} (kid {kid})")
+    print(f"the old public key is kept in {kept}")
+    print("1. list it in the config file, so that tokens the old key signed keep working:\n"
+          f"     api:\n       service-account-key-files: [{kept}]\n"
+          "2. restart edgekube (systemctl restart edgekube): new tokens are signed with the new key, and the\n"
+          "   kubelet gives every pod a new token within the hour\n"
+          "3. once every token the old key signed has expired (the longest `kubectl create token --duration`\n"
+          "   handed out; legacy Secret tokens never expire: recreate them), remove it from the list and restart")
+    return 0
 
 
 def _store(args: argparse.Namespace, data_dir: Path) -> int:
@@ -268,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _on_data_dir(args, lambda cfg: _certs(args, cfg), failures=(OSError,))
     if args.command == "secrets-encrypt":
         return secrets_cli.run(args)
+    if args.command == "service-account-key":
+        return _on_data_dir(args, lambda cfg: _service_account_key(args, cfg), failures=(OSError, jwsig.SignatureError))
     if args.command == "images":
         return _on_data_dir(args, lambda cfg: asyncio.run(_images(args, cfg.data_dir)),
                             failures=(OSError, images_mod.ImageError))
@@ -299,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Waiting will not mend it: the unit does not restart on this code.
         print(f"edgekube: {exc}", file=sys.stderr)
         return EXIT_DATA_DIR
-    except OSError as exc:
+    except (OSError, jwsig.SignatureError) as exc:
         print(f"edgekube: {exc}", file=sys.stderr)
         return 1
 

@@ -62,6 +62,10 @@ DEFAULTS: dict[str, Any] = {
         "service-account-issuer": "",
         "service-account-max-token-expiration-seconds": 0,
         "service-account-extend-token-expiration": True,
+        # PEM public (or private) keys that service account tokens may also be signed with, besides
+        # the data dir's tls/service.key (upstream's repeated --service-account-key-file): the
+        # old key's public half after a rotation, until the tokens it signed have expired.
+        "service-account-key-files": [],
     },
     "controllers": {
         "node-monitor-grace-period-seconds": 40,
@@ -170,6 +174,7 @@ class ApiSettings:
     service_account_issuer: str = ""
     service_account_max_token_expiration_seconds: int = 0
     service_account_extend_token_expiration: bool = True
+    service_account_key_files: tuple[Path, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -510,6 +515,7 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
             service_account_max_token_expiration_seconds=_int(a, "service-account-max-token-expiration-seconds",
                                                               where_a, lo=0),
             service_account_extend_token_expiration=_bool(a, "service-account-extend-token-expiration", where_a),
+            service_account_key_files=_paths(a, "service-account-key-files", where_a),
         ),
         controllers=ControllerSettings(
             node_monitor_grace_period_seconds=_int(c, "node-monitor-grace-period-seconds", where_c, lo=1),
@@ -527,6 +533,13 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
         token_auth_file=Path(str(data["token-auth-file"])) if data["token-auth-file"] else None,
         pod_security=_pod_security(data["pod-security"], where=f"{source} (pod-security)"),
     )
+
+
+def _paths(section: Mapping[str, Any], key: str, where: str) -> tuple[Path, ...]:
+    value = section[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: '{key}' must be a list of file paths, got {value!r}")
+    return tuple(Path(v) for v in value)
 
 
 def _bool(data: Mapping[str, Any], key: str, where: str) -> bool:

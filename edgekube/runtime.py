@@ -525,9 +525,8 @@ class Runtime:
             max_expiration_seconds=cfg.api.service_account_max_token_expiration_seconds,
             extend_expiration=cfg.api.service_account_extend_token_expiration,
             jwks_uri=f"https://{_url_host(advertise)}:{cfg.https_port}{satokens.JWKS_PATH}")
-        tokens = satokens.ServiceAccountTokens(self.store, catalog=self.catalog,
-                                               key=satokens.ensure_key(cfg.data_dir / "tls"), settings=settings,
-                                               clock=self.clock)
+        tokens = satokens.tokens_for(self.store, catalog=self.catalog, tls_dir=cfg.data_dir / "tls", settings=settings,
+                                     clock=self.clock, key_files=cfg.api.service_account_key_files)
 
         async def token_request(namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
             return await tokens.token_request(namespace=namespace, name=name, body=body)

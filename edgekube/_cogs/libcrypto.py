@@ -1,7 +1,7 @@
 """Where OpenSSL's libcrypto is: the copy Python's `ssl` module already mapped.
 
 Shared by the modules that reach OpenSSL through ctypes rather than through `cryptography`
-(`aesgcm`, `rsasig`; see there why). The library is found by the path the loader mapped it from
+(`aesgcm`, `jwsig`; see there why). The library is found by the path the loader mapped it from
 (`/proc/self/maps`, after importing `_ssl`), so the Nuitka binary uses the copy it carries and a
 system with two OpenSSL versions never mixes them; `ctypes.util.find_library` is the fallback.
 """

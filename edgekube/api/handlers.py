@@ -550,24 +550,29 @@ class Handlers:
     async def _delete(self, request: web.Request, t: Target) -> web.Response:
         assert t.name is not None
         options = await self._delete_options(request, await self._body(request))
-        obj, deleted = await self._registry.delete(t.info, namespace=t.namespace, name=t.name, options=options)
+        warnings = _warnings(request)
+        obj, deleted = await self._registry.delete(t.info, namespace=t.namespace, name=t.name, options=options,
+                                                   warnings=warnings)
         if deleted and not t.info.returns_deleted_object:
             meta = obj.get("metadata") or {}
             # StatusDetails in its Go field order; Kind holds the resource, as upstream's.
             details: JSON = {"name": meta.get("name"), **({"group": t.info.group} if t.info.group else {}),
                              "kind": t.info.plural, "uid": meta.get("uid")}
-            return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
-        return self._render(request, t, obj)
+            return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details},
+                                 headers=_warning_headers(warnings))
+        return self._render(request, t, obj, warnings=warnings)
 
     async def _delete_collection(self, request: web.Request, t: Target) -> web.Response:
         _list_options(request)
         options = await self._delete_options(request, await self._body(request))
+        warnings = _warnings(request)
         items = await self._registry.delete_collection(
             t.info, namespace=t.namespace, label_selector=_q(request, "labelSelector"),
-            field_selector=_q(request, "fieldSelector"), options=options,
+            field_selector=_q(request, "fieldSelector"), options=options, warnings=warnings,
         )
         return json_response({"kind": t.info.list_kind, "apiVersion": t.info.api_version,
-                              "metadata": {"resourceVersion": str(self._registry.store.revision)}, "items": items})
+                              "metadata": {"resourceVersion": str(self._registry.store.revision)}, "items": items},
+                             headers=_warning_headers(warnings))
 
     async def _bind(self, request: web.Request, t: Target) -> web.Response:
         assert t.name is not None and t.namespace is not None
@@ -582,10 +587,12 @@ class Handlers:
         if m == "GET":
             obj = self._registry.get(t.info, namespace=t.namespace, name=t.name)
             return json_response(self._registry.scale_of(t.info, obj))
+        warnings = _warnings(request)
         if m == "PUT":
             body = await self._decode(await self._body(request), request.headers.get("Content-Type", ""))
-            return json_response(await self._registry.set_scale(t.info, namespace=t.namespace, name=t.name,
-                                                                scale=_typed(body, _SCALE), options=self._options(request)))
+            scale = await self._registry.set_scale(t.info, namespace=t.namespace, name=t.name, scale=_typed(body, _SCALE),
+                                                   options=self._options(request), warnings=warnings)
+            return json_response(scale, headers=_warning_headers(warnings))
         if m == "PATCH":
             content_type = negotiation.media_type(request.headers.get("Content-Type", ""))
             _patch_type(content_type)
@@ -594,8 +601,10 @@ class Handlers:
             scale = self._registry.scale_of(t.info, current)
             scale["metadata"].pop("resourceVersion", None)
             patched = patch.apply_patch(content_type, scale, raw, gk="Scale.autoscaling")
-            return json_response(await self._registry.set_scale(t.info, namespace=t.namespace, name=t.name,
-                                                                scale=_typed(patched, _SCALE), options=self._options(request)))
+            scale = await self._registry.set_scale(t.info, namespace=t.namespace, name=t.name,
+                                                   scale=_typed(patched, _SCALE), options=self._options(request),
+                                                   warnings=warnings)
+            return json_response(scale, headers=_warning_headers(warnings))
         raise errors.method_not_allowed(m, f"{t.info.plural}/scale")
 
     async def _watch(self, request: web.Request, t: Target) -> web.StreamResponse:

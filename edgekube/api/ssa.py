@@ -183,7 +183,7 @@ def _tracked_top(obj: JSON, subresource: str | None) -> Iterator[tuple[str, Any]
             continue
         if subresource == "status" and key != "status":
             continue
-        if subresource is None and key == "status":
+        if subresource != "status" and key == "status":  # none, or `scale`: the spec
             continue
         if key == "metadata" and isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in _IGNORED_META}

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
 
 from tests.conftest import Server
 from tests.e2e.test_kubectl import Kubectl
@@ -160,8 +163,19 @@ def test_a_validating_admission_policy_refuses(k: Kubectl) -> None:
         assert proc.returncode != 0
         assert ('deployments.apps "big" is forbidden: ValidatingAdmissionPolicy '
                 f"'replicas-{suffix}' with binding 'replicas-{suffix}' denied request: at most 5 replicas here") in proc.stderr
+        # As upstream: `kubectl scale` writes `deployments/scale`, which a policy naming
+        # `deployments` alone does not match; one naming the subresource sees the Scale.
+        k.run("scale", "deployment", "small", "--replicas=8")
+        k.run("scale", "deployment", "small", "--replicas=2")
+        rules = policy["spec"]["matchConstraints"]["resourceRules"]
+        rules[0]["resources"].append("deployments/scale")
+        rules[0]["operations"] = ["CREATE", "UPDATE"]
+        _apply(k, policy, verb="apply")
         proc = k.run("scale", "deployment", "small", "--replicas=8", check=False)
-        assert proc.returncode != 0 and "at most 5 replicas here" in proc.stderr
+        assert proc.returncode != 0
+        assert (f"ValidatingAdmissionPolicy 'replicas-{suffix}' with binding 'replicas-{suffix}' denied request: "
+                "at most 5 replicas here") in proc.stderr
+        assert k.json("get", "deployment", "small")["spec"]["replicas"] == 2
     finally:
         k.run("delete", "validatingadmissionpolicybinding", f"replicas-{suffix}", "--ignore-not-found", namespaced=False, check=False)
         k.run("delete", "validatingadmissionpolicy", f"replicas-{suffix}", "--ignore-not-found", namespaced=False, check=False)
@@ -228,3 +242,180 @@ def test_pod_security_defaults_and_exemptions_come_from_the_config(tmp_path: Pat
         _apply(k, pod)
     finally:
         srv.close()
+
+
+def _webhook(name: str, url: str, ca: str, namespace: str, resources: list[str], *, group: str = "",
+             version: str = "v1", operations: tuple[str, ...] = ("UPDATE",)) -> JSON:
+    return {"name": name, "clientConfig": {"url": url, "caBundle": ca}, "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "rules": [{"operations": list(operations), "apiGroups": [group], "apiVersions": [version],
+                       "resources": resources}]}
+
+
+def _configuration(kind: str, name: str, *hooks: JSON) -> JSON:
+    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": name},
+            "webhooks": list(hooks)}
+
+
+def _stamp_status(req: JSON) -> JSON:
+    if (req["object"].get("status") or {}).get("message"):
+        return {"allowed": True}
+    return webhook_support.patch_response([{"op": "add", "path": "/status/message", "value": "stamped by webhook"}])
+
+
+def _refuse_evil_status(req: JSON) -> JSON:
+    if (req["object"].get("status") or {}).get("reason") == "Evil":
+        return {"allowed": False, "status": {"code": 403, "reason": "Forbidden", "message": "no evil status"}}
+    return {"allowed": True, "warnings": ["status seen"]}
+
+
+def _three_means_four(req: JSON) -> JSON:
+    if req["object"]["spec"].get("replicas") == 3:
+        return webhook_support.patch_response([{"op": "replace", "path": "/spec/replicas", "value": 4}])
+    return {"allowed": True}
+
+
+def _at_most_five(req: JSON) -> JSON:
+    if req["object"]["spec"].get("replicas", 0) > 5:
+        return {"allowed": False, "status": {"code": 403, "reason": "Forbidden", "message": "at most 5 replicas by scale"}}
+    return {"allowed": True, "warnings": ["scale seen"]}
+
+
+def _allow(req: JSON) -> JSON:
+    return {"allowed": True}
+
+
+def test_subresource_writes_reach_the_webhooks_that_name_them(k: Kubectl, tmp_path: Path) -> None:
+    """As kube-apiserver: a write to `pods/status` or `deployments/scale` (PUT or PATCH, kubectl
+    and the Python client) is admitted as an UPDATE of that subresource: webhooks whose rules
+    name it are called (a Scale for `scale`, with its old Scale), their patch applied and their
+    refusal honoured; webhooks whose rules name only `pods` or `deployments` are not called."""
+    routes = {"/pods-status-m": _stamp_status, "/pods-status-v": _refuse_evil_status, "/pods": _allow,
+              "/scale-m": _three_means_four, "/scale-v": _at_most_five, "/deployments": _allow}
+    server = webhook_support.WebhookServer(tmp_path / "tls", decide=_allow, routes=routes)
+    suffix = k.version.replace(".", "")
+    names = {"m": f"sub-m-{suffix}", "v": f"sub-v-{suffix}"}
+    try:
+        with webhook_support.Threaded(server):
+            url, ca = server.url, server.ca_bundle
+            _apply(k, _configuration(
+                "MutatingWebhookConfiguration", names["m"],
+                _webhook("a-status.example.com", url("/pods-status-m"), ca, k.ns, ["pods/status"]),
+                _webhook("b-pods.example.com", url("/pods"), ca, k.ns, ["pods"], operations=("CREATE", "UPDATE")),
+                _webhook("c-scale.example.com", url("/scale-m"), ca, k.ns, ["deployments/scale"], group="apps"),
+                _webhook("d-deployments.example.com", url("/deployments"), ca, k.ns, ["deployments"], group="apps",
+                         operations=("CREATE", "UPDATE"))), verb="apply")
+            _apply(k, _configuration(
+                "ValidatingWebhookConfiguration", names["v"],
+                _webhook("status.example.com", url("/pods-status-v"), ca, k.ns, ["pods/status"]),
+                _webhook("scale.example.com", url("/scale-v"), ca, k.ns, ["deployments/scale"], group="apps")),
+                verb="apply")
+            _apply(k, _pod("p"))
+            _apply(k, {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                       "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}},
+                                "template": {"metadata": {"labels": {"a": "b"}},
+                                             "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}})
+
+            # Status through kubectl (PATCH of /status): stamped by the mutating webhook.
+            proc = k.run("patch", "pod", "p", "--subresource=status", "--type=merge", "-p", '{"status":{"reason":"Tested"}}')
+            assert "Warning: status seen" in proc.stderr
+            status = k.json("get", "pod", "p")["status"]
+            assert (status.get("reason"), status.get("message")) == ("Tested", "stamped by webhook")
+            # (The scheduler's own status writes may have come first: they are admitted too.)
+            review = next(r["request"] for p, r in zip(server.paths, server.reviews, strict=True)
+                          if p == "/pods-status-m" and r["request"]["object"]["status"].get("reason") == "Tested")
+            assert (review["operation"], review["subResource"], review["requestSubResource"]) == ("UPDATE", "status", "status")
+            assert review["kind"] == {"group": "", "version": "v1", "kind": "Pod"}
+            assert review["resource"] == {"group": "", "version": "v1", "resource": "pods"}
+            assert review["name"] == "p" and review["namespace"] == k.ns
+            assert "reason" not in (review["oldObject"].get("status") or {}) and review["object"]["status"]["reason"] == "Tested"
+            proc = k.run("patch", "pod", "p", "--subresource=status", "--type=merge", "-p", '{"status":{"reason":"Evil"}}',
+                         check=False)
+            assert proc.returncode != 0
+            assert 'admission webhook "status.example.com" denied the request: no evil status' in proc.stderr
+
+            # Status through the Python client: PUT and PATCH of /status.
+            api = k8s.CoreV1Api(k8s_config.new_client_from_config(str(k.server.kubeconfig)))
+            pod = api.read_namespaced_pod("p", k.ns)
+            pod.status.message = None
+            pod.status.reason = "Replaced"
+            out = api.replace_namespaced_pod_status("p", k.ns, pod)
+            assert (out.status.reason, out.status.message) == ("Replaced", "stamped by webhook")
+            with pytest.raises(ApiException) as err:
+                api.patch_namespaced_pod_status("p", k.ns, {"status": {"reason": "Evil"}})
+            assert err.value.status == 403 and "no evil status" in str(err.value.body)
+
+            # Scale through kubectl and the Python client: the webhooks see a Scale.
+            k.run("scale", "deployment", "d", "--replicas=3")
+            assert k.json("get", "deployment", "d")["spec"]["replicas"] == 4
+            review = server.reviews[server.paths.index("/scale-m")]["request"]
+            assert (review["operation"], review["subResource"], review["requestSubResource"]) == ("UPDATE", "scale", "scale")
+            assert review["kind"] == review["requestKind"] == {"group": "autoscaling", "version": "v1", "kind": "Scale"}
+            assert review["resource"] == review["requestResource"] == {"group": "apps", "version": "v1", "resource": "deployments"}
+            assert review["object"]["kind"] == review["oldObject"]["kind"] == "Scale"
+            assert (review["oldObject"]["spec"]["replicas"], review["object"]["spec"]["replicas"]) == (1, 3)
+            proc = k.run("scale", "deployment", "d", "--replicas=9", check=False)
+            assert proc.returncode != 0
+            assert 'admission webhook "scale.example.com" denied the request: at most 5 replicas by scale' in proc.stderr
+            apps = k8s.AppsV1Api(api.api_client)
+            assert apps.patch_namespaced_deployment_scale("d", k.ns, {"spec": {"replicas": 2}}).spec.replicas == 2
+            with pytest.raises(ApiException) as err:
+                apps.replace_namespaced_deployment_scale(
+                    "d", k.ns, {"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "d"},
+                                "spec": {"replicas": 7}})
+            assert err.value.status == 403 and "at most 5 replicas by scale" in str(err.value.body)
+
+            # Webhooks naming the resource alone saw its creates, never a subresource write.
+            for path in ("/pods", "/deployments"):
+                seen = [r["request"] for p, r in zip(server.paths, server.reviews, strict=True) if p == path]
+                assert seen and all("subResource" not in r for r in seen), (path, seen)
+    finally:
+        k.run("delete", "mutatingwebhookconfiguration", names["m"], "--ignore-not-found", namespaced=False, check=False)
+        k.run("delete", "validatingwebhookconfiguration", names["v"], "--ignore-not-found", namespaced=False, check=False)
+
+
+def test_admission_warnings_reach_the_client_on_delete(k: Kubectl, tmp_path: Path) -> None:
+    """A validating webhook's `warnings` and a ValidatingAdmissionPolicy's Warn action on a DELETE
+    (and on each object of a deletecollection) come back as `Warning` headers, as on writes:
+    kubectl prints them."""
+    suffix = k.version.replace(".", "")
+    server = webhook_support.WebhookServer(tmp_path / "tls", decide=lambda req: {
+        "allowed": True, "warnings": [f"webhook saw the delete of {req['oldObject']['metadata']['name']}"]})
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": f"keep-{suffix}"},
+              "spec": {"matchConstraints": {
+                  "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": k.ns}},
+                  "resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["DELETE"],
+                                     "resources": ["configmaps"]}]},
+                  "validations": [{"expression": "oldObject.metadata.name.startsWith('tmp')",
+                                   "messageExpression": "'deleting ' + oldObject.metadata.name + ' is noted'"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": f"keep-{suffix}"},
+               "spec": {"policyName": f"keep-{suffix}", "validationActions": ["Warn"]}}
+    name = f"del-{suffix}"
+    try:
+        with webhook_support.Threaded(server):
+            _apply(k, _configuration("ValidatingWebhookConfiguration", name, _webhook(
+                "delete.example.com", server.url(), server.ca_bundle, k.ns, ["configmaps"], operations=("DELETE",))),
+                verb="apply")
+            _apply(k, policy, verb="apply")
+            _apply(k, binding, verb="apply")
+            for cm in ("keep", "other", "more"):
+                k.run("create", "configmap", cm)
+            proc = k.run("delete", "configmap", "keep")
+            assert "Warning: webhook saw the delete of keep" in proc.stderr
+            assert (f"Warning: Validation failed for ValidatingAdmissionPolicy 'keep-{suffix}' with binding "
+                    f"'keep-{suffix}': deleting keep is noted") in proc.stderr
+            # deletecollection: each object's warnings, in one response.
+            api = k8s.CoreV1Api(k8s_config.new_client_from_config(str(k.server.kubeconfig)))
+            resp = api.delete_collection_namespaced_config_map(k.ns, _preload_content=False)
+            warning = resp.headers.get("Warning") or ""
+            assert '299 - "webhook saw the delete of other"' in warning
+            assert '299 - "webhook saw the delete of more"' in warning
+            assert "deleting more is noted" in warning
+    finally:
+        k.run("delete", "validatingwebhookconfiguration", name, "--ignore-not-found", namespaced=False, check=False)
+        k.run("delete", "validatingadmissionpolicybinding", f"keep-{suffix}", "--ignore-not-found", namespaced=False,
+              check=False)
+        k.run("delete", "validatingadmissionpolicy", f"keep-{suffix}", "--ignore-not-found", namespaced=False, check=False)

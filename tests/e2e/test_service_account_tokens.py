@@ -15,10 +15,13 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -354,3 +357,45 @@ def test_token_bound_to_a_node(server: Server, api: k8s_client.ApiClient) -> Non
     assert user["extra"]["authentication.kubernetes.io/node-uid"] == [node.metadata.uid]
     core.delete_node("edge-7")
     assert whoami(server, token)[0] == 401
+
+
+def test_signing_key_rotation_keeps_old_tokens_while_their_key_is_listed(fresh_server: Server, tmp_path: Path) -> None:
+    """`edgekube service-account-key rotate` (here to an EC key: ES256), then a restart with the
+    old public key in `api.service-account-key-files`: a token issued before still authenticates,
+    new tokens are ES256 under the new kid, the JWKS serves both keys; once the old key is no
+    longer listed (another restart), the old token is refused and the new one holds."""
+    srv = fresh_server
+    k = Kubectl("1.36", srv, "default")
+    until(lambda: k.run("get", "serviceaccount", "default", check=False).returncode == 0, timeout=20)
+    old = k.out("create", "token", "default").strip()
+    assert whoami(srv, old)[0] == 201
+    old_kid = json.loads(base64.urlsafe_b64decode(old.split(".")[0] + "=="))["kid"]
+    srv.stop()
+    rotated = subprocess.run([sys.executable, "-m", "edgekube", "service-account-key", "rotate", "--algorithm", "ES256",
+                              "--data-dir", str(srv.data_dir)], capture_output=True, text=True, timeout=60, check=True)
+    kept = next(srv.data_dir.glob("tls/service-account-*.pub"))
+    assert str(kept) in rotated.stdout and "service-account-key-files" in rotated.stdout
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"api": {"service-account-key-files": [str(kept)]}}))
+    srv.extra = [*srv.extra, "--config", str(config)]
+    srv.start()
+
+    code, user = whoami(srv, old)
+    assert (code, user["username"]) == (201, "system:serviceaccount:default:default")
+    new = k.out("create", "token", "default").strip()
+    header = json.loads(base64.urlsafe_b64decode(new.split(".")[0] + "=="))
+    assert header["alg"] == "ES256" and header["kid"] != old_kid
+    assert whoami(srv, new)[0] == 201
+    code, jwks = _call(srv, "GET", "/openid/v1/jwks")
+    assert code == 200 and sorted((key["kid"], key["kty"]) for key in jwks["keys"]) == \
+        sorted([(header["kid"], "EC"), (old_kid, "RSA")])
+    code, discovery = _call(srv, "GET", "/.well-known/openid-configuration")
+    assert discovery["id_token_signing_alg_values_supported"] == ["ES256", "RS256"]
+
+    srv.stop()
+    config.write_text(json.dumps({"api": {"service-account-key-files": []}}))
+    srv.start()
+    assert whoami(srv, old)[0] == 401
+    assert whoami(srv, new)[0] == 201
+    code, jwks = _call(srv, "GET", "/openid/v1/jwks")
+    assert [key["kid"] for key in jwks["keys"]] == [header["kid"]]

@@ -9,7 +9,7 @@ import base64
 import datetime
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,14 @@ Decide = Callable[[JSON], JSON]  # the AdmissionReview's request -> the response
 
 class WebhookServer:
     def __init__(self, tls_dir: Path, *, decide: Decide, hostnames: tuple[str, ...] = ("hook.hooks.svc",),
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, routes: Mapping[str, Decide] | None = None) -> None:
         self.pki = pki.ensure_pki(tls_dir, hostnames=list(hostnames), addresses=["127.0.0.1"],
                                   now=datetime.datetime.now(datetime.UTC))
         self.decide = decide
+        self.routes = dict(routes or {})  # a URL path's own `decide` (several webhooks, one server)
         self.delay = delay
         self.reviews: list[JSON] = []
+        self.paths: list[str] = []  # the URL path of each review, in the same order
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -42,10 +44,12 @@ class WebhookServer:
 
     async def _handle(self, request: web.Request) -> web.Response:
         review = orjson.loads(await request.read())
+        self.paths.append(request.path)
         self.reviews.append(review)
         if self.delay:
             await asyncio.sleep(self.delay)
-        answer = {"uid": review["request"]["uid"], **self.decide(review["request"])}
+        decide = self.routes.get(request.path, self.decide)
+        answer = {"uid": review["request"]["uid"], **decide(review["request"])}
         return web.Response(body=orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
                                                "response": answer}), content_type="application/json")
 

@@ -6,6 +6,7 @@ and tests/e2e/test_incluster_client.py."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from edgekube._cogs import clock as clock_mod
-from edgekube._cogs import rsasig
+from edgekube._cogs import jwsig
 from edgekube.api import errors
 from edgekube.api.auth import satokens
 from edgekube.api.registry import resources, rest, saadmission
@@ -90,13 +91,13 @@ async def test_the_signing_key_is_kept_private_and_across_restarts(env: Env) -> 
 
 async def test_forged_and_foreign_tokens(env: Env) -> None:
     token = await env.request()
-    stranger = satokens.ServiceAccountTokens(env.tokens._store, catalog=resources.Catalog(), key=rsasig.generate(),
+    stranger = satokens.ServiceAccountTokens(env.tokens._store, catalog=resources.Catalog(), key=jwsig.generate(),
                                              settings=env.tokens.settings, clock=env.clock)
     sa = env.client.get("v1", "ServiceAccount", name="robot", namespace="default")
     forged = stranger.issue(stranger.bound_claims(sa, audiences=[ISSUER], expiration_seconds=3600))
     with pytest.raises(satokens.Refused, match="invalid signature"):
         env.tokens.review(forged, ())
-    foreign = satokens.ServiceAccountTokens(env.tokens._store, catalog=resources.Catalog(), key=rsasig.generate(),
+    foreign = satokens.ServiceAccountTokens(env.tokens._store, catalog=resources.Catalog(), key=jwsig.generate(),
                                             settings=satokens.Settings(issuer="https://other", audiences=("x",)),
                                             clock=env.clock)
     assert env.tokens.authenticate_token(foreign.issue({"iss": "https://other"})) is None  # not ours: passed on
@@ -162,3 +163,86 @@ async def test_a_missing_default_account_is_looked_up_again_before_refusing(env:
     with pytest.raises(errors.APIError):
         await admission.admit(pod, rest.Options())
     assert slept == []  # only `default` is waited for
+
+
+def test_es256_signatures_are_jose_r_s_and_verify_through_openssl() -> None:
+    key = jwsig.generate(jwsig.ES256)
+    assert key.algorithm == jwsig.ES256 and jwsig.load_private(key.pem()).algorithm == jwsig.ES256
+    signature = key.sign(b"header.claims")
+    assert len(signature) == 64  # r || s, 32 bytes each (RFC 7518 3.4), not DER
+    public = jwsig.load_public(key.public_pem())
+    assert public.verify(signature, b"header.claims")
+    assert not public.verify(signature, b"header.claimz")
+    assert not public.verify(signature[:-1], b"header.claims")
+    assert not jwsig.generate(jwsig.ES256).public().verify(signature, b"header.claims")
+    # Checked independently of OpenSSL's own DER form, with `cryptography` (test only).
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+    checker = serialization.load_pem_public_key(key.public_pem())
+    assert isinstance(checker, ec.EllipticCurvePublicKey)
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    checker.verify(utils.encode_dss_signature(r, s), b"header.claims", ec.ECDSA(hashes.SHA256()))
+    jwk = public.jwk("k")
+    numbers = checker.public_numbers()
+    assert jwk["kty"] == "EC" and jwk["crv"] == "P-256" and jwk["alg"] == "ES256"
+    assert satokens._unb64(jwk["x"]) == numbers.x.to_bytes(32, "big")
+    assert satokens._unb64(jwk["y"]) == numbers.y.to_bytes(32, "big")
+
+
+async def test_an_ec_signing_key_issues_es256_tokens(env: Env) -> None:
+    (env.tls / satokens.KEY_FILE).write_bytes(jwsig.generate(jwsig.ES256).pem())
+    key = satokens.ensure_key(env.tls)
+    tokens = satokens.ServiceAccountTokens(env.tokens._store, catalog=resources.Catalog(), key=key,
+                                           settings=env.tokens.settings, clock=env.clock)
+    sa = env.client.get("v1", "ServiceAccount", name="robot", namespace="default")
+    token = tokens.issue(tokens.bound_claims(sa, audiences=[ISSUER], expiration_seconds=3600))
+    header = satokens._parse(token)
+    assert header is not None and header[0] == {"alg": "ES256", "kid": tokens.kid}
+    found = tokens.authenticate_token(token)
+    assert found is not None and found.name == "system:serviceaccount:default:robot"
+    assert tokens.openid_configuration()["id_token_signing_alg_values_supported"] == ["ES256"]
+    assert [k["kty"] for k in tokens.jwks()["keys"]] == ["EC"]
+    # The same signature under a header claiming RS256 is refused (no algorithm confusion).
+    _, claims, signature = token.split(".")
+    lying = satokens._b64(b'{"alg":"RS256","kid":"' + tokens.kid.encode() + b'"}')
+    with pytest.raises(satokens.Refused, match="invalid signature"):
+        tokens.review(f"{lying}.{claims}.{signature}", ())
+
+
+async def test_extra_verification_keys_accept_old_tokens_and_are_served(env: Env, tmp_path: Path) -> None:
+    old_token = await env.request()
+    old_key = satokens.ensure_key(env.tls)
+    kept, new_kid = satokens.rotate_key(env.tls, algorithm=jwsig.ES256,
+                                        now=datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.UTC))
+    assert kept.name == "service-account-20300102T030405Z.pub" and stat.S_IMODE(os.stat(kept).st_mode) == 0o600
+    new_key = satokens.ensure_key(env.tls)
+    assert new_key.algorithm == jwsig.ES256 and satokens.key_id(new_key.public_der()) == new_kid != env.tokens.kid
+
+    def restarted(*key_files: Path) -> satokens.ServiceAccountTokens:
+        return satokens.ServiceAccountTokens(env.tokens._store, catalog=resources.Catalog(), key=new_key,
+                                             settings=env.tokens.settings, clock=env.clock,
+                                             verification_keys=satokens.verification_keys(key_files))
+
+    with_old = restarted(kept)
+    assert with_old.authenticate_token(old_token) is not None
+    jwks = with_old.jwks()["keys"]
+    assert [(k["kid"], k["kty"]) for k in jwks] == [(new_kid, "EC"), (env.tokens.kid, "RSA")]
+    assert with_old.openid_configuration()["id_token_signing_alg_values_supported"] == ["ES256", "RS256"]
+    sa = env.client.get("v1", "ServiceAccount", name="robot", namespace="default")
+    new_token = with_old.issue(with_old.bound_claims(sa, audiences=[ISSUER], expiration_seconds=3600))
+    assert with_old.authenticate_token(new_token) is not None
+    # A token whose kid names no key is still tried against each (upstream ignores kid).
+    _, claims, _ = old_token.split(".")
+    unnamed = satokens._b64(b'{"alg":"RS256"}') + "." + claims
+    assert with_old.authenticate_token(f"{unnamed}.{satokens._b64(old_key.sign(unnamed.encode()))}") is not None
+    without = restarted()
+    with pytest.raises(satokens.Refused, match="invalid signature"):
+        without.review(old_token, ())
+    assert without.authenticate_token(new_token) is not None
+    # A private key file serves as well (its public half); a bad file names itself.
+    assert satokens.verification_keys([env.tls / satokens.KEY_FILE])[0].jwk("k")["kty"] == "EC"
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key")
+    with pytest.raises(jwsig.SignatureError, match=f"service account verification key {junk}"):
+        satokens.verification_keys([junk])

@@ -2,12 +2,17 @@
 
 Upstream's model (pkg/serviceaccount, pkg/registry/core/serviceaccount/storage/token.go), kept:
 
-- **Keys.** One RSA key pair in the data dir's `tls/service.key` (k3s's name), made at first boot
-  (0600, written through a temporary file and a rename). Tokens are JWS compact serializations
-  signed RS256, with `kid` the base64url SHA-256 of the public key's DER, as upstream computes
-  it, so the OIDC discovery documents (`openid_configuration`, `jwks`) let any OIDC library check
-  them. The signature is OpenSSL's, reached through `_cogs.rsasig` (see there why not
-  `cryptography`).
+- **Keys.** One signing key in the data dir's `tls/service.key` (k3s's name), made at first boot
+  (RSA-2048; 0600, written through a temporary file and a rename), or put there by the
+  administrator: an RSA key signs RS256, an EC P-256 key ES256, as upstream's
+  --service-account-signing-key-file. Tokens are JWS compact serializations with `kid` the
+  base64url SHA-256 of the public key's DER, as upstream computes it. Tokens are accepted when
+  signed by that key or by any of the verification keys the configuration lists (upstream's
+  repeated --service-account-key-file: the old key after a rotation, `edgekube
+  service-account-key rotate`), tried by `kid` first and then each in turn, as upstream tries
+  every key; the OIDC discovery documents (`openid_configuration`, `jwks`) list them all, so any
+  OIDC library checks the tokens. Signatures are OpenSSL's, reached through `_cogs.jwsig` (see
+  there why not `cryptography`).
 - **Bound tokens** (`token_request`, the `serviceaccounts/<name>/token` subresource, what
   `kubectl create token` and the kubelet call): claims iss, sub, aud, exp, iat, nbf, jti and the
   private `kubernetes.io` claim (namespace, serviceaccount{name,uid}, and pod{name,uid} (plus
@@ -51,7 +56,7 @@ from typing import Any
 import orjson
 
 from edgekube._cogs import clock as clock_mod
-from edgekube._cogs import files, rsasig
+from edgekube._cogs import files, jwsig
 from edgekube.api import errors
 from edgekube.api.auth import user as user_mod
 from edgekube.api.registry import resources
@@ -101,20 +106,49 @@ def default_issuer(cluster_domain: str) -> str:
     return f"https://kubernetes.default.svc.{cluster_domain}"
 
 
-def ensure_key(tls_dir: Path) -> rsasig.PrivateKey:
+def ensure_key(tls_dir: Path) -> jwsig.PrivateKey:
     """The signing key, made (0600) at first boot."""
     path = tls_dir / KEY_FILE
     try:
-        return rsasig.load_private(path.read_bytes())
+        return jwsig.load_private(path.read_bytes())
     except FileNotFoundError:
         pass
-    except rsasig.RsaError as exc:
-        raise rsasig.RsaError(f"{path}: {exc} (remove it to have a new key made; every issued token is then void)") from None
-    key = rsasig.generate()
+    except jwsig.SignatureError as exc:
+        raise jwsig.SignatureError(f"{path}: {exc} (remove it to have a new key made; every issued token is then void)") from None
+    key = jwsig.generate()
     tls_dir.mkdir(parents=True, exist_ok=True)
     files.write_atomic(path, key.pem(), mode=0o600)
     log.info("made the service account signing key %s", path)
     return key
+
+
+def rotate_key(tls_dir: Path, *, algorithm: str, now: datetime.datetime) -> tuple[Path, str]:
+    """A new signing key in `tls/service.key` (RS256: RSA-2048, ES256: EC P-256), the old key's
+    public half kept beside it as `service-account-<UTC time>.pub`, to be listed in
+    `api.service-account-key-files` until the tokens it signed have expired. Returns that file
+    and the new key's kid. The files only: a running server signs with the old key until it restarts."""
+    path = tls_dir / KEY_FILE
+    try:
+        old = jwsig.load_private(path.read_bytes())
+    except jwsig.SignatureError as exc:
+        raise jwsig.SignatureError(f"{path}: {exc}") from None
+    kept = tls_dir / f"service-account-{now.strftime('%Y%m%dT%H%M%SZ')}.pub"
+    files.write_atomic(kept, old.public_pem(), mode=0o600)  # before the key it belongs to is gone
+    new = jwsig.generate(algorithm)
+    files.write_atomic(path, new.pem(), mode=0o600)
+    return kept, key_id(new.public_der())
+
+
+def verification_keys(paths: Sequence[Path]) -> list[jwsig.PublicKey]:
+    """The extra keys tokens may be signed with (`api.service-account-key-files`), each file a PEM
+    public key or private key (its public half is used); a file that cannot be read stops the boot."""
+    keys = []
+    for path in paths:
+        try:
+            keys.append(jwsig.load_public(path.read_bytes()))
+        except (OSError, jwsig.SignatureError) as exc:
+            raise jwsig.SignatureError(f"service account verification key {path}: {exc}") from None
+    return keys
 
 
 def key_id(public_der: bytes) -> str:
@@ -122,8 +156,7 @@ def key_id(public_der: bytes) -> str:
     return _b64(hashlib.sha256(public_der).digest())
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+_b64 = jwsig.b64url
 
 
 def _unb64(text: str) -> bytes:
@@ -143,18 +176,19 @@ class Verified:
 class ServiceAccountTokens:
     """Issues and checks service account tokens (see the module docstring)."""
 
-    def __init__(self, store: store_mod.Store, *, catalog: resources.Catalog, key: rsasig.PrivateKey,
-                 settings: Settings, clock: clock_mod.Clock) -> None:
+    def __init__(self, store: store_mod.Store, *, catalog: resources.Catalog, key: jwsig.PrivateKey,
+                 settings: Settings, clock: clock_mod.Clock, verification_keys: Sequence[jwsig.PublicKey] = ()) -> None:
         self._store = store
         self._catalog = catalog
         self._key = key
-        self._public = key.public()
-        der = key.public_der()
-        self.kid = key_id(der)
-        self._n, self._e = rsasig.rsa_numbers(der)
+        self.kid = key_id(key.public_der())
+        # Every key a token may be signed with, by kid: the signing key's first, then the extras.
+        self._keys: dict[str, jwsig.PublicKey] = {self.kid: key.public()}
+        for extra in verification_keys:
+            self._keys.setdefault(key_id(extra.public_der()), extra)
         self.settings = settings
         self._clock = clock
-        self._header = _b64(orjson.dumps({"alg": "RS256", "kid": self.kid}))
+        self._header = _b64(orjson.dumps({"alg": key.algorithm, "kid": self.kid}))
         # Per-request costs, kept small for a Pi: claims of tokens whose signature was checked
         # (a pod presents the same token for an hour), and the uid and deletionTimestamp of the
         # accounts and bound objects, valid while the store's revision is unchanged. Both are
@@ -343,7 +377,7 @@ class ServiceAccountTokens:
             header, claims, signing_input, signature = parsed
             if claims.get("iss") not in (self.settings.issuer, LEGACY_ISSUER):
                 return None
-            if header.get("alg") != "RS256" or not self._public.verify(signature, signing_input):
+            if not self._signed(header, signature, signing_input):
                 raise Refused("invalid signature")
             _remember(self._verified, token, claims, limit=_VERIFIED_CACHE)
         issuer = claims.get("iss")
@@ -361,6 +395,14 @@ class ServiceAccountTokens:
         user = self._bound_user(claims, known=self._users.get(token))
         _remember(self._users, token, user, limit=_VERIFIED_CACHE)
         return Verified(user, met)
+
+    def _signed(self, header: Mapping[str, Any], signature: bytes, signing_input: bytes) -> bool:
+        """Whether one of our keys signed it, with the algorithm the header names: the key its
+        `kid` names, else each key in turn (upstream ignores `kid` and tries them all)."""
+        named = self._keys.get(str(header.get("kid") or ""))
+        candidates = [named] if named is not None else list(self._keys.values())
+        alg = header.get("alg")
+        return any(k.algorithm == alg and k.verify(signature, signing_input) for k in candidates)
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
         now = self._now()
@@ -460,12 +502,12 @@ class ServiceAccountTokens:
         """Upstream's openidConfigResponse for the issuer."""
         jwks_uri = self.settings.jwks_uri or self.settings.issuer.rstrip("/") + JWKS_PATH
         return {"issuer": self.settings.issuer, "jwks_uri": jwks_uri, "response_types_supported": ["id_token"],
-                "subject_types_supported": ["public"], "id_token_signing_alg_values_supported": ["RS256"]}
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": sorted({k.algorithm for k in self._keys.values()})}
 
     def jwks(self) -> JSON:
-        return {"keys": [{"use": "sig", "kty": "RSA", "kid": self.kid, "alg": "RS256",
-                          "n": _b64(self._n.to_bytes((self._n.bit_length() + 7) // 8, "big")),
-                          "e": _b64(self._e.to_bytes((self._e.bit_length() + 7) // 8, "big"))}]}
+        """Every key tokens may be signed with, each under its own kid."""
+        return {"keys": [k.jwk(kid) for kid, k in self._keys.items()]}
 
 
 _METADATA = frozenset({"metadata"})
@@ -513,6 +555,7 @@ def _parse(token: str) -> tuple[JSON, JSON, bytes, bytes] | None:
 
 
 def tokens_for(store: store_mod.Store, *, catalog: resources.Catalog, tls_dir: Path, settings: Settings,
-               clock: clock_mod.Clock) -> ServiceAccountTokens:
-    return ServiceAccountTokens(store, catalog=catalog, key=ensure_key(tls_dir), settings=settings, clock=clock)
+               clock: clock_mod.Clock, key_files: Sequence[Path] = ()) -> ServiceAccountTokens:
+    return ServiceAccountTokens(store, catalog=catalog, key=ensure_key(tls_dir), settings=settings, clock=clock,
+                                verification_keys=verification_keys(key_files))
 

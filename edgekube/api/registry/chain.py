@@ -50,6 +50,9 @@ class Request:
     dry_run: bool = False
     old: JSON | None = None
     options: JSON | None = None  # the CreateOptions/UpdateOptions/DeleteOptions, for webhooks
+    # (group, version, kind) of the object admitted when a subresource carries a kind of its own
+    # (`scale`: an autoscaling/v1 Scale); None: the resource's kind (`status` carries the object).
+    object_kind: tuple[str, str, str] | None = None
 
     @property
     def username(self) -> str:
@@ -143,11 +146,7 @@ class Chain:
     async def validate(self, req: Request, obj: JSON | None, report: Report) -> None:
         """The validating plugins (after the registry's validation); raises to refuse. `obj` is
         None for a delete (the object is `req.old`)."""
-        custom = req.info.custom
-        if obj is not None and custom is not None and crdrules.has_rules(custom.schema):
-            causes = await self.offload.always(crdrules.check, custom.schema, obj, req.old)
-            if causes:
-                raise errors.invalid(req.info.kind, req.name, causes, group=req.info.group)
+        await self.validate_rules(req, obj)
         if obj is not None and req.operation in ("CREATE", "UPDATE") and podsecurity.handles(req.info.group, req.info.plural):
             out = self.pod_security.admit(
                 group=req.info.group, plural=req.info.plural, obj=obj, old=req.old, namespace=req.namespace,
@@ -165,8 +164,17 @@ class Chain:
             vap.apply(decision, warnings=report.warnings, audit=report.audit_annotations)
         await self.webhooks.validate(call, obj, warnings=report.warnings, audit=report.audit_annotations)
 
+    async def validate_rules(self, req: Request, obj: JSON | None) -> None:
+        """A custom object's CRD validation rules: part of its strategy's validation upstream, so
+        they also hold for the object a `scale` write leaves (whose policies saw the Scale)."""
+        custom = req.info.custom
+        if obj is not None and req.object_kind is None and custom is not None and crdrules.has_rules(custom.schema):
+            causes = await self.offload.always(crdrules.check, custom.schema, obj, req.old)
+            if causes:
+                raise errors.invalid(req.info.kind, req.name, causes, group=req.info.group)
+
 
 def _call(req: Request) -> webhooks.Call:
     return webhooks.Call(info=req.info, operation=req.operation, name=req.name, namespace=req.namespace,
                          subresource=req.subresource, user=req.user, dry_run=req.dry_run, old=req.old,
-                         options=req.options)
+                         options=req.options, object_kind=req.object_kind)

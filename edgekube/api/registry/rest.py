@@ -666,7 +666,10 @@ class Registry:
         if await run(cost, _unchanged, old, new):
             return old
         self.gate.check_write(options.user, info.gk, new, old)
-        await self.policy.validate(request, new, report)
+        if subresource == "scale":
+            await self.policy.validate_rules(request, new)  # its policies saw the Scale (`set_scale`)
+        else:
+            await self.policy.validate(request, new, report)
         await self._admission.validate(info, new, old=old, subresource=subresource, dry_run=options.dry_run)
         new_meta = new["metadata"]
         finishing = bool(new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and not _graceful_pod(info, old))
@@ -708,13 +711,17 @@ class Registry:
         """Build the object to store from the old one and the client's new one."""
         run = self.offload.run
         if subresource == "status":
+            # Upstream's order: mutating admission sees the object the client sent (or its patch
+            # left), then the status strategy keeps only what a status write may change.
+            await self.policy.mutate(request, new, report)
             return await run(cost, self._merge_status, info, old, new, options=options)
         await run(cost, self._merge_spec, info, old, new, options=options)
         if info.gk == CRD_GK:
             new["status"] = self._crd_status(new, now=clock_mod.rfc3339(self._clock.now()))
         if info.gk == apiservices.GK:
             new["status"] = apiservices.status(new, old=old, now=clock_mod.rfc3339(self._clock.now()))
-        await self.policy.mutate(request, new, report)
+        if subresource != "scale":  # a scale write was admitted as a Scale (`set_scale`)
+            await self.policy.mutate(request, new, report)
         await run(cost, self._merge_finish, info, old, new)
         return new
 
@@ -1060,8 +1067,10 @@ class Registry:
         namespace: str | None,
         name: str,
         options: DeleteOptions = DeleteOptions(),
+        warnings: Warnings | None = None,
     ) -> tuple[JSON, bool]:
-        """Returns (object, deleted_now). Not deleted now: marked with deletionTimestamp."""
+        """Returns (object, deleted_now). Not deleted now: marked with deletionTimestamp.
+        Admission's warnings and audit annotations go to `warnings`, as for any write."""
         if (refused := admission.refuse_delete(info, name)) is not None:
             raise refused
         for _ in range(_CONFLICT_RETRIES):
@@ -1090,7 +1099,7 @@ class Registry:
                 )
             await self.policy.validate(chain.Request(
                 info=info, operation="DELETE", name=name, namespace=namespace or "", user=options.user,
-                dry_run=options.dry_run, old=obj), None, chain.Report())
+                dry_run=options.dry_run, old=obj), None, (warnings or Warnings()).report())
             try:
                 out, deleted = await self._delete_once(info, item, obj, namespace=namespace, options=options)
                 if info.gk == CRD_GK and not options.dry_run:
@@ -1217,6 +1226,7 @@ class Registry:
         label_selector: str = "",
         field_selector: str = "",
         options: DeleteOptions = DeleteOptions(),
+        warnings: Warnings | None = None,
     ) -> builtins.list[JSON]:
         listed = await self.list_rendered(info, namespace=namespace, label_selector=label_selector,
                                           field_selector=field_selector, render=_same)
@@ -1226,7 +1236,8 @@ class Registry:
             if admission.refuse_delete(info, meta["name"]) is not None:
                 continue  # kept (upstream's deletecollection removes system PriorityClasses until its next restart)
             try:
-                deleted, _ = await self.delete(info, namespace=meta.get("namespace"), name=meta["name"], options=options)
+                deleted, _ = await self.delete(info, namespace=meta.get("namespace"), name=meta["name"], options=options,
+                                               warnings=warnings)
             except errors.APIError as exc:
                 if exc.code == 404:
                     continue
@@ -1329,8 +1340,29 @@ class Registry:
         }
 
     async def set_scale(
-        self, info: resources.ResourceInfo, *, namespace: str | None, name: str, scale: JSON, options: Options = Options()
+        self, info: resources.ResourceInfo, *, namespace: str | None, name: str, scale: JSON, options: Options = Options(),
+        warnings: Warnings | None = None,
     ) -> JSON:
+        """PUT or PATCH of `<plural>/scale`, admitted as upstream's ScaleREST is: the admission
+        plugins see an UPDATE of the subresource `scale` whose object and old object are
+        autoscaling/v1 Scales (webhooks and policies that name `deployments/scale`, not those
+        that name `deployments`); a mutating webhook's change to the Scale is what is written."""
+        item = self.store.get(info.key(name, namespace))
+        if item is None:
+            raise errors.not_found(info.plural, name, group=info.group)
+        old_scale = self.scale_of(info, self._object(item))
+        scale = copy.deepcopy(scale)
+        scale_meta = scale.setdefault("metadata", {})
+        if not isinstance(scale_meta, dict):
+            raise errors.bad_request("metadata must be an object")
+        for k in ("name", "namespace", "uid", "creationTimestamp"):
+            if old_scale["metadata"].get(k) is not None:
+                scale_meta.setdefault(k, old_scale["metadata"][k])
+        report = (warnings or Warnings()).report()
+        request = chain.Request(info=info, operation="UPDATE", name=name, namespace=namespace or "", subresource="scale",
+                                user=options.user, dry_run=options.dry_run, old=old_scale,
+                                object_kind=("autoscaling", "v1", "Scale"))
+        await self.policy.mutate(request, scale, report)
         replicas = (scale.get("spec") or {}).get("replicas")
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             raise errors.invalid(
@@ -1355,7 +1387,9 @@ class Registry:
             node[parts[-1]] = replicas
             return obj
 
-        out = await self.patch(info, namespace=namespace, name=name, apply=set_replicas, options=options)
+        await self.policy.validate(request, scale, report)
+        out = await self.patch(info, namespace=namespace, name=name, apply=set_replicas, subresource="scale",
+                               options=options, warnings=warnings)
         return self.scale_of(info, out)
 
     # --- services ----------------------------------------------------------------------------

@@ -12,6 +12,11 @@ request (upstream's generic webhook matcher):
 - the admission configuration kinds themselves are never sent to webhooks (upstream's rule: a
   broken webhook could otherwise never be removed).
 
+Writes to a subresource are requests of their own, as upstream's: `pods/status` or
+`deployments/scale` match rules that name them, never a rule naming `pods` alone. A `status`
+write shows the whole object; a `scale` write shows autoscaling/v1 Scales (`Call.object_kind`),
+which no version conversion touches and which a mutating webhook patches as they are.
+
 Each matching webhook gets an `admission.k8s.io/v1` AdmissionReview (uid, kind, resource,
 subResource, requestKind, name, namespace, operation, userInfo from `Options.user`, object,
 oldObject, dryRun, options) over HTTPS, to its `url` or to its Service, which the registry
@@ -81,6 +86,7 @@ class Call:
     dry_run: bool
     old: JSON | None
     options: JSON | None
+    object_kind: tuple[str, str, str] | None = None  # see `chain.Request.object_kind`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,16 +268,16 @@ class Webhooks:
             raise _call_failed(hook, f'unsupported patch type "{response.get("patchType")}"')
         try:
             operations = orjson.loads(base64.b64decode(patch))
-            view = self._view(matched, call.info, obj)
+            view = self._view(matched, call, obj)
             patched = jsonpatch.apply_patch(view, operations)
         except (ValueError, TypeError, jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             raise errors.internal(f'failed to apply the patch of admission webhook "{hook.name}": {exc}') from None
         if not isinstance(patched, dict):
             raise errors.internal(f'the patch of admission webhook "{hook.name}" did not leave an object')
-        stored = self._from_view(matched, call.info, patched)
+        stored = self._from_view(matched, call, patched)
         if stored == obj:
             return False
-        if call.info.custom is None:
+        if call.info.custom is None and call.object_kind is None:
             defaults.apply(call.info.gk, stored)
         obj.clear()
         obj.update(stored)
@@ -304,33 +310,39 @@ class Webhooks:
 
     # --- one call ---------------------------------------------------------------------------
 
-    def _view(self, matched: resources.ResourceInfo, info: resources.ResourceInfo, obj: JSON) -> JSON:
-        """The object as the webhook's matched version shows it."""
+    def _view(self, matched: resources.ResourceInfo, call: Call, obj: JSON) -> JSON:
+        """The object as the webhook's matched version shows it (a subresource's own kind, a
+        Scale, has one version: as it is)."""
         out = copy.deepcopy(obj)
+        if call.object_kind is not None:
+            return out
         if matched.custom is not None:
             out["apiVersion"] = matched.api_version
             return out
         return conversions.from_storage(matched.gk, matched.version, out)
 
-    def _from_view(self, matched: resources.ResourceInfo, info: resources.ResourceInfo, obj: JSON) -> JSON:
+    def _from_view(self, matched: resources.ResourceInfo, call: Call, obj: JSON) -> JSON:
+        if call.object_kind is not None:
+            return obj
         if matched.custom is not None:
-            obj["apiVersion"] = info.api_version
+            obj["apiVersion"] = call.info.api_version
             return obj
         return conversions.to_storage(matched.gk, matched.version, obj)
 
     def _review(self, hook: Hook, matched: resources.ResourceInfo, call: Call, obj: JSON | None, uid: str) -> JSON:
         info = call.info
+        kind, request_kind = _kind(call, matched), _kind(call, info)
         request: JSON = {
             "uid": uid,
-            "kind": {"group": matched.group, "version": matched.version, "kind": matched.kind},
+            "kind": kind,
             "resource": {"group": matched.group, "version": matched.version, "resource": matched.plural},
-            "requestKind": {"group": info.group, "version": info.version, "kind": info.kind},
+            "requestKind": request_kind,
             "requestResource": {"group": info.group, "version": info.version, "resource": info.plural},
             "name": call.name,
             "operation": call.operation,
             "userInfo": (call.user or user_mod.UserInfo(name="")).to_json(),
-            "object": self._view(matched, info, obj) if obj is not None else None,
-            "oldObject": self._view(matched, info, call.old) if call.old is not None else None,
+            "object": self._view(matched, call, obj) if obj is not None else None,
+            "oldObject": self._view(matched, call, call.old) if call.old is not None else None,
             "dryRun": call.dry_run,
             "options": call.options or _options(call.operation),
         }
@@ -474,14 +486,23 @@ def _dial_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _kind(call: Call, info: resources.ResourceInfo) -> JSON:
+    """The admitted object's kind: the resource's (in the version `info` serves), or the
+    subresource's own (`scale`: autoscaling/v1 Scale, whichever version of the resource)."""
+    if call.object_kind is not None:
+        group, version, kind = call.object_kind
+        return {"group": group, "version": version, "kind": kind}
+    return {"group": info.group, "version": info.version, "kind": info.kind}
+
+
 def request_variable(call: Call) -> JSON:
     """`request` as CEL expressions see it (upstream's admission request)."""
     info = call.info
     return {
-        "kind": {"group": info.group, "version": info.version, "kind": info.kind},
+        "kind": _kind(call, info),
         "resource": {"group": info.group, "version": info.version, "resource": info.plural},
         "subResource": call.subresource or "",
-        "requestKind": {"group": info.group, "version": info.version, "kind": info.kind},
+        "requestKind": _kind(call, info),
         "requestResource": {"group": info.group, "version": info.version, "resource": info.plural},
         "name": call.name, "namespace": call.namespace, "operation": call.operation,
         "userInfo": call.user.to_json() if call.user is not None else {"username": ""},
