@@ -14,6 +14,10 @@ network uses (link, address, route and bridge-port messages). On a device whose 
   `from pyroute2 import NDB` elsewhere), so any other user of pyroute2 in the process gets the
   whole package, exactly as a plain import would give it.
 
+The same goes for `unittest`: pyroute2's rtnetlink socket imports `unittest.mock` for its mock
+mode, and `unittest`'s `__init__` (test case, loader, runner, argparse: 1.4 MiB) would come with
+it; lazily, only `unittest.mock` itself is loaded.
+
 When `pyroute2` was imported already (the whole of it), or its layout is not what this expects,
 the plain import is used. The modules imported are public ones (`pyroute2.iproute.linux`,
 `pyroute2.netlink.exceptions`); nothing of pyroute2 is patched. Its logger is kept at INFO:
@@ -56,6 +60,7 @@ def _load() -> tuple[Any, Any]:
     # Static imports (not importlib by name), so that the binary's compiler follows them.
     try:
         _lazy_package("pyroute2")
+        _lazy_package("unittest")
         from pyroute2.iproute import linux
         from pyroute2.netlink import exceptions
     except ImportError:

@@ -145,7 +145,9 @@ class Index:
 
     def __init__(self) -> None:
         self.cluster_roles: dict[str, tuple[Rule, ...]] = {}
-        self.cluster_role_objects: dict[str, JSON] = {}  # metadata and aggregationRule (aggregation reads them)
+        # What aggregation reads of each ClusterRole (its name, labels, aggregationRule and
+        # rules), not the whole object: managedFields and the rest would be kept for nothing.
+        self.cluster_role_objects: dict[str, JSON] = {}
         self.roles: dict[tuple[str, str], tuple[Rule, ...]] = {}
         self.cluster_grants: dict[str, list[Grant]] = {}
         self.namespace_grants: dict[tuple[str, str], list[Grant]] = {}
@@ -155,7 +157,12 @@ class Index:
         plural, namespace, name = _split_key(key)
         if plural == "clusterroles":
             self.cluster_roles[name] = compile_rules(obj.get("rules"))
-            self.cluster_role_objects[name] = obj
+            meta = obj.get("metadata") or {}
+            kept: JSON = {"metadata": {"name": meta.get("name", name), "labels": meta.get("labels") or {}},
+                          "rules": obj.get("rules") or []}
+            if "aggregationRule" in obj:
+                kept["aggregationRule"] = obj["aggregationRule"]
+            self.cluster_role_objects[name] = kept
         elif plural == "roles":
             self.roles[(namespace, name)] = compile_rules(obj.get("rules"))
         elif plural in ("rolebindings", "clusterrolebindings"):
