@@ -469,7 +469,7 @@ def _dns_rows(dn: dns_bench.DnsResult) -> list[Row]:
 def _loop_rows(lp: loop_bench.LoopResult) -> list[Row]:
     worst = lp.worst()
     within = sum(c.median_ms <= LOOP_STALL_MS for c in lp.cases)
-    bare = f"{worst.bare_median_ms:.1f} ms (bare aiohttp storing a 1 MB POST, right after)"
+    bare = f"{worst.bare_median_ms:.1f} ms (bare aiohttp, a worker thread computing as long, right after)"
     return [
         Row(f"Longest stall of the event loop during one heavy request, worst class ({worst.name})",
             f"{worst.median_ms:.1f} ms", bare, f"{worst.median_ms / worst.bare_median_ms:.1f}x",
@@ -1077,8 +1077,11 @@ def render(
             "the probe behind it by about S ms, so the worst probe latency while the heavy request is in flight "
             "(from its sending to its answer) is the longest stall it caused, plus one probe's own cost. The "
             "classes: " + "; ".join(f"{c.name}, {c.what}" for c in lp.cases) + ". Baseline in the same run: "
-            "the bare aiohttp server probed the same way, idle and, right after each heavy request, while its "
-            "POST handler stores a 1 MB body with one fsync'd LMDB transaction on its loop. The prober, the benchmark's client and the server "
+            "the bare aiohttp server probed the same way, idle and, right after each heavy request, while a worker "
+            "thread of its own computes in Python for as long as that request took (switch interval 1 ms, as "
+            "edgekube's while its worker is busy) and its POST handler then stores the same 1 MB body with one "
+            "fsync'd LMDB transaction on its loop: what a loop beside one computing thread sees on this machine. "
+            "The prober, the benchmark's client and the server "
             "(its loop and its worker thread) share the machine's CPUs: a probe also waits for a CPU and for the "
             "interpreter lock, which the worker hands back every millisecond but not inside one C call."
         )
