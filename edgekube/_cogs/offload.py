@@ -26,7 +26,10 @@ loop:
   `LET_GO_CHECK_S`: once nothing else holds it, the worker gets it to free (with whatever else
   is ready); one still held elsewhere after `LET_GO_CHECKS` looks is left to its other holders.
 - `collector_paused(cost)`: the cyclic garbage collector's *full* passes postponed while a
-  large job's objects are alive. A 1.5 MiB object is some 100,000 containers per copy, and a
+  large job's objects are alive; and while the worker has any job (each is a large one: a watch
+  event decoded for its watchers, say, which no caller wraps), so that no full pass runs on
+  the worker, where it would walk the job's trees as well as the whole heap with the lock held
+  (120 ms seen during a 45,000-key ConfigMap's watch fan-out). A 1.5 MiB object is some 100,000 containers per copy, and a
   write holds several copies for a second or more: the young passes promote them, which soon
   triggers full passes over the whole heap, each traversing all of them (100-400 ms seen, each
   one a stall of the loop as well). JSON trees hold no cycles, so reference counting frees them
@@ -113,6 +116,7 @@ class Offload:
         if self._in_flight == 0:
             self._idle_switch = sys.getswitchinterval()
             sys.setswitchinterval(min(self._busy_switch, self._idle_switch))
+            self._hold_collector()
         self._in_flight += 1
         fut = asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         fut.add_done_callback(self._job_done)
@@ -122,6 +126,7 @@ class Offload:
         self._in_flight -= 1
         if self._in_flight == 0:
             sys.setswitchinterval(self._idle_switch)
+            self._release_collector()
 
     def let_go(self, obj: object) -> None:
         """Free `obj` on the worker once the caller drops it (see the module doc)."""
@@ -155,17 +160,23 @@ class Offload:
 
     @contextlib.contextmanager
     def _paused_collector(self) -> Iterator[None]:
+        self._hold_collector()
+        try:
+            yield
+        finally:
+            self._release_collector()
+
+    def _hold_collector(self) -> None:
         if self._paused == 0:
             self._thresholds = gc.get_threshold()
             young, middle, _ = self._thresholds
             gc.set_threshold(young, middle, _NEVER)
         self._paused += 1
-        try:
-            yield
-        finally:
-            self._paused -= 1
-            if self._paused == 0:
-                gc.set_threshold(*self._thresholds)
+
+    def _release_collector(self) -> None:
+        self._paused -= 1
+        if self._paused == 0:
+            gc.set_threshold(*self._thresholds)
 
     def close(self) -> None:
         """Let the queued jobs finish and the thread end (at shutdown)."""

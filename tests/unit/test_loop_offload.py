@@ -279,6 +279,28 @@ async def test_full_collections_wait_while_large_jobs_run_and_young_ones_go_on()
     work.close()
 
 
+async def test_full_collections_wait_while_the_worker_runs_any_job() -> None:
+    """Every job on the worker is a large one (a watch event decoded in pieces for its watchers
+    too, which no caller wrapped): a full pass meanwhile walked the whole heap holding the lock,
+    120 ms of the loop stopped in the loop benchmark's watch fan-out."""
+    import threading
+
+    before = gc.get_threshold()
+    work = offload.Offload(threshold=1)
+    release = threading.Event()
+    job = work.submit(release.wait)
+    try:
+        assert gc.get_threshold()[:2] == before[:2] and gc.get_threshold()[2] > 10**6
+        with work.collector_paused(1000):  # nests with a caller's own pause
+            pass
+        assert gc.get_threshold()[2] > 10**6
+    finally:
+        release.set()
+    await job
+    assert gc.get_threshold() == before
+    work.close()
+
+
 async def test_small_jobs_stay_on_the_loop_and_large_ones_go_to_the_worker() -> None:
     work = offload.Offload(threshold=100)
     loop_thread = __import__("threading").get_ident()
