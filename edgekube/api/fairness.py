@@ -87,10 +87,17 @@ class Level:
         self._turn += 1
         self._served_at[flow] = self._turn
 
-    async def acquire(self, flow: str, *, wait: float) -> None:
-        """A seat for one request of `flow`, at once or after a wait; a 429 when there is none."""
+    def try_start(self, flow: str) -> bool:
+        """A seat for one request of `flow` if one is free and nobody waits (no coroutine: the
+        path of nearly every request)."""
         if self.executing < self.seats and not self.queued:
             self._start(flow)
+            return True
+        return False
+
+    async def acquire(self, flow: str, *, wait: float) -> None:
+        """A seat for one request of `flow`, at once or after a wait; a 429 when there is none."""
+        if self.try_start(flow):
             return
         queue = self._waiting.get(flow)
         if self.queued >= self._max_queued or (queue is not None and len(queue) >= self._per_flow):
@@ -183,11 +190,10 @@ class Fairness:
             return None
         return self.classify(user)
 
-    async def acquire(self, level: Level, user: user_mod.UserInfo | None) -> str:
-        """A seat in `level` for the user's flow (given back with `level.release(flow)`)."""
-        flow = user.name if user is not None else user_mod.ANONYMOUS
+    async def acquire(self, level: Level, flow: str) -> None:
+        """A seat in `level` for `flow` after a wait (`level.try_start` found none free), given
+        back with `level.release(flow)`."""
         await level.acquire(flow, wait=self.settings.queue_wait_seconds)
-        return flow
 
     def metrics(self) -> Iterable[str]:
         """Prometheus text lines, upstream's apiserver_flowcontrol_* names."""

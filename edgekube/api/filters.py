@@ -93,7 +93,9 @@ class Filters:
             if user is not None:
                 self._gate.check(attributes.from_info(user, info))
             return await handler(request)
-        flow = await self._fairness.acquire(level, user)
+        flow = user.name if user is not None else user_mod.ANONYMOUS  # the user it acts as
+        if not level.try_start(flow):
+            await self._fairness.acquire(level, flow)
         try:
             if user is not None:
                 self._gate.check(attributes.from_info(user, info))
