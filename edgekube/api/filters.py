@@ -1,10 +1,10 @@
 """Upstream's handler chain (kube-apiserver's DefaultBuildHandlerChain) as one middleware.
 
 Every request passes, in this order:
-1. the request's info (`reqattrs`): what it asks for, read from its URL alone, once; a URL that
-   names no resource after `/watch` or `/proxy` is a 400 here, before anything else;
-2. audit's start (`audit.Auditor.received`): the audit ID (`Audit-Id` on every answer) and the
-   time received;
+1. audit's start (`audit.Auditor.received`): the audit ID (`Audit-Id` on every answer, as
+   upstream's outermost audit filter sets it) and the time received;
+2. the request's info (`reqattrs`): what it asks for, read from its URL alone, once; a URL that
+   names no resource after `/watch` or `/proxy` is a 400 here, before authentication;
 3. authentication (`auth.authn`): a client certificate signed by the cluster CA (TLS verified
    it at the handshake; its user is remembered by subject), else a bearer token offered to each
    token authenticator; the health, version and issuer-discovery paths stay open, as upstream's
@@ -52,8 +52,8 @@ class Filters:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        info = self._infos.of(request)
         ctx = self._auditor.received(request)
+        info = self._infos.of(request)
         path = request.path
         if path not in PUBLIC and not path.startswith(_PROBE_CHECKS):
             try:

@@ -312,3 +312,27 @@ def test_one_parse_serves_authorization_audit_and_fairness() -> None:
     again = test_utils.make_mocked_request("GET", "/api/v1/namespaces/n/pods?watch=1")
     assert parser.of(first) is parser.of(again) is reqattrs.of(again)
     assert parser.of(first).verb == "watch" and parser.of(first).long_running
+
+
+def test_a_url_naming_no_resource_is_a_400_with_its_audit_id(tmp_path: Path) -> None:
+    """Upstream sets the audit ID in its outermost audit filter, before the request info that
+    `/api/v1/watch` fails: the 400 still carries an `Audit-Id`."""
+    from aiohttp import test_utils, web
+
+    from edgekube.api import filters, server
+    from edgekube.api.auth import authn, authz
+
+    async def scenario() -> tuple[int, str, dict[str, Any]]:
+        auditor = audit.Auditor(None, settings=None)
+        chain = filters.Filters(authenticators=[authn.StaticTokens({"alice": ("alice", [])})], auditor=auditor,
+                                flowcontrol=fairness.Fairness(fairness.Settings(0, 0, 0, 1.0)),
+                                gate=authz.Gate(authz.AllowAll()))
+        app = web.Application(middlewares=[server.error_middleware, chain.middleware])
+        app.on_response_prepare.append(auditor.on_response_prepare)
+        async with test_utils.TestClient(test_utils.TestServer(app)) as client:
+            r = await client.get("/api/v1/watch", headers={"Authorization": "Bearer alice"})
+            return r.status, r.headers.get("Audit-Id", ""), await r.json()
+
+    code, audit_id, body = asyncio.run(scenario())
+    assert code == 400 and body["reason"] == "BadRequest" and audit_id
+    assert "unable to determine kind and namespace from url" in body["message"]
