@@ -704,7 +704,7 @@ class Auditor:
 
     def unauthenticated(self, request: web.Request, ctx: _Request) -> None:
         """A request authentication refused: upstream's failed-authentication event."""
-        if self._file is None or ctx.user is not None:
+        if self._file is None:
             return
         assert self.policy is not None
         attrs = reqattrs.of(request)

@@ -88,17 +88,14 @@ class Filters:
             if acting is not user:
                 request[handlers.IMPERSONATOR_KEY] = user
                 request[handlers.USER_KEY] = user = acting
-        level = self._fairness.level_for(request.path, user, info)
-        if level is None:
-            if user is not None:
-                self._gate.check(attributes.from_info(user, info))
-            return await handler(request)
+        level = self._fairness.level_for(request.path, user, info)  # None: takes no seat
         flow = user.name if user is not None else user_mod.ANONYMOUS  # the user it acts as
-        if not level.try_start(flow):
+        if level is not None and not level.try_start(flow):
             await self._fairness.acquire(level, flow)
         try:
             if user is not None:
                 self._gate.check(attributes.from_info(user, info))
             return await handler(request)
         finally:
-            level.release(flow)
+            if level is not None:
+                level.release(flow)
