@@ -25,19 +25,20 @@ loop:
   replaces a cached one, would do it on the loop. The object is kept here, and looked at every
   `LET_GO_CHECK_S`: once nothing else holds it, the worker gets it to free (with whatever else
   is ready); one still held elsewhere after `LET_GO_CHECKS` looks is left to its other holders.
-- `collector_paused(cost)`: the cyclic garbage collector's *full* passes postponed while a
-  large job's objects are alive; and while the worker has any job (each is a large one: a watch
-  event decoded for its watchers, say, which no caller wraps), so that no full pass runs on
-  the worker, where it would walk the job's trees as well as the whole heap with the lock held
-  (120 ms seen during a 45,000-key ConfigMap's watch fan-out). A 1.5 MiB object is some
-  100,000 containers per copy, and a write holds several copies for a second or more: the
-  young passes promote them, which soon triggers full passes over the whole heap, each
-  traversing all of them (100-400 ms seen, each one a stall of the loop as well). JSON trees
-  hold no cycles, so reference counting frees them all the same. Only the full passes wait:
-  the young ones go on, each over the few hundred objects made since the last. (The collector once was off altogether meanwhile: the young
-  generation then held every object made during the job and still alive at its end, and the
-  first young pass after it walked them all at once, 15-80 ms on the loop.) Callers let their
-  large objects go before the end (or on the worker: freeing them takes milliseconds too).
+- `collector_paused(cost)`: the cyclic garbage collector's *full* passes postponed while a large
+  job's objects are alive; and while the worker has any job (each is a large one: a watch event
+  decoded for its watchers, say, which no caller wraps), so that no full pass runs on the
+  worker, where it would walk the job's trees as well as the whole heap with the lock held (120
+  ms seen during a 45,000-key ConfigMap's watch fan-out). A 1.5 MiB object is some 100,000
+  containers per copy, and a write holds several copies for a second or more: the young passes
+  promote them, which soon triggers full passes over the whole heap, each traversing all of them
+  (100-400 ms seen, each one a stall of the loop as well). JSON trees hold no cycles, so
+  reference counting frees them all the same. Only the full passes wait: the young ones go on,
+  each over the few hundred objects made since the last. (The collector once was off altogether
+  meanwhile: the young generation then held every object made during the job and still alive at
+  its end, and the first young pass after it walked them all at once, 15-80 ms on the loop.)
+  Callers let their large objects go before the end (or on the worker: freeing them takes
+  milliseconds too).
 """
 
 from __future__ import annotations
