@@ -62,8 +62,9 @@ class EventRecorder:
                 item = await self._queue.get()
                 try:
                     await self._write(*item)
-                except Exception:
-                    log.warning("event %s for %s not recorded", item[4], _ref_name(item[2]), exc_info=True)
+                except Exception as exc:
+                    log.warning("event %s for %s not recorded: %s", item[4], _ref_name(item[2]), exc,
+                                exc_info=_is_bug(exc))
         finally:
             sweeper.cancel()
 
@@ -72,8 +73,8 @@ class EventRecorder:
             await asyncio.sleep(self._sweep)
             try:
                 await self.sweep()
-            except Exception:
-                log.warning("event clean-up failed", exc_info=True)
+            except Exception as exc:
+                log.warning("event clean-up failed: %s", exc, exc_info=_is_bug(exc))
 
     async def _write(self, component: str, host: str, obj: JSON, kind: str, reason: str, message: str) -> None:
         meta = obj.get("metadata") or {}
@@ -150,6 +151,12 @@ class Recorder:
 
     def warning(self, obj: JSON, reason: str, message: str) -> None:
         self._events._enqueue(self.component, self.host, obj, WARNING, reason, message)
+
+
+def _is_bug(exc: Exception) -> bool:
+    """A traceback for a fault of the recorder; a Status (an administrator took the component's
+    rights away, the namespace is terminating) is the cluster's state, told in one line."""
+    return not isinstance(exc, errors.APIError)
 
 
 def _ref_name(obj: JSON) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Hashable
 
+from edgekube.api import errors
 from edgekube.client.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,12 @@ class Controller:
             except Requeue as again:
                 self.queue.forget(key)
                 self.queue.add_after(key, again.after)
-            except Exception:
+            except Exception as exc:
                 delay = self.queue.add_rate_limited(key)
-                log.warning("%s: reconcile %s failed; retrying in %.2fs", self.name, key, delay, exc_info=True)
+                # A Status is the cluster's answer (forbidden, conflict, quota), told in one
+                # line; anything else is a bug of the controller, with its traceback.
+                log.warning("%s: reconcile %s failed; retrying in %.2fs: %s", self.name, key, delay, exc,
+                            exc_info=not isinstance(exc, errors.APIError))
             else:
                 self.queue.forget(key)
             finally:

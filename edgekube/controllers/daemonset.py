@@ -383,10 +383,10 @@ class DaemonSetController(Controller):
             failure = exc
         try:
             await self._update_status(ds, nodes, hash_, observed=True, waits=waits)
-        except Exception:
+        except Exception as exc:
             if failure is None:
                 raise
-            log.warning("daemon set %s: status not updated", key, exc_info=True)
+            log.warning("daemon set %s: status not updated: %s", key, exc, exc_info=not isinstance(exc, errors.APIError))
         if failure is not None:
             raise failure
         if waits:

@@ -186,8 +186,8 @@ class Scheduler:
                     continue
                 try:
                     await self.schedule_one(key, pod)
-                except Exception:
-                    log.exception("scheduling %s failed", key)
+                except Exception as exc:  # a Status in one line, a bug with its traceback
+                    log.warning("scheduling %s failed: %s", key, exc, exc_info=not isinstance(exc, errors.APIError))
                     self._backoff(key)
                     self._due.add(key)
                 await asyncio.sleep(0)

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from edgekube._cogs import clock as clock_mod
+from edgekube.api.auth import authz
+from edgekube.api.auth import user as user_mod
 from edgekube.api.registry import resources, rest
 from edgekube.client.events import EventRecorder
 from edgekube.client.local import LocalClient
@@ -101,3 +103,31 @@ async def test_a_full_queue_drops_events_and_never_blocks(env: tuple[LocalClient
     for i in range(1100):  # no writer running: the queue (1000) fills up
         rec.normal(_pod(f"p{i}"), "Burst", "x")
     assert recorder.dropped == 100
+
+
+async def test_a_component_without_the_right_logs_one_line_per_failure(
+        env: tuple[LocalClient, clock_mod.FakeClock], caplog: pytest.LogCaptureFixture) -> None:
+    """An administrator may take the events rights away from a component (edit its bootstrap
+    role): the recorder's writes and sweeps then fail with a Forbidden Status, each a single
+    warning that names it, never a traceback (the server's log is not a bug report)."""
+    admin, clock = env
+    registry = admin._registry
+    registry.gate = authz.Gate(authz.Privileged())
+    client = LocalClient(registry, user=user_mod.UserInfo("system:kube-controller-manager"))
+    recorder = EventRecorder(client, clock=clock, sweep_seconds=0.01)
+    task = asyncio.ensure_future(recorder.run())
+    try:
+        recorder.for_component("test").normal(_pod("a"), "Made", "made")
+        for _ in range(200):
+            failed = {r.getMessage().split(":")[0] for r in caplog.records if r.name == "edgekube.client.events"}
+            if {"event Made for Pod default/a not recorded", "event clean-up failed"} <= failed:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    records = [r for r in caplog.records if r.name == "edgekube.client.events"]
+    assert {r.getMessage().split(":")[0] for r in records} == {"event Made for Pod default/a not recorded",
+                                                               "event clean-up failed"}, records
+    for r in records:
+        assert r.levelname == "WARNING" and not r.exc_info, r
+        assert 'User "system:kube-controller-manager" cannot' in r.getMessage(), r.getMessage()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from edgekube.api import errors
 from edgekube.client.workqueue import WorkQueue
 from edgekube.controllers.base import Controller, Requeue
 
@@ -52,3 +55,34 @@ async def test_controller_retries_failures_and_requeues() -> None:
     c.queue.shutdown()
     await asyncio.wait_for(task, 1)
     assert seen == ["x", "x", "x"]
+
+
+async def test_an_api_answer_is_logged_as_one_line_and_a_bug_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """A Status from the API (an administrator took a component's rights away, a conflict) is
+    the cluster's state, not a fault of the controller: one warning naming it. Anything else is
+    a bug, logged with its traceback."""
+    failures = [errors.forbidden("pods is forbidden: User \"system:kube-controller-manager\" cannot list"),
+                ValueError("a bug")]
+
+    class Failing(Controller):
+        name = "failing"
+
+        async def reconcile(self, key: object) -> None:
+            if failures:
+                raise failures.pop(0)
+
+    c = Failing()
+    c.queue = WorkQueue(base_delay=0.001)
+    task = asyncio.create_task(c.run())
+    c.queue.add("x")
+    for _ in range(200):
+        if not failures and len([r for r in caplog.records if r.name == "edgekube.controllers.base"]) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    c.queue.shutdown()
+    await asyncio.wait_for(task, 1)
+    forbidden, bug = [r for r in caplog.records if r.name == "edgekube.controllers.base"]
+    assert forbidden.levelname == "WARNING" and not forbidden.exc_info
+    assert forbidden.getMessage().startswith("failing: reconcile x failed; retrying in ")
+    assert forbidden.getMessage().endswith(': pods is forbidden: User "system:kube-controller-manager" cannot list')
+    assert bug.exc_info is not None and bug.exc_info[0] is ValueError
