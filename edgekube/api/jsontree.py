@@ -13,7 +13,9 @@ committed once makes every later decode of that record fail. So:
   timestamps stay the strings they were written as, `!!binary` is its bytes as text, `!!set` a
   map of nulls, `!!omap`/`!!pairs` lists of one-entry maps, `.inf`/`.nan` are errors; excessive
   aliasing (a "billion laughs" document) is refused with go-yaml's rule and words, before any
-  expansion, and an anchor that contains itself is refused.
+  expansion, and an anchor that contains itself is refused. The text is parsed by libyaml
+  (PyYAML's C parser: go-yaml is a port of it, and PyYAML's pure-Python scanner takes seconds
+  over a 1 MB body), so edgekube requires PyYAML built with it, as its wheels and the binary are.
 - `check(value, where=...)` is the gate: it walks any tree iteratively (so no depth can blow the
   Python stack) and raises a 400 naming the first field that is not JSON (a 413 past
   `MAX_VALUES` values, which bounds the CPU any one write can cost). Decoders call it on
@@ -154,19 +156,11 @@ def check_size(obj: Any, *, plural: str, name: str) -> None:
 # --- YAML as upstream reads it ---------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with go-yaml v2's view of scalars and tags, and a bounded composing depth."""
-
-    _depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise YAMLError(f"yaml: exceeded max depth of {MAX_DEPTH}")
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+class _Loader(yaml.CSafeLoader):
+    """libyaml's parser (go-yaml is a port of it; PyYAML's own, in Python, reads a 1 MB body in
+    seconds) with go-yaml v2's view of scalars and tags. libyaml refuses nesting past 1000
+    levels as it parses, so its composer's recursion stays bounded; `_check_graph` then holds
+    the document to `MAX_DEPTH` before anything is constructed."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         # Keys become JSON keys as they are read, as sigs.k8s.io/yaml converts them (so `1`
@@ -207,7 +201,7 @@ def _json_key(key: Any, node: yaml.Node) -> Any:
 # for PyYAML) stay strings, and `1e3` is a float.
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if not tag.endswith((":int", ":float"))]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    for first, resolvers in yaml.CSafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:int",
@@ -260,9 +254,17 @@ _Loader.add_constructor("tag:yaml.org,2002:pairs", _pairs)
 _Loader.add_constructor(None, _by_kind)
 
 
-def _check_aliases(root: yaml.Node) -> None:
-    """go-yaml v2's excessive-aliasing rule, counted on the composed graph (where an alias is
-    the anchored node itself) without expanding anything."""
+def _may_alias(body: bytes | str) -> bool:
+    """Whether the text can hold an alias at all (an anchor `&a` and an alias `*a`): most
+    bodies cannot, and their graph is a tree whose depth `_to_json` bounds as it copies it."""
+    if isinstance(body, str):
+        return "&" in body and "*" in body
+    return b"&" in body and b"*" in body
+
+
+def _check_graph(root: yaml.Node) -> None:
+    """The composed document's depth, and go-yaml v2's excessive-aliasing rule counted on the
+    graph (where an alias is the anchored node itself) without expanding anything."""
     expanded: dict[int, int] = {}  # id(node) -> node count once fully expanded
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     open_: set[int] = set()
@@ -287,16 +289,18 @@ def _check_aliases(root: yaml.Node) -> None:
     # Walk in document order: a node met again is an alias, and all it expands to is aliased.
     decoded = aliased = 0
     seen: set[int] = set()
-    walk: list[yaml.Node] = [root]
+    walk: list[tuple[yaml.Node, int]] = [(root, 1)]
     while walk:
-        node = walk.pop()
+        node, depth = walk.pop()
         if id(node) in seen:
             decoded += 1 + expanded[id(node)]
             aliased += expanded[id(node)]
             continue
+        if depth > MAX_DEPTH and isinstance(node, yaml.CollectionNode):
+            raise YAMLError(f"yaml: exceeded max depth of {MAX_DEPTH}")
         seen.add(id(node))
         decoded += 1
-        walk.extend(reversed(_children(node)))
+        walk.extend((child, depth + 1) for child in reversed(_children(node)))
     if aliased > 100 and decoded > 1000 and aliased / decoded > _allowed_alias_ratio(decoded):
         raise YAMLError("yaml: document contains excessive aliasing")
     if decoded > MAX_VALUES:
@@ -337,10 +341,16 @@ def load_yaml(body: bytes | str) -> Any:
     """One YAML document as JSON, the way kube-apiserver converts a YAML body (module doc)."""
     loader = _Loader(body)
     try:
-        node = loader.get_single_node()
+        try:
+            node = loader.get_single_node()
+        except yaml.YAMLError as exc:
+            if "exceeded maximum nesting depth" in str(exc):  # libyaml's own bound, past ours
+                raise YAMLError(f"yaml: exceeded max depth of {MAX_DEPTH}") from None
+            raise
         if node is None:
             return None
-        _check_aliases(node)
+        if _may_alias(body):
+            _check_graph(node)
         value = loader.construct_document(node)
     finally:
         loader.dispose()

@@ -98,6 +98,9 @@ def test_yaml_recursive_anchor_and_excessive_depth_are_refused() -> None:
         jsontree.load_yaml("&a [*a]")
     with pytest.raises(jsontree.YAMLError, match="max depth"):
         jsontree.load_yaml("[" * 400 + "]" * 400)
+    for past_the_parser in ("[" * 5000 + "]" * 5000, "- " * 5000 + "x"):  # libyaml's own bound: 1000
+        with pytest.raises(jsontree.YAMLError, match="max depth of 128"):
+            jsontree.load_yaml(past_the_parser)
     # Depth reached through aliases is bounded too.
     nested = "[" * 100 + "]" * 100
     with pytest.raises(jsontree.YAMLError, match="max depth"):
