@@ -88,6 +88,7 @@ from edgekube.kubelet import images as images_mod
 from edgekube.kubelet import network as network_mod
 from edgekube.kubelet import tokens as tokens_mod
 from edgekube.kubelet.runtime import bundle as bundle_mod
+from edgekube.kubelet.runtime import cgroups as cgroups_mod
 from edgekube.kubelet.runtime import containers as containers_mod
 from edgekube.kubelet.runtime import runc as runc_mod
 
@@ -715,12 +716,14 @@ class PodManager:
                                     else None)
         cid = secrets.token_hex(32)
         log_path = self.log_dir(st) / name / f"{attempt}.log"
+        wanted_oom, oom = self.runtime.oom_score_adj(st.pod, c)
         spec = containers_mod.ContainerSpec(
             id=cid, pod=st.pod, container=c, image=_image_config(info), lowerdirs=tuple(self.images.layers(info)),
             log_path=log_path, pod_cgroup=st.pod_cgroup, netns=st.netns, ipcns=st.ipcns, shm=st.shm,
             mounts=tuple(mounts), env=tuple(env),
             attempt=attempt, annotations={podstatus.ANNOTATION_IMAGE_ID: info.image_ref,
-                                          podstatus.ANNOTATION_IMAGE: str(c.get("image") or "")})
+                                          podstatus.ANNOTATION_IMAGE: str(c.get("image") or "")},
+            oom_score_adj=oom)
         self._cid_uid[cid] = st.uid
         try:
             st.containers[cid] = await self.runtime.create(spec)
@@ -733,6 +736,10 @@ class PodManager:
             self._start_failed(st, name, "CreateContainerError", str(exc))
             return False
         self._events.normal(self._ref(st), "Created", f"Created container {name}")
+        if oom != wanted_oom:
+            self._events.warning(self._ref(st), "OOMScoreAdjustClamped",
+                                 f"container {name}: oom_score_adj {wanted_oom} ({cgroups_mod.qos_class(st.pod)}) needs "
+                                 f"CAP_SYS_RESOURCE, which edgekube lacks; set to {oom}, edgekube's own")
         try:
             st.containers[cid] = await self.runtime.start(cid)
         except runc_mod.RuncError as exc:

@@ -656,3 +656,44 @@ spec:
     assert conds["ScalingActive"] == "True"
     k.run("delete", "hpa", "busy")
     k.run("scale", "deployment", "busy", "--replicas=0")
+
+
+def _has_cap_sys_resource() -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & (1 << 24))
+    return False
+
+
+def test_guaranteed_pod_runs_without_cap_sys_resource(k: Kubectl, node: KubeletServer, image: str) -> None:
+    """A Guaranteed pod's containers get oom_score_adj -997, which only CAP_SYS_RESOURCE may set
+    below the kubelet's own; in LXC and containers (and on this machine) runc would fail the
+    start. As containerd does, the kubelet clamps it to its own value and says so in an event."""
+    k.run("apply", "-f", "-", input=f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: guaranteed}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {image}
+    command: {json.dumps(SLEEPER)}
+    resources: {{limits: {{cpu: 100m, memory: 32Mi}}}}
+""")
+    pod = _running(k, "guaranteed")
+    assert pod["status"]["qosClass"] == "Guaranteed"
+    adj = int(Path(f"/proc/{node.runc_list()[_cid(pod)]['pid']}/oom_score_adj").read_text())
+    assert node.server.proc is not None
+    own = int(Path(f"/proc/{node.server.proc.pid}/oom_score_adj").read_text())
+    events = [e for e in k.json("get", "events")["items"] if e["involvedObject"].get("name") == "guaranteed"]
+    clamped = [e for e in events if e["reason"] == "OOMScoreAdjustClamped"]
+    if _has_cap_sys_resource():
+        assert adj == -997 and not clamped
+    else:
+        assert adj == max(-997, own), (adj, own)
+        assert clamped and clamped[0]["type"] == "Warning", events
+        assert clamped[0]["message"] == (
+            f"container main: oom_score_adj -997 (Guaranteed) needs CAP_SYS_RESOURCE, which edgekube lacks; "
+            f"set to {own}, edgekube's own")
+    k.run("delete", "pod", "guaranteed", "--wait=true", "--timeout=60s")

@@ -192,3 +192,12 @@ async def test_a_new_reader_takes_over_without_loss(tmp_path: Path) -> None:
 @pytest.mark.parametrize("shares", [2, 100, 1024, 262144])
 def test_weight_in_range(shares: int) -> None:
     assert 1 <= cgroups.shares_to_weight(shares) <= 10000
+
+
+def test_oom_score_adj_floor_is_the_own_value_without_cap_sys_resource(tmp_path: Path) -> None:
+    status, own = tmp_path / "status", tmp_path / "oom_score_adj"
+    own.write_text("-900\n")
+    status.write_text("Name:\tedgekube\nCapEff:\t000001fffeffffff\n")  # every capability but 24
+    assert cgroups.oom_score_adj_floor(status=status, own=own) == -900
+    status.write_text("Name:\tedgekube\nCapEff:\t000001ffffffffff\n")
+    assert cgroups.oom_score_adj_floor(status=status, own=own) is None

@@ -478,10 +478,11 @@ def build_config(pod: Mapping[str, Any], *, container: Mapping[str, Any], image:
                  env: Sequence[tuple[str, str]] | None = None, attempt: int = 0, log_path: str = "",
                  seccomp_default: bool = True, seccomp_root: Path | None = None, pids_limit: int | None = None,
                  shm: str | None = None, ipcns: str | None = None, node_memory: int | None = None,
-                 annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+                 annotations: Mapping[str, str] | None = None, oom_score_adj: int | None = None) -> dict[str, Any]:
     """The container's config.json. `rootfs` is the (mounted) root, read for /etc/passwd and
     /etc/group; `netns` the pod's network namespace path (None with hostNetwork: the host's;
-    None without it: a private one, for tests only)."""
+    None without it: a private one, for tests only); `oom_score_adj` the kubelet's choice
+    (by default upstream's for the pod's QoS class)."""
     spec = pod.get("spec") or {}
     meta = pod.get("metadata") or {}
     csc = container.get("securityContext") or {}
@@ -508,8 +509,10 @@ def build_config(pod: Mapping[str, Any], *, container: Mapping[str, Any], image:
         "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
         "noNewPrivileges": ape is False and not privileged,
     }
-    capacity = node_memory if node_memory is not None else memory_capacity()
-    process["oomScoreAdj"] = cgroups.oom_score_adj(pod, container, memory_capacity=capacity)
+    if oom_score_adj is None:
+        capacity = node_memory if node_memory is not None else memory_capacity()
+        oom_score_adj = cgroups.oom_score_adj(pod, container, memory_capacity=capacity)
+    process["oomScoreAdj"] = oom_score_adj
 
     limits = cgroups.container_limits(container, pids_limit=pids_limit)
     resources = limits.oci()

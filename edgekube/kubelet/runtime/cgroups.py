@@ -203,6 +203,26 @@ def oom_score_adj(pod: Mapping[str, Any], container: Mapping[str, Any], *, memor
     return max(3, min(999, adj))
 
 
+_CAP_SYS_RESOURCE = 24
+
+
+def oom_score_adj_floor(*, status: Path = Path("/proc/self/status"),
+                        own: Path = Path("/proc/self/oom_score_adj")) -> int | None:
+    """The lowest `oom_score_adj` this process can give its children: None (any) when it holds
+    CAP_SYS_RESOURCE, else its own value (the kernel refuses a lower one: in LXC, in containers,
+    on hosts that drop the capability, runc would fail the container's start). containerd's
+    `restrict_oom_score_adj` clamps to the same floor."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("CapEff:"):
+                if int(line.split()[1], 16) & (1 << _CAP_SYS_RESOURCE):
+                    return None
+                break
+        return int(own.read_text())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 # --- paths -----------------------------------------------------------------------------------
 
 

@@ -79,6 +79,7 @@ class ContainerSpec:
     shm: str | None = None  # the pod's /dev/shm to bind-mount (else a tmpfs of the container's own)
     ipcns: str | None = None  # the pod's IPC namespace to join (else one of the container's own)
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    oom_score_adj: int | None = None  # else upstream's for the pod's QoS class (`Runtime.oom_score_adj`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +144,9 @@ class Runtime:
         self.log_rotation = log_rotation  # size-based rotation of the CRI log files (None: none)
         # subreaper=False only for tests that need to play a restarted process (not the parent).
         self.watcher = exits.Watcher(subreaper=subreaper)
+        # None: any oom_score_adj may be set; else the lowest one (no CAP_SYS_RESOURCE).
+        self.oom_floor = cgroups_mod.oom_score_adj_floor()
+        self._memory = 0
         self._copiers: dict[str, list[crilog.Copier]] = {}
         self._records: dict[str, dict[str, Any]] = {}
         self._exited: dict[str, asyncio.Event] = {}
@@ -159,6 +163,9 @@ class Runtime:
         """Start (or, after a restart, pick up where the last process left): every container
         runc knows is adopted. Returns their statuses."""
         await asyncio.to_thread(self._make_dirs)
+        if self.oom_floor is not None:
+            log.warning("edgekube lacks CAP_SYS_RESOURCE (as in LXC and containers): containers' oom_score_adj "
+                        "cannot go below %d, edgekube's own (Guaranteed pods' -997 is clamped)", self.oom_floor)
         self.watcher.open()
         out = []
         for st in await self.runc.list():
@@ -213,6 +220,14 @@ class Runtime:
 
     # --- containers ---------------------------------------------------------------------------
 
+    def oom_score_adj(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[int, int]:
+        """(upstream's oom_score_adj for the container, the one it gets): the same, unless this
+        process may not go as low (`oom_floor`), when it gets the floor."""
+        if not self._memory:
+            self._memory = bundle_mod.memory_capacity()
+        wanted = cgroups_mod.oom_score_adj(pod, container, memory_capacity=self._memory)
+        return wanted, wanted if self.oom_floor is None else max(wanted, self.oom_floor)
+
     def bundle(self, cid: str) -> bundle_mod.Bundle:
         return bundle_mod.Bundle(self.containers_dir / runc.check_id(cid))
 
@@ -236,7 +251,9 @@ class Runtime:
                 spec.pod, container=spec.container, image=spec.image, rootfs=b.rootfs, cgroups_path=cgroup_path,
                 netns=spec.netns, mounts=spec.mounts, env=spec.env, attempt=spec.attempt,
                 log_path=str(spec.log_path), seccomp_default=self.seccomp_default, seccomp_root=self.seccomp_root,
-                pids_limit=self.pids_limit, shm=spec.shm, ipcns=spec.ipcns, annotations=spec.annotations)
+                pids_limit=self.pids_limit, shm=spec.shm, ipcns=spec.ipcns, annotations=spec.annotations,
+                oom_score_adj=spec.oom_score_adj if spec.oom_score_adj is not None
+                else self.oom_score_adj(spec.pod, spec.container)[1])
             b.write_config(config)
             annotations.update(config.get("annotations") or {})
             out_fifo, err_fifo = crilog.make_fifos(b.path)
