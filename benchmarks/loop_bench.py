@@ -60,7 +60,8 @@ import yaml  # noqa: E402
 
 from benchmarks import common, servers  # noqa: E402
 
-TARGET_MS = 10.0
+# The issue's words: no request may hold the event loop for more than a few ms of CPU.
+TARGET_CPU_MS = 5.0
 PROBE_PATH = "/api/v1/namespaces/default/configmaps/loop-probe"
 NS = "loop-bench"
 PODS_NS = "loop-pods"
@@ -83,10 +84,21 @@ class Case:
     # long as the heavy request took, then it stores a 1 MB POST
     bare_ms: list[float]
     windows: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # per repeat: monotonic start, end
+    # per repeat: the most CPU one handle of the server's event loop used while the request was
+    # in flight (a task's step, a callback: the loop serves nothing else meanwhile)
+    cpu_ms: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def median_ms(self) -> float:
         return statistics.median(self.worst_ms)
+
+    @property
+    def cpu_median_ms(self) -> float:
+        return statistics.median(self.cpu_ms)
+
+    @property
+    def ratio(self) -> float:
+        return self.median_ms / self.bare_median_ms
 
     @property
     def bare_median_ms(self) -> float:
@@ -103,7 +115,11 @@ class LoopResult:
     repeats: int
 
     def worst(self) -> Case:
-        return max(self.cases, key=lambda c: c.median_ms)
+        """The class with the longest stall seen from outside, against the bare loop's."""
+        return max(self.cases, key=lambda c: c.ratio)
+
+    def worst_cpu(self) -> Case:
+        return max(self.cases, key=lambda c: c.cpu_median_ms)
 
 
 # --- the prober: a process of its own -------------------------------------------------------
@@ -441,10 +457,25 @@ async def _idle(base: str, tls: Path, seconds: float) -> tuple[float, float]:
     return max(lat), statistics.median(lat)
 
 
+def _handles(trace: Path) -> list[tuple[float, float]]:
+    """(start, CPU ms) of each loop handle the trace recorded."""
+    out = []
+    for line in trace.read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if rec.get("kind") == "handle":
+            out.append((rec["t0"], rec["cpu_ms"]))
+    return out
+
+
 async def _run(data_dir: Path, repeats: int, only: set[str], log: Callable[[str], None],
                trace: Path | None = None) -> LoopResult:
-    launcher = None if trace is None else [sys.executable, str(Path(__file__).with_name("loop_trace.py")), str(trace)]
-    server = servers.EdgekubeServer(data_dir, extra=["--disable", "scheduler"], launcher=launcher)
+    # The server runs under loop_trace.py: light (handles' CPU only) unless a full trace is asked.
+    light = trace is None
+    if trace is None:
+        trace = data_dir.parent / f"{data_dir.name}-handles.jsonl"
+    launcher = [sys.executable, str(Path(__file__).with_name("loop_trace.py")), str(trace)]
+    server = servers.EdgekubeServer(data_dir, extra=["--disable", "scheduler"], launcher=launcher,
+                                    env={**os.environ, "LOOP_TRACE_LIGHT": "1"} if light else None)
     bare: servers.BareServer | None = None
     cases: list[Case] = []
     try:
@@ -495,6 +526,10 @@ async def _run(data_dir: Path, repeats: int, only: set[str], log: Callable[[str]
         if bare is not None:
             bare.stop()
         server.stop()
+    handles = _handles(trace)
+    for case in cases:
+        # A handle that began in the window (its CPU is spent from its start on).
+        case.cpu_ms = [max((cpu for t0, cpu in handles if start <= t0 <= end), default=0.0) for start, end in case.windows]
     return LoopResult(cases, bare_idle, statistics.median(w for case in cases for w in case.bare_ms), idle_ms,
                       p50_ms, repeats)
 

@@ -18,6 +18,11 @@ loop's own handles, and names its cause:
   interpreter lock was not handed over for that long (a long C call in some thread); it writes
   that, with every thread's stack as it finds them (just after the call: the line that made it).
 
+With `LOOP_TRACE_LIGHT=1` only the first is kept, and a handle is written when it used
+`LIGHT_CPU_MS` of the loop thread's CPU or more: no sampler thread (which would take the
+interpreter lock 2,000 times a second) and no collector records, so that what `loop_bench`
+measures from outside is the server's own behaviour; every handle still pays two clock reads.
+
 Times are `time.monotonic()` (CLOCK_MONOTONIC, the same in every process), so the benchmark can
 attribute each record to the heavy request in flight. Stdlib only; nothing here is imported by
 edgekube itself.
@@ -39,6 +44,8 @@ from typing import Any
 
 SAMPLE_S = 0.0005
 THRESHOLD_MS = float(os.environ.get("LOOP_TRACE_THRESHOLD_MS", "3"))
+LIGHT = os.environ.get("LOOP_TRACE_LIGHT") == "1"
+LIGHT_CPU_MS = 0.5
 _REPO = Path(__file__).resolve().parent.parent
 
 
@@ -80,6 +87,20 @@ class Tracer:
         original = asyncio.events.Handle._run
         threshold = THRESHOLD_MS / 1000.0
         clock, cpu = time.monotonic, time.thread_time
+
+        def _light(self: asyncio.events.Handle) -> None:
+            t0, c0 = clock(), cpu()
+            try:
+                original(self)
+            finally:
+                used = cpu() - c0
+                if used >= LIGHT_CPU_MS / 1000.0:
+                    tracer.write({"kind": "handle", "t0": t0, "wall_ms": 1000 * (clock() - t0), "cpu_ms": 1000 * used,
+                                  "what": _describe(self)})
+
+        if LIGHT:
+            asyncio.events.Handle._run = _light  # type: ignore[method-assign]
+            return
 
         def _run(self: asyncio.events.Handle) -> None:
             if tracer.loop_tid is None:
