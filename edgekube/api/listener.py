@@ -310,7 +310,8 @@ class Connections:
 
     def _release(self) -> None:
         self._trim = None
-        memory.release_free_memory()
+        # Off the loop: glibc walks the whole heap (some ms; ctypes lets go of the interpreter lock).
+        asyncio.get_running_loop().run_in_executor(None, memory.release_free_memory)
 
     def cancel(self) -> None:
         _cancel(self._trim)

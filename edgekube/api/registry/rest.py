@@ -633,7 +633,7 @@ class Registry:
             # The old object is let go of on the offload worker when it is large (freeing some
             # hundred thousand objects takes milliseconds too): it is `held` here alone once the
             # frame that used it is gone.
-            held: builtins.list[JSON] = []
+            held: builtins.list[Any] = []
             out = await self._write_update_with(info, item, new, namespace=namespace, subresource=subresource,
                                                 options=options, cost=cost, held=held,
                                                 report=(warnings or Warnings()).report())
@@ -643,7 +643,7 @@ class Registry:
 
     async def _write_update_with(self, info: resources.ResourceInfo, item: records.Item, new: JSON, *,
                                  namespace: str | None, subresource: str | None, options: Options, cost: int,
-                                 held: builtins.list[JSON], report: chain.Report) -> JSON:
+                                 held: builtins.list[Any], report: chain.Report) -> JSON:
         run = self.offload.run
         old = await self._decode(item, cost=cost)
         held.append(old)
@@ -659,10 +659,13 @@ class Registry:
                 # they decode (kubectl moving client-side apply's entry into its own); one empty
                 # entry, `[{}]`, resets them.
                 base = {**old, "metadata": {**old["metadata"], "managedFields": sent_managed}}
-            new["metadata"]["managedFields"] = await run(
+            managed = await run(
                 cost, ssa.track_update, base, new, manager=_manager(options), api_version=info.api_version,
                 schema=self.schema_for(info), now=clock_mod.rfc3339(self._clock.now()), subresource=subresource,
             )
+            # The entries replaced (a large object's: some hundred thousand objects) go with `old`.
+            held.append(new["metadata"].get("managedFields"))
+            new["metadata"]["managedFields"] = managed
         if await run(cost, _unchanged, old, new):
             return old
         self.gate.check_write(options.user, info.gk, new, old)
@@ -1025,6 +1028,10 @@ class Registry:
                     )
                 except ssa.ConflictError as exc:
                     raise _apply_conflict(exc) from None
+                finally:
+                    if live is not None and self.offload.heavy(cost):
+                        self.offload.let_go(live)  # freed on the worker, not when this frame ends
+                    live = None
             merged.setdefault("metadata", {})["managedFields"] = managed
             if item is None:
                 if subresource is not None:
