@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from edgekube._cogs import gctrack
 from edgekube.api import errors as api_errors
 from edgekube.client.local import LocalClient
 from edgekube.store import errors as store_errors
@@ -21,6 +22,9 @@ from edgekube.store.watch import Watcher
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
+# Objects cached this long ago or more are taken off the cyclic collector's lists in one job on
+# the offload worker (see `_cogs.gctrack`): a cache of thousands then costs full passes nothing.
+UNTRACK_DELAY_S = 1.0
 
 
 def object_key(obj: JSON) -> str:
@@ -54,6 +58,7 @@ class Informer:
         self._by_ns: dict[str, dict[str, JSON]] = {}
         self._handlers: list[Handlers] = []
         self.synced = asyncio.Event()
+        self._fresh: list[JSON] = []  # cached since the last untracking job
 
     def add_handlers(self, handlers: Handlers) -> None:
         self._handlers.append(handlers)
@@ -72,7 +77,15 @@ class Informer:
         ns = (obj.get("metadata") or {}).get("namespace")
         if ns:
             self._by_ns.setdefault(ns, {})[key] = obj
+        if gctrack.AVAILABLE:
+            if not self._fresh:
+                asyncio.get_running_loop().call_later(UNTRACK_DELAY_S, self._untrack_fresh)
+            self._fresh.append(obj)
         return previous
+
+    def _untrack_fresh(self) -> None:
+        fresh, self._fresh = self._fresh, []
+        self._client.offload.submit(gctrack.untrack, fresh)
 
     def _drop(self, key: str) -> None:
         obj = self._cache.pop(key, None)

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from edgekube._cogs import gctrack
 from edgekube.api import errors
 from edgekube.api.registry import rest
 from edgekube.client import informer
@@ -34,7 +35,7 @@ FOREGROUND = "foregroundDeletion"
 _METADATA = frozenset({"metadata"})
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Node:
     uid: str
     key: str
@@ -91,9 +92,13 @@ class GarbageCollector(Controller):
         uid = meta.get("uid")
         if not uid:
             return None
-        return Node(uid=uid, key=key, namespace=meta.get("namespace"), name=meta.get("name", ""),
+        node = Node(uid=uid, key=key, namespace=meta.get("namespace"), name=meta.get("name", ""),
                     owners=[r for r in meta.get("ownerReferences") or [] if isinstance(r, dict) and r.get("uid")],
                     finalizers=list(meta.get("finalizers") or []), deleting=bool(meta.get("deletionTimestamp")))
+        # One per object of the cluster, with two lists: off the collector's lists (`_cogs.gctrack`).
+        gctrack.untrack([node.owners, node.finalizers])
+        gctrack.untrack_one(node)
+        return node
 
     def _index(self, node: Node) -> None:
         old = self._nodes.get(node.uid)

@@ -18,6 +18,7 @@ import asyncio
 import collections
 from collections.abc import Iterable
 
+from edgekube._cogs import gctrack
 from edgekube.store import records
 
 
@@ -115,6 +116,7 @@ class WatchHub:
         if len(self._ring) == self._ring.maxlen and self._ring:
             self.ring_start = self._ring[0].revision
         self._ring.append(event)
+        gctrack.untrack_one(event)  # thousands kept: no full collection need walk them
         group = self._watchers.get(records.resource_prefix(event.key))
         if group:
             for w in list(group):

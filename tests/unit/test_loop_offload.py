@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgekube._cogs import clock as clock_mod
-from edgekube._cogs import offload
+from edgekube._cogs import gctrack, offload
 from edgekube.api import patch
 from edgekube.api.registry import resources, rest
 from edgekube.client import events as events_mod
@@ -409,3 +409,74 @@ async def test_a_long_selector_is_parsed_off_the_loop(registry: rest.Registry) -
                                                                render=orjson.dumps))
     assert len(out.items) == 1
     assert meter.worst_ms < 10, str(meter)
+
+
+# --- long-lived caches out of the collector's sight --------------------------------------------
+
+
+def _containers(tree: Any) -> list[Any]:
+    out, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict | list):
+            out.append(node)
+            stack.extend(node.values() if isinstance(node, dict) else node)
+    return out
+
+
+def test_untracked_trees_stay_equal_and_are_freed_by_reference_counting() -> None:
+    pod = {"metadata": {"name": "p", "labels": {"a": "b"}, "ownerReferences": [{"kind": "ReplicaSet"}]},
+           "spec": {"containers": [{"name": "c", "command": ["sleep", "1"], "env": [{"name": "A"}]}]}}
+    tree = msgpack.unpackb(msgpack.packb(pod))
+    assert any(gc.is_tracked(c) for c in _containers(tree))
+    assert gctrack.untrack([tree]) == len(_containers(tree))
+    assert not any(gc.is_tracked(c) for c in _containers(tree))
+    assert tree == pod
+    # Given a container later, a dict is tracked again by CPython itself.
+    tree["spec"]["extra"] = {"x": [1]}
+    assert gc.is_tracked(tree["spec"])
+    # Reference counting frees an untracked tree, as any other.
+    tree["spec"]["containers"][0]["env"].append(_Probe())
+    gctrack.untrack([tree])
+    assert _Probe.alive == 1
+    del tree
+    assert _Probe.alive == 0
+
+
+class _Probe:
+    alive = 0
+
+    def __init__(self) -> None:
+        _Probe.alive += 1
+
+    def __del__(self) -> None:
+        _Probe.alive -= 1
+
+
+async def test_informer_caches_leave_the_collector_after_a_moment(registry: rest.Registry,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cached objects are taken off the collector's lists (on the worker), so that a full pass
+    does not walk a node's thousands of pods."""
+    monkeypatch.setattr(informer_mod, "UNTRACK_DELAY_S", 0.01)
+    client = local.LocalClient(registry)
+    pods = _info(registry, "", "pods")
+    for i in range(3):
+        await registry.create(pods, {"metadata": {"name": f"p{i}", "namespace": NS},
+                                     "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep"]}]}},
+                              namespace=NS)
+    inf = informer_mod.Informer(client, "v1", "Pod")
+    task = asyncio.ensure_future(inf.run())
+    try:
+        await asyncio.wait_for(inf.synced.wait(), 5)
+        await registry.create(pods, {"metadata": {"name": "late", "namespace": NS},
+                                     "spec": {"containers": [{"name": "c", "image": "busybox"}]}}, namespace=NS)
+        for _ in range(300):
+            cached = inf.list(NS)
+            if len(cached) == 4 and not any(gc.is_tracked(c) for p in cached for c in _containers(p)):
+                break
+            await asyncio.sleep(0.01)
+        cached = inf.list(NS)
+        assert len(cached) == 4
+        assert not [p["metadata"]["name"] for p in cached if any(gc.is_tracked(c) for c in _containers(p))]
+    finally:
+        task.cancel()
