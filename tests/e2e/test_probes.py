@@ -356,3 +356,28 @@ def test_probes_resume_on_adopted_containers(restartable: KubeletServer, image: 
     (flags / "ready").unlink()
     until(lambda: not _ready(_pod(k, "steady")), what="readiness probed again after the restart")
     assert _pod(k, "steady")["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
+def test_exec_probes_write_nothing_on_the_data_dir(k: Kubectl, node: KubeletServer, image: str, tmp_path: Path) -> None:
+    """Flash wear (issue 16): an exec probe is a `runc exec`, several a second on a busy node;
+    its process spec, its pid file and runc's own state live in memory (/run or /dev/shm), so
+    that a healthy pod costs the SD card nothing. Only LMDB's lock file (shared memory its readers
+    note their transactions in) may change meanwhile."""
+    probe = {"exec": {"command": ["true"]}, "periodSeconds": 1}
+    _apply(k, _pod_manifest("probed", [{"name": "main", "image": image, "command": SLEEPER,
+                                        "readinessProbe": probe, "livenessProbe": probe}],
+                            terminationGracePeriodSeconds=1))
+    _running(k, "probed")
+    time.sleep(2)
+    stamp = tmp_path / "stamp"
+    stamp.touch()
+    before = time.time()
+    time.sleep(4)  # some eight execs
+    # A file made and removed again leaves its directory's time changed.
+    changed = sorted(str(p.relative_to(node.data_dir.parent)) for p in [node.data_dir, *node.data_dir.rglob("*")]
+                     if p.lstat().st_mtime > stamp.stat().st_mtime)
+    assert time.time() - before >= 4
+    assert changed in ([], ["data/db/lock.mdb"]), changed  # before: the bundle's and runc's directories
+    status = _status(k, "probed")
+    assert status["ready"] is True and status["restartCount"] == 0
+    k.run("delete", "pod", "probed", "--wait=true", "--timeout=60s")

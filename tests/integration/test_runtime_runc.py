@@ -112,6 +112,11 @@ async def _cleanup(env: Env) -> None:
             bundle.unmount(mp)
     with contextlib.suppress(Exception):
         env.cg.remove("/" + env.parent)
+    memory = containers.runc_root(env.data).parent  # runc's state and the exec scratch, in /run or /dev/shm
+    if env.base not in memory.parents:
+        shutil.rmtree(memory, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            memory.parent.rmdir()
     exits.set_subreaper(False)  # the Runtime made this test process one, as it makes edgekube
 
 
@@ -128,6 +133,9 @@ async def env(tmp_path: Path, lower: Path) -> AsyncIterator[Env]:
 def env_leftovers(e: Env) -> list[str]:
     left = [str(m) for m in bundle.mountpoints() if e.base in m.parents]
     left += [str(d) for d in e.cg.dirs("/" + e.parent)]
+    memory = containers.runc_root(e.data).parent
+    if e.base not in memory.parents and memory.exists():
+        left.append(str(memory))
     return left
 
 
@@ -436,7 +444,7 @@ async def test_exit_while_down_is_reported_unknown(env: Env) -> None:
     pod = env.pod(command=["sh", "-c", "sleep 0.3; exit 5"])
     cid = f"{pod['metadata']['uid']}-main-0"
     pid = start_from_subprocess(env, pod, cid, env.logs / "down" / "0.log")
-    r = runc.Runc(root=env.data / "runc")
+    r = runc.Runc(root=containers.runc_root(env.data))
     await until(lambda: gone(pid), what="container exited")
     assert (await r.state(cid)).status == "stopped"
     rt = env.runtime(subreaper=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import subprocess
 import time
 import uuid
@@ -53,7 +54,7 @@ class KubeletServer:
 
     @property
     def runc_root(self) -> Path:
-        return self.kubelet_dir / "runc"
+        return containers.runc_root(self.kubelet_dir)
 
     def start(self) -> KubeletServer:
         self.server.start()
@@ -79,6 +80,8 @@ class KubeletServer:
         left = [f"container {cid}" for cid in (self.runc_list() if self.runc_root.exists() else {})]
         left += [f"mount {m}" for m in self.mounts()]
         left += [f"cgroup {d}" for d in self.cgroup_dirs()]
+        if self.root not in self.runc_root.parents and self.runc_root.parent.exists():
+            left.append(f"directory {self.runc_root.parent}")
         return left
 
     def cleanup(self) -> None:
@@ -124,7 +127,7 @@ def sweep_host(*, kubelet_dir: Path, parent: str, below: Path) -> None:
         finally:
             await rt.close()
 
-    root = kubelet_dir / "runc"
+    root = containers.runc_root(kubelet_dir)
     if root.exists():
         with contextlib.suppress(Exception):
             asyncio.run(sweep())
@@ -132,6 +135,10 @@ def sweep_host(*, kubelet_dir: Path, parent: str, below: Path) -> None:
             for cid in runc_list(root):
                 subprocess.run(["runc", "--root", str(root), "delete", "--force", cid], capture_output=True,
                                check=False)
+    if below not in root.parents:  # its directory in memory (/run or /dev/shm), with the exec scratch
+        shutil.rmtree(root.parent, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            root.parent.parent.rmdir()  # edgekube's own directory there, once no kubelet has one
     unmount_below(below)
     with contextlib.suppress(Exception):
         cgroups.detect(parent=parent).remove("/" + parent)

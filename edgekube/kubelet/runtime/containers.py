@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -111,6 +112,37 @@ class SweepReport:
     cgroups: list[str] = dataclasses.field(default_factory=list)
 
 
+# Directories for short-lived files, tried in turn: the first on a tmpfs wins.
+MEMORY_DIRS = (Path("/run/edgekube"), Path("/dev/shm/edgekube"))
+_TMPFS = frozenset({"tmpfs", "ramfs"})
+
+
+def memory_dir(*, candidates: Sequence[Path] = MEMORY_DIRS, mounts: Path = Path("/proc/self/mounts")) -> Path | None:
+    """The first of `candidates` whose file system is a tmpfs (by the mount holding it)."""
+    try:
+        table = [(Path(f.split()[1].replace("\\040", " ")), f.split()[2]) for f in mounts.read_text().splitlines()
+                 if len(f.split()) >= 3]
+    except OSError:
+        return None
+    for path in candidates:
+        holders = [(point, fstype) for point, fstype in table if point == path or point in path.parents]
+        if holders and max(holders, key=lambda m: len(m[0].parts))[1] in _TMPFS:
+            return path
+    return None
+
+
+def runc_root(data_dir: Path) -> Path:
+    """runc's state directory for the kubelet whose data is `data_dir`: in memory (runc writes
+    in a container's state directory at every exec: some 40 KB of the flash's life each), one
+    per data dir, gone at a reboot as the containers are. A `runc` directory left in the data
+    dir by an edgekube before this one (its containers may still run) stays where it is."""
+    legacy = data_dir / "runc"
+    base = memory_dir()
+    if base is None or (legacy.is_dir() and any(legacy.iterdir())):
+        return legacy
+    return base / hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16] / "runc"
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -132,11 +164,15 @@ class Runtime:
     def __init__(self, *, data_dir: Path, cgroups: cgroups_mod.Cgroups, runc_binary: str = "runc",
                  timeout: float = 30.0, seccomp_default: bool = True, seccomp_root: Path | None = None,
                  pids_limit: int | None = None, on_exit: Callable[[str], None] | None = None,
-                 subreaper: bool = True, log_rotation: logrotate.Policy | None = logrotate.UPSTREAM) -> None:
+                 subreaper: bool = True, log_rotation: logrotate.Policy | None = logrotate.UPSTREAM,
+                 scratch_dir: Path | None = None) -> None:
         self.data_dir = data_dir
+        # Each exec (probes, hooks: several a second on a busy node) writes its process spec,
+        # with the container's environment, and runc its pid file: in memory, not on the flash.
+        self.scratch_dir = scratch_dir or runc_root(data_dir).with_name("exec")
         self.containers_dir = data_dir / "containers"
         self.cgroups = cgroups
-        self.runc = runc.Runc(root=data_dir / "runc", binary=runc_binary, timeout=timeout)
+        self.runc = runc.Runc(root=runc_root(data_dir), binary=runc_binary, timeout=timeout)
         self.seccomp_default = seccomp_default
         self.seccomp_root = seccomp_root
         self.pids_limit = pids_limit
@@ -355,9 +391,10 @@ class Runtime:
         stdout and stderr. The probes' and lifecycle hooks' exec."""
         b = self.bundle(cid)
         name = f"exec-{secrets.token_hex(8)}"
-        spec_path, pid_file = b.path / f"{name}.json", b.path / f"{name}.pid"
+        spec_path, pid_file = self.scratch_dir / f"{name}.json", self.scratch_dir / f"{name}.pid"
 
         def write() -> None:
+            self.scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             process = dict(b.read_config().get("process") or {})
             process.update(args=list(command), terminal=False)
             bundle_mod.write_json(spec_path, process)
