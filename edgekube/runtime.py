@@ -179,6 +179,7 @@ class Runtime:
                 preallocate_mb=cfg.store.preallocate_mb,
                 reserve_mb=cfg.store.reserve_mb,
                 encryption_key_file=cfg.data_dir / encryption.KEY_FILE,
+                lock_in_memory=True,
             ),
             memory_prefixes=memory_prefixes,
         )

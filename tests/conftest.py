@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from edgekube._cogs import memdir
 from tests.support.netns import NetNS, namespaces
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,6 +149,17 @@ class Server:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        release_memory_dir(self.data_dir / "db")
+
+
+def release_memory_dir(path: Path) -> None:
+    """What a server kept in memory for data path `path` (LMDB's lock file: `_cogs.memdir`),
+    removed once it stopped: a clean stop does it itself, a killed server leaves it."""
+    own = memdir.for_path(path)
+    if own is not None and own.is_dir():
+        shutil.rmtree(own, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            own.parent.rmdir()
 
 
 @pytest.fixture(scope="module")

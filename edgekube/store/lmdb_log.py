@@ -59,6 +59,7 @@ from typing import Any, Protocol
 import lmdb
 import msgpack
 
+from edgekube._cogs import memdir
 from edgekube.store import errors, records
 
 _REV = struct.Struct(">Q")
@@ -251,12 +252,44 @@ class _MapGate:
                 self._cond.notify_all()
 
 
+LOCK_FILE = "lock.mdb"
+
+
+def _place_lock_file(path: Path, *, move: bool) -> Path | None:
+    """LMDB's lock file (its reader table: every read transaction writes its slot there, and a
+    page written back costs the file an inode update too) in memory (`_cogs.memdir`) when
+    `move`, through a symbolic link in its place: it describes only the processes that have the
+    database open, so a reboot may lose it (LMDB makes it anew). A link found here (a server
+    running, or killed) is followed by every opener, its directory made again after a reboot;
+    a clean close removes link and file. Returns the directory `move` placed it in."""
+    lock = path / LOCK_FILE
+    if lock.is_symlink():
+        target = Path(os.readlink(lock))
+        if not move:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return None
+        own = memdir.claim(path)
+        if own is not None and target == own / LOCK_FILE:
+            return own
+    elif not move:
+        return None
+    own = memdir.claim(path)
+    if own is None:
+        return None
+    link = path / (LOCK_FILE + ".link")
+    link.unlink(missing_ok=True)
+    link.symlink_to(own / LOCK_FILE)
+    os.replace(link, lock)  # the server holds the data dir's lock: no process has the old one open
+    return own
+
+
 class LmdbLog:
     def __init__(self, path: Path, *, map_size: int, max_size: int, preallocate: int = 0,
                  damage: records.Damage | None = None, reserve: int = 0,
-                 transformer: ValueTransformer | None = None) -> None:
+                 transformer: ValueTransformer | None = None, lock_in_memory: bool = False) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._path = path
+        self._lock_dir = _place_lock_file(path, move=lock_in_memory)
         # Where scans and replays note the records they had to skip.
         self.damage = damage if damage is not None else records.Damage()
         self._max_size = max(max_size, map_size)
@@ -327,6 +360,14 @@ class LmdbLog:
             os.close(self._data_fd)
             self._data_fd = -1
         self._env.close()
+        if self._lock_dir is not None:
+            # Nobody else has it open (the data dir's lock is held until the process ends): the
+            # link goes too, so that a stopped node's data dir copies as plain files.
+            with contextlib.suppress(OSError):
+                if (self._path / LOCK_FILE).is_symlink():
+                    (self._path / LOCK_FILE).unlink()
+            (self._lock_dir / LOCK_FILE).unlink(missing_ok=True)
+            memdir.release(self._lock_dir)
 
     # --- state -------------------------------------------------------------------------------
 

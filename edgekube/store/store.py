@@ -65,6 +65,8 @@ class StoreConfig:
     # Secrets are encrypted at rest with the keys in this file (store/encryption.py); None:
     # values are stored as they are.
     encryption_key_file: Path | None = None
+    # LMDB's lock file in memory (`lmdb_log._place_lock_file`): the server's store, not tools'.
+    lock_in_memory: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -102,6 +104,7 @@ class Store:
                 preallocate=(config.preallocate_mb << 20) if lmdb_log.preallocation_helps(db_path) else 0,
                 damage=self.damage,
                 reserve=config.reserve_mb << 20,
+                lock_in_memory=config.lock_in_memory,
                 transformer=transformer,
             )
 

@@ -204,13 +204,13 @@ def test_oom_score_adj_floor_is_the_own_value_without_cap_sys_resource(tmp_path:
 
 
 def test_memory_dir_is_the_first_candidate_on_a_tmpfs(tmp_path: Path) -> None:
-    from edgekube.kubelet.runtime import containers
+    from edgekube._cogs import memdir
 
     mounts = tmp_path / "mounts"
     mounts.write_text("/dev/vda / ext4 rw 0 0\ntmpfs /dev/shm tmpfs rw 0 0\n")
     run, shm = Path("/run/edgekube"), Path("/dev/shm/edgekube")
-    assert containers.memory_dir(candidates=(run, shm), mounts=mounts) == shm  # /run on the disk here
+    assert memdir.memory_dir(candidates=(run, shm), mounts=mounts) == shm  # /run on the disk here
     mounts.write_text("/dev/vda / ext4 rw 0 0\ntmpfs /run tmpfs rw 0 0\ntmpfs /dev/shm tmpfs rw 0 0\n")
-    assert containers.memory_dir(candidates=(run, shm), mounts=mounts) == run
+    assert memdir.memory_dir(candidates=(run, shm), mounts=mounts) == run
     mounts.write_text("/dev/vda / ext4 rw 0 0\n")
-    assert containers.memory_dir(candidates=(run, shm), mounts=mounts) is None
+    assert memdir.memory_dir(candidates=(run, shm), mounts=mounts) is None

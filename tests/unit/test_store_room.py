@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edgekube._cogs import memdir
 from edgekube.store import errors, lmdb_log, records
 from edgekube.store import store as store_mod
 
@@ -222,3 +224,28 @@ def test_below_the_reserve_only_writes_that_free_space_are_taken(tmp_path: Path,
     assert taken == [True, True, True, False, False], outcomes
     assert all(isinstance(o, errors.StoreFullError) for o in outcomes[3:])
     db.close()
+
+
+def test_the_servers_lock_file_lives_in_memory_and_tools_follow_it(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """LMDB's lock file (written by every read transaction) is kept off the flash by the server
+    through a link; a tool opening the database meanwhile, or after a reboot emptied the memory
+    dir, follows the link; a clean close leaves plain files behind."""
+    memory = tmp_path / "mem"
+    monkeypatch.setattr(memdir, "memory_dir", lambda **_: memory)
+    db = tmp_path / "db"
+    server = lmdb_log.LmdbLog(db, map_size=1 << 20, max_size=1 << 20, lock_in_memory=True)
+    lock = db / lmdb_log.LOCK_FILE
+    own = memdir.for_path(db)
+    assert own is not None and lock.is_symlink() and Path(os.readlink(lock)) == own / lmdb_log.LOCK_FILE
+    assert (own / lmdb_log.LOCK_FILE).is_file() and (own / memdir.OWNER).read_text() == f"{db.resolve()}\n"
+    server.close()
+    assert not lock.exists() and not lock.is_symlink() and not memory.exists()
+    # Killed, then a reboot: the link is left, its target gone; a tool opens through it.
+    server = lmdb_log.LmdbLog(db, map_size=1 << 20, max_size=1 << 20, lock_in_memory=True)
+    server._env.close()  # as a killed process leaves it (no clean close)
+    shutil.rmtree(memory)
+    tool = lmdb_log.LmdbLog(db, map_size=1 << 20, max_size=1 << 20)
+    assert lock.is_symlink() and (own / lmdb_log.LOCK_FILE).is_file()
+    tool.close()
+    assert lock.is_symlink()  # a tool leaves the server's link as it found it

@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -46,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgekube._cogs import memdir
 from edgekube.kubelet import logrotate
 from edgekube.kubelet.runtime import bundle as bundle_mod
 from edgekube.kubelet.runtime import cgroups as cgroups_mod
@@ -112,35 +112,16 @@ class SweepReport:
     cgroups: list[str] = dataclasses.field(default_factory=list)
 
 
-# Directories for short-lived files, tried in turn: the first on a tmpfs wins.
-MEMORY_DIRS = (Path("/run/edgekube"), Path("/dev/shm/edgekube"))
-_TMPFS = frozenset({"tmpfs", "ramfs"})
-
-
-def memory_dir(*, candidates: Sequence[Path] = MEMORY_DIRS, mounts: Path = Path("/proc/self/mounts")) -> Path | None:
-    """The first of `candidates` whose file system is a tmpfs (by the mount holding it)."""
-    try:
-        table = [(Path(f.split()[1].replace("\\040", " ")), f.split()[2]) for f in mounts.read_text().splitlines()
-                 if len(f.split()) >= 3]
-    except OSError:
-        return None
-    for path in candidates:
-        holders = [(point, fstype) for point, fstype in table if point == path or point in path.parents]
-        if holders and max(holders, key=lambda m: len(m[0].parts))[1] in _TMPFS:
-            return path
-    return None
-
-
 def runc_root(data_dir: Path) -> Path:
     """runc's state directory for the kubelet whose data is `data_dir`: in memory (runc writes
     in a container's state directory at every exec: some 40 KB of the flash's life each), one
     per data dir, gone at a reboot as the containers are. A `runc` directory left in the data
     dir by an edgekube before this one (its containers may still run) stays where it is."""
     legacy = data_dir / "runc"
-    base = memory_dir()
-    if base is None or (legacy.is_dir() and any(legacy.iterdir())):
+    if legacy.is_dir() and any(legacy.iterdir()):
         return legacy
-    return base / hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16] / "runc"
+    own = memdir.for_path(data_dir)
+    return legacy if own is None else own / "runc"
 
 
 def _now() -> datetime.datetime:
@@ -172,7 +153,10 @@ class Runtime:
         self.scratch_dir = scratch_dir or runc_root(data_dir).with_name("exec")
         self.containers_dir = data_dir / "containers"
         self.cgroups = cgroups
-        self.runc = runc.Runc(root=runc_root(data_dir), binary=runc_binary, timeout=timeout)
+        root = runc_root(data_dir)
+        if root.parent != data_dir:
+            memdir.claim(data_dir)  # its directory in memory, with the name of its owner
+        self.runc = runc.Runc(root=root, binary=runc_binary, timeout=timeout)
         self.seccomp_default = seccomp_default
         self.seccomp_root = seccomp_root
         self.pids_limit = pids_limit
