@@ -89,6 +89,15 @@ def _window(fs: LoopFs, data: Path, seconds: float) -> tuple[float, list[str]]:
     return (after - before) * 512 * 3600 / (t1 - t0), changed
 
 
+def _summary(changed: list[str]) -> str:
+    """The changed paths by their first two components, with counts."""
+    counts: dict[str, int] = {}
+    for path in changed:
+        top = "/".join(path.split("/")[:2])
+        counts[top] = counts.get(top, 0) + 1
+    return ", ".join(f"{top} ({n})" for top, n in sorted(counts.items()))
+
+
 def run(window: float, pods: int, log=print) -> dict[str, tuple[float, list[str]]]:  # type: ignore[no-untyped-def]
     work = Path(tempfile.mkdtemp(prefix="edgekube-flash-"))
     # The data dir alone on the measured file system: the server's own log (journald's, on a
@@ -106,19 +115,24 @@ def run(window: float, pods: int, log=print) -> dict[str, tuple[float, list[str]
             k = Kubectl("1.36", ks.server, "default")
             time.sleep(5)
             out["idle"] = _window(fs, ks.data_dir, window)
+            log(f"  idle: {out['idle'][0] / 2**20:.2f} MiB/hour")
             for phase, period, crash in (("healthy", 10, False), ("healthy, probed every second", 1, False),
                                          ("restarting", 10, True)):
                 for i in range(pods):
                     k.run("apply", "-f", "-", input=_pod(f"p{i}", image, period=period, crash=crash))
                 time.sleep(15)
                 out[phase] = _window(fs, ks.data_dir, window)
-                k.run("delete", "pods", "--all", "--wait=true", "--timeout=120s")
+                log(f"  {phase}: {out[phase][0] / 2**20:.2f} MiB/hour")
+                k.run("delete", "pods", "--all", "--wait=false")
+                deadline = time.monotonic() + 300
+                while k.json("get", "pods")["items"] and time.monotonic() < deadline:
+                    time.sleep(1)
             for name, (rate, changed) in out.items():
-                log(f"  {name:30} {rate / 2**20:8.2f} MiB/hour   changed: {', '.join(changed) or '-'}")
+                log(f"  {name:30} {rate / 2**20:8.2f} MiB/hour   changed: {_summary(changed) or '-'}")
     finally:
         if registry is not None:
             registry.close()
-        fs.close()
+        fs.close()  # (the kubelet's sweep may have unmounted it already: everything below its root goes)
         shutil.rmtree(work, ignore_errors=True)
     return out
 
