@@ -263,18 +263,18 @@ def _place_lock_file(path: Path, *, move: bool) -> Path | None:
     running, or killed) is followed by every opener, its directory made again after a reboot;
     a clean close removes link and file. Returns the directory `move` placed it in."""
     lock = path / LOCK_FILE
+    own = memdir.claim(path) if move else None
     if lock.is_symlink():
         target = Path(os.readlink(lock))
+        if own is not None and target == own / LOCK_FILE:
+            return own
         if not move:
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             return None
-        own = memdir.claim(path)
-        if own is not None and target == own / LOCK_FILE:
-            return own
-    elif not move:
-        return None
-    own = memdir.claim(path)
-    if own is None:
+        if own is None:  # no memory dir here (any more): a plain file again, made by LMDB
+            lock.unlink()
+            return None
+    elif own is None:
         return None
     link = path / (LOCK_FILE + ".link")
     link.unlink(missing_ok=True)

@@ -249,3 +249,8 @@ def test_the_servers_lock_file_lives_in_memory_and_tools_follow_it(tmp_path: Pat
     assert lock.is_symlink() and (own / lmdb_log.LOCK_FILE).is_file()
     tool.close()
     assert lock.is_symlink()  # a tool leaves the server's link as it found it
+    # A server where no memory dir is to be had (any more) turns the link back into a plain file.
+    monkeypatch.setattr(memdir, "memory_dir", lambda **_: None)
+    server = lmdb_log.LmdbLog(db, map_size=1 << 20, max_size=1 << 20, lock_in_memory=True)
+    assert lock.is_file() and not lock.is_symlink()
+    server.close()
