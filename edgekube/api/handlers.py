@@ -86,11 +86,6 @@ _SEND_PIECE = 256 * 1024
 _LET_GO_ITEMS = 1000
 
 
-def _emptied(*lists: list[bytes]) -> None:
-    for each in lists:
-        each.clear()
-
-
 def _render_and_let_go(render: Callable[[JSON], bytes], held: list[JSON]) -> bytes:
     try:
         return render(held[0])
@@ -437,7 +432,8 @@ class Handlers:
             return await send_json(request, parts)
         finally:
             if len(items) >= _LET_GO_ITEMS:
-                self._registry.offload.submit(_emptied, parts, items)
+                self._registry.offload.let_go(parts)
+                self._registry.offload.let_go(items)
 
     # Writes: the request's objects live in the `_with` methods' frames, gone by the time the
     # answer is made, except those `held` for it (the answer's object first, then the decoded

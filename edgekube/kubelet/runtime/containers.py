@@ -148,15 +148,15 @@ class Runtime:
                  subreaper: bool = True, log_rotation: logrotate.Policy | None = logrotate.UPSTREAM,
                  scratch_dir: Path | None = None) -> None:
         self.data_dir = data_dir
-        # Each exec (probes, hooks: several a second on a busy node) writes its process spec,
-        # with the container's environment, and runc its pid file: in memory, not on the flash.
-        self.scratch_dir = scratch_dir or runc_root(data_dir).with_name("exec")
         self.containers_dir = data_dir / "containers"
         self.cgroups = cgroups
         root = runc_root(data_dir)
         if root.parent != data_dir:
             memdir.claim(data_dir)  # its directory in memory, with the name of its owner
         self.runc = runc.Runc(root=root, binary=runc_binary, timeout=timeout)
+        # Each exec (probes, hooks: several a second on a busy node) writes its process spec,
+        # with the container's environment, and runc its pid file: in memory, not on the flash.
+        self.scratch_dir = scratch_dir or root.with_name("exec")
         self.seccomp_default = seccomp_default
         self.seccomp_root = seccomp_root
         self.pids_limit = pids_limit
