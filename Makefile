@@ -18,10 +18,12 @@ FUZZ_EXAMPLES ?= 20000
 
 # System packages: python3-venv/python3-dev for the venv and Nuitka; gcc, patchelf, ccache for
 # Nuitka; the rest are used by the kubelet and network tests of later issues (installing them is
-# cheap); faketime (libfaketime) for the clock tests. kubectl is NOT here: the machines ship it,
+# cheap); faketime (libfaketime) for the clock tests; systemd for `systemd-analyze verify` of the
+# unit (installed as a package only: it is not started). kubectl is NOT here: the machines ship it,
 # and tools/fetch_kube_tools.py adds 1.36.
 APT_PACKAGES := python3-venv python3-dev gcc patchelf ccache \
-                runc umoci skopeo busybox-static docker-registry nftables iproute2 e2fsprogs faketime
+                runc umoci skopeo busybox-static docker-registry nftables iproute2 e2fsprogs faketime \
+                systemd
 
 STAMP_APT  := $(VENV)/.stamp-apt
 STAMP_PIP  := $(VENV)/.stamp-pip

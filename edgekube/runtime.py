@@ -38,6 +38,7 @@ from edgekube._cogs import (
     memory,
     offload,
     resolvconf,
+    sdnotify,
     tasks,
     timefloor,
     tlsalert,
@@ -604,8 +605,15 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         code = 0
+        # systemd (Type=notify) hears READY=1 once every gate is open, and watchdog pings from
+        # the loop from the start: a wedged loop is restarted, during the boot too.
+        notifier = sdnotify.Notifier.from_environ()
+        if notifier.watchdog_seconds is not None:
+            self.supervisor.start("watchdog", notifier.watchdog())
         try:
+            notifier.status("starting")
             await self.start()
+            notifier.ready(f"ready: node {self.node_name}, API on port {self.cfg.https_port}")
             stop = asyncio.ensure_future(self._stop.wait())
             failed = asyncio.ensure_future(self.supervisor.wait_failure())
             done, _ = await asyncio.wait({stop, failed}, return_when=asyncio.FIRST_COMPLETED)
@@ -618,7 +626,9 @@ class Runtime:
             log.error("%s", exc)
             code = 1
         finally:
+            notifier.stopping()
             await self.stop()
+            notifier.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         return code
