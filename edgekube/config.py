@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-COMPONENTS = ("scheduler", "controllers", "kubelet", "network", "dns")
+COMPONENTS = ("scheduler", "controllers", "kubelet", "network", "dns", "manifests")
 DEFAULT_CONFIG_FILE = Path("/etc/edgekube/config.yaml")
 
 DEFAULTS: dict[str, Any] = {
@@ -71,6 +71,10 @@ DEFAULTS: dict[str, Any] = {
         "node-monitor-grace-period-seconds": 40,
         "event-ttl-seconds": 3600,
         "max-events": 5000,
+        # Every object of the *.yaml/*.yml/*.json files here applied at boot and on change, and
+        # pruned when its file no longer holds it (controllers/manifests.py); "": <data-dir>/manifests.
+        "manifests-dir": "",
+        "manifests-check-seconds": 10,
     },
     "kubelet": {
         "root-dir": "",
@@ -182,6 +186,8 @@ class ControllerSettings:
     node_monitor_grace_period_seconds: int
     event_ttl_seconds: int
     max_events: int
+    manifests_dir: Path = Path("/var/lib/edgekube/manifests")
+    manifests_check_seconds: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -521,6 +527,8 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
             node_monitor_grace_period_seconds=_int(c, "node-monitor-grace-period-seconds", where_c, lo=1),
             event_ttl_seconds=_int(c, "event-ttl-seconds", where_c, lo=1),
             max_events=_int(c, "max-events", where_c, lo=1),
+            manifests_dir=Path(str(c["manifests-dir"])) if c["manifests-dir"] else data_dir / "manifests",
+            manifests_check_seconds=_int(c, "manifests-check-seconds", where_c, lo=1, hi=86400),
         ),
         kubelet=_kubelet(data["kubelet"], data_dir=data_dir, where=f"{source} (kubelet)"),
         log_level=level,

@@ -52,6 +52,7 @@ from edgekube.api.registry import chain, podsecurity, resources, rest, saadmissi
 from edgekube.client import events as events_mod
 from edgekube.client import informer, local
 from edgekube.controllers import manager, servicelb
+from edgekube.controllers import manifests as manifests_mod
 from edgekube.kubelet import images as images_mod
 from edgekube.kubelet import kubelet as kubelet_mod
 from edgekube.kubelet import logs as kubelet_logs
@@ -273,6 +274,7 @@ class Runtime:
         log.info("edgekube API serving on %s; kubeconfig at %s", url, self.kubeconfig)
         await self._start_dns()
         await self._start_kubelet()
+        self._start_manifests()
 
     def _auditor(self) -> audit.Auditor:
         """The audit log (api/audit.py), when a policy is configured: its file opened now, so a
@@ -383,6 +385,20 @@ class Runtime:
             self.supervisor.start(name, run())
             self._kubelet_tasks.append(name)
         self.gates["kubelet"] = True
+
+    def _start_manifests(self) -> None:
+        """The deployer of the manifests folder (controllers/manifests.py), last: what its files
+        hold may need the cluster DNS and the kubelet, and a manifest never holds up the boot."""
+        assert self.registry is not None
+        if not self.cfg.enabled("manifests"):
+            return
+        client = local.LocalClient(self.registry, manager=manifests_mod.FIELD_MANAGER,
+                                   user=rbac_bootstrap.manifests_user(), audit=self.auditor)
+        c = self.cfg.controllers
+        deployer = manifests_mod.Deployer(c.manifests_dir, client=client, clock=self.clock,
+                                          check_seconds=float(c.manifests_check_seconds))
+        self.supervisor.start("manifests", deployer.run())
+        self._control_plane.append("manifests")
 
     async def _start_dns(self) -> None:
         """Cluster DNS (net/dns.py) on the node's pod gateway address, behind the kube-dns

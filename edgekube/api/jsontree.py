@@ -341,17 +341,40 @@ def load_yaml(body: bytes | str) -> Any:
     """One YAML document as JSON, the way kube-apiserver converts a YAML body (module doc)."""
     loader = _Loader(body)
     try:
-        try:
-            node = loader.get_single_node()
-        except yaml.YAMLError as exc:
-            if "exceeded maximum nesting depth" in str(exc):  # libyaml's own bound, past ours
-                raise YAMLError(f"yaml: exceeded max depth of {MAX_DEPTH}") from None
-            raise
-        if node is None:
-            return None
-        if _may_alias(body):
-            _check_graph(node)
-        value = loader.construct_document(node)
+        node = _next_node(loader, single=True)
+        return None if node is None else _document(loader, node, aliased=_may_alias(body))
     finally:
         loader.dispose()
-    return _to_json(value, "", 1)
+
+
+def load_yaml_all(body: bytes | str) -> list[Any]:
+    """Every document of a YAML stream (`---` between them, as `kubectl apply -f` reads a file),
+    each as `load_yaml` converts one, with the same bounds; empty documents are left out."""
+    loader = _Loader(body)
+    aliased = _may_alias(body)
+    out: list[Any] = []
+    try:
+        while (node := _next_node(loader, single=False)) is not None:
+            value = _document(loader, node, aliased=aliased)
+            if value is not None:
+                out.append(value)
+    finally:
+        loader.dispose()
+    return out
+
+
+def _next_node(loader: _Loader, *, single: bool) -> yaml.Node | None:
+    try:
+        if single:
+            return loader.get_single_node()
+        return loader.get_node() if loader.check_node() else None
+    except yaml.YAMLError as exc:
+        if "exceeded maximum nesting depth" in str(exc):  # libyaml's own bound, past ours
+            raise YAMLError(f"yaml: exceeded max depth of {MAX_DEPTH}") from None
+        raise
+
+
+def _document(loader: _Loader, node: yaml.Node, *, aliased: bool) -> Any:
+    if aliased:
+        _check_graph(node)
+    return _to_json(loader.construct_document(node), "", 1)

@@ -166,6 +166,22 @@ class LocalClient:
                                  options=rest.Options(field_manager=self.manager, user=self.user)),
             info, verb="patch", namespace=namespace, name=name, subresource=subresource))
 
+    async def apply(self, obj: JSON, *, force: bool = True, cost: int = 0) -> tuple[JSON, bool]:
+        """Server-side apply of a manifest (apiVersion, kind, metadata.name, and metadata.namespace
+        for a namespaced kind) by this client's field manager, as `kubectl apply --server-side`
+        (`force`: take over fields other managers own). Returns (object, created). `cost`: the
+        manifest's size in bytes (a large one is worked on off the loop)."""
+        info = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name") or "")
+        ns = meta.get("namespace") if info.namespaced else None
+        self._allow("patch", info, namespace=ns, name=name)
+        out, created = await self._write(
+            self._registry.apply(info, obj, namespace=ns, name=name, force=force,
+                                 options=rest.Options(field_manager=self.manager, user=self.user, cost=cost)),
+            info, verb="patch", namespace=ns, name=name, body=obj, code=200)
+        return self._handed(out), created
+
     def _handed(self, obj: JSON) -> JSON:
         """A write's answer, for a caller that mostly drops it at once: when large, freed on the
         worker once the caller is done with it (`Offload.let_go`), not on the loop."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import stat
@@ -462,7 +463,9 @@ async def test_busybox_runs_from_the_overlay(store: images.ImageStore, tarballs:
 # --- boot import and the CLI ------------------------------------------------------------------
 
 
-async def test_boot_import_once_by_file_digest(tmp_path: Path, tarballs: dict[str, Path]) -> None:
+async def test_boot_import_once_by_file_digest(tmp_path: Path, tarballs: dict[str, Path],
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="edgekube.kubelet.images.store")
     drop = tmp_path / "images"
     drop.mkdir()
     shutil.copy(tarballs["oci"], drop / "a.tar")
@@ -478,6 +481,12 @@ async def test_boot_import_once_by_file_digest(tmp_path: Path, tarballs: dict[st
         assert {t for i in s.list() for t in i.tags} == {"docker.io/library/busybox:oci", "registry.local/tools/busybox:docker"}
     finally:
         await s.close()
+    # Progress in the log: which tarball, which of how many, how big, and how long it took.
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("importing image tarball", "imported "))]
+    assert progress[0].startswith(f"importing image tarball {drop / 'a.tar'} (1 of 3, ") and progress[0].endswith(" MiB)")
+    assert progress[1].startswith(f"imported {drop / 'a.tar'} in ") and progress[1].endswith(": docker.io/library/busybox:oci")
+    assert progress[2].startswith(f"importing image tarball {drop / 'b.tar'} (2 of 3, ")
+    caplog.clear()
     # "Reboot": a new store imports nothing again, except what failed; a copy under another
     # name is recognised by its digest.
     shutil.copy(tarballs["oci"], drop / "c.tar")

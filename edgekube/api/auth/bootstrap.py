@@ -52,6 +52,9 @@ PROXY = "system:kube-proxy"
 SERVICELB = "system:edgekube:servicelb"
 POD_NETWORK = "system:edgekube:pod-network"
 DNS = "system:kube-dns"
+# The deployer of DATA/manifests: root's files on the node, applied with the administrator's
+# rights (k3s's deploy controller runs as its admin too).
+MANIFESTS = "system:edgekube:manifests"
 NODES_GROUP = "system:nodes"
 
 
@@ -61,6 +64,10 @@ def node_user(node: str) -> user_mod.UserInfo:
 
 def component_user(name: str) -> user_mod.UserInfo:
     return user_mod.authenticated(name)
+
+
+def manifests_user() -> user_mod.UserInfo:
+    return user_mod.authenticated(MANIFESTS, groups=[user_mod.SYSTEM_MASTERS])
 
 
 def _rule(groups: list[str], resources_: list[str], verbs: list[str], names: list[str] | None = None) -> JSON:

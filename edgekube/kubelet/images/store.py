@@ -630,11 +630,15 @@ class ImageStore:
                 return []
 
         files = await asyncio.to_thread(tarballs)
-        for path in files:
+        for n, path in enumerate(files, 1):
             digest = await asyncio.to_thread(self._file_digest, path)
             if digest in self._read()["imported"]:
                 results.append(ImportResult(path, skipped=True))
                 continue
+            # Progress in the log: a tarball of hundreds of MB takes a while on an SD card.
+            size = (await asyncio.to_thread(path.stat)).st_size
+            log.info("importing image tarball %s (%d of %d, %.1f MiB)", path, n, len(files), size / (1 << 20))
+            started = time.monotonic()
             try:
                 images = await self.import_tarball(path)
             except errors.ImageError as exc:
@@ -650,7 +654,8 @@ class ImageStore:
                     "sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
             await asyncio.to_thread(self._update, remember)
-            log.info("imported %s: %s", path, ", ".join(n for i in images for n in i.tags) or ids)
+            log.info("imported %s in %.1f s: %s", path, time.monotonic() - started,
+                     ", ".join(t for i in images for t in i.tags) or ids)
             results.append(ImportResult(path, images=tuple(images)))
         return results
 
