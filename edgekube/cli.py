@@ -1,7 +1,7 @@
 """The `edgekube` command line.
 
-    edgekube server [--config FILE] [--data-dir DIR] [--bind-address ADDR] [--https-port PORT]
-                    [--disable COMPONENT]...
+    edgekube server [--config FILE] [--boot-config FILE] [--data-dir DIR] [--bind-address ADDR]
+                    [--https-port PORT] [--disable COMPONENT]...
     edgekube version
     edgekube images import FILE... | ls | rm REF...   [--config FILE] [--data-dir DIR]
     edgekube store check [--json] | recover | adopt | reset --yes   [--config FILE] [--data-dir DIR]
@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("server", help="run the API server, store and (later) controllers, scheduler and kubelet")
     srv.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
     srv.add_argument("--data-dir", type=Path, help="where the database, TLS material and kubeconfig live")
+    srv.add_argument("--boot-config", type=Path,
+                     help=f"first-boot file (default the first of {', '.join(map(str, config_mod.BOOT_CONFIG_FILES))} present)")
     srv.add_argument("--bind-address", help="address the API listens on (default 0.0.0.0)")
     srv.add_argument("--advertise-address",
                      help="address pods reach the API on (default: the bind address if specific, else the node's)")
@@ -310,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token-auth-file": str(args.token_auth_file) if args.token_auth_file else None,
     }
     try:
-        cfg = config_mod.load(config_file=args.config, overrides=overrides)
+        cfg = config_mod.load(config_file=args.config, overrides=overrides, boot_file=args.boot_config)
     except config_mod.ConfigError as exc:
         print(f"edgekube: {exc}", file=sys.stderr)
         return 2

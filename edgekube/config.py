@@ -1,10 +1,20 @@
-"""Configuration: built-in defaults, then a YAML file, then command-line flags.
+"""Configuration: built-in defaults, then the first-boot file, then a YAML file, then command-line flags.
 
 The defaults live here, in code, because the single binary has no data files to read;
 `configs/config.yaml` in the repo is the same set written out for users, and a test keeps the two
 identical. Keys are the long flag names (`https-port`, `data-dir`, ...). A key the program does
 not know is an error that names the key and the file, never silently ignored: a typo in an edge
 device's config must not quietly fall back to a default.
+
+The first-boot file (`/boot/firmware/edgekube.yaml`, or `/boot/edgekube.yaml` on older Raspberry
+Pi OS images) is what a laptop can write on an SD card's FAT partition before the card goes into
+a device: the same settings (they count under `/etc/edgekube/config.yaml`, which wins), plus
+`registries:` (the content of a registries.yaml, used when `kubelet.registries-file` does not
+exist) and `manifests:` (a list of objects, deployed as a file of the manifests folder). It is
+read at every start, so an edit on the card takes effect at the next boot. Unlike the config
+file, a first-boot file that cannot be used (bad YAML, an unknown key) does not stop the node:
+it is ignored whole, and the server logs why at start (`Config.boot.error`). A device whose card
+was edited wrongly must still come up with its last good configuration.
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ import yaml
 
 COMPONENTS = ("scheduler", "controllers", "kubelet", "network", "dns", "manifests")
 DEFAULT_CONFIG_FILE = Path("/etc/edgekube/config.yaml")
+# The first existing one is read (see the module doc).
+BOOT_CONFIG_FILES = (Path("/boot/firmware/edgekube.yaml"), Path("/boot/edgekube.yaml"))
+BOOT_SECTIONS = ("registries", "manifests")  # a first-boot file's own sections
 
 DEFAULTS: dict[str, Any] = {
     "data-dir": "/var/lib/edgekube",
@@ -264,6 +277,16 @@ class PodSecuritySettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class BootConfig:
+    """What the first-boot file gave beyond settings (module doc)."""
+
+    path: Path
+    registries: Mapping[str, Any] | None = None  # a registries.yaml document
+    manifests: tuple[Mapping[str, Any], ...] | None = None
+    error: str = ""  # why the file was ignored ("": it was used)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: Path
     bind_address: str
@@ -291,6 +314,7 @@ class Config:
     advertise_address: str = ""
     token_auth_file: Path | None = None
     pod_security: PodSecuritySettings = dataclasses.field(default_factory=PodSecuritySettings)
+    boot: BootConfig | None = None  # the first-boot file, when there is one
 
     def enabled(self, component: str) -> bool:
         return component not in self.disable
@@ -313,28 +337,73 @@ def load(
     *,
     config_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    boot_file: Path | None = None,
 ) -> Config:
-    """Defaults, then `config_file` (or /etc/edgekube/config.yaml when present), then overrides."""
+    """Defaults, then the first-boot file (`boot_file`, else the first of `BOOT_CONFIG_FILES`
+    present), then `config_file` (or /etc/edgekube/config.yaml when present), then overrides."""
     data = copy.deepcopy(DEFAULTS)
     source = "defaults"
+    boot = _boot(data, boot_file if boot_file is not None else next((p for p in BOOT_CONFIG_FILES if p.exists()), None))
+    if boot is not None and not boot.error:
+        source = str(boot.path)
     path = config_file
     if path is None and DEFAULT_CONFIG_FILE.exists():
         path = DEFAULT_CONFIG_FILE
     if path is not None:
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raw = _read_yaml(path)
         if raw is not None:
-            if not isinstance(raw, Mapping):
-                raise ConfigError(f"config file {path} must hold a mapping of settings")
             _merge(data, raw, where=str(path))
-        source = str(path)
+        source = str(path) if source == "defaults" else f"{path} over {source}"
     if overrides:
         _merge(data, {k: v for k, v in overrides.items() if v is not None}, where="command line")
-    return _build(data, source=source)
+    cfg = _build(data, source=source)
+    if boot is not None and boot.registries is not None and not cfg.kubelet.registries_file.exists():
+        cfg = dataclasses.replace(cfg, kubelet=dataclasses.replace(
+            cfg.kubelet, registries_file=cfg.data_dir / BOOT_REGISTRIES_FILE))
+    return dataclasses.replace(cfg, boot=boot)
+
+
+# Where the server writes the first-boot file's registries and manifests (runtime.py).
+BOOT_REGISTRIES_FILE = "boot-registries.yaml"
+BOOT_MANIFESTS_FILE = "boot-config.yaml"
+
+
+def _read_yaml(path: Path) -> Mapping[str, Any] | None:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return raw
+
+
+def _boot(data: dict[str, Any], path: Path | None) -> BootConfig | None:
+    """Merge the first-boot file's settings into `data` and return its own sections; a file
+    that cannot be used leaves `data` as it was and says why (module doc)."""
+    if path is None:
+        return None
+    try:
+        raw = dict(_read_yaml(path) or {})
+        registries = raw.pop("registries", None)
+        manifests = raw.pop("manifests", None)
+        if registries is not None and not isinstance(registries, Mapping):
+            raise ConfigError(f"{path}: 'registries' must be a mapping (a registries.yaml document)")
+        if manifests is not None and (not isinstance(manifests, list)
+                                      or not all(isinstance(m, Mapping) for m in manifests)):
+            raise ConfigError(f"{path}: 'manifests' must be a list of objects")
+        merged = copy.deepcopy(data)
+        _merge(merged, raw, where=str(path))
+        _build(merged, source=str(path))  # its settings valid on their own
+    except ConfigError as exc:
+        return BootConfig(path, error=f"{exc}; the whole file is ignored")
+    data.clear()
+    data.update(merged)
+    return BootConfig(path, registries=registries, manifests=tuple(manifests) if manifests is not None else None)
 
 
 def _int(data: Mapping[str, Any], key: str, where: str, *, lo: int = 0, hi: int | None = None) -> int:

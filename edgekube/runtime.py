@@ -28,6 +28,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 from edgekube import config as config_mod
@@ -35,6 +36,7 @@ from edgekube._cogs import clock as clock_mod
 from edgekube._cogs import (
     dirlock,
     filemodes,
+    files,
     memory,
     offload,
     resolvconf,
@@ -104,6 +106,56 @@ def secure_data_dir(data_dir: Path) -> None:
         filemodes.ensure_mode(images / sub, 0o700)
 
 
+_BOOT_HEADER = "# Written by edgekube at each start from {path}: edit that file instead.\n"
+
+
+def apply_boot_config(cfg: config_mod.Config) -> None:
+    """The first-boot file's sections in place (config.py's module doc): its `registries` as
+    the data dir's boot-registries.yaml (when the config points the kubelet there: no
+    registries file of its own), its `manifests` as boot-config.yaml of the manifests folder.
+    Each is written only when its content changed (SD cards), and removed once the first-boot
+    file no longer has it."""
+    boot = cfg.boot
+    if boot is not None and boot.error:
+        log.error("first-boot file ignored: %s", boot.error)
+        boot = None
+    elif boot is not None:
+        log.info("first-boot file %s read (settings under %s)", boot.path, config_mod.DEFAULT_CONFIG_FILE)
+    where = str(boot.path) if boot is not None else ""
+    registries = cfg.data_dir / config_mod.BOOT_REGISTRIES_FILE
+    wanted = None
+    if boot is not None and boot.registries is not None and cfg.kubelet.registries_file == registries:
+        wanted = yaml.safe_dump(dict(boot.registries), sort_keys=False)
+    _boot_file(registries, wanted, where=where)
+    manifests = cfg.controllers.manifests_dir / config_mod.BOOT_MANIFESTS_FILE
+    wanted = None
+    if boot is not None and boot.manifests:
+        wanted = yaml.safe_dump_all([dict(m) for m in boot.manifests], sort_keys=False)
+    _boot_file(manifests, wanted, where=where)
+
+
+def _boot_file(path: Path, content: str | None, *, where: str) -> None:
+    """`path` holds `content` under the header (None: removed, if it is one of ours)."""
+    try:
+        current = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        current = None
+    except (OSError, UnicodeDecodeError) as exc:
+        log.error("first-boot file: %s cannot be read: %s", path, exc)
+        return
+    if content is None:
+        if current is not None and current.startswith("# Written by edgekube at each start from "):
+            path.unlink()
+            log.info("first-boot file: %s removed (no longer in the first-boot file)", path)
+        return
+    text = _BOOT_HEADER.format(path=where) + content
+    if text == current:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_atomic(path, text.encode(), mode=0o600)
+    log.info("first-boot file: %s written", path)
+
+
 class Runtime:
     def __init__(self, cfg: config_mod.Config) -> None:
         self.cfg = cfg
@@ -166,6 +218,7 @@ class Runtime:
         pki.check_ca(the_pki, now=now)
         self.last_seen.record(wall, force=True)
         secure_data_dir(cfg.data_dir)
+        apply_boot_config(cfg)
         memory_prefixes = [i.key_prefix() for i in self.catalog.all() if i.memory_tier]
         self.store = store_mod.Store(
             store_mod.StoreConfig(

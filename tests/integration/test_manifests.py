@@ -248,3 +248,42 @@ def test_an_object_moved_to_another_file_is_kept(site: tuple[Server, Path, Api])
           ["edgekube.io/manifest"] == "secret.yaml", timeout=30)
     time.sleep(2 * CHECK)
     assert _get(api, "/api/v1/namespaces/default/secrets/token")[1]["metadata"]["uid"] == uid
+
+
+def test_a_first_boot_file_configures_the_node_and_its_manifests(tmp_path: Path) -> None:
+    boot = tmp_path / "edgekube.yaml"
+    boot.write_text("controllers: {manifests-check-seconds: 1}\n"
+                    "registries:\n  mirrors:\n    docker.io: {endpoint: ['http://198.18.0.2:5000']}\n"
+                    "manifests:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: station}, data: {n: '7'}}\n")
+    server = Server(tmp_path / "data", extra=["--boot-config", str(boot)])
+    data = server.data_dir
+    server.start()
+    api = Api(server)
+    try:
+        until(lambda: _exists(api, "/api/v1/namespaces/default/configmaps/station"), timeout=30)
+        written = data / "manifests" / "boot-config.yaml"
+        assert written.read_text().startswith(f"# Written by edgekube at each start from {boot}")
+        registries = data / "boot-registries.yaml"
+        assert "198.18.0.2:5000" in registries.read_text() and registries.stat().st_mode & 0o777 == 0o600
+        stamp = written.stat().st_mtime_ns
+        api.close()
+        assert server.stop() == 0
+        server.start()  # unchanged: not written again
+        assert written.stat().st_mtime_ns == stamp
+        # Its manifests and registries taken out of the file: the files go, the ConfigMap is pruned.
+        api.close()
+        assert server.stop() == 0
+        boot.write_text("controllers: {manifests-check-seconds: 1}\n")
+        server.start()
+        assert not written.exists() and not registries.exists()
+        until(lambda: not _exists(api, "/api/v1/namespaces/default/configmaps/station"), timeout=30)
+        # A card edited wrongly: ignored whole, the node boots, the log says why.
+        api.close()
+        assert server.stop() == 0
+        boot.write_text("controllers: {manifests-check-seconds: 1}\nnode-nmae: typo\n")
+        server.start()
+        assert f"first-boot file ignored: {boot}: unknown setting 'node-nmae'" in server.log()
+    finally:
+        api.close()
+        if server.proc is not None:
+            server.stop()
