@@ -3,6 +3,7 @@
     edgekube server [--config FILE] [--boot-config FILE] [--data-dir DIR] [--bind-address ADDR]
                     [--https-port PORT] [--disable COMPONENT]...
     edgekube version
+    edgekube check-config [--json]                     [--config FILE] [--data-dir DIR]
     edgekube images import FILE... | ls | rm REF...   [--config FILE] [--data-dir DIR]
     edgekube store check [--json] | recover | adopt | reset --yes   [--config FILE] [--data-dir DIR]
     edgekube certs check | rotate [--ca]               [--config FILE] [--data-dir DIR]
@@ -12,7 +13,7 @@
 Scripts and docs depend on this exact contract. Exit codes: 0 clean stop, 1 a component failed,
 2 bad usage or configuration (with a message that names the setting), 3 the data dir needs an
 operator (its database is lost, damaged, rolled back or another cluster's: the message says what
-to run; systemd does not restart on it). `certs check` exits 1 when a certificate is missing,
+to run; systemd does not restart on it). `check-config` exits 1 when a check fails. `certs check` exits 1 when a certificate is missing,
 expired, not yet valid or close to its end (a leaf in its last 90 days, the CA in its last year).
 """
 
@@ -27,7 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edgekube import KUBE_VERSION, __version__, runtime, secrets_cli
+from edgekube import KUBE_VERSION, __version__, checkconfig, runtime, secrets_cli
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
 from edgekube._cogs import dirlock, jwsig, memory, timefloor
@@ -63,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"leave a component off; repeatable; one of {', '.join(config_mod.COMPONENTS)}",
     )
     sub.add_parser("version", help="print the version")
+    chk = sub.add_parser("check-config", help="can this machine run edgekube: kernel, cgroups, capabilities, runc, "
+                                              "nftables, the data dir; each problem with its fix (exit 1 on a failure)")
+    chk.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
+    chk.add_argument("--data-dir", type=Path, help="the data dir to check")
+    chk.add_argument("--json", action="store_true", help="the results as JSON")
     img = sub.add_parser("images", help="list, import and remove container images in the data dir's image store")
     img_sub = img.add_subparsers(dest="images_command", required=True)
     for name, helptext in (("import", "import OCI-layout or docker-archive tarballs (no network)"),
@@ -111,6 +117,15 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--algorithm", choices=(jwsig.RS256, jwsig.ES256), default=jwsig.RS256,
                      help="RS256: an RSA-2048 key (the default); ES256: an EC P-256 key")
     return p
+
+
+def _check_config(args: argparse.Namespace) -> Callable[[config_mod.Config], int]:
+    def check(cfg: config_mod.Config) -> int:
+        results = list(checkconfig.run_checks(cfg))
+        print(checkconfig.report(results, cfg=cfg, as_json=args.json))
+        return 1 if any(r.status == checkconfig.FAIL for r in results) else 0
+
+    return check
 
 
 def _service_account_key(args: argparse.Namespace, cfg: config_mod.Config) -> int:
@@ -296,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             failures=(dirlock.LockedError, store_errors.StoreError, OSError))
     if args.command == "certs":
         return _on_data_dir(args, lambda cfg: _certs(args, cfg), failures=(OSError,))
+    if args.command == "check-config":
+        return _on_data_dir(args, _check_config(args), failures=(OSError,))
     if args.command == "secrets-encrypt":
         return secrets_cli.run(args)
     if args.command == "service-account-key":

@@ -52,6 +52,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "runtime": (6, "runtime"),
     "cli": (7, "cli"),
     "secrets_cli": (7, "cli"),
+    "checkconfig": (7, "cli"),
     "__main__": (7, "cli"),
 }
 

@@ -71,3 +71,10 @@ def socket_in(netns: Path, family: int, kind: int, proto: int = 0) -> socket.soc
         raise OSError(f"making a socket in {netns}: {result}") from result
     return result
 
+
+
+def unshare_net() -> None:
+    """Move the calling process (it must have one thread: a forked child) into a new, empty
+    network namespace of its own, which goes when the process ends."""
+    if _libc.unshare(CLONE_NEWNET) != 0:
+        raise _errno_error("unshare(CLONE_NEWNET)")

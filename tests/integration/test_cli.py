@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import subprocess
@@ -89,3 +90,39 @@ def test_tls_only_health_and_clean_sigterm(tmp_path: Path) -> None:
         code = server.stop()
     assert code == 0
     assert "Traceback" not in server.log()
+
+
+def _caps() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no CapEff")
+
+
+def test_check_config_on_this_machine(tmp_path: Path) -> None:
+    # This machine runs every test of the suite: the kernel, runc and nft it has pass; only
+    # CAP_SYS_RESOURCE may be missing (LXC-like), which is a warning.
+    out = _run("check-config", "--data-dir", str(tmp_path / "data"), timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("edgekube check-config: Linux ")
+    for name in ("cgroups v1", "overlayfs", "veth links", "bridge links", "vxlan links", "nftables", "seccomp", "runc",
+                 "data dir", "capabilities"):
+        assert any(line.startswith(f"  ok    {name}: ") for line in lines), (name, out.stdout)
+    resource = any(line.startswith("  warn  CAP_SYS_RESOURCE: missing") for line in lines)
+    assert resource == (not _caps() & (1 << 24))
+    assert lines[-1].startswith("0 failed, ")
+    assert not (tmp_path / "data").exists()  # it looks; it makes nothing
+
+
+def test_check_config_fails_with_the_fix_and_speaks_json(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("kubelet:\n  runc: /nonexistent/runc\n")
+    out = _run("check-config", "--config", str(cfg), "--data-dir", str(tmp_path / "data"), timeout=60)
+    assert out.returncode == 1
+    assert "  FAIL  runc: `/nonexistent/runc` not found" in out.stdout
+    assert "        fix: apt-get install runc, or `kubelet: {runc: /path/to/runc}` in the config" in out.stdout
+    assert out.stdout.splitlines()[-1].startswith("1 failed, ")
+    out = _run("check-config", "--json", "--config", str(cfg), "--data-dir", str(tmp_path / "data"), timeout=60)
+    results = {r["name"]: r for r in json.loads(out.stdout)}
+    assert out.returncode == 1 and results["runc"]["status"] == "FAIL" and results["overlayfs"]["status"] == "ok"
