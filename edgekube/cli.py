@@ -7,6 +7,7 @@
     edgekube images import FILE... | ls | rm REF...   [--config FILE] [--data-dir DIR]
     edgekube store check [--json] | recover | adopt | reset --yes   [--config FILE] [--data-dir DIR]
     edgekube certs check | rotate [--ca]               [--config FILE] [--data-dir DIR]
+    edgekube snapshot save FILE | restore FILE        [--config FILE] [--data-dir DIR]
     edgekube secrets-encrypt status | rotate-keys | reencrypt   [--config FILE] [--data-dir DIR]
     edgekube service-account-key rotate [--algorithm RS256|ES256]   [--config FILE] [--data-dir DIR]
 
@@ -37,17 +38,22 @@ from edgekube.api.auth import satokens
 from edgekube.kubelet import images as images_mod
 from edgekube.store import errors as store_errors
 from edgekube.store import identity as identity_mod
-from edgekube.store import repair
+from edgekube.store import repair, snapshot
 
 EXIT_DATA_DIR = 3
+
+
+def _config_args(cmd: argparse.ArgumentParser, *, data_dir: str) -> None:
+    """--config and --data-dir, for a command on a data dir."""
+    cmd.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
+    cmd.add_argument("--data-dir", type=Path, help=data_dir)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgekube", description="Kubernetes for devices at the edge, in one process.")
     sub = p.add_subparsers(dest="command", required=True)
     srv = sub.add_parser("server", help="run the API server, store and (later) controllers, scheduler and kubelet")
-    srv.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
-    srv.add_argument("--data-dir", type=Path, help="where the database, TLS material and kubeconfig live")
+    _config_args(srv, data_dir="where the database, TLS material and kubeconfig live")
     srv.add_argument("--boot-config", type=Path,
                      help=f"first-boot file (default the first of {', '.join(map(str, config_mod.BOOT_CONFIG_FILES))} present)")
     srv.add_argument("--bind-address", help="address the API listens on (default 0.0.0.0)")
@@ -66,16 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the version")
     chk = sub.add_parser("check-config", help="can this machine run edgekube: kernel, cgroups, capabilities, runc, "
                                               "nftables, the data dir; each problem with its fix (exit 1 on a failure)")
-    chk.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
-    chk.add_argument("--data-dir", type=Path, help="the data dir to check")
+    _config_args(chk, data_dir="the data dir to check")
     chk.add_argument("--json", action="store_true", help="the results as JSON")
     img = sub.add_parser("images", help="list, import and remove container images in the data dir's image store")
     img_sub = img.add_subparsers(dest="images_command", required=True)
     for name, helptext in (("import", "import OCI-layout or docker-archive tarballs (no network)"),
                            ("ls", "list images"), ("rm", "remove images (by name, ID or ID prefix)")):
         cmd = img_sub.add_parser(name, help=helptext)
-        cmd.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
-        cmd.add_argument("--data-dir", type=Path, help="the data dir whose image store to use")
+        _config_args(cmd, data_dir="the data dir whose image store to use")
         if name == "import":
             cmd.add_argument("files", nargs="+", type=Path, metavar="FILE")
         elif name == "rm":
@@ -91,20 +95,26 @@ def _parser() -> argparse.ArgumentParser:
         ("reset", "start an empty cluster, keeping the old database aside (server stopped)"),
     ):
         cmd = st_sub.add_parser(name, help=helptext)
-        cmd.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
-        cmd.add_argument("--data-dir", type=Path, help="the data dir whose database to use")
+        _config_args(cmd, data_dir="the data dir whose database to use")
         if name == "check":
             cmd.add_argument("--json", action="store_true", help="print the report as JSON")
         if name == "reset":
             cmd.add_argument("--yes", action="store_true", help="really start over with an empty cluster")
+    snap = sub.add_parser("snapshot", help="save the cluster to one file (while running), restore it (stopped)")
+    snap_sub = snap.add_subparsers(dest="snapshot_command", required=True)
+    for name, helptext in (("save", "write a snapshot: the database as of now, the certificates and keys (0600)"),
+                           ("restore", "put a snapshot in place of this data dir's cluster (the server stopped; "
+                                       "the old state kept aside)")):
+        cmd = snap_sub.add_parser(name, help=helptext)
+        cmd.add_argument("file", type=Path, help="the snapshot file (.tar.gz)")
+        _config_args(cmd, data_dir="the data dir")
     certs = sub.add_parser("certs", help="check and rotate the cluster's certificates (the data dir's tls/)")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
     for name, helptext in (("check", "print each certificate's validity; exit 1 if one is expired or close"),
                            ("rotate", "issue the leaf certificates again (and the CA, with --ca); rewrite the "
                                       "kubeconfig")):
         cmd = certs_sub.add_parser(name, help=helptext)
-        cmd.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
-        cmd.add_argument("--data-dir", type=Path, help="the data dir whose certificates to use")
+        _config_args(cmd, data_dir="the data dir whose certificates to use")
         if name == "rotate":
             cmd.add_argument("--ca", action="store_true",
                              help="a new CA too: every kubeconfig handed out must then be replaced")
@@ -112,8 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     sakey = sub.add_parser("service-account-key", help="rotate the key service account tokens are signed with")
     sakey_sub = sakey.add_subparsers(dest="sakey_command", required=True)
     cmd = sakey_sub.add_parser("rotate", help="a new signing key; the old public key kept for verification")
-    cmd.add_argument("--config", type=Path, help=f"config file (default {config_mod.DEFAULT_CONFIG_FILE} when present)")
-    cmd.add_argument("--data-dir", type=Path, help="the data dir whose key to rotate")
+    _config_args(cmd, data_dir="the data dir whose key to rotate")
     cmd.add_argument("--algorithm", choices=(jwsig.RS256, jwsig.ES256), default=jwsig.RS256,
                      help="RS256: an RSA-2048 key (the default); ES256: an EC P-256 key")
     return p
@@ -169,6 +178,24 @@ def _store(args: argparse.Namespace, data_dir: Path) -> int:
             was, floor = repair.reset(data_dir)
             where = f"; the old database is kept at {was}" if was else ""
             print(f"started an empty cluster; resourceVersions go on from {floor}{where}")
+    return 0
+
+
+def _snapshot(args: argparse.Namespace, data_dir: Path) -> int:
+    now = datetime.datetime.now(datetime.UTC)
+    if args.snapshot_command == "save":
+        if not identity_mod.db_file(data_dir).is_file():
+            print(f"edgekube: no database at {identity_mod.db_file(data_dir)}: nothing to save", file=sys.stderr)
+            return 1
+        info = snapshot.save(data_dir, args.file.absolute(), copy=snapshot.copy_readonly(data_dir / identity_mod.DB_DIR),
+                             version=__version__, now=now)
+        print(f"saved cluster {info.cluster} at revision {info.revision} to {info.path} "
+              f"({args.file.stat().st_size / (1 << 20):.1f} MiB); it holds the cluster's private keys: keep it safe")
+        return 0
+    with dirlock.DirLock(data_dir):
+        info, floor, aside = snapshot.restore(data_dir, args.file, now=now)
+    print(f"restored cluster {info.cluster} at revision {info.revision}, taken {info.taken}; "
+          f"resourceVersions go on from {floor}; the state before is kept at {aside}")
     return 0
 
 
@@ -309,6 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "store":
         return _on_data_dir(args, lambda cfg: _store(args, cfg.data_dir),
                             failures=(dirlock.LockedError, store_errors.StoreError, OSError))
+    if args.command == "snapshot":
+        return _on_data_dir(args, lambda cfg: _snapshot(args, cfg.data_dir),
+                            failures=(dirlock.LockedError, snapshot.SnapshotError, OSError))
     if args.command == "certs":
         return _on_data_dir(args, lambda cfg: _certs(args, cfg), failures=(OSError,))
     if args.command == "check-config":

@@ -60,6 +60,11 @@ DEFAULTS: dict[str, Any] = {
         "revision-reserve": 10000,
         "preallocate-mb": 1,
         "reserve-mb": 16,
+        # `edgekube snapshot save` on a schedule: every this many hours (0: never), the newest
+        # `snapshot-retention` kept in `snapshot-dir` ("": <data-dir>/snapshots).
+        "snapshot-interval-hours": 0,
+        "snapshot-retention": 5,
+        "snapshot-dir": "",
     },
     "api": {
         "max-request-bytes": 3145728,
@@ -166,6 +171,9 @@ class StoreSettings:
     revision_reserve: int
     preallocate_mb: int
     reserve_mb: int
+    snapshot_interval_hours: float = 0.0
+    snapshot_retention: int = 5
+    snapshot_dir: Path = Path("/var/lib/edgekube/snapshots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -419,6 +427,20 @@ def _int(data: Mapping[str, Any], key: str, where: str, *, lo: int = 0, hi: int 
     return out
 
 
+def _hours(data: Mapping[str, Any], key: str, where: str) -> float:
+    """A number of hours, fractions allowed (0.25: every quarter of an hour); 0: never."""
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{where}: '{key}' must be a number of hours, got {value!r}")
+    try:
+        out = float(value)
+    except ValueError:
+        raise ConfigError(f"{where}: '{key}' must be a number of hours, got {value!r}") from None
+    if not 0 <= out <= 24 * 366:
+        raise ConfigError(f"{where}: '{key}' must be between 0 and {24 * 366} hours, got {value!r}")
+    return out
+
+
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|E|Ei|P|Pi)?$")
 
 
@@ -574,6 +596,9 @@ def _build(data: Mapping[str, Any], *, source: str) -> Config:
             revision_reserve=_int(s, "revision-reserve", where_s, lo=1),
             preallocate_mb=_int(s, "preallocate-mb", where_s, lo=0, hi=1024),
             reserve_mb=_int(s, "reserve-mb", where_s, lo=0, hi=4096),
+            snapshot_interval_hours=_hours(s, "snapshot-interval-hours", where_s),
+            snapshot_retention=_int(s, "snapshot-retention", where_s, lo=1, hi=10000),
+            snapshot_dir=Path(str(s["snapshot-dir"])) if s["snapshot-dir"] else data_dir / "snapshots",
         ),
         api=ApiSettings(
             max_request_bytes=_int(a, "max-request-bytes", where_a, lo=1024),

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from edgekube import __version__
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
 from edgekube._cogs import (
@@ -66,6 +67,7 @@ from edgekube.scheduler import scheduler as scheduler_mod
 from edgekube.store import encryption
 from edgekube.store import errors as store_errors
 from edgekube.store import identity as identity_mod
+from edgekube.store import snapshot as snapshot_mod
 from edgekube.store import store as store_mod
 
 log = logging.getLogger(__name__)
@@ -328,6 +330,9 @@ class Runtime:
         await self._start_dns()
         await self._start_kubelet()
         self._start_manifests()
+        if cfg.store.snapshot_interval_hours > 0:
+            self.supervisor.start("snapshots", self._snapshot_loop())
+            self._control_plane.append("snapshots")
 
     def _auditor(self) -> audit.Auditor:
         """The audit log (api/audit.py), when a policy is configured: its file opened now, so a
@@ -438,6 +443,29 @@ class Runtime:
             self.supervisor.start(name, run())
             self._kubelet_tasks.append(name)
         self.gates["kubelet"] = True
+
+    async def _snapshot_loop(self) -> None:
+        """`edgekube snapshot save` every `snapshot-interval-hours` (monotonic: no clock setting
+        brings one forward or holds it back), the newest `snapshot-retention` kept. A snapshot
+        that fails is logged and tried again at the next interval; it never stops the node."""
+        s = self.cfg.store
+        prefix = f"edgekube-{self.node_name}-"
+        while True:
+            await asyncio.sleep(s.snapshot_interval_hours * 3600)
+            assert self.store is not None
+            now = self.clock.now()
+            dest = s.snapshot_dir / f"{prefix}{now.astimezone(datetime.UTC):%Y%m%dT%H%M%SZ}{snapshot_mod.SUFFIX}"
+            try:
+                await asyncio.to_thread(s.snapshot_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
+                info = await asyncio.to_thread(snapshot_mod.save, self.cfg.data_dir, dest, copy=self.store.copy_database,
+                                               version=__version__, now=now)
+                gone = await asyncio.to_thread(snapshot_mod.prune, s.snapshot_dir, keep=s.snapshot_retention,
+                                               prefix=prefix)
+            except (OSError, snapshot_mod.SnapshotError) as exc:
+                log.error("scheduled snapshot to %s failed: %s", dest, exc)
+                continue
+            log.info("scheduled snapshot: revision %d saved to %s%s", info.revision, dest,
+                     f"; {len(gone)} older removed" if gone else "")
 
     def _start_manifests(self) -> None:
         """The deployer of the manifests folder (controllers/manifests.py), last: what its files

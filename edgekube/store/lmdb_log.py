@@ -255,6 +255,14 @@ class _MapGate:
 LOCK_FILE = "lock.mdb"
 
 
+def open_readonly(path: Path) -> lmdb.Environment:
+    """A read-only environment on the database at `path` beside whoever else has it open (a
+    running server): it shares their lock file (the reader table), following the server's link
+    into memory, so no writer reuses a page this reader still reads."""
+    _place_lock_file(path, move=False)
+    return lmdb.open(str(path), readonly=True, max_dbs=4, subdir=True, lock=True)
+
+
 def _place_lock_file(path: Path, *, move: bool) -> Path | None:
     """LMDB's lock file (its reader table: every read transaction writes its slot there, and a
     page written back costs the file an inode update too) in memory (`_cogs.memdir`) when
@@ -345,6 +353,12 @@ class LmdbLog:
         with self._gate.shared(), (self._env.begin(write=write, buffers=True) if buffers
                                    else self._env.begin(write=write)) as txn:
             yield txn
+
+    def copy_to(self, dest: Path) -> None:
+        """LMDB's compacting copy of the database into the empty directory `dest`: one read
+        transaction's view, taken while writes go on (a snapshot). Blocking: run it off the loop."""
+        with self._gate.shared():
+            self._env.copy(str(dest), compact=True)
 
     def _unpack_plain(self, rev: int, data: bytes, *, key: str = "") -> LogRecord:
         """A record with its value as it was before the transformer (CorruptRecordError when

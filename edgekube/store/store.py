@@ -252,6 +252,11 @@ class Store:
         page = await offload.always(self._db.scan, prefix, start_after=start_after, limit=limit, accept=accept)
         return dataclasses.replace(page, revision=records.Revision(max(page.revision, published)))
 
+    def copy_database(self, dest: Path) -> None:
+        """A consistent copy of the database into the empty directory `dest` (`snapshot.save`'s
+        copier for the server itself: one environment per process). Blocking: run it in a thread."""
+        self._db.copy_to(dest)
+
     def objects(self, items: Iterable[records.Item], *, reader: str) -> Iterator[tuple[records.Item, dict[str, Any]]]:
         """Each item with its object, skipping (and noting) those that cannot be decoded."""
         return records.objects(items, damage=self.damage, reader=reader)
