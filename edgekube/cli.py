@@ -3,6 +3,8 @@
     edgekube server [--config FILE] [--boot-config FILE] [--data-dir DIR] [--bind-address ADDR]
                     [--https-port PORT] [--disable COMPONENT]...
     edgekube version
+    edgekube install [--root DIR] [--binary FILE] [--no-start]
+    edgekube uninstall [--root DIR] [--purge] [--config FILE] [--data-dir DIR]
     edgekube check-config [--json]                     [--config FILE] [--data-dir DIR]
     edgekube images import FILE... | ls | rm REF...   [--config FILE] [--data-dir DIR]
     edgekube store check [--json] | recover | adopt | reset --yes   [--config FILE] [--data-dir DIR]
@@ -22,15 +24,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import logging
 import platform
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edgekube import KUBE_VERSION, __version__, checkconfig, runtime, secrets_cli
 from edgekube import config as config_mod
+from edgekube import install as install_mod
 from edgekube._cogs import clock as clock_mod
 from edgekube._cogs import dirlock, jwsig, memory, timefloor
 from edgekube.api import pki
@@ -100,6 +105,16 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--json", action="store_true", help="print the report as JSON")
         if name == "reset":
             cmd.add_argument("--yes", action="store_true", help="really start over with an empty cluster")
+    inst = sub.add_parser("install", help="install this binary as a systemd service (unit, default config, enabled)")
+    inst.add_argument("--root", type=Path, default=Path("/"), help="install below this directory (an image being built)")
+    inst.add_argument("--binary", type=Path, help="the binary to install (default: this program's own)")
+    inst.add_argument("--no-start", action="store_true", help="enable, but do not start it now")
+    uninst = sub.add_parser("uninstall", help="stop and remove edgekube and all it made on the host (containers, "
+                                              "mounts, cgroups, the bridge, nft rules); the data dir stays unless --purge")
+    uninst.add_argument("--root", type=Path, default=Path("/"), help="as given to install")
+    uninst.add_argument("--purge", action="store_true", help="also remove the data dir, the pods' logs and the config")
+    uninst.add_argument("--config", type=Path, help="config file (default: the installed one under --root)")
+    uninst.add_argument("--data-dir", type=Path, help="the data dir (default: the config's)")
     snap = sub.add_parser("snapshot", help="save the cluster to one file (while running), restore it (stopped)")
     snap_sub = snap.add_subparsers(dest="snapshot_command", required=True)
     for name, helptext in (("save", "write a snapshot: the database as of now, the certificates and keys (0600)"),
@@ -178,6 +193,42 @@ def _store(args: argparse.Namespace, data_dir: Path) -> int:
             was, floor = repair.reset(data_dir)
             where = f"; the old database is kept at {was}" if was else ""
             print(f"started an empty cluster; resourceVersions go on from {floor}{where}")
+    return 0
+
+
+def _install(args: argparse.Namespace) -> int:
+    binary = args.binary or install_mod.own_binary()
+    if binary is None:
+        print("edgekube: this edgekube runs from Python source: give the binary to install with --binary "
+              "(`make binary` builds dist/edgekube)", file=sys.stderr)
+        return 2
+    out: list[str] = []
+    try:
+        install_mod.install(args.root, binary=binary, start=not args.no_start, out=out)
+    except (OSError, subprocess.CalledProcessError, config_mod.ConfigError) as exc:
+        print("\n".join(out), file=sys.stderr)
+        print(f"edgekube: install failed: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(out))
+    return 0
+
+
+def _uninstall(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(config_file=args.config or (args.root / install_mod.CONFIG if (
+            args.root / install_mod.CONFIG).exists() else None), boot_file=None,
+            overrides={"data-dir": str(args.data_dir) if args.data_dir else None})
+    except config_mod.ConfigError as exc:
+        print(f"edgekube: {exc}", file=sys.stderr)
+        return 2
+    out: list[str] = []
+    try:
+        with dirlock.DirLock(cfg.data_dir) if cfg.data_dir.exists() else contextlib.nullcontext():
+            install_mod.uninstall(args.root, cfg, purge=args.purge, out=out)
+    except dirlock.LockedError as exc:
+        print(f"edgekube: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(out))
     return 0
 
 
@@ -336,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "store":
         return _on_data_dir(args, lambda cfg: _store(args, cfg.data_dir),
                             failures=(dirlock.LockedError, store_errors.StoreError, OSError))
+    if args.command == "install":
+        return _install(args)
+    if args.command == "uninstall":
+        return _uninstall(args)
     if args.command == "snapshot":
         return _on_data_dir(args, lambda cfg: _snapshot(args, cfg.data_dir),
                             failures=(dirlock.LockedError, snapshot.SnapshotError, OSError))

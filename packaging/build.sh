@@ -18,6 +18,8 @@
 # - --include-package=edgekube so that modules reached only through importlib (registry tables,
 #   plugins) are compiled too; likewise dns.rdtypes: dnspython loads each record type's module
 #   by name when it first meets the type (the cluster DNS, edgekube/net/dns*.py).
+# - --include-package-data=edgekube: the systemd unit and the default config (edgekube/_data/),
+#   which `edgekube install` writes; the repo's systemd/ and configs/ files link to them.
 # - --include-package-data=celpy: cel-python reads its grammar (cel.lark) from its package dir
 #   when the first CEL expression is compiled (edgekube/api/registry/cel.py).
 # - Onefile unpacks into a fresh temp dir per start (Nuitka's default spec); the bootstrap
@@ -76,6 +78,7 @@ PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m nuitka \
     --include-package=edgekube \
     --include-package=dns.rdtypes \
     --include-package-data=celpy \
+    --include-package-data=edgekube \
     --nofollow-import-to=kubernetes \
     --nofollow-import-to=pytest \
     --nofollow-import-to=_pytest \

@@ -53,6 +53,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "cli": (7, "cli"),
     "secrets_cli": (7, "cli"),
     "checkconfig": (7, "cli"),
+    "install": (7, "cli"),
     "__main__": (7, "cli"),
 }
 

@@ -133,3 +133,16 @@ def test_binary_runs_the_network_in_a_namespace_of_its_own(tmp_path: Path, netns
         assert srv.stop(timeout=30) == 0
     finally:
         srv.close()
+
+
+def test_binary_installs_itself_with_the_unit_and_config_it_carries(tmp_path: Path) -> None:
+    binary = require_binary()
+    root = tmp_path / "root"
+    out = subprocess.run([str(binary), "install", "--root", str(root), "--no-start"], capture_output=True, text=True,
+                         timeout=120, check=False, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    installed = root / "usr/local/bin/edgekube"
+    assert installed.read_bytes() == binary.read_bytes() and os.access(installed, os.X_OK)
+    assert (root / "etc/systemd/system/edgekube.service").read_bytes() == \
+        (conftest.REPO / "systemd/edgekube.service").read_bytes()
+    assert (root / "etc/edgekube/config.yaml").read_bytes() == (conftest.REPO / "configs/config.yaml").read_bytes()
