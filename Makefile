@@ -28,7 +28,7 @@ APT_PACKAGES := python3-venv python3-dev gcc patchelf ccache \
 STAMP_APT  := $(VENV)/.stamp-apt
 STAMP_PIP  := $(VENV)/.stamp-pip
 
-.PHONY: help setup run test fuzz bench lint binary kube-tools clean distclean
+.PHONY: help setup run test fuzz bench lint binary release kube-tools clean distclean
 
 help:
 	@echo "make run     set up (apt, .venv, pip) and start 'edgekube server --data-dir $(DATA_DIR)'"
@@ -38,6 +38,7 @@ help:
 	@echo "make bench   run benchmarks/run_all.py"
 	@echo "make lint    ruff, mypy --strict, tools/check_layers.py"
 	@echo "make binary  Nuitka onefile build into dist/edgekube"
+	@echo "make release the binary, then dist/release/edgekube-<version>-linux-<arch>.tar.gz (install.sh, SHA256SUMS)"
 
 # --- set-up -----------------------------------------------------------------------------------
 
@@ -103,6 +104,11 @@ lint: setup
 
 binary: setup
 	PYTHON=$(abspath $(PY)) bash packaging/build.sh
+
+# dist/release/edgekube-<version>-linux-<arch>.tar.gz: the binary, its unit, the default config,
+# install.sh and SHA256SUMS (packaging/release.sh).
+release: binary
+	bash packaging/release.sh
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

@@ -146,3 +146,29 @@ def test_binary_installs_itself_with_the_unit_and_config_it_carries(tmp_path: Pa
     assert (root / "etc/systemd/system/edgekube.service").read_bytes() == \
         (conftest.REPO / "systemd/edgekube.service").read_bytes()
     assert (root / "etc/edgekube/config.yaml").read_bytes() == (conftest.REPO / "configs/config.yaml").read_bytes()
+
+
+def test_release_tarball_checks_its_files_then_installs(tmp_path: Path) -> None:
+    binary = require_binary()
+    tarballs = sorted((conftest.REPO / "dist" / "release").glob("edgekube-*-linux-*.tar.gz"))
+    if not tarballs:
+        message = "no release tarball in dist/release; make it with `make release` (or packaging/release.sh)"
+        if os.environ.get("EDGEKUBE_REQUIRE_BINARY") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    subprocess.run(["tar", "-C", str(tmp_path), "-xzf", str(tarballs[-1])], check=True)
+    [folder] = [p for p in tmp_path.iterdir() if p.name.startswith("edgekube-")]
+    assert sorted(p.name for p in folder.iterdir()) == ["ARCH", "README", "SHA256SUMS", "config.yaml", "edgekube",
+                                                        "edgekube.service", "install.sh"]
+    assert (folder / "edgekube").read_bytes() == binary.read_bytes()
+    root = tmp_path / "root"
+    out = subprocess.run([str(folder / "install.sh"), "--root", str(root), "--no-start"], capture_output=True,
+                         text=True, timeout=120, check=False, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (root / "usr/local/bin/edgekube").read_bytes() == binary.read_bytes()
+    assert (root / "etc/systemd/system/multi-user.target.wants/edgekube.service").is_symlink()
+    with open(folder / "config.yaml", "a") as f:
+        f.write("# changed\n")
+    out = subprocess.run([str(folder / "install.sh"), "--root", str(root)], capture_output=True, text=True,
+                         timeout=120, check=False, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1 and "do not match SHA256SUMS" in out.stderr
