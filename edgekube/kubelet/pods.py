@@ -782,8 +782,11 @@ class PodManager:
         # from what the API last showed, so restartCount never goes back.
         for s in [*((st.pod.get("status") or {}).get("containerStatuses") or []),
                   *((st.pod.get("status") or {}).get("initContainerStatuses") or [])]:
-            if isinstance(s, Mapping) and s.get("name") == name and s.get("containerID"):
-                return int(s.get("restartCount") or 0) + 1
+            if isinstance(s, Mapping) and s.get("name") == name:
+                # With its container's id: that run was attempt restartCount. Without (a run
+                # lost in a reboot, already counted by `podstatus`): the next is restartCount.
+                count = int(s.get("restartCount") or 0)
+                return count + 1 if s.get("containerID") else count
         return 0
 
     async def _remove_old_runs(self, st: PodState, name: str, *, keep: containers_mod.ContainerStatus | None) -> None:
@@ -1046,6 +1049,7 @@ class PodManager:
         old_main = {s.get("name"): s for s in api_status.get("containerStatuses") or [] if isinstance(s, Mapping)}
         has_init = bool(st.spec.get("initContainers"))
         default = "PodInitializing" if has_init else "ContainerCreating"
+        deleting = bool((st.pod.get("metadata") or {}).get("deletionTimestamp"))
 
         def one(c: Mapping[str, Any], *, init: bool, old: Mapping[str, Any] | None) -> JSON:
             name = str(c.get("name"))
@@ -1056,7 +1060,7 @@ class PodManager:
             obs = podstatus.Observed(latest=latest, previous=r[1] if len(r) > 1 else None,
                                      waiting=st.waiting.get(name), messages=st.messages, will_restart=will,
                                      started=started, ready=ready)
-            return podstatus.container_status(c, obs, old=old, default_waiting=default, init=init)
+            return podstatus.container_status(c, obs, old=old, default_waiting=default, init=init, deleting=deleting)
 
         init_list = [one(c, init=True, old=old_init.get(c.get("name"))) for c in st.spec.get("initContainers") or []]
         main_list = [one(c, init=False, old=old_main.get(c.get("name"))) for c in st.spec.get("containers") or []]

@@ -13,7 +13,10 @@ attempt) and the one before:
   error) shows `waiting` with that reason and message, its last run moving to `lastState`;
 - none yet: waiting `ContainerCreating` (`PodInitializing` in a pod with init containers),
   keeping restartCount and lastState from the previous status (a container removed while the
-  pod lived), or a terminated state from the previous status as is;
+  pod lived), or a terminated state from the previous status as is; one that was running and is
+  gone without a trace (a reboot took it with runc's state in /run) gets upstream's inferred
+  `lastState.terminated` (ContainerStatusUnknown, exit code 137) and, unless the pod is being
+  deleted, one more restart;
 - `lastState` is the run before the newest; `restartCount` the newest container's attempt;
   `started` is running and past its startup probe; `ready` is started and past its readiness
   probe for containers and sidecars (see `probes`), "completed with 0" for other init
@@ -44,6 +47,7 @@ JSON = dict[str, Any]
 RUNTIME = "runc"
 OURS = ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready")
 UNKNOWN_EXIT = 137
+LOST_MESSAGE = "The container could not be located when the pod was deleted.  The container used to be Running"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +91,7 @@ def _state(cs: containers_mod.ContainerStatus, message: str = "") -> JSON:
 
 
 def container_status(container: Mapping[str, Any], obs: Observed, *, old: Mapping[str, Any] | None,
-                     default_waiting: str, init: bool) -> JSON:
+                     default_waiting: str, init: bool, deleting: bool = False) -> JSON:
     name = str(container.get("name"))
     image = str(container.get("image") or "")
     latest = obs.latest
@@ -99,11 +103,22 @@ def container_status(container: Mapping[str, Any], obs: Observed, *, old: Mappin
                      "lastState": dict(old.get("lastState") or {}), "ready": False,
                      "restartCount": int(old.get("restartCount") or 0), "image": image,
                      "imageID": str(old.get("imageID") or ""), "started": False}
+        if "running" in (old.get("state") or {}) and not out["lastState"].get("terminated"):
+            # It ran, and is gone without a trace (a reboot or a power cut took it with the
+            # runtime's state): it terminated, how is unknown; upstream's kubelet infers the same
+            # (before a waiting reason replaces the state, which keeps these).
+            out["lastState"] = {"terminated": {"exitCode": UNKNOWN_EXIT, "reason": "ContainerStatusUnknown",
+                                               "message": LOST_MESSAGE}}
+            if not deleting:
+                out["restartCount"] += 1
         if obs.waiting is not None:
             out["state"] = {"waiting": _waiting(*obs.waiting)}
         return out
     state = _state(latest, obs.messages.get(latest.id, ""))
-    last: JSON = _state(obs.previous, obs.messages.get(obs.previous.id, "")) if obs.previous is not None else {}
+    # The run before, from the runtime; when the runtime has none left (lost with a reboot),
+    # what the API last showed, as upstream keeps the old status's lastState.
+    last: JSON = _state(obs.previous, obs.messages.get(obs.previous.id, "")) if obs.previous is not None else (
+        dict((old or {}).get("lastState") or {}) if latest.attempt > 0 else {})
     if obs.will_restart and "terminated" in state and obs.waiting is not None:
         last = state
         state = {"waiting": _waiting(*obs.waiting)}

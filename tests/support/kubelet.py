@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -29,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from edgekube._cogs import memdir
 from edgekube.kubelet.runtime import bundle, cgroups, containers
 from tests.conftest import Server
 from tests.support.netns import NetNS
@@ -150,3 +153,33 @@ def unmount_below(root: Path) -> None:
                      reverse=True):
         with contextlib.suppress(OSError):
             bundle.unmount(mp)
+
+
+def simulate_reboot(ks: KubeletServer, netns: NetNS | None = None) -> None:
+    """What a power cut and the next boot leave of a running node: the server and every
+    container killed at once, every mount gone (overlay roots, network namespaces, tmpfs
+    volumes), the cgroups gone, the memory file systems empty (runc's state and the database's
+    lock file in /run), and in the node's network namespace no link but loopback and no nft
+    table. What is on the disk (the database, bundles, pod directories, logs) stays as it was."""
+    if ks.server.proc is not None:
+        ks.server.proc.kill()
+        ks.server.proc.wait()
+        ks.server.proc = None
+    root = ks.runc_root
+    if root.exists():
+        for state in runc_list(root).values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(state["pid"]), signal.SIGKILL)
+    unmount_below(ks.root)
+    with contextlib.suppress(Exception):
+        cgroups.detect(parent=ks.parent).remove("/" + ks.parent)
+    for path in (ks.kubelet_dir, ks.data_dir / "db"):
+        own = memdir.for_path(path)
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)
+    if netns is not None:
+        netns.run(["nft", "flush", "ruleset"])
+        for line in netns.run(["ip", "-o", "link", "show"]).stdout.splitlines():
+            name = line.split(":")[1].strip().split("@")[0]
+            if name != "lo":
+                netns.run(["ip", "link", "del", name], check=False)

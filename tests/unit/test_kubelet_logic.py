@@ -80,6 +80,37 @@ def test_no_container_yet_keeps_restart_count_from_the_api() -> None:
     assert st["lastState"] == {"terminated": {"exitCode": 2}}
 
 
+RAN = {"name": "main", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}, "lastState": {},
+       "restartCount": 2, "containerID": "runc://main-2", "ready": True}
+LOST = {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",
+                       "message": "The container could not be located when the pod was deleted.  "
+                                  "The container used to be Running"}}
+
+
+@pytest.mark.parametrize("waiting", [None, ("ContainerCreating", "waiting for the image store")])
+def test_a_running_container_lost_without_a_trace_terminated_unknown_and_counts_a_restart(
+        waiting: tuple[str, str] | None) -> None:
+    # A reboot took the container with runc's state: upstream infers the termination.
+    st = podstatus.container_status({"name": "main", "image": "b"}, podstatus.Observed(waiting=waiting), old=RAN,
+                                    default_waiting="ContainerCreating", init=False)
+    assert st["lastState"] == LOST and st["restartCount"] == 3 and "containerID" not in st
+    assert "waiting" in st["state"] and not st["ready"]
+    # Written, then computed again from it: counted once.
+    again = podstatus.container_status({"name": "main", "image": "b"}, podstatus.Observed(), old=st,
+                                       default_waiting="ContainerCreating", init=False)
+    assert again["restartCount"] == 3 and again["lastState"] == LOST
+    # The new run keeps that lastState (the runtime has no run before it).
+    new = podstatus.container_status({"name": "main", "image": "b"}, podstatus.Observed(latest=cs(attempt=3)),
+                                     old=again, default_waiting="ContainerCreating", init=False)
+    assert new["restartCount"] == 3 and new["lastState"] == LOST and "running" in new["state"]
+
+
+def test_a_lost_container_of_a_pod_being_deleted_is_not_a_restart() -> None:
+    st = podstatus.container_status({"name": "main", "image": "b"}, podstatus.Observed(), old=RAN,
+                                    default_waiting="ContainerCreating", init=False, deleting=True)
+    assert st["lastState"] == LOST and st["restartCount"] == 2
+
+
 def _phase(p: dict[str, Any], main: dict[str, podstatus.Observed], init: dict[str, podstatus.Observed] | None = None,
            terminal: bool = False) -> str:
     statuses = {n: status_of({"name": n}, o) for n, o in main.items()}
