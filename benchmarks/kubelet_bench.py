@@ -42,6 +42,11 @@ at the end takes every link the pod network made.
   unmeasured boot), as an installed edgekube would have it. Where the time goes: one boot through
   the launcher (its `edgekube imported` line and the server's own log lines), and one under
   `python -X importtime`.
+- Power cut and offline boot (issue 16): a Deployment of 20 pods Running, then three times the
+  server and every container killed at once, every mount, cgroup, link and nft table gone, /run
+  emptied, the disk as it was (`tests.support.kubelet.power_cut`), and the server started again
+  with no uplink: from exec until every pod runs again, ready, in a new container. Target: 2 s.
+  Baseline: 20 `runc run -d` at once.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ import yaml
 from benchmarks import common, servers
 from benchmarks import controlplane_bench as cp
 from edgekube.kubelet.runtime import cgroups
+from edgekube.kubelet.runtime import containers as containers_mod
 from tests.support import images as test_images
 from tests.support import kubelet as test_kubelet
 from tests.support import netns as netns_mod
@@ -87,6 +93,8 @@ POLL_S = 0.01  # readiness polling interval of the boot measurement
 TIMEOUT = 180.0
 WARM_UP_PODS = 2
 IDLE_TARGET_MIB = 64.0  # issue 5; over it, a diagnostic run tells where the memory goes
+REBOOT_PODS = 20  # issue 16: every pod Running again <= 2 s after edgekube starts on a rebooted node
+REBOOT_TARGET_S = 2.0
 
 _LOG_TIME = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 _START_LINE = re.compile(
@@ -263,12 +271,31 @@ class BootResult:
         return float(statistics.median(self.bare_s))
 
 
+@dataclasses.dataclass
+class RebootResult:
+    """Power cuts of a node running `pods` pods, each followed by a boot with no network."""
+
+    pods: int
+    ready_s: list[float] = dataclasses.field(default_factory=list)  # exec -> /readyz ok
+    running_s: list[float] = dataclasses.field(default_factory=list)  # exec -> every pod Running again
+    raw_s: list[float] = dataclasses.field(default_factory=list)  # as many `runc run -d` at once
+
+    @property
+    def median(self) -> float:
+        return float(statistics.median(self.running_s))
+
+    @property
+    def worst(self) -> float:
+        return max(self.running_s)
+
+
 @dataclasses.dataclass(frozen=True)
 class KubeletResult:
     pods: PodsResult
     boot: BootResult
     import_rss: list[ImportCost]
     heap: JSON | None  # tracemalloc by owner of an idle server, when its RSS was over target
+    reboot: RebootResult | None = None
 
 
 # --- the host: private dirs and cgroup parent, swept after the run ---------------------------
@@ -895,12 +922,83 @@ async def _boot_section(host: KubeletHost, *, env: dict[str, str], runs: int,
     return out
 
 
+async def _reboot_section(host: KubeletHost, raw: RawRunc, ns: netns_mod.NetNS, *, env: dict[str, str], pods: int,
+                          runs: int, log: Callable[[str], None]) -> RebootResult:
+    """A Deployment of `pods` Running, then `runs` times: the server and every container killed
+    at once, mounts, cgroups, /run, links and nft tables gone (`tests.support.kubelet.power_cut`;
+    the disk as it was), the server started again, timed from exec until every pod runs again
+    in a new container (the API listed every 10 ms); baseline: as many `runc run -d` at once."""
+    out = RebootResult(pods=pods)
+    server = host.server(env=env)
+    try:
+        await server.wait_ready()
+        async with cp.client_session(server) as session:
+            await cp.ensure_namespace(session, server.base, NAMESPACE)
+            await cp.request(session, "POST", f"{server.base}/apis/apps/v1/namespaces/{NAMESPACE}/deployments",
+                             _deployment(), ok=(201,))
+            b = Bench(session, server.base)
+            await b.watch.start()
+            try:
+                await b.scale(pods)
+            finally:
+                await b.watch.stop()
+        for i in range(runs):
+            old = set(test_kubelet.runc_list(containers_mod.runc_root(host.kubelet_dir)))
+            server.popen.kill()
+            server.stop()
+            await asyncio.to_thread(test_kubelet.power_cut, kubelet_dir=host.kubelet_dir, data_dir=host.data_dir,
+                                    parent=host.parent, below=host.work, netns=ns)
+            t0 = time.perf_counter()
+            server = host.server(env=env)
+            ready = asyncio.create_task(server.wait_ready())
+            out.running_s.append(await _until_back(server, old, pods) - t0)
+            out.ready_s.append(await ready)
+            t1 = time.perf_counter()
+            await asyncio.gather(*(raw.run(f"reboot{i}-{j:03d}") for j in range(pods)))
+            out.raw_s.append(time.perf_counter() - t1)
+            await raw.delete_all()
+            log(f"  power cut #{i + 1} and an offline boot: /readyz ok {out.ready_s[-1]:.2f} s, all {pods} pods "
+                f"Running again {out.running_s[-1]:.2f} s after exec; raw {pods} runc run -d at once "
+                f"{out.raw_s[-1]:.2f} s")
+    finally:
+        server.stop()
+    return out
+
+
+async def _until_back(server: servers.EdgekubeServer, old: set[str], pods: int) -> float:
+    """perf_counter when every pod of the namespace runs, ready, in a container not in `old`."""
+    url = f"{server.base}/api/v1/namespaces/{NAMESPACE}/pods"
+    deadline = time.monotonic() + TIMEOUT
+    session: aiohttp.ClientSession | None = None
+    try:
+        while time.monotonic() < deadline:
+            server.check_alive()
+            if session is None and (server.tls / "admin.key").exists():
+                session = cp.client_session(server)
+            if session is not None:
+                try:
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                        items = (await r.json())["items"] if r.status == 200 else []
+                except (aiohttp.ClientError, ssl.SSLError, OSError, TimeoutError, ValueError):
+                    items = []
+                back = [p for p in items if (p.get("status") or {}).get("phase") == "Running" and all(
+                    c.get("ready") and str(c.get("containerID", "")).split("://")[-1] not in old
+                    for c in (p.get("status") or {}).get("containerStatuses") or [{}])]
+                if len(items) == pods and len(back) == pods:
+                    return time.perf_counter()
+            await asyncio.sleep(POLL_S)
+    finally:
+        if session is not None:
+            await session.close()
+    raise RuntimeError(f"the {pods} pods were not Running again {TIMEOUT:.0f} s after the reboot:\n{server.log_tail()}")
+
+
 def _s(value: float | None) -> str:
     return "?" if value is None else f"{value:.3f} s"
 
 
-def run(*, pods: int, replicas: int, boot_runs: int, settle: float,
-        log: Callable[[str], None] = print) -> KubeletResult:
+def run(*, pods: int, replicas: int, boot_runs: int, settle: float, reboot_pods: int = REBOOT_PODS,
+        reboot_runs: int = 3, log: Callable[[str], None] = print) -> KubeletResult:
     if os.geteuid() != 0:
         raise RuntimeError("the kubelet benchmark runs containers with runc: run it as root")
     tmp = common.temp_dir("kubelet")
@@ -930,6 +1028,12 @@ def run(*, pods: int, replicas: int, boot_runs: int, settle: float,
         boot_host = KubeletHost(tmp, "boot")
         hosts.append(boot_host)
         boot = ns.call(asyncio.run, _boot_section(boot_host, env=env, runs=boot_runs, log=log))
+        reboot_host = KubeletHost(tmp, "reboot")
+        hosts.append(reboot_host)
+        (reboot_host.data_dir / "images").mkdir(parents=True)
+        shutil.copy(tarball, reboot_host.data_dir / "images" / tarball.name)
+        reboot = ns.call(asyncio.run, _reboot_section(reboot_host, raw, ns, env=env, pods=reboot_pods, runs=reboot_runs,
+                                                      log=log))
         heap = None
         if pods_result.idle.mib > IDLE_TARGET_MIB:
             heap_host = KubeletHost(tmp, "heap")
@@ -937,7 +1041,7 @@ def run(*, pods: int, replicas: int, boot_runs: int, settle: float,
             heap = ns.call(asyncio.run, heap_by_owner(heap_host, tarball, env=env, settle=settle))
             log(f"  idle RSS without the boot import of the image: {Rss(**heap['rss_without_import']).text()}; "
                 f"tracemalloc of an idle server: {heap['traced'] / 2**20:.1f} MiB traced, {heap['modules']} modules")
-        return KubeletResult(pods=pods_result, boot=boot, import_rss=import_rss(env), heap=heap)
+        return KubeletResult(pods=pods_result, boot=boot, import_rss=import_rss(env), heap=heap, reboot=reboot)
     finally:
         for h in hosts:
             h.cleanup()

@@ -399,6 +399,15 @@ def _kubelet_rows(kl: kubelet_bench.KubeletResult) -> list[Row]:
         rows.append(Row(f"Boot: exec -> node Ready (/readyz ok), restart, median / worst of {len(boot.restart)}",
                         f"{med:.3f} / {worst:.3f} s", f"{boot.bare_median:.3f} s (bare aiohttp: exec -> first answer)",
                         f"{med / boot.bare_median:.1f}x", f"<= {BOOT_TARGET_S:.0f} s", _verdict(worst <= BOOT_TARGET_S)))
+    rb = kl.reboot
+    if rb is not None and rb.running_s:
+        raw_med = statistics.median(rb.raw_s)
+        rows.append(Row(f"Power cut and offline boot, {rb.pods} pods: exec -> all Running again, median / worst of "
+                        f"{len(rb.running_s)}", f"{rb.median:.2f} / {rb.worst:.2f} s",
+                        f"{raw_med:.2f} s ({rb.pods} runc run -d at once)", f"{rb.median / raw_med:.1f}x",
+                        f"<= {kubelet_bench.REBOOT_TARGET_S:.0f} s", _verdict(rb.worst <= kubelet_bench.REBOOT_TARGET_S)))
+        rows.append(Row("  ... of which exec -> /readyz ok, median", f"{statistics.median(rb.ready_s):.2f} s", "-", "-",
+                        "-", "info"))
     if boot.first is not None and boot.uncached is not None:
         rows.append(Row("  ... first boot (fresh data dir, TLS made) / restart without a bytecode cache",
                         f"{boot.first.ready_s:.3f} / {boot.uncached.ready_s:.3f} s", "-", "-", "-", "info"))
@@ -1031,6 +1040,12 @@ def render(
             "is then read through the API), polled every 10 ms on one keep-alive connection; baseline: exec of "
             f"`benchmarks/bare_server.py` to its first answer. {len(boot.restart)} restart(s), one unmeasured "
             "boot first (fills the bytecode cache)."
+            + (f" Power cut: a Deployment of {kl.reboot.pods} pods Running on a server of its own, then "
+               f"{len(kl.reboot.running_s)} times the server and every container killed at once, every mount, "
+               "cgroup, link and nft table gone and /run emptied (`tests.support.kubelet.power_cut`; the disk as "
+               "it was), and the server started again in the namespace with no uplink: from exec until the API "
+               "lists every pod Running and ready in a new container (listed every 10 ms); baseline: as many "
+               "`runc run -d` at once." if kl.reboot is not None else "")
         )
     if cn is not None:
         parts.append(

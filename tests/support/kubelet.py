@@ -156,24 +156,30 @@ def unmount_below(root: Path) -> None:
 
 
 def simulate_reboot(ks: KubeletServer, netns: NetNS | None = None) -> None:
-    """What a power cut and the next boot leave of a running node: the server and every
-    container killed at once, every mount gone (overlay roots, network namespaces, tmpfs
-    volumes), the cgroups gone, the memory file systems empty (runc's state and the database's
-    lock file in /run), and in the node's network namespace no link but loopback and no nft
-    table. What is on the disk (the database, bundles, pod directories, logs) stays as it was."""
+    """What a power cut and the next boot leave of the running node `ks` (see `power_cut`)."""
     if ks.server.proc is not None:
         ks.server.proc.kill()
         ks.server.proc.wait()
         ks.server.proc = None
-    root = ks.runc_root
+    power_cut(kubelet_dir=ks.kubelet_dir, data_dir=ks.data_dir, parent=ks.parent, below=ks.root, netns=netns)
+
+
+def power_cut(*, kubelet_dir: Path, data_dir: Path, parent: str, below: Path, netns: NetNS | None = None) -> None:
+    """What a power cut and the next boot leave of a node whose server is already dead: every
+    container killed at once, every mount below `below` gone (overlay roots, network namespaces,
+    tmpfs volumes), the cgroups under `parent` gone, the memory file systems empty (runc's state
+    and the database's lock file in /run), and in the node's network namespace no link but
+    loopback and no nft table. What is on the disk (the database, bundles, pod directories,
+    logs) stays as it was."""
+    root = containers.runc_root(kubelet_dir)
     if root.exists():
         for state in runc_list(root).values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(state["pid"]), signal.SIGKILL)
-    unmount_below(ks.root)
+    unmount_below(below)
     with contextlib.suppress(Exception):
-        cgroups.detect(parent=ks.parent).remove("/" + ks.parent)
-    for path in (ks.kubelet_dir, ks.data_dir / "db"):
+        cgroups.detect(parent=parent).remove("/" + parent)
+    for path in (kubelet_dir, data_dir / "db"):
         own = memdir.for_path(path)
         if own is not None:
             shutil.rmtree(own, ignore_errors=True)
