@@ -590,7 +590,8 @@ def main() -> int:
     res = run(args.repeats, only=set(args.case), trace=args.trace)
     if args.trace is not None:
         print(trace_report(res, args.trace))
-    print(json.dumps({c.name: {"median_ms": round(c.median_ms, 1), "worst_ms": [round(w, 1) for w in c.worst_ms]}
+    print(json.dumps({c.name: {"median_ms": round(c.median_ms, 1), "worst_ms": [round(w, 1) for w in c.worst_ms],
+                               "loop_cpu_ms": [round(w, 1) for w in c.cpu_ms]}
                       for c in res.cases}, indent=1))
     return 0
 

@@ -255,6 +255,10 @@ class _MapGate:
 LOCK_FILE = "lock.mdb"
 
 
+# Records a list reads from LMDB in one go before decoding them (see `LmdbLog.scan`).
+_SCAN_BATCH = 256
+
+
 def open_readonly(path: Path) -> lmdb.Environment:
     """A read-only environment on the database at `path` beside whoever else has it open (a
     running server): it shares their lock file (the reader table), following the server's link
@@ -488,24 +492,40 @@ class LmdbLog:
             if not cursor.set_range(start):
                 return records.Page(items=[], revision=records.Revision(snapshot_rev), next_key=None)
             log_cursor = txn.cursor(db=self._log)
-            for raw_key, raw_rev in cursor:
-                if not raw_key.startswith(pfx):
-                    break
-                if limit is not None and len(items) >= limit:
-                    # There is at least one more live key: the list continues after the last one.
-                    next_key = items[-1].key
-                    break
-                data = log_cursor.get(raw_rev) if log_cursor.set_key(raw_rev) else None
-                if data is None:
-                    continue
-                try:
-                    rec = self._unpack(rev_int(raw_rev), data, key=raw_key.decode(errors="replace"))
-                except errors.CorruptRecordError as exc:
-                    self.damage.note(exc, reader="a list")
-                    continue
-                if accept is not None and not accept(rec.value):
-                    continue
-                items.append(records.Item(key=rec.key, revision=records.Revision(rec.revision), value=rec.value))
+            pairs = iter(cursor)
+            more = True
+            while more and next_key is None:
+                # Every LMDB call releases the interpreter lock, and each release wakes a thread
+                # waiting for it (the event loop) only for this one to take it back at once: so the
+                # records of a batch are read back to back, and decoded (selectors) afterwards, in
+                # a stretch without releases, where the waiter's timed wait asks for the lock and
+                # gets it. Without `accept`, no more is read than the limit needs.
+                want = _SCAN_BATCH if accept is not None or limit is None else min(_SCAN_BATCH, limit - len(items) + 1)
+                batch = []
+                for raw_key, raw_rev in pairs:
+                    if not raw_key.startswith(pfx):
+                        more = False
+                        break
+                    data = log_cursor.get(raw_rev)
+                    if data is not None:
+                        batch.append((raw_key, raw_rev, data))
+                        if len(batch) >= want:
+                            break
+                else:
+                    more = False
+                for raw_key, raw_rev, data in batch:
+                    if limit is not None and len(items) >= limit:
+                        # There is at least one more live key: the list continues after the last one.
+                        next_key = items[-1].key
+                        break
+                    try:
+                        rec = self._unpack(rev_int(raw_rev), data, key=raw_key.decode(errors="replace"))
+                    except errors.CorruptRecordError as exc:
+                        self.damage.note(exc, reader="a list")
+                        continue
+                    if accept is not None and not accept(rec.value):
+                        continue
+                    items.append(records.Item(key=rec.key, revision=records.Revision(rec.revision), value=rec.value))
         return records.Page(items=items, revision=records.Revision(snapshot_rev), next_key=next_key)
 
     def read_log(self, after: int, *, prefix: str, limit: int) -> list[LogRecord]:
