@@ -33,9 +33,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edgekube import KUBE_VERSION, __version__, checkconfig, runtime, secrets_cli
+from edgekube import KUBE_VERSION, __version__, runtime, secrets_cli
 from edgekube import config as config_mod
-from edgekube import install as install_mod
 from edgekube._cogs import clock as clock_mod
 from edgekube._cogs import dirlock, jwsig, memory, timefloor
 from edgekube.api import pki
@@ -43,7 +42,7 @@ from edgekube.api.auth import satokens
 from edgekube.kubelet import images as images_mod
 from edgekube.store import errors as store_errors
 from edgekube.store import identity as identity_mod
-from edgekube.store import repair, snapshot
+from edgekube.store import repair
 
 EXIT_DATA_DIR = 3
 
@@ -143,7 +142,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# The tool commands below import their modules when run: `edgekube server`'s boot (a target of
+# its own, docs/performance.md) does not pay for what it never uses.
+
+
 def _check_config(args: argparse.Namespace) -> Callable[[config_mod.Config], int]:
+    from edgekube import checkconfig
+
     def check(cfg: config_mod.Config) -> int:
         results = list(checkconfig.run_checks(cfg))
         print(checkconfig.report(results, cfg=cfg, as_json=args.json))
@@ -197,6 +202,8 @@ def _store(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
+    from edgekube import install as install_mod
+
     binary = args.binary or install_mod.own_binary()
     if binary is None:
         print("edgekube: this edgekube runs from Python source: give the binary to install with --binary "
@@ -214,6 +221,8 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _uninstall(args: argparse.Namespace) -> int:
+    from edgekube import install as install_mod
+
     try:
         cfg = config_mod.load(config_file=args.config or (args.root / install_mod.CONFIG if (
             args.root / install_mod.CONFIG).exists() else None), boot_file=None,
@@ -233,6 +242,8 @@ def _uninstall(args: argparse.Namespace) -> int:
 
 
 def _snapshot(args: argparse.Namespace, data_dir: Path) -> int:
+    from edgekube.store import snapshot
+
     now = datetime.datetime.now(datetime.UTC)
     if args.snapshot_command == "save":
         if not identity_mod.db_file(data_dir).is_file():
@@ -392,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "uninstall":
         return _uninstall(args)
     if args.command == "snapshot":
+        from edgekube.store import snapshot
+
         return _on_data_dir(args, lambda cfg: _snapshot(args, cfg.data_dir),
                             failures=(dirlock.LockedError, snapshot.SnapshotError, OSError))
     if args.command == "certs":

@@ -67,7 +67,6 @@ from edgekube.scheduler import scheduler as scheduler_mod
 from edgekube.store import encryption
 from edgekube.store import errors as store_errors
 from edgekube.store import identity as identity_mod
-from edgekube.store import snapshot as snapshot_mod
 from edgekube.store import store as store_mod
 
 log = logging.getLogger(__name__)
@@ -448,6 +447,10 @@ class Runtime:
         """`edgekube snapshot save` every `snapshot-interval-hours` (monotonic: no clock setting
         brings one forward or holds it back), the newest `snapshot-retention` kept. A snapshot
         that fails is logged and tried again at the next interval; it never stops the node."""
+        from edgekube.store import (
+            snapshot as snapshot_mod,  # only when snapshots are on: tarfile, gzip
+        )
+
         s = self.cfg.store
         prefix = f"edgekube-{self.node_name}-"
         while True:

@@ -125,7 +125,7 @@ def test_second_server_on_the_same_data_dir_exits_with_one_line(tmp_path: Path) 
         first.close()
 
 
-class _Storm:
+class Storm:
     """One round's writers: each creates, updates and deletes its own seven names until the
     server dies under it, recording what was acknowledged and the one write left in flight."""
 
@@ -192,7 +192,7 @@ def test_twenty_kill_9_rounds_under_creates_updates_and_deletes(tmp_path: Path) 
     try:
         server.start()
         for round_ in range(20):
-            storm = _Storm(server, round_=round_, state=state)
+            storm = Storm(server, round_=round_, state=state)
             threads = [threading.Thread(target=storm.writer, args=(w,)) for w in range(6)]
             for t in threads:
                 t.start()
@@ -202,32 +202,40 @@ def test_twenty_kill_9_rounds_under_creates_updates_and_deletes(tmp_path: Path) 
             for t in threads:
                 t.join(timeout=10)
             server.start()
-            with urllib.request.urlopen(f"{server.url}/api/v1/namespaces/default/configmaps", context=server.admin_context(),
-                                        timeout=30) as r:
-                listed = {i["metadata"]["name"]: (int(i["metadata"]["resourceVersion"]), i["data"]["v"])
-                          for i in json.loads(r.read())["items"] if i["metadata"]["name"].startswith("r")}
-            for name, want in list(state.items()):
-                got = listed.get(name)
-                if name in storm.in_flight:
-                    # The write in flight may have landed: then it is the state from here on.
-                    landed = storm.in_flight[name]
-                    if (landed is None and got is None) or (got is not None and got[1] == landed):
-                        state[name] = got
-                        continue
-                if want is None:
-                    assert got is None, f"round {round_}: acknowledged delete of {name} undone"
-                else:
-                    assert got == want, f"round {round_}: {name} is {got}, acknowledged {want}"
-            for name, landed in storm.in_flight.items():
-                if name not in state and name in listed:
-                    assert listed[name][1] == landed  # a create in flight that landed
-                    state[name] = listed[name]
-            new_top = max((rv for rv, _ in listed.values()), default=0)
-            assert new_top >= top, f"round {round_}: revisions went back from {top} to {new_top}"
-            top = new_top
+            top = check_after_restart(server, storm, top=top)
         assert sum(1 for v in state.values() if v is not None) > 20
     finally:
         server.close()
+
+
+def check_after_restart(server: Server, storm: Storm, *, top: int) -> int:
+    """After the restart that followed `storm`'s round: every acknowledged write of every round
+    is there exactly as acknowledged (or as its writer's write in flight, which then counts),
+    every acknowledged delete holds, revisions did not go back. Returns the newest revision."""
+    state, round_ = storm.state, storm.round
+    with urllib.request.urlopen(f"{server.url}/api/v1/namespaces/default/configmaps", context=server.admin_context(),
+                                timeout=30) as r:
+        listed = {i["metadata"]["name"]: (int(i["metadata"]["resourceVersion"]), i["data"]["v"])
+                  for i in json.loads(r.read())["items"] if i["metadata"]["name"].startswith("r")}
+    for name, want in list(state.items()):
+        got = listed.get(name)
+        if name in storm.in_flight:
+            # The write in flight may have landed: then it is the state from here on.
+            landed = storm.in_flight[name]
+            if (landed is None and got is None) or (got is not None and got[1] == landed):
+                state[name] = got
+                continue
+        if want is None:
+            assert got is None, f"round {round_}: acknowledged delete of {name} undone"
+        else:
+            assert got == want, f"round {round_}: {name} is {got}, acknowledged {want}"
+    for name, landed in storm.in_flight.items():
+        if name not in state and name in listed:
+            assert listed[name][1] == landed  # a create in flight that landed
+            state[name] = listed[name]
+    new_top = max((rv for rv, _ in listed.values()), default=0)
+    assert new_top >= top, f"round {round_}: revisions went back from {top} to {new_top}"
+    return new_top
 
 
 def test_two_servers_racing_for_one_data_dir_make_exactly_one_cluster(tmp_path: Path) -> None:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.test_durability import Storm, check_after_restart
 from tests.e2e.test_kubectl import Kubectl
 from tests.e2e.test_pod_network import IMAGE, SLEEPER, _start, tarball  # noqa: F401 (the fixture)
 from tests.support.kubelet import running, simulate_reboot
@@ -94,3 +98,38 @@ def test_after_a_power_cut_with_no_network_every_pod_runs_again(tmp_path: Path, 
         node = json.loads(k.out("get", "nodes", "-o", "json", namespaced=False))["items"][0]
         assert any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
         assert "default" not in netns.run(["ip", "route", "show"]).stdout
+
+
+def test_twenty_power_cuts_during_writes_lose_nothing_and_the_pods_come_back(
+        tmp_path: Path, tarball: Path, netns: NetNS, request: pytest.FixtureRequest) -> None:  # noqa: F811
+    """Twenty rounds of: writers creating, updating and deleting ConfigMaps, then, at a random
+    moment, the power cut (the server and every container killed at once, mounts, cgroups, /run,
+    links and nft tables gone) and a boot with no network. After each boot every acknowledged
+    write is there as acknowledged (tests/e2e/test_durability.py's check); every few rounds, and
+    after the last, both pods run again in new containers."""
+    rnd = random.Random(16)
+    with running(_start(tmp_path / "node", tarball, netns)) as ks:
+        k = fresh_namespace(ks.server, request)
+        k.run("create", "deployment", "keep", f"--image={IMAGE}", "--replicas=2", "--", *SLEEPER)
+        until(lambda: _all_running(k, 2), timeout=90, what="2 pods Running")
+        state: dict[str, tuple[int, str] | None] = {}
+        top = 0
+        for round_ in range(20):
+            before = set(ks.runc_list())
+            storm = Storm(ks.server, round_=round_, state=state)
+            threads = [threading.Thread(target=storm.writer, args=(w,)) for w in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(0.2 + rnd.random() * 0.8)
+            simulate_reboot(ks, netns)
+            storm.stop.set()
+            for t in threads:
+                t.join(timeout=10)
+            ks.server.start()
+            top = check_after_restart(ks.server, storm, top=top)
+            if round_ % 5 == 4:
+                until(lambda before=before: _all_running(k, 2, not_in=before), timeout=90,
+                      what=f"the pods Running again after power cut {round_ + 1}")
+        assert sum(1 for v in state.values() if v is not None) > 20
+        pods = until(lambda: _all_running(k, 2, not_in=before), timeout=90, what="the pods Running at the end")
+        assert all(p["status"]["containerStatuses"][0]["restartCount"] >= 4 for p in pods)
