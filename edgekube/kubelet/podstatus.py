@@ -103,12 +103,17 @@ def container_status(container: Mapping[str, Any], obs: Observed, *, old: Mappin
                      "lastState": dict(old.get("lastState") or {}), "ready": False,
                      "restartCount": int(old.get("restartCount") or 0), "image": image,
                      "imageID": str(old.get("imageID") or ""), "started": False}
-        if "running" in (old.get("state") or {}) and not out["lastState"].get("terminated"):
+        if "running" in (old.get("state") or {}):
             # It ran, and is gone without a trace (a reboot or a power cut took it with the
-            # runtime's state): it terminated, how is unknown; upstream's kubelet infers the same
-            # (before a waiting reason replaces the state, which keeps these).
-            out["lastState"] = {"terminated": {"exitCode": UNKNOWN_EXIT, "reason": "ContainerStatusUnknown",
-                                               "message": LOST_MESSAGE}}
+            # runtime's state): it terminated, how is unknown, as upstream's kubelet infers
+            # (before a waiting reason replaces the state, which keeps these). Upstream skips
+            # this when the old status already has a terminated lastState, so a node whose
+            # runtime keeps no history counts the first of many power cuts only; each one
+            # counts here (written once: the status written next no longer shows it running).
+            terminated: JSON = {"exitCode": UNKNOWN_EXIT, "reason": "ContainerStatusUnknown", "message": LOST_MESSAGE}
+            if old.get("containerID"):
+                terminated["containerID"] = old["containerID"]
+            out["lastState"] = {"terminated": terminated}
             if not deleting:
                 out["restartCount"] += 1
         if obs.waiting is not None:
