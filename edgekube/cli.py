@@ -33,6 +33,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import lmdb
+
 from edgekube import KUBE_VERSION, __version__, runtime, secrets_cli
 from edgekube import config as config_mod
 from edgekube._cogs import clock as clock_mod
@@ -231,8 +233,10 @@ def _uninstall(args: argparse.Namespace) -> int:
         print(f"edgekube: {exc}", file=sys.stderr)
         return 2
     out: list[str] = []
+    install_mod.stop_service(args.root, out)
+    lock = args.root == Path("/") and cfg.data_dir.exists()  # an image's data dir is no server's
     try:
-        with dirlock.DirLock(cfg.data_dir) if cfg.data_dir.exists() else contextlib.nullcontext():
+        with dirlock.DirLock(cfg.data_dir) if lock else contextlib.nullcontext():
             install_mod.uninstall(args.root, cfg, purge=args.purge, out=out)
     except dirlock.LockedError as exc:
         print(f"edgekube: {exc}", file=sys.stderr)
@@ -403,10 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "uninstall":
         return _uninstall(args)
     if args.command == "snapshot":
-        from edgekube.store import snapshot
-
         return _on_data_dir(args, lambda cfg: _snapshot(args, cfg.data_dir),
-                            failures=(dirlock.LockedError, snapshot.SnapshotError, OSError))
+                            failures=(dirlock.LockedError, store_errors.StoreError, lmdb.Error, OSError))
     if args.command == "certs":
         return _on_data_dir(args, lambda cfg: _certs(args, cfg), failures=(OSError,))
     if args.command == "check-config":

@@ -365,7 +365,9 @@ def load(
     if overrides:
         _merge(data, {k: v for k, v in overrides.items() if v is not None}, where="command line")
     cfg = _build(data, source=source)
-    if boot is not None and boot.registries is not None and not cfg.kubelet.registries_file.exists():
+    written = cfg.data_dir / BOOT_REGISTRIES_FILE  # by an earlier start: kept while the file is unusable
+    if boot is not None and (boot.registries is not None or (boot.error and written.exists())) \
+            and not cfg.kubelet.registries_file.exists():
         cfg = dataclasses.replace(cfg, kubelet=dataclasses.replace(
             cfg.kubelet, registries_file=cfg.data_dir / BOOT_REGISTRIES_FILE))
     return dataclasses.replace(cfg, boot=boot)

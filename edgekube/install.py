@@ -14,15 +14,17 @@ install [--root DIR] [--binary FILE] [--no-start]
   (each file is written only when its content differs) and says so.
 
 uninstall [--root DIR] [--purge]
-- stops the service (when systemd runs), then removes everything edgekube put on the host while
-  it ran: its containers (runc's state, bundles, overlay mounts), the pods' network namespaces and
+- stops the service (when systemd runs, before anything else: it holds the data dir), then
+  removes everything edgekube put on the host while it ran: its containers (runc's state, bundles, overlay mounts), the pods' network namespaces and
   volume mounts, their cgroups (the `kubelet.cgroup-parent` tree in every hierarchy), the pod
   network's bridge and the nftables table `inet edgekube`, and its directories in memory
   (`/run/edgekube`); then the binary, the unit and its enable link.
 - the config, the data dir (the cluster, its certificates) and the pods' logs stay, unless
   `--purge`.
 What to remove is read from the config (`--config`, or the installed one): a data dir, a kubelet
-root or a cgroup parent set there are honoured.
+root or a cgroup parent set there are honoured. With `--root` other than `/` (an image), only the
+files under it are removed, the config's paths taken under it: nothing running on the machine
+that runs the command is touched.
 """
 
 from __future__ import annotations
@@ -113,10 +115,47 @@ def install(root: Path, *, binary: Path, start: bool, out: list[str]) -> None:
     out.append(f"kubeconfig (once it runs): {data_dir / 'kubeconfig.yaml'}")
 
 
-def uninstall(root: Path, cfg: config_mod.Config, *, purge: bool, out: list[str]) -> None:
+def stop_service(root: Path, out: list[str]) -> None:
+    """Stop and disable the service first (it holds the data dir: nothing can be removed under it)."""
     if _systemd_runs(root):
         subprocess.run(["systemctl", "disable", "--now", "edgekube"], check=False, capture_output=True)
         out.append("stopped and disabled the service")
+
+
+def uninstall(root: Path, cfg: config_mod.Config, *, purge: bool, out: list[str]) -> None:
+    """Everything edgekube put on this machine (`remove_runtime`), then its files. Under a
+    `root` other than `/` (an image being built), the files under it only: nothing that runs
+    on this machine is touched, and the config's paths are taken under `root`."""
+    on_host = root == Path("/")
+    if on_host:
+        remove_runtime(cfg, out)
+    else:
+        out.append(f"{root} is not this machine's root: its files only, nothing running here is touched")
+    for path in (root / BINARY, root / UNIT, root / WANTS):
+        if path.is_symlink() or path.exists():
+            path.unlink()
+            out.append(f"removed {path}")
+    if _systemd_runs(root):
+        subprocess.run(["systemctl", "daemon-reload"], check=False)
+
+    def under_root(path: Path) -> Path:
+        return path if on_host else root / path.relative_to("/")
+
+    kept = [under_root(cfg.data_dir), under_root(cfg.kubelet.pod_log_dir), root / CONFIG]
+    if purge:
+        for path in (*kept[:2], (root / CONFIG).parent):
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+                out.append(f"purged {path}")
+    else:
+        out.append(f"kept the data dir {kept[0]}, the pods' logs {kept[1]} and the config {kept[2]} "
+                   "(--purge removes them)")
+
+
+def remove_runtime(cfg: config_mod.Config, out: list[str]) -> None:
+    """What a stopped edgekube leaves running or mounted on this machine, removed: its
+    containers, their mounts and the pods' network namespaces and volumes, its memory dirs,
+    the pods' cgroups, the nftables table and the pod network's bridge."""
     kubelet_dir = cfg.kubelet.root_dir
     removed = asyncio.run(_remove_containers(kubelet_dir, parent=cfg.kubelet.cgroup_parent))
     out.append(f"removed {removed} containers")
@@ -142,20 +181,6 @@ def uninstall(root: Path, cfg: config_mod.Config, *, purge: bool, out: list[str]
             out.append(f"removed the nftables table {nft.FAMILY} {nft.TABLE}")
     if _delete_link(cfg.pod_network.bridge):
         out.append(f"removed the bridge {cfg.pod_network.bridge}")
-    for path in (root / BINARY, root / UNIT, root / WANTS):
-        if path.is_symlink() or path.exists():
-            path.unlink()
-            out.append(f"removed {path}")
-    if _systemd_runs(root):
-        subprocess.run(["systemctl", "daemon-reload"], check=False)
-    if purge:
-        for path in (cfg.data_dir, cfg.kubelet.pod_log_dir, (root / CONFIG).parent):
-            if path.exists():
-                shutil.rmtree(path, ignore_errors=True)
-                out.append(f"purged {path}")
-    else:
-        out.append(f"kept the data dir {cfg.data_dir}, the pods' logs {cfg.kubelet.pod_log_dir} and the config "
-                   f"{root / CONFIG} (--purge removes them)")
 
 
 async def _remove_containers(kubelet_dir: Path, *, parent: str) -> int:

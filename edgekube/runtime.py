@@ -118,16 +118,25 @@ def apply_boot_config(cfg: config_mod.Config) -> None:
     file no longer has it."""
     boot = cfg.boot
     if boot is not None and boot.error:
+        # The files it gave last time stay as they are: a card edited wrongly must not take
+        # the node's workloads (their manifests) or its mirrors away.
         log.error("first-boot file ignored: %s", boot.error)
-        boot = None
-    elif boot is not None:
+        return
+    if boot is not None:
         log.info("first-boot file %s read (settings under %s)", boot.path, config_mod.DEFAULT_CONFIG_FILE)
     where = str(boot.path) if boot is not None else ""
     registries = cfg.data_dir / config_mod.BOOT_REGISTRIES_FILE
     wanted = None
     if boot is not None and boot.registries is not None and cfg.kubelet.registries_file == registries:
-        wanted = yaml.safe_dump(dict(boot.registries), sort_keys=False)
-    _boot_file(registries, wanted, where=where)
+        try:
+            images_mod.registries.parse(dict(boot.registries), source=f"{boot.path} (registries)")
+        except images_mod.RegistriesError as exc:  # the kubelet would refuse it at its start
+            log.error("first-boot file: its registries are ignored (the last ones written stay): %s", exc)
+        else:
+            wanted = yaml.safe_dump(dict(boot.registries), sort_keys=False)
+            _boot_file(registries, wanted, where=where)
+    else:
+        _boot_file(registries, None, where=where)
     manifests = cfg.controllers.manifests_dir / config_mod.BOOT_MANIFESTS_FILE
     wanted = None
     if boot is not None and boot.manifests:
@@ -146,14 +155,22 @@ def _boot_file(path: Path, content: str | None, *, where: str) -> None:
         return
     if content is None:
         if current is not None and current.startswith("# Written by edgekube at each start from "):
-            path.unlink()
+            try:
+                path.unlink()
+            except OSError as exc:
+                log.error("first-boot file: %s cannot be removed: %s", path, exc)
+                return
             log.info("first-boot file: %s removed (no longer in the first-boot file)", path)
         return
     text = _BOOT_HEADER.format(path=where) + content
     if text == current:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_atomic(path, text.encode(), mode=0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files.write_atomic(path, text.encode(), mode=0o600)
+    except OSError as exc:  # a read-only or full file system: the node boots without it
+        log.error("first-boot file: %s cannot be written: %s", path, exc)
+        return
     log.info("first-boot file: %s written", path)
 
 
@@ -463,9 +480,12 @@ class Runtime:
                 info = await asyncio.to_thread(snapshot_mod.save, self.cfg.data_dir, dest, copy=self.store.copy_database,
                                                version=__version__, now=now)
                 gone = await asyncio.to_thread(snapshot_mod.prune, s.snapshot_dir, keep=s.snapshot_retention,
-                                               prefix=prefix)
+                                               prefix=prefix, newest=dest)
             except (OSError, snapshot_mod.SnapshotError) as exc:
                 log.error("scheduled snapshot to %s failed: %s", dest, exc)
+                continue
+            except Exception:  # a snapshot never stops the node: logged, tried at the next interval
+                log.exception("scheduled snapshot to %s failed", dest)
                 continue
             log.info("scheduled snapshot: revision %d saved to %s%s", info.revision, dest,
                      f"; {len(gone)} older removed" if gone else "")
@@ -705,10 +725,11 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         code = 0
-        # systemd (Type=notify) hears READY=1 once every gate is open, and watchdog pings from
-        # the loop from the start: a wedged loop is restarted, during the boot too.
+        # systemd (Type=notify) hears READY=1 once every gate is open; watchdog pings come from
+        # the loop from the start (systemd counts them once the service is ready; the boot is
+        # TimeoutStartSec's), so a wedged loop is restarted.
         notifier = sdnotify.Notifier.from_environ()
-        if notifier.watchdog_seconds is not None:
+        if notifier.enabled and notifier.watchdog_seconds is not None:
             self.supervisor.start("watchdog", notifier.watchdog())
         try:
             notifier.status("starting")

@@ -223,6 +223,8 @@ class Deployer:
                 await self.sync()
             except errors.APIError as exc:  # the state record: tried again at the next check
                 log.warning("manifests in %s: %s", self.folder, exc.message)
+            except Exception:  # a bug, or a manifest no one foresaw: never the node's end
+                log.exception("manifests in %s: the pass failed; tried again at the next check", self.folder)
             await asyncio.sleep(self._check_seconds)
 
     async def sync(self) -> None:
@@ -253,6 +255,7 @@ class Deployer:
         parsed = [f for f in due if reads[f].objects is not None]
         results: dict[str, dict[Ref, str]] = {f: {} for f in parsed}
         failures: dict[str, list[str]] = {f: [] for f in parsed}
+        failed: set[Ref] = set()  # objects whose apply failed: pruned by no file this pass
         for first_kinds in (True, False):
             for f in parsed:
                 for obj in reads[f].objects or ():
@@ -261,6 +264,8 @@ class Deployer:
                     ref, uid, error = await self._apply(f, obj)
                     if error:
                         failures[f].append(error)
+                        if ref is not None:
+                            failed.add(ref)
                         kept = applied.get(f, Applied("", {})).objects
                         if ref is not None and ref in kept:
                             results[f][ref] = kept[ref]  # a failed apply prunes nothing
@@ -273,7 +278,7 @@ class Deployer:
         for f in gone:
             del new[f]
         # An object no file holds any more is pruned; one that moved to another file is not.
-        held = {ref for a in new.values() for ref in a.objects}
+        held = {ref for a in new.values() for ref in a.objects} | failed
         for f in sorted({*parsed, *gone}):
             dropped = {r: u for r, u in applied.get(f, Applied("", {})).objects.items() if r not in held}
             await self._prune(f, dropped)
@@ -283,8 +288,11 @@ class Deployer:
             self._log_once(f, a.error)
         for f in set(self._logged) - set(new):
             del self._logged[f]
-        self._applied = new
+        # Taken as done only once recorded: a record that cannot be written (a webhook refusing
+        # ConfigMaps, say) leaves every file due again at the next check (applies are no-ops,
+        # prunes of what is gone find it gone), so the record catches up.
         await self._record(new)
+        self._applied = new
 
     async def _apply(self, file: str, obj: JSON) -> tuple[Ref | None, str, str]:
         """(its ref, its uid, "" or the error) for one object of a file."""

@@ -116,6 +116,10 @@ def container_status(container: Mapping[str, Any], obs: Observed, *, old: Mappin
             out["lastState"] = {"terminated": terminated}
             if not deleting:
                 out["restartCount"] += 1
+        elif old.get("containerID"):
+            # Its last run (attempt restartCount) is gone too, but was counted already (it had
+            # exited, or waited in back-off): the id stays, so that the next run is the next attempt.
+            out["containerID"] = old["containerID"]
         if obs.waiting is not None:
             out["state"] = {"waiting": _waiting(*obs.waiting)}
         return out

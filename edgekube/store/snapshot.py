@@ -36,6 +36,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -83,19 +84,23 @@ def copy_readonly(db_dir: Path) -> Callable[[Path], None]:
 
 def save(data_dir: Path, dest: Path, *, copy: Callable[[Path], None], version: str,
          now: datetime.datetime) -> Info:
-    """Write a snapshot of `data_dir` to `dest` (atomically, 0600). Blocking."""
-    scratch = dest.with_name(f".{dest.name}.tmp.d")
-    shutil.rmtree(scratch, ignore_errors=True)
-    (scratch / identity.DB_DIR).mkdir(parents=True, mode=0o700)
+    """Write a snapshot of `data_dir` to `dest` (atomically, 0600). Blocking. What fails (a full
+    disk, a database that cannot be read) raises `SnapshotError` and leaves nothing behind."""
+    scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".d", dir=dest.parent))  # 0700, a fresh name
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)  # 0600
+    tmp = Path(tmp_name)
     try:
-        copy(scratch / identity.DB_DIR)
+        (scratch / identity.DB_DIR).mkdir(mode=0o700)
+        try:
+            copy(scratch / identity.DB_DIR)
+        except lmdb.Error as exc:
+            raise SnapshotError(f"the database could not be copied: {exc}") from None
         state = _copied_state(scratch / identity.DB_DIR)
         info = Info(cluster=state["cluster"] or "", revision=max(state["revision"], state["reserved"]),
                     taken=now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), edgekube=version)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz, \
                 tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            fd = -1
             manifest = json.dumps({"format": FORMAT, **{k: v for k, v in dataclasses.asdict(info).items()
                                                         if k != "path"}}, indent=1).encode()
             entry = tarfile.TarInfo(MANIFEST)
@@ -112,11 +117,14 @@ def save(data_dir: Path, dest: Path, *, copy: Callable[[Path], None], version: s
                 if (data_dir / name).is_file():
                     tar.add(data_dir / name, arcname=name, recursive=False)
             raw.flush()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
+            os.fsync(raw.fileno())
         os.replace(tmp, dest)
         files.fsync_dir(dest.parent)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)  # half a snapshot, with private keys in it
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return dataclasses.replace(info, path=dest)
@@ -126,12 +134,15 @@ def _copied_state(db_dir: Path) -> dict[str, Any]:
     """cluster, revision and reserved of a copy LMDB itself just wrote, walked whole. In this
     process: the server takes scheduled snapshots in a thread, and a process with threads must
     not fork (`_cogs.child`); a fresh copy of a database that serves is not a damaged file."""
-    db = lmdb_log.LmdbLog(db_dir, map_size=1 << 20, max_size=1 << 20)
+    try:
+        db = lmdb_log.LmdbLog(db_dir, map_size=1 << 20, max_size=1 << 20)
+    except (lmdb.Error, errors.DatabaseError) as exc:
+        raise SnapshotError(f"the copy of the database does not open: {exc}") from None
     try:
         rev, reserved, _ = db.state()
         db.walk()
         return {"cluster": db.cluster_id(), "revision": rev, "reserved": reserved}
-    except lmdb.Error as exc:
+    except (lmdb.Error, errors.DatabaseError) as exc:
         raise SnapshotError(f"the copy of the database does not read back: {exc}") from None
     finally:
         db.close()
@@ -266,10 +277,13 @@ def _highest_seen(data_dir: Path) -> int:
     return seen
 
 
-def prune(folder: Path, *, keep: int, prefix: str) -> list[Path]:
-    """Remove all but the newest `keep` snapshots named `prefix*SUFFIX` in `folder`."""
-    snaps = sorted((p for p in folder.glob(f"{prefix}*{SUFFIX}") if p.is_file()), key=lambda p: p.name)
-    gone = snaps[:-keep] if keep > 0 else snaps
+def prune(folder: Path, *, keep: int, prefix: str, newest: Path) -> list[Path]:
+    """Remove all but `newest` (the one just written) and the `keep - 1` others that sort last
+    by name (their time) among `prefix*SUFFIX` in `folder`. The one just written stays even when
+    its name sorts first (a clock set back since the others were taken)."""
+    others = sorted((p for p in folder.glob(f"{prefix}*{SUFFIX}") if p.is_file() and p != newest),
+                    key=lambda p: p.name)
+    gone = others[:max(0, len(others) - (keep - 1))]
     for path in gone:
         path.unlink(missing_ok=True)
     return gone

@@ -1,4 +1,4 @@
-"""`edgekube uninstall` on a node that ran pods: the host is left as it was before edgekube
+"""`edgekube uninstall` (`install.remove_runtime`) on a node that ran pods: the host is left as it was before edgekube
 (containers, mounts, network namespaces, cgroups, the bridge and the nftables table gone), in a
 network namespace of the test's own; the data dir stays."""
 
@@ -39,10 +39,13 @@ def test_uninstall_leaves_the_host_as_it_was_and_keeps_the_data(tmp_path: Path, 
         assert ks.runc_list()
         config = tmp_path / "uninstall.yaml"
         config.write_text(yaml.safe_dump({**yaml.safe_load(ks.config.read_text()), "data-dir": str(ks.data_dir)}))
-        root = tmp_path / "root"
-        out = subprocess.run(netns.argv([sys.executable, "-m", "edgekube", "uninstall", "--root", str(root),
-                                         "--config", str(config)]),
-                             capture_output=True, text=True, timeout=120, cwd=REPO)
+        # What `edgekube uninstall` does on the machine (with --root / it would then remove this
+        # host's /usr/local/bin/edgekube and unit too, which a test must not).
+        code = ("from pathlib import Path; from edgekube import config, install; out = []; "
+                f"install.remove_runtime(config.load(config_file=Path({str(config)!r}), boot_file=None), out); "
+                "print(chr(10).join(out))")
+        out = subprocess.run(netns.argv([sys.executable, "-c", code]), capture_output=True, text=True, timeout=120,
+                             cwd=REPO)
         assert out.returncode == 0, out.stdout + out.stderr
         assert "removed 1 containers" in out.stdout
         assert ks.leftovers() == []  # containers, mounts, cgroups, runc's directory in memory

@@ -48,25 +48,27 @@ def test_install_from_source_needs_the_binary() -> None:
     assert out.returncode == 2 and "--binary" in out.stderr
 
 
-def test_uninstall_keeps_data_and_config_unless_purged(tmp_path: Path) -> None:
+def test_uninstall_under_a_root_keeps_data_and_config_unless_purged_and_touches_nothing_else(tmp_path: Path) -> None:
     root = tmp_path / "root"
     binary = tmp_path / "edgekube-bin"
     binary.write_bytes(b"\x7fELF pretend binary\n")
     assert _run("install", "--root", str(root), "--binary", str(binary), "--no-start").returncode == 0
-    data = tmp_path / "data"
+    # The image's config names its own paths: taken under the root.
+    data, logs = root / "var/lib/ek-image", root / "var/log/ek-pods"
     (data / "db").mkdir(parents=True)
     (data / "db" / "data.mdb").write_bytes(b"cluster")
-    logs = tmp_path / "pod-logs"
-    logs.mkdir()
+    logs.mkdir(parents=True)
+    host_twin = Path("/var/lib/ek-image")
+    assert not host_twin.exists()
     config = root / "etc/edgekube/config.yaml"
-    config.write_text(f"data-dir: {data}\nkubelet: {{root-dir: {data / 'kubelet'}, pod-log-dir: {logs}, "
-                      f"cgroup-parent: edgekube-uninstall-test}}\npod-network: {{bridge: ekut0}}\n")
+    config.write_text("data-dir: /var/lib/ek-image\nkubelet: {pod-log-dir: /var/log/ek-pods}\n")
     out = _run("uninstall", "--root", str(root))
     assert out.returncode == 0, out.stderr
+    assert "nothing running here is touched" in out.stdout and "removed 0 containers" not in out.stdout
     assert not (root / "usr/local/bin/edgekube").exists() and not (root / "etc/systemd/system/edgekube.service").exists()
     assert not (root / "etc/systemd/system/multi-user.target.wants/edgekube.service").is_symlink()
     assert (data / "db" / "data.mdb").read_bytes() == b"cluster" and logs.is_dir() and config.is_file()
-    assert "--purge removes them" in out.stdout
+    assert f"kept the data dir {data}" in out.stdout
     out = _run("uninstall", "--root", str(root), "--purge")
     assert out.returncode == 0, out.stderr
     assert not data.exists() and not logs.exists() and not config.exists()

@@ -277,12 +277,31 @@ def test_a_first_boot_file_configures_the_node_and_its_manifests(tmp_path: Path)
         server.start()
         assert not written.exists() and not registries.exists()
         until(lambda: not _exists(api, "/api/v1/namespaces/default/configmaps/station"), timeout=30)
-        # A card edited wrongly: ignored whole, the node boots, the log says why.
+        # A card edited wrongly: ignored whole, the node boots, the log says why, and what the
+        # file gave before stays (its workloads are not pruned, its mirrors still used).
         api.close()
         assert server.stop() == 0
-        boot.write_text("controllers: {manifests-check-seconds: 1}\nnode-nmae: typo\n")
+        good = ("controllers: {manifests-check-seconds: 1}\n"
+                "registries:\n  mirrors:\n    docker.io: {endpoint: ['http://198.18.0.2:5000']}\n"
+                "manifests:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: station}, data: {n: '8'}}\n")
+        boot.write_text(good)
+        server.start()
+        until(lambda: _exists(api, "/api/v1/namespaces/default/configmaps/station"), timeout=30)
+        api.close()
+        assert server.stop() == 0
+        boot.write_text(good + "node-nmae: typo\n")
         server.start()
         assert f"first-boot file ignored: {boot}: unknown setting 'node-nmae'" in server.log()
+        time.sleep(3 * CHECK)
+        assert _exists(api, "/api/v1/namespaces/default/configmaps/station")
+        assert written.exists() and registries.exists()
+        # Registries the kubelet could not use are refused before they are written.
+        api.close()
+        assert server.stop() == 0
+        boot.write_text(good.replace("endpoint: ['http://198.18.0.2:5000']", "endpoints: oops"))
+        server.start()
+        assert "first-boot file: its registries are ignored" in server.log()
+        assert "198.18.0.2:5000" in registries.read_text()
     finally:
         api.close()
         if server.proc is not None:

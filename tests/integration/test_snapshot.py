@@ -267,3 +267,31 @@ def test_scheduled_snapshots_keep_the_newest(tmp_path: Path) -> None:
     finally:
         api.close()
         server.stop()
+
+
+def test_a_snapshot_that_fails_leaves_nothing_behind(tmp_path: Path) -> None:
+    import datetime
+
+    import lmdb
+
+    def full_disk(dest: Path) -> None:
+        (dest / "data.mdb").write_bytes(b"half")
+        raise lmdb.DiskError("mdb_env_copy2: No space left on device")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(snapshot.SnapshotError, match=r"could not be copied: .*No space left"):
+        snapshot.save(tmp_path, out / "s.tar.gz", copy=full_disk, version="test",
+                      now=datetime.datetime.now(datetime.UTC))
+    assert list(out.iterdir()) == []  # no half file (it would hold private keys), no scratch dir
+
+
+def test_pruning_keeps_the_snapshot_just_taken_whatever_its_name(tmp_path: Path) -> None:
+    for stamp in ("20261201T000000Z", "20261202T000000Z", "20261203T000000Z"):
+        (tmp_path / f"edgekube-n-{stamp}.tar.gz").write_bytes(b"x")
+    newest = tmp_path / "edgekube-n-19700101T000010Z.tar.gz"  # taken before NTP set the clock
+    newest.write_bytes(b"x")
+    gone = snapshot.prune(tmp_path, keep=2, prefix="edgekube-n-", newest=newest)
+    assert sorted(p.name for p in gone) == ["edgekube-n-20261201T000000Z.tar.gz", "edgekube-n-20261202T000000Z.tar.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edgekube-n-19700101T000010Z.tar.gz",
+                                                          "edgekube-n-20261203T000000Z.tar.gz"]

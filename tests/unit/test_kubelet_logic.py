@@ -110,6 +110,16 @@ def test_a_running_container_lost_without_a_trace_terminated_unknown_and_counts_
     assert cut["restartCount"] == 4 and cut["lastState"]["terminated"]["containerID"] == "runc://main-3"
 
 
+def test_a_container_in_back_off_lost_in_a_power_cut_starts_its_next_attempt() -> None:
+    backing_off = {"name": "main", "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "restartCount": 5,
+                   "lastState": {"terminated": {"exitCode": 1, "containerID": "runc://main-5"}},
+                   "containerID": "runc://main-5"}
+    st = podstatus.container_status({"name": "main", "image": "b"}, podstatus.Observed(), old=backing_off,
+                                    default_waiting="ContainerCreating", init=False)
+    assert st["restartCount"] == 5 and st["containerID"] == "runc://main-5"  # not counted twice
+    assert st["lastState"] == backing_off["lastState"]
+
+
 def test_a_lost_container_of_a_pod_being_deleted_is_not_a_restart() -> None:
     st = podstatus.container_status({"name": "main", "image": "b"}, podstatus.Observed(), old=RAN,
                                     default_waiting="ContainerCreating", init=False, deleting=True)
