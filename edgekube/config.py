@@ -13,8 +13,9 @@ a device: the same settings (they count under `/etc/edgekube/config.yaml`, which
 exist) and `manifests:` (a list of objects, deployed as a file of the manifests folder). It is
 read at every start, so an edit on the card takes effect at the next boot. Unlike the config
 file, a first-boot file that cannot be used (bad YAML, an unknown key) does not stop the node:
-it is ignored whole, and the server logs why at start (`Config.boot.error`). A device whose card
-was edited wrongly must still come up with its last good configuration.
+it is ignored whole, and the server logs why at start (`Config.boot.error`); the registries and
+manifests it gave at its last good start stay in place (runtime.apply_boot_config). A device whose
+card was edited wrongly must still come up, with its workloads.
 """
 
 from __future__ import annotations
