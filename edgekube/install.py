@@ -111,8 +111,15 @@ def install(root: Path, *, binary: Path, start: bool, out: list[str]) -> None:
     elif start:
         out.append("systemd does not run this machine: start it with `edgekube server`")
     cfg = config_mod.load(config_file=root / CONFIG, boot_file=None)
-    data_dir = cfg.data_dir if root == Path("/") else root / cfg.data_dir.relative_to("/")
+    data_dir = _under(root, cfg.data_dir)
     out.append(f"kubeconfig (once it runs): {data_dir / 'kubeconfig.yaml'}")
+
+
+def _under(root: Path, path: Path) -> Path:
+    """A path of the config as seen from this machine: under `root` when that is an image's."""
+    if root == Path("/"):
+        return path
+    return root / (path.relative_to("/") if path.is_absolute() else path)
 
 
 def stop_service(root: Path, out: list[str]) -> None:
@@ -138,10 +145,7 @@ def uninstall(root: Path, cfg: config_mod.Config, *, purge: bool, out: list[str]
     if _systemd_runs(root):
         subprocess.run(["systemctl", "daemon-reload"], check=False)
 
-    def under_root(path: Path) -> Path:
-        return path if on_host else root / path.relative_to("/")
-
-    kept = [under_root(cfg.data_dir), under_root(cfg.kubelet.pod_log_dir), root / CONFIG]
+    kept = [_under(root, cfg.data_dir), _under(root, cfg.kubelet.pod_log_dir), root / CONFIG]
     if purge:
         for path in (*kept[:2], (root / CONFIG).parent):
             if path.exists():
