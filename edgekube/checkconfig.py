@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edgekube import config as config_mod
+from edgekube._cogs import mounts as mounts_mod
 from edgekube._cogs import timefloor
 from edgekube.kubelet.runtime import cgroups
 
@@ -63,6 +64,7 @@ class Proc:
 
     cgroups: Path = Path("/proc/cgroups")
     mountinfo: Path = Path("/proc/self/mountinfo")
+    mounts: Path = mounts_mod.MOUNTS
     filesystems: Path = Path("/proc/filesystems")
     status: Path = Path("/proc/self/status")
     cmdline_txt: Path = PI_CMDLINE
@@ -251,27 +253,13 @@ def check_runc(cfg: config_mod.Config, *, which: Callable[[str], str | None] = s
     return [Result("runc", OK, f"{runc}: {version}")]
 
 
-def _mount_of(path: Path, mountinfo: Path) -> tuple[str, str]:
-    """(mount point, file system type) holding `path` (the longest mount point above it)."""
-    best = ("/", "")
-    for line in mountinfo.read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(fields) < 5 or not rfields:
-            continue
-        point = fields[4].replace("\\040", " ")
-        if (str(path) == point or str(path).startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
-            best = (point, rfields[0])
-    return best
-
-
 def check_data_dir(cfg: config_mod.Config, proc: Proc) -> list[Result]:
     path = cfg.data_dir
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     try:
-        point, fstype = _mount_of(existing.resolve(), proc.mountinfo)
+        point, fstype = mounts_mod.holder(existing.resolve(), mounts_mod.table(proc.mounts)) or (Path("/"), "")
         st = os.statvfs(existing)
     except OSError as exc:
         return [Result("data dir", FAIL, f"{path}: {exc}")]

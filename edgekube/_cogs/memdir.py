@@ -17,6 +17,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from edgekube._cogs import mounts as mounts_mod
+
 CANDIDATES = (Path("/run/edgekube"), Path("/dev/shm/edgekube"))
 _TMPFS = frozenset({"tmpfs", "ramfs"})
 
@@ -24,13 +26,12 @@ _TMPFS = frozenset({"tmpfs", "ramfs"})
 def memory_dir(*, candidates: Sequence[Path] = CANDIDATES, mounts: Path = Path("/proc/self/mounts")) -> Path | None:
     """The first of `candidates` whose file system is a tmpfs (by the mount holding it)."""
     try:
-        table = [(Path(f.split()[1].replace("\\040", " ")), f.split()[2]) for f in mounts.read_text().splitlines()
-                 if len(f.split()) >= 3]
+        table = mounts_mod.table(mounts)
     except OSError:
         return None
     for path in candidates:
-        holders = [(point, fstype) for point, fstype in table if point == path or point in path.parents]
-        if holders and max(holders, key=lambda m: len(m[0].parts))[1] in _TMPFS:
+        held = mounts_mod.holder(path, table)
+        if held is not None and held[1] in _TMPFS:
             return path
     return None
 

@@ -33,12 +33,14 @@ def _proc(tmp_path: Path, *, memory: str = "1", mounts: list[tuple[str, str, str
           cmdline: bool = True) -> checkconfig.Proc:
     (tmp_path / "cgroups").write_text(CGROUPS_V1.format(memory=memory))
     mem = [("/sys/fs/cgroup/memory", "cgroup", "rw,memory")] if memory == "1" else []
-    (tmp_path / "mountinfo").write_text(_mountinfo(*(mounts if mounts is not None else V1_MOUNTS + mem)))
+    table = mounts if mounts is not None else V1_MOUNTS + mem
+    (tmp_path / "mountinfo").write_text(_mountinfo(*table))
+    (tmp_path / "mounts").write_text("".join(f"{t} {p} {t} {o} 0 0\n" for p, t, o in table))
     (tmp_path / "filesystems").write_text(filesystems)
     (tmp_path / "status").write_text(f"Name:\tedgekube\nCapEff:\t{caps}\nSeccomp:\t0\n")
     if cmdline:
         (tmp_path / "cmdline.txt").write_text("console=serial0,115200 root=PARTUUID=1234-02 rootwait\n")
-    return checkconfig.Proc(cgroups=tmp_path / "cgroups", mountinfo=tmp_path / "mountinfo",
+    return checkconfig.Proc(cgroups=tmp_path / "cgroups", mountinfo=tmp_path / "mountinfo", mounts=tmp_path / "mounts",
                             filesystems=tmp_path / "filesystems", status=tmp_path / "status",
                             cmdline_txt=tmp_path / "cmdline.txt")
 
