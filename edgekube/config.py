@@ -34,7 +34,6 @@ COMPONENTS = ("scheduler", "controllers", "kubelet", "network", "dns", "manifest
 DEFAULT_CONFIG_FILE = Path("/etc/edgekube/config.yaml")
 # The first existing one is read (see the module doc).
 BOOT_CONFIG_FILES = (Path("/boot/firmware/edgekube.yaml"), Path("/boot/edgekube.yaml"))
-BOOT_SECTIONS = ("registries", "manifests")  # a first-boot file's own sections
 
 DEFAULTS: dict[str, Any] = {
     "data-dir": "/var/lib/edgekube",
@@ -369,8 +368,7 @@ def load(
     written = cfg.data_dir / BOOT_REGISTRIES_FILE  # by an earlier start: kept while the file is unusable
     if boot is not None and (boot.registries is not None or (boot.error and written.exists())) \
             and not cfg.kubelet.registries_file.exists():
-        cfg = dataclasses.replace(cfg, kubelet=dataclasses.replace(
-            cfg.kubelet, registries_file=cfg.data_dir / BOOT_REGISTRIES_FILE))
+        cfg = dataclasses.replace(cfg, kubelet=dataclasses.replace(cfg.kubelet, registries_file=written))
     return dataclasses.replace(cfg, boot=boot)
 
 

@@ -107,7 +107,8 @@ def secure_data_dir(data_dir: Path) -> None:
         filemodes.ensure_mode(images / sub, 0o700)
 
 
-_BOOT_HEADER = "# Written by edgekube at each start from {path}: edit that file instead.\n"
+_BOOT_MARK = "# Written by edgekube at each start from "
+_BOOT_HEADER = _BOOT_MARK + "{path}: edit that file instead.\n"
 
 
 def apply_boot_config(cfg: config_mod.Config) -> None:
@@ -126,22 +127,19 @@ def apply_boot_config(cfg: config_mod.Config) -> None:
         log.info("first-boot file %s read (settings under %s)", boot.path, config_mod.DEFAULT_CONFIG_FILE)
     where = str(boot.path) if boot is not None else ""
     registries = cfg.data_dir / config_mod.BOOT_REGISTRIES_FILE
-    wanted = None
     if boot is not None and boot.registries is not None and cfg.kubelet.registries_file == registries:
         try:
             images_mod.registries.parse(dict(boot.registries), source=f"{boot.path} (registries)")
         except images_mod.RegistriesError as exc:  # the kubelet would refuse it at its start
             log.error("first-boot file: its registries are ignored (the last ones written stay): %s", exc)
         else:
-            wanted = yaml.safe_dump(dict(boot.registries), sort_keys=False)
-            _boot_file(registries, wanted, where=where)
+            _boot_file(registries, yaml.safe_dump(dict(boot.registries), sort_keys=False), where=where)
     else:
         _boot_file(registries, None, where=where)
-    manifests = cfg.controllers.manifests_dir / config_mod.BOOT_MANIFESTS_FILE
-    wanted = None
+    manifests = None
     if boot is not None and boot.manifests:
-        wanted = yaml.safe_dump_all([dict(m) for m in boot.manifests], sort_keys=False)
-    _boot_file(manifests, wanted, where=where)
+        manifests = yaml.safe_dump_all([dict(m) for m in boot.manifests], sort_keys=False)
+    _boot_file(cfg.controllers.manifests_dir / config_mod.BOOT_MANIFESTS_FILE, manifests, where=where)
 
 
 def _boot_file(path: Path, content: str | None, *, where: str) -> None:
@@ -154,7 +152,7 @@ def _boot_file(path: Path, content: str | None, *, where: str) -> None:
         log.error("first-boot file: %s cannot be read: %s", path, exc)
         return
     if content is None:
-        if current is not None and current.startswith("# Written by edgekube at each start from "):
+        if current is not None and current.startswith(_BOOT_MARK):
             try:
                 path.unlink()
             except OSError as exc:

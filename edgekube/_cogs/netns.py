@@ -72,7 +72,6 @@ def socket_in(netns: Path, family: int, kind: int, proto: int = 0) -> socket.soc
     return result
 
 
-
 def unshare_net() -> None:
     """Move the calling process (it must have one thread: a forked child) into a new, empty
     network namespace of its own, which goes when the process ends."""
