@@ -4,6 +4,11 @@ Shared by the modules that reach OpenSSL through ctypes rather than through `cry
 (`aesgcm`, `jwsig`; see there why). The library is found by the path the loader mapped it from
 (`/proc/self/maps`, after importing `_ssl`), so the Nuitka binary uses the copy it carries and a
 system with two OpenSSL versions never mixes them; `ctypes.util.find_library` is the fallback.
+
+A package upgrade while the node runs (unattended-upgrades on a Pi) replaces the file: the map
+then names it "<path> (deleted)". The path without that mark is what the dynamic loader knows
+the mapped library by, so opening it returns the library already in memory, the one TLS uses,
+not the new file.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import ctypes
 import ctypes.util
 import threading
 from collections.abc import Callable
+
+_DELETED = " (deleted)"  # how /proc/PID/maps marks a mapped file that was replaced or removed
 
 
 def path() -> str | None:
@@ -22,7 +29,7 @@ def path() -> str | None:
             for line in f:
                 found = line.rstrip("\n").split(None, 5)[-1] if line.count(" ") >= 5 else ""
                 if "/libcrypto" in found and ".so" in found:
-                    return found
+                    return found.removesuffix(_DELETED)
     except OSError:
         pass
     return ctypes.util.find_library("crypto")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from edgekube.api.registry import resources
 from edgekube.store import encryption, lmdb_log, records, repair
 from edgekube.store import store as store_mod
 
+REPO = Path(__file__).resolve().parents[2]
 PREFIX = "/core/secrets/"
 SECRET_VALUE = b"unit-secret-0c9f1e"
 
@@ -57,6 +61,44 @@ def test_aesgcm_uses_the_libcrypto_that_ssl_loaded() -> None:
     with open("/proc/self/maps") as f:
         mapped = {line.split()[-1] for line in f if "libcrypto" in line}
     assert aesgcm.library() in mapped
+
+
+_UPGRADE_PROBE = """
+import os, shutil, sys
+import _ssl
+lib = sys.argv[1]
+fresh = lib + ".new"
+shutil.copyfile(lib, fresh)
+os.replace(fresh, lib)  # what dpkg does to a library it upgrades: the mapped file is now deleted
+maps = open("/proc/self/maps").read()
+assert lib + " (deleted)" in maps, maps
+from edgekube._cogs import aesgcm, jwsig
+key, nonce = os.urandom(32), os.urandom(12)
+sealed = aesgcm.seal(key, nonce=nonce, plaintext=b"after the upgrade", aad=b"a")
+assert aesgcm.open_(key, nonce=nonce, sealed=sealed, aad=b"a") == b"after the upgrade"
+key2 = jwsig.generate()
+assert key2.public().verify(key2.sign(b"t"), b"t")
+print("ok", aesgcm.library())
+"""
+
+
+def test_a_libcrypto_upgraded_under_a_running_node_keeps_serving(tmp_path: Path) -> None:
+    """dpkg replaced libcrypto while the node ran (unattended-upgrades): secrets are still
+    sealed and tokens signed, through the library already mapped (it was refused as
+    "<path> (deleted)" before)."""
+    import _ssl  # noqa: F401
+
+    with open("/proc/self/maps") as f:
+        system = next(line.split()[-1] for line in f if "/libcrypto" in line)
+    libs = tmp_path / "lib"
+    libs.mkdir()
+    for name in ("libcrypto.so.3", "libssl.so.3"):  # _ssl loads both from here (LD_LIBRARY_PATH)
+        shutil.copyfile(Path(system).with_name(name), libs / name)
+    out = subprocess.run([sys.executable, "-c", _UPGRADE_PROBE, str(libs / "libcrypto.so.3")],
+                         capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+                         env={**os.environ, "LD_LIBRARY_PATH": str(libs)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok", str(libs / "libcrypto.so.3")]
 
 
 def test_key_file_made_at_first_use_private_and_upstream_shaped(tmp_path: Path) -> None:
