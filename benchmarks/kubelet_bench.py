@@ -289,6 +289,27 @@ class RebootResult:
         return max(self.running_s)
 
 
+@dataclasses.dataclass
+class BinaryResult:
+    """The shipped binary (`make binary`: dist/edgekube) booted and idle as the interpreted server
+    is, kubelet on, in the same run."""
+
+    path: str
+    size_mib: float
+    first_s: float  # exec -> /readyz ok on a fresh data dir (the first start of this build)
+    restart_s: list[float] = dataclasses.field(default_factory=list)  # ... restarts
+    idle: Rss | None = None  # every process of the server (a onefile's bootstrap with its payload)
+    processes: int = 0
+
+    @property
+    def median(self) -> float:
+        return float(statistics.median(self.restart_s))
+
+    @property
+    def worst(self) -> float:
+        return max(self.restart_s)
+
+
 @dataclasses.dataclass(frozen=True)
 class KubeletResult:
     pods: PodsResult
@@ -296,6 +317,7 @@ class KubeletResult:
     import_rss: list[ImportCost]
     heap: JSON | None  # tracemalloc by owner of an idle server, when its RSS was over target
     reboot: RebootResult | None = None
+    binary: BinaryResult | None = None
 
 
 # --- the host: private dirs and cgroup parent, swept after the run ---------------------------
@@ -922,6 +944,33 @@ async def _boot_section(host: KubeletHost, *, env: dict[str, str], runs: int,
     return out
 
 
+async def _binary_section(host: KubeletHost, binary: Path, *, env: dict[str, str], runs: int, settle: float,
+                          log: Callable[[str], None]) -> BinaryResult:
+    """The shipped binary as the boot and idle sections measure the interpreted server: a first
+    boot, `runs` restarts (exec -> /readyz ok), then the idle RSS of all its processes."""
+    launcher = [str(binary)]
+    first, _ = await boot_once(host, env=env, launcher=launcher)
+    out = BinaryResult(path=str(binary), size_mib=await asyncio.to_thread(os.path.getsize, binary) / 2**20, first_s=first.ready_s)
+    log(f"  {binary.name} ({out.size_mib:.1f} MiB): first boot /readyz ok {first.ready_s:.3f} s after exec")
+    for i in range(runs):
+        restart, _ = await boot_once(host, env=env, launcher=launcher)
+        out.restart_s.append(restart.ready_s)
+        log(f"  {binary.name} restart #{i + 1}: /readyz ok {restart.ready_s:.3f} s after exec")
+    server = host.server(env=env, launcher=launcher)
+    try:
+        await server.wait_ready()
+        await asyncio.sleep(settle)
+        pids = [server.pid, *servers.children(server.pid)]
+        parts = [read_rss(pid) for pid in pids]
+    finally:
+        server.stop()
+    out.processes = len(parts)
+    out.idle = Rss(sum(p.rss_kib for p in parts), sum(p.anon_kib for p in parts), sum(p.file_kib for p in parts))
+    log(f"  {binary.name} idle RSS, {len(parts)} processes: {out.idle.text()} "
+        f"({', '.join(f'{p.mib:.1f}' for p in parts)} MiB)")
+    return out
+
+
 async def _reboot_section(host: KubeletHost, raw: RawRunc, ns: netns_mod.NetNS, *, env: dict[str, str], pods: int,
                           runs: int, log: Callable[[str], None]) -> RebootResult:
     """A Deployment of `pods` Running, then `runs` times: the server and every container killed
@@ -998,7 +1047,7 @@ def _s(value: float | None) -> str:
 
 
 def run(*, pods: int, replicas: int, boot_runs: int, settle: float, reboot_pods: int = REBOOT_PODS,
-        reboot_runs: int = 3, log: Callable[[str], None] = print) -> KubeletResult:
+        reboot_runs: int = 3, binary: Path | None = None, log: Callable[[str], None] = print) -> KubeletResult:
     if os.geteuid() != 0:
         raise RuntimeError("the kubelet benchmark runs containers with runc: run it as root")
     tmp = common.temp_dir("kubelet")
@@ -1034,6 +1083,14 @@ def run(*, pods: int, replicas: int, boot_runs: int, settle: float, reboot_pods:
         shutil.copy(tarball, reboot_host.data_dir / "images" / tarball.name)
         reboot = ns.call(asyncio.run, _reboot_section(reboot_host, raw, ns, env=env, pods=reboot_pods, runs=reboot_runs,
                                                       log=log))
+        binary_result = None
+        if binary is not None:
+            binary_host = KubeletHost(tmp, "binary")
+            hosts.append(binary_host)
+            (binary_host.data_dir / "images").mkdir(parents=True)  # as the idle server above: the image imported
+            shutil.copy(tarball, binary_host.data_dir / "images" / tarball.name)
+            binary_result = ns.call(asyncio.run, _binary_section(binary_host, binary, env=env, runs=boot_runs,
+                                                                 settle=settle, log=log))
         heap = None
         if pods_result.idle.mib > IDLE_TARGET_MIB:
             heap_host = KubeletHost(tmp, "heap")
@@ -1041,7 +1098,8 @@ def run(*, pods: int, replicas: int, boot_runs: int, settle: float, reboot_pods:
             heap = ns.call(asyncio.run, heap_by_owner(heap_host, tarball, env=env, settle=settle))
             log(f"  idle RSS without the boot import of the image: {Rss(**heap['rss_without_import']).text()}; "
                 f"tracemalloc of an idle server: {heap['traced'] / 2**20:.1f} MiB traced, {heap['modules']} modules")
-        return KubeletResult(pods=pods_result, boot=boot, import_rss=import_rss(env), heap=heap, reboot=reboot)
+        return KubeletResult(pods=pods_result, boot=boot, import_rss=import_rss(env), heap=heap, reboot=reboot,
+                             binary=binary_result)
     finally:
         for h in hosts:
             h.cleanup()

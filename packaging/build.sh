@@ -2,6 +2,7 @@
 # Build the single-file `edgekube` binary with Nuitka: dist/edgekube.
 #
 # Usage: packaging/build.sh            (from anywhere; uses the repo's .venv unless PYTHON is set)
+#        ARCH=arm64 packaging/build.sh (or armv7: see below)
 # Env:   PYTHON=...        interpreter that has Nuitka and edgekube's runtime deps
 #        EDGEKUBE_LTO=yes  link-time optimisation (smaller/faster binary, much slower build)
 #        JOBS=N            parallel C compile jobs (default: all cores)
@@ -30,20 +31,34 @@
 # - ccache (Debian package) is picked up by Nuitka from PATH; a rebuild with unchanged C code
 #   then takes a fraction of the first build.
 #
-# Other architectures (arm64 for Pi 4/5, armv7 for Pi 2/3) are NOT built here. The plan: run
-# this same script inside a Debian container of the target arch under qemu-user-static
-# (binfmt_misc), e.g. `docker run --platform linux/arm64 debian:12 ...` or a debootstrap
-# --arch=arm64 chroot, with the repo mounted, after `make .venv`. Nuitka does not
-# cross-compile: the C compiler and the Python it embeds must be the target's. Expect the build
-# to be 5-10x slower under emulation; ccache (mount ~/.ccache) keeps rebuilds cheap.
+# - ARCH=arm64 (Pi 3/4/5, 64-bit OS) or ARCH=armv7 (Pi 2/3, 32-bit OS) builds for that board on
+#   this x86_64 machine into dist/edgekube-linux-<arch>, at native speed: packaging/cross.sh
+#   prepares Debian's cross compiler, the target's libpython and the target's wheels, and
+#   packaging/nuitka_cross.py (a Nuitka plugin) links and packs the target's files instead of the
+#   host's. Nothing is emulated but the final `edgekube version` (qemu-user). On armv7 there are
+#   no google-re2 and cel-python wheels: the binary goes without them (pyproject.toml).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
+case "$(uname -m)" in aarch64) host=arm64 ;; armv7l|armv8l) host=armv7 ;; *) host="$(uname -m)" ;; esac
+ARCH="${ARCH:-$host}"
 JOBS="${JOBS:-$(nproc)}"
 LTO="${EDGEKUBE_LTO:-no}"
-OUT_DIR="$REPO/build/nuitka"
 DIST="$REPO/dist"
+cross_flags=()
+if [ "$ARCH" = "$host" ]; then
+    OUT_DIR="$REPO/build/nuitka"
+    TARGET="$DIST/edgekube"
+else
+    eval "$(bash "$REPO/packaging/cross.sh" "$ARCH")"  # PYTHON, CC, EDGEKUBE_CROSS_*
+    OUT_DIR="$REPO/build/nuitka-$ARCH"
+    TARGET="$DIST/edgekube-linux-$ARCH"
+    cross_flags=(--user-plugin="$REPO/packaging/nuitka_cross.py")
+    if [ "$ARCH" = armv7 ]; then
+        cross_flags+=(--nofollow-import-to=re2 --nofollow-import-to=celpy)
+    fi
+fi
+PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 
 if ! "$PYTHON" -m nuitka --version >/dev/null 2>&1; then
     echo "packaging/build.sh: Nuitka is not importable by $PYTHON (run 'make .venv' or pip install nuitka)" >&2
@@ -94,6 +109,7 @@ PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m nuitka \
     --nofollow-import-to=benchmarks \
     --nofollow-import-to=IPython \
     --nofollow-import-to=tkinter \
+    "${cross_flags[@]}" \
     --lto="$LTO" \
     --jobs="$JOBS" \
     --assume-yes-for-downloads \
@@ -102,8 +118,9 @@ PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m nuitka \
     --remove-output \
     edgekube/__main__.py </dev/null
 
-install -m 0755 "$OUT_DIR/edgekube" "$DIST/edgekube"
+install -m 0755 "$OUT_DIR/edgekube" "$TARGET"
+if [ "$TARGET" = "$DIST/edgekube" ]; then ln -f "$TARGET" "$DIST/edgekube-linux-$ARCH"; fi
 end=$(date +%s)
-size=$(stat -c %s "$DIST/edgekube")
-echo "packaging/build.sh: built dist/edgekube ($((size / 1024 / 1024)) MiB) in $((end - start)) s"
-"$DIST/edgekube" version
+size=$(stat -c %s "$TARGET")
+echo "packaging/build.sh: built ${TARGET#"$REPO/"} for $ARCH ($((size / 1024 / 1024)) MiB) in $((end - start)) s"
+"$TARGET" version  # another architecture's binary runs through qemu-user (cross.sh registered it)
