@@ -50,7 +50,8 @@ if [ "$ARCH" = "$host" ]; then
     OUT_DIR="$REPO/build/nuitka"
     TARGET="$DIST/edgekube"
 else
-    eval "$(bash "$REPO/packaging/cross.sh" "$ARCH")"  # PYTHON, CC, EDGEKUBE_CROSS_*
+    cross_env="$(bash "$REPO/packaging/cross.sh" "$ARCH")"  # a failure there stops the build here
+    eval "$cross_env"  # PYTHON, CC, EDGEKUBE_CROSS_*
     OUT_DIR="$REPO/build/nuitka-$ARCH"
     TARGET="$DIST/edgekube-linux-$ARCH"
     cross_flags=(--user-plugin="$REPO/packaging/nuitka_cross.py")

@@ -33,7 +33,7 @@ if ! dpkg --print-foreign-architectures | grep -qx "$deb"; then
     dpkg --add-architecture "$deb"
     apt-get update -q >&2
 fi
-pkgs=(gcc-"$triplet" "libpython$PY-dev:$deb" "libstdc++6:$deb" "python$PY-venv" "python$PY-dev" patchelf binutils qemu-user-static)
+pkgs=(gcc-"$triplet" "libpython$PY-dev:$deb" "libstdc++6:$deb" "libffi-dev:$deb" "libyaml-dev:$deb" "python$PY-venv" "python$PY-dev" patchelf binutils qemu-user-static)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -98,8 +98,19 @@ EOF
     rm -rf "$wheels" "$site.tmp"
     platform_args=()
     for p in "${plats[@]}"; do platform_args+=(--platform "$p"); done
-    "$venv/bin/pip" download -q --only-binary=:all: --no-deps --python-version "$PY" --implementation cp \
-        --abi "cp${PY/./}" --abi abi3 --abi none "${platform_args[@]}" -d "$wheels" -r "$reqs" >&2
+    while read -r req; do
+        if "$venv/bin/pip" download -q --only-binary=:all: --no-deps --python-version "$PY" --implementation cp \
+            --abi "cp${PY/./}" --abi abi3 --abi none "${platform_args[@]}" -d "$wheels" "$req" >/dev/null 2>&1; then
+            continue
+        fi
+        # No wheel for the target on PyPI (PyYAML, lmdb, msgpack, cffi on armv7): built here from
+        # the sdist with the cross compiler, against the target's Python build settings (Debian
+        # ships them: _sysconfigdata for each architecture of libpython3.11-stdlib).
+        say "no $ARCH wheel of $req on PyPI: cross-compiling its sdist"
+        CC="$triplet-gcc" LDSHARED="$triplet-gcc -shared" _PYTHON_HOST_PLATFORM="linux-${plats[0]##*_}" \
+            _PYTHON_SYSCONFIGDATA_NAME="_sysconfigdata__$triplet" \
+            "$venv/bin/pip" wheel -q --no-deps --no-binary "${req%%==*}" -w "$wheels" "$req" >&2
+    done < "$reqs"
     mkdir -p "$site.tmp"
     for w in "$wheels"/*.whl; do
         "$venv/bin/python" -m zipfile -e "$w" "$site.tmp"

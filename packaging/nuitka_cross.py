@@ -12,7 +12,8 @@ in:
 - the extension modules that the standalone folder copies from the build venv (x86_64 `.so`):
   each is replaced by the target's build of the same module at the same version, from the target's
   wheels (`pip download --platform`, unpacked into EDGEKUBE_CROSS_SITE) or from Debian's
-  lib-dynload for the target;
+  lib-dynload for the target; where the target's wheel of that version has none (a pure-Python
+  wheel), the module is left out and the package's Python fallback runs;
 - the shared libraries those modules need (libssl, libffi, ...): the host's are dropped and the
   target's copied in from its multiarch directories, as a closure over DT_NEEDED.
 
@@ -110,6 +111,11 @@ class EdgekubeCross(NuitkaPluginBase):
                 replaced += 1
             elif _is_library(rel):
                 path.unlink()  # a host library; the closure below brings the target's
+                dropped += 1
+            elif rel.parent != Path(".") and (SITE / rel.parent).is_dir():
+                # The target's wheel of this very version ships no such extension (pure-Python
+                # wheels of propcache and pendulum on armv7): the package's own fallback runs.
+                path.unlink()
                 dropped += 1
             else:
                 self.sysexit(f"no {TRIPLET} build of {rel} (add its wheel to the target's site: {SITE})")
