@@ -6,6 +6,8 @@ test_runtime_runc's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgekube.kubelet import actions, sandbox
-from edgekube.kubelet.runtime import runc
+from edgekube.kubelet.runtime import containers, runc
 from tests.integration.test_runtime_runc import Env, env, lower, until
 
 pytestmark = [
@@ -107,4 +109,46 @@ async def test_http_and_tcp_reach_into_the_pod_network_namespace(env: Env, pod_n
     # A namespace that is not there is an error, never a socket of the host's.
     with pytest.raises(FileNotFoundError):
         await sandbox.socket_in(pod_netns.parent / "none", socket.AF_INET)
+    await rt.remove(spec.id)
+
+
+async def test_a_container_stops_though_an_exec_lost_its_runc(env: Env) -> None:
+    """A `runc exec` killed before its process (a probe past its time, runc itself hung) leaves
+    that process to edgekube, the subreaper. When the container stops, the kernel kills it but
+    the container's init cannot exit until it is reaped: the pod stayed Terminating for good."""
+    rt = env.runtime()
+    await rt.open()
+    spec = await env.spec(rt, env.pod(command=LOOP))
+    st = await rt.run(spec)
+    process = rt.scratch_dir / "orphan.json"
+
+    def write() -> None:
+        rt.scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config = rt.bundle(spec.id).read_config()["process"]
+        process.write_text(json.dumps({**config, "args": ["sleep", "600"], "terminal": False}))
+
+    await asyncio.to_thread(write)
+    proc = await asyncio.create_subprocess_exec(rt.runc.binary, "--root", str(rt.runc.root), "exec", "--process",
+                                                str(process), spec.id, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+    def sleeper() -> int | None:
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if (p / "cmdline").read_bytes() == b"sleep\x00600\x00" and \
+                            os.readlink(p / "ns" / "pid") == os.readlink(f"/proc/{st.pid}/ns/pid"):
+                        return int(p.name)
+        return None
+
+    pid = await until(sleeper, within=10, what="the exec'd sleep")
+    proc.kill()  # runc exec dies first: its process is ours now
+    await proc.wait()
+    def parent() -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    assert await until(lambda: parent() == os.getpid(), within=10, what="the sleep re-parented to us")
+    done = await asyncio.wait_for(rt.stop(spec.id, grace=1), timeout=30)
+    assert done.state == containers.EXITED
+    assert not await asyncio.to_thread(Path(f"/proc/{pid}").exists)  # reaped, not a zombie of ours
     await rt.remove(spec.id)

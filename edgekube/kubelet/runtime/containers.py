@@ -58,6 +58,7 @@ RUNNING = "running"
 PAUSED = "paused"
 EXITED = "exited"
 EXEC_OUTPUT_LIMIT = 10 * 1024  # what upstream keeps of a probe's output
+ORPHAN_REAP_SECONDS = 0.2  # while stopping: how often the container's orphaned processes are reaped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,15 +358,28 @@ class Runtime:
         return await self.status(cid)
 
     async def stop(self, cid: str, *, grace: float) -> ContainerStatus:
-        """SIGTERM, up to `grace` seconds, then SIGKILL (the kubelet's graceful termination)."""
+        """SIGTERM, up to `grace` seconds, then SIGKILL (the kubelet's graceful termination).
+        Meanwhile the container's processes that were orphaned to us are reaped: its init
+        cannot exit before they are (`exits.Watcher.reap_orphans`)."""
         await self.kill(cid, signal.SIGTERM)
         try:
             async with asyncio.timeout(grace):
-                return await self.wait(cid)
+                return await self._wait_reaping(cid)
         except TimeoutError:
             await self.kill(cid, signal.SIGKILL)
             async with asyncio.timeout(self.runc.timeout):
-                return await self.wait(cid)
+                return await self._wait_reaping(cid)
+
+    async def _wait_reaping(self, cid: str) -> ContainerStatus:
+        wait = asyncio.ensure_future(self.wait(cid))
+        try:
+            while True:
+                done, _ = await asyncio.wait({wait}, timeout=ORPHAN_REAP_SECONDS)
+                if done:
+                    return wait.result()
+                self.watcher.reap_orphans()
+        finally:
+            wait.cancel()
 
     async def exec(self, cid: str, command: Sequence[str], *, time_limit: float | None,
                    limit: int = EXEC_OUTPUT_LIMIT) -> runc.ExecResult:

@@ -217,6 +217,30 @@ class Watcher:
             return Exit(pid, exit_code_of(status), "connector")
         return Exit(pid, None, "unknown")
 
+    def reap_orphans(self) -> int:
+        """Reap our zombie children that are processes of a container but not its init: an
+        exec'd process whose `runc exec` died first (killed past its time) is re-parented to us,
+        the subreaper. Until it is reaped, the container's init cannot finish exiting (the kernel
+        waits for every process of its pid namespace) and the pod stays Terminating. Container
+        inits (namespace pid 1) and watched pids are left to `_exited`, runc and asyncio's own
+        children (the host's pid namespace) to asyncio. Returns how many were reaped."""
+        reaped = 0
+        for pid in _children():
+            if pid in self._pidfds:
+                continue
+            try:
+                with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+                    fields = dict(line.split(":", 1) for line in f if ":" in line)
+            except OSError:
+                continue
+            nspid = fields.get("NSpid", "").split()
+            if not fields.get("State", "").strip().startswith("Z") or len(nspid) < 2 or nspid[-1] == "1":
+                continue
+            if _waitpid(pid) is not None:
+                reaped += 1
+                log.info("reaped pid %s, a container process orphaned by its runc exec", pid)
+        return reaped
+
     def _exited(self, pid: int) -> None:
         callback = self._callbacks.get(pid)
         result = self.reap_now(pid)
@@ -230,6 +254,22 @@ class Watcher:
         if self._loop is not None and self.connector.fileno() >= 0:
             self._loop.remove_reader(self.connector.fileno())
         self.connector.close()
+
+
+def _children() -> list[int]:
+    """This process's children, from every thread's /proc children list."""
+    out: list[int] = []
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/children", encoding="ascii") as f:
+                out.extend(int(p) for p in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def _waitpid(pid: int) -> int | None:
