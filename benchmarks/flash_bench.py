@@ -18,8 +18,8 @@ pods settled:
   for 10 pods), to show that an exec costs the flash nothing;
 - restarting: `--pods` pods whose container exits after a second, restarted by the kubelet
   (with its back-off).
-Files whose change time moved under the data dir in each window are listed. Nothing here is a
-target yet (issue 16: 0 B/hour idle, <= 1 MiB/hour with 10 healthy pods).
+Files whose change time moved under the data dir in each window are listed. Targets (issue 16):
+0 B/hour idle, <= 1 MiB/hour with 10 healthy pods; `make bench` runs it (benchmarks/run_all.py).
 """
 
 from __future__ import annotations
@@ -135,6 +135,39 @@ def run(window: float, pods: int, log=print) -> dict[str, tuple[float, list[str]
         fs.close()  # (the kubelet's sweep may have unmounted it already: everything below its root goes)
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+# Issue 16: nothing at all while idle; the node's own writes with 10 healthy pods probed.
+IDLE_TARGET_BPH = 0.0
+HEALTHY_TARGET_BPH = 2.0**20
+TARGETS = {"idle": IDLE_TARGET_BPH, "healthy": HEALTHY_TARGET_BPH}
+
+
+def markdown(res: dict[str, tuple[float, list[str]]], *, window: float, pods: int) -> str:
+    """A section of docs/performance.md: one row per phase, the files each changed."""
+    rows = []
+    for phase, (rate, changed) in res.items():
+        target = TARGETS.get(phase)
+        verdict = "info" if target is None else ("PASS" if rate <= target else "FAIL")
+        bound = "-" if target is None else ("0 B/hour" if target == 0 else f"<= {target / 2**20:.0f} MiB/hour")
+        rows.append(f"| {phase} | {rate / 2**20:.3f} MiB/hour ({rate:,.0f} B) | {bound} | {verdict} | "
+                    f"{_summary(changed) or '-'} |")
+    return "\n".join([
+        "",
+        "## Flash wear",
+        "",
+        f"benchmarks/flash_bench.py, {pods} pods, each phase measured over {window:.0f} s: the data dir is an "
+        "ext4 file system of its own on a loop device, and the figure is the device's count of sectors written "
+        "(`/sys/block/loopN/stat`) after `sync` on both sides, per hour. The server runs its kubelet (network off), "
+        "the busybox image from a registry on 127.0.0.1; container logs are elsewhere (the user's, counted "
+        "apart). Phases: idle (no pods); healthy (exec readiness and liveness probes every 10 s); the same probed "
+        "every second; restarting (each container exits after a second, restarted with the kubelet's back-off).",
+        "",
+        "| Phase | Written | Target | Verdict | Changed under the data dir |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ])
 
 
 def main() -> int:

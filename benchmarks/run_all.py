@@ -18,9 +18,10 @@ and connection rate against the endpoint's own address, (10) the longest stall o
 while one heavy request runs (large writes, patches, lists, a fanned-out event), against a bare
 aiohttp server storing a large POST, (11) RBAC: GET and CREATE as a user allowed by a RoleBinding against the
 admin certificate, and the cost of one decision, (audit) the audit log's cost on a CREATE (Metadata,
-RequestResponse) and fairness's on a GET, against the same server without them. Prints a table and writes
+RequestResponse) and fairness's on a GET, against the same server without them, (flash) bytes written per
+hour to the data dir's block device (idle, healthy pods, restarting pods). Prints a table and writes
 it as Markdown to --out. `--only` runs some sections (store, api, idle, apply, controlplane,
-kubelet, conns, dns, proxy, loop, rbac, audit); such a partial run writes a file only when --out is given, so docs/performance.md
+kubelet, conns, dns, proxy, loop, rbac, audit, flash); such a partial run writes a file only when --out is given, so docs/performance.md
 always holds a whole run.
 The exit status is 0 when the benchmark ran (missed targets included) and non-zero on errors.
 """
@@ -49,6 +50,7 @@ from benchmarks import (  # noqa: E402
     conns_bench,
     controlplane_bench,
     dns_bench,
+    flash_bench,
     idle_bench,
     kubelet_bench,
     loop_bench,
@@ -84,6 +86,7 @@ class Durations:
     dns_flood: int = 50000  # distinct forwarded names, twice over, for the memory bound
     loop_repeats: int = 3  # each heavy request class, probed this many times
     rbac_requests: int = 2000  # RBAC: GETs and CREATEs as each of admin and a bound user, alternating
+    flash_window: float = 60.0  # flash wear: seconds measured per phase
 
 
 PACED_RATE = api_bench.PACED_RATE
@@ -91,13 +94,14 @@ FULL = Durations(store=5.0, api=5.0, paced=20.0, settle=5.0, idle=60.0, raw_pace
 QUICK = Durations(store=1.0, api=1.0, paced=3.0, settle=5.0, idle=10.0, raw_paced=2.0, apply_rounds=3, kubectl_runs=1,
                   scale_repeats=1, sched_pods=200, sched_repeats=1, kubelet_pods=10, boot_runs=2,
                   conn_rounds=2, dns_seconds=1.0, dns_rounds=1, dns_flood=10000, loop_repeats=1,
-                  rbac_requests=300)
+                  rbac_requests=300, flash_window=20.0)
 SCALE_TARGET_S = 2.0  # issue 4: 0 -> 100 pods bound and Running
 # Issue 5, the kubelet:
 STARTUP_P50_MS, STARTUP_P99_MS = 150.0, 400.0  # pod create -> Running, one after another
 KUBELET_SCALE_TARGET_S = 10.0  # a Deployment 0 -> 100 Running on the real kubelet
 IDLE_RSS_MIB, LOADED_RSS_MIB = kubelet_bench.IDLE_TARGET_MIB, 120.0
 BOOT_TARGET_S = 1.0  # exec -> node Ready
+FLASH_PODS = 10  # issue 16: flash wear with this many pods
 BINARY = common.REPO / "dist" / "edgekube"  # issue 16: the shipped binary meets the same targets (make bench builds it)
 # Issue 14, the pod network: its set-up of one pod (address, veth pair, eth0), one after another.
 NETWORK_TARGET_MS = 10.0
@@ -1068,6 +1072,11 @@ def render(
                "it was), and the server started again in the namespace with no uplink: from exec until the API "
                "lists every pod Running and ready in a new container (listed every 10 ms); baseline: as many "
                "`runc run -d` at once." if kl.reboot is not None else "")
+            + (f" Shipped binary: `{kl.binary.path}` as `make binary` built it before the run, on a data dir of "
+               "its own with the image in `DATA/images/`, timed as the interpreted restarts (exec to `/readyz` ok, "
+               f"kubelet and network on) after a first boot; {len(kl.binary.restart_s)} restarts; then its idle "
+               "RSS after settling, summed over all its processes (a onefile's bootstrap and the payload it "
+               "runs)." if kl.binary is not None else "")
         )
     if cn is not None:
         parts.append(
@@ -1162,7 +1171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         action="append",
-        choices=(*SECTIONS, "audit"),
+        choices=(*SECTIONS, "audit", "flash"),
         metavar="SECTION",
         help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
     )
@@ -1244,12 +1253,17 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"[11/{total}] RBAC: GET and CREATE as a user allowed by a RoleBinding vs the admin certificate "
              f"(x{d.rbac_requests} each, alternating), and the cost of one decision")
         rb = rbac_bench.run(d.rbac_requests, _log)
+    fl = None
+    if args.only is None or "flash" in args.only:
+        _log(f"[flash] flash wear: bytes written per hour to the data dir's block device, idle, {FLASH_PODS} healthy "
+             f"pods, probed every second, restarting ({d.flash_window:.0f} s each)")
+        fl = flash_bench.run(d.flash_window, FLASH_PODS, _log)
     au = None
     if args.only is None or "audit" in args.only:
         _log(f"[audit] audit log on CREATE, fairness on GET, against the same server without ({d.api:.0f} s per run)")
         au = audit_bench.run(d.api, 1 if args.quick else 3, _log)
 
-    text = "# Performance\n" if not only & set(SECTIONS) else render(  # `--only audit`: its section alone
+    text = "# Performance\n" if not only & set(SECTIONS) else render(  # `--only audit`/`flash`: that section alone
         quick=args.quick,
         command=_command(),
         started=started,
@@ -1268,6 +1282,8 @@ def main(argv: list[str] | None = None) -> int:
         lp=lp,
         rb=rb,
     )
+    if fl is not None:
+        text += flash_bench.markdown(fl, window=d.flash_window, pods=FLASH_PODS)
     if au is not None:
         text += audit_bench.markdown(au)
     print()
