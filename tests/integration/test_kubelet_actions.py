@@ -10,6 +10,8 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,3 +154,27 @@ async def test_a_container_stops_though_an_exec_lost_its_runc(env: Env) -> None:
     assert done.state == containers.EXITED
     assert not await asyncio.to_thread(Path(f"/proc/{pid}").exists)  # reaped, not a zombie of ours
     await rt.remove(spec.id)
+
+
+_OWN_CHILD_PROBE = """
+import os, time
+from edgekube.kubelet.runtime import exits
+pid = os.fork()
+if pid == 0:
+    os._exit(3)
+time.sleep(0.3)  # a zombie now, as runc is for a moment before asyncio reaps it
+assert exits.Watcher().reap_orphans() == 0
+assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 3  # still ours to reap, with its status
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["on-the-host", "in-a-pid-namespace"])
+def test_orphan_reaping_leaves_edgekubes_own_children_alone(inside: bool) -> None:
+    """Only container processes are reaped: edgekube's own children (runc, waited for by asyncio)
+    never, also when edgekube itself runs in a pid namespace (LXC, a container), where they are
+    two namespaces deep too."""
+    prefix = ["unshare", "--pid", "--fork", "--mount-proc"] if inside else []
+    out = subprocess.run([*prefix, sys.executable, "-c", _OWN_CHILD_PROBE], capture_output=True, text=True,
+                         timeout=60, check=False, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -223,8 +223,10 @@ class Watcher:
         the subreaper. Until it is reaped, the container's init cannot finish exiting (the kernel
         waits for every process of its pid namespace) and the pod stays Terminating. Container
         inits (namespace pid 1) and watched pids are left to `_exited`, runc and asyncio's own
-        children (the host's pid namespace) to asyncio. Returns how many were reaped."""
+        children (in edgekube's own pid namespace, one level less deep) to asyncio. Returns how
+        many were reaped."""
         reaped = 0
+        depth = _ns_depth("self")  # edgekube itself may run in a pid namespace (LXC, a container)
         for pid in _children():
             if pid in self._pidfds:
                 continue
@@ -234,7 +236,7 @@ class Watcher:
             except OSError:
                 continue
             nspid = fields.get("NSpid", "").split()
-            if not fields.get("State", "").strip().startswith("Z") or len(nspid) < 2 or nspid[-1] == "1":
+            if not fields.get("State", "").strip().startswith("Z") or len(nspid) <= depth or nspid[-1] == "1":
                 continue
             if _waitpid(pid) is not None:
                 reaped += 1
@@ -254,6 +256,18 @@ class Watcher:
         if self._loop is not None and self.connector.fileno() >= 0:
             self._loop.remove_reader(self.connector.fileno())
         self.connector.close()
+
+
+def _ns_depth(pid: str) -> int:
+    """How many pid namespaces `pid` is seen in (its NSpid entries): 1 in the host's."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) - 1
+    except OSError:
+        pass
+    return 1
 
 
 def _children() -> list[int]:
