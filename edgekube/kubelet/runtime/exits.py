@@ -226,15 +226,12 @@ class Watcher:
         children (in edgekube's own pid namespace, one level less deep) to asyncio. Returns how
         many were reaped."""
         reaped = 0
-        depth = _ns_depth("self")  # edgekube itself may run in a pid namespace (LXC, a container)
+        # edgekube itself may run in a pid namespace (LXC, a container): 1 in the host's
+        depth = len(_status("self").get("NSpid", "1").split())
         for pid in _children():
             if pid in self._pidfds:
                 continue
-            try:
-                with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-                    fields = dict(line.split(":", 1) for line in f if ":" in line)
-            except OSError:
-                continue
+            fields = _status(str(pid))
             nspid = fields.get("NSpid", "").split()
             if not fields.get("State", "").strip().startswith("Z") or len(nspid) <= depth or nspid[-1] == "1":
                 continue
@@ -258,16 +255,13 @@ class Watcher:
         self.connector.close()
 
 
-def _ns_depth(pid: str) -> int:
-    """How many pid namespaces `pid` is seen in (its NSpid entries): 1 in the host's."""
+def _status(pid: str) -> dict[str, str]:
+    """/proc/<pid>/status as a dict ("NSpid": "\t812\t5\n", ...); empty once the pid is gone."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return len(line.split()) - 1
+            return dict(line.split(":", 1) for line in f if ":" in line)
     except OSError:
-        pass
-    return 1
+        return {}
 
 
 def _children() -> list[int]:
